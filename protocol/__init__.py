@@ -1,0 +1,1 @@
+"""Wire protocol: messages per channel, framing, handshake and typed errors. No business logic."""

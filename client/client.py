@@ -1,0 +1,246 @@
+"""The asyncio client: talks only to the scheduler.
+
+    async with Client("127.0.0.1:8470", token_file="~/.faas/token") as c:
+        run = await c.submit("examples/adventureworks", namespace="adventure")
+        async for event in run:
+            print(event)
+        result = await run.result()
+
+Each call opens its own authenticated connection, so calls may run
+concurrently and a cancelled call never leaves a half-read connection behind.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+from typing import Any, AsyncIterator
+
+import msgspec
+
+from protocol.auth import load_token
+from protocol.connection import Connection, connect
+from protocol.errors import FaasError, FunctionFailed, ProjectError, RunCancelled, from_wire
+from protocol.messages import (
+    BulkHeader,
+    ClientReply,
+    ClusterInfo,
+    CreateNamespace,
+    Error,
+    GetTable,
+    ImportTable,
+    ListNamespaces,
+    ListTables,
+    Ok,
+    Query,
+    RunAccepted,
+    RunFinished,
+    SubmitRun,
+)
+
+_decoder = msgspec.msgpack.Decoder(ClientReply)
+
+PROJECT_SUFFIXES = (".py", ".sql")
+PROJECT_FILES = ("faas_project.toml",)
+MAX_PROJECT_BYTES = 8 * 1024 * 1024
+SKIP_DIRS = {"data", "__pycache__", ".venv", "venv", "node_modules"}
+
+
+def pack_project(path: str | Path) -> dict[str, str]:
+    """The project's source files (relative path → text), bounded in size."""
+    root = Path(path).expanduser()
+    if not root.exists():
+        raise ProjectError(f"project directory {str(path)!r} does not exist")
+    if not root.is_dir():
+        raise ProjectError(f"project {str(path)!r} is not a directory")
+    files: dict[str, str] = {}
+    total = 0
+    for p in sorted(root.rglob("*")):
+        rel = p.relative_to(root)
+        if any(part.startswith(".") or part in SKIP_DIRS for part in rel.parts[:-1]):
+            continue
+        if not p.is_file() or not (p.suffix in PROJECT_SUFFIXES or p.name in PROJECT_FILES):
+            continue
+        try:
+            text = p.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise ProjectError(f"{rel}: not UTF-8 text") from None
+        total += len(text)
+        if total > MAX_PROJECT_BYTES:
+            raise ProjectError(
+                f"project {str(path)!r} is over {MAX_PROJECT_BYTES // 2**20} MiB of source; keep "
+                f"data files out of it"
+            )
+        files[rel.as_posix()] = text
+    if not any(name.endswith(PROJECT_SUFFIXES) for name in files):
+        raise ProjectError(f"project directory {str(path)!r} has no .py or .sql files")
+    return files
+
+
+def _raise(err: Error) -> None:
+    raise from_wire(err.kind, err.message, err.detail)
+
+
+class Run:
+    """A submitted run: iterate its events as they happen, then await its result."""
+
+    def __init__(self, conn: Connection[Any], accepted: RunAccepted) -> None:
+        self.conn = conn
+        self.run_id = accepted.run_id
+        self.nodes = accepted.nodes
+        self._result: RunFinished | None = None
+
+    async def __aiter__(self) -> AsyncIterator[Any]:
+        while self._result is None:
+            msg = await self.conn.recv()
+            if isinstance(msg, RunFinished):
+                self._result = msg
+                await self.conn.aclose()
+            elif isinstance(msg, Error):
+                await self.conn.aclose()
+                _raise(msg)
+            yield msg
+
+    async def result(self) -> RunFinished:
+        """Wait for the end of the run (consuming remaining events)."""
+        async for _ in self:
+            pass
+        assert self._result is not None
+        return self._result
+
+    async def wait(self) -> RunFinished:
+        """Like result(), but raises the run's error if it did not succeed."""
+        result = await self.result()
+        if result.status != "success" and result.error is not None:
+            if result.status == "cancelled":
+                raise RunCancelled(result.error.message, detail=result.error.detail)
+            err = from_wire(result.error.kind, result.error.message, result.error.detail)
+            if not isinstance(err, FaasError):
+                raise FunctionFailed(result.error.message, detail=result.error.detail)
+            raise err
+        return result
+
+    async def cancel(self) -> None:
+        """Cancel the run: the scheduler stops it when this connection goes away."""
+        await self.conn.aclose()
+
+
+class Client:
+    def __init__(
+        self,
+        address: str | None = None,
+        *,
+        token: bytes | None = None,
+        token_file: str | None = None,
+    ) -> None:
+        address = address or os.environ.get("FAAS_CLUSTER")
+        if not address:
+            raise FaasError("no cluster address: pass one or set FAAS_CLUSTER")
+        self.address = address
+        if token is None:
+            token_file = token_file or os.environ.get("FAAS_TOKEN_FILE")
+            if not token_file:
+                raise FaasError("no cluster token: pass --token-file or set FAAS_TOKEN_FILE")
+            token = load_token(token_file)
+        self.token = token
+        self.host_id = socket.gethostname()
+
+    async def __aenter__(self) -> "Client":
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
+
+    async def _connect(self) -> Connection[Any]:
+        return await connect(
+            self.address, _decoder, token=self.token, role="client", host_id=self.host_id
+        )
+
+    async def _call(self, request: Any) -> Any:
+        conn = await self._connect()
+        try:
+            await conn.send(request)
+            reply = await conn.recv()
+            if isinstance(reply, Error):
+                _raise(reply)
+            if isinstance(reply, BulkHeader):
+                return reply, await conn.recv_bulk(reply.nbytes)
+            if not isinstance(reply, Ok):
+                raise FaasError(f"unexpected reply {type(reply).__name__}")
+            return reply.data
+        finally:
+            await conn.aclose()
+
+    # -- runs --------------------------------------------------------------------
+
+    async def submit(
+        self,
+        project: str | Path,
+        *,
+        namespace: str,
+        ref: str = "main",
+        params: dict[str, str] | None = None,
+    ) -> Run:
+        files = pack_project(project)
+        conn = await self._connect()
+        try:
+            await conn.send(
+                SubmitRun(
+                    files=files, namespace=namespace, ref=ref, params=dict(params or {}),
+                    project_dir=str(Path(project).resolve()),
+                )
+            )
+            reply = await conn.recv()
+        except BaseException:
+            await conn.aclose()
+            raise
+        if isinstance(reply, Error):
+            await conn.aclose()
+            _raise(reply)
+        if not isinstance(reply, RunAccepted):
+            await conn.aclose()
+            raise FaasError(f"unexpected reply {type(reply).__name__}")
+        return Run(conn, reply)
+
+    async def plan(
+        self, project: str | Path, *, namespace: str, ref: str = "main",
+        params: dict[str, str] | None = None,
+    ) -> list[dict[str, Any]]:
+        """The plan the scheduler would run, without running anything."""
+        data = await self._call(
+            SubmitRun(files=pack_project(project), namespace=namespace, ref=ref,
+                      params=dict(params or {}), dry_run=True)
+        )
+        return data["plan"]
+
+    # -- catalog -------------------------------------------------------------------
+
+    async def namespaces(self, ref: str = "main") -> list[str]:
+        return await self._call(ListNamespaces(ref=ref))
+
+    async def create_namespace(self, name: str, ref: str = "main") -> None:
+        await self._call(CreateNamespace(name=name, ref=ref))
+
+    async def tables(self, namespace: str | None = None, ref: str = "main") -> list[str]:
+        return await self._call(ListTables(namespace=namespace, ref=ref))
+
+    async def table(self, key: str, ref: str = "main") -> dict[str, Any]:
+        return await self._call(GetTable(key=key, ref=ref))
+
+    async def import_table(
+        self, key: str, paths: list[str], *, ref: str = "main", mode: str = "replace"
+    ) -> dict[str, Any]:
+        """Import CSV/Parquet files (paths or globs, readable by the workers) as a table."""
+        resolved = [str(Path(p).expanduser().resolve()) if "://" not in p else p for p in paths]
+        return await self._call(ImportTable(key=key, paths=resolved, ref=ref, mode=mode))
+
+    async def query(self, sql: str, *, namespace: str | None = None, ref: str = "main") -> Any:
+        """Run SQL over the tables at ``ref``; returns a pyarrow Table."""
+        import pyarrow as pa
+
+        _, data = await self._call(Query(sql=sql, namespace=namespace, ref=ref))
+        return pa.ipc.open_stream(pa.py_buffer(data)).read_all()
+
+    async def info(self) -> dict[str, Any]:
+        return await self._call(ClusterInfo())

@@ -1,0 +1,105 @@
+"""faas: the SDK pipeline authors import.
+
+Pure Python with no third-party imports, so it loads inside any function
+environment. The decorators only attach metadata: the scheduler reads the same
+information statically from the source (it never imports user code), and the
+function process uses the attached metadata to call the function.
+
+    import faas
+
+    @faas.model(materialize="replace")
+    @faas.python("3.11", pip={"duckdb": "1.1.3"})
+    def clean_sales(sales=faas.Model("sale", columns=["OrderNumber"], filter="OrderQuantity > 0")):
+        return sales
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, TypeVar
+
+__all__ = ["Model", "Parameter", "model", "python", "expectation", "Client"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+MATERIALIZE_MODES = (None, "replace", "append")
+
+
+class Model:
+    """An input: a catalog table (``namespace.table`` or bare) or another model, by name."""
+
+    __slots__ = ("name", "columns", "filter")
+
+    def __init__(self, name: str, columns: list[str] | None = None, filter: str | None = None):
+        if not isinstance(name, str) or not name:
+            raise TypeError("faas.Model needs a table or model name")
+        self.name = name
+        self.columns = list(columns) if columns is not None else None
+        self.filter = filter
+
+    def __repr__(self) -> str:
+        return f"faas.Model({self.name!r}, columns={self.columns!r}, filter={self.filter!r})"
+
+
+class Parameter:
+    """A run parameter, passed with ``faas submit --param name=value``."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def __repr__(self) -> str:
+        return f"faas.Parameter({self.name!r})"
+
+
+def model(
+    name: str | None = None,
+    materialize: str | None = None,
+    columns: list[str] | None = None,
+    memory: str | None = None,
+) -> Callable[[F], F]:
+    """Mark a function as a model: its return value is a table named ``name`` (default: the
+    function name), kept in memory for downstream models and, with ``materialize``,
+    written to the lakehouse (``"replace"`` or ``"append"``)."""
+    if materialize not in MATERIALIZE_MODES:
+        raise ValueError(f"materialize must be one of {MATERIALIZE_MODES}, not {materialize!r}")
+
+    def wrap(fn: F) -> F:
+        fn.__faas_model__ = {  # type: ignore[attr-defined]
+            "name": name or fn.__name__,
+            "materialize": materialize,
+            "columns": columns,
+            "memory": memory,
+        }
+        return fn
+
+    return wrap
+
+
+def python(version: str, pip: dict[str, str] | None = None) -> Callable[[F], F]:
+    """The function's environment: a Python version and pip packages with versions."""
+
+    def wrap(fn: F) -> F:
+        fn.__faas_python__ = {"version": version, "pip": dict(pip or {})}  # type: ignore[attr-defined]
+        return fn
+
+    return wrap
+
+
+def expectation() -> Callable[[F], F]:
+    """Mark a function as an expectation: it takes inputs like a model and returns a bool."""
+
+    def wrap(fn: F) -> F:
+        fn.__faas_expectation__ = True  # type: ignore[attr-defined]
+        return fn
+
+    return wrap
+
+
+def __getattr__(name: str) -> Any:
+    # The client pulls in asyncio and msgspec; only load it when someone asks.
+    if name == "Client":
+        from client import Client
+
+        return Client
+    raise AttributeError(f"module 'faas' has no attribute {name!r}")

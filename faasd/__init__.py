@@ -1,0 +1,1 @@
+"""The worker daemon (function processes, shared-memory objects) and the `faasd` entry point."""

@@ -1,0 +1,113 @@
+"""``faasd scheduler ...`` and ``faasd worker ...``: the two long-running daemons."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from protocol.auth import ensure_token, load_token
+from protocol.errors import FaasError
+
+log = logging.getLogger("faasd")
+
+UNITS = {"": 1, "b": 1, "k": 2**10, "kb": 2**10, "kib": 2**10, "m": 2**20, "mb": 2**20,
+         "mib": 2**20, "g": 2**30, "gb": 2**30, "gib": 2**30, "t": 2**40, "tb": 2**40, "tib": 2**40}
+
+
+def parse_size(text: str) -> int:
+    """'4GiB', '512M', '1000000' → bytes."""
+    s = text.strip().lower().replace(" ", "")
+    num = s.rstrip("abcdefghijklmnopqrstuvwxyz")
+    unit = s[len(num):]
+    if not num or unit not in UNITS:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size like 512MiB or 4GiB")
+    return int(float(num) * UNITS[unit])
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="faasd", description="faas daemons")
+    p.add_argument("--log-level", default=os.environ.get("FAAS_LOG_LEVEL", "INFO"))
+    sub = p.add_subparsers(dest="role", required=True)
+    s = sub.add_parser("scheduler", help="run the cluster's scheduler")
+    s.add_argument("--listen", default="127.0.0.1:8470", help="HOST:PORT (port 0 picks a free one)")
+    s.add_argument("--home", default=os.environ.get("FAAS_HOME", "~/.faas"))
+    s.add_argument("--warehouse", default=None, help="warehouse URI (default: file://HOME/warehouse)")
+    s.add_argument("--catalog", default=None, help="catalog URI (default: sqlite:///HOME/catalog.db)")
+    s.add_argument("--token-file", default=None, help="cluster token (default: HOME/token, created)")
+    s.add_argument("--host-id", default=None)
+    w = sub.add_parser("worker", help="run a worker on this host")
+    w.add_argument("--scheduler", required=True, help="scheduler HOST:PORT")
+    w.add_argument("--host-id", default=None, help="identity of this host (default: hostname)")
+    w.add_argument("--memory", type=parse_size, default=None, help="memory to offer, e.g. 8GiB")
+    w.add_argument("--shm-dir", default=None, help="shared-memory directory (default /dev/shm)")
+    w.add_argument("--token-file", default=os.environ.get("FAAS_TOKEN_FILE"), required=False)
+    return p
+
+
+async def _serve(daemon: Any, ready: str) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await daemon.start()
+        if hasattr(daemon, "wait_registered"):
+            await daemon.wait_registered()
+        print(ready.format(d=daemon), flush=True)
+        await stop.wait()
+    finally:
+        await daemon.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(), stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    try:
+        if args.role == "scheduler":
+            from scheduler.server import Scheduler
+
+            home = Path(args.home).expanduser()
+            token = load_token(args.token_file) if args.token_file else ensure_token(home / "token")
+            daemon: Any = Scheduler(
+                home=home, token=token, listen=args.listen, warehouse=args.warehouse,
+                catalog=args.catalog, host_id=args.host_id,
+            )
+            asyncio.run(_serve(daemon, "faasd scheduler listening on {d.address}"))
+        else:
+            from faasd.worker import Worker
+
+            if not args.token_file:
+                raise FaasError("a worker needs the cluster token: pass --token-file or set FAAS_TOKEN_FILE")
+            daemon = Worker(
+                args.scheduler, token=load_token(args.token_file), host_id=args.host_id,
+                memory=args.memory, shm_dir=args.shm_dir,
+            )
+            asyncio.run(_serve(daemon, "faasd worker {d.worker_id} registered with {d.scheduler}"))
+    except FaasError as exc:
+        print(f"faasd: error: {exc}", file=sys.stderr)
+        return 1
+    except TimeoutError:
+        print("faasd: error: could not register with the scheduler within 30s", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

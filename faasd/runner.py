@@ -1,0 +1,162 @@
+"""The function process: ``python -m faasd.runner FD``.
+
+One fresh process per function per run. It reads one FunctionTask frame from
+the private socket its worker passed as file descriptor FD, loads the
+function's inputs (memory-mapped Arrow objects, or Iceberg scans done here),
+calls the user's function, writes the output once as an Arrow IPC file, and
+answers with FunctionResult or Error. Everything the function prints goes to
+this process's stdout/stderr, which the worker streams live.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import socket
+import sys
+import traceback
+from typing import Any
+
+import msgspec
+
+from protocol.framing import HEADER, MAX_CONTROL_FRAME, encode
+from protocol.messages import Error, FunctionResult, FunctionTask, ObjectInput, ScanInput
+
+_decoder = msgspec.msgpack.Decoder(FunctionTask)
+
+
+def _recv_exactly(sock: socket.socket, n: int) -> bytes:
+    buf = bytearray(n)
+    view = memoryview(buf)
+    got = 0
+    while got < n:
+        k = sock.recv_into(view[got:])
+        if k == 0:
+            raise EOFError("worker closed the task channel")
+        got += k
+    return bytes(buf)
+
+
+def _read_task(sock: socket.socket) -> FunctionTask:
+    (size,) = HEADER.unpack(_recv_exactly(sock, HEADER.size))
+    if size > MAX_CONTROL_FRAME:
+        raise ValueError(f"task frame of {size} bytes exceeds {MAX_CONTROL_FRAME}")
+    return _decoder.decode(_recv_exactly(sock, size))
+
+
+def _find_function(task: FunctionTask) -> Any:
+    sys.path.insert(0, task.project_dir)
+    module = importlib.import_module(task.module)
+    fn = getattr(module, task.function, None)
+    if fn is None:
+        raise LookupError(f"{task.module} has no function {task.function!r}")
+    return fn
+
+
+def _apply(table: Any, columns: list[str] | None, row_filter: str | None) -> Any:
+    if row_filter:
+        import duckdb
+
+        con = duckdb.connect()
+        con.register("t", table)
+        table = con.execute(f"SELECT * FROM t WHERE {row_filter}").fetch_arrow_table()
+    if columns:
+        table = table.select(columns)
+    return table
+
+
+def _load_input(inp: ScanInput | ObjectInput, task: FunctionTask) -> Any:
+    import pyarrow as pa
+
+    if isinstance(inp, ScanInput):
+        from store.scan import scan_metadata
+
+        return scan_metadata(
+            inp.metadata_location, snapshot_id=inp.snapshot_id, columns=inp.columns,
+            row_filter=inp.filter,
+        )
+    path = task.objects[inp.object_id]
+    # Memory-mapped: the table's buffers point into the shared file, nothing is copied.
+    table = pa.ipc.open_file(pa.memory_map(path, "r")).read_all()
+    return _apply(table, inp.columns, inp.filter)
+
+
+def to_arrow(value: Any, node: str) -> Any:
+    """Accept a pyarrow Table, a RecordBatchReader, pandas/polars DataFrames or a list of dicts."""
+    import pyarrow as pa
+
+    if isinstance(value, pa.Table):
+        return value
+    if isinstance(value, pa.RecordBatchReader):
+        return value.read_all()
+    if isinstance(value, pa.RecordBatch):
+        return pa.Table.from_batches([value])
+    if isinstance(value, list) and all(isinstance(r, dict) for r in value):
+        return pa.Table.from_pylist(value)
+    module = type(value).__module__.split(".")[0]
+    if module == "pandas":
+        return pa.Table.from_pandas(value, preserve_index=False)
+    if module == "polars":
+        return value.to_arrow()
+    if hasattr(value, "fetch_arrow_table"):  # a DuckDB relation
+        return value.fetch_arrow_table()
+    if hasattr(value, "__arrow_c_stream__"):
+        return pa.table(value)
+    raise TypeError(
+        f"model {node!r} returned {type(value).__name__}; return a pyarrow Table, a pandas or "
+        f"polars DataFrame, or a list of dicts"
+    )
+
+
+def _write_output(table: Any, path: str) -> int:
+    import pyarrow as pa
+
+    tmp = path + ".tmp"
+    with pa.OSFile(tmp, "wb") as sink:
+        with pa.ipc.new_file(sink, table.schema) as writer:
+            writer.write_table(table)
+    os.replace(tmp, path)  # readers never see a half-written object
+    return os.path.getsize(path)
+
+
+def run(task: FunctionTask) -> FunctionResult:
+    fn = _find_function(task)
+    kwargs: dict[str, Any] = {inp.param: _load_input(inp, task) for inp in task.inputs}
+    kwargs.update(task.params)
+    table = to_arrow(fn(**kwargs), task.node)
+    nbytes = _write_output(table, task.output_path)
+    return FunctionResult(
+        rows=table.num_rows, nbytes=nbytes, schema=table.schema.serialize().to_pybytes()
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    sock = socket.socket(fileno=int(argv[0]))
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        task = _read_task(sock)
+    except Exception as exc:  # noqa: BLE001 - nothing to run; say why and stop
+        print(f"faas runner: cannot read the task: {exc}", file=sys.stderr)
+        return 2
+    try:
+        reply: FunctionResult | Error = run(task)
+        code = 0
+    except BaseException as exc:  # noqa: BLE001 - user code may raise anything, even SystemExit
+        tb = traceback.format_exc()
+        reply = Error(
+            kind="FunctionFailed",
+            message=f"model {task.node!r} raised {type(exc).__name__}: {exc}",
+            detail=tb,
+        )
+        code = 1
+    sys.stdout.flush()
+    sys.stderr.flush()
+    sock.sendall(encode(reply))
+    sock.close()
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

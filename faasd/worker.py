@@ -1,0 +1,350 @@
+"""The worker daemon: registers with the scheduler and runs what it is given.
+
+It owns the function processes of this host, the shared-memory directory
+where their outputs live as Arrow IPC files, and the warehouse writes of
+materialized outputs. It reconnects to the scheduler on its own when the
+connection is lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import shutil
+import socket
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import psutil
+
+from faasd.process import FunctionProcess
+from protocol.connection import Connection, connect
+from protocol.errors import FaasError, RunCancelled
+from protocol.framing import encode
+from protocol.messages import (
+    CancelTask,
+    Error,
+    FunctionTask,
+    Heartbeat,
+    ImportDone,
+    ImportTask,
+    ObjectInfo,
+    QueryDone,
+    QueryTask,
+    Register,
+    Registered,
+    ReleaseRun,
+    RunTask,
+    SchedulerToWorker,
+    TaskDone,
+    TaskFailed,
+    TaskLog,
+    TaskStarted,
+    error_message,
+)
+
+log = logging.getLogger(__name__)
+
+_decoder = msgspec.msgpack.Decoder(SchedulerToWorker)
+
+
+def python_version() -> str:
+    return f"{sys.version_info.major}.{sys.version_info.minor}"
+
+
+def default_shm_dir() -> str:
+    return "/dev/shm" if os.path.isdir("/dev/shm") else os.path.join(os.path.expanduser("~"), ".faas", "shm")
+
+
+class Worker:
+    def __init__(
+        self,
+        scheduler: str,
+        *,
+        token: bytes,
+        host_id: str | None = None,
+        memory: int | None = None,
+        shm_dir: str | None = None,
+        work_dir: str | None = None,
+        reconnect: bool = True,
+    ) -> None:
+        self.scheduler = scheduler
+        self.token = token
+        self.host_id = host_id or socket.gethostname()
+        self.worker_id = f"w-{uuid.uuid4().hex[:8]}"
+        self.memory = memory or psutil.virtual_memory().total
+        self.shm_root = Path(shm_dir or default_shm_dir()) / f"faas-{self.worker_id}"
+        self.work_root = Path(work_dir) if work_dir else self.shm_root / "work"
+        self.reconnect = reconnect
+        self.status = "new"
+        self.conn: Connection[Any] | None = None
+        self.processes: dict[str, FunctionProcess] = {}
+        self.jobs: set[asyncio.Task[None]] = set()
+        self.registered = asyncio.Event()
+        self._main: asyncio.Task[None] | None = None
+
+    # -- lifecycle -------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self.status != "new":
+            return
+        self.status = "starting"
+        self.shm_root.mkdir(parents=True, exist_ok=True)
+        self.work_root.mkdir(parents=True, exist_ok=True)
+        self._main = asyncio.create_task(self._serve_forever())
+        self.status = "running"
+
+    async def close(self) -> None:
+        if self.status in ("closing", "closed"):
+            return
+        self.status = "closing"
+        for proc in list(self.processes.values()):
+            proc.cancel()
+        for job in list(self.jobs):
+            job.cancel()
+        if self._main:
+            self._main.cancel()
+            try:
+                await self._main
+            except (asyncio.CancelledError, Exception):  # noqa: BLE001 - shutting down
+                pass
+        if self.conn:
+            await self.conn.aclose()
+        shutil.rmtree(self.shm_root, ignore_errors=True)
+        self.status = "closed"
+        log.info("worker %s closed", self.worker_id)
+
+    async def __aenter__(self) -> "Worker":
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def wait_registered(self, timeout: float = 30.0) -> None:
+        await asyncio.wait_for(self.registered.wait(), timeout)
+
+    # -- connection to the scheduler -------------------------------------------
+
+    async def _serve_forever(self) -> None:
+        delay = 0.2
+        while self.status in ("starting", "running"):
+            try:
+                await self._session()
+                delay = 0.2
+            except asyncio.CancelledError:
+                raise
+            except FaasError as exc:
+                log.warning("worker %s: scheduler connection: %s", self.worker_id, exc)
+            finally:
+                self.registered.clear()
+                for proc in list(self.processes.values()):
+                    proc.cancel()
+            if not self.reconnect:
+                return
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+    async def _session(self) -> None:
+        self.conn = await connect(
+            self.scheduler, _decoder, token=self.token, role="worker", host_id=self.host_id
+        )
+        vm = psutil.virtual_memory()
+        await self.conn.send(
+            Register(
+                worker_id=self.worker_id,
+                host_id=self.host_id,
+                memory_total=self.memory,
+                memory_available=min(self.memory, vm.available),
+                python_versions=[python_version()],
+                shm_dir=str(self.shm_root),
+            )
+        )
+        reply = await self.conn.recv(timeout=30)
+        if isinstance(reply, Error):
+            raise FaasError(f"scheduler refused registration: {reply.message}")
+        if not isinstance(reply, Registered):
+            raise FaasError(f"unexpected reply to Register: {type(reply).__name__}")
+        log.info("worker %s registered with %s (host %s)", self.worker_id, self.scheduler, self.host_id)
+        self.registered.set()
+        beat = asyncio.create_task(self._heartbeat(self.conn, reply.heartbeat_interval))
+        try:
+            while True:
+                msg = await self.conn.recv()
+                self._dispatch(msg)
+        finally:
+            beat.cancel()
+            self.conn.close()
+
+    async def _heartbeat(self, conn: Connection[Any], interval: float) -> None:
+        while not conn.closed:
+            await asyncio.sleep(interval)
+            vm = psutil.virtual_memory()
+            await conn.send(
+                Heartbeat(
+                    memory_total=self.memory,
+                    memory_available=min(self.memory, vm.available),
+                    running=len(self.processes),
+                )
+            )
+
+    def _spawn(self, coro: Any) -> None:
+        job = asyncio.create_task(coro)
+        self.jobs.add(job)
+        job.add_done_callback(self.jobs.discard)
+
+    def _dispatch(self, msg: Any) -> None:
+        match msg:
+            case RunTask():
+                self._spawn(self._run_task(msg))
+            case CancelTask(task_id=task_id):
+                proc = self.processes.get(task_id)
+                if proc:
+                    proc.cancel()
+            case ReleaseRun(run_id=run_id):
+                self._release(run_id)
+            case ImportTask():
+                self._spawn(self._import(msg))
+            case QueryTask():
+                self._spawn(self._query(msg))
+            case Error():
+                log.warning("scheduler reported: %s", msg.message)
+            case _:
+                log.warning("unexpected message from scheduler: %s", type(msg).__name__)
+
+    async def _send(self, msg: Any) -> None:
+        if self.conn is not None and not self.conn.closed:
+            await self.conn.send(msg)
+
+    # -- runs -------------------------------------------------------------------
+
+    def run_dir(self, run_id: str) -> Path:
+        return self.shm_root / run_id
+
+    def object_path(self, run_id: str, object_id: str) -> Path:
+        return self.run_dir(run_id) / f"{object_id}.arrow"
+
+    def _project_dir(self, run_id: str, files: dict[str, str]) -> Path:
+        root = self.work_root / run_id / "project"
+        if not root.exists():
+            tmp = root.with_name(f"project.{uuid.uuid4().hex[:6]}")
+            for rel, text in files.items():
+                target = (tmp / rel).resolve()
+                if not str(target).startswith(str(tmp.resolve())):
+                    raise FaasError(f"project file {rel!r} points outside the project")
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_text(text)
+            try:
+                tmp.rename(root)
+            except OSError:  # another task of the same run got there first
+                shutil.rmtree(tmp, ignore_errors=True)
+        return root
+
+    async def _run_task(self, msg: RunTask) -> None:
+        t0 = time.perf_counter()
+        try:
+            self.run_dir(msg.run_id).mkdir(parents=True, exist_ok=True)
+            project = self._project_dir(msg.run_id, msg.files)
+            output = self.object_path(msg.run_id, msg.node)
+            objects = {
+                i.object_id: str(self.object_path(msg.run_id, i.object_id))
+                for i in msg.inputs
+                if not hasattr(i, "metadata_location")
+            }
+            task = FunctionTask(
+                run_id=msg.run_id, node=msg.node, project_dir=str(project), module=msg.module,
+                function=msg.function, inputs=msg.inputs, objects=objects,
+                output_path=str(output), params=msg.params,
+            )
+            proc = FunctionProcess(task, cwd=str(project))
+            self.processes[msg.task_id] = proc
+
+            async def on_line(stream: str, line: str) -> None:
+                await self._send(TaskLog(task_id=msg.task_id, stream=stream, line=line, time=time.time()))
+
+            async def on_start(pid: int) -> None:
+                await self._send(TaskStarted(task_id=msg.task_id, pid=pid))
+
+            result = await proc.run(on_line, on_start)
+            files: list[str] = []
+            if msg.materialize is not None:
+                files = [await asyncio.to_thread(self._write_parquet, output, msg.materialize.directory, msg.node)]
+            info = ObjectInfo(
+                object_id=msg.node, path=str(output), rows=result.rows, nbytes=result.nbytes,
+                schema=result.schema,
+            )
+            await self._send(
+                TaskDone(task_id=msg.task_id, output=info, files=files, seconds=time.perf_counter() - t0)
+            )
+        except asyncio.CancelledError:
+            raise
+        except RunCancelled as exc:
+            await self._send(TaskFailed(task_id=msg.task_id, error=error_message(exc)))
+        except Exception as exc:  # noqa: BLE001 - every failure is reported, the worker goes on
+            if not isinstance(exc, FaasError):
+                log.exception("task %s failed inside the worker", msg.task_id)
+            await self._send(TaskFailed(task_id=msg.task_id, error=error_message(exc)))
+        finally:
+            self.processes.pop(msg.task_id, None)
+
+    @staticmethod
+    def _write_parquet(object_path: Path, directory: str, node: str) -> str:
+        import pyarrow as pa
+
+        from store.files import write_parquet
+
+        table = pa.ipc.open_file(pa.memory_map(str(object_path), "r")).read_all()
+        return write_parquet(table, directory, f"{node}-{uuid.uuid4().hex[:8]}.parquet")
+
+    def _release(self, run_id: str) -> None:
+        shutil.rmtree(self.run_dir(run_id), ignore_errors=True)
+        shutil.rmtree(self.work_root / run_id, ignore_errors=True)
+
+    # -- catalog helpers run on the data plane ---------------------------------
+
+    async def _import(self, msg: ImportTask) -> None:
+        def work() -> ImportDone:
+            from store.files import read_source_files, write_parquet
+
+            table = read_source_files(msg.paths)
+            path = write_parquet(table, msg.directory, f"import-{uuid.uuid4().hex[:8]}.parquet")
+            return ImportDone(
+                task_id=msg.task_id, files=[path], rows=table.num_rows,
+                schema=table.schema.serialize().to_pybytes(),
+            )
+
+        try:
+            await self._send(await asyncio.to_thread(work))
+        except Exception as exc:  # noqa: BLE001 - reported to the scheduler
+            await self._send(TaskFailed(task_id=msg.task_id, error=error_message(exc)))
+
+    async def _query(self, msg: QueryTask) -> None:
+        def work() -> tuple[bytes, int]:
+            import pyarrow as pa
+
+            from store.query import query_tables
+            from store.scan import scan_metadata
+
+            tables = {
+                name: scan_metadata(s.metadata_location, snapshot_id=s.snapshot_id)
+                for name, s in msg.tables.items()
+            }
+            result = query_tables(msg.sql, tables)
+            sink = pa.BufferOutputStream()
+            with pa.ipc.new_stream(sink, result.schema) as writer:
+                writer.write_table(result)
+            return sink.getvalue().to_pybytes(), result.num_rows
+
+        try:
+            data, rows = await asyncio.to_thread(work)
+        except Exception as exc:  # noqa: BLE001 - reported to the scheduler
+            await self._send(TaskFailed(task_id=msg.task_id, error=error_message(exc)))
+            return
+        if self.conn is not None:
+            header = encode(QueryDone(task_id=msg.task_id, nbytes=len(data), rows=rows))
+            await self.conn.send_raw(header, data)

@@ -1,0 +1,244 @@
+"""An authenticated framed connection over asyncio streams.
+
+This is the one thin adaptor between :mod:`protocol.framing` (pure) and
+asyncio streams, shared by every daemon and the client so that the handshake,
+deadlines and error mapping are the same everywhere.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any, Generic, TypeVar
+
+import msgspec
+
+from protocol import auth
+from protocol.errors import (
+    ClosedByUs,
+    FaasError,
+    HandshakeFailed,
+    MalformedFrame,
+    PeerVanished,
+)
+from protocol.framing import MAX_CONTROL_FRAME, MAX_HANDSHAKE_FRAME, encode, read_frame
+from protocol.messages import PROTOCOL_VERSION, Auth, Error, Handshake, Hello, Welcome
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+HANDSHAKE_TIMEOUT = 10.0
+SEND_TIMEOUT = 60.0
+
+_handshake_decoder: msgspec.msgpack.Decoder[Any] = msgspec.msgpack.Decoder(Handshake)
+
+
+class Connection(Generic[T]):
+    """One authenticated connection; ``recv`` decodes this channel's union ``T``."""
+
+    def __init__(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        decoder: msgspec.msgpack.Decoder[T],
+        *,
+        peer_role: str = "",
+        peer_host: str = "",
+        max_frame: int = MAX_CONTROL_FRAME,
+    ) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.decoder = decoder
+        self.peer_role = peer_role
+        self.peer_host = peer_host
+        self.max_frame = max_frame
+        self._closed = False
+        self._send_lock = asyncio.Lock()
+        peer = writer.get_extra_info("peername")
+        self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer or "?")
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    async def send(self, message: Any, *, timeout: float = SEND_TIMEOUT) -> None:
+        await self.send_raw(encode(message), timeout=timeout)
+
+    async def send_raw(self, *chunks: bytes | memoryview, timeout: float = SEND_TIMEOUT) -> None:
+        """Write chunks back to back; frames and bulk bytes never interleave between senders."""
+        if self._closed:
+            raise ClosedByUs("connection already closed")
+        async with self._send_lock:
+            try:
+                for chunk in chunks:
+                    self.writer.write(chunk)
+                await asyncio.wait_for(self.writer.drain(), timeout)
+            except (ConnectionError, TimeoutError) as exc:
+                # Position in the stream is unknown now: this connection is done.
+                self.close()
+                raise PeerVanished(f"cannot send to {self.peer}: {exc!r}") from exc
+            except asyncio.CancelledError:
+                self.close()
+                raise
+
+    async def recv(self, *, timeout: float | None = None) -> T:
+        if self._closed:
+            raise ClosedByUs("connection already closed")
+        try:
+            if timeout is None:
+                return await read_frame(self.reader, self.decoder, self.max_frame)
+            return await asyncio.wait_for(
+                read_frame(self.reader, self.decoder, self.max_frame), timeout
+            )
+        except MalformedFrame:
+            raise
+        except TimeoutError as exc:
+            self.close()
+            raise PeerVanished(f"no frame from {self.peer} within {timeout}s") from exc
+        except (FaasError, asyncio.CancelledError):
+            self.close()
+            raise
+
+    async def recv_bulk(self, nbytes: int, *, timeout: float | None = None) -> bytes:
+        """Read the raw bytes announced by a header frame."""
+        try:
+            return await asyncio.wait_for(self.reader.readexactly(nbytes), timeout)
+        except asyncio.IncompleteReadError as exc:
+            self.close()
+            raise PeerVanished(
+                f"{self.peer} closed after {len(exc.partial)} of {nbytes} bulk bytes"
+            ) from None
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self.writer.close()
+
+    async def aclose(self) -> None:
+        self.close()
+        try:
+            await asyncio.wait_for(self.writer.wait_closed(), 2.0)
+        except (OSError, TimeoutError):
+            pass
+
+
+async def _expect(reader: asyncio.StreamReader, kind: type) -> Any:
+    msg = await asyncio.wait_for(
+        read_frame(reader, _handshake_decoder, MAX_HANDSHAKE_FRAME), HANDSHAKE_TIMEOUT
+    )
+    if isinstance(msg, Error):
+        raise HandshakeFailed(msg.message)
+    if not isinstance(msg, kind):
+        raise HandshakeFailed(f"expected {kind.__name__}, got {type(msg).__name__}")
+    return msg
+
+
+async def accept(
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    decoder: msgspec.msgpack.Decoder[T],
+    *,
+    token: bytes,
+    role: str,
+    host_id: str,
+    allowed_roles: tuple[str, ...],
+) -> Connection[T]:
+    """Server side of the handshake. On any failure the socket is closed and the error raised.
+
+    Only handshake-sized frames are read until the proof checks out.
+    """
+    nonce = auth.new_nonce()
+    try:
+        writer.write(encode(Hello(version=PROTOCOL_VERSION, role=role, host_id=host_id, nonce=nonce)))
+        await asyncio.wait_for(writer.drain(), HANDSHAKE_TIMEOUT)
+        hello = await _expect(reader, Auth)
+        if hello.version != PROTOCOL_VERSION:
+            raise HandshakeFailed(
+                f"protocol version {hello.version} is not supported (this {role} speaks "
+                f"{PROTOCOL_VERSION})"
+            )
+        if hello.role not in allowed_roles:
+            raise HandshakeFailed(f"role {hello.role!r} may not connect to a {role}")
+        if not auth.verify(token, nonce, hello.role, hello.host_id, hello.proof):
+            raise HandshakeFailed("cluster token does not match (check --token-file)")
+        back = auth.proof(token, hello.nonce, role, host_id)
+        writer.write(encode(Welcome(proof=back)))
+        await asyncio.wait_for(writer.drain(), HANDSHAKE_TIMEOUT)
+    except HandshakeFailed as exc:
+        try:
+            writer.write(encode(Error(kind="HandshakeFailed", message=str(exc))))
+        except Exception:  # noqa: BLE001 - the peer may be gone already
+            pass
+        writer.close()
+        raise
+    except (FaasError, OSError, TimeoutError) as exc:
+        writer.close()
+        raise HandshakeFailed(f"handshake failed: {exc}") from exc
+    except BaseException:
+        writer.close()
+        raise
+    return Connection(reader, writer, decoder, peer_role=hello.role, peer_host=hello.host_id)
+
+
+def parse_address(address: str) -> tuple[str, int]:
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit():
+        from protocol.errors import InvalidInput
+
+        raise InvalidInput(f"address {address!r} is not HOST:PORT")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+async def connect(
+    address: str,
+    decoder: msgspec.msgpack.Decoder[T],
+    *,
+    token: bytes,
+    role: str,
+    host_id: str,
+    timeout: float = HANDSHAKE_TIMEOUT,
+) -> Connection[T]:
+    """Open a connection to ``HOST:PORT`` and authenticate both ways."""
+    host, port = parse_address(address)
+    try:
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_connection(host, port, limit=2**20), timeout
+        )
+    except (OSError, TimeoutError) as exc:
+        raise PeerVanished(f"cannot connect to {address}: {exc}") from None
+    try:
+        hello = await _expect(reader, Hello)
+        if hello.version != PROTOCOL_VERSION:
+            raise HandshakeFailed(
+                f"{address} speaks protocol version {hello.version}, this side {PROTOCOL_VERSION}"
+            )
+        nonce = auth.new_nonce()
+        writer.write(
+            encode(
+                Auth(
+                    version=PROTOCOL_VERSION,
+                    role=role,
+                    host_id=host_id,
+                    proof=auth.proof(token, hello.nonce, role, host_id),
+                    nonce=nonce,
+                )
+            )
+        )
+        await asyncio.wait_for(writer.drain(), timeout)
+        welcome = await _expect(reader, Welcome)
+        if not auth.verify(token, nonce, hello.role, hello.host_id, welcome.proof):
+            raise HandshakeFailed(f"{address} did not prove the cluster token")
+    except HandshakeFailed as exc:
+        writer.close()
+        raise HandshakeFailed(f"handshake with {address} failed: {exc}") from None
+    except (FaasError, OSError, TimeoutError) as exc:
+        writer.close()
+        raise HandshakeFailed(f"handshake with {address} failed: {exc or type(exc).__name__}") from None
+    except BaseException:
+        writer.close()
+        raise
+    return Connection(reader, writer, decoder, peer_role=hello.role, peer_host=hello.host_id)

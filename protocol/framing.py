@@ -1,0 +1,80 @@
+"""Frames: a 4-byte big-endian length, then a msgspec-msgpack payload.
+
+No socket I/O lives here: encoders return bytes and :func:`read_frame` reads
+from anything with an async ``readexactly`` (an ``asyncio.StreamReader`` or an
+in-memory reader in tests). The size limit is checked on the length prefix,
+before a single byte of the payload is allocated or read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+from typing import Any, Protocol, TypeVar
+
+import msgspec
+
+from protocol.errors import (
+    ConnectionClosed,
+    FrameTooLarge,
+    FrameTruncated,
+    MalformedFrame,
+    PeerVanished,
+)
+
+HEADER = struct.Struct("!I")
+# Control frames carry metadata and small projects, never table data.
+MAX_CONTROL_FRAME = 16 * 1024 * 1024
+# Before the handshake passes only tiny frames are acceptable.
+MAX_HANDSHAKE_FRAME = 4096
+
+T = TypeVar("T")
+
+_encoder = msgspec.msgpack.Encoder()
+
+
+class Reader(Protocol):
+    async def readexactly(self, n: int) -> bytes: ...
+
+
+def encode(message: Any) -> bytes:
+    """One frame: length prefix + msgpack payload."""
+    payload = _encoder.encode(message)
+    return HEADER.pack(len(payload)) + payload
+
+
+async def _read_exactly(reader: Reader, n: int, *, started: bool) -> bytes:
+    try:
+        return await reader.readexactly(n)
+    except asyncio.IncompleteReadError as exc:
+        if not started and not exc.partial:
+            raise ConnectionClosed("peer closed the connection") from None
+        raise FrameTruncated(
+            f"connection ended inside a frame ({len(exc.partial)} of {n} bytes read)"
+        ) from None
+    except (ConnectionResetError, BrokenPipeError, TimeoutError) as exc:
+        raise PeerVanished(f"peer vanished: {exc.__class__.__name__}") from exc
+
+
+async def read_payload(reader: Reader, max_size: int = MAX_CONTROL_FRAME) -> bytes:
+    """Read one frame's payload, refusing oversize frames before reading them."""
+    header = await _read_exactly(reader, HEADER.size, started=False)
+    (size,) = HEADER.unpack(header)
+    if size > max_size:
+        raise FrameTooLarge(size, max_size)
+    return await _read_exactly(reader, size, started=True)
+
+
+async def read_frame(
+    reader: Reader, decoder: msgspec.msgpack.Decoder[T], max_size: int = MAX_CONTROL_FRAME
+) -> T:
+    """Read and decode one frame; a payload that is not a valid message raises MalformedFrame.
+
+    After MalformedFrame the stream position is still known (the whole payload
+    was consumed), so the connection may go on.
+    """
+    payload = await read_payload(reader, max_size)
+    try:
+        return decoder.decode(payload)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise MalformedFrame(f"malformed frame ({len(payload)} bytes): {exc}") from None

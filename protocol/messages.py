@@ -1,0 +1,354 @@
+"""Every control message, one tagged union per channel.
+
+Channels:
+- handshake (any peer): Hello → Auth → Welcome
+- client ↔ scheduler: ClientRequest / ClientReply
+- worker ↔ scheduler: WorkerToScheduler / SchedulerToWorker
+- worker ↔ function process: FunctionTask / FunctionReply
+
+Evolution rule: new fields get defaults, a field's type never changes.
+Tags are the class names; the tag field is ``op``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import msgspec
+
+PROTOCOL_VERSION = 1
+
+
+class Message(msgspec.Struct, frozen=True, tag_field="op", kw_only=True):
+    """Base of every control message."""
+
+
+# -- shared -------------------------------------------------------------------
+
+
+class Error(Message, frozen=True):
+    """A typed failure; ``kind`` is the name of a class in protocol.errors."""
+
+    kind: str
+    message: str
+    detail: str = ""
+
+
+class Ok(Message, frozen=True):
+    """A reply that carries plain data (JSON-shaped)."""
+
+    data: Any = None
+
+
+class BulkHeader(Message, frozen=True):
+    """Announces ``nbytes`` of raw bytes (an Arrow IPC stream) right after this frame."""
+
+    nbytes: int
+    rows: int = 0
+
+
+# -- handshake ------------------------------------------------------------------
+
+Role = Literal["client", "worker", "scheduler", "peer"]
+
+
+class Hello(Message, frozen=True):
+    """First frame, sent by the accepting side."""
+
+    version: int
+    role: str
+    host_id: str
+    nonce: bytes
+
+
+class Auth(Message, frozen=True):
+    """The connecting side proves it holds the cluster token."""
+
+    version: int
+    role: str
+    host_id: str
+    proof: bytes
+    nonce: bytes
+
+
+class Welcome(Message, frozen=True):
+    """The accepting side proves the token back over the connecting side's nonce."""
+
+    proof: bytes
+
+
+Handshake = Hello | Auth | Welcome | Error
+
+
+# -- run plans ----------------------------------------------------------------
+
+
+class ScanInput(msgspec.Struct, frozen=True, kw_only=True, tag_field="kind", tag="scan"):
+    """An input read from an Iceberg table inside the function process."""
+
+    param: str
+    key: str
+    metadata_location: str
+    snapshot_id: int | None = None
+    columns: list[str] | None = None
+    filter: str | None = None
+
+
+class ObjectInput(msgspec.Struct, frozen=True, kw_only=True, tag_field="kind", tag="object"):
+    """An input that is another function's output object (an Arrow IPC file)."""
+
+    param: str
+    node: str
+    object_id: str
+    columns: list[str] | None = None
+    filter: str | None = None
+
+
+class Materialize(msgspec.Struct, frozen=True, kw_only=True):
+    """Where a worker writes an output's Parquet files for the scheduler to commit."""
+
+    key: str
+    directory: str
+    mode: str = "replace"
+
+
+class ObjectInfo(msgspec.Struct, frozen=True, kw_only=True):
+    object_id: str
+    path: str
+    rows: int
+    nbytes: int
+    # The Arrow schema, serialized as an IPC schema message.
+    schema: bytes = b""
+
+
+# -- client ↔ scheduler -------------------------------------------------------
+
+
+class SubmitRun(Message, frozen=True):
+    files: dict[str, str]
+    namespace: str
+    ref: str = "main"
+    params: dict[str, str] = {}
+    project_dir: str = ""
+    dry_run: bool = False
+
+
+class ListNamespaces(Message, frozen=True):
+    ref: str = "main"
+
+
+class CreateNamespace(Message, frozen=True):
+    name: str
+    ref: str = "main"
+
+
+class ListTables(Message, frozen=True):
+    namespace: str | None = None
+    ref: str = "main"
+
+
+class GetTable(Message, frozen=True):
+    key: str
+    ref: str = "main"
+
+
+class ImportTable(Message, frozen=True):
+    key: str
+    paths: list[str]
+    ref: str = "main"
+    mode: str = "replace"
+
+
+class Query(Message, frozen=True):
+    sql: str
+    namespace: str | None = None
+    ref: str = "main"
+
+
+class ClusterInfo(Message, frozen=True):
+    pass
+
+
+class RunAccepted(Message, frozen=True):
+    run_id: str
+    nodes: list[str]
+
+
+class TaskEvent(Message, frozen=True):
+    """A node changed state: queued, running, done, failed, cancelled."""
+
+    run_id: str
+    node: str
+    state: str
+    worker: str = ""
+    time: float = 0.0
+    rows: int = 0
+    error: str = ""
+
+
+class LogLine(Message, frozen=True):
+    run_id: str
+    node: str
+    stream: str
+    line: str
+    time: float = 0.0
+
+
+class RunFinished(Message, frozen=True):
+    run_id: str
+    status: str  # "success" | "failed" | "cancelled"
+    commit: str = ""
+    tables: list[str] = []
+    error: Error | None = None
+    seconds: float = 0.0
+
+
+ClientRequest = (
+    SubmitRun
+    | ListNamespaces
+    | CreateNamespace
+    | ListTables
+    | GetTable
+    | ImportTable
+    | Query
+    | ClusterInfo
+)
+ClientReply = RunAccepted | TaskEvent | LogLine | RunFinished | Ok | BulkHeader | Error
+
+
+# -- worker ↔ scheduler -------------------------------------------------------
+
+
+class Register(Message, frozen=True):
+    worker_id: str
+    host_id: str
+    memory_total: int
+    memory_available: int
+    python_versions: list[str]
+    shm_dir: str
+    data_address: str = ""
+
+
+class Heartbeat(Message, frozen=True):
+    memory_total: int
+    memory_available: int
+    running: int = 0
+
+
+class TaskStarted(Message, frozen=True):
+    task_id: str
+    pid: int = 0
+
+
+class TaskLog(Message, frozen=True):
+    task_id: str
+    stream: str
+    line: str
+    time: float = 0.0
+
+
+class TaskDone(Message, frozen=True):
+    task_id: str
+    output: ObjectInfo | None = None
+    files: list[str] = []
+    seconds: float = 0.0
+
+
+class TaskFailed(Message, frozen=True):
+    task_id: str
+    error: Error
+
+
+class ImportDone(Message, frozen=True):
+    task_id: str
+    files: list[str]
+    rows: int
+    schema: bytes
+
+
+class QueryDone(Message, frozen=True):
+    """Followed by ``nbytes`` raw bytes: the result as an Arrow IPC stream."""
+
+    task_id: str
+    nbytes: int
+    rows: int = 0
+
+
+class Registered(Message, frozen=True):
+    worker_id: str
+    heartbeat_interval: float = 1.0
+
+
+class RunTask(Message, frozen=True):
+    task_id: str
+    run_id: str
+    node: str
+    files: dict[str, str]
+    module: str
+    function: str
+    inputs: list[ScanInput | ObjectInput]
+    params: dict[str, str] = {}
+    materialize: Materialize | None = None
+
+
+class CancelTask(Message, frozen=True):
+    task_id: str
+
+
+class ReleaseRun(Message, frozen=True):
+    run_id: str
+
+
+class ImportTask(Message, frozen=True):
+    task_id: str
+    key: str
+    paths: list[str]
+    directory: str
+
+
+class QueryTask(Message, frozen=True):
+    task_id: str
+    sql: str
+    # SQL table name as written in the query → the table's scan input.
+    tables: dict[str, ScanInput]
+
+
+WorkerToScheduler = (
+    Register | Heartbeat | TaskStarted | TaskLog | TaskDone | TaskFailed | ImportDone | QueryDone
+)
+SchedulerToWorker = Registered | RunTask | CancelTask | ReleaseRun | ImportTask | QueryTask | Error
+
+
+# -- worker ↔ function process --------------------------------------------------
+
+
+class FunctionTask(Message, frozen=True):
+    run_id: str
+    node: str
+    project_dir: str
+    module: str
+    function: str
+    inputs: list[ScanInput | ObjectInput]
+    # object id → path of the Arrow IPC file holding it, for ObjectInputs.
+    objects: dict[str, str]
+    output_path: str
+    params: dict[str, str] = {}
+
+
+class FunctionResult(Message, frozen=True):
+    rows: int
+    nbytes: int
+    schema: bytes
+
+
+FunctionReply = FunctionResult | Error
+
+
+def error_message(exc: BaseException, detail: str = "") -> Error:
+    """The wire form of an exception (its class name is the kind)."""
+    message = getattr(exc, "message", None) or str(exc) or exc.__class__.__name__
+    return Error(
+        kind=exc.__class__.__name__,
+        message=message,
+        detail=detail or getattr(exc, "detail", ""),
+    )

@@ -1,0 +1,1 @@
+"""The control plane: project reading, planning, run coordination, the scheduler daemon."""

@@ -1,0 +1,216 @@
+"""Read a submitted project statically: models, their inputs and environments.
+
+User code is parsed with :mod:`ast` and never imported or executed here.
+Every problem found is collected, so the author sees all of them at once.
+"""
+
+from __future__ import annotations
+
+import ast
+import tomllib
+from dataclasses import dataclass, field
+from typing import Any
+
+from protocol.errors import PlanInvalid
+
+MATERIALIZE_MODES = (None, "replace", "append")
+
+
+@dataclass(frozen=True)
+class InputRef:
+    param: str
+    name: str
+    columns: list[str] | None
+    filter: str | None
+    where: str  # file:line
+
+
+@dataclass(frozen=True)
+class ParamRef:
+    param: str
+    name: str
+    where: str
+
+
+@dataclass
+class ModelSpec:
+    name: str
+    function: str
+    module: str
+    where: str
+    materialize: str | None = None
+    columns: list[str] | None = None
+    memory: str | None = None
+    python: str | None = None
+    pip: dict[str, str] = field(default_factory=dict)
+    inputs: list[InputRef] = field(default_factory=list)
+    params: list[ParamRef] = field(default_factory=list)
+
+
+@dataclass
+class Project:
+    name: str
+    models: list[ModelSpec]
+    config: dict[str, Any]
+
+
+def _decorator_name(node: ast.expr) -> str | None:
+    """'model' for @faas.model(...), @faas.model or @model(...)."""
+    target = node.func if isinstance(node, ast.Call) else node
+    if isinstance(target, ast.Attribute) and isinstance(target.value, ast.Name):
+        if target.value.id == "faas":
+            return target.attr
+        return None
+    if isinstance(target, ast.Name):
+        return target.id
+    return None
+
+
+class _Reader:
+    def __init__(self, path: str, tree: ast.Module) -> None:
+        self.path = path
+        self.tree = tree
+        self.problems: list[str] = []
+        self.models: list[ModelSpec] = []
+
+    def where(self, node: ast.AST) -> str:
+        return f"{self.path}:{getattr(node, 'lineno', 0)}"
+
+    def literal(self, node: ast.expr, what: str) -> Any:
+        try:
+            return ast.literal_eval(node)
+        except (ValueError, TypeError, SyntaxError):
+            self.problems.append(
+                f"{self.where(node)}: {what} must be a literal (a string, number, list or "
+                f"dict written out), not {ast.unparse(node)!r}"
+            )
+            return None
+
+    def call_args(self, call: ast.expr, names: tuple[str, ...], what: str) -> dict[str, Any]:
+        if not isinstance(call, ast.Call):
+            return {}
+        args: dict[str, Any] = {}
+        if len(call.args) > len(names):
+            self.problems.append(f"{self.where(call)}: too many arguments to {what}")
+        for name, arg in zip(names, call.args):
+            args[name] = self.literal(arg, f"argument {name!r} of {what}")
+        for kw in call.keywords:
+            if kw.arg is None or kw.arg not in names:
+                self.problems.append(
+                    f"{self.where(kw.value)}: {what} has no argument {kw.arg!r} "
+                    f"(it takes {', '.join(names)})"
+                )
+                continue
+            args[kw.arg] = self.literal(kw.value, f"argument {kw.arg!r} of {what}")
+        return args
+
+    def read(self, module: str) -> None:
+        for node in self.tree.body:
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                self.read_function(node, module)
+
+    def read_function(self, fn: ast.FunctionDef | ast.AsyncFunctionDef, module: str) -> None:
+        decorators = {_decorator_name(d): d for d in fn.decorator_list}
+        if "model" not in decorators:
+            return
+        if isinstance(fn, ast.AsyncFunctionDef):
+            self.problems.append(f"{self.where(fn)}: model {fn.name!r} must not be async")
+        margs = self.call_args(
+            decorators["model"], ("name", "materialize", "columns", "memory"), "faas.model"
+        )
+        name = margs.get("name") or fn.name
+        materialize = margs.get("materialize")
+        if materialize not in MATERIALIZE_MODES:
+            self.problems.append(
+                f"{self.where(decorators['model'])}: materialize must be 'replace', 'append' or "
+                f"None, not {materialize!r}"
+            )
+            materialize = None
+        spec = ModelSpec(
+            name=name,
+            function=fn.name,
+            module=module,
+            where=self.where(fn),
+            materialize=materialize,
+            columns=margs.get("columns"),
+            memory=margs.get("memory"),
+        )
+        if "python" in decorators:
+            pargs = self.call_args(decorators["python"], ("version", "pip"), "faas.python")
+            spec.python = pargs.get("version")
+            spec.pip = pargs.get("pip") or {}
+        self.read_inputs(fn, spec)
+        self.models.append(spec)
+
+    def read_inputs(self, fn: ast.FunctionDef | ast.AsyncFunctionDef, spec: ModelSpec) -> None:
+        a = fn.args
+        positional = a.posonlyargs + a.args
+        defaults: list[ast.expr | None] = [None] * (len(positional) - len(a.defaults))
+        defaults += list(a.defaults)
+        pairs = list(zip(positional, defaults)) + list(zip(a.kwonlyargs, a.kw_defaults))
+        for arg, default in pairs:
+            kind = _decorator_name(default) if isinstance(default, ast.Call) else None
+            if kind == "Model":
+                margs = self.call_args(default, ("name", "columns", "filter"), "faas.Model")
+                if not isinstance(margs.get("name"), str) or not margs.get("name"):
+                    self.problems.append(
+                        f"{self.where(default)}: faas.Model needs a table or model name"
+                    )
+                    continue
+                spec.inputs.append(
+                    InputRef(
+                        param=arg.arg,
+                        name=margs["name"],
+                        columns=margs.get("columns"),
+                        filter=margs.get("filter"),
+                        where=self.where(default),
+                    )
+                )
+            elif kind == "Parameter":
+                pargs = self.call_args(default, ("name",), "faas.Parameter")
+                spec.params.append(
+                    ParamRef(param=arg.arg, name=pargs.get("name") or arg.arg, where=self.where(default))
+                )
+            else:
+                self.problems.append(
+                    f"{self.where(arg)}: parameter {arg.arg!r} of model {spec.name!r} needs a "
+                    f"default of faas.Model(...) or faas.Parameter(...)"
+                )
+
+
+def read_project(files: dict[str, str]) -> Project:
+    """Parse every model of a project. Raises PlanInvalid listing every problem found."""
+    problems: list[str] = []
+    config: dict[str, Any] = {}
+    if "faas_project.toml" in files:
+        try:
+            config = tomllib.loads(files["faas_project.toml"])
+        except tomllib.TOMLDecodeError as exc:
+            problems.append(f"faas_project.toml: {exc}")
+    models: list[ModelSpec] = []
+    for path in sorted(files):
+        if not path.endswith(".py"):
+            continue
+        try:
+            tree = ast.parse(files[path], filename=path)
+        except SyntaxError as exc:
+            problems.append(f"{path}:{exc.lineno}: syntax error: {exc.msg}")
+            continue
+        module = path[: -len(".py")].replace("/", ".")
+        reader = _Reader(path, tree)
+        reader.read(module)
+        problems += reader.problems
+        models += reader.models
+    seen: dict[str, ModelSpec] = {}
+    for m in models:
+        if m.name in seen:
+            problems.append(
+                f"{m.where}: model name {m.name!r} is already defined at {seen[m.name].where}"
+            )
+        seen[m.name] = m
+    if not models and not problems:
+        problems.append("the project defines no models (functions decorated with @faas.model)")
+    if problems:
+        raise PlanInvalid(problems)
+    project_name = str(config.get("project", {}).get("name", "")) if config else ""
+    return Project(name=project_name, models=models, config=config)

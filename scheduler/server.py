@@ -1,0 +1,473 @@
+"""The scheduler daemon: one per cluster, owns the catalog and coordinates runs.
+
+Workers and clients connect to the same port; the handshake says which is
+which. Catalog and Iceberg calls block, so they run on one store thread, one
+at a time, in the order they were asked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, TypeVar
+
+import msgspec
+
+from protocol.connection import Connection, accept
+from protocol.errors import (
+    ConnectionClosed,
+    FaasError,
+    HandshakeFailed,
+    InvalidInput,
+    MalformedFrame,
+    NoWorkers,
+    NotFound,
+    PeerVanished,
+    from_wire,
+)
+from protocol.messages import (
+    BulkHeader,
+    ClientRequest,
+    ClusterInfo,
+    CreateNamespace,
+    Error,
+    GetTable,
+    Heartbeat,
+    ImportDone,
+    ImportTable,
+    ImportTask,
+    ListNamespaces,
+    ListTables,
+    Ok,
+    Query,
+    QueryDone,
+    QueryTask,
+    Register,
+    Registered,
+    RunAccepted,
+    RunFinished,
+    ScanInput,
+    SubmitRun,
+    TaskFailed,
+    WorkerToScheduler,
+    error_message,
+)
+from scheduler.plan import Plan, SourceTable, build_plan
+from scheduler.project import read_project
+from scheduler.run import RunCoordinator
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+_client_decoder = msgspec.msgpack.Decoder(ClientRequest)
+_worker_decoder = msgspec.msgpack.Decoder(WorkerToScheduler)
+
+WORKER_WAIT = 30.0
+HEARTBEAT_INTERVAL = 1.0
+
+
+@dataclass
+class WorkerHandle:
+    worker_id: str
+    host_id: str
+    conn: Connection[Any]
+    memory_total: int
+    memory_available: int
+    python_versions: list[str]
+    shm_dir: str
+    last_seen: float = field(default_factory=time.monotonic)
+    tasks: set[str] = field(default_factory=set)
+
+
+class Scheduler:
+    def __init__(
+        self,
+        *,
+        home: str | Path,
+        token: bytes,
+        listen: str = "127.0.0.1:0",
+        warehouse: str | None = None,
+        catalog: str | None = None,
+        host_id: str | None = None,
+    ) -> None:
+        self.home = Path(home).expanduser()
+        self.token = token
+        self.listen = listen
+        self.warehouse = warehouse
+        self.catalog = catalog
+        self.host_id = host_id or socket.gethostname()
+        self.status = "new"
+        self.address = ""
+        self.lakehouse: Any = None
+        self.workers: dict[str, WorkerHandle] = {}
+        self.worker_joined = asyncio.Condition()
+        self.task_queues: dict[str, asyncio.Queue[Any]] = {}
+        self.runs: dict[str, asyncio.Task[RunFinished]] = {}
+        self._server: asyncio.Server | None = None
+        self._store = ThreadPoolExecutor(1, thread_name_prefix="faas-store")
+        self._connections: set[asyncio.Task[Any]] = set()
+        self._next_worker = 0
+
+    # -- lifecycle -------------------------------------------------------------
+
+    async def start(self) -> str:
+        if self.status != "new":
+            return self.address
+        self.status = "starting"
+        from store import Lakehouse
+
+        self.home.mkdir(parents=True, exist_ok=True)
+        self.lakehouse = await self.store_call(
+            Lakehouse, self.home, warehouse=self.warehouse, catalog=self.catalog
+        )
+        host, _, port = self.listen.rpartition(":")
+        self._server = await asyncio.start_server(
+            self._on_connection, host or "127.0.0.1", int(port or 0), limit=2**20
+        )
+        sock = self._server.sockets[0].getsockname()
+        self.address = f"{sock[0]}:{sock[1]}"
+        self.status = "running"
+        log.info("scheduler listening on %s (home %s)", self.address, self.home)
+        return self.address
+
+    async def close(self) -> None:
+        if self.status in ("closing", "closed", "new"):
+            self.status = "closed"
+            return
+        self.status = "closing"
+        if self._server:
+            self._server.close()
+        for run in list(self.runs.values()):
+            run.cancel()
+        for w in list(self.workers.values()):
+            w.conn.close()
+        for t in list(self._connections):
+            t.cancel()
+        await asyncio.gather(*self._connections, *self.runs.values(), return_exceptions=True)
+        self._store.shutdown(wait=True)
+        self.status = "closed"
+        log.info("scheduler closed")
+
+    async def __aenter__(self) -> "Scheduler":
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def store_call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._store, lambda: fn(*args, **kwargs))
+
+    # -- connections -----------------------------------------------------------
+
+    async def _on_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._connections.add(task)
+        try:
+            try:
+                conn: Connection[Any] = await accept(
+                    reader, writer, _client_decoder, token=self.token, role="scheduler",
+                    host_id=self.host_id, allowed_roles=("client", "worker"),
+                )
+            except HandshakeFailed as exc:
+                log.warning("refused connection from %s: %s", writer.get_extra_info("peername"), exc)
+                return
+            if conn.peer_role == "worker":
+                conn.decoder = _worker_decoder
+                await self._serve_worker(conn)
+            else:
+                await self._serve_client(conn)
+        except (ConnectionClosed, PeerVanished, asyncio.CancelledError):
+            pass
+        except Exception:  # noqa: BLE001 - one bad connection must not stop the daemon
+            log.exception("connection handler failed")
+        finally:
+            writer.close()
+            self._connections.discard(task)
+
+    # -- workers ---------------------------------------------------------------
+
+    async def _serve_worker(self, conn: Connection[Any]) -> None:
+        first = await conn.recv(timeout=30)
+        if not isinstance(first, Register):
+            await conn.send(Error(kind="MalformedFrame", message="a worker must Register first"))
+            return
+        handle = WorkerHandle(
+            worker_id=first.worker_id, host_id=first.host_id, conn=conn,
+            memory_total=first.memory_total, memory_available=first.memory_available,
+            python_versions=first.python_versions, shm_dir=first.shm_dir,
+        )
+        self.workers[handle.worker_id] = handle
+        await conn.send(Registered(worker_id=handle.worker_id, heartbeat_interval=HEARTBEAT_INTERVAL))
+        log.info("worker %s joined from %s (host %s)", handle.worker_id, conn.peer, handle.host_id)
+        async with self.worker_joined:
+            self.worker_joined.notify_all()
+        try:
+            while True:
+                try:
+                    msg = await conn.recv()
+                except MalformedFrame as exc:
+                    log.warning("worker %s sent a malformed frame: %s", handle.worker_id, exc)
+                    continue
+                handle.last_seen = time.monotonic()
+                if isinstance(msg, Heartbeat):
+                    handle.memory_available = msg.memory_available
+                    handle.memory_total = msg.memory_total
+                    continue
+                if isinstance(msg, QueryDone):
+                    data = await conn.recv_bulk(msg.nbytes, timeout=300)
+                    self._route(msg.task_id, (msg, data))
+                    continue
+                task_id = getattr(msg, "task_id", None)
+                if task_id is None:
+                    log.warning("unexpected %s from worker %s", type(msg).__name__, handle.worker_id)
+                    continue
+                self._route(task_id, msg)
+        finally:
+            self.workers.pop(handle.worker_id, None)
+            log.info("worker %s left", handle.worker_id)
+            lost = Error(kind="PeerVanished", message=f"worker {handle.worker_id} was lost")
+            for task_id in list(handle.tasks):
+                self._route(task_id, TaskFailed(task_id=task_id, error=lost))
+
+    def _route(self, task_id: str, msg: Any) -> None:
+        queue = self.task_queues.get(task_id)
+        if queue is not None:
+            queue.put_nowait(msg)
+        else:
+            log.debug("message for finished task %s dropped", task_id)
+
+    def watch_task(self, task_id: str, worker: WorkerHandle) -> asyncio.Queue[Any]:
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+        self.task_queues[task_id] = queue
+        worker.tasks.add(task_id)
+        return queue
+
+    def unwatch_task(self, task_id: str) -> None:
+        self.task_queues.pop(task_id, None)
+        for w in self.workers.values():
+            w.tasks.discard(task_id)
+
+    async def choose_worker(self, hosts: set[str] = frozenset()) -> WorkerHandle:  # type: ignore[assignment]
+        """A worker on the host that holds the inputs, else the one with most free memory."""
+
+        def candidates() -> list[WorkerHandle]:
+            ws = [w for w in self.workers.values() if not w.conn.closed]
+            if hosts:
+                ws = [w for w in ws if w.host_id in hosts]
+            return ws
+
+        async with self.worker_joined:
+            try:
+                await asyncio.wait_for(
+                    self.worker_joined.wait_for(lambda: bool(candidates())), WORKER_WAIT
+                )
+            except TimeoutError:
+                where = f" on host {', '.join(sorted(hosts))}" if hosts else ""
+                raise NoWorkers(
+                    f"no worker{where} registered within {WORKER_WAIT:.0f}s: start one with "
+                    f"'faasd worker --scheduler {self.address}'"
+                ) from None
+        ws = candidates()
+        self._next_worker += 1
+        # Most free memory first; rotate among equals so work spreads.
+        ws.sort(key=lambda w: (-(w.memory_available - len(w.tasks) * 256 * 2**20), w.worker_id))
+        return ws[0]
+
+    # -- clients ---------------------------------------------------------------
+
+    async def _serve_client(self, conn: Connection[Any]) -> None:
+        while True:
+            try:
+                request = await conn.recv()
+            except MalformedFrame as exc:
+                await conn.send(error_message(exc))
+                continue
+            log.debug("client %s: %s", conn.peer, type(request).__name__)
+            try:
+                match request:
+                    case SubmitRun():
+                        await self._submit(conn, request)
+                    case Query():
+                        await self._query(conn, request)
+                    case _:
+                        await conn.send(Ok(data=await self._catalog_op(request)))
+            except (ConnectionClosed, PeerVanished):
+                raise
+            except FaasError as exc:
+                await conn.send(error_message(exc))
+            except Exception as exc:  # noqa: BLE001 - reported, the daemon goes on
+                log.exception("request %s failed", type(request).__name__)
+                await conn.send(Error(kind="FaasError", message=f"internal error: {exc!r}"))
+
+    async def _catalog_op(self, request: Any) -> Any:
+        lh = self.lakehouse
+        match request:
+            case ListNamespaces(ref=ref):
+                return await self.store_call(lh.namespaces, ref)
+            case CreateNamespace(name=name, ref=ref):
+                await self.store_call(lh.create_namespace, name, ref)
+                return {"namespace": name}
+            case ListTables(namespace=ns, ref=ref):
+                return await self.store_call(lh.tables, ns, ref)
+            case GetTable(key=key, ref=ref):
+                return describe_table(await self.store_call(lh.table_info, key, ref))
+            case ImportTable():
+                return await self._import(request)
+            case ClusterInfo():
+                return {
+                    "scheduler": self.address,
+                    "workers": [
+                        {
+                            "worker_id": w.worker_id, "host_id": w.host_id,
+                            "memory_total": w.memory_total, "memory_available": w.memory_available,
+                            "python_versions": w.python_versions, "running": len(w.tasks),
+                        }
+                        for w in self.workers.values()
+                    ],
+                }
+        raise InvalidInput(f"unsupported request {type(request).__name__}")
+
+    async def _worker_task(self, msg: Any) -> Any:
+        """Send a catalog helper task to some worker and wait for its one answer."""
+        worker = await self.choose_worker()
+        queue = self.watch_task(msg.task_id, worker)
+        try:
+            await worker.conn.send(msg)
+            reply = await queue.get()
+        finally:
+            self.unwatch_task(msg.task_id)
+        if isinstance(reply, TaskFailed):
+            raise from_wire(reply.error.kind, reply.error.message, reply.error.detail)
+        return reply
+
+    async def _import(self, request: ImportTable) -> Any:
+        lh = self.lakehouse
+        namespace = request.key.rpartition(".")[0]
+        if not namespace:
+            raise InvalidInput(f"table {request.key!r} needs a namespace: use NAMESPACE.TABLE")
+        if namespace not in await self.store_call(lh.namespaces, request.ref):
+            raise NotFound(
+                f"namespace {namespace!r} does not exist at ref {request.ref!r}: create it with "
+                f"'faas namespace create {namespace}'"
+            )
+        tx = await self.store_call(lh.begin, request.ref)
+        directory = await self.store_call(tx.data_location, request.key)
+        task_id = f"import-{uuid.uuid4().hex[:12]}"
+        done: ImportDone = await self._worker_task(
+            ImportTask(task_id=task_id, key=request.key, paths=request.paths, directory=directory)
+        )
+        import pyarrow as pa
+
+        schema = pa.ipc.read_schema(pa.py_buffer(done.schema))
+
+        def commit() -> str:
+            tx.add_files(request.key, done.files, schema, request.mode)
+            return tx.publish(f"import {request.key} from {len(request.paths)} files")
+
+        commit_hash = await self.store_call(commit)
+        info = describe_table(await self.store_call(lh.table_info, request.key, request.ref))
+        info["commit"] = commit_hash
+        return info
+
+    async def _query(self, conn: Connection[Any], request: Query) -> None:
+        from store.query import referenced_tables
+
+        names = referenced_tables(request.sql)
+        tables: dict[str, ScanInput] = {}
+        for name in names:
+            key = name if "." in name else f"{request.namespace or ''}.{name}".lstrip(".")
+            info = await self.store_call(self.lakehouse.table_info, key, request.ref)
+            tables[name] = ScanInput(
+                param=name, key=key, metadata_location=info.metadata_location,
+                snapshot_id=info.snapshot_id,
+            )
+        task_id = f"query-{uuid.uuid4().hex[:12]}"
+        done, data = await self._worker_task(QueryTask(task_id=task_id, sql=request.sql, tables=tables))
+        from protocol.framing import encode
+
+        await conn.send_raw(encode(BulkHeader(nbytes=len(data), rows=done.rows)), data)
+
+    # -- runs ------------------------------------------------------------------
+
+    def _plan(self, request: SubmitRun) -> Plan:
+        project = read_project(request.files)
+        lh = self.lakehouse
+        if request.namespace not in lh.namespaces(request.ref):
+            raise NotFound(
+                f"namespace {request.namespace!r} does not exist at ref {request.ref!r}: create it "
+                f"with 'faas namespace create {request.namespace}'"
+            )
+
+        def lookup(key: str) -> SourceTable | None:
+            try:
+                info = lh.table_info(key, request.ref)
+            except NotFound:
+                return None
+            return SourceTable(
+                key=key, metadata_location=info.metadata_location,
+                snapshot_id=info.snapshot_id, schema=info.schema,
+            )
+
+        return build_plan(project, request.namespace, request.ref, request.params, lookup)
+
+    async def _submit(self, conn: Connection[Any], request: SubmitRun) -> None:
+        plan = await self.store_call(self._plan, request)
+        if request.dry_run:
+            await conn.send(Ok(data={"plan": plan.describe()}))
+            return
+        run_id = f"run-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+        log.info("run %s accepted: %d models, ref %s", run_id, len(plan.order), request.ref)
+        await conn.send(RunAccepted(run_id=run_id, nodes=plan.order))
+
+        async def emit(msg: Any) -> None:
+            try:
+                await conn.send(msg)
+            except FaasError:
+                pass  # the client is gone; the watcher below cancels the run
+
+        coordinator = RunCoordinator(self, run_id, plan, request.files, emit)
+        run = asyncio.create_task(coordinator.execute())
+        self.runs[run_id] = run
+        watcher = asyncio.create_task(conn.recv())
+        try:
+            await asyncio.wait({run, watcher}, return_when=asyncio.FIRST_COMPLETED)
+            if not run.done():
+                # The client hung up (or spoke out of turn): cancel its run.
+                log.info("run %s cancelled: client went away", run_id)
+                run.cancel()
+                await asyncio.gather(run, return_exceptions=True)
+                return
+            result = run.result()
+            log.info("run %s finished: %s in %.2fs", run_id, result.status, result.seconds)
+            await conn.send(result)
+        finally:
+            watcher.cancel()
+            self.runs.pop(run_id, None)
+            await asyncio.gather(watcher, return_exceptions=True)
+        if conn.closed:
+            raise ConnectionClosed("client left")
+
+
+def describe_table(info: Any) -> dict[str, Any]:
+    return {
+        "key": info.key,
+        "metadata_location": info.metadata_location,
+        "snapshot_id": info.snapshot_id,
+        "rows": info.rows,
+        "files": info.files,
+        "bytes": info.size_bytes,
+        "schema": [{"name": f.name, "type": str(f.type)} for f in info.schema],
+    }
+
+
+__all__ = ["Scheduler", "WorkerHandle", "RunFinished"]
