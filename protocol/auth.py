@@ -32,9 +32,19 @@ def ensure_token(path: str | Path) -> bytes:
     p = Path(path).expanduser()
     if not p.exists():
         p.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(secrets.token_hex(TOKEN_BYTES) + "\n")
+        # Written whole under a private name, then linked into place: two daemons starting
+        # together never see a half-written token, and neither overwrites the other's.
+        tmp = p.with_name(f".{p.name}.{secrets.token_hex(4)}")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_hex(TOKEN_BYTES) + "\n")
+            try:
+                os.link(tmp, p)
+            except FileExistsError:
+                pass
+        finally:
+            tmp.unlink(missing_ok=True)
     return load_token(p)
 
 

@@ -102,6 +102,8 @@ class Connection(Generic[T]):
 
     async def recv_bulk(self, nbytes: int, *, timeout: float | None = None) -> bytes:
         """Read the raw bytes announced by a header frame."""
+        if self._closed:
+            raise ClosedByUs("connection already closed")
         try:
             return await asyncio.wait_for(self.reader.readexactly(nbytes), timeout)
         except asyncio.IncompleteReadError as exc:
@@ -109,6 +111,12 @@ class Connection(Generic[T]):
             raise PeerVanished(
                 f"{self.peer} closed after {len(exc.partial)} of {nbytes} bulk bytes"
             ) from None
+        except TimeoutError as exc:
+            self.close()
+            raise PeerVanished(f"no bulk bytes from {self.peer} within {timeout}s") from exc
+        except ConnectionError as exc:
+            self.close()
+            raise PeerVanished(f"{self.peer} vanished during a bulk transfer: {exc!r}") from exc
         except BaseException:
             self.close()
             raise
@@ -126,9 +134,11 @@ class Connection(Generic[T]):
             pass
 
 
-async def _expect(reader: asyncio.StreamReader, kind: type) -> Any:
+async def _expect(
+    reader: asyncio.StreamReader, kind: type, timeout: float = HANDSHAKE_TIMEOUT
+) -> Any:
     msg = await asyncio.wait_for(
-        read_frame(reader, _handshake_decoder, MAX_HANDSHAKE_FRAME), HANDSHAKE_TIMEOUT
+        read_frame(reader, _handshake_decoder, MAX_HANDSHAKE_FRAME), timeout
     )
     if isinstance(msg, Error):
         raise HandshakeFailed(msg.message)
@@ -161,10 +171,11 @@ async def accept(
                 f"protocol version {hello.version} is not supported (this {role} speaks "
                 f"{PROTOCOL_VERSION})"
             )
-        if hello.role not in allowed_roles:
-            raise HandshakeFailed(f"role {hello.role!r} may not connect to a {role}")
+        # The proof first: an unauthenticated peer learns nothing about accepted roles.
         if not auth.verify(token, nonce, hello.role, hello.host_id, hello.proof):
             raise HandshakeFailed("cluster token does not match (check --token-file)")
+        if hello.role not in allowed_roles:
+            raise HandshakeFailed(f"role {hello.role!r} may not connect to a {role}")
         back = auth.proof(token, hello.nonce, role, host_id)
         writer.write(encode(Welcome(proof=back)))
         await asyncio.wait_for(writer.drain(), HANDSHAKE_TIMEOUT)
@@ -211,7 +222,7 @@ async def connect(
     except (OSError, TimeoutError) as exc:
         raise PeerVanished(f"cannot connect to {address}: {exc}") from None
     try:
-        hello = await _expect(reader, Hello)
+        hello = await _expect(reader, Hello, timeout)
         if hello.version != PROTOCOL_VERSION:
             raise HandshakeFailed(
                 f"{address} speaks protocol version {hello.version}, this side {PROTOCOL_VERSION}"
@@ -229,7 +240,7 @@ async def connect(
             )
         )
         await asyncio.wait_for(writer.drain(), timeout)
-        welcome = await _expect(reader, Welcome)
+        welcome = await _expect(reader, Welcome, timeout)
         if not auth.verify(token, nonce, hello.role, hello.host_id, welcome.proof):
             raise HandshakeFailed(f"{address} did not prove the cluster token")
     except HandshakeFailed as exc:

@@ -149,15 +149,20 @@ _SIMPLE_KINDS: dict[str, type[FaasError]] = {
 def from_wire(kind: str, message: str, detail: str = "") -> FaasError:
     """Rebuild an error that came back over the wire, keeping its message and detail.
 
-    Errors with structured constructors are rebuilt as their plain base with the
-    remote message, so the caller can still match on ``ProjectError`` and friends.
+    Errors with structured constructors keep their type and the remote message;
+    their fields are not carried over the wire.
     """
     if kind == "PlanInvalid":
         problems = detail.splitlines() or [message]
         return PlanInvalid(problems)
-    if kind in ("CommitConflict", "FrameTooLarge", "OutOfMemory"):
-        err = FaasError(message, detail=detail)
-        err.kind = kind  # type: ignore[attr-defined]
+    structured: dict[str, type[FaasError]] = {
+        "CommitConflict": CommitConflict, "FrameTooLarge": FrameTooLarge, "OutOfMemory": OutOfMemory,
+    }
+    if kind in structured:
+        # Keep the type so callers can catch it; the fields stay in the remote message.
+        cls = structured[kind]
+        err = cls.__new__(cls)
+        FaasError.__init__(err, message, detail=detail)
         return err
     cls = _SIMPLE_KINDS.get(kind, RemoteError)
     return cls(message, detail=detail)

@@ -319,6 +319,20 @@ WorkerToScheduler = (
 SchedulerToWorker = Registered | RunTask | CancelTask | ReleaseRun | ImportTask | QueryTask | Error
 
 
+# -- worker ↔ worker (peer data server) -----------------------------------------
+
+
+class FetchObject(Message, frozen=True):
+    """Ask a worker for one of its objects; the answer is a BulkHeader and the Arrow IPC bytes."""
+
+    run_id: str
+    object_id: str
+
+
+PeerRequest = FetchObject
+PeerReply = BulkHeader | Error
+
+
 # -- worker ↔ function process --------------------------------------------------
 
 
