@@ -43,6 +43,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--host-id", default=None)
     w = sub.add_parser("worker", help="run a worker on this host")
     w.add_argument("--scheduler", required=True, help="scheduler HOST:PORT")
+    w.add_argument("--listen", default="127.0.0.1:0", help="HOST:PORT where other workers fetch objects")
     w.add_argument("--host-id", default=None, help="identity of this host (default: hostname)")
     w.add_argument("--memory", type=parse_size, default=None, help="memory to offer, e.g. 8GiB")
     w.add_argument("--shm-dir", default=None, help="shared-memory directory (default /dev/shm)")
@@ -95,9 +96,11 @@ def main(argv: list[str] | None = None) -> int:
                 raise FaasError("a worker needs the cluster token: pass --token-file or set FAAS_TOKEN_FILE")
             daemon = Worker(
                 args.scheduler, token=load_token(args.token_file), host_id=args.host_id,
-                memory=args.memory, shm_dir=args.shm_dir,
+                memory=args.memory, shm_dir=args.shm_dir, listen=args.listen,
             )
-            asyncio.run(_serve(daemon, "faasd worker {d.worker_id} registered with {d.scheduler}"))
+            asyncio.run(
+                _serve(daemon, "faasd worker {d.worker_id} registered with {d.scheduler}, serving data on {d.peer.address}")
+            )
     except FaasError as exc:
         print(f"faasd: error: {exc}", file=sys.stderr)
         return 1

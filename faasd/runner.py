@@ -58,9 +58,9 @@ def _apply(table: Any, columns: list[str] | None, row_filter: str | None) -> Any
     if row_filter:
         import duckdb
 
-        con = duckdb.connect()
-        con.register("t", table)
-        table = con.execute(f"SELECT * FROM t WHERE {row_filter}").fetch_arrow_table()
+        with duckdb.connect() as con:
+            con.register("t", table)
+            table = con.sql(f"SELECT * FROM t WHERE {row_filter}").to_arrow_table()
     if columns:
         table = table.select(columns)
     return table
@@ -99,8 +99,8 @@ def to_arrow(value: Any, node: str) -> Any:
         return pa.Table.from_pandas(value, preserve_index=False)
     if module == "polars":
         return value.to_arrow()
-    if hasattr(value, "fetch_arrow_table"):  # a DuckDB relation
-        return value.fetch_arrow_table()
+    if hasattr(value, "to_arrow_table"):  # a DuckDB relation
+        return value.to_arrow_table()
     if hasattr(value, "__arrow_c_stream__"):
         return pa.table(value)
     raise TypeError(

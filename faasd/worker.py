@@ -22,6 +22,7 @@ from typing import Any
 import msgspec
 import psutil
 
+from faasd.peer import PeerServer
 from faasd.process import FunctionProcess
 from protocol.connection import Connection, connect
 from protocol.errors import FaasError, RunCancelled
@@ -71,6 +72,7 @@ class Worker:
         memory: int | None = None,
         shm_dir: str | None = None,
         work_dir: str | None = None,
+        listen: str = "127.0.0.1:0",
         reconnect: bool = True,
     ) -> None:
         self.scheduler = scheduler
@@ -81,6 +83,9 @@ class Worker:
         self.shm_root = Path(shm_dir or default_shm_dir()) / f"faas-{self.worker_id}"
         self.work_root = Path(work_dir) if work_dir else self.shm_root / "work"
         self.reconnect = reconnect
+        self.peer = PeerServer(
+            token=token, host_id=self.host_id, listen=listen, object_path=self.object_path
+        )
         self.status = "new"
         self.conn: Connection[Any] | None = None
         self.processes: dict[str, FunctionProcess] = {}
@@ -96,6 +101,7 @@ class Worker:
         self.status = "starting"
         self.shm_root.mkdir(parents=True, exist_ok=True)
         self.work_root.mkdir(parents=True, exist_ok=True)
+        await self.peer.start()
         self._main = asyncio.create_task(self._serve_forever())
         self.status = "running"
 
@@ -115,6 +121,7 @@ class Worker:
                 pass
         if self.conn:
             await self.conn.aclose()
+        await self.peer.close()
         shutil.rmtree(self.shm_root, ignore_errors=True)
         self.status = "closed"
         log.info("worker %s closed", self.worker_id)
@@ -163,6 +170,7 @@ class Worker:
                 memory_available=min(self.memory, vm.available),
                 python_versions=[python_version()],
                 shm_dir=str(self.shm_root),
+                data_address=self.peer.address,
             )
         )
         reply = await self.conn.recv(timeout=30)
@@ -309,7 +317,7 @@ class Worker:
 
     async def _import(self, msg: ImportTask) -> None:
         def work() -> ImportDone:
-            from store.files import read_source_files, write_parquet
+            from store import read_source_files, write_parquet
 
             table = read_source_files(msg.paths)
             path = write_parquet(table, msg.directory, f"import-{uuid.uuid4().hex[:8]}.parquet")

@@ -385,7 +385,11 @@ class Scheduler:
         names = referenced_tables(request.sql)
         tables: dict[str, ScanInput] = {}
         for name in names:
-            key = name if "." in name else f"{request.namespace or ''}.{name}".lstrip(".")
+            if "." not in name and not request.namespace:
+                raise NotFound(
+                    f"table {name!r} has no namespace: write NAMESPACE.{name} or pass --namespace"
+                )
+            key = name if "." in name else f"{request.namespace}.{name}"
             info = await self.store_call(self.lakehouse.table_info, key, request.ref)
             tables[name] = ScanInput(
                 param=name, key=key, metadata_location=info.metadata_location,
@@ -463,8 +467,8 @@ def describe_table(info: Any) -> dict[str, Any]:
         "key": info.key,
         "metadata_location": info.metadata_location,
         "snapshot_id": info.snapshot_id,
-        "rows": info.rows,
-        "files": info.files,
+        "rows": info.row_count,
+        "files": info.file_count,
         "bytes": info.size_bytes,
         "schema": [{"name": f.name, "type": str(f.type)} for f in info.schema],
     }

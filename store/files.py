@@ -1,0 +1,151 @@
+"""Arrow data made fit for Iceberg, and Parquet files written into the warehouse.
+
+Workers write their outputs with :func:`write_parquet` into the directory that
+:meth:`store.Transaction.data_location` gave them; the scheduler later registers
+those files with Iceberg. Both sides normalize schemas with :func:`iceberg_schema`
+so the files and the table agree on types.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from urllib.parse import urlparse
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from protocol.errors import InvalidInput
+from store.importer import read_source_files
+
+__all__ = ["iceberg_schema", "read_source_files", "to_iceberg_arrow", "write_parquet"]
+
+logger = logging.getLogger(__name__)
+
+PARQUET_COMPRESSION = "zstd"
+
+
+def _iceberg_type(t: pa.DataType) -> pa.DataType:
+    """The nearest Arrow type that Iceberg (format v2) can store."""
+    if pa.types.is_timestamp(t):
+        # Iceberg v2 stores microseconds; its timestamptz is UTC by definition,
+        # and an Arrow timestamp with any zone holds UTC instants already.
+        return pa.timestamp("us", tz="UTC" if t.tz else None)
+    if pa.types.is_time64(t) and t.unit == "ns":
+        return pa.time64("us")
+    if pa.types.is_null(t):
+        # A column with no values (an empty CSV column) has no type Iceberg v2 knows.
+        return pa.string()
+    if pa.types.is_dictionary(t):
+        return _iceberg_type(t.value_type)
+    if pa.types.is_string_view(t):
+        return pa.large_string()
+    if pa.types.is_binary_view(t):
+        return pa.large_binary()
+    if pa.types.is_date64(t):
+        return pa.date32()
+    if pa.types.is_float16(t):
+        return pa.float32()
+    if pa.types.is_unsigned_integer(t):
+        # pyiceberg maps uint32 to a 32-bit int, which cannot hold its upper half.
+        return pa.int32() if t.bit_width < 32 else pa.int64()
+    if pa.types.is_struct(t):
+        return pa.struct([_iceberg_field(t.field(i)) for i in range(t.num_fields)])
+    if pa.types.is_large_list(t):
+        return pa.large_list(_iceberg_field(t.value_field))
+    if pa.types.is_fixed_size_list(t) or pa.types.is_list(t):
+        return pa.list_(_iceberg_field(t.value_field))
+    if pa.types.is_map(t):
+        return pa.map_(_iceberg_field(t.key_field), _iceberg_field(t.item_field))
+    return t
+
+
+def _iceberg_field(f: pa.Field) -> pa.Field:
+    # Field metadata is dropped on purpose: a scan result carries Iceberg field ids
+    # in it, and pyiceberg refuses to add Parquet files that have field ids.
+    return pa.field(f.name, _iceberg_type(f.type), nullable=f.nullable)
+
+
+def iceberg_schema(schema: pa.Schema) -> pa.Schema:
+    """Return ``schema`` with types Iceberg can store (timestamps in us, no null type)."""
+    return pa.schema([_iceberg_field(f) for f in schema])
+
+
+def to_iceberg_arrow(table: pa.Table) -> pa.Table:
+    """Cast ``table`` to :func:`iceberg_schema`; returns it unchanged when nothing differs.
+
+    Raises:
+        InvalidInput: a column cannot be cast.
+    """
+    target = iceberg_schema(table.schema)
+    if target.equals(table.schema, check_metadata=True):
+        return table
+    columns = []
+    for source, field in zip(table.schema, target, strict=True):
+        column = table.column(source.name)
+        if source.type == field.type:
+            columns.append(column)
+            continue
+        try:
+            # Nanoseconds are truncated to microseconds rather than refused; every
+            # other cast must be lossless (a uint64 above 2**63 is an error).
+            columns.append(column.cast(field.type, safe=not _has_nanoseconds(source.type)))
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
+            raise InvalidInput(
+                f"cannot convert column {source.name!r} ({source.type}) to {field.type} "
+                f"for Iceberg: {_first_line(e)}"
+            ) from e
+    return pa.Table.from_arrays(columns, schema=target)
+
+
+def _has_nanoseconds(t: pa.DataType) -> bool:
+    if pa.types.is_timestamp(t) or pa.types.is_time64(t):
+        return bool(t.unit == "ns")
+    if pa.types.is_struct(t):
+        return any(_has_nanoseconds(t.field(i).type) for i in range(t.num_fields))
+    if pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t):
+        return _has_nanoseconds(t.value_type)
+    if pa.types.is_map(t):
+        return _has_nanoseconds(t.key_type) or _has_nanoseconds(t.item_type)
+    if pa.types.is_dictionary(t):
+        return _has_nanoseconds(t.value_type)
+    return False
+
+
+def write_parquet(table: pa.Table, directory_uri: str, name: str) -> str:
+    """Write ``table`` as one Parquet file ``name`` under ``directory_uri``.
+
+    ``directory_uri`` is a pyarrow filesystem URI (``file:///...``, ``s3://...``)
+    or an absolute local path. Returns the file's full URI (or path, for a path)
+    in the form pyiceberg's ``add_files`` accepts.
+
+    Raises:
+        InvalidInput: ``name`` is not a plain file name, or the data cannot be
+            converted to types Iceberg stores.
+    """
+    if not name or "/" in name or "\\" in name or name in (".", ".."):
+        raise InvalidInput(f"invalid Parquet file name {name!r}: expected a plain file name")
+    if not name.endswith(".parquet"):
+        name += ".parquet"
+    parsed = urlparse(directory_uri)
+    if parsed.scheme in ("", "file"):
+        # Read file URIs the way pyiceberg does (no percent-decoding), so a home
+        # with a space in it names the same place for both.
+        filesystem: pafs.FileSystem = pafs.LocalFileSystem()
+        directory = parsed.path if parsed.scheme else os.path.abspath(directory_uri)
+    else:
+        filesystem, directory = pafs.FileSystem.from_uri(directory_uri)
+    filesystem.create_dir(directory, recursive=True)
+    path = f"{directory.rstrip('/')}/{name}"
+    pq.write_table(
+        to_iceberg_arrow(table), path, filesystem=filesystem, compression=PARQUET_COMPRESSION
+    )
+    uri = f"{directory_uri.rstrip('/')}/{name}" if parsed.scheme else path
+    logger.debug("wrote %d rows to %s", table.num_rows, uri)
+    return uri
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

@@ -1,0 +1,38 @@
+"""Table keys (``namespace.table``) and their validation."""
+
+from __future__ import annotations
+
+import re
+
+from protocol.errors import InvalidInput
+
+_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def check_namespace(namespace: str) -> str:
+    """Return ``namespace`` if it is a valid identifier.
+
+    Raises:
+        InvalidInput: it is not ``[A-Za-z_][A-Za-z0-9_]*``.
+    """
+    if not isinstance(namespace, str) or not _IDENT.fullmatch(namespace):
+        raise InvalidInput(
+            f"invalid namespace {namespace!r}: use letters, digits and '_', "
+            "not starting with a digit"
+        )
+    return namespace
+
+
+def split_key(key: str) -> tuple[str, str]:
+    """Split ``namespace.table`` into its two identifiers.
+
+    Raises:
+        InvalidInput: the key is not two valid identifiers joined by one dot.
+    """
+    parts = key.split(".") if isinstance(key, str) else []
+    if len(parts) != 2 or not all(_IDENT.fullmatch(p) for p in parts):
+        raise InvalidInput(
+            f"invalid table key {key!r}: expected namespace.table, each of letters, digits "
+            "and '_', not starting with a digit"
+        )
+    return parts[0], parts[1]

@@ -1,0 +1,134 @@
+"""SQL over Arrow tables with DuckDB.
+
+Table names are read from DuckDB's parse tree (``json_serialize_sql``), which
+needs no catalog: ``duckdb.get_table_names`` also binds the query and so fails
+on ``JOIN ... USING`` against tables it does not know yet.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+
+from protocol.errors import InvalidInput, NotFound
+
+logger = logging.getLogger(__name__)
+
+
+def referenced_tables(sql: str) -> list[str]:
+    """Return the table names ``sql`` reads, as written: ``t`` or ``ns.t``.
+
+    Only one SELECT statement is accepted. Names of CTEs are left out.
+
+    Raises:
+        InvalidInput: the SQL does not parse, or is not a single SELECT.
+    """
+    with duckdb.connect(":memory:") as con:
+        try:
+            statements = con.extract_statements(sql)
+        except duckdb.Error as e:
+            raise InvalidInput(_first_line(e)) from e
+        if len(statements) != 1:
+            raise InvalidInput(f"expected one SQL statement, found {len(statements)}")
+        if statements[0].type != duckdb.StatementType.SELECT:
+            raise InvalidInput(f"only SELECT queries are supported, not {statements[0].type.name}")
+        rows = con.execute("SELECT json_serialize_sql(?)", [statements[0].query]).fetchall()
+    tree = json.loads(rows[0][0])
+    if tree.get("error"):
+        raise InvalidInput(f"cannot read SQL: {tree.get('error_message', 'unknown error')}")
+    ctes = set(_cte_names(tree))
+    names: list[str] = []
+    for node in _walk(tree):
+        if node.get("type") != "BASE_TABLE":
+            continue
+        schema, table = node.get("schema_name") or "", node.get("table_name") or ""
+        if node.get("catalog_name"):
+            raise InvalidInput(
+                f"table {node['catalog_name']}.{schema}.{table}: write ns.table, without a catalog"
+            )
+        if not schema and table in ctes:
+            continue
+        name = f"{schema}.{table}" if schema else table
+        if name not in names:
+            names.append(name)
+    return names
+
+
+def query_tables(sql: str, tables: Mapping[str, pa.Table]) -> pa.Table:
+    """Run ``sql`` in a fresh in-memory DuckDB over the given Arrow tables.
+
+    Keys of ``tables`` are the names the SQL uses: ``t``, or ``ns.t`` to be
+    read as ``ns.t`` (registered in schema ``ns``). The connection cannot touch
+    files or the network, so the SQL can read only these tables.
+
+    Raises:
+        InvalidInput: the SQL does not parse, is not one SELECT, or fails to bind
+            or run (DuckDB's first line is the message).
+        NotFound: the SQL reads a table that is not in ``tables``.
+    """
+    names = referenced_tables(sql)
+    missing = [n for n in names if n not in tables]
+    if missing:
+        raise NotFound(
+            f"table {missing[0]!r} not found; known tables: {', '.join(sorted(tables)) or 'none'}"
+        )
+    with duckdb.connect(":memory:") as con:
+        for i, (name, data) in enumerate(tables.items()):
+            if "." not in name:
+                con.register(name, data)
+                continue
+            schema, table = name.split(".", 1)
+            # A temp view over a registered Arrow table keeps the data zero-copy.
+            alias = f"__faas_arrow_{i}"
+            con.register(alias, data)
+            con.execute(f"CREATE SCHEMA IF NOT EXISTS {_quote(schema)}")
+            con.execute(f"CREATE VIEW {_quote(schema)}.{_quote(table)} AS SELECT * FROM {alias}")
+        con.execute("SET enable_external_access = false")
+        con.execute("SET lock_configuration = true")
+        try:
+            result = con.sql(sql)
+            if result is None:
+                raise InvalidInput("the SQL returned no result; write a SELECT")
+            table_out = result.to_arrow_table()
+        except duckdb.CatalogException as e:
+            raise NotFound(_first_line(e)) from e
+        except duckdb.Error as e:
+            raise InvalidInput(_first_line(e)) from e
+    logger.debug("query over %s returned %d rows", names, table_out.num_rows)
+    return table_out
+
+
+def _walk(node: Any) -> Iterator[dict[str, Any]]:
+    if isinstance(node, dict):
+        yield node
+        for value in node.values():
+            yield from _walk(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _walk(value)
+
+
+def _cte_names(tree: Any) -> Iterator[str]:
+    # A CTE shadows a table of the same bare name. Scopes are not tracked, so a
+    # query that reads a table in one scope and defines a CTE of the same name in
+    # another fails with NotFound instead of loading the table; rare enough.
+    for node in _walk(tree):
+        cte_map = node.get("cte_map")
+        if isinstance(cte_map, dict):
+            for entry in cte_map.get("map", []):
+                if isinstance(entry, dict) and "key" in entry:
+                    yield str(entry["key"])
+
+
+def _quote(identifier: str) -> str:
+    return '"' + identifier.replace('"', '""') + '"'
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

@@ -1,0 +1,415 @@
+"""A Transaction: table writes staged against one base commit, published as one commit."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+
+import pyarrow as pa
+from pyiceberg.exceptions import NoSuchTableError
+from pyiceberg.expressions import AlwaysTrue
+from pyiceberg.io.pyarrow import UnsupportedPyArrowTypeException, _check_pyarrow_schema_compatible
+from pyiceberg.table import CreateTableTransaction
+from pyiceberg.table import Table as IcebergTable
+
+from protocol.errors import InvalidInput, NotFound
+from store.files import iceberg_schema, to_iceberg_arrow
+from store.iceberg import CommitCatalog, new_table_location
+from store.keys import split_key
+
+if TYPE_CHECKING:
+    from store.lakehouse import Lakehouse
+
+logger = logging.getLogger(__name__)
+
+WriteMode = Literal["replace", "append"]
+
+
+@dataclass(frozen=True)
+class TableInfo:
+    """What the catalog knows about a table at a ref, without reading its rows."""
+
+    key: str
+    metadata_location: str
+    snapshot_id: int | None
+    schema: pa.Schema
+    row_count: int
+    file_count: int
+    size_bytes: int
+
+
+def load_table(view: CommitCatalog, key: str) -> IcebergTable:
+    """Load table ``key`` in ``view``.
+
+    Raises:
+        InvalidInput: ``key`` is not ``namespace.table``.
+        NotFound: no such table at the view's ref.
+    """
+    split_key(key)
+    try:
+        return view.load_table(key)
+    except NoSuchTableError as e:
+        raise NotFound(f"table {key!r} not found at ref {view.ref!r}") from e
+
+
+def table_info(table: IcebergTable, key: str) -> TableInfo:
+    snapshot = table.current_snapshot()
+    summary = snapshot.summary if snapshot is not None else None
+
+    def total(name: str) -> int:
+        value = summary.get(name) if summary is not None else None
+        return int(value) if value is not None else 0
+
+    return TableInfo(
+        key=key,
+        metadata_location=table.metadata_location,
+        snapshot_id=snapshot.snapshot_id if snapshot is not None else None,
+        # iceberg_schema drops the field-id metadata pyiceberg puts on every field.
+        schema=iceberg_schema(table.schema().as_arrow()),
+        row_count=total("total-records"),
+        file_count=total("total-data-files"),
+        size_bytes=total("total-files-size"),
+    )
+
+
+def require_namespace(view: CommitCatalog, namespace: str) -> None:
+    """Raises NotFound, with the command that creates it, if ``namespace`` is missing."""
+    if not view.namespace_exists(namespace):
+        raise NotFound(
+            f"namespace {namespace!r} not found at ref {view.ref!r}; "
+            f"create it with: faas namespace create {namespace}"
+        )
+
+
+class Transaction:
+    """Table changes staged against the base commit of ``ref``.
+
+    Nothing is visible on the branch until :meth:`publish`, which adds one
+    commit holding every staged table, or fails with CommitConflict if the
+    branch moved since :meth:`store.Lakehouse.begin`. Dropping the object
+    without publishing leaves the branch untouched (the files it wrote stay in
+    the warehouse, unreferenced).
+    """
+
+    def __init__(self, lakehouse: Lakehouse, ref: str, author: str = "faas") -> None:
+        branch, base = lakehouse.catalog.resolve(ref)
+        self.ref = ref
+        self.branch = branch
+        self.base = base
+        self.author = author
+        self.id = uuid.uuid4().hex[:12]
+        self._lakehouse = lakehouse
+        self._view = lakehouse.view_at(base, ref)
+        # Locations promised by data_location() for tables that do not exist yet.
+        self._new_locations: dict[str, str] = {}
+        self._data_dirs: dict[str, str] = {}
+        self._published: str | None = None
+
+    def __repr__(self) -> str:
+        return f"Transaction({self.id}, ref={self.ref!r}, base={self.base[:12]})"
+
+    @property
+    def staged(self) -> list[str]:
+        """Table keys changed so far."""
+        return [c.key for c in self._view.changes() if c.kind == "table"]
+
+    # -- writing --------------------------------------------------------------
+
+    def write(self, key: str, data: pa.Table, mode: WriteMode = "replace") -> None:
+        """Write ``data`` as table ``key``, creating the table if it does not exist.
+
+        ``replace`` swaps the rows; if the new schema does not fit the old table
+        (other columns, incompatible types) the key gets a new table instead.
+        ``append`` adds rows and needs a compatible schema. Nanosecond
+        timestamps are stored as microseconds.
+
+        Raises:
+            InvalidInput: a bad key or mode, data that is not an Arrow table, or a
+                schema that cannot be appended to the table.
+            NotFound: the namespace does not exist.
+        """
+        self._check_open()
+        _check_mode(mode)
+        if not isinstance(data, pa.Table):
+            raise InvalidInput(
+                f"cannot write {key!r}: expected a pyarrow.Table, got {type(data).__name__}"
+            )
+        namespace, _ = split_key(key)
+        _check_names(key, data.schema)
+        data = to_iceberg_arrow(data)
+        table = self._load_or_none(key)
+        try:
+            if table is None:
+                require_namespace(self._view, namespace)
+                with self._view.create_table_transaction(
+                    key, data.schema, location=self._new_location(key)
+                ) as txn:
+                    txn.append(data)
+            elif mode == "append":
+                _check_appendable(key, table, data.schema)
+                table.append(data)
+            elif _fits(table, data.schema):
+                with table.transaction() as txn:
+                    if _has_data(table):
+                        txn.overwrite(data)
+                    else:
+                        # overwrite() on a table without rows warns that its delete matched nothing.
+                        txn.append(data)
+            else:
+                with self._recreate(key, data.schema) as txn:
+                    txn.append(data)
+        except (ValueError, UnsupportedPyArrowTypeException) as e:
+            raise InvalidInput(
+                f"cannot write table {key!r}: {_first_line(e)}", detail=str(e)
+            ) from e
+        logger.debug("transaction %s: %s %d rows into %s", self.id, mode, data.num_rows, key)
+
+    def add_files(
+        self, key: str, files: Sequence[str], schema: pa.Schema, mode: WriteMode = "replace"
+    ) -> None:
+        """Register Parquet ``files`` already written into the warehouse as the data of ``key``.
+
+        ``schema`` is the Arrow schema the files were written with; it is used
+        to create the table if it does not exist. ``replace`` drops the rows the
+        table had (in the same table commit), ``append`` keeps them.
+
+        Raises:
+            InvalidInput: a bad key or mode, or files whose schema does not fit the table.
+            NotFound: the namespace or a file does not exist.
+        """
+        self._check_open()
+        _check_mode(mode)
+        namespace, _ = split_key(key)
+        paths = list(files)
+        _check_names(key, schema)
+        schema = iceberg_schema(schema)
+        table = self._load_or_none(key)
+        try:
+            if table is None:
+                require_namespace(self._view, namespace)
+                with self._view.create_table_transaction(
+                    key, schema, location=self._new_location(key)
+                ) as txn:
+                    if paths:
+                        txn.add_files(paths)
+            elif mode == "append":
+                _check_appendable(key, table, schema)
+                if paths:
+                    table.add_files(paths)
+            elif _fits(table, schema):
+                with table.transaction() as txn:
+                    if _has_data(table):
+                        txn.delete(AlwaysTrue())
+                    if paths:
+                        txn.add_files(paths)
+            else:
+                with self._recreate(key, schema) as txn:
+                    if paths:
+                        txn.add_files(paths)
+        except FileNotFoundError as e:
+            missing = e.filename or _first_line(e)
+            raise NotFound(f"cannot add files to table {key!r}: file not found: {missing}") from e
+        except (ValueError, UnsupportedPyArrowTypeException) as e:
+            raise InvalidInput(
+                f"cannot add files to table {key!r}: {_first_line(e)}", detail=str(e)
+            ) from e
+        logger.debug("transaction %s: %s %d files into %s", self.id, mode, len(paths), key)
+
+    def drop(self, key: str) -> None:
+        """Drop table ``key`` from the branch when published (older commits keep it).
+
+        Raises:
+            NotFound: no such table.
+        """
+        self._check_open()
+        load_table(self._view, key)
+        self._view.drop_table(key)
+
+    def data_location(self, key: str) -> str:
+        """A directory URI where a worker writes Parquet files for ``key`` in this transaction.
+
+        It lies under the table's location; for a table that does not exist yet,
+        under the location the table will be created at. The same key gives the
+        same directory for the whole transaction, and no other transaction's.
+        (If a replace later gives the key a new table because its schema
+        changed, the files stay where they are: Iceberg data files may live
+        outside their table's location.)
+
+        Raises:
+            InvalidInput: ``key`` is not ``namespace.table``.
+        """
+        split_key(key)
+        if key not in self._data_dirs:
+            table = self._load_or_none(key)
+            base = table.location() if table is not None else self._new_location(key)
+            self._data_dirs[key] = f"{base}/data/faas-{self.id}"
+        return self._data_dirs[key]
+
+    def table_info(self, key: str) -> TableInfo:
+        """Table ``key`` as this transaction sees it (staged changes included).
+
+        Raises:
+            NotFound: no such table.
+        """
+        return table_info(load_table(self._view, key), key)
+
+    def publish(self, message: str, properties: dict[str, str] | None = None) -> str:
+        """Commit every staged change as ONE commit on the branch; return its hash.
+
+        With nothing staged, no commit is made and the base commit is returned.
+
+        Raises:
+            CommitConflict: the branch moved since the transaction began.
+            InvalidInput: the transaction was begun on a tag or a detached commit,
+                or was already published.
+        """
+        self._check_open()
+        branch = self.require_branch()
+        changes = self._view.changes()
+        if not changes:
+            logger.info("transaction %s: nothing to publish on %s", self.id, branch)
+            self._published = self.base
+            return self.base
+        commit = self._lakehouse.catalog.commit(
+            branch, self.base, changes, message, author=self.author, properties=properties
+        )
+        self._published = commit
+        logger.info(
+            "transaction %s published %d changes as %s on %s",
+            self.id,
+            len(changes),
+            commit[:12],
+            branch,
+        )
+        return commit
+
+    def require_branch(self) -> str:
+        """The branch this transaction commits to.
+
+        Raises:
+            InvalidInput: it was begun on a tag or a detached commit.
+        """
+        if self.branch is None:
+            raise InvalidInput(
+                f"cannot commit to ref {self.ref!r}: it is not a branch; "
+                "begin on a branch such as 'main'"
+            )
+        return self.branch
+
+    def require_namespace(self, namespace: str) -> None:
+        """Raises NotFound, with the command that creates it, if ``namespace`` is missing."""
+        require_namespace(self._view, namespace)
+
+    # -- internals ------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._published is not None:
+            raise InvalidInput(
+                f"transaction {self.id} was already published as {self._published[:12]}"
+            )
+
+    def _load_or_none(self, key: str) -> IcebergTable | None:
+        try:
+            return self._view.load_table(key)
+        except NoSuchTableError:
+            return None
+
+    def _new_location(self, key: str) -> str:
+        if key not in self._new_locations:
+            namespace, name = split_key(key)
+            self._new_locations[key] = new_table_location(
+                self._lakehouse.warehouse, namespace, name
+            )
+        return self._new_locations[key]
+
+    def _recreate(self, key: str, schema: pa.Schema) -> CreateTableTransaction:
+        namespace, name = split_key(key)
+        logger.info(
+            "transaction %s: schema of %s changed, replacing it with a new table", self.id, key
+        )
+        location = new_table_location(self._lakehouse.warehouse, namespace, name)
+        return self._view.recreate_table_transaction(key, schema, location)
+
+
+def _check_mode(mode: str) -> None:
+    if mode not in ("replace", "append"):
+        raise InvalidInput(f"unknown write mode {mode!r}; expected 'replace' or 'append'")
+
+
+def _check_names(key: str, schema: pa.Schema) -> None:
+    seen: set[str] = set()
+    for name in schema.names:
+        if name in seen:
+            raise InvalidInput(f"cannot write table {key!r}: column {name!r} appears twice")
+        seen.add(name)
+    if not schema.names:
+        raise InvalidInput(f"cannot write table {key!r}: the data has no columns")
+
+
+def _has_data(table: IcebergTable) -> bool:
+    snapshot = table.current_snapshot()
+    if snapshot is None:
+        return False
+    files = snapshot.summary.get("total-data-files") if snapshot.summary is not None else None
+    return files is None or int(files) > 0
+
+
+def _fits(table: IcebergTable, schema: pa.Schema) -> bool:
+    """True if ``schema`` can replace the rows of ``table`` keeping the table itself."""
+    if [f.name for f in table.schema().fields] != schema.names:
+        return False
+    try:
+        _check_pyarrow_schema_compatible(
+            table.schema(), schema, format_version=table.format_version
+        )
+    except ValueError:
+        return False
+    return True
+
+
+def _check_appendable(key: str, table: IcebergTable, schema: pa.Schema) -> None:
+    try:
+        _check_pyarrow_schema_compatible(
+            table.schema(), schema, format_version=table.format_version
+        )
+    except ValueError as e:
+        difference = _schema_difference(table.schema().as_arrow(), schema)
+        raise InvalidInput(f"cannot append to table {key!r}: {difference}", detail=str(e)) from e
+
+
+def _schema_difference(current: pa.Schema, new: pa.Schema) -> str:
+    old_fields = {f.name: f for f in current}
+    new_fields = {f.name: f for f in new}
+    parts = []
+    if extra := [n for n in new_fields if n not in old_fields]:
+        parts.append(f"new columns {', '.join(extra)}")
+    if missing := [n for n in old_fields if n not in new_fields and not old_fields[n].nullable]:
+        parts.append(f"missing required columns {', '.join(missing)}")
+    changed = [
+        f"{n} {_type_name(old_fields[n].type)} -> {_type_name(f.type)}"
+        for n, f in new_fields.items()
+        if n in old_fields and _type_name(old_fields[n].type) != _type_name(f.type)
+    ]
+    if changed:
+        parts.append(f"changed types {', '.join(changed)}")
+    nullable = [
+        n
+        for n, f in new_fields.items()
+        if n in old_fields and f.nullable and not old_fields[n].nullable
+    ]
+    if nullable:
+        parts.append(f"nulls in required columns {', '.join(nullable)}")
+    return "; ".join(parts) or "the schemas do not match"
+
+
+def _type_name(t: pa.DataType) -> str:
+    # string and large_string (and list/large_list) are the same to Iceberg.
+    return str(t).replace("large_", "")
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
