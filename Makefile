@@ -15,9 +15,18 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet -e '.[test]'
 	touch $@
 
+TABLES := product product_category product_subcategory sale territories
+# Embedded mode: no FAAS_CLUSTER, so each command starts its own scheduler and worker.
+RUN := env -u FAAS_CLUSTER FAAS_HOME=$(DEMO_HOME) $(FAAS)
+
 demo: $(VENV)/.installed
 	$(PY) examples/adventureworks/generate.py --rows $(DEMO_ROWS) --out $(DATA)
-	FAAS_HOME=$(DEMO_HOME) $(PY) examples/adventureworks/demo.py --data $(DATA)
+	$(RUN) namespace create adventure --if-not-exists
+	for t in $(TABLES); do $(RUN) table import adventure.$$t $(DATA)/$$t.csv || exit 1; done
+	$(RUN) submit examples/adventureworks --namespace adventure
+	$(RUN) query "SELECT Country, count(*) AS lines, round(sum(Revenue), 2) AS revenue, \
+	  round(sum(Profit), 2) AS profit FROM fact_sale GROUP BY Country ORDER BY revenue DESC" \
+	  --namespace adventure
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q

@@ -17,7 +17,7 @@ from typing import Any, Awaitable, Callable, Optional, TypeVar
 import typer
 
 from client.client import Client
-from protocol.errors import FaasError, FunctionFailed, PlanInvalid
+from protocol.errors import AlreadyExists, FaasError, FunctionFailed, PlanInvalid
 from protocol.messages import LogLine, RunFinished, TaskEvent
 
 T = TypeVar("T")
@@ -253,10 +253,21 @@ def namespace_ls(ref: str = typer.Option("main", "--ref"), as_json: bool = typer
 
 @namespace_app.command("create")
 def namespace_create(
-    name: str, ref: str = typer.Option("main", "--ref"), as_json: bool = typer.Option(False, "--json")
+    name: str,
+    ref: str = typer.Option("main", "--ref"),
+    if_not_exists: bool = typer.Option(False, "--if-not-exists", help="succeed if it exists"),
+    as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Create a namespace."""
-    _run(lambda c: c.create_namespace(name, ref))
+
+    async def work(c: Client) -> None:
+        try:
+            await c.create_namespace(name, ref)
+        except AlreadyExists:
+            if not if_not_exists:
+                raise
+
+    _run(work)
     if as_json:
         _print_json({"namespace": name})
     else:

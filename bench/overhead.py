@@ -1,0 +1,160 @@
+"""Control-plane overhead: submit → first function start, and per-function cost on a chain.
+
+Starts a real scheduler and worker (separate processes, loopback), imports a
+tiny source table, then measures:
+- ``submit_to_first_start``: from sending SubmitRun to the first 'running' event;
+- ``chain_per_function``: wall time of a chain of N trivial models, divided by N;
+and, in the same run, the baseline a fresh process per function cannot beat:
+- ``baseline_process_start``: a fresh ``python -c 'import pyarrow'`` that reads a
+  tiny Arrow IPC file, which is what a cold function process must do at least.
+
+Prints one JSON object and writes it to bench/results/overhead.json.
+
+    python -m bench.overhead [--chain 20] [--repeat 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
+
+
+def chain_project(root: Path, n: int) -> Path:
+    lines = ["import faas", ""]
+    lines += [
+        "@faas.model()",
+        "def m0(src=faas.Model('bench.src')):",
+        "    return src",
+        "",
+    ]
+    for i in range(1, n):
+        lines += [
+            "@faas.model()",
+            f"def m{i}(prev=faas.Model('m{i - 1}')):",
+            "    return prev",
+            "",
+        ]
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "models.py").write_text("\n".join(lines))
+    return root
+
+
+def start(args: list[str], marker: str, log: Path) -> tuple[subprocess.Popen[str], str]:
+    with open(log, "a") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "faasd", *args], cwd=ROOT, stdout=subprocess.PIPE,
+            stderr=err, text=True,
+        )
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    if not line.startswith(marker):
+        proc.kill()
+        raise SystemExit(f"daemon failed to start: {log.read_text()[-2000:]}")
+    return proc, line.strip().rsplit(" ", 1)[-1]
+
+
+def baseline_process_start(tmp: Path, repeat: int) -> float:
+    import pyarrow as pa
+
+    path = tmp / "tiny.arrow"
+    table = pa.table({"x": list(range(10))})
+    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, table.schema) as w:
+        w.write_table(table)
+    code = f"import pyarrow as pa; pa.ipc.open_file(pa.memory_map({str(path)!r})).read_all()"
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, "-c", code], check=True)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+async def measure(address: str, token: bytes, project: Path, chain: int, repeat: int) -> dict[str, object]:
+    sys.path.insert(0, str(ROOT))
+    from client import Client
+    from protocol.messages import TaskEvent
+
+    c = Client(address, token=token)
+    first_start: list[float] = []
+    per_function: list[float] = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        run = await c.submit(project, namespace="bench")
+        first = None
+        async for ev in run:
+            if first is None and isinstance(ev, TaskEvent) and ev.state == "running":
+                first = time.perf_counter() - t0
+        result = await run.result()
+        total = time.perf_counter() - t0
+        if result.status != "success":
+            raise SystemExit(f"bench run failed: {result.error}")
+        assert first is not None
+        first_start.append(first)
+        per_function.append(total / chain)
+    return {
+        "submit_to_first_start_s": statistics.median(first_start),
+        "chain_per_function_s": statistics.median(per_function),
+        "chain_total_s": statistics.median(per_function) * chain,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--chain", type=int, default=20)
+    ap.add_argument("--repeat", type=int, default=3)
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory(prefix="faas-bench-") as d:
+        tmp = Path(d)
+        home = tmp / "home"
+        home.mkdir()
+        token_file = home / "token"
+        token_file.write_text(os.urandom(16).hex())
+        sched, address = start(
+            ["scheduler", "--listen", "127.0.0.1:0", "--home", str(home), "--token-file", str(token_file)],
+            "faasd scheduler listening on", tmp / "scheduler.log",
+        )
+        worker, _ = start(
+            ["worker", "--scheduler", address, "--token-file", str(token_file), "--shm-dir", str(tmp / "shm")],
+            "faasd worker", tmp / "worker.log",
+        )
+        try:
+            csv = tmp / "src.csv"
+            csv.write_text("a,b\n" + "".join(f"{i},{i * 2}\n" for i in range(100)))
+            env = dict(os.environ, FAAS_CLUSTER=address, FAAS_TOKEN_FILE=str(token_file))
+            for cmd in (["namespace", "create", "bench"], ["table", "import", "bench.src", str(csv)]):
+                subprocess.run([sys.executable, "-m", "client.cli", *cmd], env=env, check=True,
+                               capture_output=True, cwd=ROOT)
+            project = chain_project(tmp / "chain", args.chain)
+            figures = asyncio.run(measure(address, token_file.read_text().strip().encode(), project,
+                                          args.chain, args.repeat))
+            figures["baseline_process_start_s"] = baseline_process_start(tmp, max(args.repeat, 5))
+        finally:
+            for p in (worker, sched):
+                p.terminate()
+                p.wait(15)
+    out = {
+        "benchmark": "overhead",
+        "chain": args.chain,
+        "repeat": args.repeat,
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "system": platform.system()},
+        **{k: round(v, 4) for k, v in figures.items()},  # type: ignore[arg-type]
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "overhead.json").write_text(json.dumps(out, indent=2) + "\n")
+    print(json.dumps(out, indent=2))
+
+
+if __name__ == "__main__":
+    main()

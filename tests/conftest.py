@@ -1,0 +1,124 @@
+"""Fixtures that start real daemons as separate processes on 127.0.0.1 port 0."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = ROOT / "examples" / "adventureworks"
+SOURCE_TABLES = ("product", "product_category", "product_subcategory", "sale", "territories")
+
+
+def _read_marker(proc: subprocess.Popen[str], marker: str, log: Path, deadline: float = 60.0) -> str:
+    assert proc.stdout is not None
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
+        line = proc.stdout.readline()
+        if line.startswith(marker):
+            return line.strip().rsplit(" ", 1)[-1]
+        if not line and proc.poll() is not None:
+            break
+    proc.kill()
+    raise RuntimeError(f"daemon did not print {marker!r}; log:\n{log.read_text()[-3000:]}")
+
+
+def _stop(proc: subprocess.Popen[str]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    if proc.stdout is not None:
+        proc.stdout.close()
+
+
+@dataclass
+class Cluster:
+    home: Path
+    address: str
+    token_file: Path
+    scheduler: subprocess.Popen[str]
+    workers: list[subprocess.Popen[str]] = field(default_factory=list)
+    shm_dir: Path | None = None
+
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env["FAAS_CLUSTER"] = self.address
+        env["FAAS_TOKEN_FILE"] = str(self.token_file)
+        env["FAAS_HOME"] = str(self.home)
+        return env
+
+    def faas(self, *args: str, check: bool = False, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+        """Run the `faas` CLI against this cluster."""
+        proc = subprocess.run(
+            [sys.executable, "-m", "client.cli", *args], env=self.env(), cwd=ROOT,
+            capture_output=True, text=True, timeout=timeout,
+        )
+        if check and proc.returncode != 0:
+            raise AssertionError(f"faas {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
+        return proc
+
+    def alive(self) -> bool:
+        return self.scheduler.poll() is None and all(w.poll() is None for w in self.workers)
+
+
+def start_daemon(args: list[str], marker: str, log: Path) -> tuple[subprocess.Popen[str], str]:
+    with open(log, "a") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "faasd", *args], cwd=ROOT, stdout=subprocess.PIPE,
+            stderr=err, text=True, stdin=subprocess.DEVNULL,
+        )
+    return proc, _read_marker(proc, marker, log)
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[Cluster]:
+    home = tmp_path / "home"
+    home.mkdir()
+    token_file = home / "token"
+    token_file.write_text("test-cluster-token-" + os.urandom(8).hex() + "\n")
+    shm = tmp_path / "shm"
+    sched, address = start_daemon(
+        ["scheduler", "--listen", "127.0.0.1:0", "--home", str(home), "--token-file", str(token_file)],
+        "faasd scheduler listening on", tmp_path / "scheduler.log",
+    )
+    c = Cluster(home=home, address=address, token_file=token_file, scheduler=sched, shm_dir=shm)
+    try:
+        worker, _ = start_daemon(
+            ["worker", "--scheduler", address, "--token-file", str(token_file), "--shm-dir", str(shm)],
+            "faasd worker", tmp_path / "worker.log",
+        )
+        c.workers.append(worker)
+        yield c
+    finally:
+        for w in c.workers:
+            _stop(w)
+        _stop(sched)
+
+
+@pytest.fixture(scope="session")
+def example_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The example's source CSVs, small."""
+    out = tmp_path_factory.mktemp("adventureworks")
+    subprocess.run(
+        [sys.executable, str(EXAMPLE / "generate.py"), "--rows", "3000", "--out", str(out)],
+        check=True, capture_output=True,
+    )
+    return out
+
+
+def import_example(c: Cluster, data: Path, namespace: str = "adventure") -> None:
+    c.faas("namespace", "create", namespace, check=True)
+    for t in SOURCE_TABLES:
+        c.faas("table", "import", f"{namespace}.{t}", str(data / f"{t}.csv"), check=True)

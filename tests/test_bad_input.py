@@ -1,0 +1,124 @@
+"""Bad input gets one clear line, a non-zero exit, no traceback; the daemons keep serving."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+from pathlib import Path
+
+import pytest
+
+from protocol.connection import parse_address
+from tests.conftest import Cluster
+
+pytestmark = pytest.mark.timeout(180)
+
+
+def _one_line_error(proc, *needles: str) -> str:  # type: ignore[no-untyped-def]
+    assert proc.returncode != 0, proc.stdout
+    assert "Traceback" not in proc.stderr, proc.stderr
+    lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1, proc.stderr
+    for n in needles:
+        assert n in lines[0], lines[0]
+    return lines[0]
+
+
+def test_missing_project_dir(cluster: Cluster, tmp_path: Path) -> None:
+    proc = cluster.faas("submit", str(tmp_path / "nope"), "--namespace", "adventure")
+    _one_line_error(proc, "does not exist", "nope")
+
+
+def test_model_reading_a_missing_table(cluster: Cluster, tmp_path: Path) -> None:
+    cluster.faas("namespace", "create", "adventure", check=True)
+    (tmp_path / "p").mkdir()
+    (tmp_path / "p" / "models.py").write_text(
+        "import faas\n\n\n@faas.model()\ndef m(x=faas.Model('salez')):\n    return x\n"
+    )
+    proc = cluster.faas("submit", str(tmp_path / "p"), "--namespace", "adventure")
+    _one_line_error(proc, "models.py:5", "'salez'", "adventure.salez")
+    assert cluster.alive()
+
+
+def test_bad_csv(cluster: Cluster, tmp_path: Path) -> None:
+    cluster.faas("namespace", "create", "adventure", check=True)
+    bad = tmp_path / "bad.csv"
+    bad.write_bytes(b"a,b,c\r\n1,2,3\r\n4,5\r\n6,7,8,9\r\n")
+    proc = cluster.faas("table", "import", "adventure.bad", str(bad))
+    _one_line_error(proc, "bad.csv")
+    ls = cluster.faas("table", "ls", "--json", check=True)
+    assert "adventure.bad" not in ls.stdout
+    assert cluster.alive()
+
+
+def test_missing_import_file(cluster: Cluster, tmp_path: Path) -> None:
+    cluster.faas("namespace", "create", "adventure", check=True)
+    proc = cluster.faas("table", "import", "adventure.x", str(tmp_path / "none-*.csv"))
+    _one_line_error(proc, "none-*.csv")
+
+
+def test_wrong_token(cluster: Cluster, tmp_path: Path) -> None:
+    wrong = tmp_path / "wrong-token"
+    wrong.write_text("not-the-token\n")
+    env_token = cluster.token_file
+    cluster.token_file = wrong
+    try:
+        proc = cluster.faas("namespace", "ls")
+    finally:
+        cluster.token_file = env_token
+    _one_line_error(proc, "token")
+    assert cluster.alive()
+    cluster.faas("namespace", "ls", check=True)
+
+
+def test_unknown_namespace(cluster: Cluster) -> None:
+    proc = cluster.faas("table", "ls", "--namespace", "ghost", "--json")
+    # listing an unknown namespace is either empty or a clear error, never a traceback
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize(
+    "garbage",
+    [
+        b"\xff\xff\xff\xff" + os.urandom(64),  # a huge length prefix
+        b"\x00\x00\x00\x10" + os.urandom(16),  # a small frame of noise
+        b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",  # the wrong protocol entirely
+    ],
+)
+def test_garbage_to_scheduler(cluster: Cluster, garbage: bytes) -> None:
+    host, port = parse_address(cluster.address)
+    with socket.create_connection((host, port), timeout=5) as s:
+        s.sendall(garbage)
+        s.settimeout(10)
+        chunks = b""
+        while True:  # the scheduler closes the connection instead of waiting for more
+            data = s.recv(65536)
+            if not data:
+                break
+            chunks += data
+    assert cluster.alive()
+    cluster.faas("namespace", "ls", check=True)
+
+
+def test_malformed_frame_after_handshake_gets_a_typed_error(cluster: Cluster) -> None:
+    import msgspec
+
+    from protocol.auth import load_token
+    from protocol.connection import connect
+    from protocol.messages import ClientReply, Error, ListNamespaces, Ok
+
+    async def go() -> None:
+        conn = await connect(
+            cluster.address, msgspec.msgpack.Decoder(ClientReply),
+            token=load_token(cluster.token_file), role="client", host_id="test",
+        )
+        await conn.send_raw(b"\x00\x00\x00\x05hello")
+        reply = await conn.recv(timeout=10)
+        assert isinstance(reply, Error) and reply.kind == "MalformedFrame"
+        await conn.send(ListNamespaces())  # the same connection goes on
+        assert isinstance(await conn.recv(timeout=10), Ok)
+        await conn.aclose()
+
+    asyncio.run(go())
+    assert cluster.alive()
