@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import mmap
 import os
 from pathlib import Path
 from typing import Any, Callable
@@ -29,6 +30,8 @@ from protocol.messages import BulkHeader, FetchObject, PeerRequest, error_messag
 log = logging.getLogger(__name__)
 
 _decoder = msgspec.msgpack.Decoder(PeerRequest)
+
+CHUNK = 4 * 2**20
 
 
 class PeerServer:
@@ -77,6 +80,8 @@ class PeerServer:
             pass
         except FaasError as exc:
             log.warning("peer connection %s: %s", conn.peer, exc)
+        except Exception:  # noqa: BLE001 - one bad transfer must not stop the server
+            log.exception("peer connection %s failed", conn.peer)
         finally:
             conn.close()
 
@@ -92,12 +97,20 @@ class PeerServer:
         with f:
             size = os.fstat(f.fileno()).st_size
             await conn.send(BulkHeader(nbytes=size))
-            transport = conn.writer.transport
-            await asyncio.get_running_loop().sendfile(transport, f, 0, size)
+            if size == 0:
+                return
+            # Straight from the shared-memory pages to the socket, in bounded chunks.
+            with mmap.mmap(f.fileno(), size, access=mmap.ACCESS_READ) as mapped:
+                view = memoryview(mapped)
+                try:
+                    for start in range(0, size, CHUNK):
+                        await conn.send_raw(view[start:start + CHUNK])
+                finally:
+                    view.release()
 
 
 async def fetch_object(conn: Connection[Any], run_id: str, object_id: str, dest: Path) -> int:
-    """Pull an object from a peer into ``dest`` with recv_into, never holding it as bytes."""
+    """Pull an object from a peer into ``dest`` in chunks; the file appears only when complete."""
     from protocol.errors import from_wire
     from protocol.messages import Error
 
@@ -109,17 +122,13 @@ async def fetch_object(conn: Connection[Any], run_id: str, object_id: str, dest:
     tmp = dest.with_suffix(".part")
     remaining = header.nbytes
     with open(tmp, "wb") as out:
-        buf = bytearray(1 << 20)
-        view = memoryview(buf)
-        # Bytes already buffered by the stream reader come first.
         while remaining:
-            chunk = await asyncio.wait_for(conn.reader.read(min(remaining, len(buf))), 60)
+            chunk = await asyncio.wait_for(conn.reader.read(min(remaining, CHUNK)), 60)
             if not chunk:
                 tmp.unlink(missing_ok=True)
                 raise PeerVanished(f"peer closed after {header.nbytes - remaining} of {header.nbytes} bytes")
             out.write(chunk)
             remaining -= len(chunk)
-        del view
     os.replace(tmp, dest)
     return header.nbytes
 

@@ -195,6 +195,15 @@ async def accept(
     return Connection(reader, writer, decoder, peer_role=hello.role, peer_host=hello.host_id)
 
 
+async def _abort(writer: asyncio.StreamWriter) -> None:
+    """Close a socket that failed its handshake and let the transport finish closing."""
+    writer.close()
+    try:
+        await asyncio.wait_for(writer.wait_closed(), 1.0)
+    except (OSError, TimeoutError):
+        pass
+
+
 def parse_address(address: str) -> tuple[str, int]:
     host, sep, port = address.rpartition(":")
     if not sep or not port.isdigit():
@@ -244,10 +253,10 @@ async def connect(
         if not auth.verify(token, nonce, hello.role, hello.host_id, welcome.proof):
             raise HandshakeFailed(f"{address} did not prove the cluster token")
     except HandshakeFailed as exc:
-        writer.close()
+        await _abort(writer)
         raise HandshakeFailed(f"handshake with {address} failed: {exc}") from None
     except (FaasError, OSError, TimeoutError) as exc:
-        writer.close()
+        await _abort(writer)
         raise HandshakeFailed(f"handshake with {address} failed: {exc or type(exc).__name__}") from None
     except BaseException:
         writer.close()

@@ -50,6 +50,7 @@ class Cluster:
     token_file: Path
     scheduler: subprocess.Popen[str]
     workers: list[subprocess.Popen[str]] = field(default_factory=list)
+    data_addresses: list[str] = field(default_factory=list)
     shm_dir: Path | None = None
 
     def env(self) -> dict[str, str]:
@@ -95,11 +96,12 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
     )
     c = Cluster(home=home, address=address, token_file=token_file, scheduler=sched, shm_dir=shm)
     try:
-        worker, _ = start_daemon(
+        worker, data_address = start_daemon(
             ["worker", "--scheduler", address, "--token-file", str(token_file), "--shm-dir", str(shm)],
             "faasd worker", tmp_path / "worker.log",
         )
         c.workers.append(worker)
+        c.data_addresses.append(data_address)
         yield c
     finally:
         for w in c.workers:
