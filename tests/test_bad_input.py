@@ -74,8 +74,38 @@ def test_wrong_token(cluster: Cluster, tmp_path: Path) -> None:
 
 def test_unknown_namespace(cluster: Cluster) -> None:
     proc = cluster.faas("table", "ls", "--namespace", "ghost", "--json")
-    # listing an unknown namespace is either empty or a clear error, never a traceback
-    assert "Traceback" not in proc.stderr
+    _one_line_error(proc, "namespace 'ghost' not found")
+
+
+def test_wrong_ref(cluster: Cluster) -> None:
+    proc = cluster.faas("table", "ls", "--ref", "nosuchbranch")
+    _one_line_error(proc, "nosuchbranch")
+
+
+def test_submit_into_missing_namespace(cluster: Cluster) -> None:
+    from tests.conftest import EXAMPLE
+
+    proc = cluster.faas("submit", str(EXAMPLE), "--namespace", "ghost")
+    _one_line_error(proc, "namespace 'ghost' does not exist", "faas namespace create ghost")
+
+
+def test_unknown_cluster_address(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    token = tmp_path / "token"
+    token.write_text("x\n")
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.run(
+        [sys.executable, "-m", "client.cli", "--cluster", f"127.0.0.1:{port}", "--token-file",
+         str(token), "namespace", "ls"],
+        capture_output=True, text=True, cwd=ROOT, timeout=60,
+    )
+    _one_line_error(proc, f"127.0.0.1:{port}")
 
 
 @pytest.mark.parametrize(
