@@ -27,6 +27,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from faasd.launch import start_daemon, stop_daemon
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 
@@ -49,20 +51,6 @@ def chain_project(root: Path, n: int) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     (root / "models.py").write_text("\n".join(lines))
     return root
-
-
-def start(args: list[str], marker: str, log: Path) -> tuple[subprocess.Popen[str], str]:
-    with open(log, "a") as err:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "faasd", *args], cwd=ROOT, stdout=subprocess.PIPE,
-            stderr=err, text=True,
-        )
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    if not line.startswith(marker):
-        proc.kill()
-        raise SystemExit(f"daemon failed to start: {log.read_text()[-2000:]}")
-    return proc, line.strip().rsplit(" ", 1)[-1]
 
 
 def baseline_process_start(tmp: Path, repeat: int) -> float:
@@ -121,11 +109,11 @@ def main() -> None:
         home.mkdir()
         token_file = home / "token"
         token_file.write_text(os.urandom(16).hex())
-        sched, address = start(
+        sched, address = start_daemon(
             ["scheduler", "--listen", "127.0.0.1:0", "--home", str(home), "--token-file", str(token_file)],
             "faasd scheduler listening on", tmp / "scheduler.log",
         )
-        worker, _ = start(
+        worker, _ = start_daemon(
             ["worker", "--scheduler", address, "--token-file", str(token_file), "--shm-dir", str(tmp / "shm")],
             "faasd worker", tmp / "worker.log",
         )
@@ -142,8 +130,7 @@ def main() -> None:
             figures["baseline_process_start_s"] = baseline_process_start(tmp, max(args.repeat, 5))
         finally:
             for p in (worker, sched):
-                p.terminate()
-                p.wait(15)
+                stop_daemon(p)
     out = {
         "benchmark": "overhead",
         "chain": args.chain,

@@ -3,44 +3,24 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 
+from faasd.launch import start_daemon as _start_daemon
+from faasd.launch import stop_daemon
+
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def start_daemon(args: list[str], marker: str, log: Path) -> tuple[subprocess.Popen[str], str]:
+    return _start_daemon(args, marker, log, cwd=ROOT)
 EXAMPLE = ROOT / "examples" / "adventureworks"
 SOURCE_TABLES = ("product", "product_category", "product_subcategory", "sale", "territories")
-
-
-def _read_marker(proc: subprocess.Popen[str], marker: str, log: Path, deadline: float = 60.0) -> str:
-    assert proc.stdout is not None
-    end = time.monotonic() + deadline
-    while time.monotonic() < end:
-        line = proc.stdout.readline()
-        if line.startswith(marker):
-            return line.strip().rsplit(" ", 1)[-1]
-        if not line and proc.poll() is not None:
-            break
-    proc.kill()
-    raise RuntimeError(f"daemon did not print {marker!r}; log:\n{log.read_text()[-3000:]}")
-
-
-def _stop(proc: subprocess.Popen[str]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-    if proc.stdout is not None:
-        proc.stdout.close()
 
 
 @dataclass
@@ -74,15 +54,6 @@ class Cluster:
         return self.scheduler.poll() is None and all(w.poll() is None for w in self.workers)
 
 
-def start_daemon(args: list[str], marker: str, log: Path) -> tuple[subprocess.Popen[str], str]:
-    with open(log, "a") as err:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "faasd", *args], cwd=ROOT, stdout=subprocess.PIPE,
-            stderr=err, text=True, stdin=subprocess.DEVNULL,
-        )
-    return proc, _read_marker(proc, marker, log)
-
-
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[Cluster]:
     home = tmp_path / "home"
@@ -105,8 +76,8 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
         yield c
     finally:
         for w in c.workers:
-            _stop(w)
-        _stop(sched)
+            stop_daemon(w)
+        stop_daemon(sched)
 
 
 @pytest.fixture(scope="session")
