@@ -12,7 +12,6 @@ import pyarrow as pa
 from protocol.errors import FaasError, RunCancelled, from_wire
 from protocol.messages import (
     CancelTask,
-    Error,
     ObjectInput,
     ReleaseRun,
     RunFinished,
@@ -182,13 +181,7 @@ class RunCoordinator:
     def _release(self) -> None:
         for worker in {w.worker_id: w for w in self.placed.values()}.values():
             if not worker.conn.closed:
-                asyncio.get_running_loop().create_task(
-                    self._send_quietly(worker, ReleaseRun(run_id=self.run_id))
-                )
+                self.scheduler.background(self._send_quietly(worker, ReleaseRun(run_id=self.run_id)))
 
 
-def failed(run_id: str, exc: FaasError) -> RunFinished:
-    return RunFinished(run_id=run_id, status="failed", error=error_message(exc))
-
-
-__all__ = ["RunCoordinator", "Error", "failed"]
+__all__ = ["RunCoordinator"]

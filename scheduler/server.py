@@ -71,6 +71,8 @@ _worker_decoder = msgspec.msgpack.Decoder(WorkerToScheduler)
 
 WORKER_WAIT = 30.0
 HEARTBEAT_INTERVAL = 1.0
+# Until reservations exist, each running task is assumed to take this much memory.
+TASK_MEMORY_GUESS = 256 * 2**20
 
 
 @dataclass
@@ -113,7 +115,7 @@ class Scheduler:
         self._server: asyncio.Server | None = None
         self._store = ThreadPoolExecutor(1, thread_name_prefix="faas-store")
         self._connections: set[asyncio.Task[Any]] = set()
-        self._next_worker = 0
+        self._background: set[asyncio.Task[Any]] = set()
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -277,11 +279,17 @@ class Scheduler:
                     f"no worker{where} registered within {WORKER_WAIT:.0f}s: start one with "
                     f"'faasd worker --scheduler {self.address}'"
                 ) from None
-        ws = candidates()
-        self._next_worker += 1
-        # Most free memory first; rotate among equals so work spreads.
-        ws.sort(key=lambda w: (-(w.memory_available - len(w.tasks) * 256 * 2**20), w.worker_id))
-        return ws[0]
+        # Most free memory first, counting what its running tasks will still take.
+        return min(
+            candidates(),
+            key=lambda w: (-(w.memory_available - len(w.tasks) * TASK_MEMORY_GUESS), w.worker_id),
+        )
+
+    def background(self, coro: Any) -> None:
+        """Run a fire-and-forget coroutine, keeping a reference until it ends."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     # -- clients ---------------------------------------------------------------
 

@@ -444,7 +444,8 @@ def test_syntax_error_names_file_and_line() -> None:
 
 def test_indentation_error_is_a_syntax_error() -> None:
     problems = read_problems({"m.py": "import faas\nif True:\npass\n"})
-    assert problems == [p for p in problems if p.startswith("m.py:3: syntax error")]
+    assert len(problems) == 1
+    assert problems[0].startswith("m.py:3: syntax error")
 
 
 def test_syntax_error_without_a_line_number() -> None:
@@ -485,7 +486,9 @@ def test_duplicate_model_names_name_both_places() -> None:
     }
     problems = read_problems(files)
     p = only(problems, "'sales'", "already defined")
-    assert "a.py:4" in p and "b.py:6" in p
+    first = f"a.py:{line_of(files['a.py'], 'def sales')}"
+    second = f"b.py:{line_of(files['b.py'], 'def other_sales')}"
+    assert p.startswith(second + ":") and first in p
 
 
 def test_duplicate_model_names_in_one_file() -> None:
@@ -598,7 +601,7 @@ def test_parameter_without_model_or_parameter_default(signature: str) -> None:
             pass
         """)
     p = only(read_problems({"m.py": text}), "'t'")
-    assert p.startswith(f"m.py:{line_of(text, signature)}:")
+    assert p.startswith(f"m.py:{line_of(text, f'    {signature},')}:")
     assert "model 'm'" in p
     assert "faas.Model(...)" in p and "faas.Parameter(...)" in p
 
