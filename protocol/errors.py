@@ -101,6 +101,17 @@ class CommitConflict(FaasError):
         self.found = found
 
 
+class MergeConflict(FaasError):
+    def __init__(self, source: str, target: str, keys: list[str]) -> None:
+        shown = ", ".join(keys[:10]) + (f" and {len(keys) - 10} more" if len(keys) > 10 else "")
+        super().__init__(
+            f"cannot merge {source!r} into {target!r}: both changed {shown}; nothing was written"
+        )
+        self.source = source
+        self.target = target
+        self.keys = keys
+
+
 class FunctionFailed(FaasError):
     """User code raised, or its process died; ``detail`` holds the traceback or exit status."""
 
@@ -157,6 +168,7 @@ def from_wire(kind: str, message: str, detail: str = "") -> FaasError:
         return PlanInvalid(problems)
     structured: dict[str, type[FaasError]] = {
         "CommitConflict": CommitConflict, "FrameTooLarge": FrameTooLarge, "OutOfMemory": OutOfMemory,
+        "MergeConflict": MergeConflict,
     }
     if kind in structured:
         # Keep the type so callers can catch it; the fields stay in the remote message.

@@ -80,6 +80,12 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
         stop_daemon(sched)
 
 
+@pytest.fixture
+def catalog_uri(tmp_path: Path) -> str:
+    """A fresh, empty catalog database for one test."""
+    return f"sqlite:///{tmp_path / 'catalog.db'}"
+
+
 @pytest.fixture(scope="session")
 def example_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The example's source CSVs, small."""

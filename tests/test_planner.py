@@ -1080,3 +1080,47 @@ def test_describe_fields_for_every_kind_of_input() -> None:
             "inputs": [{"param": "u", "from": "up", "columns": None, "filter": None}],
         },
     ]
+
+
+# --------------------------------------------------------------------------- malformed literals
+
+
+@pytest.mark.parametrize(
+    ("files", "needle", "params"),
+    [
+        # literal, but of the wrong type: a problem at the decorator, not a TypeError
+        ({"m.py": "import faas\n@faas.model(name=3)\ndef m():\n    pass\n"}, "m.py:2:", {}),
+        # a string where a list of columns belongs: one problem, not one per character
+        ({"m.py": "import faas\n@faas.model()\ndef m(t=faas.Model('t', columns='OrderDate')):\n"
+                  "    pass\n"}, "m.py:3:", {}),
+        # faas_project.toml tables of the wrong type: a problem naming the file, not a crash
+        ({"m.py": "import faas\n@faas.model()\ndef m(y=faas.Parameter('y')):\n    pass\n",
+          "faas_project.toml": "parameters = 3\n"}, "faas_project.toml", {"y": "1"}),
+        ({"m.py": "import faas\n@faas.model()\ndef m():\n    pass\n",
+          "faas_project.toml": "project = 'adventureworks'\n"}, "faas_project.toml", {}),
+    ],
+    ids=["model-name-int", "columns-string", "parameters-not-a-table", "project-not-a-table"],
+)
+def test_wrongly_typed_literal_is_one_problem(
+    files: dict[str, str], needle: str, params: dict[str, str]
+) -> None:
+    problems = plan_problems(files, {"ns.t": ["OrderDate"]}, params=params)
+    assert len(problems) == 1, problems
+    assert needle in problems[0]
+
+
+def test_two_models_cannot_write_the_same_table() -> None:
+    # name="ns.x" and a model x in namespace ns both become table ns.x.
+    text = src("""
+        import faas
+
+        @faas.model(name="ns.x", materialize="replace")
+        def a():
+            pass
+
+        @faas.model(materialize="replace")
+        def x():
+            pass
+        """)
+    problems = plan_problems({"m.py": text})
+    only(problems, "'ns.x'")
