@@ -120,7 +120,8 @@ def build_plan(
                                 f"{inp.where}: column {col!r} is not among the declared columns "
                                 f"of model {inp.name!r}: {', '.join(upstream.columns)}"
                             )
-                node.deps.append(inp.name)
+                if inp.name not in node.deps:
+                    node.deps.append(inp.name)
                 node.inputs.append(
                     ObjectInput(
                         param=inp.param, node=inp.name, object_id=inp.name,

@@ -104,6 +104,25 @@ class _Reader:
             args[kw.arg] = self.literal(kw.value, f"argument {kw.arg!r} of {what}")
         return args
 
+    def typed(self, args: dict[str, Any], node: ast.expr, what: str, **types: Any) -> None:
+        """Drop (and report) arguments whose literal has the wrong type."""
+        for name, kind in types.items():
+            value = args.get(name)
+            if value is None:
+                continue
+            ok = isinstance(value, kind)
+            if ok and kind is list:
+                ok = all(isinstance(v, str) for v in value)
+            if ok and kind is dict:
+                ok = all(isinstance(k, str) and isinstance(v, str) for k, v in value.items())
+            if not ok:
+                want = {str: "a string", list: "a list of strings", dict: "a dict of strings"}[kind]
+                self.problems.append(
+                    f"{self.where(node)}: argument {name!r} of {what} must be {want}, "
+                    f"not {value!r}"
+                )
+                del args[name]
+
     def read(self, module: str) -> None:
         for node in self.tree.body:
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
@@ -115,10 +134,21 @@ class _Reader:
             return
         if isinstance(fn, ast.AsyncFunctionDef):
             self.problems.append(f"{self.where(fn)}: model {fn.name!r} must not be async")
+        for kind in ("model", "python"):
+            if kind in decorators and not isinstance(decorators[kind], ast.Call):
+                self.problems.append(
+                    f"{self.where(decorators[kind])}: write @faas.{kind}(...) with parentheses"
+                )
         margs = self.call_args(
             decorators["model"], ("name", "materialize", "columns", "memory"), "faas.model"
         )
+        self.typed(margs, decorators["model"], "faas.model", name=str, columns=list, memory=str)
         name = margs.get("name") or fn.name
+        if "." in name:
+            self.problems.append(
+                f"{self.where(decorators['model'])}: model name {name!r} must not contain '.': "
+                f"outputs go to the run's namespace (faas submit --namespace)"
+            )
         materialize = margs.get("materialize")
         if materialize not in MATERIALIZE_MODES:
             self.problems.append(
@@ -137,6 +167,15 @@ class _Reader:
         )
         if "python" in decorators:
             pargs = self.call_args(decorators["python"], ("version", "pip"), "faas.python")
+            self.typed(pargs, decorators["python"], "faas.python", version=str, pip=dict)
+            call = decorators["python"]
+            given = isinstance(call, ast.Call) and (
+                call.args or any(k.arg == "version" for k in call.keywords)
+            )
+            if isinstance(call, ast.Call) and not given:
+                self.problems.append(
+                    f"{self.where(decorators['python'])}: faas.python needs a version like \"3.11\""
+                )
             spec.python = pargs.get("version")
             spec.pip = pargs.get("pip") or {}
         self.read_inputs(fn, spec)
@@ -152,6 +191,7 @@ class _Reader:
             kind = _decorator_name(default) if isinstance(default, ast.Call) else None
             if kind == "Model":
                 margs = self.call_args(default, ("name", "columns", "filter"), "faas.Model")
+                self.typed(margs, default, "faas.Model", columns=list, filter=str)
                 if not isinstance(margs.get("name"), str) or not margs.get("name"):
                     self.problems.append(
                         f"{self.where(default)}: faas.Model needs a table or model name"
@@ -194,7 +234,7 @@ def read_project(files: dict[str, str]) -> Project:
         try:
             tree = ast.parse(files[path], filename=path)
         except SyntaxError as exc:
-            problems.append(f"{path}:{exc.lineno}: syntax error: {exc.msg}")
+            problems.append(f"{path}:{exc.lineno or 1}: syntax error: {exc.msg}")
             continue
         module = path[: -len(".py")].replace("/", ".")
         reader = _Reader(path, tree)
@@ -210,7 +250,11 @@ def read_project(files: dict[str, str]) -> Project:
         seen[m.name] = m
     if not models and not problems:
         problems.append("the project defines no models (functions decorated with @faas.model)")
+    for section in ("project", "parameters"):
+        if section in config and not isinstance(config[section], dict):
+            problems.append(f"faas_project.toml: [{section}] must be a table")
     if problems:
         raise PlanInvalid(problems)
-    project_name = str(config.get("project", {}).get("name", "")) if config else ""
+    project_section = config.get("project", {})
+    project_name = str(project_section.get("name", ""))
     return Project(name=project_name, models=models, config=config)
