@@ -1,136 +1,62 @@
-"""The ``faas`` command line.
+"""The ``faas`` command line: runs, queries, tables, namespaces.
 
-With ``--cluster HOST:PORT`` (or ``FAAS_CLUSTER``) commands go to that
-cluster's scheduler. Without one, faas runs embedded: a scheduler and a worker
-start on loopback for the command, against ``FAAS_HOME`` (default ``~/.faas``).
+Branch, tag and history commands live in :mod:`client.cli_refs`.
 """
 
 from __future__ import annotations
 
-import asyncio
-import json
 import sys
 import time
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Optional, TypeVar
+from typing import Any, Optional
 
 import typer
 
+from client.cli_common import (
+    REF_HELP,
+    app,
+    err,
+    namespace_app,
+    parse_params,
+    print_json,
+    ref_or_active,
+    run,
+    table_app,
+)
 from client.client import Client
-from protocol.errors import AlreadyExists, FaasError, FunctionFailed, PlanInvalid
+from protocol.errors import AlreadyExists
 from protocol.messages import LogLine, RunFinished, TaskEvent
-
-T = TypeVar("T")
-
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="faas: data pipelines as functions")
-table_app = typer.Typer(no_args_is_help=True, help="tables in the lakehouse")
-namespace_app = typer.Typer(no_args_is_help=True, help="namespaces in the lakehouse")
-app.add_typer(table_app, name="table")
-app.add_typer(namespace_app, name="namespace")
-
-
-class Settings:
-    cluster: str | None = None
-    token_file: str | None = None
-    home: str | None = None
-
-
-settings = Settings()
-
-
-@app.callback()
-def _global(
-    cluster: Optional[str] = typer.Option(None, "--cluster", envvar="FAAS_CLUSTER", help="scheduler HOST:PORT; none means embedded"),
-    token_file: Optional[str] = typer.Option(None, "--token-file", envvar="FAAS_TOKEN_FILE", help="cluster token file"),
-    home: Optional[str] = typer.Option(None, "--home", envvar="FAAS_HOME", help="embedded mode's home (default ~/.faas)"),
-) -> None:
-    settings.cluster = cluster
-    settings.token_file = token_file
-    settings.home = home
-
-
-def _err(text: str) -> None:
-    typer.echo(text, err=True)
-
-
-def _run(work: Callable[[Client], Awaitable[T]]) -> T:
-    """Run ``work`` against the cluster, or against an embedded one started for it."""
-
-    async def go() -> T:
-        if settings.cluster:
-            return await work(Client(settings.cluster, token_file=settings.token_file))
-        from client.embedded import embedded_cluster
-
-        home = Path(settings.home).expanduser() if settings.home else None
-        async with embedded_cluster(home) as (address, token):
-            return await work(Client(address, token=token))
-
-    try:
-        try:
-            import uvloop
-
-            return uvloop.run(go())
-        except ImportError:
-            return asyncio.run(go())
-    except FunctionFailed as exc:
-        if exc.detail:
-            _err(exc.detail.rstrip())
-        _err(f"error: {exc}")
-        raise typer.Exit(1) from None
-    except PlanInvalid as exc:
-        _err(f"error: {exc}")
-        raise typer.Exit(1) from None
-    except FaasError as exc:
-        _err(f"error: {exc}")
-        raise typer.Exit(1) from None
-    except KeyboardInterrupt:
-        _err("cancelled")
-        raise typer.Exit(130) from None
-
-
-def _print_json(data: Any) -> None:
-    typer.echo(json.dumps(data, indent=2, default=str))
-
-
-def _parse_params(pairs: list[str]) -> dict[str, str]:
-    params: dict[str, str] = {}
-    for p in pairs:
-        name, sep, value = p.partition("=")
-        if not sep or not name:
-            raise typer.BadParameter(f"{p!r} is not NAME=VALUE", param_hint="--param")
-        params[name] = value
-    return params
-
 
 @app.command()
 def submit(
     project: Path = typer.Argument(Path("."), help="project directory"),
     namespace: str = typer.Option(..., "--namespace", "-n", help="namespace of inputs and outputs"),
-    ref: str = typer.Option("main", "--ref", help="branch to read from and publish to"),
+    ref: Optional[str] = typer.Option(None, "--ref", help="branch to read from and publish to (default: the active branch)"),
     param: list[str] = typer.Option([], "--param", "-p", help="run parameter NAME=VALUE"),
     dry_run: bool = typer.Option(False, "--dry-run", help="print the plan, run nothing"),
     as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
 ) -> None:
     """Run a pipeline project and publish its outputs."""
-    params = _parse_params(param)
+    ref = ref_or_active(ref)
+    params = parse_params(param)
 
     async def work(c: Client) -> RunFinished | list[dict[str, Any]]:
         if dry_run:
             return await c.plan(project, namespace=namespace, ref=ref, params=params)
-        run = await c.submit(project, namespace=namespace, ref=ref, params=params)
+        submitted = await c.submit(project, namespace=namespace, ref=ref, params=params)
         logs: list[dict[str, Any]] = []
         if not as_json:
-            _err(f"run {run.run_id}: {len(run.nodes)} models")
-        async for ev in run:
+            err(f"run {submitted.run_id}: {len(submitted.nodes)} models")
+        async for ev in submitted:
             if isinstance(ev, LogLine):
                 logs.append({"node": ev.node, "stream": ev.stream, "line": ev.line})
                 if not as_json:
-                    _err(f"  [{ev.node}] {ev.line}")
+                    err(f"  [{ev.node}] {ev.line}")
             elif isinstance(ev, TaskEvent) and not as_json and ev.state != "queued":
                 extra = f" ({ev.rows} rows)" if ev.state == "done" else ""
                 extra += f" on {ev.worker}" if ev.state == "running" else ""
-                _err(f"{time.strftime('%H:%M:%S')} {ev.node}: {ev.state}{extra}")
-        result = await run.result()
+                err(f"{time.strftime('%H:%M:%S')} {ev.node}: {ev.state}{extra}")
+        result = await submitted.result()
         if as_json:
             out = {
                 "run_id": result.run_id, "status": result.status, "commit": result.commit,
@@ -138,15 +64,17 @@ def submit(
                 "error": None if result.error is None else
                 {"kind": result.error.kind, "message": result.error.message, "detail": result.error.detail},
             }
-            _print_json(out)
+            print_json(out)
         if result.status != "success":
-            await run.wait()  # raises the run's error
+            if result.branch and not as_json:
+                err(f"nothing was published; the run's outputs so far are on branch {result.branch}")
+            await submitted.wait()  # raises the run's error
         return result
 
-    result = _run(work)
+    result = run(work)
     if dry_run:
         if as_json:
-            _print_json(result)
+            print_json(result)
         else:
             for node in result:  # type: ignore[union-attr]
                 inputs = ", ".join(f"{i['param']}<-{i['from']}" for i in node["inputs"])
@@ -165,14 +93,15 @@ def submit(
 def query(
     sql: str = typer.Argument(..., help="SQL over the lakehouse tables"),
     namespace: Optional[str] = typer.Option(None, "--namespace", "-n", help="namespace for bare names"),
-    ref: str = typer.Option("main", "--ref"),
+    ref: Optional[str] = typer.Option(None, "--ref", help=REF_HELP),
     as_json: bool = typer.Option(False, "--json"),
     limit: int = typer.Option(50, "--limit", help="rows to print (tables only)"),
 ) -> None:
     """Run SQL over the tables at a ref."""
-    table = _run(lambda c: c.query(sql, namespace=namespace, ref=ref))
+    ref = ref_or_active(ref)
+    table = run(lambda c: c.query(sql, namespace=namespace, ref=ref))
     if as_json:
-        _print_json(table.to_pylist())
+        print_json(table.to_pylist())
         return
     _print_table(table, limit)
 
@@ -193,13 +122,14 @@ def _print_table(table: Any, limit: int) -> None:
 @table_app.command("ls")
 def table_ls(
     namespace: Optional[str] = typer.Option(None, "--namespace", "-n"),
-    ref: str = typer.Option("main", "--ref"),
+    ref: Optional[str] = typer.Option(None, "--ref", help=REF_HELP),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """List tables."""
-    tables = _run(lambda c: c.tables(namespace, ref))
+    ref = ref_or_active(ref)
+    tables = run(lambda c: c.tables(namespace, ref))
     if as_json:
-        _print_json(tables)
+        print_json(tables)
     else:
         for t in tables:
             typer.echo(t)
@@ -208,13 +138,14 @@ def table_ls(
 @table_app.command("get")
 def table_get(
     key: str = typer.Argument(..., help="NAMESPACE.TABLE"),
-    ref: str = typer.Option("main", "--ref"),
+    ref: Optional[str] = typer.Option(None, "--ref", help=REF_HELP),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Show a table: schema, rows, snapshot and Iceberg metadata location."""
-    info = _run(lambda c: c.table(key, ref))
+    ref = ref_or_active(ref)
+    info = run(lambda c: c.table(key, ref))
     if as_json:
-        _print_json(info)
+        print_json(info)
         return
     typer.echo(f"{info['key']}: {info['rows']} rows, {info['files']} files, {info['bytes']} bytes")
     typer.echo(f"snapshot {info['snapshot_id']}\nmetadata {info['metadata_location']}")
@@ -226,26 +157,30 @@ def table_get(
 def table_import(
     key: str = typer.Argument(..., help="NAMESPACE.TABLE to create or replace"),
     paths: list[str] = typer.Argument(..., help="CSV or Parquet files or globs"),
-    ref: str = typer.Option("main", "--ref"),
+    ref: Optional[str] = typer.Option(None, "--ref", help=REF_HELP),
     mode: str = typer.Option("replace", "--mode", help="replace or append"),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Import CSV or Parquet files as a table (schema inferred)."""
+    ref = ref_or_active(ref)
     if mode not in ("replace", "append"):
         raise typer.BadParameter("must be 'replace' or 'append'", param_hint="--mode")
-    info = _run(lambda c: c.import_table(key, paths, ref=ref, mode=mode))
+    info = run(lambda c: c.import_table(key, paths, ref=ref, mode=mode))
     if as_json:
-        _print_json(info)
+        print_json(info)
     else:
         typer.echo(f"imported {info['key']}: {info['rows']} rows")
 
 
 @namespace_app.command("ls")
-def namespace_ls(ref: str = typer.Option("main", "--ref"), as_json: bool = typer.Option(False, "--json")) -> None:
+def namespace_ls(
+    ref: Optional[str] = typer.Option(None, "--ref", help=REF_HELP),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
     """List namespaces."""
-    names = _run(lambda c: c.namespaces(ref))
+    names = run(lambda c: c.namespaces(ref_or_active(ref)))
     if as_json:
-        _print_json(names)
+        print_json(names)
     else:
         for n in names:
             typer.echo(n)
@@ -254,11 +189,12 @@ def namespace_ls(ref: str = typer.Option("main", "--ref"), as_json: bool = typer
 @namespace_app.command("create")
 def namespace_create(
     name: str,
-    ref: str = typer.Option("main", "--ref"),
+    ref: Optional[str] = typer.Option(None, "--ref", help=REF_HELP),
     if_not_exists: bool = typer.Option(False, "--if-not-exists", help="succeed if it exists"),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Create a namespace."""
+    ref = ref_or_active(ref)
 
     async def work(c: Client) -> None:
         try:
@@ -267,9 +203,9 @@ def namespace_create(
             if not if_not_exists:
                 raise
 
-    _run(work)
+    run(work)
     if as_json:
-        _print_json({"namespace": name})
+        print_json({"namespace": name})
     else:
         typer.echo(f"created namespace {name}")
 
@@ -277,9 +213,9 @@ def namespace_create(
 @app.command()
 def info(as_json: bool = typer.Option(False, "--json")) -> None:
     """Show the cluster: scheduler and workers."""
-    data = _run(lambda c: c.info())
+    data = run(lambda c: c.info())
     if as_json:
-        _print_json(data)
+        print_json(data)
         return
     typer.echo(f"scheduler {data['scheduler']}")
     for w in data["workers"]:
@@ -289,7 +225,53 @@ def info(as_json: bool = typer.Option(False, "--json")) -> None:
         )
 
 
+@namespace_app.command("rm")
+def namespace_rm(
+    name: str,
+    ref: Optional[str] = typer.Option(None, "--ref", help="branch (default: the active branch)"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Drop an empty namespace (a commit)."""
+    out = run(lambda c: c.drop_namespace(name, ref_or_active(ref)))
+    if as_json:
+        print_json(out)
+    else:
+        typer.echo(f"dropped namespace {name} at {out['commit'][:12]}")
+
+
+@table_app.command("rm")
+def table_rm(
+    key: str = typer.Argument(..., help="NAMESPACE.TABLE"),
+    ref: Optional[str] = typer.Option(None, "--ref", help="branch (default: the active branch)"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Drop a table from a branch (a commit; older commits still have it)."""
+    out = run(lambda c: c.drop_table(key, ref_or_active(ref)))
+    if as_json:
+        print_json(out)
+    else:
+        typer.echo(f"dropped {key} at {out['commit'][:12]}")
+
+
+@table_app.command("revert")
+def table_revert(
+    key: str = typer.Argument(..., help="NAMESPACE.TABLE"),
+    to: str = typer.Option(..., "--to", help="ref whose version of the table to restore"),
+    ref: Optional[str] = typer.Option(None, "--ref", help="branch to change (default: the active branch)"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Make a table on a branch what it is at another ref, in one commit."""
+    branch = ref_or_active(ref)
+    out = run(lambda c: c.revert_table(key, branch=branch, to_ref=to))
+    if as_json:
+        print_json(out)
+    else:
+        typer.echo(f"reverted {key} on {branch} to its state at {to} ({out['commit'][:12]})")
+
+
 def main() -> None:
+    import client.cli_refs  # noqa: F401  (registers branch, tag, log, checkout)
+
     try:
         app()
     except BrokenPipeError:

@@ -27,13 +27,23 @@ from protocol.messages import (
     ClientReply,
     ClusterInfo,
     CreateNamespace,
+    CreateRef,
+    DeleteRef,
+    Diff,
+    DropNamespace,
+    DropTable,
     Error,
     GetTable,
     ImportTable,
     ListNamespaces,
+    ListRefs,
     ListTables,
+    Log,
+    Merge,
     Ok,
+    PruneRuns,
     Query,
+    RevertTable,
     RunAccepted,
     RunFinished,
     SubmitRun,
@@ -244,3 +254,53 @@ class Client:
 
     async def info(self) -> dict[str, Any]:
         return await self._call(ClusterInfo())
+
+    async def drop_namespace(self, name: str, ref: str = "main") -> dict[str, Any]:
+        return await self._call(DropNamespace(name=name, ref=ref))
+
+    async def drop_table(self, key: str, ref: str = "main") -> dict[str, Any]:
+        return await self._call(DropTable(key=key, ref=ref))
+
+    async def revert_table(self, key: str, *, branch: str, to_ref: str) -> dict[str, Any]:
+        """Make ``key`` on ``branch`` what it is at ``to_ref``, in one commit."""
+        return await self._call(RevertTable(key=key, branch=branch, to_ref=to_ref))
+
+    # -- branches, tags, history ---------------------------------------------------
+
+    async def branches(self, *, include_runs: bool = False) -> list[dict[str, Any]]:
+        return await self._call(ListRefs(kind="branch", include_runs=include_runs))
+
+    async def create_branch(self, name: str, from_ref: str = "main") -> dict[str, Any]:
+        return await self._call(CreateRef(kind="branch", name=name, from_ref=from_ref))
+
+    async def delete_branch(self, name: str) -> None:
+        await self._call(DeleteRef(kind="branch", name=name))
+
+    async def tags(self) -> list[dict[str, Any]]:
+        return await self._call(ListRefs(kind="tag"))
+
+    async def create_tag(self, name: str, from_ref: str = "main") -> dict[str, Any]:
+        return await self._call(CreateRef(kind="tag", name=name, from_ref=from_ref))
+
+    async def delete_tag(self, name: str) -> None:
+        await self._call(DeleteRef(kind="tag", name=name))
+
+    async def merge(
+        self, source: str, into: str = "main", *, message: str | None = None,
+        fast_forward: bool = False,
+    ) -> dict[str, Any]:
+        """Merge ``source`` into branch ``into``: one commit, or a conflict and nothing written."""
+        return await self._call(
+            Merge(source=source, into=into, message=message, fast_forward=fast_forward)
+        )
+
+    async def diff(self, from_ref: str, to_ref: str) -> list[dict[str, Any]]:
+        """Tables and namespaces that differ going from ``from_ref`` to ``to_ref``."""
+        return await self._call(Diff(from_ref=from_ref, to_ref=to_ref))
+
+    async def log(self, ref: str = "main", n: int = 20) -> list[dict[str, Any]]:
+        return await self._call(Log(ref=ref, n=n))
+
+    async def prune_runs(self, *, older_than: float | None = None) -> list[str]:
+        """Delete the transaction branches of finished runs; returns their names."""
+        return await self._call(PruneRuns(older_than=older_than))

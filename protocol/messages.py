@@ -169,6 +169,59 @@ class ClusterInfo(Message, frozen=True):
     pass
 
 
+class ListRefs(Message, frozen=True):
+    kind: str = "branch"  # "branch" | "tag"
+    include_runs: bool = False
+
+
+class CreateRef(Message, frozen=True):
+    kind: str
+    name: str
+    from_ref: str = "main"
+
+
+class DeleteRef(Message, frozen=True):
+    kind: str
+    name: str
+
+
+class Merge(Message, frozen=True):
+    source: str
+    into: str = "main"
+    message: str | None = None
+    fast_forward: bool = False
+
+
+class Diff(Message, frozen=True):
+    from_ref: str
+    to_ref: str
+
+
+class Log(Message, frozen=True):
+    ref: str = "main"
+    n: int = 20
+
+
+class DropTable(Message, frozen=True):
+    key: str
+    ref: str = "main"
+
+
+class RevertTable(Message, frozen=True):
+    key: str
+    branch: str
+    to_ref: str
+
+
+class DropNamespace(Message, frozen=True):
+    name: str
+    ref: str = "main"
+
+
+class PruneRuns(Message, frozen=True):
+    older_than: float | None = None
+
+
 class RunAccepted(Message, frozen=True):
     run_id: str
     nodes: list[str]
@@ -201,6 +254,8 @@ class RunFinished(Message, frozen=True):
     tables: list[str] = []
     error: Error | None = None
     seconds: float = 0.0
+    # The run's transaction branch; kept for inspection when the run did not succeed.
+    branch: str = ""
 
 
 ClientRequest = (
@@ -212,6 +267,16 @@ ClientRequest = (
     | ImportTable
     | Query
     | ClusterInfo
+    | ListRefs
+    | CreateRef
+    | DeleteRef
+    | Merge
+    | Diff
+    | Log
+    | DropTable
+    | RevertTable
+    | DropNamespace
+    | PruneRuns
 )
 ClientReply = RunAccepted | TaskEvent | LogLine | RunFinished | Ok | BulkHeader | Error
 

@@ -41,6 +41,9 @@ class Plan:
     ref: str
     nodes: dict[str, PlanNode]
     order: list[str]
+    # The branch the run publishes to, and the commit every input was read at.
+    branch: str | None = None
+    base: str = ""
 
     def describe(self) -> list[dict[str, object]]:
         out = []

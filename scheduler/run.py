@@ -34,6 +34,13 @@ log = logging.getLogger(__name__)
 
 Emit = Callable[[Any], Awaitable[None]]
 
+RUN_BRANCH_PREFIX = "run/"
+
+
+def run_branch_name(run_id: str) -> str:
+    """The transaction branch of a run: outputs are committed there, then merged."""
+    return f"{RUN_BRANCH_PREFIX}{run_id}"
+
 
 class RunCoordinator:
     def __init__(
@@ -57,11 +64,15 @@ class RunCoordinator:
         await self.emit(TaskEvent(run_id=self.run_id, node=node, state=state, time=time.time(), **kw))
 
     async def execute(self) -> RunFinished:
+        """Run every node; outputs commit to the run's branch, which merges into the target
+        branch as one commit only when everything succeeded."""
         t0 = time.perf_counter()
-        tx = await self.scheduler.store_call(self.scheduler.lakehouse.begin, self.plan.ref)
+        catalog = self.scheduler.lakehouse.catalog
+        branch = run_branch_name(self.run_id)
+        await self.scheduler.store_call(catalog.create_run_branch, self.run_id, f"@{self.plan.base}")
         try:
-            await self._run_nodes(tx)
-            commit, tables = await self._publish(tx)
+            await self._run_nodes(branch)
+            commit, tables = await self._publish(branch)
         except asyncio.CancelledError:
             await self._cancel_running()
             raise
@@ -69,7 +80,7 @@ class RunCoordinator:
             await self._cancel_running()
             return RunFinished(
                 run_id=self.run_id, status="cancelled" if isinstance(exc, RunCancelled) else "failed",
-                error=error_message(exc), seconds=time.perf_counter() - t0,
+                error=error_message(exc), seconds=time.perf_counter() - t0, branch=branch,
             )
         finally:
             self._release()
@@ -78,7 +89,7 @@ class RunCoordinator:
             seconds=time.perf_counter() - t0,
         )
 
-    async def _run_nodes(self, tx: Any) -> None:
+    async def _run_nodes(self, branch: str) -> None:
         started: set[str] = set()
         for name in self.plan.order:
             await self._event(name, "queued")
@@ -87,7 +98,7 @@ class RunCoordinator:
                 node = self.plan.nodes[name]
                 if name not in started and all(d in self.outputs for d in node.deps):
                     started.add(name)
-                    self.running[name] = asyncio.create_task(self._run_node(node, tx))
+                    self.running[name] = asyncio.create_task(self._run_node(node, branch))
             finished, _ = await asyncio.wait(
                 self.running.values(), return_when=asyncio.FIRST_COMPLETED
             )
@@ -96,11 +107,13 @@ class RunCoordinator:
                 del self.running[name]
                 self.outputs[name] = task.result()  # re-raises the node's failure
 
-    async def _run_node(self, node: PlanNode, tx: Any) -> TaskDone:
+    async def _run_node(self, node: PlanNode, branch: str) -> TaskDone:
         worker = await self.scheduler.choose_worker(self._input_hosts(node))
         self.placed[node.name] = worker
         materialize = None
+        tx = None
         if node.spec.materialize:
+            tx = await self.scheduler.store_call(self.scheduler.lakehouse.begin, branch)
             directory = await self.scheduler.store_call(tx.data_location, node.key)
             materialize = Materialize(key=node.key, directory=directory, mode=node.spec.materialize)
         task_id = f"{self.run_id}:{node.name}"
@@ -123,6 +136,8 @@ class RunCoordinator:
                             LogLine(run_id=self.run_id, node=node.name, stream=stream, line=line, time=t)
                         )
                     case TaskDone():
+                        if tx is not None:
+                            await self.scheduler.store_call(self._commit_output, tx, node, msg)
                         rows = msg.output.rows if msg.output else 0
                         await self._event(node.name, "done", worker=worker.worker_id, rows=rows)
                         return msg
@@ -141,26 +156,37 @@ class RunCoordinator:
             self.placed[i.node].host_id for i in node.inputs if isinstance(i, ObjectInput)
         }
 
-    async def _publish(self, tx: Any) -> tuple[str, list[str]]:
-        materialized = [
-            (self.plan.nodes[n], self.outputs[n]) for n in self.plan.order
-            if self.plan.nodes[n].spec.materialize
+    def _commit_output(self, tx: Any, node: PlanNode, done: TaskDone) -> str:
+        """Commit one materialized output to the run's branch (store thread)."""
+        assert done.output is not None
+        schema = pa.ipc.read_schema(pa.py_buffer(done.output.schema))
+        tx.add_files(node.key, done.files, schema, node.spec.materialize)
+        return tx.publish(
+            f"run {self.run_id}: {node.name} -> {node.key}",
+            {"run_id": self.run_id, "model": node.name},
+        )
+
+    async def _publish(self, branch: str) -> tuple[str, list[str]]:
+        """Merge the run's branch into the target as one commit, then drop the run branch."""
+        tables = [
+            self.plan.nodes[n].key for n in self.plan.order if self.plan.nodes[n].spec.materialize
         ]
-        if not materialized:
-            return "", []
+        catalog = self.scheduler.lakehouse.catalog
+        target = self.plan.branch
+        assert target is not None
 
-        def commit() -> str:
-            for node, done in materialized:
-                assert done.output is not None
-                schema = pa.ipc.read_schema(pa.py_buffer(done.output.schema))
-                tx.add_files(node.key, done.files, schema, node.spec.materialize)
-            return tx.publish(
-                f"run {self.run_id}: {', '.join(n.key for n, _ in materialized)}",
-                {"run_id": self.run_id},
+        def merge() -> str:
+            if not tables:
+                catalog.delete_branch(branch)
+                return ""
+            result = catalog.merge(
+                branch, target, message=f"run {self.run_id}: {', '.join(tables)}",
+                properties={"run_id": self.run_id},
             )
+            catalog.delete_branch(branch)
+            return str(result.commit)
 
-        commit_hash = await self.scheduler.store_call(commit)
-        return commit_hash, [n.key for n, _ in materialized]
+        return await self.scheduler.store_call(merge), tables
 
     async def _cancel_running(self) -> None:
         for name, task in list(self.running.items()):

@@ -35,15 +35,11 @@ from protocol.messages import (
     BulkHeader,
     ClientRequest,
     ClusterInfo,
-    CreateNamespace,
     Error,
-    GetTable,
     Heartbeat,
     ImportDone,
     ImportTable,
     ImportTask,
-    ListNamespaces,
-    ListTables,
     Ok,
     Query,
     QueryDone,
@@ -58,9 +54,10 @@ from protocol.messages import (
     WorkerToScheduler,
     error_message,
 )
+from scheduler import catalog_ops
 from scheduler.plan import Plan, SourceTable, build_plan
 from scheduler.project import read_project
-from scheduler.run import RunCoordinator
+from scheduler.run import RunCoordinator, run_branch_name
 
 log = logging.getLogger(__name__)
 
@@ -318,17 +315,7 @@ class Scheduler:
                 await conn.send(Error(kind="FaasError", message=f"internal error: {exc!r}"))
 
     async def _catalog_op(self, request: Any) -> Any:
-        lh = self.lakehouse
         match request:
-            case ListNamespaces(ref=ref):
-                return await self.store_call(lh.namespaces, ref)
-            case CreateNamespace(name=name, ref=ref):
-                await self.store_call(lh.create_namespace, name, ref)
-                return {"namespace": name}
-            case ListTables(namespace=ns, ref=ref):
-                return await self.store_call(lh.tables, ns, ref)
-            case GetTable(key=key, ref=ref):
-                return describe_table(await self.store_call(lh.table_info, key, ref))
             case ImportTable():
                 return await self._import(request)
             case ClusterInfo():
@@ -343,7 +330,8 @@ class Scheduler:
                         for w in self.workers.values()
                     ],
                 }
-        raise InvalidInput(f"unsupported request {type(request).__name__}")
+        running = [run_branch_name(run_id) for run_id in self.runs]
+        return await self.store_call(catalog_ops.handle, self.lakehouse, request, running)
 
     async def _worker_task(self, msg: Any) -> Any:
         """Send a catalog helper task to some worker and wait for its one answer."""
@@ -383,7 +371,7 @@ class Scheduler:
             return tx.publish(f"import {request.key} from {len(request.paths)} files")
 
         commit_hash = await self.store_call(commit)
-        info = describe_table(await self.store_call(lh.table_info, request.key, request.ref))
+        info = catalog_ops.describe_table(await self.store_call(lh.table_info, request.key, request.ref))
         info["commit"] = commit_hash
         return info
 
@@ -414,7 +402,16 @@ class Scheduler:
     def _plan(self, request: SubmitRun) -> Plan:
         project = read_project(request.files)
         lh = self.lakehouse
-        if request.namespace not in lh.namespaces(request.ref):
+        branch, head = lh.catalog.resolve(request.ref)
+        if branch is None and not request.dry_run:
+            raise InvalidInput(
+                f"ref {request.ref!r} is not a branch: a run publishes its outputs to a branch "
+                f"(plan against it with --dry-run, or branch from it: faas branch create NAME "
+                f"--from {request.ref})"
+            )
+        # Everything is read at one commit, whatever lands on the branch meanwhile.
+        at = f"@{head}"
+        if request.namespace not in lh.namespaces(at):
             raise NotFound(
                 f"namespace {request.namespace!r} does not exist at ref {request.ref!r}: create it "
                 f"with 'faas namespace create {request.namespace}'"
@@ -422,7 +419,7 @@ class Scheduler:
 
         def lookup(key: str) -> SourceTable | None:
             try:
-                info = lh.table_info(key, request.ref)
+                info = lh.table_info(key, at)
             except NotFound:
                 return None
             return SourceTable(
@@ -430,7 +427,10 @@ class Scheduler:
                 snapshot_id=info.snapshot_id, schema=info.schema,
             )
 
-        return build_plan(project, request.namespace, request.ref, request.params, lookup)
+        plan = build_plan(project, request.namespace, request.ref, request.params, lookup)
+        plan.branch = branch
+        plan.base = head
+        return plan
 
     async def _submit(self, conn: Connection[Any], request: SubmitRun) -> None:
         plan = await self.store_call(self._plan, request)
@@ -468,18 +468,6 @@ class Scheduler:
             await asyncio.gather(watcher, return_exceptions=True)
         if conn.closed:
             raise ConnectionClosed("client left")
-
-
-def describe_table(info: Any) -> dict[str, Any]:
-    return {
-        "key": info.key,
-        "metadata_location": info.metadata_location,
-        "snapshot_id": info.snapshot_id,
-        "rows": info.row_count,
-        "files": info.file_count,
-        "bytes": info.size_bytes,
-        "schema": [{"name": f.name, "type": str(f.type)} for f in info.schema],
-    }
 
 
 __all__ = ["Scheduler", "WorkerHandle", "RunFinished"]

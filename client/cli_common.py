@@ -1,0 +1,140 @@
+"""Plumbing shared by the ``faas`` commands: settings, the active branch, running a call.
+
+With ``--cluster HOST:PORT`` (or ``FAAS_CLUSTER``) commands go to that
+cluster's scheduler. Without one, faas runs embedded: a scheduler and a worker
+start on loopback for the command, against ``FAAS_HOME`` (default ``~/.faas``).
+The active branch (``faas checkout``) is kept in ``FAAS_HOME/HEAD`` and is the
+default ref of every command.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from pathlib import Path
+from typing import Any, Awaitable, Callable, NoReturn, Optional, TypeVar
+
+import typer
+
+from client.client import Client
+from protocol.errors import FaasError, FunctionFailed, PlanInvalid
+
+T = TypeVar("T")
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="faas: data pipelines as functions")
+table_app = typer.Typer(no_args_is_help=True, help="tables in the lakehouse")
+namespace_app = typer.Typer(no_args_is_help=True, help="namespaces in the lakehouse")
+branch_app = typer.Typer(no_args_is_help=True, help="branches of the catalog")
+tag_app = typer.Typer(no_args_is_help=True, help="tags: names for commits that never move")
+app.add_typer(table_app, name="table")
+app.add_typer(namespace_app, name="namespace")
+app.add_typer(branch_app, name="branch")
+app.add_typer(tag_app, name="tag")
+
+
+class Settings:
+    cluster: str | None = None
+    token_file: str | None = None
+    home: str | None = None
+
+
+settings = Settings()
+
+
+@app.callback()
+def _global(
+    cluster: Optional[str] = typer.Option(None, "--cluster", envvar="FAAS_CLUSTER", help="scheduler HOST:PORT; none means embedded"),
+    token_file: Optional[str] = typer.Option(None, "--token-file", envvar="FAAS_TOKEN_FILE", help="cluster token file"),
+    home: Optional[str] = typer.Option(None, "--home", envvar="FAAS_HOME", help="embedded mode's home (default ~/.faas)"),
+) -> None:
+    settings.cluster = cluster
+    settings.token_file = token_file
+    settings.home = home
+
+
+def home_dir() -> Path:
+    return Path(settings.home or os.environ.get("FAAS_HOME") or "~/.faas").expanduser()
+
+
+def active_branch() -> str:
+    """The branch `faas checkout` chose, ``main`` until then."""
+    try:
+        name = (home_dir() / "HEAD").read_text().strip()
+    except FileNotFoundError:
+        return "main"
+    return name or "main"
+
+
+def set_active_branch(name: str) -> None:
+    home = home_dir()
+    home.mkdir(parents=True, exist_ok=True)
+    tmp = home / "HEAD.tmp"
+    tmp.write_text(name + "\n")
+    tmp.replace(home / "HEAD")
+
+
+def ref_or_active(ref: str | None) -> str:
+    return ref or active_branch()
+
+
+REF_HELP = "branch, tag, BRANCH@HASH or @HASH (default: the active branch)"
+
+
+def err(text: str) -> None:
+    typer.echo(text, err=True)
+
+
+def fail(message: str) -> NoReturn:
+    """Refuse a command before it reaches the cluster: one line, exit 1."""
+    err(f"error: {message}")
+    raise typer.Exit(1)
+
+
+def run(work: Callable[[Client], Awaitable[T]]) -> T:
+    """Run ``work`` against the cluster, or against an embedded one started for it."""
+
+    async def go() -> T:
+        if settings.cluster:
+            return await work(Client(settings.cluster, token_file=settings.token_file))
+        from client.embedded import embedded_cluster
+
+        home = Path(settings.home).expanduser() if settings.home else None
+        async with embedded_cluster(home) as (address, token):
+            return await work(Client(address, token=token))
+
+    try:
+        try:
+            import uvloop
+
+            return uvloop.run(go())
+        except ImportError:
+            return asyncio.run(go())
+    except FunctionFailed as exc:
+        if exc.detail:
+            err(exc.detail.rstrip())
+        err(f"error: {exc}")
+        raise typer.Exit(1) from None
+    except PlanInvalid as exc:
+        err(f"error: {exc}")
+        raise typer.Exit(1) from None
+    except FaasError as exc:
+        err(f"error: {exc}")
+        raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        err("cancelled")
+        raise typer.Exit(130) from None
+
+
+def print_json(data: Any) -> None:
+    typer.echo(json.dumps(data, indent=2, default=str))
+
+
+def parse_params(pairs: list[str]) -> dict[str, str]:
+    params: dict[str, str] = {}
+    for p in pairs:
+        name, sep, value = p.partition("=")
+        if not sep or not name:
+            raise typer.BadParameter(f"{p!r} is not NAME=VALUE", param_hint="--param")
+        params[name] = value
+    return params

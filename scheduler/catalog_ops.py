@@ -1,0 +1,118 @@
+"""Catalog requests from clients, answered on the scheduler's store thread.
+
+Each request is handled by one synchronous call, so a request sees one
+consistent catalog and store calls never interleave.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+from protocol.errors import InvalidInput
+from protocol.messages import (
+    CreateNamespace,
+    CreateRef,
+    DeleteRef,
+    Diff,
+    DropNamespace,
+    DropTable,
+    GetTable,
+    ListNamespaces,
+    ListRefs,
+    ListTables,
+    Log,
+    Merge,
+    PruneRuns,
+    RevertTable,
+)
+
+REF_KINDS = ("branch", "tag")
+
+
+def describe_commit(c: Any) -> dict[str, Any]:
+    return {
+        "hash": c.hash,
+        "parents": list(c.parents),
+        "message": c.message,
+        "author": c.author,
+        "created_at": c.created_at.isoformat(),
+        "properties": dict(c.properties),
+    }
+
+
+def describe_ref(r: Any) -> dict[str, Any]:
+    return {
+        "name": r.name, "kind": r.kind, "head": r.head,
+        "message": r.commit.message, "created_at": r.commit.created_at.isoformat(),
+    }
+
+
+def describe_table(info: Any) -> dict[str, Any]:
+    return {
+        "key": info.key,
+        "metadata_location": info.metadata_location,
+        "snapshot_id": info.snapshot_id,
+        "rows": info.row_count,
+        "files": info.file_count,
+        "bytes": info.size_bytes,
+        "schema": [{"name": f.name, "type": str(f.type)} for f in info.schema],
+    }
+
+
+def _kind(kind: str) -> str:
+    if kind not in REF_KINDS:
+        raise InvalidInput(f"ref kind must be 'branch' or 'tag', not {kind!r}")
+    return kind
+
+
+def handle(lh: Any, request: Any, running_branches: Iterable[str] = ()) -> Any:
+    """Answer one catalog request with plain data. Raises the store's typed errors."""
+    cat = lh.catalog
+    match request:
+        case ListNamespaces(ref=ref):
+            return lh.namespaces(ref)
+        case CreateNamespace(name=name, ref=ref):
+            return {"namespace": name, "commit": lh.create_namespace(name, ref)}
+        case DropNamespace(name=name, ref=ref):
+            return {"namespace": name, "commit": lh.drop_namespace(name, ref)}
+        case ListTables(namespace=ns, ref=ref):
+            return lh.tables(ns, ref)
+        case GetTable(key=key, ref=ref):
+            return describe_table(lh.table_info(key, ref))
+        case DropTable(key=key, ref=ref):
+            return {"key": key, "commit": lh.drop_table(key, ref)}
+        case RevertTable(key=key, branch=branch, to_ref=to_ref):
+            return {"key": key, "commit": lh.revert_table(key, branch, to_ref)}
+        case ListRefs(kind=kind, include_runs=include_runs):
+            refs = cat.branches(include_runs=include_runs) if _kind(kind) == "branch" else cat.tags()
+            return [describe_ref(r) for r in refs]
+        case CreateRef(kind=kind, name=name, from_ref=from_ref):
+            create = cat.create_branch if _kind(kind) == "branch" else cat.create_tag
+            return describe_ref(create(name, from_ref))
+        case DeleteRef(kind=kind, name=name):
+            (cat.delete_branch if _kind(kind) == "branch" else cat.delete_tag)(name)
+            return {"deleted": name}
+        case Merge(source=source, into=into, message=message, fast_forward=ff):
+            result = cat.merge(source, into, message=message, fast_forward=ff)
+            return {
+                "commit": result.commit,
+                "fast_forward": result.fast_forward,
+                "changes": [
+                    {"key": c.key, "kind": c.kind, "dropped": c.value is None}
+                    for c in result.changes
+                ],
+            }
+        case Diff(from_ref=a, to_ref=b):
+            return [
+                {
+                    "key": d.key, "kind": d.kind, "status": d.status,
+                    "old_snapshot_id": d.old_snapshot_id, "new_snapshot_id": d.new_snapshot_id,
+                    "old_rows": d.old_rows, "new_rows": d.new_rows,
+                }
+                for d in lh.diff(a, b)
+            ]
+        case Log(ref=ref, n=n):
+            return [describe_commit(c) for c in cat.log(ref, n)]
+        case PruneRuns(older_than=older_than):
+            return cat.prune_run_branches(keep=running_branches, older_than=older_than)
+    raise InvalidInput(f"unsupported request {type(request).__name__}")
