@@ -3,9 +3,12 @@
 A commit records only what it changed (a table key now points at a new Iceberg
 metadata location, or was dropped; a namespace was created or dropped). The
 state of the catalog at a commit is found by walking its first-parent chain
-back to the nearest change of each key. A merge commit (``parent2``, added
-later) will record every key it brings in from its second parent as its own
-change, so first-parent resolution stays correct after merges.
+back to the nearest change of each key. A merge commit (``parent2``) records
+every key it brings in from its second parent as its own change, so
+first-parent resolution stays correct after merges.
+
+The tables and records live in :mod:`store.schema`; branches and tags in
+:mod:`store.refs`; merge bases, diffs and merges in :mod:`store.merge`.
 
 A commit moves a branch with one compare-and-swap of ``refs.head`` inside the
 same database transaction that inserts the commit, so readers never see a head
@@ -18,107 +21,79 @@ import hashlib
 import json
 import logging
 import re
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+import sqlite3
+import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal, Self
+from typing import Any, Self
 
 from sqlalchemy import (
-    Column,
-    ForeignKey,
-    Index,
-    Integer,
-    MetaData,
-    String,
-    Table,
-    Text,
     create_engine,
     event,
+    func,
     insert,
-    literal,
     select,
     update,
 )
-from sqlalchemy.engine import Connection, Engine, make_url
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.engine import URL, Connection, Engine, make_url
+from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError
 from sqlalchemy.pool import StaticPool
-from sqlalchemy.sql.selectable import CTE
 
 from protocol.errors import CommitConflict, InvalidInput, NotFound
+from store.failpoints import failpoint
+from store.merge import KeyDiff, MergeMixin, MergeResult
+from store.refs import RefInfo, RefsMixin
+from store.schema import (
+    CHANGE_KINDS,
+    NAMESPACE_PRESENT,
+    ROOT_COMMIT,
+    Change,
+    ChangeKind,
+    CommitInfo,
+    commit_by_prefix,
+    commit_changes,
+    commits,
+    is_ancestor,
+    refs,
+    require_commit,
+)
+from store.schema import check_changes as _check_changes
+from store.schema import commit_hash as _commit_hash
+from store.schema import commit_info as _commit_info
+from store.schema import first_parent_chain as _first_parent_chain
+from store.schema import metadata as _metadata
+
+__all__ = [
+    "CHANGE_KINDS",
+    "NAMESPACE_PRESENT",
+    "ROOT_COMMIT",
+    "Change",
+    "ChangeKind",
+    "CommitInfo",
+    "KeyDiff",
+    "MergeResult",
+    "RefInfo",
+    "VersionedCatalog",
+    "catalog_url",
+]
 
 logger = logging.getLogger(__name__)
 
-ChangeKind = Literal["table", "namespace"]
-CHANGE_KINDS: frozenset[str] = frozenset({"table", "namespace"})
-
-# The value recorded for a namespace that exists; namespaces have no properties yet,
-# but a JSON object leaves room for them.
-NAMESPACE_PRESENT = "{}"
-
-# Every catalog starts from the same empty root, so two processes that open a new
-# catalog at once agree on it, and every branch shares it as a common ancestor.
-ROOT_COMMIT = hashlib.sha256(b"faas:root").hexdigest()
-
 _SQLITE_BUSY_TIMEOUT_MS = 30_000
-_HEX = re.compile(r"[0-9a-f]+")
-
-_metadata = MetaData()
-
-refs = Table(
-    "refs",
-    _metadata,
-    Column("name", String(255), primary_key=True),
-    Column("kind", String(16), nullable=False),  # 'branch' | 'tag'
-    Column("head", String(64), nullable=False),
-)
-
-commits = Table(
-    "commits",
-    _metadata,
-    Column("hash", String(64), primary_key=True),
-    Column("parent", String(64), nullable=True),
-    Column("parent2", String(64), nullable=True),
-    Column("message", Text, nullable=False),
-    Column("author", String(255), nullable=False),
-    Column("created_at", String(40), nullable=False),  # UTC ISO 8601
-    Column("properties", Text, nullable=False),  # JSON object of str -> str
-)
-
-commit_changes = Table(
-    "commit_changes",
-    _metadata,
-    Column("commit", String(64), ForeignKey("commits.hash"), primary_key=True),
-    Column("kind", String(16), primary_key=True),
-    Column("key", String(512), primary_key=True),
-    Column("value", Text, nullable=True),  # NULL = dropped
-    Index("ix_commit_changes_key_commit", "key", "commit"),
+_CATALOG_URLS = "sqlite:///path/catalog.db or postgresql://user@host:port/database"
+_PG_CONNECT_TIMEOUT_S = 10
+_PG_POOL_SIZE = 4
+_PG_MAX_OVERFLOW = 4
+_PG_POOL_TIMEOUT_S = 30
+_PG_POOL_RECYCLE_S = 1800
+_PG_INSUFFICIENT_PRIVILEGE = "42501"  # SQLSTATE
+# pg_advisory_xact_lock key held while a catalog database is initialized.
+_PG_INIT_LOCK = int.from_bytes(
+    hashlib.sha256(b"faas:catalog-init").digest()[:8], "big", signed=True
 )
 
 
-@dataclass(frozen=True)
-class Change:
-    """One key changed by a commit: a table's new metadata location, or a namespace.
-
-    ``value`` None means the key was dropped.
-    """
-
-    key: str
-    kind: ChangeKind = "table"
-    value: str | None = None
-
-
-@dataclass(frozen=True)
-class CommitInfo:
-    hash: str
-    parents: list[str]
-    message: str
-    author: str
-    created_at: datetime
-    properties: dict[str, str] = field(default_factory=dict)
-
-
-class VersionedCatalog:
+class VersionedCatalog(RefsMixin, MergeMixin):
     """Git-like catalog of table and namespace keys, stored with SQLAlchemy Core.
 
     ``uri`` is a SQLAlchemy URL: ``sqlite:///path/catalog.db`` (default for a
@@ -185,7 +160,8 @@ class VersionedCatalog:
         """Return the head commit of ``branch``.
 
         Raises:
-            NotFound: no branch of that name.
+            NotFound: no branch or tag of that name.
+            InvalidInput: ``branch`` is a tag.
         """
         with self._engine.connect() as conn:
             return self._branch_head(conn, branch)
@@ -272,13 +248,32 @@ class VersionedCatalog:
         Raises:
             CommitConflict: the branch head is no longer ``expected_head``.
             NotFound: no branch of that name.
-            InvalidInput: a change has an unknown kind, or a key appears twice.
+            InvalidInput: a change has an unknown kind, or a key appears twice, or
+                ``branch`` is a tag (tags never move).
+        """
+        return self._write_commit(branch, expected_head, changes, message, author, properties)
+
+    def _write_commit(
+        self,
+        branch: str,
+        expected_head: str,
+        changes: list[Change],
+        message: str,
+        author: str,
+        properties: dict[str, str] | None,
+        parent2: str | None = None,
+        step: str = "commit",
+    ) -> str:
+        """One commit (a merge commit if ``parent2``) and the CAS of ``branch``, atomically.
+
+        ``step`` prefixes the names of its failpoints (``commit.*``, ``merge.*``).
         """
         _check_changes(changes)
         props = dict(properties or {})
         created_at = datetime.now(UTC).isoformat()
-        new = _commit_hash(expected_head, None, changes, message, author, created_at, props)
+        new = _commit_hash(expected_head, parent2, changes, message, author, created_at, props)
         with self._engine.begin() as conn:
+            failpoint(f"{step}.before_insert")
             # The UPDATE comes first so that SQLite takes its write lock before
             # anything is read; a read-then-write transaction could fail to upgrade.
             moved = conn.execute(
@@ -289,17 +284,19 @@ class VersionedCatalog:
             if moved != 1:
                 found = self._branch_head(conn, branch)
                 raise CommitConflict(branch, expected_head, found)
+            failpoint(f"{step}.after_cas")
             conn.execute(
                 insert(commits).values(
                     hash=new,
                     parent=expected_head,
-                    parent2=None,
+                    parent2=parent2,
                     message=message,
                     author=author,
                     created_at=created_at,
                     properties=json.dumps(props, sort_keys=True),
                 )
             )
+            failpoint(f"{step}.after_commit_row")
             if changes:
                 conn.execute(
                     insert(commit_changes),
@@ -308,11 +305,15 @@ class VersionedCatalog:
                         for c in changes
                     ],
                 )
+            failpoint(f"{step}.after_changes")
+            failpoint(f"{step}.before_db_commit")
+        failpoint(f"{step}.after_db_commit")
         logger.info(
-            "commit %s on %s (parent %s, %d changes): %s",
+            "commit %s on %s (parent %s%s, %d changes): %s",
             new[:12],
             branch,
             expected_head[:12],
+            f", merging {parent2[:12]}" if parent2 else "",
             len(changes),
             message,
         )
@@ -322,8 +323,11 @@ class VersionedCatalog:
 
     def _initialize(self) -> None:
         try:
-            _metadata.create_all(self._engine)
             with self._engine.begin() as conn:
+                # One opener at a time creates the tables and the root commit, in one
+                # transaction; the others wait for it, then find both.
+                _lock_for_initialization(conn)
+                _metadata.create_all(conn)
                 if conn.execute(select(commits.c.hash).limit(1)).first() is not None:
                     return
                 created_at = datetime.now(UTC).isoformat()
@@ -352,123 +356,159 @@ class VersionedCatalog:
         if row is None:
             raise NotFound(f"branch {branch!r} not found")
         if row.kind != "branch":
-            raise NotFound(f"branch {branch!r} not found: {branch!r} is a {row.kind}")
+            raise InvalidInput(
+                f"{branch!r} is a {row.kind}, not a branch: tags never move; "
+                "create a branch from it to commit"
+            )
         return str(row.head)
 
-    @staticmethod
-    def _require_commit(conn: Connection, commit: str) -> None:
-        if conn.execute(select(commits.c.hash).where(commits.c.hash == commit)).first() is None:
-            raise NotFound(f"commit {commit[:12]!r} not found")
+    # Shared with the merge and refs parts; defined in store.schema.
+    _require_commit = staticmethod(require_commit)
+    _commit_by_prefix = staticmethod(commit_by_prefix)
+    _is_ancestor = staticmethod(is_ancestor)
 
-    @staticmethod
-    def _commit_by_prefix(conn: Connection, prefix: str, ref: str) -> str:
-        if not prefix or len(prefix) > 64 or not _HEX.fullmatch(prefix):
-            raise NotFound(f"ref {ref!r} not found: {prefix!r} is not a commit hash")
-        rows = conn.execute(
-            select(commits.c.hash).where(commits.c.hash.startswith(prefix)).limit(2)
-        ).all()
-        if not rows:
-            raise NotFound(f"ref {ref!r} not found: no commit starts with {prefix!r}")
-        if len(rows) > 1:
-            raise InvalidInput(f"ref {ref!r} is ambiguous: several commits start with {prefix!r}")
-        return str(rows[0].hash)
 
-    @staticmethod
-    def _is_ancestor(conn: Connection, commit: str, tip: str) -> bool:
-        """True if ``commit`` is ``tip`` or reachable from it through any parent."""
-        base = select(commits.c.hash, commits.c.parent, commits.c.parent2).where(
-            commits.c.hash == tip
-        )
-        reach = base.cte("reach", recursive=True)
-        step = select(commits.c.hash, commits.c.parent, commits.c.parent2).where(
-            (commits.c.hash == reach.c.parent) | (commits.c.hash == reach.c.parent2)
-        )
-        # UNION (not UNION ALL) stops the walk at commits already seen through a merge.
-        reach = reach.union(step)
-        hit = conn.execute(select(reach.c.hash).where(reach.c.hash == commit).limit(1)).first()
-        return hit is not None
+def catalog_url(uri: str) -> URL:
+    """Parse a catalog URI into the SQLAlchemy URL the catalog connects with.
+
+    ``postgresql://`` and ``postgres://`` (as psql and libpq spell them) use
+    psycopg 3; ``sqlite:///path`` uses the standard library.
+
+    Raises:
+        InvalidInput: not a URL, or not a SQLite or PostgreSQL database.
+    """
+    try:
+        url = make_url(uri)
+    except (ArgumentError, ValueError):
+        raise InvalidInput(
+            f"catalog URI {_mask_password(uri)!r} is not a database URL; expected {_CATALOG_URLS}"
+        ) from None
+    backend, _, driver = url.drivername.partition("+")
+    if backend in ("postgresql", "postgres") and driver in ("", "psycopg"):
+        return url.set(drivername="postgresql+psycopg")
+    if backend == "sqlite" and driver in ("", "pysqlite"):
+        return url
+    raise InvalidInput(
+        f"unsupported catalog database {url.drivername!r} in "
+        f"{url.render_as_string(hide_password=True)!r}; expected {_CATALOG_URLS}"
+    )
+
+
+def _mask_password(uri: str) -> str:
+    """``uri`` with anything that may be a password replaced by ``***``, for messages."""
+    return re.sub(r"(://[^/:@]*:).*@", r"\1***@", uri)
 
 
 def _make_engine(uri: str) -> Engine:
-    url = make_url(uri)
-    if not url.drivername.startswith("sqlite"):
-        return create_engine(uri, pool_pre_ping=True)
+    url = catalog_url(uri)
+    if url.get_backend_name() == "postgresql":
+        return _postgresql_engine(url)
     database = url.database
     if not database or database == ":memory:":
         # One shared connection, or every checkout would see its own empty database.
-        engine = create_engine(uri, poolclass=StaticPool, connect_args={"check_same_thread": False})
+        engine = create_engine(url, poolclass=StaticPool, connect_args={"check_same_thread": False})
     else:
-        Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(uri, connect_args={"timeout": _SQLITE_BUSY_TIMEOUT_MS / 1000})
+        directory = Path(database).expanduser().parent
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise InvalidInput(
+                f"cannot create the catalog directory {str(directory)!r}: {e.strerror}"
+            ) from None
+        engine = create_engine(url, connect_args={"timeout": _SQLITE_BUSY_TIMEOUT_MS / 1000})
 
     @event.listens_for(engine, "connect")
     def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
         cursor = dbapi_connection.cursor()
-        # WAL lets readers proceed while a commit is being written.
-        cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute(f"PRAGMA busy_timeout={_SQLITE_BUSY_TIMEOUT_MS}")
+        # WAL lets readers proceed while a commit is being written.
+        _sqlite_set_wal(cursor)
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()
 
     return engine
 
 
-def _first_parent_chain(start: str, max_depth: int | None = None) -> CTE:
-    """Recursive CTE of (hash, parent, depth) along first parents from ``start``."""
-    base = select(commits.c.hash, commits.c.parent, literal(0, Integer).label("depth")).where(
-        commits.c.hash == start
-    )
-    chain = base.cte("chain", recursive=True)
-    step = select(commits.c.hash, commits.c.parent, (chain.c.depth + 1).label("depth")).where(
-        commits.c.hash == chain.c.parent
-    )
-    if max_depth is not None:
-        step = step.where(chain.c.depth < max_depth)
-    return chain.union_all(step)
+def _sqlite_set_wal(cursor: Any) -> None:
+    """Switch the database to WAL, waiting for other connections as a busy timeout would.
+
+    On a new database the switch needs an exclusive lock, and SQLite answers
+    "database is locked" at once, without its busy handler, while another
+    connection holds the write lock (for instance while it creates the tables).
+    """
+    deadline = time.monotonic() + _SQLITE_BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
 
 
-def _check_changes(changes: Iterable[Change]) -> None:
-    seen: set[tuple[str, str]] = set()
-    for change in changes:
-        if change.kind not in CHANGE_KINDS:
-            raise InvalidInput(
-                f"change of {change.key!r} has unknown kind {change.kind!r}; "
-                f"expected one of {sorted(CHANGE_KINDS)}"
+def _lock_for_initialization(conn: Connection) -> None:
+    """Serialize catalog initialization until ``conn``'s transaction ends.
+
+    Without it, two processes opening a new catalog at once both find no tables:
+    one fails to create them (PostgreSQL: a unique violation in pg_type or
+    "relation already exists"; SQLite: "table already exists") and, not seeing
+    the root commit yet, gives up.
+    """
+    if conn.dialect.name == "postgresql":
+        # Transactional DDL: the tables and the root commit appear together.
+        conn.execute(select(func.pg_advisory_xact_lock(_PG_INIT_LOCK)))
+    elif conn.dialect.name == "sqlite":
+        # Take the write lock before reading (waits up to the busy timeout); the
+        # sqlite3 module would otherwise begin only at the first INSERT.
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def _postgresql_engine(url: URL) -> Engine:
+    # Settings given in the URL (?connect_timeout=3) win over these defaults.
+    connect_args: dict[str, Any] = {}
+    if "connect_timeout" not in url.query:
+        # libpq waits forever for a host that drops packets.
+        connect_args["connect_timeout"] = _PG_CONNECT_TIMEOUT_S
+    if "application_name" not in url.query:
+        connect_args["application_name"] = "faas"
+    engine = create_engine(
+        url,
+        # A connection the server or a proxy closed while idle is replaced, not used.
+        pool_pre_ping=True,
+        pool_recycle=_PG_POOL_RECYCLE_S,
+        # Catalog statements are short; every worker process has its own pool, so
+        # keep it small against the server's max_connections (100 by default).
+        pool_size=_PG_POOL_SIZE,
+        max_overflow=_PG_MAX_OVERFLOW,
+        pool_timeout=_PG_POOL_TIMEOUT_S,
+        connect_args=connect_args,
+    )
+    where = (
+        f"catalog database {url.database or url.username or ''!r} at "
+        f"{url.host or 'localhost'}:{url.port or 5432}"
+    )
+
+    @event.listens_for(engine, "handle_error")
+    def _one_line_error(context: Any) -> Exception | None:
+        # A failed pre-ping is not the caller's: the pool retries with a new connection.
+        error = context.original_exception
+        if context.is_pre_ping or not isinstance(error, engine.dialect.loaded_dbapi.Error):
+            return None
+        reason = str(error).strip().splitlines()[0].removeprefix("connection failed: ")
+        if url.password:
+            reason = reason.replace(str(url.password), "***")
+        if context.connection is None:
+            # Refused, timed out, unknown host or database, authentication failed.
+            return NotFound(f"cannot connect to the {where}: {reason}")
+        if getattr(error, "sqlstate", None) == _PG_INSUFFICIENT_PRIVILEGE:
+            # Typically PostgreSQL 15+, where only the database owner may create
+            # tables in schema public.
+            return InvalidInput(
+                f"{where}, user {url.username!r}: {reason}; the catalog needs a user that "
+                "may create tables (for example the database owner)"
             )
-        if (change.kind, change.key) in seen:
-            raise InvalidInput(f"{change.kind} {change.key!r} changed twice in one commit")
-        seen.add((change.kind, change.key))
+        # Anything else keeps its type, so the catalog's own handling still applies.
+        return None
 
-
-def _commit_hash(
-    parent: str,
-    parent2: str | None,
-    changes: list[Change],
-    message: str,
-    author: str,
-    created_at: str,
-    properties: dict[str, str],
-) -> str:
-    body = {
-        "parent": parent,
-        "parent2": parent2,
-        "changes": sorted([c.kind, c.key, c.value] for c in changes),
-        "message": message,
-        "author": author,
-        "created_at": created_at,
-        "properties": properties,
-    }
-    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode()).hexdigest()
-
-
-def _commit_info(row: Any) -> CommitInfo:
-    parents = [p for p in (row.parent, row.parent2) if p]
-    return CommitInfo(
-        hash=row.hash,
-        parents=parents,
-        message=row.message,
-        author=row.author,
-        created_at=datetime.fromisoformat(row.created_at),
-        properties=json.loads(row.properties or "{}"),
-    )
+    return engine

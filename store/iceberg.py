@@ -121,6 +121,10 @@ class CommitCatalog(MetastoreCatalog):
         location = self._lookup("table", key)
         if location is None:
             raise NoSuchTableError(f"table {key!r} not found at ref {self.ref!r}")
+        return self.table_at(key, location)
+
+    def table_at(self, key: str, location: str) -> Table:
+        """Table ``key`` as its metadata file at ``location`` has it; no catalog lookup."""
         metadata = self._metadata_cache.get(location)
         if metadata is None:
             io = self._load_file_io(location=location)

@@ -3,19 +3,25 @@
 Every read names a ref (``main``, ``main@<hash>``, ``@<hash>``, a tag) and sees
 the tables as they were at that commit. Every write goes through a
 :class:`store.Transaction` and lands as one commit.
+
+Operations on refs and history that need no Iceberg metadata (``branches``,
+``tags``, ``create_branch``, ``delete_branch``, ``create_tag``, ``delete_tag``,
+``log``, ``merge``, ``prune_run_branches``) are on :attr:`Lakehouse.catalog`,
+the :class:`store.VersionedCatalog`; there is one way to call each.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Self
+from typing import Literal, Self
 
 import pyarrow as pa
 
 from protocol.errors import AlreadyExists, CommitConflict, InvalidInput, NotFound
-from store.catalog import NAMESPACE_PRESENT, Change, VersionedCatalog
+from store.catalog import NAMESPACE_PRESENT, Change, ChangeKind, VersionedCatalog
 from store.iceberg import CommitCatalog
 from store.importer import expand_paths, read_files
 from store.keys import check_namespace, split_key
@@ -25,9 +31,29 @@ from store.transaction import TableInfo, Transaction, WriteMode, load_table, tab
 
 logger = logging.getLogger(__name__)
 
-# create_namespace retries a lost compare-and-swap this many times; the change
-# does not depend on the rest of the catalog, so a retry is always safe.
-_NAMESPACE_COMMIT_ATTEMPTS = 5
+# Single-key operations (namespaces, revert) retry a lost compare-and-swap this
+# many times, checking their preconditions again against the new head each time.
+_COMMIT_ATTEMPTS = 5
+
+# How many tables a refused drop_namespace names.
+_TABLES_SHOWN = 5
+
+
+@dataclass(frozen=True)
+class TableDiff:
+    """A table or namespace that differs between two refs.
+
+    Snapshot ids and row counts come from each side's Iceberg metadata; None
+    where the table is absent (and always for a namespace).
+    """
+
+    key: str
+    kind: ChangeKind
+    status: Literal["added", "dropped", "changed"]
+    old_snapshot_id: int | None
+    new_snapshot_id: int | None
+    old_rows: int | None
+    new_rows: int | None
 
 
 class Lakehouse:
@@ -36,6 +62,7 @@ class Lakehouse:
     Defaults: catalog ``sqlite:///{home}/catalog.db``, warehouse
     ``file://{home}/warehouse``. ``io_properties`` are pyiceberg FileIO settings
     (for example ``s3.endpoint``) used for every table read and write.
+    Branches, tags, log and merge are on :attr:`catalog`.
     """
 
     def __init__(
@@ -109,20 +136,62 @@ class Lakehouse:
                 longer the branch head.
         """
         check_namespace(namespace)
-        for attempt in range(1, _NAMESPACE_COMMIT_ATTEMPTS + 1):
-            branch, head = self.catalog.resolve(ref)
-            if branch is None:
-                raise InvalidInput(f"cannot create namespace on ref {ref!r}: it is not a branch")
+
+        def plan(head: str) -> tuple[list[Change], str]:
             if self.catalog.get(head, namespace, "namespace") is not None:
                 raise AlreadyExists(f"namespace {namespace!r} already exists at ref {ref!r}")
             change = Change(key=namespace, kind="namespace", value=NAMESPACE_PRESENT)
+            return [change], f"create namespace {namespace}"
+
+        return self._commit_planned(ref, "create namespace", plan)
+
+    def drop_namespace(self, namespace: str, ref: str = "main") -> str:
+        """Drop the empty ``namespace`` on the branch of ``ref`` as one commit; return its hash.
+
+        Raises:
+            InvalidInput: a bad name, tables still in the namespace (up to five
+                are named), or ``ref`` is not a branch.
+            NotFound: no such namespace, or ``ref`` does not resolve.
+            CommitConflict: ``ref`` names a commit that is no longer the branch head.
+        """
+        check_namespace(namespace)
+
+        def plan(head: str) -> tuple[list[Change], str]:
+            if self.catalog.get(head, namespace, "namespace") is None:
+                raise NotFound(f"namespace {namespace!r} not found at ref {ref!r}")
+            tables = list(self.catalog.entries(head, "table", prefix=f"{namespace}."))
+            if tables:
+                shown = ", ".join(tables[:_TABLES_SHOWN])
+                more = len(tables) - _TABLES_SHOWN
+                listed = shown + (f" and {more} more" if more > 0 else "")
+                raise InvalidInput(
+                    f"cannot drop namespace {namespace!r} at ref {ref!r}: it still has "
+                    f"{len(tables)} table{'' if len(tables) == 1 else 's'} ({listed}); "
+                    "drop them first"
+                )
+            change = Change(key=namespace, kind="namespace", value=None)
+            return [change], f"drop namespace {namespace}"
+
+        return self._commit_planned(ref, "drop namespace", plan)
+
+    def _commit_planned(
+        self, ref: str, what: str, plan: Callable[[str], tuple[list[Change], str]]
+    ) -> str:
+        """Commit ``plan(head)`` on the branch of ``ref``; plan again if the branch moved.
+
+        A pinned ref (``main@<hash>``) is not retried: the caller asked for that base.
+        """
+        for attempt in range(1, _COMMIT_ATTEMPTS + 1):
+            branch, head = self.catalog.resolve(ref)
+            if branch is None:
+                raise InvalidInput(f"cannot {what} on ref {ref!r}: it is not a branch")
+            changes, message = plan(head)
             try:
-                return self.catalog.commit(branch, head, [change], f"create namespace {namespace}")
+                return self.catalog.commit(branch, head, changes, message)
             except CommitConflict:
-                # A pinned commit cannot be retried: the caller asked for that base.
-                if "@" in ref or attempt == _NAMESPACE_COMMIT_ATTEMPTS:
+                if "@" in ref or attempt == _COMMIT_ATTEMPTS:
                     raise
-                logger.info("create namespace %s: branch %s moved, retrying", namespace, branch)
+                logger.info("%s: branch %s moved, trying again", what, branch)
         raise AssertionError("unreachable")
 
     # -- tables ---------------------------------------------------------------
@@ -152,6 +221,90 @@ class Lakehouse:
         split_key(key)
         return table_info(load_table(self.view(ref), key), key)
 
+    def drop_table(self, key: str, ref: str = "main") -> str:
+        """Drop table ``key`` on the branch of ``ref`` as one commit; return its hash.
+
+        Older commits keep the table and its files.
+
+        Raises:
+            NotFound: no such table, or ``ref`` does not resolve.
+            InvalidInput: a bad key, or ``ref`` is not a branch.
+            CommitConflict: the table changed on the branch meanwhile.
+        """
+        split_key(key)
+        transaction = self.begin(ref)
+        transaction.require_branch()
+        transaction.drop(key)
+        return transaction.publish(f"drop table {key}")
+
+    def revert_table(self, key: str, branch: str, to_ref: str) -> str:
+        """Make table ``key`` on ``branch`` what it is at ``to_ref``, as one commit.
+
+        The table gets the metadata it has at ``to_ref`` (its data files are
+        shared, not copied); if it does not exist there, it is dropped.
+        Returns the new commit hash.
+
+        Raises:
+            InvalidInput: a bad key, ``branch`` is not a branch, or the table is
+                already as at ``to_ref``.
+            NotFound: a ref does not resolve, or the table's namespace does not
+                exist on ``branch``.
+            CommitConflict: ``branch`` names a commit that is no longer its head.
+        """
+        split_key(key)
+        namespace, _ = split_key(key)
+        _, source = self.catalog.resolve(to_ref)
+        wanted = self.catalog.get(source, key)
+
+        def plan(head: str) -> tuple[list[Change], str]:
+            current = self.catalog.get(head, key)
+            if current == wanted:
+                absent = " (absent on both)" if wanted is None else ""
+                raise InvalidInput(
+                    f"table {key!r} on {branch!r} is already as at {to_ref!r}{absent}; "
+                    "nothing to revert"
+                )
+            if wanted is not None and self.catalog.get(head, namespace, "namespace") is None:
+                raise NotFound(
+                    f"namespace {namespace!r} not found at ref {branch!r}; "
+                    f"create it with: faas namespace create {namespace}"
+                )
+            return [Change(key=key, kind="table", value=wanted)], f"revert {key} to {to_ref}"
+
+        return self._commit_planned(branch, f"revert table {key}", plan)
+
+    def diff(self, from_ref: str, to_ref: str) -> list[TableDiff]:
+        """Tables and namespaces that differ from ``from_ref`` to ``to_ref``.
+
+        Sorted by kind (namespaces first), then key. Reads only the metadata
+        files of the tables that differ.
+
+        Raises:
+            NotFound: a ref does not resolve.
+        """
+        view = self.view(from_ref)
+        out: list[TableDiff] = []
+        for d in self.catalog.diff(from_ref, to_ref):
+            status: Literal["added", "dropped", "changed"] = (
+                "added" if d.old is None else "dropped" if d.new is None else "changed"
+            )
+            old = new = None
+            if d.kind == "table":
+                old = table_info(view.table_at(d.key, d.old), d.key) if d.old else None
+                new = table_info(view.table_at(d.key, d.new), d.key) if d.new else None
+            out.append(
+                TableDiff(
+                    key=d.key,
+                    kind=d.kind,
+                    status=status,
+                    old_snapshot_id=old.snapshot_id if old else None,
+                    new_snapshot_id=new.snapshot_id if new else None,
+                    old_rows=old.row_count if old else None,
+                    new_rows=new.row_count if new else None,
+                )
+            )
+        return out
+
     def begin(self, ref: str = "main", author: str = "faas") -> Transaction:
         """Start a transaction on the current commit of ``ref``.
 
@@ -174,7 +327,7 @@ class Lakehouse:
             NotFound: the namespace does not exist, or a path or glob matches nothing.
             InvalidInput: a bad key, mode or format, a file that does not parse,
                 or ``ref`` is not a branch.
-            CommitConflict: the branch moved while importing.
+            CommitConflict: the table changed on the branch while importing.
         """
         namespace, _ = split_key(key)
         transaction = self.begin(ref)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+import random
+import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
@@ -15,7 +17,9 @@ from pyiceberg.io.pyarrow import UnsupportedPyArrowTypeException, _check_pyarrow
 from pyiceberg.table import CreateTableTransaction
 from pyiceberg.table import Table as IcebergTable
 
-from protocol.errors import InvalidInput, NotFound
+from protocol.errors import CommitConflict, InvalidInput, NotFound
+from store.catalog import Change, ChangeKind
+from store.failpoints import failpoint
 from store.files import iceberg_schema, to_iceberg_arrow
 from store.iceberg import CommitCatalog, new_table_location
 from store.keys import split_key
@@ -26,6 +30,10 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 WriteMode = Literal["replace", "append"]
+
+# publish() puts its commit on top of a branch that moved, if no staged key
+# changed there, up to this many times before giving up with CommitConflict.
+PUBLISH_ATTEMPTS = 20
 
 
 @dataclass(frozen=True)
@@ -88,8 +96,10 @@ class Transaction:
     """Table changes staged against the base commit of ``ref``.
 
     Nothing is visible on the branch until :meth:`publish`, which adds one
-    commit holding every staged table, or fails with CommitConflict if the
-    branch moved since :meth:`store.Lakehouse.begin`. Dropping the object
+    commit holding every staged table. Concurrency is optimistic and per key,
+    as in Iceberg and Nessie: if the branch moved since :meth:`store.Lakehouse.begin`,
+    the commit goes on top of the new head unless one of the staged keys
+    changed there, which is a CommitConflict. Dropping the object
     without publishing leaves the branch untouched (the files it wrote stay in
     the warehouse, unreferenced).
     """
@@ -165,6 +175,7 @@ class Transaction:
             raise InvalidInput(
                 f"cannot write table {key!r}: {_first_line(e)}", detail=str(e)
             ) from e
+        failpoint("transaction.after_metadata_write")
         logger.debug("transaction %s: %s %d rows into %s", self.id, mode, data.num_rows, key)
 
     def add_files(
@@ -216,6 +227,7 @@ class Transaction:
             raise InvalidInput(
                 f"cannot add files to table {key!r}: {_first_line(e)}", detail=str(e)
             ) from e
+        failpoint("transaction.after_metadata_write")
         logger.debug("transaction %s: %s %d files into %s", self.id, mode, len(paths), key)
 
     def drop(self, key: str) -> None:
@@ -260,11 +272,17 @@ class Transaction:
         """Commit every staged change as ONE commit on the branch; return its hash.
 
         With nothing staged, no commit is made and the base commit is returned.
+        If the branch moved since the transaction began and none of the staged
+        keys changed there (nor the namespace of a staged table), the commit
+        goes on top of the new head.
 
         Raises:
-            CommitConflict: the branch moved since the transaction began.
+            CommitConflict: a staged key also changed on the branch since the
+                transaction began (the message names it), or the branch kept
+                moving for ``PUBLISH_ATTEMPTS`` tries.
             InvalidInput: the transaction was begun on a tag or a detached commit,
                 or was already published.
+            NotFound: the branch was deleted.
         """
         self._check_open()
         branch = self.require_branch()
@@ -273,9 +291,33 @@ class Transaction:
             logger.info("transaction %s: nothing to publish on %s", self.id, branch)
             self._published = self.base
             return self.base
-        commit = self._lakehouse.catalog.commit(
-            branch, self.base, changes, message, author=self.author, properties=properties
-        )
+        catalog = self._lakehouse.catalog
+        parent = self.base
+        failpoint("transaction.before_catalog_commit")
+        for attempt in range(1, PUBLISH_ATTEMPTS + 1):
+            try:
+                commit = catalog.commit(
+                    branch, parent, changes, message, author=self.author, properties=properties
+                )
+                break
+            except CommitConflict as e:
+                clashes = _clashes(changes, catalog.changed_keys(self.base, e.found))
+                if clashes:
+                    raise _key_conflict(branch, self.base, e.found, clashes) from None
+                if attempt == PUBLISH_ATTEMPTS:
+                    raise
+                failpoint("transaction.after_conflict_check")
+                logger.debug(
+                    "transaction %s: %s moved to %s, no staged key changed; committing on top",
+                    self.id,
+                    branch,
+                    e.found[:12],
+                )
+                parent = e.found
+                if attempt >= 3:
+                    # Writers that keep colliding fall out of step.
+                    time.sleep(random.uniform(0, 0.002 * attempt))
+        failpoint("transaction.after_catalog_commit")
         self._published = commit
         logger.info(
             "transaction %s published %d changes as %s on %s",
@@ -332,6 +374,41 @@ class Transaction:
         )
         location = new_table_location(self._lakehouse.warehouse, namespace, name)
         return self._view.recreate_table_transaction(key, schema, location)
+
+
+def _clashes(
+    changes: list[Change], changed: Iterable[tuple[ChangeKind, str]]
+) -> list[tuple[ChangeKind, str]]:
+    """Staged changes that depend on keys in ``changed`` (which moved on the branch).
+
+    A staged key itself; the namespace of a staged table (it may be gone); a
+    table in a namespace the transaction drops (it may have been added).
+    """
+    moved = set(changed)
+    hits = {(c.kind, c.key) for c in changes} & moved
+    for c in changes:
+        if c.kind == "table" and ("namespace", c.key.split(".", 1)[0]) in moved:
+            hits.add(("namespace", c.key.split(".", 1)[0]))
+        if c.kind == "namespace" and c.value is None:
+            hits |= {(k, key) for k, key in moved if k == "table" and key.startswith(f"{c.key}.")}
+    return sorted(hits)
+
+
+def _key_conflict(
+    branch: str, base: str, found: str, clashes: list[tuple[ChangeKind, str]]
+) -> CommitConflict:
+    error = CommitConflict(branch, base, found)
+    shown = ", ".join(f"{kind} {key!r}" for kind, key in clashes[:5])
+    more = f" and {len(clashes) - 5} more" if len(clashes) > 5 else ""
+    # The type and fields stay CommitConflict's (callers and the wire match on
+    # them); the message adds which keys, and what to do.
+    error.message = (
+        f"{error.message}: {shown}{more} changed on {branch!r} since this transaction "
+        "began; begin again from the new head"
+    )
+    error.args = (error.message,)
+    error.keys = [key for _, key in clashes]  # type: ignore[attr-defined]
+    return error
 
 
 def _check_mode(mode: str) -> None:

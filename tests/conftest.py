@@ -13,6 +13,7 @@ import pytest
 
 from faasd.launch import start_daemon as _start_daemon
 from faasd.launch import stop_daemon
+from tests.pg import postgres_server, postgres_url  # noqa: F401  (fixtures)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -80,10 +81,16 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
         stop_daemon(sched)
 
 
-@pytest.fixture
-def catalog_uri(tmp_path: Path) -> str:
-    """A fresh, empty catalog database for one test."""
-    return f"sqlite:///{tmp_path / 'catalog.db'}"
+@pytest.fixture(params=["sqlite", "postgresql"])
+def catalog_uri(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh, empty catalog database for one test, on each catalog backend.
+
+    The PostgreSQL server starts on first use, once per session; without its
+    binaries the postgresql cases are skipped (see tests/pg.py).
+    """
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'catalog.db'}"
+    return str(request.getfixturevalue("postgres_url"))
 
 
 @pytest.fixture(scope="session")

@@ -273,15 +273,28 @@ def test_discarded_transaction_changes_nothing(lake: Lakehouse) -> None:
     assert lake.tables() == []
 
 
-def test_conflicting_transactions_from_one_base(lake: Lakehouse) -> None:
+def test_transactions_from_one_base_on_other_tables_both_land(lake: Lakehouse) -> None:
     first, second = lake.begin(), lake.begin()
     first.write("sales.a", ORDERS)
     second.write("sales.b", ORDERS)
     winner = first.publish("first")
-    with pytest.raises(CommitConflict) as caught:
+    later = second.publish("second")
+    assert lake.catalog.log("main", 1)[0].parents == [winner]
+    assert lake.catalog.head("main") == later
+    assert lake.tables() == ["sales.a", "sales.b"]
+
+
+def test_conflicting_transactions_from_one_base(lake: Lakehouse) -> None:
+    first, second = lake.begin(), lake.begin()
+    first.write("sales.a", ORDERS)
+    second.write("sales.a", ORDERS.slice(0, 1))
+    second.write("sales.b", ORDERS)
+    winner = first.publish("first")
+    with pytest.raises(CommitConflict, match=r"table 'sales\.a' changed on 'main'") as caught:
         second.publish("second")
     assert caught.value.found == winner
     assert lake.tables() == ["sales.a"]
+    assert lake.table_info("sales.a").row_count == ORDERS.num_rows
 
 
 def test_publish_on_detached_ref_is_invalid(lake: Lakehouse) -> None:
