@@ -49,10 +49,12 @@ from store.schema import (
     ROOT_COMMIT,
     Change,
     ChangeKind,
+    MAX_AUTHOR,
     CommitInfo,
     commit_by_prefix,
     commit_changes,
     commits,
+    has_prefix,
     is_ancestor,
     refs,
     require_commit,
@@ -202,7 +204,7 @@ class VersionedCatalog(RefsMixin, MergeMixin):
             .order_by(chain.c.depth)
         )
         if prefix:
-            stmt = stmt.where(commit_changes.c.key.startswith(prefix, autoescape=True))
+            stmt = stmt.where(has_prefix(commit_changes.c.key, prefix))
         seen: dict[str, str | None] = {}
         with self._engine.connect() as conn:
             self._require_commit(conn, commit)
@@ -269,6 +271,8 @@ class VersionedCatalog(RefsMixin, MergeMixin):
         ``step`` prefixes the names of its failpoints (``commit.*``, ``merge.*``).
         """
         _check_changes(changes)
+        if len(author) > MAX_AUTHOR:
+            raise InvalidInput(f"author {author[:40]!r}... is over {MAX_AUTHOR} characters")
         props = dict(properties or {})
         created_at = datetime.now(UTC).isoformat()
         new = _commit_hash(expected_head, parent2, changes, message, author, created_at, props)

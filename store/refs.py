@@ -23,7 +23,7 @@ from sqlalchemy.exc import IntegrityError
 
 from protocol.errors import AlreadyExists, CommitConflict, InvalidInput, NotFound
 from store.failpoints import failpoint
-from store.schema import CommitInfo, commit_info, commits, refs
+from store.schema import CommitInfo, commit_info, commits, has_prefix, refs
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
@@ -100,7 +100,7 @@ class RefsMixin:
         """Every branch, sorted by name; run branches (``run/*``) only if asked."""
         where = refs.c.kind == "branch"
         if not include_runs:
-            where = where & ~refs.c.name.startswith(RUN_PREFIX, autoescape=True)
+            where = where & ~has_prefix(refs.c.name, RUN_PREFIX)
         return self._list_refs(where)
 
     def tags(self) -> list[RefInfo]:
@@ -208,7 +208,7 @@ class RefsMixin:
         now = datetime.now(UTC)
         deleted: list[str] = []
         for info in self._list_refs(
-            (refs.c.kind == "branch") & refs.c.name.startswith(RUN_PREFIX, autoescape=True)
+            (refs.c.kind == "branch") & has_prefix(refs.c.name, RUN_PREFIX)
         ):
             if info.name in kept:
                 continue
@@ -232,13 +232,14 @@ class RefsMixin:
             select(refs.c.name, refs.c.kind, refs.c.head, commits)
             .select_from(refs.join(commits, commits.c.hash == refs.c.head))
             .where(where)
-            .order_by(refs.c.name)
         )
         with self._engine.connect() as conn:
-            return [
+            found = [
                 RefInfo(name=row.name, kind=row.kind, head=row.head, commit=commit_info(row))
                 for row in conn.execute(stmt)
             ]
+        # Sorted here, not by the database, whose collation may differ between servers.
+        return sorted(found, key=lambda r: r.name)
 
     def _create_ref(self, name: str, kind: RefKind, from_ref: str) -> RefInfo:
         self._refuse_existing(name, kind)

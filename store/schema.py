@@ -33,6 +33,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    func,
     literal,
     or_,
     select,
@@ -175,6 +176,17 @@ def is_ancestor(conn: Connection, commit: str, tip: str) -> bool:
     reach = ancestry(tip)
     hit = conn.execute(select(reach.c.hash).where(reach.c.hash == commit).limit(1)).first()
     return hit is not None
+
+
+MAX_AUTHOR = 255
+
+
+def has_prefix(column: Any, prefix: str) -> Any:
+    """``column`` starts with ``prefix``, case-sensitively on every backend.
+
+    (SQLite's LIKE ignores ASCII case, so ``startswith`` would let ``Shop.x`` match ``shop.``.)
+    """
+    return func.substr(column, 1, len(prefix)) == prefix
 
 
 def check_changes(changes: Iterable[Change]) -> None:

@@ -347,3 +347,30 @@ def _publish_on(lake: Lakehouse, ref: str) -> None:
     tx = lake.begin(ref)
     tx.write("sales.regions", pa.table({"region": ["x"]}))
     tx.publish("onto a tag")
+
+
+def test_namespace_prefix_is_case_sensitive(catalog_uri: str) -> None:
+    from store.catalog import Change, VersionedCatalog
+
+    cat = VersionedCatalog(catalog_uri)
+    cat.commit("main", cat.head("main"), [
+        Change("shop", "namespace", "{}"), Change("Shop", "namespace", "{}"),
+        Change("shop.a", "table", "file:///a"), Change("Shop.b", "table", "file:///b"),
+    ], "two namespaces differing in case")
+    assert list(cat.entries(cat.head("main"), "table", prefix="shop.")) == ["shop.a"]
+    cat.close()
+
+
+def test_overlong_names_are_refused_before_the_database(catalog_uri: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from protocol.errors import InvalidInput
+    from store.catalog import Change, VersionedCatalog
+    from store.keys import split_key
+
+    with pytest.raises(InvalidInput, match="over 255 characters"):
+        split_key("ns." + "t" * 300)
+    cat = VersionedCatalog(catalog_uri)
+    head = cat.head("main")
+    with pytest.raises(InvalidInput, match="author"):
+        cat.commit("main", head, [Change("ns", "namespace", "{}")], "m", author="a" * 300)
+    assert cat.head("main") == head
+    cat.close()
