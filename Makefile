@@ -33,6 +33,7 @@ test: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	$(PY) -m bench.overhead
+	$(PY) -m bench.catalog
 
 clean:
 	rm -rf $(VENV) $(DEMO_HOME) $(DATA)
