@@ -7,13 +7,16 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import pytest
 
 from faasd.launch import start_daemon as _start_daemon
 from faasd.launch import stop_daemon
 from tests.pg import postgres_server, postgres_url  # noqa: F401  (fixtures)
+
+if TYPE_CHECKING:
+    from store.catalog import VersionedCatalog
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -91,6 +94,20 @@ def catalog_uri(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'catalog.db'}"
     return str(request.getfixturevalue("postgres_url"))
+
+
+@pytest.fixture
+def catalog(catalog_uri: str) -> Iterator["VersionedCatalog"]:
+    """A catalog whose main holds namespace ``ns`` and table ``ns.t`` (at location ``t1``)."""
+    from store.catalog import ROOT_COMMIT, Change, VersionedCatalog
+
+    vc = VersionedCatalog(catalog_uri)
+    try:
+        vc.commit("main", ROOT_COMMIT, [Change("ns", "namespace", "{}")], "create ns")
+        vc.commit("main", vc.head("main"), [Change("ns.t", "table", "t1")], "t1")
+        yield vc
+    finally:
+        vc.close()
 
 
 @pytest.fixture(scope="session")

@@ -18,17 +18,6 @@ from store.refs import RefInfo
 pytestmark = pytest.mark.timeout(60)
 
 
-@pytest.fixture
-def catalog(catalog_uri: str) -> Iterator[VersionedCatalog]:
-    vc = VersionedCatalog(catalog_uri)
-    try:
-        vc.commit("main", ROOT_COMMIT, [Change("ns", "namespace", "{}")], "create ns")
-        vc.commit("main", vc.head("main"), [Change("ns.t", "table", "t1")], "t1")
-        yield vc
-    finally:
-        vc.close()
-
-
 def state(vc: VersionedCatalog) -> Any:
     """Everything a ref operation could change: every ref and the history of each."""
     refs = vc.branches(include_runs=True) + vc.tags()

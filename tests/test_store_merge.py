@@ -21,17 +21,6 @@ from store.schema import commit_changes, commits, refs
 pytestmark = pytest.mark.timeout(90)
 
 
-@pytest.fixture
-def catalog(catalog_uri: str) -> Iterator[VersionedCatalog]:
-    vc = VersionedCatalog(catalog_uri)
-    try:
-        vc.commit("main", ROOT_COMMIT, [Change("ns", "namespace", "{}")], "create ns")
-        vc.commit("main", vc.head("main"), [Change("ns.t", "table", "t1")], "t1")
-        yield vc
-    finally:
-        vc.close()
-
-
 def put(vc: VersionedCatalog, branch: str, message: str, **tables: str | None) -> str:
     """One commit on ``branch`` setting each ``ns.<name>`` (None drops it)."""
     changes = [Change(f"ns.{name}", "table", value) for name, value in tables.items()]
