@@ -34,6 +34,7 @@ def submit(
     ref: Optional[str] = typer.Option(None, "--ref", help="branch to read from and publish to (default: the active branch)"),
     param: list[str] = typer.Option([], "--param", "-p", help="run parameter NAME=VALUE"),
     dry_run: bool = typer.Option(False, "--dry-run", help="print the plan, run nothing"),
+    strict: bool = typer.Option(False, "--strict", help="a failing expectation fails the run"),
     as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
 ) -> None:
     """Run a pipeline project and publish its outputs."""
@@ -43,7 +44,7 @@ def submit(
     async def work(c: Client) -> RunFinished | list[dict[str, Any]]:
         if dry_run:
             return await c.plan(project, namespace=namespace, ref=ref, params=params)
-        submitted = await c.submit(project, namespace=namespace, ref=ref, params=params)
+        submitted = await c.submit(project, namespace=namespace, ref=ref, params=params, strict=strict)
         logs: list[dict[str, Any]] = []
         if not as_json:
             err(f"run {submitted.run_id}: {len(submitted.nodes)} models")
@@ -55,6 +56,7 @@ def submit(
             elif isinstance(ev, TaskEvent) and not as_json and ev.state != "queued":
                 extra = f" ({ev.rows} rows)" if ev.state == "done" else ""
                 extra += f" on {ev.worker}" if ev.state == "running" else ""
+                extra += f": {ev.error}" if ev.state == "warning" else ""
                 err(f"{time.strftime('%H:%M:%S')} {ev.node}: {ev.state}{extra}")
         result = await submitted.result()
         if as_json:
@@ -76,10 +78,7 @@ def submit(
         if as_json:
             print_json(result)
         else:
-            for node in result:  # type: ignore[union-attr]
-                inputs = ", ".join(f"{i['param']}<-{i['from']}" for i in node["inputs"])
-                typer.echo(f"{node['name']} -> {node['output']} [{node['materialize'] or 'in memory'}]")
-                typer.echo(f"    inputs: {inputs or '-'}; python {node['python'] or 'default'}")
+            print_plan(result, ref, namespace)  # type: ignore[arg-type]
         return
     if not as_json:
         assert isinstance(result, RunFinished)
@@ -104,6 +103,31 @@ def query(
         print_json(table.to_pylist())
         return
     _print_table(table, limit)
+
+
+def print_plan(nodes: list[dict[str, Any]], ref: str, namespace: str) -> None:
+    """The plan as text: the DAG by levels, then each node with what it reads and writes."""
+    typer.echo(f"plan at {ref}, namespace {namespace}: {len(nodes)} nodes (nothing was run)")
+    levels: dict[int, list[str]] = {}
+    for n in nodes:
+        levels.setdefault(int(n["level"]), []).append(n["name"])
+    for level, names in sorted(levels.items()):
+        typer.echo(f"  {'    ' * level}{'└─ ' if level else ''}{', '.join(names)}")
+    for n in nodes:
+        env = f"python {n['python'] or 'default'}" + (
+            f" + {', '.join(f'{k}=={v}' for k, v in n['pip'].items())}" if n["pip"] else ""
+        )
+        out = "expectation" if n["kind"] == "expectation" else (
+            f"-> {n['output']} ({n['materialize'] or 'in memory only'})"
+        )
+        typer.echo(f"\n{n['name']} [{n['kind']}, {env}] {out}   {n['where']}")
+        for i in n["inputs"]:
+            what = f"table {i['from']}@{i['snapshot_id']}" if i["source"] == "table" else f"model {i['from']}"
+            cols = ", ".join(i["columns"]) if i["columns"] else "all columns"
+            filt = f" where {i['filter']}" if i["filter"] else ""
+            typer.echo(f"    {i['param']} <- {what}: {cols}{filt}")
+        for name, value in n["params"].items():
+            typer.echo(f"    {name} = {value!r}")
 
 
 def _print_table(table: Any, limit: int) -> None:

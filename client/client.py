@@ -191,14 +191,16 @@ class Client:
         namespace: str,
         ref: str = "main",
         params: dict[str, str] | None = None,
+        strict: bool = False,
     ) -> Run:
+        """Start a run; with ``strict`` a failing expectation fails it (and publishes nothing)."""
         files = pack_project(project)
         conn = await self._connect()
         try:
             await conn.send(
                 SubmitRun(
                     files=files, namespace=namespace, ref=ref, params=dict(params or {}),
-                    project_dir=str(Path(project).resolve()),
+                    project_dir=str(Path(project).resolve()), strict=strict,
                 )
             )
             reply = await conn.recv()

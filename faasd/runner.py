@@ -60,7 +60,7 @@ def _apply(table: Any, columns: list[str] | None, row_filter: str | None) -> Any
 
         with duckdb.connect() as con:
             con.register("t", table)
-            table = con.sql(f"SELECT * FROM t WHERE {row_filter}").to_arrow_table()
+            table = con.sql(f"SELECT * FROM t WHERE ({row_filter})").to_arrow_table()
     if columns:
         table = table.select(columns)
     return table
@@ -121,14 +121,30 @@ def _write_output(table: Any, path: str) -> int:
 
 
 def run(task: FunctionTask) -> FunctionResult:
-    fn = _find_function(task)
-    kwargs: dict[str, Any] = {inp.param: _load_input(inp, task) for inp in task.inputs}
-    kwargs.update(task.params)
-    table = to_arrow(fn(**kwargs), task.node)
+    inputs: dict[str, Any] = {inp.param: _load_input(inp, task) for inp in task.inputs}
+    if task.kind == "sql":
+        from store.query import query_tables
+
+        # Parameters are bound as values ($name), never pasted into the query.
+        table = query_tables(task.sql, inputs, task.params)
+    else:
+        fn = _find_function(task)
+        value = fn(**inputs, **task.params)
+        if task.kind == "expectation":
+            if not isinstance(value, bool):
+                raise TypeError(
+                    f"expectation {task.node!r} returned {type(value).__name__}; return True or False"
+                )
+            return FunctionResult(rows=0, nbytes=0, schema=b"", passed=value)
+        table = to_arrow(value, task.node)
     nbytes = _write_output(table, task.output_path)
     return FunctionResult(
         rows=table.num_rows, nbytes=nbytes, schema=table.schema.serialize().to_pybytes()
     )
+
+
+def _what(task: FunctionTask) -> str:
+    return {"sql": "SQL model", "expectation": "expectation"}.get(task.kind, "model")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -147,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         tb = traceback.format_exc()
         reply = Error(
             kind="FunctionFailed",
-            message=f"model {task.node!r} raised {type(exc).__name__}: {exc}",
+            message=f"{_what(task)} {task.node!r} raised {type(exc).__name__}: {exc}",
             detail=tb,
         )
         code = 1

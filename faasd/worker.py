@@ -267,7 +267,7 @@ class Worker:
             task = FunctionTask(
                 run_id=msg.run_id, node=msg.node, project_dir=str(project), module=msg.module,
                 function=msg.function, inputs=msg.inputs, objects=objects,
-                output_path=str(output), params=msg.params,
+                output_path=str(output), params=msg.params, kind=msg.kind, sql=msg.sql,
             )
             proc = FunctionProcess(task, cwd=str(project))
             self.processes[msg.task_id] = proc
@@ -279,6 +279,11 @@ class Worker:
                 await self._send(TaskStarted(task_id=msg.task_id, pid=pid))
 
             result = await proc.run(on_line, on_start)
+            if result.passed is not None:  # an expectation: a verdict, no output object
+                await self._send(TaskDone(
+                    task_id=msg.task_id, passed=result.passed, seconds=time.perf_counter() - t0
+                ))
+                return
             files: list[str] = []
             if msg.materialize is not None:
                 files = [await asyncio.to_thread(self._write_parquet, output, msg.materialize.directory, msg.node)]

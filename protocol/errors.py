@@ -116,6 +116,10 @@ class FunctionFailed(FaasError):
     """User code raised, or its process died; ``detail`` holds the traceback or exit status."""
 
 
+class ExpectationFailed(FaasError):
+    """An expectation returned False in a --strict run."""
+
+
 class OutOfMemory(FaasError):
     def __init__(self, what: str, used: int, limit: int) -> None:
         super().__init__(f"{what} used {used} bytes, over its limit of {limit} bytes")
@@ -150,6 +154,7 @@ _SIMPLE_KINDS: dict[str, type[FaasError]] = {
         AlreadyExists,
         InvalidInput,
         FunctionFailed,
+        ExpectationFailed,
         RunCancelled,
         NoWorkers,
         RemoteError,

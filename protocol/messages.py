@@ -131,6 +131,8 @@ class SubmitRun(Message, frozen=True):
     params: dict[str, str] = {}
     project_dir: str = ""
     dry_run: bool = False
+    # Failing expectations fail the run (otherwise they are warnings).
+    strict: bool = False
 
 
 class ListNamespaces(Message, frozen=True):
@@ -317,6 +319,7 @@ class TaskDone(Message, frozen=True):
     output: ObjectInfo | None = None
     files: list[str] = []
     seconds: float = 0.0
+    passed: bool | None = None
 
 
 class TaskFailed(Message, frozen=True):
@@ -344,6 +347,9 @@ class Registered(Message, frozen=True):
     heartbeat_interval: float = 1.0
 
 
+ParamValue = str | int | float | bool
+
+
 class RunTask(Message, frozen=True):
     task_id: str
     run_id: str
@@ -352,8 +358,11 @@ class RunTask(Message, frozen=True):
     module: str
     function: str
     inputs: list[ScanInput | ObjectInput]
-    params: dict[str, str] = {}
+    params: dict[str, ParamValue] = {}
     materialize: Materialize | None = None
+    # "python", "sql" (the query is in ``sql``) or "expectation" (returns a bool, no output).
+    kind: str = "python"
+    sql: str = ""
 
 
 class CancelTask(Message, frozen=True):
@@ -411,13 +420,17 @@ class FunctionTask(Message, frozen=True):
     # object id → path of the Arrow IPC file holding it, for ObjectInputs.
     objects: dict[str, str]
     output_path: str
-    params: dict[str, str] = {}
+    params: dict[str, ParamValue] = {}
+    kind: str = "python"
+    sql: str = ""
 
 
 class FunctionResult(Message, frozen=True):
     rows: int
     nbytes: int
     schema: bytes
+    # An expectation's verdict; None for models.
+    passed: bool | None = None
 
 
 FunctionReply = FunctionResult | Error

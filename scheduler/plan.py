@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 import pyarrow as pa
 
-from protocol.errors import PlanInvalid
+from protocol.errors import FaasError, PlanInvalid
 from protocol.messages import ObjectInput, ScanInput
 from scheduler.project import ModelSpec, Project
 
@@ -28,7 +28,7 @@ class PlanNode:
     key: str
     inputs: list[ScanInput | ObjectInput]
     deps: list[str] = field(default_factory=list)
-    params: dict[str, str] = field(default_factory=dict)
+    params: dict[str, ParamValue] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -45,26 +45,107 @@ class Plan:
     branch: str | None = None
     base: str = ""
 
+    def depth(self) -> dict[str, int]:
+        """Each node's level in the DAG: 0 reads only tables, else 1 + its deepest upstream."""
+        depth: dict[str, int] = {}
+        for name in self.order:
+            deps = self.nodes[name].deps
+            depth[name] = 1 + max(depth[d] for d in deps) if deps else 0
+        return depth
+
     def describe(self) -> list[dict[str, object]]:
+        depth = self.depth()
         out = []
         for name in self.order:
             n = self.nodes[name]
             out.append(
                 {
                     "name": name,
-                    "output": n.key,
+                    "kind": n.spec.kind,
+                    "level": depth[name],
+                    "where": n.spec.where,
+                    "output": None if n.spec.is_expectation else n.key,
                     "materialize": n.spec.materialize,
                     "python": n.spec.python,
                     "pip": n.spec.pip,
+                    "memory": n.spec.memory,
+                    "params": n.params,
                     "depends_on": n.deps,
                     "inputs": [
-                        {"param": i.param, "from": getattr(i, "key", None) or getattr(i, "node"),
-                         "columns": i.columns, "filter": i.filter}
+                        {
+                            "param": i.param,
+                            "from": i.key if isinstance(i, ScanInput) else i.node,
+                            "source": "table" if isinstance(i, ScanInput) else "model",
+                            "snapshot_id": i.snapshot_id if isinstance(i, ScanInput) else None,
+                            "columns": i.columns,
+                            "filter": i.filter,
+                        }
                         for i in n.inputs
                     ],
                 }
             )
         return out
+
+
+PARAM_TYPES: dict[str, type] = {
+    "str": str, "string": str, "int": int, "integer": int, "float": float, "bool": bool,
+    "boolean": bool,
+}
+ParamValue = str | int | float | bool
+
+
+def _typed(name: str, raw: Any, decl: dict[str, Any]) -> ParamValue:
+    """Convert a parameter value (from --param, or a TOML default) to its declared type."""
+    kind = PARAM_TYPES[str(decl.get("type", "str"))]
+    if kind is bool:
+        if isinstance(raw, bool):
+            return raw
+        text = str(raw).strip().lower()
+        if text in ("true", "1", "yes", "on"):
+            return True
+        if text in ("false", "0", "no", "off"):
+            return False
+        raise ValueError(f"parameter {name!r} is a bool: use true or false, not {raw!r}")
+    try:
+        value = kind(raw)
+    except (TypeError, ValueError):
+        raise ValueError(f"parameter {name!r} is {decl.get('type')}: {raw!r} is not one") from None
+    return value  # type: ignore[no-any-return]
+
+
+def resolve_params(
+    declared: dict[str, Any], given: dict[str, str], used: set[str], problems: list[str]
+) -> dict[str, ParamValue]:
+    """Every parameter's value: --param, else the TOML default, typed as declared."""
+    values: dict[str, ParamValue] = {}
+    for name, decl in declared.items():
+        if not isinstance(decl, dict):
+            problems.append(f"faas_project.toml: [parameters.{name}] must be a table")
+            continue
+        if str(decl.get("type", "str")) not in PARAM_TYPES:
+            problems.append(
+                f"faas_project.toml: parameter {name!r} has type {decl.get('type')!r}; use one of "
+                f"str, int, float, bool"
+            )
+            continue
+        raw = given.get(name, decl.get("default"))
+        if raw is None:
+            if decl.get("required", False) or name in used:
+                hint = f": {decl['description']}" if decl.get("description") else ""
+                problems.append(
+                    f"parameter {name!r} is required: pass --param {name}=VALUE{hint}"
+                )
+            continue
+        try:
+            values[name] = _typed(name, raw, decl)
+        except ValueError as exc:
+            problems.append(f"--param {name}: {exc}" if name in given else f"faas_project.toml: {exc}")
+    for name in used - set(declared):
+        if name in given:
+            values[name] = given[name]  # undeclared parameters are strings
+    for name in sorted(set(given) - used - set(declared)):
+        problems.append(f"--param {name}: the project has no parameter {name!r}")
+    return values
 
 
 def table_key(name: str, namespace: str) -> str:
@@ -104,18 +185,37 @@ def build_plan(
     ref: str,
     params: dict[str, str],
     lookup: Callable[[str], SourceTable | None],
+    python_versions: set[str] | None = None,
 ) -> Plan:
-    """Resolve every input and order the nodes; raise PlanInvalid listing every problem."""
+    """Resolve every input and order the nodes; raise PlanInvalid listing every problem.
+
+    ``python_versions``: what the registered workers offer; None skips that check.
+    """
+    from store.query import check_predicate
+    from store.scan import check_filter
+
     problems: list[str] = []
-    by_name = {m.name: m for m in project.models}
+    by_name = {m.name: m for m in project.models if not m.is_expectation}
     declared = project.config.get("parameters", {}) if project.config else {}
+    used = {p.name for m in project.models for p in m.params}
+    values = resolve_params(declared, params, used, problems)
     nodes: dict[str, PlanNode] = {}
-    used_params: set[str] = set()
     for m in project.models:
+        if python_versions is not None and m.python and m.python not in python_versions:
+            offered = ", ".join(sorted(python_versions)) or "none (no worker is registered)"
+            problems.append(
+                f"{m.where}: {m.label} {m.name!r} asks for Python {m.python}, which no worker "
+                f"offers (workers have: {offered})"
+            )
         node = PlanNode(spec=m, key=table_key(m.name, namespace), inputs=[])
         for inp in m.inputs:
             if inp.name in by_name and "." not in inp.name:
                 upstream = by_name[inp.name]
+                if inp.filter:
+                    try:
+                        check_predicate(inp.filter)
+                    except FaasError as exc:
+                        problems.append(f"{inp.where}: {exc}")
                 if inp.columns and upstream.columns:
                     for col in inp.columns:
                         if col not in upstream.columns:
@@ -148,6 +248,11 @@ def build_plan(
                             f"{inp.where}: table {key!r} has no column {col!r} "
                             f"(it has: {', '.join(names)})"
                         )
+            if inp.filter:
+                try:
+                    check_filter(inp.filter, table.schema, repr(key))
+                except FaasError as exc:
+                    problems.append(f"{inp.where}: {exc}")
             node.inputs.append(
                 ScanInput(
                     param=inp.param, key=key, metadata_location=table.metadata_location,
@@ -155,12 +260,9 @@ def build_plan(
                 )
             )
         for p in m.params:
-            used_params.add(p.name)
-            if p.name in params:
-                node.params[p.param] = params[p.name]
-            elif isinstance(declared.get(p.name), dict) and "default" in declared[p.name]:
-                node.params[p.param] = str(declared[p.name]["default"])
-            else:
+            if p.name in values:
+                node.params[p.param] = values[p.name]
+            elif p.name not in declared:
                 problems.append(
                     f"{p.where}: parameter {p.name!r} has no value: pass --param {p.name}=VALUE"
                 )
@@ -169,8 +271,6 @@ def build_plan(
                 f"{m.where}: model {m.name!r} writes table {node.key!r}, which it also reads"
             )
         nodes[m.name] = node
-    for name in sorted(set(params) - used_params - set(declared)):
-        problems.append(f"--param {name}: the project has no parameter {name!r}")
 
     order: list[str] = []
     remaining = {n: list(node.deps) for n, node in nodes.items()}

@@ -7,11 +7,12 @@ Every problem found is collected, so the author sees all of them at once.
 from __future__ import annotations
 
 import ast
+import re
 import tomllib
 from dataclasses import dataclass, field
 from typing import Any
 
-from protocol.errors import PlanInvalid
+from protocol.errors import FaasError, PlanInvalid
 
 MATERIALIZE_MODES = (None, "replace", "append")
 
@@ -45,6 +46,18 @@ class ModelSpec:
     pip: dict[str, str] = field(default_factory=dict)
     inputs: list[InputRef] = field(default_factory=list)
     params: list[ParamRef] = field(default_factory=list)
+    # "python" (a function), "sql" (a .sql file) or "expectation" (a check returning a bool).
+    kind: str = "python"
+    sql: str = ""
+
+    @property
+    def is_expectation(self) -> bool:
+        return self.kind == "expectation"
+
+    @property
+    def label(self) -> str:
+        """How messages name this kind of node."""
+        return {"sql": "SQL model", "expectation": "expectation"}.get(self.kind, "model")
 
 
 @dataclass
@@ -130,6 +143,14 @@ class _Reader:
 
     def read_function(self, fn: ast.FunctionDef | ast.AsyncFunctionDef, module: str) -> None:
         decorators = {_decorator_name(d): d for d in fn.decorator_list}
+        if "expectation" in decorators:
+            if "model" in decorators:
+                self.problems.append(
+                    f"{self.where(fn)}: {fn.name!r} is both a model and an expectation; pick one"
+                )
+                return
+            self.read_expectation(fn, decorators, module)
+            return
         if "model" not in decorators:
             return
         if isinstance(fn, ast.AsyncFunctionDef):
@@ -181,6 +202,28 @@ class _Reader:
         self.read_inputs(fn, spec)
         self.models.append(spec)
 
+    def read_expectation(
+        self, fn: ast.FunctionDef | ast.AsyncFunctionDef, decorators: dict[str | None, ast.expr],
+        module: str,
+    ) -> None:
+        call = decorators["expectation"]
+        if not isinstance(call, ast.Call):
+            self.problems.append(f"{self.where(call)}: write @faas.expectation() with parentheses")
+        else:
+            self.call_args(call, (), "faas.expectation")
+        spec = ModelSpec(
+            name=fn.name, function=fn.name, module=module, where=self.where(fn), kind="expectation"
+        )
+        if "python" in decorators:
+            pargs = self.call_args(decorators["python"], ("version", "pip"), "faas.python")
+            self.typed(pargs, decorators["python"], "faas.python", version=str, pip=dict)
+            spec.python = pargs.get("version")
+            spec.pip = pargs.get("pip") or {}
+        self.read_inputs(fn, spec)
+        if not spec.inputs:
+            self.problems.append(f"{self.where(fn)}: expectation {fn.name!r} reads no inputs")
+        self.models.append(spec)
+
     def read_inputs(self, fn: ast.FunctionDef | ast.AsyncFunctionDef, spec: ModelSpec) -> None:
         a = fn.args
         positional = a.posonlyargs + a.args
@@ -213,9 +256,67 @@ class _Reader:
                 )
             else:
                 self.problems.append(
-                    f"{self.where(arg)}: parameter {arg.arg!r} of model {spec.name!r} needs a "
+                    f"{self.where(arg)}: parameter {arg.arg!r} of {spec.label} {spec.name!r} needs a "
                     f"default of faas.Model(...) or faas.Parameter(...)"
                 )
+
+
+_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_HEADER = re.compile(r"^\s*--\s*faas:\s*(.*)$")
+SQL_OPTIONS = ("materialize", "memory", "python")
+
+
+def read_sql_model(path: str, text: str, problems: list[str]) -> ModelSpec | None:
+    """A SQL model: ``name.sql``, one SELECT whose FROM/JOIN names are its inputs.
+
+    Options come from header comments: ``-- faas: materialize=replace memory=2GiB``.
+    ``$name`` in the SQL is a run parameter, bound as a value when the query runs.
+    """
+    from store.query import referenced_tables, sql_parameters
+
+    name = path.rsplit("/", 1)[-1][: -len(".sql")]
+    module = path[: -len(".sql")].replace("/", ".")
+    if not _IDENT.fullmatch(name):
+        problems.append(f"{path}:1: a SQL model's file name must be an identifier, not {name!r}")
+        return None
+    spec = ModelSpec(name=name, function="", module=module, where=f"{path}:1", kind="sql", sql=text)
+    for lineno, line in enumerate(text.splitlines(), 1):
+        m = _HEADER.match(line)
+        if not m:
+            if line.strip() and not line.strip().startswith("--"):
+                break  # options live in the header, before the query
+            continue
+        for item in re.split(r"[,\s]+", m.group(1).strip()):
+            if not item:
+                continue
+            key, sep, value = item.partition("=")
+            if not sep or key not in SQL_OPTIONS:
+                problems.append(
+                    f"{path}:{lineno}: unknown option {item!r} (options: "
+                    f"{', '.join(o + '=...' for o in SQL_OPTIONS)})"
+                )
+            elif key == "materialize":
+                mode = None if value in ("none", "None", "") else value
+                if mode not in MATERIALIZE_MODES:
+                    problems.append(
+                        f"{path}:{lineno}: materialize must be replace, append or none, not {value!r}"
+                    )
+                spec.materialize = mode if mode in MATERIALIZE_MODES else None
+            elif key == "memory":
+                spec.memory = value
+            else:
+                spec.python = value
+    try:
+        tables = referenced_tables(text)
+        params = sql_parameters(text)
+    except FaasError as exc:
+        problems.append(f"{path}:1: {exc}")
+        return None
+    for t in tables:
+        spec.inputs.append(InputRef(param=t, name=t, columns=None, filter=None, where=f"{path}:1"))
+    for p in params:
+        spec.params.append(ParamRef(param=p, name=p, where=f"{path}:1"))
+    return spec
 
 
 def read_project(files: dict[str, str]) -> Project:
@@ -241,6 +342,11 @@ def read_project(files: dict[str, str]) -> Project:
         reader.read(module)
         problems += reader.problems
         models += reader.models
+    for path in sorted(files):
+        if path.endswith(".sql"):
+            sql_model = read_sql_model(path, files[path], problems)
+            if sql_model is not None:
+                models.append(sql_model)
     seen: dict[str, ModelSpec] = {}
     for m in models:
         if m.name in seen:
@@ -249,7 +355,9 @@ def read_project(files: dict[str, str]) -> Project:
             )
         seen[m.name] = m
     if not models and not problems:
-        problems.append("the project defines no models (functions decorated with @faas.model)")
+        problems.append(
+            "the project defines no models (functions decorated with @faas.model, or .sql files)"
+        )
     for section in ("project", "parameters"):
         if section in config and not isinstance(config[section], dict):
             problems.append(f"faas_project.toml: [{section}] must be a table")

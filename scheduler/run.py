@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 import pyarrow as pa
 
-from protocol.errors import FaasError, RunCancelled, from_wire
+from protocol.errors import ExpectationFailed, FaasError, RunCancelled, from_wire
 from protocol.messages import (
     CancelTask,
     ObjectInput,
@@ -50,12 +50,14 @@ class RunCoordinator:
         plan: Plan,
         files: dict[str, str],
         emit: Emit,
+        strict: bool = False,
     ) -> None:
         self.scheduler = scheduler
         self.run_id = run_id
         self.plan = plan
         self.files = files
         self.emit = emit
+        self.strict = strict
         self.outputs: dict[str, TaskDone] = {}
         self.placed: dict[str, "WorkerHandle"] = {}
         self.running: dict[str, asyncio.Task[TaskDone]] = {}
@@ -123,7 +125,8 @@ class RunCoordinator:
                 RunTask(
                     task_id=task_id, run_id=self.run_id, node=node.name, files=self.files,
                     module=node.spec.module, function=node.spec.function, inputs=node.inputs,
-                    params=node.params, materialize=materialize,
+                    params=node.params, materialize=materialize, kind=node.spec.kind,
+                    sql=node.spec.sql,
                 )
             )
             while True:
@@ -135,6 +138,13 @@ class RunCoordinator:
                         await self.emit(
                             LogLine(run_id=self.run_id, node=node.name, stream=stream, line=line, time=t)
                         )
+                    case TaskDone(passed=False):
+                        what = f"expectation {node.name!r} failed"
+                        if self.strict:
+                            await self._event(node.name, "failed", worker=worker.worker_id, error=what)
+                            raise ExpectationFailed(f"{what} (--strict): nothing was published")
+                        await self._event(node.name, "warning", worker=worker.worker_id, error=what)
+                        return msg
                     case TaskDone():
                         if tx is not None:
                             await self.scheduler.store_call(self._commit_output, tx, node, msg)

@@ -427,7 +427,11 @@ class Scheduler:
                 snapshot_id=info.snapshot_id, schema=info.schema,
             )
 
-        plan = build_plan(project, request.namespace, request.ref, request.params, lookup)
+        versions = {v for w in self.workers.values() for v in w.python_versions}
+        plan = build_plan(
+            project, request.namespace, request.ref, request.params, lookup,
+            python_versions=versions or None,
+        )
         plan.branch = branch
         plan.base = head
         return plan
@@ -447,7 +451,7 @@ class Scheduler:
             except FaasError:
                 pass  # the client is gone; the watcher below cancels the run
 
-        coordinator = RunCoordinator(self, run_id, plan, request.files, emit)
+        coordinator = RunCoordinator(self, run_id, plan, request.files, emit, strict=request.strict)
         run = asyncio.create_task(coordinator.execute())
         self.runs[run_id] = run
         watcher = asyncio.create_task(conn.recv())

@@ -59,7 +59,51 @@ def referenced_tables(sql: str) -> list[str]:
     return names
 
 
-def query_tables(sql: str, tables: Mapping[str, pa.Table]) -> pa.Table:
+def _parse_tree(sql: str) -> Any:
+    with duckdb.connect(":memory:") as con:
+        rows = con.execute("SELECT json_serialize_sql(?)", [sql]).fetchall()
+    tree = json.loads(rows[0][0])
+    if tree.get("error"):
+        raise InvalidInput(f"cannot read SQL: {tree.get('error_message', 'unknown error')}")
+    return tree
+
+
+def check_predicate(predicate: str) -> None:
+    """Check that ``predicate`` parses as a SQL WHERE condition, and is only that.
+
+    Raises:
+        InvalidInput: it does not parse, or it ends the condition and goes on.
+    """
+    sql = f"SELECT * FROM __faas_input WHERE ({predicate})"
+    try:
+        names = referenced_tables(sql)
+    except InvalidInput as exc:
+        raise InvalidInput(f"bad filter {predicate!r}: {exc}") from None
+    if names != ["__faas_input"]:
+        raise InvalidInput(f"bad filter {predicate!r}: a filter may not read other tables")
+
+
+def sql_parameters(sql: str) -> list[str]:
+    """The named parameters (``$name``) the SQL uses, in order of first use.
+
+    Raises:
+        InvalidInput: the SQL does not parse, or uses positional parameters (``?``, ``$1``).
+    """
+    names: list[str] = []
+    for node in _walk(_parse_tree(sql)):
+        if node.get("class") != "PARAMETER":
+            continue
+        ident = str(node.get("identifier") or "")
+        if not ident or ident.isdigit():
+            raise InvalidInput("use named parameters like $min_price, not ? or $1")
+        if ident not in names:
+            names.append(ident)
+    return names
+
+
+def query_tables(
+    sql: str, tables: Mapping[str, pa.Table], params: Mapping[str, Any] | None = None
+) -> pa.Table:
     """Run ``sql`` in a fresh in-memory DuckDB over the given Arrow tables.
 
     Keys of ``tables`` are the names the SQL uses: ``t``, or ``ns.t`` to be
@@ -70,6 +114,9 @@ def query_tables(sql: str, tables: Mapping[str, pa.Table]) -> pa.Table:
         InvalidInput: the SQL does not parse, is not one SELECT, or fails to bind
             or run (DuckDB's first line is the message).
         NotFound: the SQL reads a table that is not in ``tables``.
+
+    ``params`` are bound to the SQL's ``$name`` parameters as values, never
+    pasted into the text.
     """
     names = referenced_tables(sql)
     missing = [n for n in names if n not in tables]
@@ -91,7 +138,7 @@ def query_tables(sql: str, tables: Mapping[str, pa.Table]) -> pa.Table:
         con.execute("SET enable_external_access = false")
         con.execute("SET lock_configuration = true")
         try:
-            result = con.sql(sql)
+            result = con.sql(sql, params=dict(params)) if params else con.sql(sql)
             if result is None:
                 raise InvalidInput("the SQL returned no result; write a SELECT")
             table_out = result.to_arrow_table()

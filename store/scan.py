@@ -140,6 +140,18 @@ def parse_filter(row_filter: str | None, schema: Schema, name: str) -> BooleanEx
     return expression
 
 
+def check_filter(row_filter: str, schema: pa.Schema, name: str) -> None:
+    """Check ``row_filter`` against an Arrow schema, as a scan of it would.
+
+    Raises:
+        InvalidInput: as :func:`parse_filter`.
+    """
+    from pyiceberg.io.pyarrow import _pyarrow_to_schema_without_ids
+    from pyiceberg.schema import assign_fresh_schema_ids
+
+    parse_filter(row_filter, assign_fresh_schema_ids(_pyarrow_to_schema_without_ids(schema)), name)
+
+
 def _references(expression: BooleanExpression) -> Iterator[str]:
     """Column names an unbound expression refers to."""
     if isinstance(expression, (And, Or)):

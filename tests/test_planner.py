@@ -75,7 +75,7 @@ class Catalog:
         if cols is None:
             return None
         if isinstance(cols, list):
-            cols = {c: pa.string() for c in cols}
+            cols = {c: pa.int64() for c in cols}
         return SourceTable(
             key=key,
             metadata_location=f"file:///warehouse/{key.replace('.', '/')}/metadata/v3.json",
@@ -248,8 +248,8 @@ def test_files_without_models_are_fine() -> None:
             def m(x=faas.Model("raw.t")):
                 return x
             """),
-        "queries/report.sql": "SELECT 1",
         "README.md": "# not python",
+        "notes.txt": "SELECT 1",
     }
     project = read_project(files)
     assert [m.name for m in project.models] == ["m"]
