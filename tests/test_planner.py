@@ -216,7 +216,11 @@ def test_example_describe_is_json() -> None:
     assert fact["python"] == "3.11"
     assert fact["pip"] == {}
     assert sorted(fact["depends_on"]) == ["dim_country", "dim_product"]  # type: ignore[arg-type]
-    assert fact["inputs"] == [
+    inputs = fact["inputs"]
+    assert [(i["source"], i["snapshot_id"] is not None) for i in inputs] == [  # type: ignore[index]
+        ("table", True), ("model", False), ("model", False)
+    ]
+    assert [{k: v for k, v in i.items() if k not in ("source", "snapshot_id")} for i in inputs] == [  # type: ignore[union-attr]
         {"param": "sale", "from": "adventure.sale",
          "columns": ["OrderDate", "OrderNumber", "ProductKey", "TerritoryKey", "OrderQuantity"],
          "filter": None},
@@ -1068,16 +1072,21 @@ def test_describe_fields_for_every_kind_of_input() -> None:
     p = plan({"m.py": text}, {"raw.t": ["a"]}, namespace="out", ref="dev", params={"y": "7"})
     described = p.describe()
     assert json.loads(json.dumps(described)) == described
+    snap = p.nodes["up"].inputs[0].snapshot_id  # type: ignore[union-attr]
     assert described == [
         {
-            "name": "up", "output": "out.up", "materialize": "append", "python": "3.12",
-            "pip": {"polars": "1.0"}, "depends_on": [],
-            "inputs": [{"param": "t", "from": "raw.t", "columns": ["a"], "filter": "a > 1"}],
+            "name": "up", "kind": "python", "level": 0, "where": "m.py:5",
+            "output": "out.up", "materialize": "append", "python": "3.12",
+            "pip": {"polars": "1.0"}, "memory": "1GiB", "params": {"y": "7"}, "depends_on": [],
+            "inputs": [{"param": "t", "from": "raw.t", "source": "table", "snapshot_id": snap,
+                        "columns": ["a"], "filter": "a > 1"}],
         },
         {
-            "name": "down", "output": "out.down", "materialize": None, "python": None,
-            "pip": {}, "depends_on": ["up"],
-            "inputs": [{"param": "u", "from": "up", "columns": None, "filter": None}],
+            "name": "down", "kind": "python", "level": 1, "where": "m.py:9",
+            "output": "out.down", "materialize": None, "python": None,
+            "pip": {}, "memory": None, "params": {}, "depends_on": ["up"],
+            "inputs": [{"param": "u", "from": "up", "source": "model", "snapshot_id": None,
+                        "columns": None, "filter": None}],
         },
     ]
 
