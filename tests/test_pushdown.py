@@ -207,7 +207,6 @@ def test_run_scans_only_the_columns_a_model_asks_for(cluster: Cluster, tmp_path:
     result = json.loads(proc.stdout)
     assert result["status"] == "success", result["error"]
     narrow, full = _model_logs(result, "narrow"), _model_logs(result, "full")
-    print("E2E", narrow, full, info["bytes"])
     assert narrow["columns"] == 1
     assert full["columns"] == columns
     # Both processes start and run alike; only the scan differs. The narrow one

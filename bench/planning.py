@@ -1,0 +1,249 @@
+"""Planning latency: reading a project statically and planning it, as the project grows.
+
+Generates projects of N models (a DAG over 20 source tables: each model reads
+1-3 sources or earlier models, most with ``columns=[...]``, some with
+``filter=``), written as several ``.py`` files of 25 models each, and measures
+(median of ``--repeat``):
+- ``plan_in_process_ms``: ``read_project(files)`` + ``build_plan(...)`` in this
+  process, with a lookup backed by a real Lakehouse holding the 20 source
+  tables: ``table_info`` at the commit the ref resolves to, as the scheduler does;
+- ``read_project_ms``: ``read_project(files)`` alone (the static reading part);
+- ``dry_run_round_trip_ms``: ``faas submit --dry-run --json`` minus process
+  start: ``Client.plan`` (pack the files, connect, authenticate, send, the
+  scheduler plans, reply) against a real scheduler and worker;
+and, as the baseline in the same run, ``ast_parse_ms``: ``ast.parse`` of the
+same files alone, the floor of any static reading.
+
+Prints JSON and writes bench/results/planning.json.
+
+    python -m bench.planning [--sizes 50,200,1000] [--repeat 7]
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import asyncio
+import json
+import os
+import platform
+import random
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+import pyarrow as pa
+
+from faasd.launch import start_daemon, stop_daemon
+from protocol.errors import NotFound
+from scheduler.plan import Plan, SourceTable, build_plan
+from scheduler.project import read_project
+from store import Lakehouse
+
+RESULTS = Path(__file__).resolve().parent / "results"
+NAMESPACE = "bench"
+SOURCES = 20
+MODELS_PER_FILE = 25
+SOURCE_COLUMNS = ["id", "k0", "k1", "k2", "k3", "v0", "v1", "v2", "v3", "label", "day"]
+# What every model declares it returns; inputs from models pick among these.
+MODEL_COLUMNS = ["id", "k0", "k1", "v0", "v1", "label"]
+FILTERS = ["k0 > 10", "v1 < 0.5", "label = 'a'", "k1 >= 3 and v0 > 0.25"]
+
+
+def source_table(seed: int, rows: int = 100) -> pa.Table:
+    rng = random.Random(seed)
+    data: dict[str, list[object]] = {}
+    for name in SOURCE_COLUMNS:
+        if name.startswith("k") or name == "id":
+            data[name] = [rng.randrange(100) for _ in range(rows)]
+        elif name.startswith("v"):
+            data[name] = [rng.random() for _ in range(rows)]
+        else:
+            data[name] = [rng.choice("abc") for _ in range(rows)]
+    return pa.table(data)
+
+
+def _model_source(i: int, inputs: list[str], rng: random.Random) -> str:
+    params = ",\n    ".join(inputs)
+    first = inputs[0].split("=", 1)[0]
+    lines = []
+    materialize = "\"replace\"" if rng.random() < 0.2 else "None"
+    lines.append(f"@faas.model(materialize={materialize}, columns={MODEL_COLUMNS!r})")
+    if rng.random() < 0.1:
+        lines.append('@faas.python("3.11", pip={"duckdb": ">=1.1"})')
+    lines += [
+        f"def m{i}(\n    {params},\n):",
+        f'    """Model {i}: joins its inputs on id and keeps the declared columns."""',
+        "    import duckdb",
+        "",
+        "    with duckdb.connect() as con:",
+        f"        con.register(\"base\", {first})",
+        "        return con.sql(",
+        f"            \"SELECT id, k0, k1, v0, v1, label FROM base WHERE id % {i % 7 + 2} = 0\"",
+        "        ).to_arrow_table()",
+        "",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def generate_project(root: Path, models: int, seed: int = 0) -> dict[str, str]:
+    """Write a project of ``models`` models under ``root``; return its files as the client packs them."""
+    rng = random.Random(seed)
+    files: dict[str, list[str]] = {}
+    for i in range(models):
+        chosen: set[str] = set()
+        inputs: list[str] = []
+        for n in range(rng.randint(1, 3)):
+            # Early models read sources; later ones mostly read recent models, making depth.
+            if i < 5 or rng.random() < 0.35:
+                name, available = f"src{rng.randrange(SOURCES)}", SOURCE_COLUMNS
+            else:
+                name, available = f"m{rng.randrange(max(0, i - 40), i)}", MODEL_COLUMNS
+            if name in chosen:
+                continue
+            chosen.add(name)
+            args = [repr(name)]
+            if rng.random() < 0.8:
+                args.append(f"columns={sorted(rng.sample(available, rng.randint(2, 4)))!r}")
+            if rng.random() < 0.3:
+                usable = [f for f in FILTERS if f.split()[0] in available]
+                args.append(f"filter={rng.choice(usable)!r}")
+            inputs.append(f"in{n}=faas.Model({', '.join(args)})")
+        path = f"stage_{i // MODELS_PER_FILE:03d}.py"
+        files.setdefault(path, ["import faas", "", ""]).append(_model_source(i, inputs, rng))
+    out = {path: "\n".join(parts) for path, parts in files.items()}
+    out["faas_project.toml"] = f'[project]\nname = "bench-{models}"\n'
+    root.mkdir(parents=True, exist_ok=True)
+    for path, text in out.items():
+        (root / path).write_text(text)
+    return out
+
+
+def plan_in_process(lh: Lakehouse, files: dict[str, str], ref: str = "main") -> Plan:
+    """What the scheduler does for a SubmitRun, minus the network: read, resolve, plan."""
+    project = read_project(files)
+    branch, head = lh.catalog.resolve(ref)
+    at = f"@{head}"
+
+    def lookup(key: str) -> SourceTable | None:
+        try:
+            info = lh.table_info(key, at)
+        except NotFound:
+            return None
+        return SourceTable(
+            key=key, metadata_location=info.metadata_location,
+            snapshot_id=info.snapshot_id, schema=info.schema,
+        )
+
+    plan = build_plan(project, NAMESPACE, ref, {}, lookup)
+    plan.branch, plan.base = branch, head
+    return plan
+
+
+def _median_ms(fn: Callable[[], object], repeat: int) -> float:
+    fn()  # warm: imports, first metadata reads, connection set-up
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1000)
+    return round(statistics.median(times), 2)
+
+
+def measure(
+    lh: Lakehouse, address: str, token: bytes, root: Path, models: int, repeat: int
+) -> dict[str, float | int]:
+    from client import Client
+
+    files = generate_project(root, models)
+    sources = [f for f in files.values()]
+    plan = plan_in_process(lh, files)
+    scan_inputs = sum(
+        1 for n in plan.nodes.values() for i in n.inputs if getattr(i, "metadata_location", None)
+    )
+
+    async def round_trip() -> list[dict[str, object]]:
+        return await Client(address, token=token).plan(root, namespace=NAMESPACE, ref="main")
+
+    loop = asyncio.new_event_loop()
+    try:
+        described = loop.run_until_complete(round_trip())
+        assert len(described) == models
+        round_trip_ms = _median_ms(lambda: loop.run_until_complete(round_trip()), repeat)
+    finally:
+        loop.close()
+    return {
+        "models": models,
+        "files": sum(1 for p in files if p.endswith(".py")),
+        "source_bytes": sum(len(s) for s in sources),
+        "scan_inputs": scan_inputs,
+        "ast_parse_ms": _median_ms(
+            lambda: [ast.parse(s, filename=p) for p, s in files.items() if p.endswith(".py")],
+            repeat,
+        ),
+        "read_project_ms": _median_ms(lambda: read_project(files), repeat),
+        "plan_in_process_ms": _median_ms(lambda: plan_in_process(lh, files), repeat),
+        "dry_run_round_trip_ms": round_trip_ms,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--sizes", default="50,200,1000")
+    ap.add_argument("--repeat", type=int, default=7)
+    args = ap.parse_args()
+    sizes = [int(s) for s in args.sizes.split(",")]
+    with tempfile.TemporaryDirectory(prefix="faas-bench-planning-") as d:
+        tmp = Path(d)
+        home = tmp / "home"
+        home.mkdir()
+        token_file = home / "token"
+        token_file.write_text(os.urandom(16).hex())
+        with Lakehouse(home) as lh:
+            lh.create_namespace(NAMESPACE)
+            transaction = lh.begin()
+            for s in range(SOURCES):
+                transaction.write(f"{NAMESPACE}.src{s}", source_table(s))
+            transaction.publish(f"{SOURCES} source tables")
+        sched, address = start_daemon(
+            ["scheduler", "--listen", "127.0.0.1:0", "--home", str(home),
+             "--token-file", str(token_file)],
+            "faasd scheduler listening on", tmp / "scheduler.log",
+        )
+        try:
+            worker, _ = start_daemon(
+                ["worker", "--scheduler", address, "--token-file", str(token_file),
+                 "--shm-dir", str(tmp / "shm")],
+                "faasd worker", tmp / "worker.log",
+            )
+            try:
+                token = token_file.read_text().strip().encode()
+                with Lakehouse(home) as lh:
+                    rows = [
+                        measure(lh, address, token, tmp / f"project-{n}", n, args.repeat)
+                        for n in sizes
+                    ]
+            finally:
+                stop_daemon(worker)
+        finally:
+            stop_daemon(sched)
+    out = {
+        "benchmark": "planning",
+        "sources": SOURCES,
+        "repeat": args.repeat,
+        "machine": {
+            "cpus": os.cpu_count(), "python": platform.python_version(),
+            "system": platform.system(),
+        },
+        "results": rows,
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "planning.json").write_text(json.dumps(out, indent=2) + "\n")
+    print(json.dumps(out, indent=2))
+
+
+if __name__ == "__main__":
+    main()
