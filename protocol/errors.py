@@ -116,6 +116,14 @@ class FunctionFailed(FaasError):
     """User code raised, or its process died; ``detail`` holds the traceback or exit status."""
 
 
+class EnvironmentFailed(FaasError):
+    """A function's environment could not be built; ``detail`` has the installer's output."""
+
+
+class TimedOut(FaasError):
+    """A function ran past its timeout and was killed."""
+
+
 class ExpectationFailed(FaasError):
     """An expectation returned False in a --strict run."""
 
@@ -155,6 +163,8 @@ _SIMPLE_KINDS: dict[str, type[FaasError]] = {
         InvalidInput,
         FunctionFailed,
         ExpectationFailed,
+        EnvironmentFailed,
+        TimedOut,
         RunCancelled,
         NoWorkers,
         RemoteError,
