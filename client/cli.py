@@ -56,7 +56,7 @@ def submit(
             elif isinstance(ev, TaskEvent) and not as_json and ev.state != "queued":
                 extra = f" ({ev.rows} rows)" if ev.state == "done" else ""
                 extra += f" on {ev.worker}" if ev.state == "running" else ""
-                extra += f": {ev.error}" if ev.state == "warning" else ""
+                extra += f": {ev.error}" if ev.error and ev.state in ("warning", "retrying") else ""
                 err(f"{time.strftime('%H:%M:%S')} {ev.node}: {ev.state}{extra}")
         result = await submitted.result()
         if as_json:

@@ -57,10 +57,15 @@ def model(
     materialize: str | None = None,
     columns: list[str] | None = None,
     memory: str | None = None,
+    timeout: float | None = None,
 ) -> Callable[[F], F]:
     """Mark a function as a model: its return value is a table named ``name`` (default: the
     function name), kept in memory for downstream models and, with ``materialize``,
-    written to the lakehouse (``"replace"`` or ``"append"``)."""
+    written to the lakehouse (``"replace"`` or ``"append"``).
+
+    ``memory`` reserves memory for the function ("4GiB"; estimated from its inputs when
+    not given): past it the function is stopped, and retried once with twice as much.
+    ``timeout`` (seconds) stops a function that runs longer."""
     if materialize not in MATERIALIZE_MODES:
         raise ValueError(f"materialize must be one of {MATERIALIZE_MODES}, not {materialize!r}")
 
@@ -70,6 +75,7 @@ def model(
             "materialize": materialize,
             "columns": columns,
             "memory": memory,
+            "timeout": timeout,
         }
         return fn
 

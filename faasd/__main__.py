@@ -11,23 +11,17 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from protocol import sizes
 from protocol.auth import ensure_token, load_token
 from protocol.errors import FaasError
 
 log = logging.getLogger("faasd")
 
-UNITS = {"": 1, "b": 1, "k": 2**10, "kb": 2**10, "kib": 2**10, "m": 2**20, "mb": 2**20,
-         "mib": 2**20, "g": 2**30, "gb": 2**30, "gib": 2**30, "t": 2**40, "tb": 2**40, "tib": 2**40}
-
-
 def parse_size(text: str) -> int:
-    """'4GiB', '512M', '1000000' → bytes."""
-    s = text.strip().lower().replace(" ", "")
-    num = s.rstrip("abcdefghijklmnopqrstuvwxyz")
-    unit = s[len(num):]
-    if not num or unit not in UNITS:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a size like 512MiB or 4GiB")
-    return int(float(num) * UNITS[unit])
+    try:
+        return sizes.parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _parser() -> argparse.ArgumentParser:

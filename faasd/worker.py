@@ -23,13 +23,15 @@ import msgspec
 import psutil
 
 from faasd.peer import PeerServer
+from faasd.limits import watch_memory
 from faasd.process import FunctionProcess
 from protocol.connection import Connection, connect
-from protocol.errors import FaasError, RunCancelled
+from protocol.errors import FaasError, FunctionFailed, OutOfMemory, RunCancelled, TimedOut
 from protocol.framing import encode
 from protocol.messages import (
     CancelTask,
     Error,
+    FunctionResult,
     FunctionTask,
     Heartbeat,
     ImportDone,
@@ -271,14 +273,7 @@ class Worker:
             )
             proc = FunctionProcess(task, cwd=str(project))
             self.processes[msg.task_id] = proc
-
-            async def on_line(stream: str, line: str) -> None:
-                await self._send(TaskLog(task_id=msg.task_id, stream=stream, line=line, time=time.time()))
-
-            async def on_start(pid: int) -> None:
-                await self._send(TaskStarted(task_id=msg.task_id, pid=pid))
-
-            result = await proc.run(on_line, on_start)
+            result = await self._run_limited(msg, proc)
             if result.passed is not None:  # an expectation: a verdict, no output object
                 await self._send(TaskDone(
                     task_id=msg.task_id, passed=result.passed, seconds=time.perf_counter() - t0
@@ -304,6 +299,41 @@ class Worker:
             await self._send(TaskFailed(task_id=msg.task_id, error=error_message(exc)))
         finally:
             self.processes.pop(msg.task_id, None)
+
+    async def _run_limited(self, msg: RunTask, proc: FunctionProcess) -> FunctionResult:
+        """Run the process under its memory limit and timeout, streaming its lines."""
+        over: list[int] = []
+        watchers: list[asyncio.Task[int]] = []
+
+        async def on_line(stream: str, line: str) -> None:
+            await self._send(TaskLog(task_id=msg.task_id, stream=stream, line=line, time=time.time()))
+
+        async def on_start(pid: int) -> None:
+            await self._send(TaskStarted(task_id=msg.task_id, pid=pid))
+            if msg.memory_limit:
+
+                def stop(used: int) -> None:
+                    over.append(used)
+                    proc.kill()
+
+                watchers.append(asyncio.create_task(watch_memory(pid, msg.memory_limit, stop)))
+
+        what = f"{'expectation' if msg.kind == 'expectation' else 'model'} {msg.node!r}"
+        try:
+            if msg.timeout:
+                return await asyncio.wait_for(proc.run(on_line, on_start), msg.timeout)
+            return await proc.run(on_line, on_start)
+        except TimeoutError:
+            raise TimedOut(
+                f"{what} ran past its timeout of {msg.timeout:g}s and was stopped"
+            ) from None
+        except FunctionFailed:
+            if over:
+                raise OutOfMemory(what, over[0], msg.memory_limit) from None
+            raise
+        finally:
+            for w in watchers:
+                w.cancel()
 
     @staticmethod
     def _write_parquet(object_path: Path, directory: str, node: str) -> str:

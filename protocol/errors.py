@@ -130,7 +130,11 @@ class ExpectationFailed(FaasError):
 
 class OutOfMemory(FaasError):
     def __init__(self, what: str, used: int, limit: int) -> None:
-        super().__init__(f"{what} used {used} bytes, over its limit of {limit} bytes")
+        from protocol.sizes import format_size
+
+        super().__init__(
+            f"{what} used {format_size(used)}, over its limit of {format_size(limit)}, and was stopped"
+        )
         self.used = used
         self.limit = limit
 

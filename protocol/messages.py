@@ -363,6 +363,12 @@ class RunTask(Message, frozen=True):
     # "python", "sql" (the query is in ``sql``) or "expectation" (returns a bool, no output).
     kind: str = "python"
     sql: str = ""
+    # The environment: a Python version (None = the worker's own) and pip pins.
+    python: str | None = None
+    pip: dict[str, str] = {}
+    # Limits: the process is killed past them (0 / None = none).
+    memory_limit: int = 0
+    timeout: float | None = None
 
 
 class CancelTask(Message, frozen=True):

@@ -20,6 +20,8 @@ class SourceTable:
     metadata_location: str
     snapshot_id: int | None
     schema: pa.Schema
+    # Bytes of data files at that snapshot (compressed), for memory estimates.
+    size_bytes: int = 0
 
 
 @dataclass
@@ -29,6 +31,8 @@ class PlanNode:
     inputs: list[ScanInput | ObjectInput]
     deps: list[str] = field(default_factory=list)
     params: dict[str, ParamValue] = field(default_factory=dict)
+    # Compressed bytes this node scans from tables (for estimating its memory).
+    scan_bytes: int = 0
 
     @property
     def name(self) -> str:
@@ -253,6 +257,10 @@ def build_plan(
                     check_filter(inp.filter, table.schema, repr(key))
                 except FaasError as exc:
                     problems.append(f"{inp.where}: {exc}")
+            if inp.columns and table.schema.names:
+                node.scan_bytes += table.size_bytes * len(inp.columns) // len(table.schema.names)
+            else:
+                node.scan_bytes += table.size_bytes
             node.inputs.append(
                 ScanInput(
                     param=inp.param, key=key, metadata_location=table.metadata_location,

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from protocol.errors import FaasError, PlanInvalid
+from protocol.sizes import parse_size
 
 MATERIALIZE_MODES = (None, "replace", "append")
 
@@ -42,6 +43,7 @@ class ModelSpec:
     materialize: str | None = None
     columns: list[str] | None = None
     memory: str | None = None
+    timeout: float | None = None
     python: str | None = None
     pip: dict[str, str] = field(default_factory=dict)
     inputs: list[InputRef] = field(default_factory=list)
@@ -161,9 +163,25 @@ class _Reader:
                     f"{self.where(decorators[kind])}: write @faas.{kind}(...) with parentheses"
                 )
         margs = self.call_args(
-            decorators["model"], ("name", "materialize", "columns", "memory"), "faas.model"
+            decorators["model"], ("name", "materialize", "columns", "memory", "timeout"),
+            "faas.model",
         )
         self.typed(margs, decorators["model"], "faas.model", name=str, columns=list, memory=str)
+        timeout = margs.get("timeout")
+        if timeout is not None and (
+            isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0
+        ):
+            self.problems.append(
+                f"{self.where(decorators['model'])}: timeout must be a number of seconds, "
+                f"not {timeout!r}"
+            )
+            timeout = None
+        if margs.get("memory") is not None:
+            try:
+                parse_size(margs["memory"])
+            except ValueError as exc:
+                self.problems.append(f"{self.where(decorators['model'])}: memory: {exc}")
+                margs["memory"] = None
         name = margs.get("name") or fn.name
         if "." in name:
             self.problems.append(
@@ -185,6 +203,7 @@ class _Reader:
             materialize=materialize,
             columns=margs.get("columns"),
             memory=margs.get("memory"),
+            timeout=float(timeout) if timeout is not None else None,
         )
         if "python" in decorators:
             pargs = self.call_args(decorators["python"], ("version", "pip"), "faas.python")
@@ -303,7 +322,11 @@ def read_sql_model(path: str, text: str, problems: list[str]) -> ModelSpec | Non
                     )
                 spec.materialize = mode if mode in MATERIALIZE_MODES else None
             elif key == "memory":
-                spec.memory = value
+                try:
+                    parse_size(value)
+                    spec.memory = value
+                except ValueError as exc:
+                    problems.append(f"{path}:{lineno}: memory: {exc}")
             else:
                 spec.python = value
     try:

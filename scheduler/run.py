@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 import pyarrow as pa
 
-from protocol.errors import ExpectationFailed, FaasError, RunCancelled, from_wire
+from protocol.errors import ExpectationFailed, FaasError, OutOfMemory, RunCancelled, from_wire
+from protocol.sizes import format_size, parse_size
 from protocol.messages import (
     CancelTask,
     ObjectInput,
@@ -35,6 +36,8 @@ log = logging.getLogger(__name__)
 Emit = Callable[[Any], Awaitable[None]]
 
 RUN_BRANCH_PREFIX = "run/"
+# What any function process needs before it touches data (interpreter, pyarrow, buffers).
+BASE_RESERVATION = 512 * 2**20
 
 
 def run_branch_name(run_id: str) -> str:
@@ -109,16 +112,44 @@ class RunCoordinator:
                 del self.running[name]
                 self.outputs[name] = task.result()  # re-raises the node's failure
 
+    def reservation(self, node: PlanNode) -> int:
+        """Memory for one node: as declared, else estimated from what it reads."""
+        if node.spec.memory:
+            return parse_size(node.spec.memory)
+        upstream = sum(
+            self.outputs[i.node].output.nbytes  # type: ignore[union-attr]
+            for i in node.inputs
+            if isinstance(i, ObjectInput) and self.outputs[i.node].output is not None
+        )
+        # Decoded Parquet is several times its compressed size; mapped objects are shared
+        # pages, but a function usually builds something of their size.
+        return BASE_RESERVATION + 4 * node.scan_bytes + 2 * upstream
+
     async def _run_node(self, node: PlanNode, branch: str) -> TaskDone:
-        worker = await self.scheduler.choose_worker(self._input_hosts(node))
-        self.placed[node.name] = worker
-        materialize = None
         tx = None
         if node.spec.materialize:
             tx = await self.scheduler.store_call(self.scheduler.lakehouse.begin, branch)
+        reservation = self.reservation(node)
+        try:
+            return await self._attempt(node, tx, reservation, 1)
+        except OutOfMemory as exc:
+            largest = max((w.memory_total for w in self.scheduler.workers.values()), default=0)
+            if 2 * reservation > largest:
+                raise
+            await self._event(
+                node.name, "retrying",
+                error=f"{exc}; retrying once with {format_size(2 * reservation)}",
+            )
+            return await self._attempt(node, tx, 2 * reservation, 2)
+
+    async def _attempt(self, node: PlanNode, tx: Any, reservation: int, attempt: int) -> TaskDone:
+        worker = await self.scheduler.choose_worker(self._input_hosts(node))
+        self.placed[node.name] = worker
+        materialize = None
+        if tx is not None:
             directory = await self.scheduler.store_call(tx.data_location, node.key)
             materialize = Materialize(key=node.key, directory=directory, mode=node.spec.materialize)
-        task_id = f"{self.run_id}:{node.name}"
+        task_id = f"{self.run_id}:{node.name}:{attempt}"
         queue = self.scheduler.watch_task(task_id, worker)
         try:
             await worker.conn.send(
@@ -126,7 +157,8 @@ class RunCoordinator:
                     task_id=task_id, run_id=self.run_id, node=node.name, files=self.files,
                     module=node.spec.module, function=node.spec.function, inputs=node.inputs,
                     params=node.params, materialize=materialize, kind=node.spec.kind,
-                    sql=node.spec.sql,
+                    sql=node.spec.sql, python=node.spec.python, pip=node.spec.pip,
+                    memory_limit=reservation, timeout=node.spec.timeout,
                 )
             )
             while True:
@@ -152,8 +184,12 @@ class RunCoordinator:
                         await self._event(node.name, "done", worker=worker.worker_id, rows=rows)
                         return msg
                     case TaskFailed(error=err):
-                        await self._event(node.name, "failed", worker=worker.worker_id, error=err.message)
-                        raise from_wire(err.kind, err.message, err.detail)
+                        exc = from_wire(err.kind, err.message, err.detail)
+                        if not (isinstance(exc, OutOfMemory) and attempt == 1):
+                            await self._event(
+                                node.name, "failed", worker=worker.worker_id, error=err.message
+                            )
+                        raise exc
         except asyncio.CancelledError:
             await self._send_quietly(worker, CancelTask(task_id=task_id))
             raise

@@ -424,7 +424,7 @@ class Scheduler:
                 return None
             return SourceTable(
                 key=key, metadata_location=info.metadata_location,
-                snapshot_id=info.snapshot_id, schema=info.schema,
+                snapshot_id=info.snapshot_id, schema=info.schema, size_bytes=info.size_bytes,
             )
 
         versions = {v for w in self.workers.values() for v in w.python_versions}
