@@ -11,12 +11,14 @@ Generates projects of N models (a DAG over 20 source tables: each model reads
 - ``dry_run_round_trip_ms``: ``faas submit --dry-run --json`` minus process
   start: ``Client.plan`` (pack the files, connect, authenticate, send, the
   scheduler plans, reply) against a real scheduler and worker;
+- ``cli_dry_run_with_process_start_ms``: the same through the real CLI, for
+  context (median of 3);
 and, as the baseline in the same run, ``ast_parse_ms``: ``ast.parse`` of the
 same files alone, the floor of any static reading.
 
 Prints JSON and writes bench/results/planning.json.
 
-    python -m bench.planning [--sizes 50,200,1000] [--repeat 7]
+    python -m bench.planning [--sizes 50,200,1000] [--repeat 5]
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ import os
 import platform
 import random
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -38,11 +42,13 @@ import pyarrow as pa
 
 from faasd.launch import start_daemon, stop_daemon
 from protocol.errors import NotFound
+from protocol.messages import ScanInput
 from scheduler.plan import Plan, SourceTable, build_plan
 from scheduler.project import read_project
 from store import Lakehouse
 
-RESULTS = Path(__file__).resolve().parent / "results"
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
 NAMESPACE = "bench"
 SOURCES = 20
 MODELS_PER_FILE = 25
@@ -90,7 +96,7 @@ def _model_source(i: int, inputs: list[str], rng: random.Random) -> str:
 
 
 def generate_project(root: Path, models: int, seed: int = 0) -> dict[str, str]:
-    """Write a project of ``models`` models under ``root``; return its files as the client packs them."""
+    """Write a project of ``models`` models under ``root``; return its files (path -> text)."""
     rng = random.Random(seed)
     files: dict[str, list[str]] = {}
     for i in range(models):
@@ -127,6 +133,8 @@ def plan_in_process(lh: Lakehouse, files: dict[str, str], ref: str = "main") -> 
     project = read_project(files)
     branch, head = lh.catalog.resolve(ref)
     at = f"@{head}"
+    if NAMESPACE not in lh.namespaces(at):
+        raise SystemExit(f"namespace {NAMESPACE!r} missing")
 
     def lookup(key: str) -> SourceTable | None:
         try:
@@ -138,6 +146,7 @@ def plan_in_process(lh: Lakehouse, files: dict[str, str], ref: str = "main") -> 
             snapshot_id=info.snapshot_id, schema=info.schema,
         )
 
+    # python_versions=None: no worker registry here, so that check is skipped.
     plan = build_plan(project, NAMESPACE, ref, {}, lookup)
     plan.branch, plan.base = branch, head
     return plan
@@ -154,19 +163,18 @@ def _median_ms(fn: Callable[[], object], repeat: int) -> float:
 
 
 def measure(
-    lh: Lakehouse, address: str, token: bytes, root: Path, models: int, repeat: int
+    lh: Lakehouse, address: str, token_file: Path, root: Path, models: int, repeat: int
 ) -> dict[str, float | int]:
     from client import Client
 
     files = generate_project(root, models)
-    sources = [f for f in files.values()]
     plan = plan_in_process(lh, files)
-    scan_inputs = sum(
-        1 for n in plan.nodes.values() for i in n.inputs if getattr(i, "metadata_location", None)
-    )
+    inputs = [i for n in plan.nodes.values() for i in n.inputs]
+    scans = [i for i in inputs if isinstance(i, ScanInput)]
 
     async def round_trip() -> list[dict[str, object]]:
-        return await Client(address, token=token).plan(root, namespace=NAMESPACE, ref="main")
+        client = Client(address, token_file=str(token_file))
+        return await client.plan(root, namespace=NAMESPACE, ref="main")
 
     loop = asyncio.new_event_loop()
     try:
@@ -178,8 +186,11 @@ def measure(
     return {
         "models": models,
         "files": sum(1 for p in files if p.endswith(".py")),
-        "source_bytes": sum(len(s) for s in sources),
-        "scan_inputs": scan_inputs,
+        "source_bytes": sum(len(s) for s in files.values()),
+        "inputs": len(inputs),
+        "table_inputs": len(scans),
+        "distinct_tables": len({i.key for i in scans}),
+        "filters": sum(1 for i in inputs if i.filter),
         "ast_parse_ms": _median_ms(
             lambda: [ast.parse(s, filename=p) for p, s in files.items() if p.endswith(".py")],
             repeat,
@@ -187,13 +198,24 @@ def measure(
         "read_project_ms": _median_ms(lambda: read_project(files), repeat),
         "plan_in_process_ms": _median_ms(lambda: plan_in_process(lh, files), repeat),
         "dry_run_round_trip_ms": round_trip_ms,
+        "cli_dry_run_with_process_start_ms": _cli_ms(address, token_file, root, repeat=3),
     }
+
+
+def _cli_ms(address: str, token_file: Path, root: Path, repeat: int) -> float:
+    """``faas submit --dry-run --json`` as a user runs it, interpreter start included."""
+    env = dict(os.environ, FAAS_CLUSTER=address, FAAS_TOKEN_FILE=str(token_file))
+    cmd = [sys.executable, "-m", "client.cli", "submit", str(root), "--namespace", NAMESPACE,
+           "--ref", "main", "--dry-run", "--json"]
+    return _median_ms(
+        lambda: subprocess.run(cmd, env=env, cwd=ROOT, check=True, capture_output=True), repeat
+    )
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sizes", default="50,200,1000")
-    ap.add_argument("--repeat", type=int, default=7)
+    ap.add_argument("--repeat", type=int, default=5)
     args = ap.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     with tempfile.TemporaryDirectory(prefix="faas-bench-planning-") as d:
@@ -220,10 +242,9 @@ def main() -> None:
                 "faasd worker", tmp / "worker.log",
             )
             try:
-                token = token_file.read_text().strip().encode()
                 with Lakehouse(home) as lh:
                     rows = [
-                        measure(lh, address, token, tmp / f"project-{n}", n, args.repeat)
+                        measure(lh, address, token_file, tmp / f"project-{n}", n, args.repeat)
                         for n in sizes
                     ]
             finally:

@@ -294,6 +294,7 @@ def table_revert(
 
 
 def main() -> None:
+    import client.cli_jobs  # noqa: F401  (registers job)
     import client.cli_refs  # noqa: F401  (registers branch, tag, log, checkout)
 
     try:

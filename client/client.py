@@ -24,6 +24,7 @@ from protocol.connection import Connection, connect
 from protocol.errors import FaasError, FunctionFailed, ProjectError, RunCancelled, from_wire
 from protocol.messages import (
     BulkHeader,
+    CancelRun,
     ClientReply,
     ClusterInfo,
     CreateNamespace,
@@ -33,8 +34,11 @@ from protocol.messages import (
     DropNamespace,
     DropTable,
     Error,
+    GetJob,
     GetTable,
     ImportTable,
+    JobLogs,
+    ListJobs,
     ListNamespaces,
     ListRefs,
     ListTables,
@@ -302,6 +306,23 @@ class Client:
 
     async def log(self, ref: str = "main", n: int = 20) -> list[dict[str, Any]]:
         return await self._call(Log(ref=ref, n=n))
+
+    # -- runs, past and present ---------------------------------------------------
+
+    async def jobs(self, limit: int = 20) -> list[dict[str, Any]]:
+        """Recent runs, newest first."""
+        return await self._call(ListJobs(limit=limit))
+
+    async def job(self, run_id: str) -> dict[str, Any]:
+        return await self._call(GetJob(run_id=run_id))
+
+    async def job_logs(self, run_id: str) -> list[dict[str, Any]]:
+        """Every event and output line of a run, in order (also while it runs)."""
+        return await self._call(JobLogs(run_id=run_id))
+
+    async def cancel_run(self, run_id: str) -> dict[str, Any]:
+        """Cancel a running run: its function processes are stopped, nothing is published."""
+        return await self._call(CancelRun(run_id=run_id))
 
     async def prune_runs(self, *, older_than: float | None = None) -> list[str]:
         """Delete the transaction branches of finished runs; returns their names."""

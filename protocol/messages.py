@@ -224,6 +224,22 @@ class PruneRuns(Message, frozen=True):
     older_than: float | None = None
 
 
+class ListJobs(Message, frozen=True):
+    limit: int = 20
+
+
+class GetJob(Message, frozen=True):
+    run_id: str
+
+
+class JobLogs(Message, frozen=True):
+    run_id: str
+
+
+class CancelRun(Message, frozen=True):
+    run_id: str
+
+
 class RunAccepted(Message, frozen=True):
     run_id: str
     nodes: list[str]
@@ -279,6 +295,10 @@ ClientRequest = (
     | RevertTable
     | DropNamespace
     | PruneRuns
+    | ListJobs
+    | GetJob
+    | JobLogs
+    | CancelRun
 )
 ClientReply = RunAccepted | TaskEvent | LogLine | RunFinished | Ok | BulkHeader | Error
 

@@ -33,13 +33,17 @@ from protocol.errors import (
 )
 from protocol.messages import (
     BulkHeader,
+    CancelRun,
     ClientRequest,
     ClusterInfo,
     Error,
+    GetJob,
     Heartbeat,
     ImportDone,
     ImportTable,
     ImportTask,
+    JobLogs,
+    ListJobs,
     Ok,
     Query,
     QueryDone,
@@ -55,6 +59,7 @@ from protocol.messages import (
     error_message,
 )
 from scheduler import catalog_ops
+from scheduler.jobs import JobStore
 from scheduler.plan import Plan, SourceTable, build_plan
 from scheduler.project import read_project
 from scheduler.run import RunCoordinator, run_branch_name
@@ -105,6 +110,7 @@ class Scheduler:
         self.status = "new"
         self.address = ""
         self.lakehouse: Any = None
+        self.jobs: JobStore | None = None
         self.workers: dict[str, WorkerHandle] = {}
         self.worker_joined = asyncio.Condition()
         self.task_queues: dict[str, asyncio.Queue[Any]] = {}
@@ -123,6 +129,7 @@ class Scheduler:
         from store import Lakehouse
 
         self.home.mkdir(parents=True, exist_ok=True)
+        self.jobs = JobStore(self.home / "runs")
         self.lakehouse = await self.store_call(
             Lakehouse, self.home, warehouse=self.warehouse, catalog=self.catalog
         )
@@ -150,6 +157,8 @@ class Scheduler:
         for t in list(self._connections):
             t.cancel()
         await asyncio.gather(*self._connections, *self.runs.values(), return_exceptions=True)
+        if self.jobs is not None:
+            self.jobs.close()
         self._store.shutdown(wait=True)
         self.status = "closed"
         log.info("scheduler closed")
@@ -315,7 +324,16 @@ class Scheduler:
                 await conn.send(Error(kind="FaasError", message=f"internal error: {exc!r}"))
 
     async def _catalog_op(self, request: Any) -> Any:
+        assert self.jobs is not None
         match request:
+            case ListJobs(limit=limit):
+                return self.jobs.list(limit)
+            case GetJob(run_id=run_id):
+                return self.jobs.get(run_id)
+            case JobLogs(run_id=run_id):
+                return self.jobs.events(run_id)
+            case CancelRun(run_id=run_id):
+                return await self._cancel_run(run_id)
             case ImportTable():
                 return await self._import(request)
             case ClusterInfo():
@@ -436,6 +454,16 @@ class Scheduler:
         plan.base = head
         return plan
 
+    async def _cancel_run(self, run_id: str) -> dict[str, Any]:
+        assert self.jobs is not None
+        run = self.runs.get(run_id)
+        if run is None:
+            status = self.jobs.get(run_id)["status"]  # NotFound for unknown runs
+            raise InvalidInput(f"run {run_id!r} is not running (it is {status})")
+        run.cancel()
+        await asyncio.gather(run, return_exceptions=True)
+        return {"run_id": run_id, "status": "cancelled"}
+
     async def _submit(self, conn: Connection[Any], request: SubmitRun) -> None:
         plan = await self.store_call(self._plan, request)
         if request.dry_run:
@@ -445,7 +473,13 @@ class Scheduler:
         log.info("run %s accepted: %d models, ref %s", run_id, len(plan.order), request.ref)
         await conn.send(RunAccepted(run_id=run_id, nodes=plan.order))
 
+        jobs = self.jobs
+        assert jobs is not None
+        jobs.start(run_id, ref=request.ref, namespace=request.namespace,
+                   project=request.project_dir, nodes={n: {"state": "queued"} for n in plan.order})
+
         async def emit(msg: Any) -> None:
+            jobs.record(msg)
             try:
                 await conn.send(msg)
             except FaasError:
@@ -455,6 +489,7 @@ class Scheduler:
         run = asyncio.create_task(coordinator.execute())
         self.runs[run_id] = run
         watcher = asyncio.create_task(conn.recv())
+        result: RunFinished | None = None
         try:
             await asyncio.wait({run, watcher}, return_when=asyncio.FIRST_COMPLETED)
             if not run.done():
@@ -463,10 +498,17 @@ class Scheduler:
                 run.cancel()
                 await asyncio.gather(run, return_exceptions=True)
                 return
-            result = run.result()
+            if run.cancelled():  # faas job cancel
+                result = RunFinished(
+                    run_id=run_id, status="cancelled", branch=run_branch_name(run_id),
+                    error=Error(kind="RunCancelled", message=f"run {run_id} was cancelled"),
+                )
+            else:
+                result = run.result()
             log.info("run %s finished: %s in %.2fs", run_id, result.status, result.seconds)
             await conn.send(result)
         finally:
+            jobs.finish(run_id, result)
             watcher.cancel()
             self.runs.pop(run_id, None)
             await asyncio.gather(watcher, return_exceptions=True)

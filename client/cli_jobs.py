@@ -1,0 +1,75 @@
+"""``faas job``: runs past and present, their logs, and cancelling one."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import typer
+
+from client.cli_common import app, print_json, run
+
+job_app = typer.Typer(no_args_is_help=True, help="runs: list, inspect, replay logs, cancel")
+app.add_typer(job_app, name="job")
+
+
+def _when(t: float | None) -> str:
+    return dt.datetime.fromtimestamp(t).strftime("%Y-%m-%d %H:%M:%S") if t else "-"
+
+
+@job_app.command("ls")
+def job_ls(
+    n: int = typer.Option(20, "-n", help="how many runs"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Recent runs, newest first."""
+    jobs = run(lambda c: c.jobs(n))
+    if as_json:
+        print_json(jobs)
+        return
+    for j in jobs:
+        secs = f"{j['finished'] - j['started']:.1f}s" if j["finished"] else "running"
+        typer.echo(f"{j['run_id']}  {j['status']:<9} {_when(j['started'])}  {secs:>8}  "
+                   f"{j['namespace']}@{j['ref']}")
+
+
+@job_app.command("get")
+def job_get(run_id: str, as_json: bool = typer.Option(False, "--json")) -> None:
+    """One run: status, ref, commit, and each function's state."""
+    j = run(lambda c: c.job(run_id))
+    if as_json:
+        print_json(j)
+        return
+    typer.echo(f"{j['run_id']}: {j['status']} (namespace {j['namespace']}, ref {j['ref']})")
+    typer.echo(f"started {_when(j['started'])}, finished {_when(j['finished'])}")
+    if j.get("commit"):
+        typer.echo(f"commit {j['commit'][:12]}: {', '.join(j['tables'])}")
+    if j.get("error"):
+        typer.echo(f"error: {j['error']}")
+    for name, node in j["nodes"].items():
+        typer.echo(f"  {name}: {node.get('state')}" + (f" ({node['error']})" if node.get("error") else ""))
+
+
+@job_app.command("logs")
+def job_logs(run_id: str, as_json: bool = typer.Option(False, "--json")) -> None:
+    """Replay a run's output lines and events, as they happened."""
+    events: list[dict[str, Any]] = run(lambda c: c.job_logs(run_id))
+    if as_json:
+        print_json(events)
+        return
+    for e in events:
+        stamp = dt.datetime.fromtimestamp(e["t"]).strftime("%H:%M:%S") if e.get("t") else "--:--:--"
+        if "line" in e:
+            typer.echo(f"{stamp} [{e['node']}] {e['line']}")
+        elif e["state"] != "queued":
+            typer.echo(f"{stamp} {e['node']}: {e['state']}" + (f": {e['error']}" if e.get("error") else ""))
+
+
+@job_app.command("cancel")
+def job_cancel(run_id: str, as_json: bool = typer.Option(False, "--json")) -> None:
+    """Cancel a running run: its functions are stopped and nothing is published."""
+    out = run(lambda c: c.cancel_run(run_id))
+    if as_json:
+        print_json(out)
+    else:
+        typer.echo(f"cancelled {run_id}")

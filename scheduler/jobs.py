@@ -1,0 +1,143 @@
+"""Records of runs, kept under the scheduler's home so they outlive the client and the daemon.
+
+``HOME/runs/<run id>/run.json`` holds the run's summary (status, times, ref, node
+states); ``events.jsonl`` every task event and output line, in order, as they
+happened. A run still marked running when the scheduler starts was cut off by
+a restart: it is marked failed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import IO, Any
+
+from protocol.errors import InvalidInput, NotFound
+from protocol.messages import LogLine, RunFinished, TaskEvent
+
+log = logging.getLogger(__name__)
+
+_RUN_ID_CHARS = set("abcdefghijklmnopqrstuvwxyz0123456789-")
+
+
+class JobStore:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._records: dict[str, dict[str, Any]] = {}
+        self._logs: dict[str, IO[str]] = {}
+        self._fail_interrupted()
+
+    def _dir(self, run_id: str) -> Path:
+        if not run_id or set(run_id) - _RUN_ID_CHARS:
+            raise InvalidInput(f"{run_id!r} is not a run id (like run-20260101-120000-ab12cd)")
+        return self.root / run_id
+
+    def _write(self, record: dict[str, Any]) -> None:
+        path = self._dir(record["run_id"]) / "run.json"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(record, indent=1))
+        os.replace(tmp, path)
+
+    def _fail_interrupted(self) -> None:
+        for path in self.root.glob("*/run.json"):
+            try:
+                record = json.loads(path.read_text())
+            except (OSError, ValueError):
+                continue
+            if record.get("status") == "running":
+                record.update(status="failed", finished=time.time(),
+                              error="the scheduler stopped while the run was in flight")
+                self._write(record)
+                log.info("run %s was in flight when the scheduler stopped: marked failed",
+                         record["run_id"])
+
+    # -- recording -------------------------------------------------------------
+
+    def start(self, run_id: str, **meta: Any) -> None:
+        d = self._dir(run_id)
+        d.mkdir(parents=True, exist_ok=True)
+        record = {"run_id": run_id, "status": "running", "started": time.time(), "finished": None,
+                  "error": None, "commit": "", "tables": [], "branch": "", "nodes": {}, **meta}
+        self._records[run_id] = record
+        self._logs[run_id] = open(d / "events.jsonl", "a", buffering=1)
+        self._write(record)
+
+    def record(self, msg: Any) -> None:
+        """Keep one event or output line of a running run."""
+        run_id = getattr(msg, "run_id", "")
+        out = self._logs.get(run_id)
+        if out is None:
+            return
+        if isinstance(msg, LogLine):
+            out.write(json.dumps({"t": msg.time, "node": msg.node, "stream": msg.stream,
+                                  "line": msg.line}) + "\n")
+        elif isinstance(msg, TaskEvent):
+            out.write(json.dumps({"t": msg.time, "node": msg.node, "state": msg.state,
+                                  "worker": msg.worker, "error": msg.error}) + "\n")
+            record = self._records[run_id]
+            record["nodes"][msg.node] = {"state": msg.state, "worker": msg.worker,
+                                         "rows": msg.rows, "error": msg.error}
+            if msg.state != "queued":
+                self._write(record)
+
+    def finish(self, run_id: str, result: RunFinished | None, status: str = "") -> None:
+        record = self._records.pop(run_id, None)
+        out = self._logs.pop(run_id, None)
+        if out is not None:
+            out.close()
+        if record is None:
+            return
+        record["finished"] = time.time()
+        if result is not None:
+            record.update(status=result.status, commit=result.commit, tables=result.tables,
+                          branch=result.branch,
+                          error=result.error.message if result.error else None)
+        else:
+            record.update(status=status or "cancelled", error="the client went away")
+        self._write(record)
+
+    def close(self) -> None:
+        for run_id in list(self._logs):
+            self.finish(run_id, None, "failed")
+
+    # -- reading ---------------------------------------------------------------
+
+    def get(self, run_id: str) -> dict[str, Any]:
+        if run_id in self._records:
+            return dict(self._records[run_id])
+        path = self._dir(run_id) / "run.json"
+        try:
+            return json.loads(path.read_text())  # type: ignore[no-any-return]
+        except FileNotFoundError:
+            raise NotFound(f"no run {run_id!r} (see 'faas job ls')") from None
+
+    def list(self, limit: int = 20) -> list[dict[str, Any]]:
+        records = []
+        for path in self.root.glob("*/run.json"):
+            try:
+                records.append(json.loads(path.read_text()))
+            except (OSError, ValueError):
+                continue
+        records.sort(key=lambda r: r.get("started") or 0, reverse=True)
+        return [
+            {k: r.get(k) for k in ("run_id", "status", "started", "finished", "ref", "namespace",
+                                   "project", "commit", "error")}
+            for r in records[:limit]
+        ]
+
+    def events(self, run_id: str) -> list[dict[str, Any]]:
+        self.get(run_id)  # NotFound for unknown runs
+        path = self._dir(run_id) / "events.jsonl"
+        if not path.exists():
+            return []
+        out = []
+        for line in path.read_text().splitlines():
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                continue  # a line cut short by a crash
+        return out

@@ -1,0 +1,147 @@
+"""Runs are kept: list them, inspect them, replay their logs, cancel a running one."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from tests.conftest import ROOT, Cluster, start_daemon, stop_daemon
+
+pytestmark = pytest.mark.timeout(240)
+
+CHATTY = '''
+import logging
+import sys
+import faas
+
+
+@faas.model(materialize="replace")
+def chatty(t=faas.Model("territories")):
+    print("first line")
+    print("to stderr", file=sys.stderr)
+    logging.getLogger("mine").warning("a logging record")
+    return t
+'''
+
+FOREVER = '''
+import os, time
+import faas
+
+
+@faas.model(materialize="replace")
+def forever(t=faas.Model("territories")):
+    open({pid_file!r}, "w").write(str(os.getpid()))
+    while True:
+        time.sleep(0.1)
+'''
+
+
+def _json(c: Cluster, *args: str) -> Any:
+    return json.loads(c.faas(*args, "--json", check=True).stdout)
+
+
+def _setup(c: Cluster, data: Path) -> None:
+    c.faas("namespace", "create", "adventure", check=True)
+    c.faas("table", "import", "adventure.territories", str(data / "territories.csv"), check=True)
+
+
+def _project(tmp: Path, text: str) -> Path:
+    root = tmp / "p"
+    root.mkdir(exist_ok=True)
+    (root / "models.py").write_text(text)
+    return root
+
+
+def _start_forever(c: Cluster, tmp: Path) -> tuple[subprocess.Popen[str], str, int]:
+    pid_file = tmp / "pid"
+    project = _project(tmp, FOREVER.format(pid_file=str(pid_file)))
+    submit = subprocess.Popen(
+        [sys.executable, "-m", "client.cli", "submit", str(project), "-n", "adventure"],
+        env=c.env(), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    deadline = time.monotonic() + 60
+    while not (pid_file.exists() and pid_file.read_text()):
+        assert time.monotonic() < deadline, "the function never started"
+        time.sleep(0.05)
+    running = [j for j in _json(c, "job", "ls") if j["status"] == "running"]
+    assert len(running) == 1
+    return submit, running[0]["run_id"], int(pid_file.read_text())
+
+
+def _gone(pid: int, within: float = 20) -> bool:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        try:
+            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+                return True
+        except psutil.NoSuchProcess:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_runs_are_listed_and_their_logs_replayed(cluster: Cluster, example_data: Path, tmp_path: Path) -> None:
+    _setup(cluster, example_data)
+    result = json.loads(cluster.faas("submit", str(_project(tmp_path, CHATTY)), "-n", "adventure",
+                                     "--json", check=True).stdout)
+    run_id = result["run_id"]
+    listed = _json(cluster, "job", "ls")
+    assert listed[0]["run_id"] == run_id and listed[0]["status"] == "success"
+    job = _json(cluster, "job", "get", run_id)
+    assert job["nodes"]["chatty"]["state"] == "done" and job["commit"] == result["commit"]
+    lines = [(e["node"], e["stream"], e["line"]) for e in _json(cluster, "job", "logs", run_id) if "line" in e]
+    assert ("chatty", "stdout", "first line") in lines
+    assert ("chatty", "stderr", "to stderr") in lines
+    assert any("a logging record" in line for _, _, line in lines)
+    text = cluster.faas("job", "logs", run_id, check=True).stdout
+    assert "[chatty] first line" in text and "chatty: done" in text
+    bad = cluster.faas("job", "get", "run-nope")
+    assert bad.returncode == 1 and "no run 'run-nope'" in bad.stderr
+
+
+def test_job_cancel_stops_a_running_run(cluster: Cluster, example_data: Path, tmp_path: Path) -> None:
+    _setup(cluster, example_data)
+    before = _json(cluster, "log", "main", "-n", "100")
+    submit, run_id, function_pid = _start_forever(cluster, tmp_path)
+    assert _json(cluster, "job", "cancel", run_id)["status"] == "cancelled"
+    _, err = submit.communicate(timeout=30)
+    assert submit.returncode == 1 and "cancelled" in err
+    assert _gone(function_pid), "the function process outlived its cancelled run"
+    assert _json(cluster, "job", "get", run_id)["status"] == "cancelled"
+    assert _json(cluster, "log", "main", "-n", "100") == before
+    again = cluster.faas("job", "cancel", run_id)
+    assert again.returncode == 1 and "is not running (it is cancelled)" in again.stderr
+    assert cluster.alive()
+
+
+def test_a_scheduler_restart_marks_in_flight_runs_failed(
+    cluster: Cluster, example_data: Path, tmp_path: Path
+) -> None:
+    _setup(cluster, example_data)
+    before = _json(cluster, "log", "main", "-n", "100")
+    submit, run_id, function_pid = _start_forever(cluster, tmp_path)
+    cluster.scheduler.kill()  # no chance to clean up
+    cluster.scheduler.wait()
+    submit.communicate(timeout=30)
+    assert submit.returncode != 0
+    # The worker lost its scheduler: it stops that run's function.
+    assert _gone(function_pid), "the function kept running after its scheduler died"
+    sched, address = start_daemon(
+        ["scheduler", "--listen", "127.0.0.1:0", "--home", str(cluster.home),
+         "--token-file", str(cluster.token_file)],
+        "faasd scheduler listening on", tmp_path / "scheduler2.log",
+    )
+    try:
+        cluster.scheduler, cluster.address = sched, address
+        job = _json(cluster, "job", "get", run_id)
+        assert job["status"] == "failed" and "scheduler stopped" in job["error"]
+        assert _json(cluster, "log", "main", "-n", "100") == before
+    finally:
+        stop_daemon(sched)
