@@ -6,7 +6,7 @@ Branch, tag and history commands live in :mod:`client.cli_refs`.
 from __future__ import annotations
 
 import sys
-import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Optional
 
@@ -24,8 +24,9 @@ from client.cli_common import (
     table_app,
 )
 from client.client import Client
+from client.progress import view_for
 from protocol.errors import AlreadyExists
-from protocol.messages import LogLine, RunFinished, TaskEvent
+from protocol.messages import LogLine, RunFinished
 
 @app.command()
 def submit(
@@ -48,16 +49,13 @@ def submit(
         logs: list[dict[str, Any]] = []
         if not as_json:
             err(f"run {submitted.run_id}: {len(submitted.nodes)} models")
-        async for ev in submitted:
-            if isinstance(ev, LogLine):
-                logs.append({"node": ev.node, "stream": ev.stream, "line": ev.line})
+        view = nullcontext() if as_json else view_for(submitted.run_id, submitted.nodes)
+        with view:
+            async for ev in submitted:
+                if isinstance(ev, LogLine):
+                    logs.append({"node": ev.node, "stream": ev.stream, "line": ev.line})
                 if not as_json:
-                    err(f"  [{ev.node}] {ev.line}")
-            elif isinstance(ev, TaskEvent) and not as_json and ev.state != "queued":
-                extra = f" ({ev.rows} rows)" if ev.state == "done" else ""
-                extra += f" on {ev.worker}" if ev.state == "running" else ""
-                extra += f": {ev.error}" if ev.error and ev.state in ("warning", "retrying") else ""
-                err(f"{time.strftime('%H:%M:%S')} {ev.node}: {ev.state}{extra}")
+                    view.update(ev)  # type: ignore[union-attr]
         result = await submitted.result()
         if as_json:
             out = {

@@ -1,0 +1,101 @@
+"""What `faas submit` shows while a run goes: a live table of functions on a terminal,
+plain timestamped lines otherwise. Output lines of functions print as they arrive,
+tagged with the function's name, in both."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any, TextIO
+
+from protocol.messages import LogLine, TaskEvent
+
+STATE_STYLE = {
+    "queued": "dim", "running": "cyan", "done": "green", "warning": "yellow",
+    "retrying": "yellow", "failed": "bold red", "cancelled": "red",
+}
+
+
+class PlainView:
+    """One line per event, for pipes, files and CI logs."""
+
+    def __init__(self, out: TextIO | None = None) -> None:
+        self.out = out or sys.stderr
+
+    def __enter__(self) -> "PlainView":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def update(self, ev: Any) -> None:
+        if isinstance(ev, LogLine):
+            print(f"  [{ev.node}] {ev.line}", file=self.out, flush=True)
+        elif isinstance(ev, TaskEvent) and ev.state != "queued":
+            extra = f" ({ev.rows} rows)" if ev.state == "done" else ""
+            extra += f" on {ev.worker}" if ev.state == "running" else ""
+            extra += f": {ev.error}" if ev.error and ev.state in ("warning", "retrying") else ""
+            print(f"{time.strftime('%H:%M:%S')} {ev.node}: {ev.state}{extra}", file=self.out, flush=True)
+
+
+class LiveView:
+    """A table of every function of the run, redrawn in place, with lines printed above it."""
+
+    def __init__(self, run_id: str, nodes: list[str], console: Any = None) -> None:
+        from rich.console import Console
+        from rich.live import Live
+
+        self.run_id = run_id
+        self.console = console or Console(stderr=True)
+        self.rows: dict[str, dict[str, Any]] = {n: {"state": "queued"} for n in nodes}
+        self.live = Live(self.render(), console=self.console, refresh_per_second=8, transient=False)
+
+    def __enter__(self) -> "LiveView":
+        self.live.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.live.update(self.render())
+        self.live.__exit__(None, None, None)
+
+    def render(self) -> Any:
+        from rich.table import Table
+
+        table = Table(title=f"run {self.run_id}", title_justify="left", expand=False)
+        for col in ("function", "state", "worker", "rows", "time"):
+            table.add_column(col)
+        now = time.monotonic()
+        for name, row in self.rows.items():
+            started, ended = row.get("started"), row.get("ended")
+            secs = f"{(ended or now) - started:.1f}s" if started else ""
+            state = row["state"] + (f": {row['error']}" if row.get("error") else "")
+            table.add_row(name, f"[{STATE_STYLE.get(row['state'], '')}]{state}", row.get("worker", ""),
+                          str(row.get("rows", "")), secs)
+        return table
+
+    def update(self, ev: Any) -> None:
+        if isinstance(ev, LogLine):
+            from rich.text import Text
+
+            # A function's output is shown as it is: never read as markup.
+            self.live.console.print(Text.assemble((f"[{ev.node}] ", "dim"), ev.line), highlight=False)
+        elif isinstance(ev, TaskEvent):
+            row = self.rows.setdefault(ev.node, {})
+            row["state"] = ev.state
+            if ev.worker:
+                row["worker"] = ev.worker
+            if ev.state == "running":
+                row.setdefault("started", time.monotonic())
+            if ev.state in ("done", "failed", "cancelled", "warning"):
+                row["ended"] = time.monotonic()
+            if ev.state == "done":
+                row["rows"] = ev.rows
+            row["error"] = ev.error if ev.state in ("warning", "retrying", "failed") else ""
+        self.live.update(self.render())
+
+
+def view_for(run_id: str, nodes: list[str], *, live: bool | None = None) -> PlainView | LiveView:
+    """A live table on a terminal, plain lines elsewhere."""
+    if live is None:
+        live = sys.stderr.isatty()
+    return LiveView(run_id, nodes) if live else PlainView()
