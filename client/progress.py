@@ -60,6 +60,7 @@ class LiveView:
 
     def render(self) -> Any:
         from rich.table import Table
+        from rich.text import Text
 
         table = Table(title=f"run {self.run_id}", title_justify="left", expand=False)
         for col in ("function", "state", "worker", "rows", "time"):
@@ -69,8 +70,8 @@ class LiveView:
             started, ended = row.get("started"), row.get("ended")
             secs = f"{(ended or now) - started:.1f}s" if started else ""
             state = row["state"] + (f": {row['error']}" if row.get("error") else "")
-            table.add_row(name, f"[{STATE_STYLE.get(row['state'], '')}]{state}", row.get("worker", ""),
-                          str(row.get("rows", "")), secs)
+            table.add_row(name, Text(state, style=STATE_STYLE.get(row["state"], "")),
+                          row.get("worker", ""), str(row.get("rows", "")), secs)
         return table
 
     def update(self, ev: Any) -> None:

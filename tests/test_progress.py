@@ -15,7 +15,7 @@ EVENTS = [
     LogLine(run_id="r", node="a", stream="stdout", line="hello [not markup]"),
     TaskEvent(run_id="r", node="a", state="retrying", error="used 2 GiB, over its limit"),
     TaskEvent(run_id="r", node="a", state="done", worker="w-1", rows=42),
-    TaskEvent(run_id="r", node="b", state="warning", error="expectation 'b' failed"),
+    TaskEvent(run_id="r", node="b", state="warning", error="expectation 'b' failed [x]"),
 ]
 
 
@@ -28,7 +28,7 @@ def test_plain_view_prints_lines_and_states() -> None:
     assert "  [a] hello [not markup]" in text
     assert "a: running on w-1" in text and "a: done (42 rows)" in text
     assert "a: retrying: used 2 GiB, over its limit" in text
-    assert "b: warning: expectation 'b' failed" in text
+    assert "b: warning: expectation 'b' failed [x]" in text
     assert "queued" not in text
 
 
@@ -42,4 +42,4 @@ def test_live_view_shows_every_function_and_the_lines() -> None:
     assert "[a] hello [not markup]" in text  # user text is not read as markup
     final = text[text.rindex("run r"):]
     assert "done" in final and "42" in final and "w-1" in final
-    assert "warning: expectation 'b' failed" in final
+    assert "warning: expectation 'b' failed [x]" in final
