@@ -41,9 +41,9 @@ from typing import Callable
 import pyarrow as pa
 
 from faasd.launch import start_daemon, stop_daemon
-from protocol.errors import NotFound
-from protocol.messages import ScanInput
-from scheduler.plan import Plan, SourceTable, build_plan
+from protocol.messages import ScanInput, SubmitRun
+from scheduler.plan import Plan
+from scheduler.planning import plan_submission
 from scheduler.project import read_project
 from store import Lakehouse
 
@@ -129,27 +129,11 @@ def generate_project(root: Path, models: int, seed: int = 0) -> dict[str, str]:
 
 
 def plan_in_process(lh: Lakehouse, files: dict[str, str], ref: str = "main") -> Plan:
-    """What the scheduler does for a SubmitRun, minus the network: read, resolve, plan."""
-    project = read_project(files)
-    branch, head = lh.catalog.resolve(ref)
-    at = f"@{head}"
-    if NAMESPACE not in lh.namespaces(at):
-        raise SystemExit(f"namespace {NAMESPACE!r} missing")
+    """What the scheduler does for a SubmitRun, minus the network: read, resolve, plan.
 
-    def lookup(key: str) -> SourceTable | None:
-        try:
-            info = lh.table_info(key, at)
-        except NotFound:
-            return None
-        return SourceTable(
-            key=key, metadata_location=info.metadata_location,
-            snapshot_id=info.snapshot_id, schema=info.schema,
-        )
-
-    # python_versions=None: no worker registry here, so that check is skipped.
-    plan = build_plan(project, NAMESPACE, ref, {}, lookup)
-    plan.branch, plan.base = branch, head
-    return plan
+    No worker registry here, so the Python-version check is skipped.
+    """
+    return plan_submission(lh, SubmitRun(files=files, namespace=NAMESPACE, ref=ref), None)
 
 
 def _median_ms(fn: Callable[[], object], repeat: int) -> float:

@@ -60,8 +60,8 @@ from protocol.messages import (
 )
 from scheduler import catalog_ops
 from scheduler.jobs import JobStore
-from scheduler.plan import Plan, SourceTable, build_plan
-from scheduler.project import read_project
+from scheduler.plan import Plan
+from scheduler.planning import plan_submission
 from scheduler.run import RunCoordinator, run_branch_name
 
 log = logging.getLogger(__name__)
@@ -418,41 +418,8 @@ class Scheduler:
     # -- runs ------------------------------------------------------------------
 
     def _plan(self, request: SubmitRun) -> Plan:
-        project = read_project(request.files)
-        lh = self.lakehouse
-        branch, head = lh.catalog.resolve(request.ref)
-        if branch is None and not request.dry_run:
-            raise InvalidInput(
-                f"ref {request.ref!r} is not a branch: a run publishes its outputs to a branch "
-                f"(plan against it with --dry-run, or branch from it: faas branch create NAME "
-                f"--from {request.ref})"
-            )
-        # Everything is read at one commit, whatever lands on the branch meanwhile.
-        at = f"@{head}"
-        if request.namespace not in lh.namespaces(at):
-            raise NotFound(
-                f"namespace {request.namespace!r} does not exist at ref {request.ref!r}: create it "
-                f"with 'faas namespace create {request.namespace}'"
-            )
-
-        def lookup(key: str) -> SourceTable | None:
-            try:
-                info = lh.table_info(key, at)
-            except NotFound:
-                return None
-            return SourceTable(
-                key=key, metadata_location=info.metadata_location,
-                snapshot_id=info.snapshot_id, schema=info.schema, size_bytes=info.size_bytes,
-            )
-
         versions = {v for w in self.workers.values() for v in w.python_versions}
-        plan = build_plan(
-            project, request.namespace, request.ref, request.params, lookup,
-            python_versions=versions or None,
-        )
-        plan.branch = branch
-        plan.base = head
-        return plan
+        return plan_submission(self.lakehouse, request, versions or None)
 
     async def _cancel_run(self, run_id: str) -> dict[str, Any]:
         assert self.jobs is not None

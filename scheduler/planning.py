@@ -1,0 +1,60 @@
+"""Plan a submitted project against the catalog, as the scheduler does for every submit."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from protocol.errors import InvalidInput, NotFound
+from protocol.messages import SubmitRun
+from scheduler.plan import Plan, SourceTable, build_plan
+from scheduler.project import read_project
+from store.transaction import load_table, table_info
+
+
+def plan_submission(lh: Any, request: SubmitRun, python_versions: set[str] | None) -> Plan:
+    """Read the project, resolve its inputs at the ref's head commit, and plan it.
+
+    Runs on the scheduler's store thread. Raises PlanInvalid (every problem at
+    once), NotFound or InvalidInput.
+    """
+    project = read_project(request.files)
+    branch, head = lh.catalog.resolve(request.ref)
+    if branch is None and not request.dry_run:
+        raise InvalidInput(
+            f"ref {request.ref!r} is not a branch: a run publishes its outputs to a branch "
+            f"(plan against it with --dry-run, or branch from it: faas branch create NAME "
+            f"--from {request.ref})"
+        )
+    # Everything is read at one commit, whatever lands on the branch meanwhile.
+    at = f"@{head}"
+    if request.namespace not in lh.namespaces(at):
+        raise NotFound(
+            f"namespace {request.namespace!r} does not exist at ref {request.ref!r}: create it "
+            f"with 'faas namespace create {request.namespace}'"
+        )
+
+    view = lh.view_at(head, request.ref)
+    found: dict[str, SourceTable | None] = {}
+
+    def lookup(key: str) -> SourceTable | None:
+        # One metadata read per table, however many models read it.
+        if key not in found:
+            try:
+                info = table_info(load_table(view, key), key)
+            except NotFound:
+                found[key] = None
+            else:
+                found[key] = SourceTable(
+                    key=key, metadata_location=info.metadata_location,
+                    snapshot_id=info.snapshot_id, schema=info.schema,
+                    size_bytes=info.size_bytes,
+                )
+        return found[key]
+
+    plan = build_plan(
+        project, request.namespace, request.ref, request.params, lookup,
+        python_versions=python_versions,
+    )
+    plan.branch = branch
+    plan.base = head
+    return plan
