@@ -34,6 +34,7 @@ class PlainView:
         elif isinstance(ev, TaskEvent) and ev.state != "queued":
             extra = f" ({ev.rows} rows)" if ev.state == "done" else ""
             extra += f" on {ev.worker}" if ev.state == "running" else ""
+            extra += f" (environment {ev.env})" if ev.state == "running" and ev.env in ("cached", "built") else ""
             extra += f": {ev.error}" if ev.error and ev.state in ("warning", "retrying") else ""
             print(f"{time.strftime('%H:%M:%S')} {ev.node}: {ev.state}{extra}", file=self.out, flush=True)
 
@@ -63,7 +64,7 @@ class LiveView:
         from rich.text import Text
 
         table = Table(title=f"run {self.run_id}", title_justify="left", expand=False)
-        for col in ("function", "state", "worker", "rows", "time"):
+        for col in ("function", "state", "worker", "env", "rows", "time"):
             table.add_column(col)
         now = time.monotonic()
         for name, row in self.rows.items():
@@ -71,7 +72,7 @@ class LiveView:
             secs = f"{(ended or now) - started:.1f}s" if started else ""
             state = row["state"] + (f": {row['error']}" if row.get("error") else "")
             table.add_row(name, Text(state, style=STATE_STYLE.get(row["state"], "")),
-                          row.get("worker", ""), str(row.get("rows", "")), secs)
+                          row.get("worker", ""), row.get("env", ""), str(row.get("rows", "")), secs)
         return table
 
     def update(self, ev: Any) -> None:
@@ -85,6 +86,8 @@ class LiveView:
             row["state"] = ev.state
             if ev.worker:
                 row["worker"] = ev.worker
+            if ev.env in ("cached", "built"):
+                row["env"] = ev.env
             if ev.state == "running":
                 row.setdefault("started", time.monotonic())
             if ev.state in ("done", "failed", "cancelled", "warning"):

@@ -42,6 +42,10 @@ def _parser() -> argparse.ArgumentParser:
     w.add_argument("--memory", type=parse_size, default=None, help="memory to offer, e.g. 8GiB")
     w.add_argument("--shm-dir", default=None, help="shared-memory directory (default /dev/shm)")
     w.add_argument("--token-file", default=os.environ.get("FAAS_TOKEN_FILE"), required=False)
+    w.add_argument("--env-dir", default=None,
+                   help="where function environments are cached (default ~/.cache/faas/envs)")
+    w.add_argument("--python", action="append", default=[], metavar="PATH",
+                   help="another interpreter to offer functions (repeatable)")
     return p
 
 
@@ -91,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
             daemon = Worker(
                 args.scheduler, token=load_token(args.token_file), host_id=args.host_id,
                 memory=args.memory, shm_dir=args.shm_dir, listen=args.listen,
+                env_dir=args.env_dir, pythons=args.python,
             )
             asyncio.run(
                 _serve(daemon, "faasd worker {d.worker_id} registered with {d.scheduler}, serving data on {d.peer.address}")

@@ -13,16 +13,16 @@ import logging
 import os
 import shutil
 import socket
-import sys
 import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import msgspec
 import psutil
 
 from faasd.peer import PeerServer
+from faasd.envs import Environment, EnvironmentCache, EnvSpec
 from faasd.limits import watch_memory
 from faasd.process import FunctionProcess
 from protocol.connection import Connection, connect
@@ -56,8 +56,8 @@ log = logging.getLogger(__name__)
 _decoder = msgspec.msgpack.Decoder(SchedulerToWorker)
 
 
-def python_version() -> str:
-    return f"{sys.version_info.major}.{sys.version_info.minor}"
+def default_env_dir() -> str:
+    return os.path.join(os.path.expanduser("~"), ".cache", "faas", "envs")
 
 
 def default_shm_dir() -> str:
@@ -74,6 +74,8 @@ class Worker:
         memory: int | None = None,
         shm_dir: str | None = None,
         work_dir: str | None = None,
+        env_dir: str | None = None,
+        pythons: Sequence[str] = (),
         listen: str = "127.0.0.1:0",
         reconnect: bool = True,
     ) -> None:
@@ -85,6 +87,10 @@ class Worker:
         self.shm_root = Path(shm_dir or default_shm_dir()) / f"faas-{self.worker_id}"
         self.work_root = Path(work_dir) if work_dir else self.shm_root / "work"
         self.reconnect = reconnect
+        self.envs = EnvironmentCache(
+            Path(env_dir or default_env_dir()).expanduser(), extra_interpreters=pythons
+        )
+        self.python_versions: list[str] = []
         self.peer = PeerServer(
             token=token, host_id=self.host_id, listen=listen, object_path=self.object_path
         )
@@ -103,6 +109,12 @@ class Worker:
         self.status = "starting"
         self.shm_root.mkdir(parents=True, exist_ok=True)
         self.work_root.mkdir(parents=True, exist_ok=True)
+        # faas runs on Python 3.11 and later, so only those interpreters are offered.
+        found = await asyncio.to_thread(self.envs.interpreters)
+        self.python_versions = sorted(
+            (v for v in found if tuple(int(x) for x in v.split(".")) >= (3, 11)),
+            key=lambda v: tuple(int(x) for x in v.split(".")),
+        )
         await self.peer.start()
         self._main = asyncio.create_task(self._serve_forever())
         self.status = "running"
@@ -170,9 +182,10 @@ class Worker:
                 host_id=self.host_id,
                 memory_total=self.memory,
                 memory_available=min(self.memory, vm.available),
-                python_versions=[python_version()],
+                python_versions=self.python_versions,
                 shm_dir=str(self.shm_root),
                 data_address=self.peer.address,
+                env_builds=self.envs.installs,
             )
         )
         reply = await self.conn.recv(timeout=30)
@@ -200,6 +213,7 @@ class Worker:
                     memory_total=self.memory,
                     memory_available=min(self.memory, vm.available),
                     running=len(self.processes),
+                    env_builds=self.envs.installs,
                 )
             )
 
@@ -271,9 +285,10 @@ class Worker:
                 function=msg.function, inputs=msg.inputs, objects=objects,
                 output_path=str(output), params=msg.params, kind=msg.kind, sql=msg.sql,
             )
-            proc = FunctionProcess(task, cwd=str(project))
+            env = await self._environment(msg)
+            proc = FunctionProcess(task, python=env.python, cwd=str(project))
             self.processes[msg.task_id] = proc
-            result = await self._run_limited(msg, proc)
+            result = await self._run_limited(msg, proc, env)
             if result.passed is not None:  # an expectation: a verdict, no output object
                 await self._send(TaskDone(
                     task_id=msg.task_id, passed=result.passed, seconds=time.perf_counter() - t0
@@ -300,7 +315,17 @@ class Worker:
         finally:
             self.processes.pop(msg.task_id, None)
 
-    async def _run_limited(self, msg: RunTask, proc: FunctionProcess) -> FunctionResult:
+    async def _environment(self, msg: RunTask) -> Environment:
+        """The function's environment, built (once, with its output streamed) if needed."""
+
+        async def on_line(line: str) -> None:
+            await self._send(TaskLog(task_id=msg.task_id, stream="stderr", line=line, time=time.time()))
+
+        return await self.envs.ensure(EnvSpec.of(msg.python, msg.pip), log=on_line)
+
+    async def _run_limited(
+        self, msg: RunTask, proc: FunctionProcess, env: Environment
+    ) -> FunctionResult:
         """Run the process under its memory limit and timeout, streaming its lines."""
         over: list[int] = []
         watchers: list[asyncio.Task[int]] = []
@@ -309,7 +334,8 @@ class Worker:
             await self._send(TaskLog(task_id=msg.task_id, stream=stream, line=line, time=time.time()))
 
         async def on_start(pid: int) -> None:
-            await self._send(TaskStarted(task_id=msg.task_id, pid=pid))
+            how = "base" if env.path is None else ("cached" if env.cached else "built")
+            await self._send(TaskStarted(task_id=msg.task_id, pid=pid, env=how))
             if msg.memory_limit:
 
                 def stop(used: int) -> None:

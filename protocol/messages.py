@@ -255,6 +255,7 @@ class TaskEvent(Message, frozen=True):
     time: float = 0.0
     rows: int = 0
     error: str = ""
+    env: str = ""
 
 
 class LogLine(Message, frozen=True):
@@ -314,17 +315,22 @@ class Register(Message, frozen=True):
     python_versions: list[str]
     shm_dir: str
     data_address: str = ""
+    env_builds: int = 0
 
 
 class Heartbeat(Message, frozen=True):
     memory_total: int
     memory_available: int
     running: int = 0
+    # Environments this worker built (installer runs) since it started.
+    env_builds: int = 0
 
 
 class TaskStarted(Message, frozen=True):
     task_id: str
     pid: int = 0
+    # The function's environment: "base" (the worker's own), "cached" or "built".
+    env: str = ""
 
 
 class TaskLog(Message, frozen=True):

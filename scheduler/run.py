@@ -164,8 +164,8 @@ class RunCoordinator:
             while True:
                 msg = await queue.get()
                 match msg:
-                    case TaskStarted():
-                        await self._event(node.name, "running", worker=worker.worker_id)
+                    case TaskStarted(env=env):
+                        await self._event(node.name, "running", worker=worker.worker_id, env=env)
                     case TaskLog(stream=stream, line=line, time=t):
                         await self.emit(
                             LogLine(run_id=self.run_id, node=node.name, stream=stream, line=line, time=t)

@@ -86,6 +86,7 @@ class WorkerHandle:
     memory_available: int
     python_versions: list[str]
     shm_dir: str
+    env_builds: int = 0
     last_seen: float = field(default_factory=time.monotonic)
     tasks: set[str] = field(default_factory=set)
 
@@ -213,6 +214,7 @@ class Scheduler:
             worker_id=first.worker_id, host_id=first.host_id, conn=conn,
             memory_total=first.memory_total, memory_available=first.memory_available,
             python_versions=first.python_versions, shm_dir=first.shm_dir,
+            env_builds=first.env_builds,
         )
         self.workers[handle.worker_id] = handle
         await conn.send(Registered(worker_id=handle.worker_id, heartbeat_interval=HEARTBEAT_INTERVAL))
@@ -230,6 +232,7 @@ class Scheduler:
                 if isinstance(msg, Heartbeat):
                     handle.memory_available = msg.memory_available
                     handle.memory_total = msg.memory_total
+                    handle.env_builds = msg.env_builds
                     continue
                 if isinstance(msg, QueryDone):
                     data = await conn.recv_bulk(msg.nbytes, timeout=300)
@@ -344,6 +347,7 @@ class Scheduler:
                             "worker_id": w.worker_id, "host_id": w.host_id,
                             "memory_total": w.memory_total, "memory_available": w.memory_available,
                             "python_versions": w.python_versions, "running": len(w.tasks),
+                            "env_builds": w.env_builds,
                         }
                         for w in self.workers.values()
                     ],

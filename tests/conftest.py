@@ -72,7 +72,8 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
     c = Cluster(home=home, address=address, token_file=token_file, scheduler=sched, shm_dir=shm)
     try:
         worker, data_address = start_daemon(
-            ["worker", "--scheduler", address, "--token-file", str(token_file), "--shm-dir", str(shm)],
+            ["worker", "--scheduler", address, "--token-file", str(token_file), "--shm-dir", str(shm),
+             "--env-dir", str(tmp_path / "envs")],
             "faasd worker", tmp_path / "worker.log",
         )
         c.workers.append(worker)
