@@ -198,7 +198,7 @@ def build_plan(
     from store.query import check_predicate
     from store.scan import check_filter
 
-    problems: list[str] = []
+    problems: list[str] = list(project.problems)
     by_name = {m.name: m for m in project.models if not m.is_expectation}
     declared = project.config.get("parameters", {}) if project.config else {}
     used = {p.name for m in project.models for p in m.params}

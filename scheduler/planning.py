@@ -17,7 +17,7 @@ def plan_submission(lh: Any, request: SubmitRun, python_versions: set[str] | Non
     Runs on the scheduler's store thread. Raises PlanInvalid (every problem at
     once), NotFound or InvalidInput.
     """
-    project = read_project(request.files)
+    project = read_project(request.files, partial=True)
     branch, head = lh.catalog.resolve(request.ref)
     if branch is None and not request.dry_run:
         raise InvalidInput(

@@ -67,6 +67,8 @@ class Project:
     name: str
     models: list[ModelSpec]
     config: dict[str, Any]
+    # Problems found while reading, when read with partial=True (planning adds its own).
+    problems: list[str] = field(default_factory=list)
 
 
 def _decorator_name(node: ast.expr) -> str | None:
@@ -342,8 +344,33 @@ def read_sql_model(path: str, text: str, problems: list[str]) -> ModelSpec | Non
     return spec
 
 
-def read_project(files: dict[str, str]) -> Project:
-    """Parse every model of a project. Raises PlanInvalid listing every problem found."""
+def _apply_defaults(models: list[ModelSpec], config: dict[str, Any], problems: list[str]) -> None:
+    """``[project] python = "3.11"`` and ``[project.pip]`` are every model's defaults."""
+    section = config.get("project", {})
+    python = section.get("python")
+    pip = section.get("pip", {})
+    if python is not None and not isinstance(python, str):
+        problems.append(f"faas_project.toml: project.python must be a string like \"3.11\"")
+        python = None
+    if not isinstance(pip, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in pip.items()
+    ):
+        problems.append("faas_project.toml: [project.pip] must map package names to versions")
+        pip = {}
+    for m in models:
+        if m.kind == "sql":
+            continue
+        m.python = m.python or python
+        m.pip = {**pip, **m.pip}
+
+
+def read_project(files: dict[str, str], *, partial: bool = False) -> Project:
+    """Parse every model of a project.
+
+    Raises PlanInvalid listing every problem found; with ``partial`` the problems
+    are returned on the Project instead, with every model that could be read, so
+    planning can report its own problems in the same breath.
+    """
     problems: list[str] = []
     config: dict[str, Any] = {}
     if "faas_project.toml" in files:
@@ -376,7 +403,9 @@ def read_project(files: dict[str, str]) -> Project:
             problems.append(
                 f"{m.where}: model name {m.name!r} is already defined at {seen[m.name].where}"
             )
+            continue
         seen[m.name] = m
+    models = list(seen.values())
     if not models and not problems:
         problems.append(
             "the project defines no models (functions decorated with @faas.model, or .sql files)"
@@ -384,8 +413,9 @@ def read_project(files: dict[str, str]) -> Project:
     for section in ("project", "parameters"):
         if section in config and not isinstance(config[section], dict):
             problems.append(f"faas_project.toml: [{section}] must be a table")
-    if problems:
+            del config[section]
+    _apply_defaults(models, config, problems)
+    if problems and not partial:
         raise PlanInvalid(problems)
-    project_section = config.get("project", {})
-    project_name = str(project_section.get("name", ""))
-    return Project(name=project_name, models=models, config=config)
+    project_name = str(config.get("project", {}).get("name", ""))
+    return Project(name=project_name, models=models, config=config, problems=problems)

@@ -145,3 +145,29 @@ def test_expectations_read_inputs_and_cannot_be_inputs() -> None:
     ok = {"m.py": files["m.py"].split("@faas.model()\ndef down")[0]}
     p = plan(ok)
     assert p.nodes["check"].spec.is_expectation and p.nodes["check"].deps == ["up"]
+
+
+def test_project_defaults_for_python_and_packages() -> None:
+    toml = '[project]\nname = "x"\npython = "3.12"\n\n[project.pip]\nsix = "1.16.0"\nidna = "3.7"\n'
+    files = {
+        "faas_project.toml": toml,
+        "m.py": "import faas\n@faas.model()\ndef plain(t=faas.Model('t')):\n    return t\n"
+                "@faas.model()\n@faas.python('3.11', pip={'six': '1.17.0'})\n"
+                "def own(t=faas.Model('t')):\n    return t\n",
+        "q.sql": "SELECT a FROM t",
+    }
+    p = plan(files)
+    assert (p.nodes["plain"].spec.python, p.nodes["plain"].spec.pip) == ("3.12", {"six": "1.16.0", "idna": "3.7"})
+    assert (p.nodes["own"].spec.python, p.nodes["own"].spec.pip) == ("3.11", {"six": "1.17.0", "idna": "3.7"})
+    assert p.nodes["q"].spec.python is None  # SQL models run in the worker's own environment
+
+
+def test_reading_and_planning_problems_come_together() -> None:
+    files = {
+        "a.py": "import faas\n@faas.model(materialize=M)\ndef a(t=faas.Model('nope')):\n    return t\n",
+        "b.py": "def broken(:\n",
+    }
+    found = problems(files)
+    assert any(p.startswith("a.py:2:") and "literal" in p for p in found), found
+    assert any(p.startswith("b.py:1: syntax error") for p in found), found
+    assert any("reads 'nope'" in p for p in found), found
