@@ -32,7 +32,7 @@ def lookup(key: str) -> SourceTable | None:
 
 
 def plan(files: dict[str, str], params: dict[str, str] | None = None, versions: set[str] | None = None):  # type: ignore[no-untyped-def]
-    return build_plan(read_project(files), "ns", "main", params or {}, lookup, python_versions=versions)
+    return build_plan(read_project(files, partial=True), "ns", "main", params or {}, lookup, python_versions=versions)
 
 
 def problems(files: dict[str, str], params: dict[str, str] | None = None, versions: set[str] | None = None) -> list[str]:
