@@ -147,10 +147,18 @@ def _what(task: FunctionTask) -> str:
     return {"sql": "SQL model", "expectation": "expectation"}.get(task.kind, "model")
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    sock = socket.socket(fileno=int(argv[0]))
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+def serve_task(sock_fd: int) -> int:
+    """Read one task from the socket ``sock_fd``, run it, answer, close; return the exit code.
+
+    The body of ``python -m faasd.runner FD``, and what a child forked by the
+    zygote (faasd/zygote.py) calls once its stdio, cwd and environment are set.
+    """
+    sock = socket.socket(fileno=sock_fd)
+    # force: a forked child inherits the zygote's logging setup, which must not be kept.
+    logging.basicConfig(
+        level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s",
+        force=True,
+    )
     try:
         task = _read_task(sock)
     except Exception as exc:  # noqa: BLE001 - nothing to run; say why and stop
@@ -172,6 +180,11 @@ def main(argv: list[str] | None = None) -> int:
     sock.sendall(encode(reply))
     sock.close()
     return code
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    return serve_task(int(argv[0]))
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ from faasd.peer import PeerServer
 from faasd.envs import Environment, EnvironmentCache, EnvSpec
 from faasd.limits import watch_memory
 from faasd.process import FunctionProcess
+from faasd.zygote import ZygotePool
 from protocol.connection import Connection, connect
 from protocol.errors import FaasError, FunctionFailed, OutOfMemory, RunCancelled, TimedOut
 from protocol.framing import encode
@@ -91,6 +92,8 @@ class Worker:
             Path(env_dir or default_env_dir()).expanduser(), extra_interpreters=pythons
         )
         self.python_versions: list[str] = []
+        # One pre-imported parent per environment: each function is a fork of it.
+        self.zygotes = ZygotePool()
         self.peer = PeerServer(
             token=token, host_id=self.host_id, listen=listen, object_path=self.object_path
         )
@@ -136,6 +139,7 @@ class Worker:
         if self.conn:
             await self.conn.aclose()
         await self.peer.close()
+        await self.zygotes.close()
         shutil.rmtree(self.shm_root, ignore_errors=True)
         self.status = "closed"
         log.info("worker %s closed", self.worker_id)
@@ -286,7 +290,9 @@ class Worker:
                 output_path=str(output), params=msg.params, kind=msg.kind, sql=msg.sql,
             )
             env = await self._environment(msg)
-            proc = FunctionProcess(task, python=env.python, cwd=str(project))
+            proc = FunctionProcess(
+                task, python=env.python, cwd=str(project), zygote=self.zygotes.get(env.python)
+            )
             self.processes[msg.task_id] = proc
             result = await self._run_limited(msg, proc, env)
             if result.passed is not None:  # an expectation: a verdict, no output object

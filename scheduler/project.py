@@ -350,7 +350,7 @@ def _apply_defaults(models: list[ModelSpec], config: dict[str, Any], problems: l
     python = section.get("python")
     pip = section.get("pip", {})
     if python is not None and not isinstance(python, str):
-        problems.append(f"faas_project.toml: project.python must be a string like \"3.11\"")
+        problems.append("faas_project.toml: project.python must be a string like \"3.11\"")
         python = None
     if not isinstance(pip, dict) or not all(
         isinstance(k, str) and isinstance(v, str) for k, v in pip.items()
