@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 from pathlib import Path
 from typing import Any, Awaitable, Callable, NoReturn, Optional, TypeVar
 
@@ -95,6 +96,11 @@ def run(work: Callable[[Client], Awaitable[T]]) -> T:
     """Run ``work`` against the cluster, or against an embedded one started for it."""
 
     async def go() -> T:
+        # SIGTERM (timeout, CI, systemd) stops the command like Ctrl-C does: the run is
+        # cancelled and embedded daemons are shut down, not orphaned.
+        main = asyncio.current_task()
+        assert main is not None
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main.cancel)
         if settings.cluster:
             return await work(Client(settings.cluster, token_file=settings.token_file))
         from client.embedded import embedded_cluster
@@ -124,6 +130,9 @@ def run(work: Callable[[Client], Awaitable[T]]) -> T:
     except KeyboardInterrupt:
         err("cancelled")
         raise typer.Exit(130) from None
+    except asyncio.CancelledError:
+        err("cancelled")
+        raise typer.Exit(143) from None
 
 
 def print_json(data: Any) -> None:

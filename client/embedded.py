@@ -36,6 +36,10 @@ async def _start(args: list[str], marker: str, log_path: Path) -> tuple[asyncio.
         line = await asyncio.wait_for(proc.stdout.readline(), START_TIMEOUT)
     except TimeoutError:
         line = b""
+    except BaseException:  # cancelled while it starts: do not leave it behind
+        proc.kill()
+        await proc.wait()
+        raise
     text = line.decode().strip()
     if not text.startswith(marker):
         proc.kill()

@@ -101,6 +101,8 @@ class Worker:
         self.conn: Connection[Any] | None = None
         self.processes: dict[str, FunctionProcess] = {}
         self.jobs: set[asyncio.Task[None]] = set()
+        # The job of each task, from the moment it arrives (environment builds included).
+        self.task_jobs: dict[str, asyncio.Task[None]] = {}
         self.registered = asyncio.Event()
         self._main: asyncio.Task[None] | None = None
 
@@ -166,8 +168,13 @@ class Worker:
                 raise
             except FaasError as exc:
                 log.warning("worker %s: scheduler connection: %s", self.worker_id, exc)
+            except Exception:  # noqa: BLE001 - whatever broke the session, reconnect
+                log.exception("worker %s: scheduler session failed", self.worker_id)
             finally:
                 self.registered.clear()
+                # Work of a scheduler this worker lost: nobody waits for it any more.
+                for job in list(self.task_jobs.values()):
+                    job.cancel()
                 for proc in list(self.processes.values()):
                     proc.cancel()
             if not self.reconnect:
@@ -212,14 +219,17 @@ class Worker:
         while not conn.closed:
             await asyncio.sleep(interval)
             vm = psutil.virtual_memory()
-            await conn.send(
-                Heartbeat(
-                    memory_total=self.memory,
-                    memory_available=min(self.memory, vm.available),
-                    running=len(self.processes),
-                    env_builds=self.envs.installs,
+            try:
+                await conn.send(
+                    Heartbeat(
+                        memory_total=self.memory,
+                        memory_available=min(self.memory, vm.available),
+                        running=len(self.processes),
+                        env_builds=self.envs.installs,
+                    )
                 )
-            )
+            except FaasError:
+                return  # the session ends; the receive loop notices
 
     def _spawn(self, coro: Any) -> None:
         job = asyncio.create_task(coro)
@@ -229,11 +239,21 @@ class Worker:
     def _dispatch(self, msg: Any) -> None:
         match msg:
             case RunTask():
-                self._spawn(self._run_task(msg))
+                job = asyncio.create_task(self._run_task(msg))
+                self.jobs.add(job)
+                self.task_jobs[msg.task_id] = job
+
+                def done(j: asyncio.Task[None], task_id: str = msg.task_id) -> None:
+                    self.jobs.discard(j)
+                    self.task_jobs.pop(task_id, None)
+
+                job.add_done_callback(done)
             case CancelTask(task_id=task_id):
                 proc = self.processes.get(task_id)
                 if proc:
                     proc.cancel()
+                elif task_id in self.task_jobs:
+                    self.task_jobs[task_id].cancel()  # still building its environment
             case ReleaseRun(run_id=run_id):
                 self._release(run_id)
             case ImportTask():
@@ -246,8 +266,12 @@ class Worker:
                 log.warning("unexpected message from scheduler: %s", type(msg).__name__)
 
     async def _send(self, msg: Any) -> None:
+        """Send to the scheduler if connected; a lost connection is the session's to notice."""
         if self.conn is not None and not self.conn.closed:
-            await self.conn.send(msg)
+            try:
+                await self.conn.send(msg)
+            except FaasError as exc:
+                log.debug("could not send %s: %s", type(msg).__name__, exc)
 
     # -- runs -------------------------------------------------------------------
 
@@ -422,4 +446,7 @@ class Worker:
             return
         if self.conn is not None:
             header = encode(QueryDone(task_id=msg.task_id, nbytes=len(data), rows=rows))
-            await self.conn.send_raw(header, data)
+            try:
+                await self.conn.send_raw(header, data)
+            except FaasError as exc:
+                log.warning("could not send a query result: %s", exc)

@@ -52,8 +52,8 @@ async def _read_exactly(reader: Reader, n: int, *, started: bool) -> bytes:
         raise FrameTruncated(
             f"connection ended inside a frame ({len(exc.partial)} of {n} bytes read)"
         ) from None
-    except (ConnectionResetError, BrokenPipeError, TimeoutError) as exc:
-        raise PeerVanished(f"peer vanished: {exc.__class__.__name__}") from exc
+    except (OSError, TimeoutError) as exc:  # reset, broken pipe, host unreachable, ...
+        raise PeerVanished(f"peer vanished: {exc.__class__.__name__}: {exc}") from exc
 
 
 async def read_payload(reader: Reader, max_size: int = MAX_CONTROL_FRAME) -> bytes:

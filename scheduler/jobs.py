@@ -8,6 +8,7 @@ a restart: it is marked failed.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
@@ -29,15 +30,27 @@ class JobStore:
         self.root.mkdir(parents=True, exist_ok=True)
         self._records: dict[str, dict[str, Any]] = {}
         self._logs: dict[str, IO[str]] = {}
-        self._fail_interrupted()
+        # Several schedulers may share a home (each embedded command starts one). Only a
+        # scheduler alone on it may call a run that is still marked running interrupted.
+        self._lock = open(self.root / ".lock", "a+")
+        try:
+            fcntl.flock(self._lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            alone = True
+        except BlockingIOError:
+            alone = False
+        if alone:
+            self._fail_interrupted()
+        fcntl.flock(self._lock.fileno(), fcntl.LOCK_UN)
+        # Every scheduler holds it shared while it lives, so the next one can tell.
+        fcntl.flock(self._lock.fileno(), fcntl.LOCK_SH)
 
     def _dir(self, run_id: str) -> Path:
         if not run_id or set(run_id) - _RUN_ID_CHARS:
             raise InvalidInput(f"{run_id!r} is not a run id (like run-20260101-120000-ab12cd)")
         return self.root / run_id
 
-    def _write(self, record: dict[str, Any]) -> None:
-        path = self._dir(record["run_id"]) / "run.json"
+    def _write(self, record: dict[str, Any], path: Path | None = None) -> None:
+        path = path or self._dir(record["run_id"]) / "run.json"
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(record, indent=1))
         os.replace(tmp, path)
@@ -48,12 +61,12 @@ class JobStore:
                 record = json.loads(path.read_text())
             except (OSError, ValueError):
                 continue
-            if record.get("status") == "running":
+            if isinstance(record, dict) and record.get("status") == "running":
                 record.update(status="failed", finished=time.time(),
                               error="the scheduler stopped while the run was in flight")
-                self._write(record)
+                self._write(record, path)
                 log.info("run %s was in flight when the scheduler stopped: marked failed",
-                         record["run_id"])
+                         path.parent.name)
 
     # -- recording -------------------------------------------------------------
 
@@ -97,12 +110,14 @@ class JobStore:
                           branch=result.branch,
                           error=result.error.message if result.error else None)
         else:
-            record.update(status=status or "cancelled", error="the client went away")
+            record.update(status=status or "failed",
+                          error="the scheduler stopped while the run was in flight")
         self._write(record)
 
     def close(self) -> None:
         for run_id in list(self._logs):
             self.finish(run_id, None, "failed")
+        self._lock.close()
 
     # -- reading ---------------------------------------------------------------
 

@@ -62,8 +62,11 @@ class RunCoordinator:
         self.emit = emit
         self.strict = strict
         self.outputs: dict[str, TaskDone] = {}
+        # Where each node's output lives, and every worker that ran anything of this run.
         self.placed: dict[str, "WorkerHandle"] = {}
+        self.used_workers: set[str] = set()
         self.running: dict[str, asyncio.Task[TaskDone]] = {}
+        self.publishing = False
 
     async def _event(self, node: str, state: str, **kw: Any) -> None:
         await self.emit(TaskEvent(run_id=self.run_id, node=node, state=state, time=time.time(), **kw))
@@ -74,14 +77,21 @@ class RunCoordinator:
         t0 = time.perf_counter()
         catalog = self.scheduler.lakehouse.catalog
         branch = run_branch_name(self.run_id)
-        await self.scheduler.store_call(catalog.create_run_branch, self.run_id, f"@{self.plan.base}")
         try:
+            await self.scheduler.store_call(
+                catalog.create_run_branch, self.run_id, f"@{self.plan.base}"
+            )
             await self._run_nodes(branch)
-            commit, tables = await self._publish(branch)
+            self.publishing = True
+            # Once the merge starts it finishes: a cancel now would report a run as not
+            # published while the target branch already has it.
+            commit, tables = await asyncio.shield(self._publish(branch))
         except asyncio.CancelledError:
             await self._cancel_running()
             raise
-        except FaasError as exc:
+        except Exception as exc:  # noqa: BLE001 - any failure fails the run, cleanly
+            if not isinstance(exc, FaasError):
+                log.exception("run %s failed inside the scheduler", self.run_id)
             await self._cancel_running()
             return RunFinished(
                 run_id=self.run_id, status="cancelled" if isinstance(exc, RunCancelled) else "failed",
@@ -131,20 +141,32 @@ class RunCoordinator:
             tx = await self.scheduler.store_call(self.scheduler.lakehouse.begin, branch)
         reservation = self.reservation(node)
         try:
-            return await self._attempt(node, tx, reservation, 1)
-        except OutOfMemory as exc:
-            largest = max((w.memory_total for w in self.scheduler.workers.values()), default=0)
-            if 2 * reservation > largest:
-                raise
+            try:
+                return await self._attempt(node, tx, reservation, 1)
+            except OutOfMemory as exc:
+                largest = max((w.memory_total for w in self.scheduler.workers.values()), default=0)
+                if 2 * reservation > largest:
+                    raise
+                await self._event(
+                    node.name, "retrying",
+                    error=f"{exc}; retrying once with {format_size(2 * reservation)}",
+                )
+                return await self._attempt(node, tx, 2 * reservation, 2)
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:
+            # Every way a node can fail is reported once, so no node stays "running".
+            worker = self.placed.get(node.name)
             await self._event(
-                node.name, "retrying",
-                error=f"{exc}; retrying once with {format_size(2 * reservation)}",
+                node.name, "failed", worker=worker.worker_id if worker else "",
+                error=getattr(exc, "message", None) or str(exc) or type(exc).__name__,
             )
-            return await self._attempt(node, tx, 2 * reservation, 2)
+            raise
 
     async def _attempt(self, node: PlanNode, tx: Any, reservation: int, attempt: int) -> TaskDone:
-        worker = await self.scheduler.choose_worker(self._input_hosts(node))
+        worker = await self.scheduler.choose_worker(self._input_workers(node))
         self.placed[node.name] = worker
+        self.used_workers.add(worker.worker_id)
         materialize = None
         if tx is not None:
             directory = await self.scheduler.store_call(tx.data_location, node.key)
@@ -173,7 +195,6 @@ class RunCoordinator:
                     case TaskDone(passed=False):
                         what = f"expectation {node.name!r} failed"
                         if self.strict:
-                            await self._event(node.name, "failed", worker=worker.worker_id, error=what)
                             raise ExpectationFailed(f"{what} (--strict): nothing was published")
                         await self._event(node.name, "warning", worker=worker.worker_id, error=what)
                         return msg
@@ -184,22 +205,17 @@ class RunCoordinator:
                         await self._event(node.name, "done", worker=worker.worker_id, rows=rows)
                         return msg
                     case TaskFailed(error=err):
-                        exc = from_wire(err.kind, err.message, err.detail)
-                        if not (isinstance(exc, OutOfMemory) and attempt == 1):
-                            await self._event(
-                                node.name, "failed", worker=worker.worker_id, error=err.message
-                            )
-                        raise exc
+                        raise from_wire(err.kind, err.message, err.detail)
         except asyncio.CancelledError:
             await self._send_quietly(worker, CancelTask(task_id=task_id))
             raise
         finally:
             self.scheduler.unwatch_task(task_id)
 
-    def _input_hosts(self, node: PlanNode) -> set[str]:
-        """Hosts holding this node's upstream objects (they live in that host's shm)."""
+    def _input_workers(self, node: PlanNode) -> set[str]:
+        """Workers holding this node's upstream objects (each in its own shm directory)."""
         return {
-            self.placed[i.node].host_id for i in node.inputs if isinstance(i, ObjectInput)
+            self.placed[i.node].worker_id for i in node.inputs if isinstance(i, ObjectInput)
         }
 
     def _commit_output(self, tx: Any, node: PlanNode, done: TaskDone) -> str:
@@ -251,8 +267,11 @@ class RunCoordinator:
             pass
 
     def _release(self) -> None:
-        for worker in {w.worker_id: w for w in self.placed.values()}.values():
-            if not worker.conn.closed:
+        # Every worker that ran anything, by id: after a retry elsewhere or a reconnect the
+        # handle may have changed.
+        for worker_id in self.used_workers:
+            worker = self.scheduler.workers.get(worker_id)
+            if worker is not None and not worker.conn.closed:
                 self.scheduler.background(self._send_quietly(worker, ReleaseRun(run_id=self.run_id)))
 
 

@@ -21,6 +21,7 @@ import msgspec
 
 from protocol.connection import Connection, accept
 from protocol.errors import (
+    ClosedByUs,
     ConnectionClosed,
     FaasError,
     HandshakeFailed,
@@ -60,7 +61,6 @@ from protocol.messages import (
 )
 from scheduler import catalog_ops
 from scheduler.jobs import JobStore
-from scheduler.plan import Plan
 from scheduler.planning import plan_submission
 from scheduler.run import RunCoordinator, run_branch_name
 
@@ -73,6 +73,8 @@ _worker_decoder = msgspec.msgpack.Decoder(WorkerToScheduler)
 
 WORKER_WAIT = 30.0
 HEARTBEAT_INTERVAL = 1.0
+# A worker not heard from for this long is lost; its tasks fail.
+WORKER_DEADLINE = 10 * HEARTBEAT_INTERVAL
 # Until reservations exist, each running task is assumed to take this much memory.
 TASK_MEMORY_GUESS = 256 * 2**20
 
@@ -116,6 +118,7 @@ class Scheduler:
         self.worker_joined = asyncio.Condition()
         self.task_queues: dict[str, asyncio.Queue[Any]] = {}
         self.runs: dict[str, asyncio.Task[RunFinished]] = {}
+        self.coordinators: dict[str, RunCoordinator] = {}
         self._server: asyncio.Server | None = None
         self._store = ThreadPoolExecutor(1, thread_name_prefix="faas-store")
         self._connections: set[asyncio.Task[Any]] = set()
@@ -195,7 +198,7 @@ class Scheduler:
                 await self._serve_worker(conn)
             else:
                 await self._serve_client(conn)
-        except (ConnectionClosed, PeerVanished, asyncio.CancelledError):
+        except (ConnectionClosed, ClosedByUs, PeerVanished, asyncio.CancelledError):
             pass
         except Exception:  # noqa: BLE001 - one bad connection must not stop the daemon
             log.exception("connection handler failed")
@@ -224,7 +227,8 @@ class Scheduler:
         try:
             while True:
                 try:
-                    msg = await conn.recv()
+                    # Heartbeats come every interval: a worker silent for long is gone.
+                    msg = await conn.recv(timeout=WORKER_DEADLINE)
                 except MalformedFrame as exc:
                     log.warning("worker %s sent a malformed frame: %s", handle.worker_id, exc)
                     continue
@@ -244,7 +248,10 @@ class Scheduler:
                     continue
                 self._route(task_id, msg)
         finally:
-            self.workers.pop(handle.worker_id, None)
+            # A worker that reconnected has a new handle under the same id: keep that one.
+            if self.workers.get(handle.worker_id) is handle:
+                del self.workers[handle.worker_id]
+            conn.close()
             log.info("worker %s left", handle.worker_id)
             lost = Error(kind="PeerVanished", message=f"worker {handle.worker_id} was lost")
             for task_id in list(handle.tasks):
@@ -268,13 +275,14 @@ class Scheduler:
         for w in self.workers.values():
             w.tasks.discard(task_id)
 
-    async def choose_worker(self, hosts: set[str] = frozenset()) -> WorkerHandle:  # type: ignore[assignment]
-        """A worker on the host that holds the inputs, else the one with most free memory."""
+    async def choose_worker(self, among: set[str] = frozenset()) -> WorkerHandle:  # type: ignore[assignment]
+        """The worker that holds the inputs (``among``: worker ids), else the one with most
+        free memory."""
 
         def candidates() -> list[WorkerHandle]:
             ws = [w for w in self.workers.values() if not w.conn.closed]
-            if hosts:
-                ws = [w for w in ws if w.host_id in hosts]
+            if among:
+                ws = [w for w in ws if w.worker_id in among]
             return ws
 
         async with self.worker_joined:
@@ -283,7 +291,7 @@ class Scheduler:
                     self.worker_joined.wait_for(lambda: bool(candidates())), WORKER_WAIT
                 )
             except TimeoutError:
-                where = f" on host {', '.join(sorted(hosts))}" if hosts else ""
+                where = f" among {', '.join(sorted(among))}" if among else ""
                 raise NoWorkers(
                     f"no worker{where} registered within {WORKER_WAIT:.0f}s: start one with "
                     f"'faasd worker --scheduler {self.address}'"
@@ -421,22 +429,22 @@ class Scheduler:
 
     # -- runs ------------------------------------------------------------------
 
-    def _plan(self, request: SubmitRun) -> Plan:
-        versions = {v for w in self.workers.values() for v in w.python_versions}
-        return plan_submission(self.lakehouse, request, versions or None)
-
     async def _cancel_run(self, run_id: str) -> dict[str, Any]:
         assert self.jobs is not None
         run = self.runs.get(run_id)
-        if run is None:
+        if run is None or run.done():
             status = self.jobs.get(run_id)["status"]  # NotFound for unknown runs
             raise InvalidInput(f"run {run_id!r} is not running (it is {status})")
+        if self.coordinators[run_id].publishing:
+            raise InvalidInput(f"run {run_id!r} is publishing its outputs; it can no longer be cancelled")
         run.cancel()
         await asyncio.gather(run, return_exceptions=True)
         return {"run_id": run_id, "status": "cancelled"}
 
     async def _submit(self, conn: Connection[Any], request: SubmitRun) -> None:
-        plan = await self.store_call(self._plan, request)
+        # Read here, on the event loop: the worker table changes only on this thread.
+        versions = {v for w in self.workers.values() for v in w.python_versions}
+        plan = await self.store_call(plan_submission, self.lakehouse, request, versions or None)
         if request.dry_run:
             await conn.send(Ok(data={"plan": plan.describe()}))
             return
@@ -459,32 +467,47 @@ class Scheduler:
         coordinator = RunCoordinator(self, run_id, plan, request.files, emit, strict=request.strict)
         run = asyncio.create_task(coordinator.execute())
         self.runs[run_id] = run
+        self.coordinators[run_id] = coordinator
         watcher = asyncio.create_task(conn.recv())
         result: RunFinished | None = None
         try:
             await asyncio.wait({run, watcher}, return_when=asyncio.FIRST_COMPLETED)
-            if not run.done():
+            if not run.done() and not coordinator.publishing:
                 # The client hung up (or spoke out of turn): cancel its run.
                 log.info("run %s cancelled: client went away", run_id)
                 run.cancel()
-                await asyncio.gather(run, return_exceptions=True)
-                return
-            if run.cancelled():  # faas job cancel
-                result = RunFinished(
-                    run_id=run_id, status="cancelled", branch=run_branch_name(run_id),
-                    error=Error(kind="RunCancelled", message=f"run {run_id} was cancelled"),
-                )
-            else:
-                result = run.result()
+            await asyncio.gather(run, return_exceptions=True)
+            result = self._outcome(run_id, run)
             log.info("run %s finished: %s in %.2fs", run_id, result.status, result.seconds)
+            # Recorded and forgotten before the client hears: a cancel arriving now finds
+            # the run finished, never half-finished.
+            jobs.finish(run_id, result)
+            self.runs.pop(run_id, None)
+            self.coordinators.pop(run_id, None)
+            if watcher.done():
+                raise ConnectionClosed("client left")
             await conn.send(result)
         finally:
-            jobs.finish(run_id, result)
+            if run_id in self.runs:  # left early: the daemon is closing
+                jobs.finish(run_id, result)
+                self.runs.pop(run_id, None)
+                self.coordinators.pop(run_id, None)
             watcher.cancel()
-            self.runs.pop(run_id, None)
             await asyncio.gather(watcher, return_exceptions=True)
-        if conn.closed:
-            raise ConnectionClosed("client left")
+
+    @staticmethod
+    def _outcome(run_id: str, run: asyncio.Task[RunFinished]) -> RunFinished:
+        if run.cancelled():  # faas job cancel, or the client went away
+            return RunFinished(
+                run_id=run_id, status="cancelled", branch=run_branch_name(run_id),
+                error=Error(kind="RunCancelled", message=f"run {run_id} was cancelled"),
+            )
+        exc = run.exception()
+        if exc is not None:
+            log.error("run %s crashed", run_id, exc_info=exc)
+            return RunFinished(run_id=run_id, status="failed", error=error_message(exc),
+                               branch=run_branch_name(run_id))
+        return run.result()
 
 
 __all__ = ["Scheduler", "WorkerHandle", "RunFinished"]

@@ -76,6 +76,8 @@ def test_memory_overrun_twice_fails_the_run(cluster: Cluster, example_data: Path
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("error: model 'hungry' used ") and "over its limit of 400 MiB" in last
     assert time.monotonic() - t0 < 60
+    run_id = _json(cluster, "job", "ls")[0]["run_id"]
+    assert _json(cluster, "job", "get", run_id)["nodes"]["hungry"]["state"] == "failed"
     assert _json(cluster, "log", "main", "-n", "100") == before
     assert cluster.alive()
 

@@ -1,0 +1,47 @@
+"""The run records' store, on its own: shared homes, interrupted runs, damaged records."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from protocol.messages import RunFinished
+from scheduler.jobs import JobStore
+
+
+def test_a_second_scheduler_on_the_home_leaves_running_runs_alone(tmp_path: Path) -> None:
+    first = JobStore(tmp_path / "runs")
+    first.start("run-1", ref="main", namespace="n", project="p")
+    second = JobStore(tmp_path / "runs")  # e.g. `faas job ls` while `faas submit` runs
+    assert second.get("run-1")["status"] == "running"
+    second.close()
+    first.finish("run-1", RunFinished(run_id="run-1", status="success", commit="c"))
+    first.close()
+    third = JobStore(tmp_path / "runs")
+    assert third.get("run-1")["status"] == "success"
+    third.close()
+
+
+def test_runs_cut_off_by_a_stop_are_marked_failed_by_the_next_owner(tmp_path: Path) -> None:
+    first = JobStore(tmp_path / "runs")
+    first.start("run-2", ref="main", namespace="n", project="p")
+    for handle in [*first._logs.values(), first._lock]:  # the scheduler died, closing nothing
+        handle.close()
+    second = JobStore(tmp_path / "runs")
+    record = second.get("run-2")
+    assert record["status"] == "failed" and "scheduler stopped" in record["error"]
+    second.close()
+
+
+def test_damaged_or_copied_records_do_not_stop_the_scheduler(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    (runs / "run-a").mkdir(parents=True)
+    (runs / "run-a" / "run.json").write_text(json.dumps({"status": "running"}))  # no run_id
+    (runs / "run-b").mkdir()
+    (runs / "run-b" / "run.json").write_text("[1, 2")  # cut short
+    (runs / "run-c").mkdir()
+    (runs / "run-c" / "run.json").write_text(json.dumps({"run_id": "run-a", "status": "running"}))
+    store = JobStore(runs)
+    assert json.loads((runs / "run-a" / "run.json").read_text())["status"] == "failed"
+    assert json.loads((runs / "run-c" / "run.json").read_text())["status"] == "failed"
+    store.close()

@@ -1,0 +1,111 @@
+"""Several workers: objects stay with the worker that made them; a silent worker is lost."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import ROOT, Cluster, start_daemon
+
+pytestmark = pytest.mark.timeout(240)
+
+CHAIN = '''
+import faas
+
+
+@faas.model()
+def a(t=faas.Model("territories")):
+    return t
+
+
+@faas.model()
+def b(a=faas.Model("a")):
+    return a
+
+
+@faas.model(materialize="replace")
+def c(a=faas.Model("a"), b=faas.Model("b")):
+    return b
+'''
+
+
+def _json(c: Cluster, *args: str) -> Any:
+    return json.loads(c.faas(*args, "--json", check=True).stdout)
+
+
+def _add_worker(c: Cluster, tmp: Path, name: str) -> None:
+    proc, address = start_daemon(
+        ["worker", "--scheduler", c.address, "--token-file", str(c.token_file),
+         "--shm-dir", str(tmp / f"shm-{name}"), "--env-dir", str(tmp / "envs")],
+        "faasd worker", tmp / f"{name}.log",
+    )
+    c.workers.append(proc)
+    c.data_addresses.append(address)
+
+
+def _setup(c: Cluster, data: Path, tmp: Path, text: str) -> Path:
+    c.faas("namespace", "create", "adventure", check=True)
+    c.faas("table", "import", "adventure.territories", str(data / "territories.csv"), check=True)
+    root = tmp / "p"
+    root.mkdir()
+    (root / "models.py").write_text(text)
+    return root
+
+
+def test_two_workers_on_one_host_keep_objects_with_their_maker(
+    cluster: Cluster, example_data: Path, tmp_path: Path
+) -> None:
+    _add_worker(cluster, tmp_path, "second")
+    project = _setup(cluster, example_data, tmp_path, CHAIN)
+    deadline = time.monotonic() + 30
+    while len(_json(cluster, "info")["workers"]) < 2:
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    for _ in range(6):
+        proc = cluster.faas("submit", str(project), "-n", "adventure", "--json")
+        assert proc.returncode == 0, proc.stderr
+    for listed in _json(cluster, "job", "ls"):
+        job = _json(cluster, "job", "get", listed["run_id"])
+        # b and c read a's output from a's worker's shared memory: all ran there.
+        assert len({job["nodes"][n]["worker"] for n in "abc"}) == 1, job["nodes"]
+    assert cluster.alive()
+
+
+def test_a_worker_that_goes_silent_is_lost_and_its_run_fails(
+    cluster: Cluster, example_data: Path, tmp_path: Path
+) -> None:
+    pid_file = tmp_path / "pid"
+    project = _setup(cluster, example_data, tmp_path, (
+        "import os, time\nimport faas\n\n@faas.model(materialize='replace')\n"
+        "def slow(t=faas.Model('territories')):\n"
+        f"    open({str(pid_file)!r}, 'w').write(str(os.getpid()))\n"
+        "    time.sleep(120)\n    return t\n"
+    ))
+    before = _json(cluster, "log", "main", "-n", "100")
+    submit = subprocess.Popen(
+        [sys.executable, "-m", "client.cli", "submit", str(project), "-n", "adventure"],
+        env=cluster.env(), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    deadline = time.monotonic() + 60
+    while not (pid_file.exists() and pid_file.read_text()):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    worker = cluster.workers[0]
+    os.kill(worker.pid, signal.SIGSTOP)  # alive but silent, like a host cut off
+    try:
+        _, err = submit.communicate(timeout=60)
+    finally:
+        os.kill(worker.pid, signal.SIGCONT)
+    assert submit.returncode == 1
+    assert "was lost" in err or "no frame from" in err, err
+    assert _json(cluster, "log", "main", "-n", "100") == before
+    run_id = _json(cluster, "job", "ls")[0]["run_id"]
+    assert _json(cluster, "job", "get", run_id)["nodes"]["slow"]["state"] == "failed"
