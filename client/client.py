@@ -168,7 +168,8 @@ class Client:
 
     async def _connect(self) -> Connection[Any]:
         return await connect(
-            self.address, _decoder, token=self.token, role="client", host_id=self.host_id
+            self.address, _decoder, token=self.token, role="client", host_id=self.host_id,
+            expect_role="scheduler",
         )
 
     async def _call(self, request: Any) -> Any:

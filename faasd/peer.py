@@ -10,6 +10,7 @@ import asyncio
 import logging
 import mmap
 import os
+import re
 from pathlib import Path
 from typing import Any, Callable
 
@@ -20,6 +21,7 @@ from protocol.errors import (
     ConnectionClosed,
     FaasError,
     HandshakeFailed,
+    InvalidInput,
     MalformedFrame,
     NotFound,
     PeerVanished,
@@ -32,6 +34,7 @@ log = logging.getLogger(__name__)
 _decoder = msgspec.msgpack.Decoder(PeerRequest)
 
 CHUNK = 4 * 2**20
+_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:-]{0,200}")
 
 
 class PeerServer:
@@ -86,6 +89,10 @@ class PeerServer:
             conn.close()
 
     async def _send_object(self, conn: Connection[Any], request: FetchObject) -> None:
+        for part in (request.run_id, request.object_id):
+            if not _NAME.fullmatch(part):
+                await conn.send(error_message(InvalidInput(f"{part!r} is not an object name")))
+                return
         path = self.object_path(request.run_id, request.object_id)
         try:
             f = open(path, "rb")
@@ -121,14 +128,24 @@ async def fetch_object(conn: Connection[Any], run_id: str, object_id: str, dest:
     assert isinstance(header, BulkHeader)
     tmp = dest.with_suffix(".part")
     remaining = header.nbytes
-    with open(tmp, "wb") as out:
-        while remaining:
-            chunk = await asyncio.wait_for(conn.reader.read(min(remaining, CHUNK)), 60)
-            if not chunk:
-                tmp.unlink(missing_ok=True)
-                raise PeerVanished(f"peer closed after {header.nbytes - remaining} of {header.nbytes} bytes")
-            out.write(chunk)
-            remaining -= len(chunk)
+    try:
+        with open(tmp, "wb") as out:
+            while remaining:
+                try:
+                    chunk = await asyncio.wait_for(conn.reader.read(min(remaining, CHUNK)), 60)
+                except (OSError, TimeoutError) as exc:
+                    raise PeerVanished(f"object transfer from {conn.peer} stalled: {exc!r}") from exc
+                if not chunk:
+                    raise PeerVanished(
+                        f"peer closed after {header.nbytes - remaining} of {header.nbytes} bytes"
+                    )
+                out.write(chunk)
+                remaining -= len(chunk)
+    except BaseException:
+        # Never leave a partial object behind, and never reuse a connection cut mid-stream.
+        tmp.unlink(missing_ok=True)
+        conn.close()
+        raise
     os.replace(tmp, dest)
     return header.nbytes
 

@@ -184,7 +184,8 @@ class Worker:
 
     async def _session(self) -> None:
         self.conn = await connect(
-            self.scheduler, _decoder, token=self.token, role="worker", host_id=self.host_id
+            self.scheduler, _decoder, token=self.token, role="worker", host_id=self.host_id,
+            expect_role="scheduler",
         )
         vm = psutil.virtual_memory()
         await self.conn.send(

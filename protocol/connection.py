@@ -221,8 +221,13 @@ async def connect(
     role: str,
     host_id: str,
     timeout: float = HANDSHAKE_TIMEOUT,
+    expect_role: str | None = None,
 ) -> Connection[T]:
-    """Open a connection to ``HOST:PORT`` and authenticate both ways."""
+    """Open a connection to ``HOST:PORT`` and authenticate both ways.
+
+    ``expect_role``: the role the other side must have (a worker's data port is not a
+    scheduler), checked once it has proved the token.
+    """
     host, port = parse_address(address)
     try:
         reader, writer = await asyncio.wait_for(
@@ -252,6 +257,8 @@ async def connect(
         welcome = await _expect(reader, Welcome, timeout)
         if not auth.verify(token, nonce, hello.role, hello.host_id, welcome.proof):
             raise HandshakeFailed(f"{address} did not prove the cluster token")
+        if expect_role is not None and hello.role != expect_role:
+            raise HandshakeFailed(f"{address} is a {hello.role}, not a {expect_role}")
     except HandshakeFailed as exc:
         await _abort(writer)
         raise HandshakeFailed(f"handshake with {address} failed: {exc}") from None

@@ -84,3 +84,28 @@ def test_garbage_to_worker(cluster: Cluster, garbage: bytes) -> None:
 
     asyncio.run(go())
     cluster.faas("info", "--json", check=True)
+
+
+def test_object_names_cannot_leave_the_store(cluster: Cluster, tmp_path: Path) -> None:
+    from protocol.errors import InvalidInput
+
+    async def go() -> None:
+        conn = await _peer(cluster)
+        with pytest.raises(InvalidInput, match="is not an object name"):
+            await fetch_object(conn, "..", "token", tmp_path / "x.arrow")
+        await conn.aclose()
+
+    asyncio.run(go())
+    assert cluster.alive()
+
+
+def test_a_data_port_is_not_a_scheduler(cluster: Cluster) -> None:
+    async def go() -> None:
+        with pytest.raises(HandshakeFailed, match="is a peer, not a scheduler"):
+            await connect(
+                cluster.data_addresses[0], msgspec.msgpack.Decoder(PeerReply),
+                token=load_token(cluster.token_file), role="worker", host_id="h",
+                expect_role="scheduler",
+            )
+
+    asyncio.run(go())
