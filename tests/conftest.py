@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 import pytest
 
@@ -53,6 +54,10 @@ class Cluster:
         if check and proc.returncode != 0:
             raise AssertionError(f"faas {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
         return proc
+
+    def json(self, *args: str) -> Any:
+        """Run a `faas` command with --json; what it printed, parsed."""
+        return json.loads(self.faas(*args, "--json", check=True).stdout)
 
     def alive(self) -> bool:
         return self.scheduler.poll() is None and all(w.poll() is None for w in self.workers)
@@ -120,6 +125,17 @@ def example_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
         check=True, capture_output=True,
     )
     return out
+
+
+def one_line_error(proc: subprocess.CompletedProcess[str], *needles: str) -> str:
+    """Assert a command failed with exactly one error line, no traceback, naming ``needles``."""
+    assert proc.returncode != 0, proc.stdout
+    assert "Traceback" not in proc.stderr, proc.stderr
+    lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1, proc.stderr
+    for n in needles:
+        assert n in lines[0], lines[0]
+    return lines[0]
 
 
 def import_example(c: Cluster, data: Path, namespace: str = "adventure") -> None:

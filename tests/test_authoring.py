@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Any
 
 import duckdb
 import pytest
@@ -56,9 +54,6 @@ def at_most_ten(pricey=faas.Model("pricey")):
 '''
 
 
-def _json(c: Cluster, *args: str) -> Any:
-    return json.loads(c.faas(*args, "--json", check=True).stdout)
-
 
 def _setup(c: Cluster, data: Path) -> None:
     c.faas("namespace", "create", "shop", check=True)
@@ -87,17 +82,17 @@ def _expected_pricey(data: Path, min_price: float) -> int:
 def test_sql_model_with_a_parameter(cluster: Cluster, example_data: Path, tmp_path: Path) -> None:
     _setup(cluster, example_data)
     project = _project(tmp_path / "p")
-    plan = _json(cluster, "submit", str(project), "-n", "shop", "--dry-run")
+    plan = cluster.json("submit", str(project), "-n", "shop", "--dry-run")
     pricey = next(n for n in plan if n["name"] == "pricey")
     assert pricey["kind"] == "sql" and pricey["params"] == {"min_price": 0.0}
     assert sorted(i["from"] for i in pricey["inputs"]) == ["shop.product", "shop.product_subcategory"]
 
     cluster.faas("submit", str(project), "-n", "shop", check=True)
-    everything = _json(cluster, "query", "SELECT count(*) AS n FROM pricey", "-n", "shop")[0]["n"]
+    everything = cluster.json("query", "SELECT count(*) AS n FROM pricey", "-n", "shop")[0]["n"]
     assert everything == _expected_pricey(example_data, 0)
 
     cluster.faas("submit", str(project), "-n", "shop", "--param", "min_price=1000", check=True)
-    rows = _json(cluster, "query", "SELECT min(ProductPrice) AS lo, count(*) AS n FROM pricey", "-n", "shop")
+    rows = cluster.json("query", "SELECT min(ProductPrice) AS lo, count(*) AS n FROM pricey", "-n", "shop")
     assert rows[0]["n"] == _expected_pricey(example_data, 1000) < everything
     assert rows[0]["lo"] > 1000
 
@@ -106,9 +101,9 @@ def test_a_parameter_is_a_value_never_sql(cluster: Cluster, example_data: Path, 
     _setup(cluster, example_data)
     project = _project(tmp_path / "p")
     cluster.faas("submit", str(project), "-n", "shop", "--param", "color=Black' OR '1'='1", check=True)
-    assert _json(cluster, "query", "SELECT count(*) AS n FROM colored", "-n", "shop")[0]["n"] == 0
+    assert cluster.json("query", "SELECT count(*) AS n FROM colored", "-n", "shop")[0]["n"] == 0
     cluster.faas("submit", str(project), "-n", "shop", "--param", "color=Black", check=True)
-    black = _json(cluster, "query", "SELECT DISTINCT ProductColor FROM colored", "-n", "shop")
+    black = cluster.json("query", "SELECT DISTINCT ProductColor FROM colored", "-n", "shop")
     assert black == [{"ProductColor": "Black"}]
     # A typed parameter rejects what is not of its type, before anything runs.
     proc = cluster.faas("submit", str(project), "-n", "shop", "--param", "min_price=0 OR 1=1")
@@ -119,21 +114,21 @@ def test_a_parameter_is_a_value_never_sql(cluster: Cluster, example_data: Path, 
 def test_expectations_warn_or_gate_publishing(cluster: Cluster, example_data: Path, tmp_path: Path) -> None:
     _setup(cluster, example_data)
     project = _project(tmp_path / "p", checks=True)
-    before = _json(cluster, "log", "main", "-n", "100")
+    before = cluster.json("log", "main", "-n", "100")
 
     # Not strict: the failing expectation is a warning; outputs are published.
     proc = cluster.faas("submit", str(project), "-n", "shop")
     assert proc.returncode == 0, proc.stderr
     assert "at_most_ten: warning: expectation 'at_most_ten' failed" in proc.stderr
     assert "[prices_are_positive] checking" in proc.stderr
-    published = _json(cluster, "log", "main", "-n", "100")
+    published = cluster.json("log", "main", "-n", "100")
     assert len(published) == len(before) + 1
 
     # Strict: the same run fails and main does not move.
     proc = cluster.faas("submit", str(project), "-n", "shop", "--strict")
     assert proc.returncode == 1
     assert "expectation 'at_most_ten' failed (--strict): nothing was published" in proc.stderr
-    assert _json(cluster, "log", "main", "-n", "100") == published
+    assert cluster.json("log", "main", "-n", "100") == published
     # With a threshold that keeps ten or fewer products, the strict run passes.
     cluster.faas("submit", str(project), "-n", "shop", "--strict", "--param", "min_price=1e9", check=True)
 
@@ -178,8 +173,8 @@ def test_many_mistakes_reported_at_once_nothing_runs(
     (root / "models.py").write_text(BROKEN_PY)
     (root / "bad.sql").write_text("SELEC * FROM product\n")
     (root / "faas_project.toml").write_text("[parameters.n]\ntype = 'int'\nrequired = true\n")
-    before = _json(cluster, "branch", "ls", "--all")
-    log = _json(cluster, "log", "main", "-n", "100")
+    before = cluster.json("branch", "ls", "--all")
+    log = cluster.json("log", "main", "-n", "100")
     proc = cluster.faas("submit", str(root), "-n", "shop", "--param", "nope=1")
     assert proc.returncode == 1
     err = proc.stderr
@@ -199,6 +194,6 @@ def test_many_mistakes_reported_at_once_nothing_runs(
         assert needle in err, (needle, err)
     assert "9 problems in the project" in err
     # Nothing ran, nothing was committed, no run branch was made.
-    assert _json(cluster, "branch", "ls", "--all") == before
-    assert _json(cluster, "log", "main", "-n", "100") == log
+    assert cluster.json("branch", "ls", "--all") == before
+    assert cluster.json("log", "main", "-n", "100") == log
     assert cluster.alive()

@@ -10,24 +10,16 @@ from pathlib import Path
 import pytest
 
 from protocol.connection import parse_address
-from tests.conftest import Cluster
+from tests.conftest import Cluster, one_line_error
 
 pytestmark = pytest.mark.timeout(180)
 
 
-def _one_line_error(proc, *needles: str) -> str:  # type: ignore[no-untyped-def]
-    assert proc.returncode != 0, proc.stdout
-    assert "Traceback" not in proc.stderr, proc.stderr
-    lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
-    assert len(lines) == 1, proc.stderr
-    for n in needles:
-        assert n in lines[0], lines[0]
-    return lines[0]
 
 
 def test_missing_project_dir(cluster: Cluster, tmp_path: Path) -> None:
     proc = cluster.faas("submit", str(tmp_path / "nope"), "--namespace", "adventure")
-    _one_line_error(proc, "does not exist", "nope")
+    one_line_error(proc, "does not exist", "nope")
 
 
 def test_model_reading_a_missing_table(cluster: Cluster, tmp_path: Path) -> None:
@@ -37,7 +29,7 @@ def test_model_reading_a_missing_table(cluster: Cluster, tmp_path: Path) -> None
         "import faas\n\n\n@faas.model()\ndef m(x=faas.Model('salez')):\n    return x\n"
     )
     proc = cluster.faas("submit", str(tmp_path / "p"), "--namespace", "adventure")
-    _one_line_error(proc, "models.py:5", "'salez'", "adventure.salez")
+    one_line_error(proc, "models.py:5", "'salez'", "adventure.salez")
     assert cluster.alive()
 
 
@@ -46,7 +38,7 @@ def test_bad_csv(cluster: Cluster, tmp_path: Path) -> None:
     bad = tmp_path / "bad.csv"
     bad.write_bytes(b"a,b,c\r\n1,2,3\r\n4,5\r\n6,7,8,9\r\n")
     proc = cluster.faas("table", "import", "adventure.bad", str(bad))
-    _one_line_error(proc, "bad.csv")
+    one_line_error(proc, "bad.csv")
     ls = cluster.faas("table", "ls", "--json", check=True)
     assert "adventure.bad" not in ls.stdout
     assert cluster.alive()
@@ -55,7 +47,7 @@ def test_bad_csv(cluster: Cluster, tmp_path: Path) -> None:
 def test_missing_import_file(cluster: Cluster, tmp_path: Path) -> None:
     cluster.faas("namespace", "create", "adventure", check=True)
     proc = cluster.faas("table", "import", "adventure.x", str(tmp_path / "none-*.csv"))
-    _one_line_error(proc, "none-*.csv")
+    one_line_error(proc, "none-*.csv")
 
 
 def test_wrong_token(cluster: Cluster, tmp_path: Path) -> None:
@@ -67,26 +59,26 @@ def test_wrong_token(cluster: Cluster, tmp_path: Path) -> None:
         proc = cluster.faas("namespace", "ls")
     finally:
         cluster.token_file = env_token
-    _one_line_error(proc, "token")
+    one_line_error(proc, "token")
     assert cluster.alive()
     cluster.faas("namespace", "ls", check=True)
 
 
 def test_unknown_namespace(cluster: Cluster) -> None:
     proc = cluster.faas("table", "ls", "--namespace", "ghost", "--json")
-    _one_line_error(proc, "namespace 'ghost' not found")
+    one_line_error(proc, "namespace 'ghost' not found")
 
 
 def test_wrong_ref(cluster: Cluster) -> None:
     proc = cluster.faas("table", "ls", "--ref", "nosuchbranch")
-    _one_line_error(proc, "nosuchbranch")
+    one_line_error(proc, "nosuchbranch")
 
 
 def test_submit_into_missing_namespace(cluster: Cluster) -> None:
     from tests.conftest import EXAMPLE
 
     proc = cluster.faas("submit", str(EXAMPLE), "--namespace", "ghost")
-    _one_line_error(proc, "namespace 'ghost' does not exist", "faas namespace create ghost")
+    one_line_error(proc, "namespace 'ghost' does not exist", "faas namespace create ghost")
 
 
 def test_unknown_cluster_address(tmp_path: Path) -> None:
@@ -105,7 +97,7 @@ def test_unknown_cluster_address(tmp_path: Path) -> None:
          str(token), "namespace", "ls"],
         capture_output=True, text=True, cwd=ROOT, timeout=60,
     )
-    _one_line_error(proc, f"127.0.0.1:{port}")
+    one_line_error(proc, f"127.0.0.1:{port}")
 
 
 @pytest.mark.parametrize(

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -43,9 +41,6 @@ def base(t=faas.Model("territories")):
 '''
 
 
-def _json(c: Cluster, *args: str) -> Any:
-    return json.loads(c.faas(*args, "--json", check=True).stdout)
-
 
 def _setup(c: Cluster, data: Path, tmp: Path, text: str) -> Path:
     c.faas("namespace", "create", "adventure", check=True)
@@ -57,7 +52,7 @@ def _setup(c: Cluster, data: Path, tmp: Path, text: str) -> Path:
 
 
 def _builds(c: Cluster) -> int:
-    (worker,) = _json(c, "info")["workers"]
+    (worker,) = c.json("info")["workers"]
     return int(worker["env_builds"])
 
 
@@ -86,13 +81,13 @@ def test_a_package_that_does_not_exist(cluster: Cluster, example_data: Path, tmp
         "@faas.python('3.11', pip={'faas-no-such-package-xyz': '1.0'})\n"
         "def m(t=faas.Model('territories')):\n    return t\n"
     ))
-    before = _json(cluster, "log", "main", "-n", "100")
+    before = cluster.json("log", "main", "-n", "100")
     proc = cluster.faas("submit", str(project), "-n", "adventure")
     assert proc.returncode == 1
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("error: cannot build the environment") and "faas-no-such-package-xyz" in last
     assert "Traceback" not in proc.stderr
-    assert _json(cluster, "log", "main", "-n", "100") == before
+    assert cluster.json("log", "main", "-n", "100") == before
     assert cluster.alive()
 
 
@@ -104,4 +99,4 @@ def test_a_python_no_worker_offers(cluster: Cluster, example_data: Path, tmp_pat
     proc = cluster.faas("submit", str(project), "-n", "adventure")
     assert proc.returncode == 1
     assert "models.py:5: model 'm' asks for Python 3.4, which no worker offers" in proc.stderr
-    assert not [b for b in _json(cluster, "branch", "ls", "--all") if b["name"].startswith("run/")]
+    assert not [b for b in cluster.json("branch", "ls", "--all") if b["name"].startswith("run/")]

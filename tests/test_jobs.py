@@ -7,7 +7,6 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import psutil
 import pytest
@@ -43,9 +42,6 @@ def forever(t=faas.Model("territories")):
 '''
 
 
-def _json(c: Cluster, *args: str) -> Any:
-    return json.loads(c.faas(*args, "--json", check=True).stdout)
-
 
 def _setup(c: Cluster, data: Path) -> None:
     c.faas("namespace", "create", "adventure", check=True)
@@ -70,7 +66,7 @@ def _start_forever(c: Cluster, tmp: Path) -> tuple[subprocess.Popen[str], str, i
     while not (pid_file.exists() and pid_file.read_text()):
         assert time.monotonic() < deadline, "the function never started"
         time.sleep(0.05)
-    running = [j for j in _json(c, "job", "ls") if j["status"] == "running"]
+    running = [j for j in c.json("job", "ls") if j["status"] == "running"]
     assert len(running) == 1
     return submit, running[0]["run_id"], int(pid_file.read_text())
 
@@ -92,11 +88,11 @@ def test_runs_are_listed_and_their_logs_replayed(cluster: Cluster, example_data:
     result = json.loads(cluster.faas("submit", str(_project(tmp_path, CHATTY)), "-n", "adventure",
                                      "--json", check=True).stdout)
     run_id = result["run_id"]
-    listed = _json(cluster, "job", "ls")
+    listed = cluster.json("job", "ls")
     assert listed[0]["run_id"] == run_id and listed[0]["status"] == "success"
-    job = _json(cluster, "job", "get", run_id)
+    job = cluster.json("job", "get", run_id)
     assert job["nodes"]["chatty"]["state"] == "done" and job["commit"] == result["commit"]
-    lines = [(e["node"], e["stream"], e["line"]) for e in _json(cluster, "job", "logs", run_id) if "line" in e]
+    lines = [(e["node"], e["stream"], e["line"]) for e in cluster.json("job", "logs", run_id) if "line" in e]
     assert ("chatty", "stdout", "first line") in lines
     assert ("chatty", "stderr", "to stderr") in lines
     assert any("a logging record" in line for _, _, line in lines)
@@ -108,14 +104,14 @@ def test_runs_are_listed_and_their_logs_replayed(cluster: Cluster, example_data:
 
 def test_job_cancel_stops_a_running_run(cluster: Cluster, example_data: Path, tmp_path: Path) -> None:
     _setup(cluster, example_data)
-    before = _json(cluster, "log", "main", "-n", "100")
+    before = cluster.json("log", "main", "-n", "100")
     submit, run_id, function_pid = _start_forever(cluster, tmp_path)
-    assert _json(cluster, "job", "cancel", run_id)["status"] == "cancelled"
+    assert cluster.json("job", "cancel", run_id)["status"] == "cancelled"
     _, err = submit.communicate(timeout=30)
     assert submit.returncode == 1 and "cancelled" in err
     assert _gone(function_pid), "the function process outlived its cancelled run"
-    assert _json(cluster, "job", "get", run_id)["status"] == "cancelled"
-    assert _json(cluster, "log", "main", "-n", "100") == before
+    assert cluster.json("job", "get", run_id)["status"] == "cancelled"
+    assert cluster.json("log", "main", "-n", "100") == before
     again = cluster.faas("job", "cancel", run_id)
     assert again.returncode == 1 and "is not running (it is cancelled)" in again.stderr
     assert cluster.alive()
@@ -125,7 +121,7 @@ def test_a_scheduler_restart_marks_in_flight_runs_failed(
     cluster: Cluster, example_data: Path, tmp_path: Path
 ) -> None:
     _setup(cluster, example_data)
-    before = _json(cluster, "log", "main", "-n", "100")
+    before = cluster.json("log", "main", "-n", "100")
     submit, run_id, function_pid = _start_forever(cluster, tmp_path)
     cluster.scheduler.kill()  # no chance to clean up
     cluster.scheduler.wait()
@@ -140,8 +136,8 @@ def test_a_scheduler_restart_marks_in_flight_runs_failed(
     )
     try:
         cluster.scheduler, cluster.address = sched, address
-        job = _json(cluster, "job", "get", run_id)
+        job = cluster.json("job", "get", run_id)
         assert job["status"] == "failed" and "scheduler stopped" in job["error"]
-        assert _json(cluster, "log", "main", "-n", "100") == before
+        assert cluster.json("log", "main", "-n", "100") == before
     finally:
         stop_daemon(sched)

@@ -5,7 +5,6 @@ Each failure leaves both daemons serving and commits nothing.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -37,14 +36,11 @@ def hungry(t=faas.Model("territories")):
 '''
 
 
-def _json(c: Cluster, *args: str) -> Any:
-    return json.loads(c.faas(*args, "--json", check=True).stdout)
-
 
 def _setup(c: Cluster, data: Path) -> list[dict[str, Any]]:
     c.faas("namespace", "create", "adventure", check=True)
     c.faas("table", "import", "adventure.territories", str(data / "territories.csv"), check=True)
-    return _json(c, "log", "main", "-n", "100")
+    return c.json("log", "main", "-n", "100")
 
 
 def _project(tmp: Path, text: str) -> Path:
@@ -63,7 +59,7 @@ def test_memory_overrun_is_retried_once_with_double(cluster: Cluster, example_da
     assert "hungry: retrying" in proc.stderr and "over its limit of 300 MiB" in proc.stderr
     assert "retrying once with 600 MiB" in proc.stderr
     assert "[hungry] held 400 MiB" in proc.stderr
-    assert len(_json(cluster, "log", "main", "-n", "100")) == len(before) + 1
+    assert len(cluster.json("log", "main", "-n", "100")) == len(before) + 1
     assert cluster.alive()
 
 
@@ -76,9 +72,9 @@ def test_memory_overrun_twice_fails_the_run(cluster: Cluster, example_data: Path
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("error: model 'hungry' used ") and "over its limit of 400 MiB" in last
     assert time.monotonic() - t0 < 60
-    run_id = _json(cluster, "job", "ls")[0]["run_id"]
-    assert _json(cluster, "job", "get", run_id)["nodes"]["hungry"]["state"] == "failed"
-    assert _json(cluster, "log", "main", "-n", "100") == before
+    run_id = cluster.json("job", "ls")[0]["run_id"]
+    assert cluster.json("job", "get", run_id)["nodes"]["hungry"]["state"] == "failed"
+    assert cluster.json("log", "main", "-n", "100") == before
     assert cluster.alive()
 
 
@@ -94,7 +90,7 @@ def test_timeout_stops_the_function(cluster: Cluster, example_data: Path, tmp_pa
     assert proc.returncode == 1
     assert "error: model 'slow' ran past its timeout of 1.5s and was stopped" in proc.stderr
     assert time.monotonic() - t0 < 60
-    assert _json(cluster, "log", "main", "-n", "100") == before
+    assert cluster.json("log", "main", "-n", "100") == before
     assert cluster.alive()
 
 
@@ -116,7 +112,7 @@ def test_segfault_fails_the_run_not_the_worker(cluster: Cluster, example_data: P
     proc = cluster.faas("submit", str(project), "-n", "adventure")
     assert proc.returncode == 1
     assert "was killed by signal SIGSEGV" in proc.stderr
-    assert _json(cluster, "log", "main", "-n", "100") == before
+    assert cluster.json("log", "main", "-n", "100") == before
     assert cluster.alive()
     cluster.faas("info", "--json", check=True)
 
@@ -153,6 +149,6 @@ def test_ctrl_c_cancels_the_run(cluster: Cluster, example_data: Path, tmp_path: 
             break
         assert time.monotonic() < deadline, "the function process outlived its cancelled run"
         time.sleep(0.05)
-    assert _json(cluster, "log", "main", "-n", "100") == before
+    assert cluster.json("log", "main", "-n", "100") == before
     assert cluster.alive()
     assert os.environ.get("FAAS_CLUSTER") is None  # the test did not leak settings

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +10,7 @@ import pyarrow as pa
 import pytest
 
 from protocol.errors import AlreadyExists, CommitConflict, InvalidInput, NotFound
-from store.catalog import ROOT_COMMIT, Change, VersionedCatalog
+from store.catalog import Change, VersionedCatalog
 from store.lakehouse import Lakehouse
 from store.refs import RefInfo
 

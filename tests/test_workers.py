@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -37,9 +35,6 @@ def c(a=faas.Model("a"), b=faas.Model("b")):
 '''
 
 
-def _json(c: Cluster, *args: str) -> Any:
-    return json.loads(c.faas(*args, "--json", check=True).stdout)
-
 
 def _add_worker(c: Cluster, tmp: Path, name: str) -> None:
     proc, address = start_daemon(
@@ -66,14 +61,14 @@ def test_two_workers_on_one_host_keep_objects_with_their_maker(
     _add_worker(cluster, tmp_path, "second")
     project = _setup(cluster, example_data, tmp_path, CHAIN)
     deadline = time.monotonic() + 30
-    while len(_json(cluster, "info")["workers"]) < 2:
+    while len(cluster.json("info")["workers"]) < 2:
         assert time.monotonic() < deadline
         time.sleep(0.2)
     for _ in range(6):
         proc = cluster.faas("submit", str(project), "-n", "adventure", "--json")
         assert proc.returncode == 0, proc.stderr
-    for listed in _json(cluster, "job", "ls"):
-        job = _json(cluster, "job", "get", listed["run_id"])
+    for listed in cluster.json("job", "ls"):
+        job = cluster.json("job", "get", listed["run_id"])
         # b and c read a's output from a's worker's shared memory: all ran there.
         assert len({job["nodes"][n]["worker"] for n in "abc"}) == 1, job["nodes"]
     assert cluster.alive()
@@ -89,7 +84,7 @@ def test_a_worker_that_goes_silent_is_lost_and_its_run_fails(
         f"    open({str(pid_file)!r}, 'w').write(str(os.getpid()))\n"
         "    time.sleep(120)\n    return t\n"
     ))
-    before = _json(cluster, "log", "main", "-n", "100")
+    before = cluster.json("log", "main", "-n", "100")
     submit = subprocess.Popen(
         [sys.executable, "-m", "client.cli", "submit", str(project), "-n", "adventure"],
         env=cluster.env(), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -106,6 +101,6 @@ def test_a_worker_that_goes_silent_is_lost_and_its_run_fails(
         os.kill(worker.pid, signal.SIGCONT)
     assert submit.returncode == 1
     assert "was lost" in err or "no frame from" in err, err
-    assert _json(cluster, "log", "main", "-n", "100") == before
-    run_id = _json(cluster, "job", "ls")[0]["run_id"]
-    assert _json(cluster, "job", "get", run_id)["nodes"]["slow"]["state"] == "failed"
+    assert cluster.json("log", "main", "-n", "100") == before
+    run_id = cluster.json("job", "ls")[0]["run_id"]
+    assert cluster.json("job", "get", run_id)["nodes"]["slow"]["state"] == "failed"

@@ -14,9 +14,9 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
-from collections.abc import Awaitable, Callable, Coroutine
 
 import psutil
 import pyarrow as pa
