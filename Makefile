@@ -34,6 +34,8 @@ test: $(VENV)/.installed
 bench: $(VENV)/.installed
 	$(PY) -m bench.overhead
 	$(PY) -m bench.catalog
+	$(PY) -m bench.planning
+	$(PY) -m bench.plot
 
 clean:
 	rm -rf $(VENV) $(DEMO_HOME) $(DATA)
