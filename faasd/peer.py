@@ -25,9 +25,9 @@ from protocol.errors import (
     MalformedFrame,
     NotFound,
     PeerVanished,
+    from_wire,
 )
-from protocol.framing import encode
-from protocol.messages import BulkHeader, FetchObject, PeerRequest, error_message
+from protocol.messages import BulkHeader, Error, FetchObject, PeerRequest, error_message
 
 log = logging.getLogger(__name__)
 
@@ -118,9 +118,6 @@ class PeerServer:
 
 async def fetch_object(conn: Connection[Any], run_id: str, object_id: str, dest: Path) -> int:
     """Pull an object from a peer into ``dest`` in chunks; the file appears only when complete."""
-    from protocol.errors import from_wire
-    from protocol.messages import Error
-
     await conn.send(FetchObject(run_id=run_id, object_id=object_id))
     header = await conn.recv(timeout=60)
     if isinstance(header, Error):
@@ -150,4 +147,4 @@ async def fetch_object(conn: Connection[Any], run_id: str, object_id: str, dest:
     return header.nbytes
 
 
-__all__ = ["PeerServer", "fetch_object", "encode"]
+__all__ = ["PeerServer", "fetch_object"]

@@ -21,7 +21,14 @@ from typing import Any
 import msgspec
 
 from protocol.framing import HEADER, MAX_CONTROL_FRAME, encode
-from protocol.messages import Error, FunctionResult, FunctionTask, ObjectInput, ScanInput
+from protocol.messages import (
+    Error,
+    FunctionResult,
+    FunctionTask,
+    ObjectInput,
+    ScanInput,
+    node_label,
+)
 
 _decoder = msgspec.msgpack.Decoder(FunctionTask)
 
@@ -143,10 +150,6 @@ def run(task: FunctionTask) -> FunctionResult:
     )
 
 
-def _what(task: FunctionTask) -> str:
-    return {"sql": "SQL model", "expectation": "expectation"}.get(task.kind, "model")
-
-
 def serve_task(sock_fd: int) -> int:
     """Read one task from the socket ``sock_fd``, run it, answer, close; return the exit code.
 
@@ -171,7 +174,7 @@ def serve_task(sock_fd: int) -> int:
         tb = traceback.format_exc()
         reply = Error(
             kind="FunctionFailed",
-            message=f"{_what(task)} {task.node!r} raised {type(exc).__name__}: {exc}",
+            message=f"{node_label(task.kind)} {task.node!r} raised {type(exc).__name__}: {exc}",
             detail=tb,
         )
         code = 1

@@ -21,9 +21,9 @@ from typing import Any, Sequence
 import msgspec
 import psutil
 
-from faasd.peer import PeerServer
 from faasd.envs import Environment, EnvironmentCache, EnvSpec
 from faasd.limits import watch_memory
+from faasd.peer import PeerServer
 from faasd.process import FunctionProcess
 from faasd.zygote import ZygotePool
 from protocol.connection import Connection, connect
@@ -50,6 +50,7 @@ from protocol.messages import (
     TaskLog,
     TaskStarted,
     error_message,
+    node_label,
 )
 
 log = logging.getLogger(__name__)
@@ -232,23 +233,24 @@ class Worker:
             except FaasError:
                 return  # the session ends; the receive loop notices
 
-    def _spawn(self, coro: Any) -> None:
+    def _spawn(self, coro: Any, task_id: str | None = None) -> None:
+        """Run a job, keeping a reference until it ends (and, for a task, its job by id)."""
         job = asyncio.create_task(coro)
         self.jobs.add(job)
-        job.add_done_callback(self.jobs.discard)
+        if task_id is not None:
+            self.task_jobs[task_id] = job
+
+        def done(j: asyncio.Task[None]) -> None:
+            self.jobs.discard(j)
+            if task_id is not None:
+                self.task_jobs.pop(task_id, None)
+
+        job.add_done_callback(done)
 
     def _dispatch(self, msg: Any) -> None:
         match msg:
             case RunTask():
-                job = asyncio.create_task(self._run_task(msg))
-                self.jobs.add(job)
-                self.task_jobs[msg.task_id] = job
-
-                def done(j: asyncio.Task[None], task_id: str = msg.task_id) -> None:
-                    self.jobs.discard(j)
-                    self.task_jobs.pop(task_id, None)
-
-                job.add_done_callback(done)
+                self._spawn(self._run_task(msg), msg.task_id)
             case CancelTask(task_id=task_id):
                 proc = self.processes.get(task_id)
                 if proc:
@@ -375,7 +377,7 @@ class Worker:
 
                 watchers.append(asyncio.create_task(watch_memory(pid, msg.memory_limit, stop)))
 
-        what = f"{'expectation' if msg.kind == 'expectation' else 'model'} {msg.node!r}"
+        what = f"{node_label(msg.kind)} {msg.node!r}"
         try:
             if msg.timeout:
                 return await asyncio.wait_for(proc.run(on_line, on_start), msg.timeout)

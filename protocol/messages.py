@@ -375,6 +375,13 @@ class Registered(Message, frozen=True):
 
 ParamValue = str | int | float | bool
 
+NODE_LABELS = {"python": "model", "sql": "SQL model", "expectation": "expectation"}
+
+
+def node_label(kind: str) -> str:
+    """How messages for people name a node of this kind: model, SQL model, expectation."""
+    return NODE_LABELS.get(kind, "model")
+
 
 class RunTask(Message, frozen=True):
     task_id: str

@@ -8,7 +8,7 @@ from typing import Any, Callable
 import pyarrow as pa
 
 from protocol.errors import FaasError, PlanInvalid
-from protocol.messages import ObjectInput, ScanInput
+from protocol.messages import ObjectInput, ParamValue, ScanInput
 from scheduler.project import ModelSpec, Project
 
 
@@ -95,7 +95,6 @@ PARAM_TYPES: dict[str, type] = {
     "str": str, "string": str, "int": int, "integer": int, "float": float, "bool": bool,
     "boolean": bool,
 }
-ParamValue = str | int | float | bool
 
 
 def _typed(name: str, raw: Any, decl: dict[str, Any]) -> ParamValue:

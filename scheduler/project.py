@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from protocol.errors import FaasError, PlanInvalid
+from protocol.messages import node_label
 from protocol.sizes import parse_size
 
 MATERIALIZE_MODES = (None, "replace", "append")
@@ -59,7 +60,7 @@ class ModelSpec:
     @property
     def label(self) -> str:
         """How messages name this kind of node."""
-        return {"sql": "SQL model", "expectation": "expectation"}.get(self.kind, "model")
+        return node_label(self.kind)
 
 
 @dataclass

@@ -10,9 +10,10 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable
 import pyarrow as pa
 
 from protocol.errors import ExpectationFailed, FaasError, OutOfMemory, RunCancelled, from_wire
-from protocol.sizes import format_size, parse_size
 from protocol.messages import (
     CancelTask,
+    LogLine,
+    Materialize,
     ObjectInput,
     ReleaseRun,
     RunFinished,
@@ -22,10 +23,9 @@ from protocol.messages import (
     TaskFailed,
     TaskLog,
     TaskStarted,
-    LogLine,
-    Materialize,
     error_message,
 )
+from protocol.sizes import format_size, parse_size
 from scheduler.plan import Plan, PlanNode
 
 if TYPE_CHECKING:

@@ -27,8 +27,8 @@ from protocol.errors import (
     HandshakeFailed,
     InvalidInput,
     MalformedFrame,
-    NoWorkers,
     NotFound,
+    NoWorkers,
     PeerVanished,
     from_wire,
 )

@@ -18,8 +18,7 @@ pytestmark = pytest.mark.timeout(300)
 
 
 def _query_json(c: Cluster, sql: str, namespace: str = "adventure") -> list[dict]:
-    out = c.faas("query", sql, "--namespace", namespace, "--json", check=True)
-    return json.loads(out.stdout)
+    return c.json("query", sql, "--namespace", namespace)  # type: ignore[no-any-return]
 
 
 def test_example_pipeline_matches_duckdb_on_the_sources(cluster: Cluster, example_data: Path) -> None:
