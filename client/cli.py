@@ -26,7 +26,7 @@ from client.cli_common import (
 from client.client import Client
 from client.progress import view_for
 from protocol.errors import AlreadyExists
-from protocol.messages import LogLine, RunFinished
+from protocol.messages import LogLine, RunFinished, TaskEvent
 
 @app.command()
 def submit(
@@ -36,17 +36,23 @@ def submit(
     param: list[str] = typer.Option([], "--param", "-p", help="run parameter NAME=VALUE"),
     dry_run: bool = typer.Option(False, "--dry-run", help="print the plan, run nothing"),
     strict: bool = typer.Option(False, "--strict", help="a failing expectation fails the run"),
+    no_cache: bool = typer.Option(
+        False, "--no-cache", help="run every function, reusing no cached output or column"
+    ),
     as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
 ) -> None:
-    """Run a pipeline project and publish its outputs."""
+    """Run a pipeline project and publish its outputs (unchanged functions come from the cache)."""
     ref = ref_or_active(ref)
     params = parse_params(param)
 
     async def work(c: Client) -> RunFinished | list[dict[str, Any]]:
         if dry_run:
             return await c.plan(project, namespace=namespace, ref=ref, params=params)
-        submitted = await c.submit(project, namespace=namespace, ref=ref, params=params, strict=strict)
+        submitted = await c.submit(
+            project, namespace=namespace, ref=ref, params=params, strict=strict, no_cache=no_cache
+        )
         logs: list[dict[str, Any]] = []
+        cached: list[str] = []
         if not as_json:
             err(f"run {submitted.run_id}: {len(submitted.nodes)} models")
         view = nullcontext() if as_json else view_for(submitted.run_id, submitted.nodes)
@@ -54,6 +60,8 @@ def submit(
             async for ev in submitted:
                 if isinstance(ev, LogLine):
                     logs.append({"node": ev.node, "stream": ev.stream, "line": ev.line})
+                if isinstance(ev, TaskEvent) and ev.cached:
+                    cached.append(ev.node)
                 if not as_json:
                     view.update(ev)  # type: ignore[union-attr]
         result = await submitted.result()
@@ -61,10 +69,13 @@ def submit(
             out = {
                 "run_id": result.run_id, "status": result.status, "commit": result.commit,
                 "tables": result.tables, "seconds": round(result.seconds, 3), "logs": logs,
+                "cached": cached,
                 "error": None if result.error is None else
                 {"kind": result.error.kind, "message": result.error.message, "detail": result.error.detail},
             }
             print_json(out)
+        elif cached:
+            err(f"from cache: {', '.join(cached)}")
         if result.status != "success":
             if result.branch and not as_json:
                 err(f"nothing was published; the run's outputs so far are on branch {result.branch}")
@@ -82,7 +93,8 @@ def submit(
         assert isinstance(result, RunFinished)
         typer.echo(
             f"run {result.run_id} succeeded in {result.seconds:.2f}s"
-            + (f"; committed {', '.join(result.tables)} at {result.commit[:12]}" if result.commit else "")
+            + (f"; committed {', '.join(result.tables)} at {result.commit[:12]}" if result.commit
+               else "; every output was already published")
         )
 
 

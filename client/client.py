@@ -197,15 +197,17 @@ class Client:
         ref: str = "main",
         params: dict[str, str] | None = None,
         strict: bool = False,
+        no_cache: bool = False,
     ) -> Run:
-        """Start a run; with ``strict`` a failing expectation fails it (and publishes nothing)."""
+        """Start a run; with ``strict`` a failing expectation fails it (and publishes nothing);
+        with ``no_cache`` every function runs, reusing no cached output or column."""
         files = pack_project(project)
         conn = await self._connect()
         try:
             await conn.send(
                 SubmitRun(
                     files=files, namespace=namespace, ref=ref, params=dict(params or {}),
-                    project_dir=str(Path(project).resolve()), strict=strict,
+                    project_dir=str(Path(project).resolve()), strict=strict, no_cache=no_cache,
                 )
             )
             reply = await conn.recv()

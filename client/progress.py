@@ -16,6 +16,14 @@ STATE_STYLE = {
 }
 
 
+def _columns(ev: TaskEvent) -> str:
+    """How many source columns came from the worker's column cache, if any."""
+    if not ev.columns_cached:
+        return ""
+    total = len(ev.columns_cached) + len(ev.columns_read)
+    return f" ({len(ev.columns_cached)}/{total} columns cached)"
+
+
 class PlainView:
     """One line per event, for pipes, files and CI logs."""
 
@@ -32,7 +40,9 @@ class PlainView:
         if isinstance(ev, LogLine):
             print(f"  [{ev.node}] {ev.line}", file=self.out, flush=True)
         elif isinstance(ev, TaskEvent) and ev.state != "queued":
-            extra = f" ({ev.rows} rows)" if ev.state == "done" else ""
+            extra = f" ({ev.rows} rows)" if ev.state == "done" and not ev.cached else ""
+            extra += " (from cache)" if ev.cached else ""
+            extra += _columns(ev)
             extra += f" on {ev.worker}" if ev.state == "running" else ""
             extra += f" (environment {ev.env})" if ev.state == "running" and ev.env in ("cached", "built") else ""
             extra += f": {ev.error}" if ev.error and ev.state in ("warning", "retrying") else ""
@@ -94,6 +104,10 @@ class LiveView:
                 row["ended"] = time.monotonic()
             if ev.state == "done":
                 row["rows"] = ev.rows
+                if ev.cached:
+                    row["env"] = "from cache"
+                elif ev.columns_cached:
+                    row["env"] = (row.get("env", "") + _columns(ev)).strip()
             row["error"] = ev.error if ev.state in ("warning", "retrying", "failed") else ""
         self.live.update(self.render())
 

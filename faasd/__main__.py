@@ -41,6 +41,9 @@ def _parser() -> argparse.ArgumentParser:
     w.add_argument("--host-id", default=None, help="identity of this host (default: hostname)")
     w.add_argument("--memory", type=parse_size, default=None, help="memory to offer, e.g. 8GiB")
     w.add_argument("--shm-dir", default=None, help="shared-memory directory (default /dev/shm)")
+    w.add_argument("--object-memory", type=parse_size, default=None,
+                   help="shared memory for objects and cached columns before the least recently "
+                        "used spill to disk (default: half of --memory)")
     w.add_argument("--token-file", default=os.environ.get("FAAS_TOKEN_FILE"), required=False)
     w.add_argument("--env-dir", default=None,
                    help="where function environments are cached (default ~/.cache/faas/envs)")
@@ -95,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
             daemon = Worker(
                 args.scheduler, token=load_token(args.token_file), host_id=args.host_id,
                 memory=args.memory, shm_dir=args.shm_dir, listen=args.listen,
-                env_dir=args.env_dir, pythons=args.python,
+                env_dir=args.env_dir, pythons=args.python, object_memory=args.object_memory,
             )
             asyncio.run(
                 _serve(daemon, "faasd worker {d.worker_id} registered with {d.scheduler}, serving data on {d.peer.address}")

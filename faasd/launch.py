@@ -6,6 +6,7 @@ bound (the scheduler's control port, the worker's data port).
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -14,13 +15,17 @@ from pathlib import Path
 
 
 def start_daemon(
-    args: list[str], marker: str, log: Path, *, cwd: Path | None = None, timeout: float = 60.0
+    args: list[str], marker: str, log: Path, *, cwd: Path | None = None, timeout: float = 60.0,
+    env: dict[str, str] | None = None,
 ) -> tuple[subprocess.Popen[str], str]:
-    """Run ``python -m faasd ARGS`` with stderr to ``log``; return it and its bound address."""
+    """Run ``python -m faasd ARGS`` with stderr to ``log``; return it and its bound address.
+
+    ``env``: variables added to this process's environment for the daemon."""
     with open(log, "a") as err:
         proc = subprocess.Popen(
             [sys.executable, "-m", "faasd", *args], cwd=cwd, stdout=subprocess.PIPE,
             stderr=err, text=True, stdin=subprocess.DEVNULL,
+            env={**os.environ, **env} if env else None,
         )
     assert proc.stdout is not None
     end = time.monotonic() + timeout

@@ -1,25 +1,49 @@
 """The worker's peer data server: other workers fetch objects from this host's shm store.
 
-An object is sent as a BulkHeader frame followed by the Arrow IPC file's bytes,
-straight from the shared-memory file to the socket with ``sendfile``.
+Wire: after the handshake the client sends ``FetchObject(object_id)``; the server answers
+with an ``Error`` frame, or a ``BulkHeader(nbytes)`` frame followed by the object's Arrow
+IPC file, ``nbytes`` raw bytes. The connection then takes the next request.
+
+Neither side copies the bytes through Python: the server hands the file to the kernel with
+``os.sendfile`` (uvloop has no ``loop.sendfile``, so it runs in a thread on the transport's
+socket while the transport is idle), and the client ``recv_into``\\s the pages of an
+``mmap`` of its destination file.
+
+Failpoint (for crash tests, see :mod:`store.failpoints`): with ``FAAS_FAILPOINT`` set to
+``peer.send.half`` the server process exits with status 86 after sending about half of an
+object's bytes. It is not in ``store.failpoints.FAILPOINTS``, which lists the store's own.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import mmap
 import os
 import re
+import select
+import socket
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Self
 
 import msgspec
 
-from protocol.connection import Connection, accept
+from protocol.connection import (
+    SEND_TIMEOUT,
+    Connection,
+    accept,
+    connect_blocking,
+    recv_frame_blocking,
+)
 from protocol.errors import (
+    ClosedByUs,
     ConnectionClosed,
     FaasError,
+    FrameTruncated,
     HandshakeFailed,
     InvalidInput,
     MalformedFrame,
@@ -27,44 +51,113 @@ from protocol.errors import (
     PeerVanished,
     from_wire,
 )
-from protocol.messages import BulkHeader, Error, FetchObject, PeerRequest, error_message
+from protocol.framing import encode
+from protocol.messages import (
+    BulkHeader,
+    Error,
+    FetchObject,
+    PeerReply,
+    PeerRequest,
+    error_message,
+)
+from store.failpoints import failpoint
 
 log = logging.getLogger(__name__)
 
-_decoder = msgspec.msgpack.Decoder(PeerRequest)
+_request_decoder = msgspec.msgpack.Decoder(PeerRequest)
+_reply_decoder = msgspec.msgpack.Decoder(PeerReply)
 
-CHUNK = 4 * 2**20
+# The most bytes one sendfile / recv_into call is asked for.
+CHUNK = 8 * 2**20
+# A transfer that makes no progress for this long is abandoned.
+STALL_TIMEOUT = 60.0
+# How often a sending thread looks up from poll() to see whether it should stop.
+_POLL_SLICE = 0.25
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:-]{0,200}")
 
 
 class PeerServer:
+    """Serves this worker's sealed objects to other workers, one request at a time per connection.
+
+    ``locate(object_id)`` returns the path of a sealed object, or None if this worker does
+    not hold it.
+    """
+
     def __init__(
-        self, *, token: bytes, host_id: str, listen: str, object_path: Callable[[str, str], Path]
+        self, *, token: bytes, host_id: str, listen: str, locate: Callable[[str], Path | None]
     ) -> None:
         self.token = token
         self.host_id = host_id
         self.listen = listen
-        self.object_path = object_path
+        self.locate = locate
         self.address = ""
+        self.status = "new"
         self._server: asyncio.Server | None = None
+        self._connections: set[asyncio.Task[Any]] = set()
 
     async def start(self) -> str:
+        if self.status != "new":
+            return self.address
+        self.status = "starting"
         host, _, port = self.listen.rpartition(":")
-        self._server = await asyncio.start_server(self._on_connection, host or "127.0.0.1", int(port or 0))
+        self._server = await asyncio.start_server(
+            self._on_connection, host or "127.0.0.1", int(port or 0)
+        )
         name = self._server.sockets[0].getsockname()
         self.address = f"{name[0]}:{name[1]}"
+        self.status = "running"
+        log.info("peer data server listening on %s", self.address)
         return self.address
 
     async def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            self._server = None
+        if self.status in ("closing", "closed"):
+            return
+        self.status = "closing"
+        try:
+            if self._server is not None:
+                self._server.close()
+                self._server = None
+            # Cancel until they are gone: Python 3.11's wait_for (under Connection.send)
+            # drops a cancel that arrives just as its inner await completes.
+            pending = set(self._connections)
+            while pending:
+                for task in pending:
+                    task.cancel()
+                _, pending = await asyncio.wait(pending, timeout=0.5)
+        finally:
+            self.status = "closed"
 
-    async def _on_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # -- one connection ----------------------------------------------------------
+
+    async def _on_connection(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._connections.add(task)
+        try:
+            await self._serve(reader, writer)
+        except asyncio.CancelledError:
+            # Only close() and loop shutdown cancel this task, and nobody awaits its result.
+            # Ending normally also keeps Python 3.11's start_server callback, which calls
+            # task.exception() on it, from logging the cancel as an error.
+            pass
+        finally:
+            if task is not None:
+                self._connections.discard(task)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             conn: Connection[Any] = await accept(
-                reader, writer, _decoder, token=self.token, role="peer", host_id=self.host_id,
-                allowed_roles=("worker", "peer", "scheduler"),
+                reader, writer, _request_decoder, token=self.token, role="peer",
+                host_id=self.host_id, allowed_roles=("worker", "peer", "scheduler"),
             )
         except HandshakeFailed as exc:
             log.warning("peer server refused %s: %s", writer.get_extra_info("peername"), exc)
@@ -74,77 +167,245 @@ class PeerServer:
                 try:
                     request = await conn.recv(timeout=300)
                 except MalformedFrame as exc:
+                    # The whole frame was consumed, so the stream position is still known.
                     await conn.send(error_message(exc))
                     continue
                 match request:
                     case FetchObject():
-                        await self._send_object(conn, request)
-        except (ConnectionClosed, PeerVanished):
-            pass
+                        if self.status != "running":
+                            break
+                        await self._send_object(conn, request.object_id)
+        except (ConnectionClosed, PeerVanished, ClosedByUs) as exc:
+            log.debug("peer connection %s ended: %s", conn.peer, exc)
         except FaasError as exc:
             log.warning("peer connection %s: %s", conn.peer, exc)
-        except Exception:  # noqa: BLE001 - one bad transfer must not stop the server
+        except Exception:  # one bad transfer must not stop the server
             log.exception("peer connection %s failed", conn.peer)
         finally:
             conn.close()
 
-    async def _send_object(self, conn: Connection[Any], request: FetchObject) -> None:
-        for part in (request.run_id, request.object_id):
-            if not _NAME.fullmatch(part):
-                await conn.send(error_message(InvalidInput(f"{part!r} is not an object name")))
-                return
-        path = self.object_path(request.run_id, request.object_id)
-        try:
-            f = open(path, "rb")
-        except FileNotFoundError:
-            await conn.send(error_message(NotFound(
-                f"object {request.object_id!r} of run {request.run_id!r} is not on this worker"
-            )))
+    async def _send_object(self, conn: Connection[Any], object_id: str) -> None:
+        if not _NAME.fullmatch(object_id):
+            await conn.send(error_message(InvalidInput(f"{object_id!r} is not an object name")))
             return
-        with f:
-            size = os.fstat(f.fileno()).st_size
+        try:
+            fd = self._open(object_id)
+        except FaasError as exc:
+            await conn.send(error_message(exc))
+            return
+        # The open fd keeps the bytes readable even if the worker evicts the object now.
+        try:
+            size = os.fstat(fd).st_size
+            log.debug("sending object %s (%d bytes) to %s", object_id, size, conn.peer)
             await conn.send(BulkHeader(nbytes=size))
-            if size == 0:
-                return
-            # Straight from the shared-memory pages to the socket, in bounded chunks.
-            with mmap.mmap(f.fileno(), size, access=mmap.ACCESS_READ) as mapped:
-                view = memoryview(mapped)
-                try:
-                    for start in range(0, size, CHUNK):
-                        await conn.send_raw(view[start:start + CHUNK])
-                finally:
-                    view.release()
+            if size:
+                await _sendfile(conn, fd, size)
+        finally:
+            os.close(fd)
+
+    def _open(self, object_id: str) -> int:
+        missing = NotFound(f"object {object_id!r} is not on this worker (host {self.host_id})")
+        try:
+            path = self.locate(object_id)
+        except Exception as exc:
+            log.exception("locating object %s failed", object_id)
+            raise FaasError(f"cannot locate object {object_id!r}: {exc!r}") from exc
+        if path is None:
+            raise missing
+        try:
+            return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise missing from None
+        except OSError as exc:
+            raise FaasError(f"cannot open object {object_id!r} at {path}: {exc.strerror}") from None
 
 
-async def fetch_object(conn: Connection[Any], run_id: str, object_id: str, dest: Path) -> int:
-    """Pull an object from a peer into ``dest`` in chunks; the file appears only when complete."""
-    await conn.send(FetchObject(run_id=run_id, object_id=object_id))
-    header = await conn.recv(timeout=60)
-    if isinstance(header, Error):
-        raise from_wire(header.kind, header.message, header.detail)
-    assert isinstance(header, BulkHeader)
-    tmp = dest.with_suffix(".part")
-    remaining = header.nbytes
+async def _sendfile(conn: Connection[Any], fd: int, size: int) -> None:
+    """Send ``size`` bytes of ``fd`` on the connection's socket with ``os.sendfile``.
+
+    The kernel socket is written directly, so the transport must hold no bytes of its own
+    (they would land after ours) and must not read meanwhile; reading resumes afterwards
+    so the connection can take its next request.
+    """
+    transport = conn.writer.transport
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        raise ClosedByUs(f"connection to {conn.peer} has no socket")
+    deadline = time.monotonic() + SEND_TIMEOUT
+    while transport.get_write_buffer_size():
+        if transport.is_closing():
+            raise PeerVanished(f"connection to {conn.peer} closed before the object was sent")
+        if time.monotonic() > deadline:
+            raise PeerVanished(f"{conn.peer} read nothing for {SEND_TIMEOUT}s")
+        await asyncio.sleep(0.002)
+    transport.pause_reading()
+    stop = threading.Event()
+    sending = asyncio.ensure_future(
+        asyncio.to_thread(_sendfile_blocking, sock.fileno(), fd, size, conn.peer, stop)
+    )
+    cancelled = False
+    # The thread writes to the transport's fd, so nobody may close the transport until
+    # the thread is done: a cancel only asks it to stop, then waits for it.
+    while not sending.done():
+        try:
+            await asyncio.wait({sending})
+        except asyncio.CancelledError:
+            cancelled = True
+            stop.set()
+    if cancelled:
+        if not sending.cancelled():
+            sending.exception()  # retrieved: the cancel is what the caller needs to see
+        raise asyncio.CancelledError
+    sending.result()
+    if not transport.is_closing():
+        transport.resume_reading()
+
+
+def _sendfile_blocking(
+    sock_fd: int, file_fd: int, size: int, peer: str, stop: threading.Event
+) -> None:
+    poller = select.poll()
+    poller.register(sock_fd, select.POLLOUT)
+    half = size // 2
+    offset = 0
+    while offset < size:
+        if stop.is_set():
+            raise ClosedByUs(f"object transfer to {peer} stopped after {offset} of {size} bytes")
+        try:
+            sent = os.sendfile(sock_fd, file_fd, offset, min(size - offset, CHUNK))
+        except BlockingIOError:
+            _wait_writable(poller, peer, stop, offset, size)
+            continue
+        except OSError as exc:
+            raise PeerVanished(
+                f"{peer} vanished after {offset} of {size} bytes: {exc.__class__.__name__}: {exc}"
+            ) from exc
+        if sent == 0:
+            raise FaasError(f"object file shrank to {offset} bytes while {size} were promised")
+        before, offset = offset, offset + sent
+        if before < half <= offset:
+            failpoint("peer.send.half")
+
+
+def _wait_writable(
+    poller: select.poll, peer: str, stop: threading.Event, offset: int, size: int
+) -> None:
+    deadline = time.monotonic() + STALL_TIMEOUT
+    while not stop.is_set():
+        # POLLERR / POLLHUP also end the wait: the next sendfile reports them.
+        if poller.poll(_POLL_SLICE * 1000):
+            return
+        if time.monotonic() > deadline:
+            raise PeerVanished(
+                f"{peer} took nothing for {STALL_TIMEOUT}s after {offset} of {size} bytes"
+            )
+
+
+# -- client --------------------------------------------------------------------
+
+
+def fetch_object(
+    address: str,
+    object_id: str,
+    dest: Path,
+    *,
+    token: bytes,
+    host_id: str,
+    timeout: float = 60.0,
+) -> int:
+    """Pull one object from the peer server at ``address`` into the file ``dest``. Blocking.
+
+    The bytes are received straight into an ``mmap`` of ``dest.part``, which becomes
+    ``dest`` only when complete: a reader never sees a truncated object, and on any
+    failure no ``.part`` file is left behind. ``timeout`` bounds the handshake and each
+    wait for data. Returns the object's size in bytes.
+
+    Raises:
+        NotFound, InvalidInput: the peer's typed answer.
+        PeerVanished: the connection failed or ended early (the message says how many
+            bytes had arrived).
+        HandshakeFailed: wrong token, or ``address`` is not a peer data port.
+    """
+    sock, _ = connect_blocking(
+        address, token=token, role="worker", host_id=host_id, expect_role="peer",
+        timeout=timeout,
+    )
     try:
-        with open(tmp, "wb") as out:
-            while remaining:
-                try:
-                    chunk = await asyncio.wait_for(conn.reader.read(min(remaining, CHUNK)), 60)
-                except (OSError, TimeoutError) as exc:
-                    raise PeerVanished(f"object transfer from {conn.peer} stalled: {exc!r}") from exc
-                if not chunk:
-                    raise PeerVanished(
-                        f"peer closed after {header.nbytes - remaining} of {header.nbytes} bytes"
-                    )
-                out.write(chunk)
-                remaining -= len(chunk)
+        nbytes = _request(sock, address, object_id)
+        return _receive(sock, address, object_id, Path(dest), nbytes, timeout)
+    finally:
+        sock.close()
+
+
+def _request(sock: socket.socket, address: str, object_id: str) -> int:
+    """Ask for the object and read exactly the reply frame; returns the announced size."""
+    try:
+        sock.sendall(encode(FetchObject(object_id=object_id)))
+        reply = recv_frame_blocking(sock, _reply_decoder)
+    except OSError as exc:
+        raise PeerVanished(f"object {object_id!r} from {address}: {exc}") from exc
+    except (ConnectionClosed, FrameTruncated, PeerVanished) as exc:
+        raise PeerVanished(f"object {object_id!r} from {address}: {exc}") from None
+    match reply:
+        case Error(kind=kind, message=message, detail=detail):
+            raise from_wire(kind, message, detail)
+        case BulkHeader(nbytes=nbytes) if nbytes >= 0:
+            return nbytes
+        case _:
+            raise MalformedFrame(f"{address} answered {object_id!r} with {reply!r}")
+
+
+def _receive(
+    sock: socket.socket, address: str, object_id: str, dest: Path, nbytes: int, timeout: float
+) -> int:
+    part = dest.with_name(dest.name + ".part")
+    got = 0
+
+    def vanished(reason: str) -> PeerVanished:
+        return PeerVanished(
+            f"object {object_id!r} from {address}: connection closed after {got} of {nbytes} "
+            f"bytes ({reason})"
+        )
+
+    try:
+        fd = os.open(part, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        try:
+            if nbytes:
+                _reserve(fd, nbytes, part)
+                with mmap.mmap(fd, nbytes) as mapped, memoryview(mapped) as view:
+                    while got < nbytes:
+                        with view[got:got + CHUNK] as window:
+                            try:
+                                n = sock.recv_into(window)
+                            except TimeoutError:
+                                raise vanished(f"no data for {timeout}s") from None
+                            except OSError as exc:
+                                raise vanished(f"{exc.__class__.__name__}: {exc}") from exc
+                        if n == 0:
+                            raise vanished("end of stream")
+                        got += n
+        finally:
+            os.close(fd)
+        os.replace(part, dest)
     except BaseException:
-        # Never leave a partial object behind, and never reuse a connection cut mid-stream.
-        tmp.unlink(missing_ok=True)
-        conn.close()
+        part.unlink(missing_ok=True)
         raise
-    os.replace(tmp, dest)
-    return header.nbytes
+    log.debug("fetched object %s (%d bytes) from %s", object_id, nbytes, address)
+    return nbytes
+
+
+def _reserve(fd: int, nbytes: int, part: Path) -> None:
+    """Size the file and claim its space now: a full tmpfs must fail here, not SIGBUS later."""
+    os.ftruncate(fd, nbytes)
+    try:
+        os.posix_fallocate(fd, 0, nbytes)
+    except OSError as exc:
+        if exc.errno in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+            return  # the filesystem cannot reserve; the sparse file will do
+        raise FaasError(
+            f"no room for an object of {nbytes} bytes at {part}: {exc.strerror}; "
+            "free space there or lower the worker's memory budget"
+        ) from None
 
 
 __all__ = ["PeerServer", "fetch_object"]

@@ -16,6 +16,7 @@ import os
 import socket
 import sys
 import traceback
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -73,16 +74,26 @@ def _apply(table: Any, columns: list[str] | None, row_filter: str | None) -> Any
     return table
 
 
-def _load_input(inp: ScanInput | ObjectInput, task: FunctionTask) -> Any:
+class _ColumnReport:
+    """What the column cache did for this function's scans, for its FunctionResult."""
+
+    def __init__(self) -> None:
+        self.cached: list[str] = []
+        self.read: list[str] = []
+        self.entries: dict[str, int] = {}
+
+
+def _load_input(inp: ScanInput | ObjectInput, task: FunctionTask, report: _ColumnReport) -> Any:
     import pyarrow as pa
 
     if isinstance(inp, ScanInput):
-        from store.scan import scan_metadata
+        from faasd.columns import scan_cached
 
-        return scan_metadata(
-            inp.metadata_location, snapshot_id=inp.snapshot_id, columns=inp.columns,
-            row_filter=inp.filter,
-        )
+        table, stats = scan_cached(inp, Path(task.column_cache) if task.column_cache else None)
+        report.cached += [f"{inp.key}.{c}" for c in stats.columns_cached]
+        report.read += [f"{inp.key}.{c}" for c in stats.columns_read]
+        report.entries.update(dict(stats.new_entries))
+        return table
     path = task.objects[inp.object_id]
     # Memory-mapped: the table's buffers point into the shared file, nothing is copied.
     table = pa.ipc.open_file(pa.memory_map(path, "r")).read_all()
@@ -119,7 +130,7 @@ def to_arrow(value: Any, node: str) -> Any:
 def _write_output(table: Any, path: str) -> int:
     import pyarrow as pa
 
-    tmp = path + ".tmp"
+    tmp = f"{path}.{os.getpid()}.tmp"
     with pa.OSFile(tmp, "wb") as sink:
         with pa.ipc.new_file(sink, table.schema) as writer:
             writer.write_table(table)
@@ -128,7 +139,12 @@ def _write_output(table: Any, path: str) -> int:
 
 
 def run(task: FunctionTask) -> FunctionResult:
-    inputs: dict[str, Any] = {inp.param: _load_input(inp, task) for inp in task.inputs}
+    report = _ColumnReport()
+    inputs: dict[str, Any] = {inp.param: _load_input(inp, task, report) for inp in task.inputs}
+    columns: dict[str, Any] = {
+        "columns_cached": report.cached, "columns_read": report.read,
+        "column_entries": report.entries,
+    }
     if task.kind == "sql":
         from store.query import query_tables
 
@@ -142,11 +158,12 @@ def run(task: FunctionTask) -> FunctionResult:
                 raise TypeError(
                     f"expectation {task.node!r} returned {type(value).__name__}; return True or False"
                 )
-            return FunctionResult(rows=0, nbytes=0, schema=b"", passed=value)
+            return FunctionResult(rows=0, nbytes=0, schema=b"", passed=value, **columns)
         table = to_arrow(value, task.node)
     nbytes = _write_output(table, task.output_path)
     return FunctionResult(
-        rows=table.num_rows, nbytes=nbytes, schema=table.schema.serialize().to_pybytes()
+        rows=table.num_rows, nbytes=nbytes, schema=table.schema.serialize().to_pybytes(),
+        **columns,
     )
 
 

@@ -23,11 +23,19 @@ import psutil
 
 from faasd.envs import Environment, EnvironmentCache, EnvSpec
 from faasd.limits import watch_memory
-from faasd.peer import PeerServer
+from faasd.objects import ObjectStore
+from faasd.peer import PeerServer, fetch_object
 from faasd.process import FunctionProcess
 from faasd.zygote import ZygotePool
 from protocol.connection import Connection, connect
-from protocol.errors import FaasError, FunctionFailed, OutOfMemory, RunCancelled, TimedOut
+from protocol.errors import (
+    FaasError,
+    FunctionFailed,
+    NotFound,
+    OutOfMemory,
+    RunCancelled,
+    TimedOut,
+)
 from protocol.framing import encode
 from protocol.messages import (
     CancelTask,
@@ -38,6 +46,8 @@ from protocol.messages import (
     ImportDone,
     ImportTask,
     ObjectInfo,
+    ObjectInput,
+    ObjectSource,
     QueryDone,
     QueryTask,
     Register,
@@ -80,6 +90,7 @@ class Worker:
         pythons: Sequence[str] = (),
         listen: str = "127.0.0.1:0",
         reconnect: bool = True,
+        object_memory: int | None = None,
     ) -> None:
         self.scheduler = scheduler
         self.token = token
@@ -88,6 +99,11 @@ class Worker:
         self.memory = memory or psutil.virtual_memory().total
         self.shm_root = Path(shm_dir or default_shm_dir()) / f"faas-{self.worker_id}"
         self.work_root = Path(work_dir) if work_dir else self.shm_root / "work"
+        # Shared memory for objects: half the worker's memory unless told otherwise.
+        self.object_memory = object_memory or self.memory // 2
+        self.objects: ObjectStore | None = None
+        # Objects being pulled from other hosts, so concurrent readers share one pull.
+        self._pulls: dict[str, asyncio.Future[Path]] = {}
         self.reconnect = reconnect
         self.envs = EnvironmentCache(
             Path(env_dir or default_env_dir()).expanduser(), extra_interpreters=pythons
@@ -95,9 +111,7 @@ class Worker:
         self.python_versions: list[str] = []
         # One pre-imported parent per environment: each function is a fork of it.
         self.zygotes = ZygotePool()
-        self.peer = PeerServer(
-            token=token, host_id=self.host_id, listen=listen, object_path=self.object_path
-        )
+        self.peer = PeerServer(token=token, host_id=self.host_id, listen=listen, locate=self._locate)
         self.status = "new"
         self.conn: Connection[Any] | None = None
         self.processes: dict[str, FunctionProcess] = {}
@@ -115,6 +129,7 @@ class Worker:
         self.status = "starting"
         self.shm_root.mkdir(parents=True, exist_ok=True)
         self.work_root.mkdir(parents=True, exist_ok=True)
+        self.objects = ObjectStore(self.shm_root, self.work_root / "spill", self.object_memory)
         # faas runs on Python 3.11 and later, so only those interpreters are offered.
         found = await asyncio.to_thread(self.envs.interpreters)
         self.python_versions = sorted(
@@ -144,6 +159,7 @@ class Worker:
         await self.peer.close()
         await self.zygotes.close()
         shutil.rmtree(self.shm_root, ignore_errors=True)
+        shutil.rmtree(self.work_root, ignore_errors=True)
         self.status = "closed"
         log.info("worker %s closed", self.worker_id)
 
@@ -199,6 +215,7 @@ class Worker:
                 shm_dir=str(self.shm_root),
                 data_address=self.peer.address,
                 env_builds=self.envs.installs,
+                objects=[self._info(e.name) for e in self.store.objects()],
             )
         )
         reply = await self.conn.recv(timeout=30)
@@ -228,6 +245,8 @@ class Worker:
                         memory_available=min(self.memory, vm.available),
                         running=len(self.processes),
                         env_builds=self.envs.installs,
+                        shm_bytes=self.store.shm_bytes,
+                        spilled_bytes=self.store.spilled_bytes,
                     )
                 )
             except FaasError:
@@ -258,7 +277,7 @@ class Worker:
                 elif task_id in self.task_jobs:
                     self.task_jobs[task_id].cancel()  # still building its environment
             case ReleaseRun(run_id=run_id):
-                self._release(run_id)
+                self._spawn(self._release(run_id))
             case ImportTask():
                 self._spawn(self._import(msg))
             case QueryTask():
@@ -278,11 +297,20 @@ class Worker:
 
     # -- runs -------------------------------------------------------------------
 
-    def run_dir(self, run_id: str) -> Path:
-        return self.shm_root / run_id
+    @property
+    def store(self) -> ObjectStore:
+        assert self.objects is not None, "the worker is not started"
+        return self.objects
 
-    def object_path(self, run_id: str, object_id: str) -> Path:
-        return self.run_dir(run_id) / f"{object_id}.arrow"
+    def _locate(self, object_id: str) -> Path | None:
+        return self.store.locate(object_id)
+
+    def _info(self, object_id: str) -> ObjectInfo:
+        e = self.store.entries[object_id]
+        return ObjectInfo(
+            object_id=object_id, path=str(self.store.locate(object_id)), rows=e.rows,
+            nbytes=e.nbytes, schema=e.schema,
+        )
 
     def _project_dir(self, run_id: str, files: dict[str, str]) -> Path:
         root = self.work_root / run_id / "project"
@@ -303,18 +331,23 @@ class Worker:
     async def _run_task(self, msg: RunTask) -> None:
         t0 = time.perf_counter()
         try:
-            self.run_dir(msg.run_id).mkdir(parents=True, exist_ok=True)
+            if msg.use_cache and msg.kind != "expectation":
+                held = await self.store.use(msg.output_id, msg.run_id)
+                if held is not None:
+                    await self._send(await self._cached_done(msg, t0))
+                    return
             project = self._project_dir(msg.run_id, msg.files)
-            output = self.object_path(msg.run_id, msg.node)
+            output = self.store.path(msg.output_id)
             objects = {
-                i.object_id: str(self.object_path(msg.run_id, i.object_id))
+                i.object_id: str(await self._input_path(msg, i.object_id))
                 for i in msg.inputs
-                if not hasattr(i, "metadata_location")
+                if isinstance(i, ObjectInput)
             }
             task = FunctionTask(
                 run_id=msg.run_id, node=msg.node, project_dir=str(project), module=msg.module,
                 function=msg.function, inputs=msg.inputs, objects=objects,
                 output_path=str(output), params=msg.params, kind=msg.kind, sql=msg.sql,
+                column_cache=str(self.store.columns_dir) if msg.use_cache else "",
             )
             env = await self._environment(msg)
             proc = FunctionProcess(
@@ -322,21 +355,26 @@ class Worker:
             )
             self.processes[msg.task_id] = proc
             result = await self._run_limited(msg, proc, env)
+            self.store.add_columns(result.column_entries)
+            columns = {"columns_cached": result.columns_cached, "columns_read": result.columns_read}
             if result.passed is not None:  # an expectation: a verdict, no output object
                 await self._send(TaskDone(
-                    task_id=msg.task_id, passed=result.passed, seconds=time.perf_counter() - t0
+                    task_id=msg.task_id, passed=result.passed, seconds=time.perf_counter() - t0,
+                    **columns,
                 ))
                 return
+            self.store.add(
+                msg.output_id, msg.run_id, rows=result.rows, schema=result.schema,
+                cacheable=msg.use_cache,
+            )
             files: list[str] = []
             if msg.materialize is not None:
                 files = [await asyncio.to_thread(self._write_parquet, output, msg.materialize.directory, msg.node)]
-            info = ObjectInfo(
-                object_id=msg.node, path=str(output), rows=result.rows, nbytes=result.nbytes,
-                schema=result.schema,
-            )
-            await self._send(
-                TaskDone(task_id=msg.task_id, output=info, files=files, seconds=time.perf_counter() - t0)
-            )
+            await self._send(TaskDone(
+                task_id=msg.task_id, output=self._info(msg.output_id), files=files,
+                seconds=time.perf_counter() - t0, **columns,
+            ))
+            await self.store.enforce()
         except asyncio.CancelledError:
             raise
         except RunCancelled as exc:
@@ -347,6 +385,53 @@ class Worker:
             await self._send(TaskFailed(task_id=msg.task_id, error=error_message(exc)))
         finally:
             self.processes.pop(msg.task_id, None)
+
+    async def _cached_done(self, msg: RunTask, t0: float) -> TaskDone:
+        """The answer for an output this worker already holds: nothing runs."""
+        files: list[str] = []
+        if msg.materialize is not None:
+            path = self.store.locate(msg.output_id)
+            assert path is not None
+            files = [await asyncio.to_thread(self._write_parquet, path, msg.materialize.directory, msg.node)]
+        return TaskDone(
+            task_id=msg.task_id, output=self._info(msg.output_id), files=files,
+            seconds=time.perf_counter() - t0, cached=True,
+        )
+
+    async def _input_path(self, msg: RunTask, object_id: str) -> Path:
+        """The file to map for an upstream object: in this worker's store, in another
+        worker's store on this host, or pulled here from another host."""
+        if await self.store.use(object_id, msg.run_id) is not None:
+            path = self.store.locate(object_id)
+            assert path is not None
+            return path
+        source = msg.sources.get(object_id)
+        if source is None:
+            raise NotFound(f"object {object_id!r} of task {msg.task_id} has no known location")
+        if source.host_id == self.host_id and os.path.exists(source.path):
+            return Path(source.path)  # same host: the same shared memory, mapped in place
+        pull = self._pulls.get(object_id)
+        if pull is None:
+            pull = asyncio.ensure_future(self._pull(msg, object_id, source))
+            self._pulls[object_id] = pull
+            pull.add_done_callback(lambda _: self._pulls.pop(object_id, None))
+        await asyncio.shield(pull)
+        await self.store.use(object_id, msg.run_id)
+        return pull.result()
+
+    async def _pull(self, msg: RunTask, object_id: str, source: ObjectSource) -> Path:
+        dest = self.store.path(object_id)
+        nbytes = await asyncio.to_thread(
+            fetch_object, source.address, object_id, dest, token=self.token, host_id=self.host_id
+        )
+        self.store.add(
+            object_id, msg.run_id, rows=source.rows, schema=source.schema, cacheable=msg.use_cache
+        )
+        log.info(
+            "pulled object %s (%d MiB) from worker %s for run %s",
+            object_id, nbytes >> 20, source.worker_id, msg.run_id,
+        )
+        return dest
 
     async def _environment(self, msg: RunTask) -> Environment:
         """The function's environment, built (once, with its output streamed) if needed."""
@@ -403,9 +488,9 @@ class Worker:
         table = pa.ipc.open_file(pa.memory_map(str(object_path), "r")).read_all()
         return write_parquet(table, directory, f"{node}-{uuid.uuid4().hex[:8]}.parquet")
 
-    def _release(self, run_id: str) -> None:
-        shutil.rmtree(self.run_dir(run_id), ignore_errors=True)
+    async def _release(self, run_id: str) -> None:
         shutil.rmtree(self.work_root / run_id, ignore_errors=True)
+        await self.store.release(run_id)
 
     # -- catalog helpers run on the data plane ---------------------------------
 

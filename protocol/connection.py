@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
+import time
 from typing import Any, Generic, TypeVar
 
 import msgspec
@@ -16,12 +18,15 @@ import msgspec
 from protocol import auth
 from protocol.errors import (
     ClosedByUs,
+    ConnectionClosed,
     FaasError,
+    FrameTooLarge,
+    FrameTruncated,
     HandshakeFailed,
     MalformedFrame,
     PeerVanished,
 )
-from protocol.framing import MAX_CONTROL_FRAME, MAX_HANDSHAKE_FRAME, encode, read_frame
+from protocol.framing import HEADER, MAX_CONTROL_FRAME, MAX_HANDSHAKE_FRAME, encode, read_frame
 from protocol.messages import PROTOCOL_VERSION, Auth, Error, Handshake, Hello, Welcome
 
 log = logging.getLogger(__name__)
@@ -140,11 +145,47 @@ async def _expect(
     msg = await asyncio.wait_for(
         read_frame(reader, _handshake_decoder, MAX_HANDSHAKE_FRAME), timeout
     )
+    return _check_reply(msg, kind)
+
+
+def _check_reply(msg: Any, kind: type) -> Any:
     if isinstance(msg, Error):
         raise HandshakeFailed(msg.message)
     if not isinstance(msg, kind):
         raise HandshakeFailed(f"expected {kind.__name__}, got {type(msg).__name__}")
     return msg
+
+
+# -- the client's steps, shared by connect and connect_blocking -------------------
+
+
+def _auth_frame(
+    address: str, hello: Hello, nonce: bytes, *, token: bytes, role: str, host_id: str
+) -> bytes:
+    """The Auth frame answering ``hello``, after checking the server's protocol version."""
+    if hello.version != PROTOCOL_VERSION:
+        raise HandshakeFailed(
+            f"{address} speaks protocol version {hello.version}, this side {PROTOCOL_VERSION}"
+        )
+    return encode(
+        Auth(
+            version=PROTOCOL_VERSION,
+            role=role,
+            host_id=host_id,
+            proof=auth.proof(token, hello.nonce, role, host_id),
+            nonce=nonce,
+        )
+    )
+
+
+def _check_welcome(
+    address: str, hello: Hello, welcome: Welcome, nonce: bytes, *, token: bytes,
+    expect_role: str | None,
+) -> None:
+    if not auth.verify(token, nonce, hello.role, hello.host_id, welcome.proof):
+        raise HandshakeFailed(f"{address} did not prove the cluster token")
+    if expect_role is not None and hello.role != expect_role:
+        raise HandshakeFailed(f"{address} is a {hello.role}, not a {expect_role}")
 
 
 async def accept(
@@ -182,7 +223,7 @@ async def accept(
     except HandshakeFailed as exc:
         try:
             writer.write(encode(Error(kind="HandshakeFailed", message=str(exc))))
-        except Exception:  # noqa: BLE001 - the peer may be gone already
+        except Exception:  # noqa: BLE001, S110 - the peer may be gone already
             pass
         writer.close()
         raise
@@ -236,29 +277,12 @@ async def connect(
     except (OSError, TimeoutError) as exc:
         raise PeerVanished(f"cannot connect to {address}: {exc}") from None
     try:
-        hello = await _expect(reader, Hello, timeout)
-        if hello.version != PROTOCOL_VERSION:
-            raise HandshakeFailed(
-                f"{address} speaks protocol version {hello.version}, this side {PROTOCOL_VERSION}"
-            )
+        hello = _check_reply(await _expect(reader, Hello, timeout), Hello)
         nonce = auth.new_nonce()
-        writer.write(
-            encode(
-                Auth(
-                    version=PROTOCOL_VERSION,
-                    role=role,
-                    host_id=host_id,
-                    proof=auth.proof(token, hello.nonce, role, host_id),
-                    nonce=nonce,
-                )
-            )
-        )
+        writer.write(_auth_frame(address, hello, nonce, token=token, role=role, host_id=host_id))
         await asyncio.wait_for(writer.drain(), timeout)
         welcome = await _expect(reader, Welcome, timeout)
-        if not auth.verify(token, nonce, hello.role, hello.host_id, welcome.proof):
-            raise HandshakeFailed(f"{address} did not prove the cluster token")
-        if expect_role is not None and hello.role != expect_role:
-            raise HandshakeFailed(f"{address} is a {hello.role}, not a {expect_role}")
+        _check_welcome(address, hello, welcome, nonce, token=token, expect_role=expect_role)
     except HandshakeFailed as exc:
         await _abort(writer)
         raise HandshakeFailed(f"handshake with {address} failed: {exc}") from None
@@ -269,3 +293,99 @@ async def connect(
         writer.close()
         raise
     return Connection(reader, writer, decoder, peer_role=hello.role, peer_host=hello.host_id)
+
+
+# -- blocking client side, for transfers that run in a thread ---------------------------
+
+
+def recv_exactly_blocking(sock: socket.socket, n: int, *, started: bool = False) -> bytearray:
+    """Read exactly ``n`` bytes from a blocking socket, never a byte more.
+
+    ``started``: whether bytes of this frame were already read, which decides between
+    ConnectionClosed (EOF between frames) and FrameTruncated (EOF inside one).
+    """
+    buf = bytearray(n)
+    view = memoryview(buf)
+    got = 0
+    try:
+        while got < n:
+            k = sock.recv_into(view[got:])
+            if k == 0:
+                if not started and got == 0:
+                    raise ConnectionClosed("peer closed the connection")
+                raise FrameTruncated(
+                    f"connection ended inside a frame ({got} of {n} bytes read)"
+                )
+            got += k
+    except TimeoutError as exc:
+        raise PeerVanished(f"no data from the peer within {sock.gettimeout()}s") from exc
+    except OSError as exc:  # reset, broken pipe, host unreachable, ...
+        raise PeerVanished(f"peer vanished: {exc.__class__.__name__}: {exc}") from exc
+    finally:
+        view.release()
+    return buf
+
+
+def recv_frame_blocking(
+    sock: socket.socket, decoder: msgspec.msgpack.Decoder[T], max_size: int = MAX_CONTROL_FRAME
+) -> T:
+    """Read and decode one frame from a blocking socket, checking its size before reading it."""
+    (size,) = HEADER.unpack(recv_exactly_blocking(sock, HEADER.size))
+    if size > max_size:
+        raise FrameTooLarge(size, max_size)
+    payload = recv_exactly_blocking(sock, size, started=True)
+    try:
+        return decoder.decode(payload)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise MalformedFrame(f"malformed frame ({len(payload)} bytes): {exc}") from None
+
+
+def connect_blocking(
+    address: str,
+    *,
+    token: bytes,
+    role: str,
+    host_id: str,
+    expect_role: str | None = None,
+    timeout: float = HANDSHAKE_TIMEOUT,
+) -> tuple[socket.socket, str]:
+    """The blocking twin of :func:`connect`: a plain socket, authenticated both ways.
+
+    Returns the socket (blocking, with ``timeout`` as its per-operation timeout) and the
+    other side's host id. The whole handshake finishes within ``timeout``. Errors are
+    those of :func:`connect`: PeerVanished when the TCP connection cannot be made,
+    HandshakeFailed for everything after.
+    """
+    host, port = parse_address(address)
+    try:
+        sock = socket.create_connection((host, port), timeout=timeout)
+    except OSError as exc:  # includes TimeoutError
+        raise PeerVanished(f"cannot connect to {address}: {exc}") from None
+    deadline = time.monotonic() + timeout
+
+    def expect(kind: type) -> Any:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise HandshakeFailed(f"no {kind.__name__} within {timeout}s")
+        sock.settimeout(remaining)
+        return _check_reply(recv_frame_blocking(sock, _handshake_decoder, MAX_HANDSHAKE_FRAME), kind)
+
+    try:
+        hello = expect(Hello)
+        nonce = auth.new_nonce()
+        sock.sendall(_auth_frame(address, hello, nonce, token=token, role=role, host_id=host_id))
+        welcome = expect(Welcome)
+        _check_welcome(address, hello, welcome, nonce, token=token, expect_role=expect_role)
+    except HandshakeFailed as exc:
+        sock.close()
+        raise HandshakeFailed(f"handshake with {address} failed: {exc}") from None
+    except (FaasError, OSError) as exc:
+        sock.close()
+        raise HandshakeFailed(
+            f"handshake with {address} failed: {exc or type(exc).__name__}"
+        ) from None
+    except BaseException:
+        sock.close()
+        raise
+    sock.settimeout(timeout)
+    return sock, hello.host_id

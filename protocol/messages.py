@@ -133,6 +133,8 @@ class SubmitRun(Message, frozen=True):
     dry_run: bool = False
     # Failing expectations fail the run (otherwise they are warnings).
     strict: bool = False
+    # Run everything: reuse no cached result (outputs and source columns alike).
+    no_cache: bool = False
 
 
 class ListNamespaces(Message, frozen=True):
@@ -246,7 +248,7 @@ class RunAccepted(Message, frozen=True):
 
 
 class TaskEvent(Message, frozen=True):
-    """A node changed state: queued, running, done, failed, cancelled."""
+    """A node changed state: queued, running, done (perhaps from the cache), failed, cancelled."""
 
     run_id: str
     node: str
@@ -256,6 +258,11 @@ class TaskEvent(Message, frozen=True):
     rows: int = 0
     error: str = ""
     env: str = ""
+    # "done" from the cache: the output was already made, nothing ran.
+    cached: bool = False
+    # Source columns served by the worker's column cache, and read from storage.
+    columns_cached: list[str] = []
+    columns_read: list[str] = []
 
 
 class LogLine(Message, frozen=True):
@@ -316,6 +323,8 @@ class Register(Message, frozen=True):
     shm_dir: str
     data_address: str = ""
     env_builds: int = 0
+    # Cached objects already in this worker's store (after a scheduler restart).
+    objects: list[ObjectInfo] = []
 
 
 class Heartbeat(Message, frozen=True):
@@ -324,6 +333,9 @@ class Heartbeat(Message, frozen=True):
     running: int = 0
     # Environments this worker built (installer runs) since it started.
     env_builds: int = 0
+    # Bytes of objects and cached columns in shared memory, and spilled to disk.
+    shm_bytes: int = 0
+    spilled_bytes: int = 0
 
 
 class TaskStarted(Message, frozen=True):
@@ -346,6 +358,10 @@ class TaskDone(Message, frozen=True):
     files: list[str] = []
     seconds: float = 0.0
     passed: bool | None = None
+    # The output came from the worker's store: nothing ran.
+    cached: bool = False
+    columns_cached: list[str] = []
+    columns_read: list[str] = []
 
 
 class TaskFailed(Message, frozen=True):
@@ -383,6 +399,17 @@ def node_label(kind: str) -> str:
     return NODE_LABELS.get(kind, "model")
 
 
+class ObjectSource(msgspec.Struct, frozen=True, kw_only=True):
+    """Where an upstream object lives: mapped in place on the same host, pulled otherwise."""
+
+    worker_id: str
+    host_id: str
+    address: str
+    path: str
+    rows: int = 0
+    schema: bytes = b""
+
+
 class RunTask(Message, frozen=True):
     task_id: str
     run_id: str
@@ -391,6 +418,12 @@ class RunTask(Message, frozen=True):
     module: str
     function: str
     inputs: list[ScanInput | ObjectInput]
+    # The output's object id, and where each upstream object (by object id) lives.
+    output_id: str = ""
+    sources: dict[str, ObjectSource] = {}
+    # Answer from the store when it holds output_id; keep the output there as a cached
+    # result; read source columns through the worker's column cache.
+    use_cache: bool = True
     params: dict[str, ParamValue] = {}
     materialize: Materialize | None = None
     # "python", "sql" (the query is in ``sql``) or "expectation" (returns a bool, no output).
@@ -438,7 +471,6 @@ SchedulerToWorker = Registered | RunTask | CancelTask | ReleaseRun | ImportTask 
 class FetchObject(Message, frozen=True):
     """Ask a worker for one of its objects; the answer is a BulkHeader and the Arrow IPC bytes."""
 
-    run_id: str
     object_id: str
 
 
@@ -462,6 +494,8 @@ class FunctionTask(Message, frozen=True):
     params: dict[str, ParamValue] = {}
     kind: str = "python"
     sql: str = ""
+    # The worker's column cache directory; "" reads every column from storage.
+    column_cache: str = ""
 
 
 class FunctionResult(Message, frozen=True):
@@ -470,6 +504,11 @@ class FunctionResult(Message, frozen=True):
     schema: bytes
     # An expectation's verdict; None for models.
     passed: bool | None = None
+    # Source columns taken from the column cache and read from storage (as "table.column"),
+    # and the cache files this process added (file name → bytes).
+    columns_cached: list[str] = []
+    columns_read: list[str] = []
+    column_entries: dict[str, int] = {}
 
 
 FunctionReply = FunctionResult | Error

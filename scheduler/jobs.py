@@ -92,8 +92,11 @@ class JobStore:
             out.write(json.dumps({"t": msg.time, "node": msg.node, "state": msg.state,
                                   "worker": msg.worker, "error": msg.error}) + "\n")
             record = self._records[run_id]
-            record["nodes"][msg.node] = {"state": msg.state, "worker": msg.worker,
-                                         "rows": msg.rows, "error": msg.error}
+            record["nodes"][msg.node] = {
+                "state": msg.state, "worker": msg.worker, "rows": msg.rows, "error": msg.error,
+                "cached": msg.cached, "columns_cached": msg.columns_cached,
+                "columns_read": msg.columns_read,
+            }
             if msg.state != "queued":
                 self._write(record)
 

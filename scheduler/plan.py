@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+import msgspec
 import pyarrow as pa
 
 from protocol.errors import FaasError, PlanInvalid
@@ -33,6 +35,10 @@ class PlanNode:
     params: dict[str, ParamValue] = field(default_factory=dict)
     # Compressed bytes this node scans from tables (for estimating its memory).
     scan_bytes: int = 0
+    # Hash of everything the output depends on (see cache_key), and the name of the
+    # output object on the workers: the key itself, unless the run bypasses the cache.
+    cache_key: str = ""
+    object_id: str = ""
 
     @property
     def name(self) -> str:
@@ -48,6 +54,9 @@ class Plan:
     # The branch the run publishes to, and the commit every input was read at.
     branch: str | None = None
     base: str = ""
+    # Output tables whose snapshot at the base commit was made from a node's cache key
+    # (node name -> key): publishing that output again would change nothing.
+    published: dict[str, str] = field(default_factory=dict)
 
     def depth(self) -> dict[str, int]:
         """Each node's level in the DAG: 0 reads only tables, else 1 + its deepest upstream."""
@@ -75,6 +84,7 @@ class Plan:
                     "memory": n.spec.memory,
                     "params": n.params,
                     "depends_on": n.deps,
+                    "cache_key": n.cache_key,
                     "inputs": [
                         {
                             "param": i.param,
@@ -189,10 +199,12 @@ def build_plan(
     params: dict[str, str],
     lookup: Callable[[str], SourceTable | None],
     python_versions: set[str] | None = None,
+    salt: str = "",
 ) -> Plan:
     """Resolve every input and order the nodes; raise PlanInvalid listing every problem.
 
     ``python_versions``: what the registered workers offer; None skips that check.
+    ``salt``: makes output object ids unique to one run (see assign_cache_keys).
     """
     from store.query import check_predicate
     from store.scan import check_filter
@@ -230,7 +242,7 @@ def build_plan(
                     node.deps.append(inp.name)
                 node.inputs.append(
                     ObjectInput(
-                        param=inp.param, node=inp.name, object_id=inp.name,
+                        param=inp.param, node=inp.name, object_id="",
                         columns=inp.columns, filter=inp.filter,
                     )
                 )
@@ -297,4 +309,50 @@ def build_plan(
         problems.append(f"{where}: models depend on each other in a cycle: {' -> '.join(cycle)}")
     if problems:
         raise PlanInvalid(problems)
-    return Plan(namespace=namespace, ref=ref, nodes=nodes, order=order)
+    plan = Plan(namespace=namespace, ref=ref, nodes=nodes, order=order)
+    assign_cache_keys(plan, salt)
+    return plan
+
+
+CACHE_KEY_VERSION = 1
+# The snapshot summary property a run sets on the tables it publishes: the cache key
+# of the node that made the rows.
+CACHE_KEY_PROPERTY = "faas.cache-key"
+
+
+def cache_key(node: PlanNode, upstream: dict[str, str]) -> str:
+    """What a node's output depends on, hashed: its code, environment, parameters, and
+    each input's identity (a table's snapshot, or the upstream node's key) with the
+    projection and filter applied to it. Same key, same output."""
+    spec = node.spec
+    inputs: list[Any] = []
+    for i in node.inputs:
+        if isinstance(i, ScanInput):
+            # A table without a snapshot has no rows; its metadata file names it.
+            source = i.snapshot_id if i.snapshot_id is not None else i.metadata_location
+            inputs.append(["table", i.param, i.key, source, i.columns, i.filter])
+        else:
+            inputs.append(["model", i.param, upstream[i.node], i.columns, i.filter])
+    identity = [
+        CACHE_KEY_VERSION, spec.kind, spec.code_hash, spec.module, spec.function, spec.python,
+        sorted(spec.pip.items()), sorted(node.params.items()), inputs,
+    ]
+    return hashlib.sha256(msgspec.json.encode(identity)).hexdigest()[:32]
+
+
+def assign_cache_keys(plan: Plan, salt: str = "") -> None:
+    """Give every node its cache key and output object id, in DAG order.
+
+    With a ``salt`` (a run that bypasses the cache) object ids are unique to the
+    run, so nothing it makes is ever taken for a cached result.
+    """
+    keys: dict[str, str] = {}
+    for name in plan.order:
+        node = plan.nodes[name]
+        node.cache_key = keys[name] = cache_key(node, keys)
+        node.object_id = f"{node.cache_key}-{salt}" if salt else node.cache_key
+        node.inputs = [
+            msgspec.structs.replace(i, object_id=plan.nodes[i.node].object_id)
+            if isinstance(i, ObjectInput) else i
+            for i in node.inputs
+        ]

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 from protocol.errors import InvalidInput, NotFound
 from protocol.messages import SubmitRun
-from scheduler.plan import Plan, SourceTable, build_plan
+from scheduler.plan import CACHE_KEY_PROPERTY, Plan, SourceTable, build_plan
 from scheduler.project import read_project
 from store.transaction import load_table, table_info
 
@@ -53,8 +54,18 @@ def plan_submission(lh: Any, request: SubmitRun, python_versions: set[str] | Non
 
     plan = build_plan(
         project, request.namespace, request.ref, request.params, lookup,
-        python_versions=python_versions,
+        python_versions=python_versions, salt=uuid.uuid4().hex[:8] if request.no_cache else "",
     )
     plan.branch = branch
     plan.base = head
+    if not request.no_cache:
+        for name, node in plan.nodes.items():
+            if node.spec.materialize != "replace":
+                continue  # an append adds its rows again on every run
+            try:
+                info = table_info(load_table(view, node.key), node.key)
+            except NotFound:
+                continue
+            if info.properties.get(CACHE_KEY_PROPERTY) == node.cache_key:
+                plan.published[name] = node.cache_key
     return plan

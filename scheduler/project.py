@@ -7,6 +7,7 @@ Every problem found is collected, so the author sees all of them at once.
 from __future__ import annotations
 
 import ast
+import hashlib
 import re
 import tomllib
 from dataclasses import dataclass, field
@@ -52,6 +53,9 @@ class ModelSpec:
     # "python" (a function), "sql" (a .sql file) or "expectation" (a check returning a bool).
     kind: str = "python"
     sql: str = ""
+    # What the code of this node is, for cache keys: its own definition plus every
+    # piece of the project's Python that is not a model (imports, helpers, constants).
+    code_hash: str = ""
 
     @property
     def is_expectation(self) -> bool:
@@ -70,6 +74,10 @@ class Project:
     config: dict[str, Any]
     # Problems found while reading, when read with partial=True (planning adds its own).
     problems: list[str] = field(default_factory=list)
+
+
+def _digest(*parts: str) -> str:
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()
 
 
 def _decorator_name(node: ast.expr) -> str | None:
@@ -142,9 +150,16 @@ class _Reader:
                 del args[name]
 
     def read(self, module: str) -> None:
+        # Layout and comments do not change code: it is hashed as its syntax tree.
+        self.shared: list[str] = []
         for node in self.tree.body:
+            before = len(self.models)
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 self.read_function(node, module)
+            if len(self.models) > before:
+                self.models[-1].code_hash = _digest(ast.dump(node))
+            else:
+                self.shared.append(ast.dump(node))
 
     def read_function(self, fn: ast.FunctionDef | ast.AsyncFunctionDef, module: str) -> None:
         decorators = {_decorator_name(d): d for d in fn.decorator_list}
@@ -380,6 +395,7 @@ def read_project(files: dict[str, str], *, partial: bool = False) -> Project:
         except tomllib.TOMLDecodeError as exc:
             problems.append(f"faas_project.toml: {exc}")
     models: list[ModelSpec] = []
+    shared = hashlib.sha256()
     for path in sorted(files):
         if not path.endswith(".py"):
             continue
@@ -393,10 +409,15 @@ def read_project(files: dict[str, str], *, partial: bool = False) -> Project:
         reader.read(module)
         problems += reader.problems
         models += reader.models
+        shared.update(f"{path}\0{chr(0).join(reader.shared)}\0".encode())
+    # A model may call anything that is not itself a model: all of that is its code too.
+    for m in models:
+        m.code_hash = _digest(shared.hexdigest(), m.code_hash)
     for path in sorted(files):
         if path.endswith(".sql"):
             sql_model = read_sql_model(path, files[path], problems)
             if sql_model is not None:
+                sql_model.code_hash = _digest(files[path])
                 models.append(sql_model)
     seen: dict[str, ModelSpec] = {}
     for m in models:

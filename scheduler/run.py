@@ -14,7 +14,9 @@ from protocol.messages import (
     CancelTask,
     LogLine,
     Materialize,
+    ObjectInfo,
     ObjectInput,
+    ObjectSource,
     ReleaseRun,
     RunFinished,
     RunTask,
@@ -26,7 +28,7 @@ from protocol.messages import (
     error_message,
 )
 from protocol.sizes import format_size, parse_size
-from scheduler.plan import Plan, PlanNode
+from scheduler.plan import CACHE_KEY_PROPERTY, Plan, PlanNode
 
 if TYPE_CHECKING:
     from scheduler.server import Scheduler, WorkerHandle
@@ -54,6 +56,7 @@ class RunCoordinator:
         files: dict[str, str],
         emit: Emit,
         strict: bool = False,
+        use_cache: bool = True,
     ) -> None:
         self.scheduler = scheduler
         self.run_id = run_id
@@ -61,12 +64,15 @@ class RunCoordinator:
         self.files = files
         self.emit = emit
         self.strict = strict
+        self.use_cache = use_cache
         self.outputs: dict[str, TaskDone] = {}
         # Where each node's output lives, and every worker that ran anything of this run.
         self.placed: dict[str, "WorkerHandle"] = {}
         self.used_workers: set[str] = set()
         self.running: dict[str, asyncio.Task[TaskDone]] = {}
         self.publishing = False
+        # Output tables committed to the run's branch, in the order they were.
+        self.committed: list[str] = []
 
     async def _event(self, node: str, state: str, **kw: Any) -> None:
         await self.emit(TaskEvent(run_id=self.run_id, node=node, state=state, time=time.time(), **kw))
@@ -122,25 +128,66 @@ class RunCoordinator:
                 del self.running[name]
                 self.outputs[name] = task.result()  # re-raises the node's failure
 
+    def upstream(self, node: PlanNode) -> dict[str, tuple[str, ObjectInfo]]:
+        """The upstream objects a node maps: object id -> (producing node, object)."""
+        found = {}
+        for i in node.inputs:
+            if isinstance(i, ObjectInput):
+                out = self.outputs[i.node].output
+                if out is not None:
+                    found[i.object_id] = (i.node, out)
+        return found
+
     def reservation(self, node: PlanNode) -> int:
-        """Memory for one node: as declared, else estimated from what it reads."""
+        """A node's own memory: as declared, else estimated from what it reads.
+
+        Upstream objects it maps are not in it: they are shared pages, counted once
+        for their host however many readers map them."""
         if node.spec.memory:
             return parse_size(node.spec.memory)
-        upstream = sum(
-            self.outputs[i.node].output.nbytes  # type: ignore[union-attr]
-            for i in node.inputs
-            if isinstance(i, ObjectInput) and self.outputs[i.node].output is not None
+        mapped = sum(o.nbytes for _, o in self.upstream(node).values())
+        # Decoded Parquet is several times its compressed size; a function usually
+        # builds something the size of what it maps.
+        return BASE_RESERVATION + 4 * node.scan_bytes + mapped
+
+    def _pulled(self, node: PlanNode, worker: "WorkerHandle") -> int:
+        """Bytes of upstream objects a worker would pull from other hosts for a node."""
+        return sum(
+            o.nbytes for producer, o in self.upstream(node).values()
+            if self.placed[producer].host_id != worker.host_id
         )
-        # Decoded Parquet is several times its compressed size; mapped objects are shared
-        # pages, but a function usually builds something of their size.
-        return BASE_RESERVATION + 4 * node.scan_bytes + 2 * upstream
+
+    def _mapped_here(self, node: PlanNode, worker: "WorkerHandle") -> int:
+        """Bytes of a node's inputs a worker can map in place (more if it holds the output)."""
+        upstream = self.upstream(node).values()
+        here = sum(o.nbytes for _, o in upstream) - self._pulled(node, worker)
+        # The producer's own worker first: the object is in its store, pinned for the run.
+        here += sum(1 for producer, _ in upstream if self.placed[producer] is worker)
+        if self._holds_output(node, worker):
+            here += 2**62  # nothing needs to run there
+        return here
+
+    def _consumers(self, node: PlanNode) -> list[str]:
+        return [n.name for n in self.plan.nodes.values() if node.name in n.deps]
+
+    def _holds_output(self, node: PlanNode, worker: "WorkerHandle") -> bool:
+        return self.use_cache and worker.worker_id in self.scheduler.holders(node.object_id)
 
     async def _run_node(self, node: PlanNode, branch: str) -> TaskDone:
-        tx = None
-        if node.spec.materialize:
-            tx = await self.scheduler.store_call(self.scheduler.lakehouse.begin, branch)
-        reservation = self.reservation(node)
         try:
+            verdict = self.scheduler.verdicts.get(node.cache_key) if self.use_cache else None
+            if node.spec.is_expectation and verdict is not None:
+                return await self._verdict(node, verdict, cached=True, worker="")
+            # A table whose snapshot was made from this very key is published already.
+            published = self.use_cache and node.name in self.plan.published
+            if published and not self._consumers(node):
+                # ... and nothing downstream needs its rows: there is nothing to do.
+                await self._event(node.name, "done", cached=True)
+                return TaskDone(task_id="", cached=True)
+            tx = None
+            if node.spec.materialize and not published:
+                tx = await self.scheduler.store_call(self.scheduler.lakehouse.begin, branch)
+            reservation = self.reservation(node)
             try:
                 return await self._attempt(node, tx, reservation, 1)
             except OutOfMemory as exc:
@@ -163,10 +210,46 @@ class RunCoordinator:
             )
             raise
 
+    async def _verdict(self, node: PlanNode, passed: bool, *, cached: bool, worker: str) -> TaskDone:
+        if not passed:
+            what = f"expectation {node.name!r} failed"
+            if self.strict:
+                raise ExpectationFailed(f"{what} (--strict): nothing was published")
+            await self._event(node.name, "warning", worker=worker, error=what, cached=cached)
+        else:
+            await self._event(node.name, "done", worker=worker, cached=cached)
+        return TaskDone(task_id="", passed=passed, cached=cached)
+
     async def _attempt(self, node: PlanNode, tx: Any, reservation: int, attempt: int) -> TaskDone:
-        worker = await self.scheduler.choose_worker(self._input_workers(node))
-        self.placed[node.name] = worker
+        def need(w: "WorkerHandle") -> int:
+            # A cache hit runs nothing; a run maps its inputs and may pull some here.
+            return 0 if self._holds_output(node, w) else reservation + self._pulled(node, w)
+
+        worker = await self.scheduler.choose_worker(
+            need, lambda w: self._mapped_here(node, w), f"{node.spec.label} {node.name!r}"
+        )
+        reserved = need(worker)
+        worker.reserved += reserved
+        try:
+            return await self._on(worker, node, tx, reservation, attempt)
+        finally:
+            await self.scheduler.unreserve(worker, reserved)
+
+    async def _on(
+        self, worker: "WorkerHandle", node: PlanNode, tx: Any, reservation: int, attempt: int
+    ) -> TaskDone:
         self.used_workers.add(worker.worker_id)
+        self.placed[node.name] = worker
+        upstream = self.upstream(node)
+        sources = {
+            oid: ObjectSource(
+                worker_id=self.placed[producer].worker_id, host_id=self.placed[producer].host_id,
+                address=self.placed[producer].data_address, path=o.path, rows=o.rows,
+                schema=o.schema,
+            )
+            for oid, (producer, o) in upstream.items()
+        }
+        mapped = sum(o.nbytes for _, o in upstream.values())
         materialize = None
         if tx is not None:
             directory = await self.scheduler.store_call(tx.data_location, node.key)
@@ -180,7 +263,9 @@ class RunCoordinator:
                     module=node.spec.module, function=node.spec.function, inputs=node.inputs,
                     params=node.params, materialize=materialize, kind=node.spec.kind,
                     sql=node.spec.sql, python=node.spec.python, pip=node.spec.pip,
-                    memory_limit=reservation, timeout=node.spec.timeout,
+                    # A sole reader's unique pages include what it maps.
+                    memory_limit=reservation + mapped, timeout=node.spec.timeout,
+                    output_id=node.object_id, sources=sources, use_cache=self.use_cache,
                 )
             )
             while True:
@@ -192,17 +277,22 @@ class RunCoordinator:
                         await self.emit(
                             LogLine(run_id=self.run_id, node=node.name, stream=stream, line=line, time=t)
                         )
-                    case TaskDone(passed=False):
-                        what = f"expectation {node.name!r} failed"
-                        if self.strict:
-                            raise ExpectationFailed(f"{what} (--strict): nothing was published")
-                        await self._event(node.name, "warning", worker=worker.worker_id, error=what)
+                    case TaskDone(passed=bool(passed)):
+                        if self.use_cache:
+                            self.scheduler.verdicts[node.cache_key] = passed
+                        await self._verdict(node, passed, cached=False, worker=worker.worker_id)
                         return msg
                     case TaskDone():
+                        if msg.output is not None and self.use_cache:
+                            self.scheduler.remember(worker.worker_id, msg.output)
                         if tx is not None:
                             await self.scheduler.store_call(self._commit_output, tx, node, msg)
-                        rows = msg.output.rows if msg.output else 0
-                        await self._event(node.name, "done", worker=worker.worker_id, rows=rows)
+                            self.committed.append(node.key)
+                        await self._event(
+                            node.name, "done", worker=worker.worker_id,
+                            rows=msg.output.rows if msg.output else 0, cached=msg.cached,
+                            columns_cached=msg.columns_cached, columns_read=msg.columns_read,
+                        )
                         return msg
                     case TaskFailed(error=err):
                         raise from_wire(err.kind, err.message, err.detail)
@@ -212,17 +302,14 @@ class RunCoordinator:
         finally:
             self.scheduler.unwatch_task(task_id)
 
-    def _input_workers(self, node: PlanNode) -> set[str]:
-        """Workers holding this node's upstream objects (each in its own shm directory)."""
-        return {
-            self.placed[i.node].worker_id for i in node.inputs if isinstance(i, ObjectInput)
-        }
-
     def _commit_output(self, tx: Any, node: PlanNode, done: TaskDone) -> str:
         """Commit one materialized output to the run's branch (store thread)."""
         assert done.output is not None
         schema = pa.ipc.read_schema(pa.py_buffer(done.output.schema))
-        tx.add_files(node.key, done.files, schema, node.spec.materialize)
+        tx.add_files(
+            node.key, done.files, schema, node.spec.materialize,
+            properties={CACHE_KEY_PROPERTY: node.cache_key},
+        )
         return tx.publish(
             f"run {self.run_id}: {node.name} -> {node.key}",
             {"run_id": self.run_id, "model": node.name},
@@ -230,9 +317,9 @@ class RunCoordinator:
 
     async def _publish(self, branch: str) -> tuple[str, list[str]]:
         """Merge the run's branch into the target as one commit, then drop the run branch."""
-        tables = [
-            self.plan.nodes[n].key for n in self.plan.order if self.plan.nodes[n].spec.materialize
-        ]
+        # Only what changed: outputs published by an earlier run with the same key are not
+        # committed again.
+        tables = list(self.committed)
         catalog = self.scheduler.lakehouse.catalog
         target = self.plan.branch
         assert target is not None

@@ -45,6 +45,7 @@ from protocol.messages import (
     ImportTask,
     JobLogs,
     ListJobs,
+    ObjectInfo,
     Ok,
     Query,
     QueryDone,
@@ -75,8 +76,6 @@ WORKER_WAIT = 30.0
 HEARTBEAT_INTERVAL = 1.0
 # A worker not heard from for this long is lost; its tasks fail.
 WORKER_DEADLINE = 10 * HEARTBEAT_INTERVAL
-# Until reservations exist, each running task is assumed to take this much memory.
-TASK_MEMORY_GUESS = 256 * 2**20
 
 
 @dataclass
@@ -88,9 +87,20 @@ class WorkerHandle:
     memory_available: int
     python_versions: list[str]
     shm_dir: str
+    data_address: str = ""
     env_builds: int = 0
     last_seen: float = field(default_factory=time.monotonic)
     tasks: set[str] = field(default_factory=set)
+    # Memory reserved by the tasks placed here (their private memory, objects they pull).
+    reserved: int = 0
+    # Objects and cached columns in its shared memory, and spilled to its disk.
+    shm_bytes: int = 0
+    spilled_bytes: int = 0
+
+    def free(self, host_shm: int) -> int:
+        """Memory a new task may still reserve here; objects in the host's shared memory
+        are counted once, whichever worker holds them and however many tasks read them."""
+        return min(self.memory_total - host_shm, self.memory_available) - self.reserved
 
 
 class Scheduler:
@@ -118,6 +128,10 @@ class Scheduler:
         self.worker_joined = asyncio.Condition()
         self.task_queues: dict[str, asyncio.Queue[Any]] = {}
         self.runs: dict[str, asyncio.Task[RunFinished]] = {}
+        # The cache index: object id -> worker id -> the object as that worker holds it.
+        self.objects: dict[str, dict[str, ObjectInfo]] = {}
+        # Cached verdicts of expectations, by cache key.
+        self.verdicts: dict[str, bool] = {}
         self.coordinators: dict[str, RunCoordinator] = {}
         self._server: asyncio.Server | None = None
         self._store = ThreadPoolExecutor(1, thread_name_prefix="faas-store")
@@ -217,9 +231,11 @@ class Scheduler:
             worker_id=first.worker_id, host_id=first.host_id, conn=conn,
             memory_total=first.memory_total, memory_available=first.memory_available,
             python_versions=first.python_versions, shm_dir=first.shm_dir,
-            env_builds=first.env_builds,
+            data_address=first.data_address, env_builds=first.env_builds,
         )
         self.workers[handle.worker_id] = handle
+        for info in first.objects:
+            self.objects.setdefault(info.object_id, {})[handle.worker_id] = info
         await conn.send(Registered(worker_id=handle.worker_id, heartbeat_interval=HEARTBEAT_INTERVAL))
         log.info("worker %s joined from %s (host %s)", handle.worker_id, conn.peer, handle.host_id)
         async with self.worker_joined:
@@ -237,6 +253,8 @@ class Scheduler:
                     handle.memory_available = msg.memory_available
                     handle.memory_total = msg.memory_total
                     handle.env_builds = msg.env_builds
+                    handle.shm_bytes = msg.shm_bytes
+                    handle.spilled_bytes = msg.spilled_bytes
                     continue
                 if isinstance(msg, QueryDone):
                     data = await conn.recv_bulk(msg.nbytes, timeout=300)
@@ -251,6 +269,8 @@ class Scheduler:
             # A worker that reconnected has a new handle under the same id: keep that one.
             if self.workers.get(handle.worker_id) is handle:
                 del self.workers[handle.worker_id]
+                for holders in self.objects.values():
+                    holders.pop(handle.worker_id, None)
             conn.close()
             log.info("worker %s left", handle.worker_id)
             lost = Error(kind="PeerVanished", message=f"worker {handle.worker_id} was lost")
@@ -275,32 +295,75 @@ class Scheduler:
         for w in self.workers.values():
             w.tasks.discard(task_id)
 
-    async def choose_worker(self, among: set[str] = frozenset()) -> WorkerHandle:  # type: ignore[assignment]
-        """The worker that holds the inputs (``among``: worker ids), else the one with most
-        free memory."""
+    def host_shm(self, host_id: str) -> int:
+        return sum(w.shm_bytes for w in self.workers.values() if w.host_id == host_id)
 
-        def candidates() -> list[WorkerHandle]:
-            ws = [w for w in self.workers.values() if not w.conn.closed]
-            if among:
-                ws = [w for w in ws if w.worker_id in among]
-            return ws
+    def holders(self, object_id: str) -> dict[str, ObjectInfo]:
+        """Live workers holding a cached object, by worker id."""
+        found = self.objects.get(object_id, {})
+        return {w: info for w, info in found.items() if w in self.workers}
+
+    def remember(self, worker_id: str, info: ObjectInfo) -> None:
+        self.objects.setdefault(info.object_id, {})[worker_id] = info
+
+    async def choose_worker(
+        self,
+        need: Callable[[WorkerHandle], int] | None = None,
+        affinity: Callable[[WorkerHandle], int] | None = None,
+        what: str = "a task",
+    ) -> WorkerHandle:
+        """The worker for a task that needs ``need(worker)`` bytes of memory there.
+
+        Among the workers where it fits now, the one with the highest ``affinity``
+        (bytes of its inputs it can map without a transfer), then the most free memory.
+        When it fits nowhere now it waits for memory to be released; when it could fit
+        on no registered worker even idle, it fails at once.
+        """
+        need = need or (lambda w: 0)
+        affinity = affinity or (lambda w: 0)
+
+        def live() -> list[WorkerHandle]:
+            return [w for w in self.workers.values() if not w.conn.closed]
+
+        def fitting() -> list[WorkerHandle]:
+            return [w for w in live() if need(w) <= w.free(self.host_shm(w.host_id))]
 
         async with self.worker_joined:
             try:
                 await asyncio.wait_for(
-                    self.worker_joined.wait_for(lambda: bool(candidates())), WORKER_WAIT
+                    self.worker_joined.wait_for(lambda: bool(live())), WORKER_WAIT
                 )
             except TimeoutError:
-                where = f" among {', '.join(sorted(among))}" if among else ""
                 raise NoWorkers(
-                    f"no worker{where} registered within {WORKER_WAIT:.0f}s: start one with "
+                    f"no worker registered within {WORKER_WAIT:.0f}s: start one with "
                     f"'faasd worker --scheduler {self.address}'"
                 ) from None
-        # Most free memory first, counting what its running tasks will still take.
-        return min(
-            candidates(),
-            key=lambda w: (-(w.memory_available - len(w.tasks) * TASK_MEMORY_GUESS), w.worker_id),
+            while not fitting():
+                largest = max(live(), key=lambda w: w.memory_total, default=None)
+                if largest is None or all(need(w) > w.memory_total for w in live()):
+                    from protocol.sizes import format_size
+
+                    size = need(largest) if largest else 0
+                    raise NoWorkers(
+                        f"{what} reserves {format_size(size)}, more than any worker has: the "
+                        f"largest is {largest.worker_id if largest else '-'} with "
+                        f"{format_size(largest.memory_total if largest else 0)} (declare less "
+                        f"with @faas.model(memory=...) or start a larger worker)"
+                    )
+                try:  # released memory notifies; heartbeats change figures without a word
+                    await asyncio.wait_for(self.worker_joined.wait(), HEARTBEAT_INTERVAL)
+                except TimeoutError:
+                    pass
+        return max(
+            fitting(),
+            key=lambda w: (affinity(w), w.free(self.host_shm(w.host_id)), w.worker_id),
         )
+
+    async def unreserve(self, worker: WorkerHandle, nbytes: int) -> None:
+        """Give back a reservation; tasks waiting for memory look again."""
+        worker.reserved -= nbytes
+        async with self.worker_joined:
+            self.worker_joined.notify_all()
 
     def background(self, coro: Any) -> None:
         """Run a fire-and-forget coroutine, keeping a reference until it ends."""
@@ -355,7 +418,8 @@ class Scheduler:
                             "worker_id": w.worker_id, "host_id": w.host_id,
                             "memory_total": w.memory_total, "memory_available": w.memory_available,
                             "python_versions": w.python_versions, "running": len(w.tasks),
-                            "env_builds": w.env_builds,
+                            "env_builds": w.env_builds, "memory_reserved": w.reserved,
+                            "shm_bytes": w.shm_bytes, "spilled_bytes": w.spilled_bytes,
                         }
                         for w in self.workers.values()
                     ],
@@ -464,7 +528,10 @@ class Scheduler:
             except FaasError:
                 pass  # the client is gone; the watcher below cancels the run
 
-        coordinator = RunCoordinator(self, run_id, plan, request.files, emit, strict=request.strict)
+        coordinator = RunCoordinator(
+            self, run_id, plan, request.files, emit, strict=request.strict,
+            use_cache=not request.no_cache,
+        )
         run = asyncio.create_task(coordinator.execute())
         self.runs[run_id] = run
         self.coordinators[run_id] = coordinator

@@ -7,7 +7,7 @@ import random
 import time
 import uuid
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
 import pyarrow as pa
@@ -47,6 +47,8 @@ class TableInfo:
     row_count: int
     file_count: int
     size_bytes: int
+    # The current snapshot's summary: totals, and the properties its writer set.
+    properties: dict[str, str] = field(default_factory=dict)
 
 
 def load_table(view: CommitCatalog, key: str) -> IcebergTable:
@@ -80,6 +82,7 @@ def table_info(table: IcebergTable, key: str) -> TableInfo:
         row_count=total("total-records"),
         file_count=total("total-data-files"),
         size_bytes=total("total-files-size"),
+        properties=dict(summary.additional_properties) if summary is not None else {},
     )
 
 
@@ -179,13 +182,15 @@ class Transaction:
         logger.debug("transaction %s: %s %d rows into %s", self.id, mode, data.num_rows, key)
 
     def add_files(
-        self, key: str, files: Sequence[str], schema: pa.Schema, mode: WriteMode = "replace"
+        self, key: str, files: Sequence[str], schema: pa.Schema, mode: WriteMode = "replace",
+        properties: dict[str, str] | None = None,
     ) -> None:
         """Register Parquet ``files`` already written into the warehouse as the data of ``key``.
 
         ``schema`` is the Arrow schema the files were written with; it is used
         to create the table if it does not exist. ``replace`` drops the rows the
-        table had (in the same table commit), ``append`` keeps them.
+        table had (in the same table commit), ``append`` keeps them. ``properties``
+        go into the summary of the snapshot that adds the files.
 
         Raises:
             InvalidInput: a bad key or mode, or files whose schema does not fit the table.
@@ -198,6 +203,7 @@ class Transaction:
         _check_names(key, schema)
         schema = iceberg_schema(schema)
         table = self._load_or_none(key)
+        props = dict(properties or {})
         try:
             if table is None:
                 require_namespace(self._view, namespace)
@@ -205,21 +211,21 @@ class Transaction:
                     key, schema, location=self._new_location(key)
                 ) as txn:
                     if paths:
-                        txn.add_files(paths)
+                        txn.add_files(paths, snapshot_properties=props)
             elif mode == "append":
                 _check_appendable(key, table, schema)
                 if paths:
-                    table.add_files(paths)
+                    table.add_files(paths, snapshot_properties=props)
             elif _fits(table, schema):
                 with table.transaction() as txn:
                     if _has_data(table):
                         txn.delete(AlwaysTrue())
                     if paths:
-                        txn.add_files(paths)
+                        txn.add_files(paths, snapshot_properties=props)
             else:
                 with self._recreate(key, schema) as txn:
                     if paths:
-                        txn.add_files(paths)
+                        txn.add_files(paths, snapshot_properties=props)
         except FileNotFoundError as e:
             missing = e.filename or _first_line(e)
             raise NotFound(f"cannot add files to table {key!r}: file not found: {missing}") from e

@@ -22,8 +22,10 @@ if TYPE_CHECKING:
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def start_daemon(args: list[str], marker: str, log: Path) -> tuple[subprocess.Popen[str], str]:
-    return _start_daemon(args, marker, log, cwd=ROOT)
+def start_daemon(
+    args: list[str], marker: str, log: Path, env: dict[str, str] | None = None
+) -> tuple[subprocess.Popen[str], str]:
+    return _start_daemon(args, marker, log, cwd=ROOT, env=env)
 EXAMPLE = ROOT / "examples" / "adventureworks"
 SOURCE_TABLES = ("product", "product_category", "product_subcategory", "sale", "territories")
 
@@ -58,6 +60,30 @@ class Cluster:
     def json(self, *args: str) -> Any:
         """Run a `faas` command with --json; what it printed, parsed."""
         return json.loads(self.faas(*args, "--json", check=True).stdout)
+
+    def add_worker(
+        self, tmp: Path, name: str, *args: str, env: dict[str, str] | None = None
+    ) -> Path:
+        """Start one more worker (its own shm directory, shared environments); return its
+        shm directory. ``args``: more flags, such as --host-id or --memory."""
+        shm = tmp / f"shm-{name}"
+        proc, address = start_daemon(
+            ["worker", "--scheduler", self.address, "--token-file", str(self.token_file),
+             "--shm-dir", str(shm), "--env-dir", str(tmp / "envs"), *args],
+            "faasd worker", tmp / f"{name}.log", env=env,
+        )
+        self.workers.append(proc)
+        self.data_addresses.append(address)
+        return shm
+
+    def wait_workers(self, n: int, timeout: float = 30) -> list[dict[str, Any]]:
+        import time
+
+        deadline = time.monotonic() + timeout
+        while len(workers := self.json("info")["workers"]) < n:
+            assert time.monotonic() < deadline, f"{len(workers)} of {n} workers registered"
+            time.sleep(0.2)
+        return workers  # type: ignore[no-any-return]
 
     def alive(self) -> bool:
         return self.scheduler.poll() is None and all(w.poll() is None for w in self.workers)

@@ -68,7 +68,8 @@ def test_packages_per_function_built_once_then_cached(
     builds = _builds(cluster)
     assert builds == 2
 
-    again = cluster.faas("submit", str(project), "-n", "adventure")
+    # --no-cache: the functions run again (an unchanged re-run would come from the cache).
+    again = cluster.faas("submit", str(project), "-n", "adventure", "--no-cache")
     assert again.returncode == 0, again.stderr
     assert "(environment built)" not in again.stderr
     assert again.stderr.count("(environment cached)") == 2

@@ -189,11 +189,11 @@ def test_example_plan_orders_and_resolves_inputs() -> None:
     assert sale.metadata_location == source.metadata_location
     assert sale.snapshot_id == source.snapshot_id
     assert dim_product == ObjectInput(
-        param="dim_product", node="dim_product", object_id="dim_product",
+        param="dim_product", node="dim_product", object_id=p.nodes["dim_product"].object_id,
         columns=["ProductKey", "ProductCost", "ProductPrice"], filter=None,
     )
     assert dim_country == ObjectInput(
-        param="dim_country", node="dim_country", object_id="dim_country",
+        param="dim_country", node="dim_country", object_id=p.nodes["dim_country"].object_id,
         columns=["SalesTerritoryKey", "Country"], filter=None,
     )
 
@@ -1078,6 +1078,7 @@ def test_describe_fields_for_every_kind_of_input() -> None:
             "name": "up", "kind": "python", "level": 0, "where": "m.py:5",
             "output": "out.up", "materialize": "append", "python": "3.12",
             "pip": {"polars": "1.0"}, "memory": "1GiB", "params": {"y": "7"}, "depends_on": [],
+            "cache_key": p.nodes["up"].cache_key,
             "inputs": [{"param": "t", "from": "raw.t", "source": "table", "snapshot_id": snap,
                         "columns": ["a"], "filter": "a > 1"}],
         },
@@ -1085,6 +1086,7 @@ def test_describe_fields_for_every_kind_of_input() -> None:
             "name": "down", "kind": "python", "level": 1, "where": "m.py:9",
             "output": "out.down", "materialize": None, "python": None,
             "pip": {}, "memory": None, "params": {}, "depends_on": ["up"],
+            "cache_key": p.nodes["down"].cache_key,
             "inputs": [{"param": "u", "from": "up", "source": "model", "snapshot_id": None,
                         "columns": None, "filter": None}],
         },

@@ -36,16 +36,6 @@ def c(a=faas.Model("a"), b=faas.Model("b")):
 
 
 
-def _add_worker(c: Cluster, tmp: Path, name: str) -> None:
-    proc, address = start_daemon(
-        ["worker", "--scheduler", c.address, "--token-file", str(c.token_file),
-         "--shm-dir", str(tmp / f"shm-{name}"), "--env-dir", str(tmp / "envs")],
-        "faasd worker", tmp / f"{name}.log",
-    )
-    c.workers.append(proc)
-    c.data_addresses.append(address)
-
-
 def _setup(c: Cluster, data: Path, tmp: Path, text: str) -> Path:
     c.faas("namespace", "create", "adventure", check=True)
     c.faas("table", "import", "adventure.territories", str(data / "territories.csv"), check=True)
@@ -58,19 +48,18 @@ def _setup(c: Cluster, data: Path, tmp: Path, text: str) -> Path:
 def test_two_workers_on_one_host_keep_objects_with_their_maker(
     cluster: Cluster, example_data: Path, tmp_path: Path
 ) -> None:
-    _add_worker(cluster, tmp_path, "second")
+    cluster.add_worker(tmp_path, "second")
     project = _setup(cluster, example_data, tmp_path, CHAIN)
-    deadline = time.monotonic() + 30
-    while len(cluster.json("info")["workers"]) < 2:
-        assert time.monotonic() < deadline
-        time.sleep(0.2)
+    cluster.wait_workers(2)
     for _ in range(6):
-        proc = cluster.faas("submit", str(project), "-n", "adventure", "--json")
+        # --no-cache: every run places and runs every function.
+        proc = cluster.faas("submit", str(project), "-n", "adventure", "--json", "--no-cache")
         assert proc.returncode == 0, proc.stderr
     for listed in cluster.json("job", "ls"):
         job = cluster.json("job", "get", listed["run_id"])
-        # b and c read a's output from a's worker's shared memory: all ran there.
+        # b and c read a's output where it was made: all ran on a's worker.
         assert len({job["nodes"][n]["worker"] for n in "abc"}) == 1, job["nodes"]
+        assert not any(job["nodes"][n]["cached"] for n in "abc")
     assert cluster.alive()
 
 

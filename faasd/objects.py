@@ -1,0 +1,221 @@
+"""The worker's object store: immutable Arrow IPC files in shared memory.
+
+Every output of a function is one file, ``<root>/objects/<object id>.arrow``,
+written once by the function process and then only ever mapped
+(``pyarrow.memory_map``): readers on this host share its pages, so four
+readers of an object use one object's memory. Source-table columns cached by
+function processes live beside them in ``<root>/columns`` (faasd/columns.py).
+
+Objects are pinned by the runs that use them and unpinned when a run is
+released. Unpinned entries stay as a cache, least recently used first out,
+under the store's memory budget: objects over the budget are spilled to local
+disk (still served and mapped from there, and moved back when used again),
+columns are dropped (storage has them). Spilled objects over the disk budget
+are deleted last.
+
+Every method runs on the worker's event loop; files move in a thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import re
+import shutil
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+_COLUMN_FILE = re.compile(r"col-[0-9a-f]{32}\.arrow")
+# Keep this much of the shm filesystem free whatever the budget says.
+SHM_RESERVE = 64 * 2**20
+
+
+@dataclass
+class Entry:
+    name: str
+    nbytes: int
+    kind: str  # "object" | "column"
+    rows: int = 0
+    schema: bytes = b""
+    # Kept after its runs end, for runs with the same cache key.
+    cacheable: bool = True
+    spilled: bool = False
+    moving: bool = False
+    pins: set[str] = field(default_factory=set)
+
+
+def shm_free(path: Path) -> int:
+    st = os.statvfs(path)
+    return st.f_bavail * st.f_frsize
+
+
+class ObjectStore:
+    def __init__(self, root: Path, spill_root: Path, budget: int, spill_budget: int | None = None) -> None:
+        self.root = root
+        self.objects_dir = root / "objects"
+        self.columns_dir = root / "columns"
+        self.spill_dir = spill_root
+        for d in (self.objects_dir, self.columns_dir, self.spill_dir):
+            d.mkdir(parents=True, exist_ok=True)
+        free = shm_free(self.objects_dir)
+        if budget > free - SHM_RESERVE:
+            log.warning(
+                "object store budget %d MiB is more than the %d MiB free in %s: using what is free",
+                budget >> 20, free >> 20, root,
+            )
+            budget = max(free - SHM_RESERVE, 0)
+        self.budget = budget
+        self.spill_budget = spill_budget if spill_budget is not None else 4 * budget
+        # Least recently used first.
+        self.entries: OrderedDict[str, Entry] = OrderedDict()
+
+    # -- paths -----------------------------------------------------------------
+
+    def path(self, name: str) -> Path:
+        """Where a new object is written (in shared memory)."""
+        return self.objects_dir / f"{name}.arrow"
+
+    def _spill_path(self, name: str) -> Path:
+        return self.spill_dir / f"{name}.arrow"
+
+    def _where(self, e: Entry) -> Path:
+        if e.kind == "column":
+            return self.columns_dir / e.name  # the file name the function process wrote
+        return self._spill_path(e.name) if e.spilled else self.path(e.name)
+
+    def locate(self, name: str) -> Path | None:
+        """The file of a sealed object, in shared memory or spilled to disk; None if unknown."""
+        e = self.entries.get(name)
+        if e is None or e.kind != "object":
+            return None
+        return self._where(e)
+
+    # -- accounting --------------------------------------------------------------
+
+    @property
+    def shm_bytes(self) -> int:
+        return sum(e.nbytes for e in self.entries.values() if not e.spilled)
+
+    @property
+    def spilled_bytes(self) -> int:
+        return sum(e.nbytes for e in self.entries.values() if e.spilled)
+
+    def stats(self) -> dict[str, int]:
+        objects = [e for e in self.entries.values() if e.kind == "object"]
+        return {
+            "shm_bytes": self.shm_bytes,
+            "spilled_bytes": self.spilled_bytes,
+            "budget": self.budget,
+            "objects": len(objects),
+            "pinned": sum(1 for e in objects if e.pins),
+            "columns": len(self.entries) - len(objects),
+        }
+
+    # -- entries -------------------------------------------------------------------
+
+    def add(
+        self, name: str, run_id: str | None, *, rows: int = 0, schema: bytes = b"",
+        cacheable: bool = True,
+    ) -> Entry:
+        """Register a sealed object at :meth:`path` (pinned by ``run_id``)."""
+        e = Entry(
+            name=name, nbytes=self.path(name).stat().st_size, kind="object", rows=rows,
+            schema=schema, cacheable=cacheable,
+        )
+        old = self.entries.pop(name, None)
+        if old is not None:
+            e.pins |= old.pins
+        if run_id is not None:
+            e.pins.add(run_id)
+        self.entries[name] = e
+        return e
+
+    def add_columns(self, sizes: dict[str, int]) -> None:
+        """Register column files a function process wrote into :attr:`columns_dir`
+        (file name -> bytes)."""
+        for name, nbytes in sizes.items():
+            if not _COLUMN_FILE.fullmatch(name):
+                # The report comes from a process running user code: names are checked.
+                log.warning("ignoring column cache entry %r: not a cache file name", name)
+                continue
+            self.entries.pop(name, None)
+            self.entries[name] = Entry(name=name, nbytes=nbytes, kind="column")
+
+    async def use(self, name: str, run_id: str) -> Entry | None:
+        """Pin a held object for ``run_id`` (a cache hit); None if this worker lacks it."""
+        e = self.entries.get(name)
+        if e is None or e.kind != "object":
+            return None
+        if not self._where(e).exists():
+            log.warning("object %s vanished from the store", name)
+            del self.entries[name]
+            return None
+        e.pins.add(run_id)
+        self.entries.move_to_end(name)
+        while e.moving:  # a spill under way: its path is settled only when the move ends
+            await asyncio.sleep(0.005)
+        if e.spilled and self.shm_bytes + e.nbytes <= self.budget:
+            # Back into shared memory; readers can map it from disk meanwhile.
+            e.moving = True
+            try:
+                await asyncio.to_thread(shutil.move, self._spill_path(name), self.path(name))
+                e.spilled = False
+            except OSError as exc:
+                log.warning("could not bring object %s back from disk: %s", name, exc)
+            finally:
+                e.moving = False
+        return e
+
+    def objects(self) -> list[Entry]:
+        return [e for e in self.entries.values() if e.kind == "object" and e.cacheable]
+
+    async def release(self, run_id: str) -> None:
+        """Unpin everything ``run_id`` held; objects only it could use are deleted."""
+        for e in list(self.entries.values()):
+            if run_id in e.pins:
+                e.pins.discard(run_id)
+                if not e.pins and not e.cacheable:
+                    self._delete(e)
+        await self.enforce()
+
+    def _delete(self, e: Entry) -> None:
+        self.entries.pop(e.name, None)
+        self._where(e).unlink(missing_ok=True)
+
+    async def enforce(self) -> None:
+        """Spill or drop least recently used unpinned entries until within the budgets."""
+        free = shm_free(self.objects_dir)
+        over = max(self.shm_bytes - self.budget, SHM_RESERVE - free, 0)
+        for e in list(self.entries.values()):
+            if over <= 0:
+                break
+            if e.pins or e.spilled or e.moving:
+                continue
+            over -= e.nbytes
+            if e.kind == "column":
+                self._delete(e)
+                continue
+            e.moving = True
+            try:
+                await asyncio.to_thread(shutil.move, self.path(e.name), self._spill_path(e.name))
+                e.spilled = True
+                log.info("object %s (%d MiB) spilled to %s", e.name, e.nbytes >> 20, self.spill_dir)
+            except OSError as exc:
+                log.warning("could not spill object %s, dropping it: %s", e.name, exc)
+                self._delete(e)
+            finally:
+                e.moving = False
+        spilled_over = self.spilled_bytes - self.spill_budget
+        for e in list(self.entries.values()):
+            if spilled_over <= 0:
+                break
+            if e.spilled and not e.pins and not e.moving:
+                spilled_over -= e.nbytes
+                self._delete(e)
+
+
+__all__ = ["Entry", "ObjectStore", "shm_free"]
