@@ -283,6 +283,9 @@ class RunCoordinator:
                         await self._verdict(node, passed, cached=False, worker=worker.worker_id)
                         return msg
                     case TaskDone():
+                        if msg.output is not None and not msg.cached:
+                            # Counted for its host at once; heartbeats then say what is so.
+                            worker.shm_bytes += msg.output.nbytes
                         if msg.output is not None and self.use_cache:
                             self.scheduler.remember(worker.worker_id, msg.output)
                         if tx is not None:
