@@ -58,6 +58,7 @@ def model(
     columns: list[str] | None = None,
     memory: str | None = None,
     timeout: float | None = None,
+    cache: bool = True,
 ) -> Callable[[F], F]:
     """Mark a function as a model: its return value is a table named ``name`` (default: the
     function name), kept in memory for downstream models and, with ``materialize``,
@@ -65,7 +66,9 @@ def model(
 
     ``memory`` reserves memory for the function ("4GiB"; estimated from its inputs when
     not given): past it the function is stopped, and retried once with twice as much.
-    ``timeout`` (seconds) stops a function that runs longer."""
+    ``timeout`` (seconds) stops a function that runs longer. ``cache=False`` runs it every
+    time, for functions whose output changes without their code or inputs changing (the
+    time, randomness, an outside service): what reads it runs every time too."""
     if materialize not in MATERIALIZE_MODES:
         raise ValueError(f"materialize must be one of {MATERIALIZE_MODES}, not {materialize!r}")
 
@@ -76,6 +79,7 @@ def model(
             "columns": columns,
             "memory": memory,
             "timeout": timeout,
+            "cache": cache,
         }
         return fn
 

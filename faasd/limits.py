@@ -1,8 +1,9 @@
 """Watch a function process's memory and stop it when it goes past its limit.
 
 Memory is the process tree's unique set size: pages only it holds. Pages it
-shares (memory-mapped input objects, the pre-imported parent's pages) are not
-counted against it, because they cost nothing extra.
+shares with other processes (an input object several functions map, the
+pre-imported parent's pages) are not counted against it; a mapped input no
+other process maps is, so the scheduler puts mapped inputs into the limit.
 """
 
 from __future__ import annotations
@@ -44,7 +45,9 @@ async def watch_memory(pid: int, limit: int, on_exceed: Callable[[int], None]) -
     peak = 0
     while True:
         try:
-            used = private_bytes(proc)
+            # Reading smaps of a process with gigabytes mapped takes tens of milliseconds:
+            # not on the worker's event loop.
+            used = await asyncio.to_thread(private_bytes, proc)
         except psutil.NoSuchProcess:
             return peak
         peak = max(peak, used)

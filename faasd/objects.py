@@ -72,6 +72,7 @@ class ObjectStore:
         self.spill_budget = spill_budget if spill_budget is not None else 4 * budget
         # Least recently used first.
         self.entries: OrderedDict[str, Entry] = OrderedDict()
+        self.dropped: list[str] = []
 
     # -- paths -----------------------------------------------------------------
 
@@ -103,6 +104,16 @@ class ObjectStore:
     @property
     def spilled_bytes(self) -> int:
         return sum(e.nbytes for e in self.entries.values() if e.spilled)
+
+    @property
+    def pinned_bytes(self) -> int:
+        """Shared memory that runs are using: it cannot be given back until they end."""
+        return sum(e.nbytes for e in self.entries.values() if e.pins and not e.spilled)
+
+    def take_dropped(self) -> list[str]:
+        """Object ids deleted since the last call (the scheduler's cache index forgets them)."""
+        dropped, self.dropped = self.dropped, []
+        return dropped
 
     def stats(self) -> dict[str, int]:
         objects = [e for e in self.entries.values() if e.kind == "object"]
@@ -154,11 +165,13 @@ class ObjectStore:
             log.warning("object %s vanished from the store", name)
             del self.entries[name]
             return None
+        others = bool(e.pins - {run_id})
         e.pins.add(run_id)
         self.entries.move_to_end(name)
         while e.moving:  # a spill under way: its path is settled only when the move ends
             await asyncio.sleep(0.005)
-        if e.spilled and self.shm_bytes + e.nbytes <= self.budget:
+        # Other runs may be reading it where it is: only an object nobody uses moves.
+        if e.spilled and not others and self.shm_bytes + e.nbytes <= self.budget:
             # Back into shared memory; readers can map it from disk meanwhile.
             e.moving = True
             try:
@@ -185,11 +198,39 @@ class ObjectStore:
     def _delete(self, e: Entry) -> None:
         self.entries.pop(e.name, None)
         self._where(e).unlink(missing_ok=True)
+        if e.kind == "object":
+            self.dropped.append(e.name)
 
-    async def enforce(self) -> None:
+    def adopt_columns(self) -> None:
+        """Register column files written by processes that never reported them (a function
+        that failed after its scans): they are accounted and evicted like the others."""
+        try:
+            names = os.listdir(self.columns_dir)
+        except OSError:
+            return
+        for name in names:
+            if name not in self.entries and _COLUMN_FILE.fullmatch(name):
+                try:
+                    nbytes = (self.columns_dir / name).stat().st_size
+                except OSError:
+                    continue
+                self.entries[name] = Entry(name=name, nbytes=nbytes, kind="column")
+
+    def sweep(self, pid: int) -> None:
+        """Delete what process ``pid`` left half-written (it was killed, or failed)."""
+        for d in (self.objects_dir, self.columns_dir):
+            for leftover in (*d.glob(f"*.{pid}.tmp"), *d.glob(f"*.{pid}.*.tmp")):
+                leftover.unlink(missing_ok=True)
+
+    async def make_room(self, nbytes: int) -> None:
+        """Spill unpinned entries so that ``nbytes`` more fit under the budget."""
+        await self.enforce(self.budget - nbytes)
+
+    async def enforce(self, budget: int | None = None) -> None:
         """Spill or drop least recently used unpinned entries until within the budgets."""
+        budget = self.budget if budget is None else max(budget, 0)
         free = shm_free(self.objects_dir)
-        over = max(self.shm_bytes - self.budget, SHM_RESERVE - free, 0)
+        over = max(self.shm_bytes - budget, SHM_RESERVE - free, 0)
         for e in list(self.entries.values()):
             if over <= 0:
                 break

@@ -372,7 +372,9 @@ def _receive(
         try:
             if nbytes:
                 _reserve(fd, nbytes, part)
-                with mmap.mmap(fd, nbytes) as mapped, memoryview(mapped) as view:
+                # Mapped with its pages already in place: no page faults while receiving.
+                flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
+                with mmap.mmap(fd, nbytes, flags=flags) as mapped, memoryview(mapped) as view:
                     while got < nbytes:
                         with view[got:got + CHUNK] as window:
                             try:

@@ -15,6 +15,7 @@ import shutil
 import socket
 import time
 import uuid
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -72,6 +73,10 @@ def default_env_dir() -> str:
     return os.path.join(os.path.expanduser("~"), ".cache", "faas", "envs")
 
 
+def default_spill_dir() -> str:
+    return os.path.join(os.path.expanduser("~"), ".cache", "faas", "spill")
+
+
 def default_shm_dir() -> str:
     return "/dev/shm" if os.path.isdir("/dev/shm") else os.path.join(os.path.expanduser("~"), ".faas", "shm")
 
@@ -91,6 +96,7 @@ class Worker:
         listen: str = "127.0.0.1:0",
         reconnect: bool = True,
         object_memory: int | None = None,
+        spill_dir: str | None = None,
     ) -> None:
         self.scheduler = scheduler
         self.token = token
@@ -102,8 +108,14 @@ class Worker:
         # Shared memory for objects: half the worker's memory unless told otherwise.
         self.object_memory = object_memory or self.memory // 2
         self.objects: ObjectStore | None = None
+        # Spilled objects go to disk, never to the shared-memory filesystem itself.
+        self.spill_root = Path(spill_dir or default_spill_dir()).expanduser() / f"faas-{self.worker_id}"
         # Objects being pulled from other hosts, so concurrent readers share one pull.
-        self._pulls: dict[str, asyncio.Future[Path]] = {}
+        self._pulls: dict[tuple[str, str], asyncio.Future[Path]] = {}
+        # Runs already released: work of theirs that ends late pins nothing.
+        self.released: OrderedDict[str, None] = OrderedDict()
+        # Memory limits of the functions running now (the store makes room for them).
+        self.running_limits: dict[str, int] = {}
         self.reconnect = reconnect
         self.envs = EnvironmentCache(
             Path(env_dir or default_env_dir()).expanduser(), extra_interpreters=pythons
@@ -129,7 +141,7 @@ class Worker:
         self.status = "starting"
         self.shm_root.mkdir(parents=True, exist_ok=True)
         self.work_root.mkdir(parents=True, exist_ok=True)
-        self.objects = ObjectStore(self.shm_root, self.work_root / "spill", self.object_memory)
+        self.objects = ObjectStore(self.shm_root, self.spill_root, self.object_memory)
         # faas runs on Python 3.11 and later, so only those interpreters are offered.
         found = await asyncio.to_thread(self.envs.interpreters)
         self.python_versions = sorted(
@@ -160,6 +172,7 @@ class Worker:
         await self.zygotes.close()
         shutil.rmtree(self.shm_root, ignore_errors=True)
         shutil.rmtree(self.work_root, ignore_errors=True)
+        shutil.rmtree(self.spill_root, ignore_errors=True)
         self.status = "closed"
         log.info("worker %s closed", self.worker_id)
 
@@ -245,8 +258,10 @@ class Worker:
                         memory_available=min(self.memory, vm.available),
                         running=len(self.processes),
                         env_builds=self.envs.installs,
-                        shm_bytes=self.store.shm_bytes,
+                        shm_bytes=self.store.pinned_bytes,
+                        cache_bytes=self.store.shm_bytes - self.store.pinned_bytes,
                         spilled_bytes=self.store.spilled_bytes,
+                        dropped=self.store.take_dropped(),
                     )
                 )
             except FaasError:
@@ -356,6 +371,7 @@ class Worker:
             self.processes[msg.task_id] = proc
             result = await self._run_limited(msg, proc, env)
             self.store.add_columns(result.column_entries)
+            pin = None if msg.run_id in self.released else msg.run_id
             columns = {"columns_cached": result.columns_cached, "columns_read": result.columns_read}
             if result.passed is not None:  # an expectation: a verdict, no output object
                 await self._send(TaskDone(
@@ -364,7 +380,7 @@ class Worker:
                 ))
                 return
             self.store.add(
-                msg.output_id, msg.run_id, rows=result.rows, schema=result.schema,
+                msg.output_id, pin, rows=result.rows, schema=result.schema,
                 cacheable=msg.use_cache,
             )
             files: list[str] = []
@@ -410,11 +426,12 @@ class Worker:
             raise NotFound(f"object {object_id!r} of task {msg.task_id} has no known location")
         if source.host_id == self.host_id and os.path.exists(source.path):
             return Path(source.path)  # same host: the same shared memory, mapped in place
-        pull = self._pulls.get(object_id)
+        key = (object_id, source.address)
+        pull = self._pulls.get(key)
         if pull is None:
             pull = asyncio.ensure_future(self._pull(msg, object_id, source))
-            self._pulls[object_id] = pull
-            pull.add_done_callback(lambda _: self._pulls.pop(object_id, None))
+            self._pulls[key] = pull
+            pull.add_done_callback(lambda _: self._pulls.pop(key, None))
         await asyncio.shield(pull)
         await self.store.use(object_id, msg.run_id)
         return pull.result()
@@ -425,7 +442,8 @@ class Worker:
             fetch_object, source.address, object_id, dest, token=self.token, host_id=self.host_id
         )
         self.store.add(
-            object_id, msg.run_id, rows=source.rows, schema=source.schema, cacheable=msg.use_cache
+            object_id, None if msg.run_id in self.released else msg.run_id, rows=source.rows,
+            schema=source.schema, cacheable=msg.use_cache,
         )
         log.info(
             "pulled object %s (%d MiB) from worker %s for run %s",
@@ -447,11 +465,18 @@ class Worker:
         """Run the process under its memory limit and timeout, streaming its lines."""
         over: list[int] = []
         watchers: list[asyncio.Task[int]] = []
+        pids: list[int] = []
+        # Unpinned cache gives way to the memory this function was promised.
+        self.running_limits[msg.task_id] = msg.memory_limit
+        await self.store.enforce(
+            min(self.store.budget, self.memory - sum(self.running_limits.values()))
+        )
 
         async def on_line(stream: str, line: str) -> None:
             await self._send(TaskLog(task_id=msg.task_id, stream=stream, line=line, time=time.time()))
 
         async def on_start(pid: int) -> None:
+            pids.append(pid)
             how = "base" if env.path is None else ("cached" if env.cached else "built")
             await self._send(TaskStarted(task_id=msg.task_id, pid=pid, env=how))
             if msg.memory_limit:
@@ -478,6 +503,10 @@ class Worker:
         finally:
             for w in watchers:
                 w.cancel()
+            self.running_limits.pop(msg.task_id, None)
+            for pid in pids:
+                self.store.sweep(pid)
+            self.store.adopt_columns()
 
     @staticmethod
     def _write_parquet(object_path: Path, directory: str, node: str) -> str:
@@ -489,6 +518,9 @@ class Worker:
         return write_parquet(table, directory, f"{node}-{uuid.uuid4().hex[:8]}.parquet")
 
     async def _release(self, run_id: str) -> None:
+        self.released[run_id] = None
+        while len(self.released) > 10_000:
+            self.released.popitem(last=False)
         shutil.rmtree(self.work_root / run_id, ignore_errors=True)
         await self.store.release(run_id)
 

@@ -333,9 +333,12 @@ class Heartbeat(Message, frozen=True):
     running: int = 0
     # Environments this worker built (installer runs) since it started.
     env_builds: int = 0
-    # Bytes of objects and cached columns in shared memory, and spilled to disk.
+    # Bytes in shared memory that runs are using, bytes of unpinned cache there (given
+    # back on demand), bytes spilled to disk; objects deleted since the last heartbeat.
     shm_bytes: int = 0
+    cache_bytes: int = 0
     spilled_bytes: int = 0
+    dropped: list[str] = []
 
 
 class TaskStarted(Message, frozen=True):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import secrets
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -22,8 +23,9 @@ class SourceTable:
     metadata_location: str
     snapshot_id: int | None
     schema: pa.Schema
-    # Bytes of data files at that snapshot (compressed), for memory estimates.
+    # Bytes of data files at that snapshot (compressed), and rows, for memory estimates.
     size_bytes: int = 0
+    row_count: int = 0
 
 
 @dataclass
@@ -33,8 +35,10 @@ class PlanNode:
     inputs: list[ScanInput | ObjectInput]
     deps: list[str] = field(default_factory=list)
     params: dict[str, ParamValue] = field(default_factory=dict)
-    # Compressed bytes this node scans from tables (for estimating its memory).
+    # Compressed bytes this node scans from tables, and about how many bytes they take
+    # decoded into Arrow (for estimating its memory).
     scan_bytes: int = 0
+    scan_decoded: int = 0
     # Hash of everything the output depends on (see cache_key), and the name of the
     # output object on the workers: the key itself, unless the run bypasses the cache.
     cache_key: str = ""
@@ -161,6 +165,14 @@ def resolve_params(
     return values
 
 
+def decoded_width(t: pa.DataType) -> int:
+    """About how many bytes one value of type ``t`` takes in Arrow (strings: a guess)."""
+    try:
+        return max(t.bit_width // 8, 1)
+    except ValueError:  # variable width: strings, binary, nested
+        return 32
+
+
 def table_key(name: str, namespace: str) -> str:
     return name if "." in name else f"{namespace}.{name}"
 
@@ -272,6 +284,8 @@ def build_plan(
                 node.scan_bytes += table.size_bytes * len(inp.columns) // len(table.schema.names)
             else:
                 node.scan_bytes += table.size_bytes
+            read = [f for f in table.schema if not inp.columns or f.name in inp.columns]
+            node.scan_decoded += table.row_count * sum(decoded_width(f.type) for f in read)
             node.inputs.append(
                 ScanInput(
                     param=inp.param, key=key, metadata_location=table.metadata_location,
@@ -336,6 +350,8 @@ def cache_key(node: PlanNode, upstream: dict[str, str]) -> str:
     identity = [
         CACHE_KEY_VERSION, spec.kind, spec.code_hash, spec.module, spec.function, spec.python,
         sorted(spec.pip.items()), sorted(node.params.items()), inputs,
+        # Never the same twice: a node that must always run, and so what reads it.
+        None if spec.cache else secrets.token_hex(16),
     ]
     return hashlib.sha256(msgspec.json.encode(identity)).hexdigest()[:32]
 

@@ -48,7 +48,7 @@ def plan_submission(lh: Any, request: SubmitRun, python_versions: set[str] | Non
                 found[key] = SourceTable(
                     key=key, metadata_location=info.metadata_location,
                     snapshot_id=info.snapshot_id, schema=info.schema,
-                    size_bytes=info.size_bytes,
+                    size_bytes=info.size_bytes, row_count=info.row_count,
                 )
         return found[key]
 

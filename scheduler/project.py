@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ast
 import hashlib
+import json
 import re
 import tomllib
 from dataclasses import dataclass, field
@@ -53,9 +54,12 @@ class ModelSpec:
     # "python" (a function), "sql" (a .sql file) or "expectation" (a check returning a bool).
     kind: str = "python"
     sql: str = ""
-    # What the code of this node is, for cache keys: its own definition plus every
-    # piece of the project's Python that is not a model (imports, helpers, constants).
+    # What the code of this node is, for cache keys: its own definition, the models it
+    # calls, every piece of the project's Python that is not a model (imports, helpers,
+    # constants), and faas_project.toml.
     code_hash: str = ""
+    # False: run every time (its output changes without its code or inputs changing).
+    cache: bool = True
 
     @property
     def is_expectation(self) -> bool:
@@ -152,14 +156,23 @@ class _Reader:
     def read(self, module: str) -> None:
         # Layout and comments do not change code: it is hashed as its syntax tree.
         self.shared: list[str] = []
+        bodies: dict[str, str] = {}
+        made: list[tuple[ModelSpec, ast.AST]] = []
         for node in self.tree.body:
             before = len(self.models)
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 self.read_function(node, module)
             if len(self.models) > before:
-                self.models[-1].code_hash = _digest(ast.dump(node))
+                bodies[self.models[-1].function] = ast.dump(node)
+                made.append((self.models[-1], node))
             else:
                 self.shared.append(ast.dump(node))
+        for spec, node in made:
+            # A model that calls another model's function depends on that code too.
+            called = sorted({
+                n.id for n in ast.walk(node) if isinstance(n, ast.Name) and n.id in bodies
+            } - {spec.function})
+            spec.code_hash = _digest(bodies[spec.function], *(bodies[c] for c in called))
 
     def read_function(self, fn: ast.FunctionDef | ast.AsyncFunctionDef, module: str) -> None:
         decorators = {_decorator_name(d): d for d in fn.decorator_list}
@@ -181,10 +194,12 @@ class _Reader:
                     f"{self.where(decorators[kind])}: write @faas.{kind}(...) with parentheses"
                 )
         margs = self.call_args(
-            decorators["model"], ("name", "materialize", "columns", "memory", "timeout"),
+            decorators["model"], ("name", "materialize", "columns", "memory", "timeout", "cache"),
             "faas.model",
         )
-        self.typed(margs, decorators["model"], "faas.model", name=str, columns=list, memory=str)
+        self.typed(
+            margs, decorators["model"], "faas.model", name=str, columns=list, memory=str, cache=bool
+        )
         timeout = margs.get("timeout")
         if timeout is not None and (
             isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0
@@ -222,6 +237,7 @@ class _Reader:
             columns=margs.get("columns"),
             memory=margs.get("memory"),
             timeout=float(timeout) if timeout is not None else None,
+            cache=margs.get("cache", True) is not False,
         )
         if "python" in decorators:
             pargs = self.call_args(decorators["python"], ("version", "pip"), "faas.python")
@@ -410,14 +426,17 @@ def read_project(files: dict[str, str], *, partial: bool = False) -> Project:
         problems += reader.problems
         models += reader.models
         shared.update(f"{path}\0{chr(0).join(reader.shared)}\0".encode())
-    # A model may call anything that is not itself a model: all of that is its code too.
+    # A model may call anything that is not itself a model, and read the project's
+    # settings: all of that is its code too.
+    settings = json.dumps(config, sort_keys=True, default=str)  # its meaning, not its layout
+    shared.update(settings.encode())
     for m in models:
         m.code_hash = _digest(shared.hexdigest(), m.code_hash)
     for path in sorted(files):
         if path.endswith(".sql"):
             sql_model = read_sql_model(path, files[path], problems)
             if sql_model is not None:
-                sql_model.code_hash = _digest(files[path])
+                sql_model.code_hash = _digest(files[path], settings)
                 models.append(sql_model)
     seen: dict[str, ModelSpec] = {}
     for m in models:

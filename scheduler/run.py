@@ -9,7 +9,16 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 import pyarrow as pa
 
-from protocol.errors import ExpectationFailed, FaasError, OutOfMemory, RunCancelled, from_wire
+from protocol.errors import (
+    ExpectationFailed,
+    FaasError,
+    InvalidInput,
+    NotFound,
+    OutOfMemory,
+    PeerVanished,
+    RunCancelled,
+    from_wire,
+)
 from protocol.messages import (
     CancelTask,
     LogLine,
@@ -28,6 +37,7 @@ from protocol.messages import (
     error_message,
 )
 from protocol.sizes import format_size, parse_size
+from scheduler.placement import Request
 from scheduler.plan import CACHE_KEY_PROPERTY, Plan, PlanNode
 
 if TYPE_CHECKING:
@@ -40,6 +50,8 @@ Emit = Callable[[Any], Awaitable[None]]
 RUN_BRANCH_PREFIX = "run/"
 # What any function process needs before it touches data (interpreter, pyarrow, buffers).
 BASE_RESERVATION = 512 * 2**20
+# How many times one node may run when workers are lost under it.
+MAX_ATTEMPTS = 4
 
 
 def run_branch_name(run_id: str) -> str:
@@ -73,6 +85,12 @@ class RunCoordinator:
         self.publishing = False
         # Output tables committed to the run's branch, in the order they were.
         self.committed: list[str] = []
+        self.skipped = self._skippable()
+        # Attempts per node (task ids stay unique across retries and recomputations).
+        self.attempts: dict[str, int] = {}
+        # Set when a worker is lost: some outputs may have to be made again.
+        self.lost = asyncio.Event()
+        self.lost_objects: set[str] = set()
 
     async def _event(self, node: str, state: str, **kw: Any) -> None:
         await self.emit(TaskEvent(run_id=self.run_id, node=node, state=state, time=time.time(), **kw))
@@ -110,6 +128,11 @@ class RunCoordinator:
             seconds=time.perf_counter() - t0,
         )
 
+    def worker_lost(self, worker_id: str, objects: tuple[str, ...]) -> None:
+        """A worker is gone, with the only copies of ``objects`` (the placement says)."""
+        self.lost_objects.update(objects)
+        self.lost.set()
+
     async def _run_nodes(self, branch: str) -> None:
         started: set[str] = set()
         for name in self.plan.order:
@@ -120,13 +143,55 @@ class RunCoordinator:
                 if name not in started and all(d in self.outputs for d in node.deps):
                     started.add(name)
                     self.running[name] = asyncio.create_task(self._run_node(node, branch))
-            finished, _ = await asyncio.wait(
-                self.running.values(), return_when=asyncio.FIRST_COMPLETED
-            )
+            lost = asyncio.ensure_future(self.lost.wait())
+            try:
+                finished, _ = await asyncio.wait(
+                    {*self.running.values(), lost}, return_when=asyncio.FIRST_COMPLETED
+                )
+            finally:
+                lost.cancel()
+            if self.lost.is_set():
+                self.lost.clear()
+                started -= await self._recompute_lost()
             for task in finished:
+                if task is lost:
+                    continue
                 name = next(n for n, t in self.running.items() if t is task)
                 del self.running[name]
-                self.outputs[name] = task.result()  # re-raises the node's failure
+                try:
+                    self.outputs[name] = task.result()
+                except PeerVanished as exc:
+                    # Its worker (or the one holding its input) was lost: run it elsewhere.
+                    if self.attempts.get(name, 0) >= MAX_ATTEMPTS:
+                        raise
+                    started.discard(name)
+                    await self._event(name, "retrying", error=f"{exc}; running it again")
+
+    async def _recompute_lost(self) -> set[str]:
+        """Forget outputs whose only copy was lost while something still needs them, so
+        they are made again from their inputs (lineage). The names forgotten."""
+        forgotten: set[str] = set()
+        changed = True
+        while changed:  # an upstream made again makes its readers' needs visible again
+            changed = False
+            for name, done in list(self.outputs.items()):
+                out = done.output
+                if out is None or out.object_id not in self.lost_objects:
+                    continue
+                if self.scheduler.holders(out.object_id):
+                    continue  # another copy survives
+                readers = [n for n in self._consumers(self.plan.nodes[name]) if n not in self.outputs]
+                if not readers:
+                    continue
+                del self.outputs[name]
+                forgotten.add(name)
+                changed = True
+                await self._event(
+                    name, "retrying",
+                    error=f"its output was lost with its worker; {', '.join(sorted(readers))} "
+                    f"still need it",
+                )
+        return forgotten
 
     def upstream(self, node: PlanNode) -> dict[str, tuple[str, ObjectInfo]]:
         """The upstream objects a node maps: object id -> (producing node, object)."""
@@ -146,32 +211,29 @@ class RunCoordinator:
         if node.spec.memory:
             return parse_size(node.spec.memory)
         mapped = sum(o.nbytes for _, o in self.upstream(node).values())
-        # Decoded Parquet is several times its compressed size; a function usually
-        # builds something the size of what it maps.
-        return BASE_RESERVATION + 4 * node.scan_bytes + mapped
+        # What it scans, decoded (several times its compressed size), and what a function
+        # usually builds from it; a function builds something the size of what it maps.
+        scanned = max(4 * node.scan_bytes, 3 * node.scan_decoded)
+        return BASE_RESERVATION + scanned + mapped
 
-    def _pulled(self, node: PlanNode, worker: "WorkerHandle") -> int:
-        """Bytes of upstream objects a worker would pull from other hosts for a node."""
-        return sum(
-            o.nbytes for producer, o in self.upstream(node).values()
-            if self.placed[producer].host_id != worker.host_id
-        )
-
-    def _mapped_here(self, node: PlanNode, worker: "WorkerHandle") -> int:
-        """Bytes of a node's inputs a worker can map in place (more if it holds the output)."""
-        upstream = self.upstream(node).values()
-        here = sum(o.nbytes for _, o in upstream) - self._pulled(node, worker)
-        # The producer's own worker first: the object is in its store, pinned for the run.
-        here += sum(1 for producer, _ in upstream if self.placed[producer] is worker)
-        if self._holds_output(node, worker):
-            here += 2**62  # nothing needs to run there
-        return here
+    def _skippable(self) -> set[str]:
+        """Nodes with nothing to do: their table is published from the same key already,
+        and everything that reads them has nothing to do either (or is an expectation
+        whose verdict on the same inputs is known)."""
+        skip: set[str] = set()
+        if not self.use_cache:
+            return skip
+        for name in reversed(self.plan.order):
+            node = self.plan.nodes[name]
+            if node.spec.is_expectation:
+                if node.cache_key in self.scheduler.verdicts:
+                    skip.add(name)
+            elif name in self.plan.published and all(c in skip for c in self._consumers(node)):
+                skip.add(name)
+        return {n for n in skip if not self.plan.nodes[n].spec.is_expectation}
 
     def _consumers(self, node: PlanNode) -> list[str]:
         return [n.name for n in self.plan.nodes.values() if node.name in n.deps]
-
-    def _holds_output(self, node: PlanNode, worker: "WorkerHandle") -> bool:
-        return self.use_cache and worker.worker_id in self.scheduler.holders(node.object_id)
 
     async def _run_node(self, node: PlanNode, branch: str) -> TaskDone:
         try:
@@ -180,16 +242,17 @@ class RunCoordinator:
                 return await self._verdict(node, verdict, cached=True, worker="")
             # A table whose snapshot was made from this very key is published already.
             published = self.use_cache and node.name in self.plan.published
-            if published and not self._consumers(node):
-                # ... and nothing downstream needs its rows: there is nothing to do.
+            if node.name in self.skipped:
+                # ... and nothing that will run needs its rows: there is nothing to do.
                 await self._event(node.name, "done", cached=True)
                 return TaskDone(task_id="", cached=True)
             tx = None
-            if node.spec.materialize and not published:
+            # (A node made again after a worker loss has committed its table already.)
+            if node.spec.materialize and not published and node.key not in self.committed:
                 tx = await self.scheduler.store_call(self.scheduler.lakehouse.begin, branch)
             reservation = self.reservation(node)
             try:
-                return await self._attempt(node, tx, reservation, 1)
+                return await self._attempt(node, tx, reservation)
             except OutOfMemory as exc:
                 largest = max((w.memory_total for w in self.scheduler.workers.values()), default=0)
                 if 2 * reservation > largest:
@@ -198,7 +261,7 @@ class RunCoordinator:
                     node.name, "retrying",
                     error=f"{exc}; retrying once with {format_size(2 * reservation)}",
                 )
-                return await self._attempt(node, tx, 2 * reservation, 2)
+                return await self._attempt(node, tx, 2 * reservation)
         except asyncio.CancelledError:
             raise
         except BaseException as exc:
@@ -220,41 +283,59 @@ class RunCoordinator:
             await self._event(node.name, "done", worker=worker, cached=cached)
         return TaskDone(task_id="", passed=passed, cached=cached)
 
-    async def _attempt(self, node: PlanNode, tx: Any, reservation: int, attempt: int) -> TaskDone:
-        def need(w: "WorkerHandle") -> int:
-            # A cache hit runs nothing; a run maps its inputs and may pull some here.
-            return 0 if self._holds_output(node, w) else reservation + self._pulled(node, w)
-
-        worker = await self.scheduler.choose_worker(
-            need, lambda w: self._mapped_here(node, w), f"{node.spec.label} {node.name!r}"
+    async def _attempt(self, node: PlanNode, tx: Any, reservation: int) -> TaskDone:
+        attempt = self.attempts[node.name] = self.attempts.get(node.name, 0) + 1
+        task_id = f"{self.run_id}:{node.name}:{attempt}"
+        upstream = self.upstream(node)
+        request = Request(
+            request_id=task_id, run_id=self.run_id, node=node.name,
+            label=f"{node.spec.label} {node.name!r}", reservation=reservation,
+            inputs={oid: o.nbytes for oid, (_, o) in upstream.items()},
+            producers=frozenset(self.placed[p].worker_id for p, _ in upstream.values()),
+            cached_output=node.object_id if self.use_cache else "",
         )
-        reserved = need(worker)
-        worker.reserved += reserved
+        worker = await self.scheduler.place(request)
+        done: TaskDone | None = None
         try:
-            return await self._on(worker, node, tx, reservation, attempt)
+            done = await self._on(worker, node, tx, reservation, task_id)
+            return done
         finally:
-            await self.scheduler.unreserve(worker, reserved)
+            output = done.output if done is not None else None
+            self.scheduler.release(task_id, output, new=done is not None and not done.cached)
+
+    def _sources(self, node: PlanNode, worker: "WorkerHandle") -> dict[str, ObjectSource]:
+        """Where each upstream object is read from: a copy on the worker's own host when
+        there is one, else any live copy."""
+        sources = {}
+        for oid, (producer, made) in self.upstream(node).items():
+            holders = {
+                w: info for w, info in self.scheduler.holders(oid).items()
+                if w in self.scheduler.workers
+            }
+            if not holders:
+                raise PeerVanished(f"object {oid!r} of {producer!r} was lost with its worker")
+            wid = next(
+                (w for w in holders if self.scheduler.workers[w].host_id == worker.host_id),
+                next(iter(holders)),
+            )
+            holder, info = self.scheduler.workers[wid], holders[wid]
+            sources[oid] = ObjectSource(
+                worker_id=wid, host_id=holder.host_id, address=holder.data_address,
+                path=getattr(info, "path", made.path), rows=made.rows, schema=made.schema,
+            )
+        return sources
 
     async def _on(
-        self, worker: "WorkerHandle", node: PlanNode, tx: Any, reservation: int, attempt: int
+        self, worker: "WorkerHandle", node: PlanNode, tx: Any, reservation: int, task_id: str
     ) -> TaskDone:
         self.used_workers.add(worker.worker_id)
         self.placed[node.name] = worker
-        upstream = self.upstream(node)
-        sources = {
-            oid: ObjectSource(
-                worker_id=self.placed[producer].worker_id, host_id=self.placed[producer].host_id,
-                address=self.placed[producer].data_address, path=o.path, rows=o.rows,
-                schema=o.schema,
-            )
-            for oid, (producer, o) in upstream.items()
-        }
-        mapped = sum(o.nbytes for _, o in upstream.values())
+        sources = self._sources(node, worker)
+        mapped = sum(o.nbytes for _, o in self.upstream(node).values())
         materialize = None
         if tx is not None:
             directory = await self.scheduler.store_call(tx.data_location, node.key)
             materialize = Materialize(key=node.key, directory=directory, mode=node.spec.materialize)
-        task_id = f"{self.run_id}:{node.name}:{attempt}"
         queue = self.scheduler.watch_task(task_id, worker)
         try:
             await worker.conn.send(
@@ -283,11 +364,6 @@ class RunCoordinator:
                         await self._verdict(node, passed, cached=False, worker=worker.worker_id)
                         return msg
                     case TaskDone():
-                        if msg.output is not None and not msg.cached:
-                            # Counted for its host at once; heartbeats then say what is so.
-                            worker.shm_bytes += msg.output.nbytes
-                        if msg.output is not None and self.use_cache:
-                            self.scheduler.remember(worker.worker_id, msg.output)
                         if tx is not None:
                             await self.scheduler.store_call(self._commit_output, tx, node, msg)
                             self.committed.append(node.key)
@@ -323,11 +399,30 @@ class RunCoordinator:
         # Only what changed: outputs published by an earlier run with the same key are not
         # committed again.
         tables = list(self.committed)
-        catalog = self.scheduler.lakehouse.catalog
+        lh = self.scheduler.lakehouse
+        catalog = lh.catalog
         target = self.plan.branch
         assert target is not None
+        # Outputs not committed because the base already had them must still be there.
+        kept = [
+            self.plan.nodes[n].key for n in self.plan.published
+            if self.plan.nodes[n].key not in self.committed
+        ]
+
+        def unchanged(key: str) -> bool:
+            try:
+                now = lh.table_info(key, target).metadata_location
+            except NotFound:
+                return False
+            return now == lh.table_info(key, f"@{self.plan.base}").metadata_location
 
         def merge() -> str:
+            moved = [key for key in kept if not unchanged(key)]
+            if moved:
+                raise InvalidInput(
+                    f"{', '.join(moved)} changed on {target!r} while run {self.run_id} was "
+                    f"going, so this run's other outputs no longer match it; run it again"
+                )
             if not tables:
                 catalog.delete_branch(branch)
                 return ""

@@ -62,6 +62,7 @@ from protocol.messages import (
 )
 from scheduler import catalog_ops
 from scheduler.jobs import JobStore
+from scheduler.placement import Fail, Instruction, Lost, Placement, Request, Start
 from scheduler.planning import plan_submission
 from scheduler.run import RunCoordinator, run_branch_name
 
@@ -91,16 +92,7 @@ class WorkerHandle:
     env_builds: int = 0
     last_seen: float = field(default_factory=time.monotonic)
     tasks: set[str] = field(default_factory=set)
-    # Memory reserved by the tasks placed here (their private memory, objects they pull).
-    reserved: int = 0
-    # Objects and cached columns in its shared memory, and spilled to its disk.
-    shm_bytes: int = 0
-    spilled_bytes: int = 0
-
-    def free(self, host_shm: int) -> int:
-        """Memory a new task may still reserve here; objects in the host's shared memory
-        are counted once, whichever worker holds them and however many tasks read them."""
-        return min(self.memory_total - host_shm, self.memory_available) - self.reserved
+    data_spilled: int = 0
 
 
 class Scheduler:
@@ -128,8 +120,9 @@ class Scheduler:
         self.worker_joined = asyncio.Condition()
         self.task_queues: dict[str, asyncio.Queue[Any]] = {}
         self.runs: dict[str, asyncio.Task[RunFinished]] = {}
-        # The cache index: object id -> worker id -> the object as that worker holds it.
-        self.objects: dict[str, dict[str, ObjectInfo]] = {}
+        # Who runs what, and where every object is (the cache index).
+        self.placement = Placement()
+        self._placing: dict[str, asyncio.Future[str]] = {}
         # Cached verdicts of expectations, by cache key.
         self.verdicts: dict[str, bool] = {}
         self.coordinators: dict[str, RunCoordinator] = {}
@@ -234,8 +227,11 @@ class Scheduler:
             data_address=first.data_address, env_builds=first.env_builds,
         )
         self.workers[handle.worker_id] = handle
+        self._apply(self.placement.worker_joined(
+            handle.worker_id, handle.host_id, handle.memory_total, handle.memory_available,
+        ))
         for info in first.objects:
-            self.objects.setdefault(info.object_id, {})[handle.worker_id] = info
+            self.placement.stored(handle.worker_id, info.object_id, info)
         await conn.send(Registered(worker_id=handle.worker_id, heartbeat_interval=HEARTBEAT_INTERVAL))
         log.info("worker %s joined from %s (host %s)", handle.worker_id, conn.peer, handle.host_id)
         async with self.worker_joined:
@@ -253,8 +249,11 @@ class Scheduler:
                     handle.memory_available = msg.memory_available
                     handle.memory_total = msg.memory_total
                     handle.env_builds = msg.env_builds
-                    handle.shm_bytes = msg.shm_bytes
-                    handle.spilled_bytes = msg.spilled_bytes
+                    handle.data_spilled = msg.spilled_bytes
+                    self._apply(self.placement.heartbeat(
+                        handle.worker_id, msg.memory_total, msg.memory_available, msg.shm_bytes,
+                        msg.cache_bytes, tuple(msg.dropped),
+                    ))
                     continue
                 if isinstance(msg, QueryDone):
                     data = await conn.recv_bulk(msg.nbytes, timeout=300)
@@ -267,12 +266,13 @@ class Scheduler:
                 self._route(task_id, msg)
         finally:
             # A worker that reconnected has a new handle under the same id: keep that one.
-            if self.workers.get(handle.worker_id) is handle:
-                del self.workers[handle.worker_id]
-                for holders in self.objects.values():
-                    holders.pop(handle.worker_id, None)
             conn.close()
             log.info("worker %s left", handle.worker_id)
+            # Runs hear which objects went with it before its tasks fail, so what must be
+            # made again is known when they look.
+            if self.workers.get(handle.worker_id) is handle:
+                del self.workers[handle.worker_id]
+                self._apply(self.placement.worker_lost(handle.worker_id))
             lost = Error(kind="PeerVanished", message=f"worker {handle.worker_id} was lost")
             for task_id in list(handle.tasks):
                 self._route(task_id, TaskFailed(task_id=task_id, error=lost))
@@ -295,75 +295,83 @@ class Scheduler:
         for w in self.workers.values():
             w.tasks.discard(task_id)
 
-    def host_shm(self, host_id: str) -> int:
-        return sum(w.shm_bytes for w in self.workers.values() if w.host_id == host_id)
+    # -- placement ---------------------------------------------------------------
 
-    def holders(self, object_id: str) -> dict[str, ObjectInfo]:
-        """Live workers holding a cached object, by worker id."""
-        found = self.objects.get(object_id, {})
-        return {w: info for w, info in found.items() if w in self.workers}
+    def _apply(self, instructions: list[Instruction]) -> None:
+        """Carry out what the placement state machine decided."""
+        for ins in instructions:
+            match ins:
+                case Start(request_id=rid, worker_id=worker_id):
+                    fut = self._placing.pop(rid, None)
+                    if fut is not None and not fut.done():
+                        fut.set_result(worker_id)
+                    else:  # nobody waits for it any more
+                        self._apply(self.placement.withdraw(rid))
+                case Fail(request_id=rid, message=message):
+                    fut = self._placing.pop(rid, None)
+                    if fut is not None and not fut.done():
+                        fut.set_exception(NoWorkers(message))
+                case Lost(worker_id=worker_id, objects=objects):
+                    for coordinator in list(self.coordinators.values()):
+                        coordinator.worker_lost(worker_id, objects)
 
-    def remember(self, worker_id: str, info: ObjectInfo) -> None:
-        self.objects.setdefault(info.object_id, {})[worker_id] = info
+    def holders(self, object_id: str) -> dict[str, Any]:
+        """Live workers holding an object, by worker id."""
+        return self.placement.holders(object_id)
 
-    async def choose_worker(
-        self,
-        need: Callable[[WorkerHandle], int] | None = None,
-        affinity: Callable[[WorkerHandle], int] | None = None,
-        what: str = "a task",
-    ) -> WorkerHandle:
-        """The worker for a task that needs ``need(worker)`` bytes of memory there.
+    async def place(self, request: Request) -> WorkerHandle:
+        """Wait until the placement puts ``request`` on a worker; that worker's handle.
 
-        Among the workers where it fits now, the one with the highest ``affinity``
-        (bytes of its inputs it can map without a transfer), then the most free memory.
-        When it fits nowhere now it waits for memory to be released; when it could fit
-        on no registered worker even idle, it fails at once.
-        """
-        need = need or (lambda w: 0)
-        affinity = affinity or (lambda w: 0)
+        With no worker registered at all it waits WORKER_WAIT for one, then fails."""
+        while True:
+            fut: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+            self._placing[request.request_id] = fut
+            self._apply(self.placement.submit(request))
+            try:
+                while not fut.done():
+                    if self.workers:
+                        await asyncio.wait({fut})
+                        continue
+                    done, _ = await asyncio.wait({fut}, timeout=WORKER_WAIT)
+                    if not done and not self.workers:
+                        raise NoWorkers(
+                            f"no worker registered within {WORKER_WAIT:.0f}s: start one with "
+                            f"'faasd worker --scheduler {self.address}'"
+                        )
+                worker_id = fut.result()
+            except BaseException:
+                self._placing.pop(request.request_id, None)
+                self._apply(self.placement.withdraw(request.request_id))
+                raise
+            worker = self.workers.get(worker_id)
+            if worker is not None and not worker.conn.closed:
+                return worker
+            self._apply(self.placement.withdraw(request.request_id))  # gone meanwhile: again
 
-        def live() -> list[WorkerHandle]:
-            return [w for w in self.workers.values() if not w.conn.closed]
+    def release(self, request_id: str, output: ObjectInfo | None = None, new: bool = False) -> None:
+        """A placed request ended: its reservation goes back; its output is now stored."""
+        self._apply(self.placement.finished(
+            request_id, (output.object_id, output) if output is not None else None, new=new
+        ))
 
-        def fitting() -> list[WorkerHandle]:
-            return [w for w in live() if need(w) <= w.free(self.host_shm(w.host_id))]
-
+    async def choose_worker(self) -> WorkerHandle:
+        """A worker for a catalog helper task (import, query): the one with most free memory."""
         async with self.worker_joined:
             try:
                 await asyncio.wait_for(
-                    self.worker_joined.wait_for(lambda: bool(live())), WORKER_WAIT
+                    self.worker_joined.wait_for(lambda: bool(self.workers)), WORKER_WAIT
                 )
             except TimeoutError:
                 raise NoWorkers(
                     f"no worker registered within {WORKER_WAIT:.0f}s: start one with "
                     f"'faasd worker --scheduler {self.address}'"
                 ) from None
-            while not fitting():
-                largest = max(live(), key=lambda w: w.memory_total, default=None)
-                if largest is None or all(need(w) > w.memory_total for w in live()):
-                    from protocol.sizes import format_size
-
-                    size = need(largest) if largest else 0
-                    raise NoWorkers(
-                        f"{what} reserves {format_size(size)}, more than any worker has: the "
-                        f"largest is {largest.worker_id if largest else '-'} with "
-                        f"{format_size(largest.memory_total if largest else 0)} (declare less "
-                        f"with @faas.model(memory=...) or start a larger worker)"
-                    )
-                try:  # released memory notifies; heartbeats change figures without a word
-                    await asyncio.wait_for(self.worker_joined.wait(), HEARTBEAT_INTERVAL)
-                except TimeoutError:
-                    pass
+        shm = self.placement.host_shm()
         return max(
-            fitting(),
-            key=lambda w: (affinity(w), w.free(self.host_shm(w.host_id)), w.worker_id),
+            self.workers.values(),
+            key=lambda w: (self.placement.free(self.placement.workers[w.worker_id], shm), w.worker_id)
+            if w.worker_id in self.placement.workers else (0, w.worker_id),
         )
-
-    async def unreserve(self, worker: WorkerHandle, nbytes: int) -> None:
-        """Give back a reservation; tasks waiting for memory look again."""
-        worker.reserved -= nbytes
-        async with self.worker_joined:
-            self.worker_joined.notify_all()
 
     def background(self, coro: Any) -> None:
         """Run a fire-and-forget coroutine, keeping a reference until it ends."""
@@ -418,8 +426,12 @@ class Scheduler:
                             "worker_id": w.worker_id, "host_id": w.host_id,
                             "memory_total": w.memory_total, "memory_available": w.memory_available,
                             "python_versions": w.python_versions, "running": len(w.tasks),
-                            "env_builds": w.env_builds, "memory_reserved": w.reserved,
-                            "shm_bytes": w.shm_bytes, "spilled_bytes": w.spilled_bytes,
+                            "env_builds": w.env_builds,
+                            "memory_reserved": self.placement.workers[w.worker_id].reserved,
+                            "shm_bytes": self.placement.workers[w.worker_id].shm_bytes,
+                            "cache_bytes": self.placement.workers[w.worker_id].cache_bytes,
+                            "spilled_bytes": w.data_spilled,
+                            "functions": sorted(w.tasks),
                         }
                         for w in self.workers.values()
                     ],

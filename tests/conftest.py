@@ -69,7 +69,8 @@ class Cluster:
         shm = tmp / f"shm-{name}"
         proc, address = start_daemon(
             ["worker", "--scheduler", self.address, "--token-file", str(self.token_file),
-             "--shm-dir", str(shm), "--env-dir", str(tmp / "envs"), *args],
+             "--shm-dir", str(shm), "--env-dir", str(tmp / "envs"),
+             "--spill-dir", str(tmp / f"spill-{name}"), *args],
             "faasd worker", tmp / f"{name}.log", env=env,
         )
         self.workers.append(proc)
@@ -104,7 +105,7 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
     try:
         worker, data_address = start_daemon(
             ["worker", "--scheduler", address, "--token-file", str(token_file), "--shm-dir", str(shm),
-             "--env-dir", str(tmp_path / "envs")],
+             "--env-dir", str(tmp_path / "envs"), "--spill-dir", str(tmp_path / "spill")],
             "faasd worker", tmp_path / "worker.log",
         )
         c.workers.append(worker)

@@ -1,0 +1,282 @@
+"""Placement: which worker runs which function, as a pure state machine.
+
+Events go in (a worker joined, sent a heartbeat, was lost; a function is ready,
+finished, failed, was withdrawn; an object was stored somewhere); instructions
+come out (start this request on that worker; fail this request, it can never
+fit; these requests and objects were lost with a worker). Nothing here does
+I/O or keeps time, so tests drive it directly and the benchmark simulates a
+large cluster with it.
+
+Rules:
+
+- A request reserves its own memory (``reservation``) plus the bytes of the
+  inputs it must pull to the chosen worker's host. Objects already in a host's
+  shared memory are counted once for the host, whoever reads them.
+- It goes to a worker where that fits now, preferring the worker whose host
+  holds most of its input bytes (then the producer's own worker, then the most
+  free memory). A worker that already holds the request's output (a cache hit)
+  needs no memory and wins.
+- When it fits nowhere now it waits, in arrival order; requests behind it that
+  fit may go first (bounded backfill). When it could fit on no live worker even
+  idle, it fails at once.
+- Reservations are given back when a request finishes, fails or is withdrawn.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from itertools import islice
+from typing import Any, Protocol
+
+# How many waiting requests one placement pass looks at: the oldest first, then smaller
+# ones behind it that fit (backfill), without scanning an unbounded queue on every event.
+BACKFILL = 64
+
+
+class Sized(Protocol):
+    nbytes: int
+
+
+@dataclass
+class Worker:
+    worker_id: str
+    host_id: str
+    memory_total: int
+    # What the worker's host reports free (psutil), capped at memory_total.
+    memory_available: int
+    # Bytes of its shared memory that runs are using (heartbeats; new outputs are added as
+    # they are reported), and of unpinned cache there, which it gives back on demand.
+    shm_bytes: int = 0
+    cache_bytes: int = 0
+    reserved: int = 0
+    running: set[str] = field(default_factory=set)
+
+
+@dataclass(frozen=True)
+class Request:
+    """A function ready to run."""
+
+    request_id: str
+    run_id: str
+    node: str
+    # How people name it in messages, e.g. "model 'fact_sale'".
+    label: str
+    reservation: int
+    # Upstream objects it reads: object id -> bytes.
+    inputs: dict[str, int] = field(default_factory=dict)
+    # Workers that produced its inputs in this run (preferred on ties).
+    producers: frozenset[str] = frozenset()
+    # Its output's object id when a cached copy may be used ("" = it must run).
+    cached_output: str = ""
+
+
+@dataclass(frozen=True)
+class Start:
+    request_id: str
+    worker_id: str
+    # What it reserved there (0 for a cache hit).
+    reserved: int
+
+
+@dataclass(frozen=True)
+class Fail:
+    request_id: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Lost:
+    """A worker is gone: the requests that were running there, and the objects whose
+    only copy it held."""
+
+    worker_id: str
+    requests: tuple[str, ...]
+    objects: tuple[str, ...]
+
+
+Instruction = Start | Fail | Lost
+
+
+def _size(n: int) -> str:
+    from protocol.sizes import format_size
+
+    return format_size(n)
+
+
+class Placement:
+    def __init__(self) -> None:
+        self.workers: dict[str, Worker] = {}
+        # object id -> worker id -> what that worker reported of it (anything with nbytes).
+        self.objects: dict[str, dict[str, Sized]] = {}
+        self.waiting: dict[str, Request] = {}  # in arrival order
+        self.placed: dict[str, tuple[Request, str, int]] = {}  # request id -> (req, worker, bytes)
+        self.decisions = 0
+
+    # -- queries -------------------------------------------------------------------
+
+    def host_shm(self) -> dict[str, tuple[int, int]]:
+        """Bytes in use and bytes of cache in each host's shared memory, counted once
+        whichever workers hold them and however many functions read them."""
+        shm: dict[str, tuple[int, int]] = {}
+        for w in self.workers.values():
+            used, cache = shm.get(w.host_id, (0, 0))
+            shm[w.host_id] = (used + w.shm_bytes, cache + w.cache_bytes)
+        return shm
+
+    def free(self, w: Worker, shm: dict[str, tuple[int, int]] | None = None) -> int:
+        """What a new request may still reserve on ``w``: cache does not count against it,
+        since the worker spills it to make room."""
+        used, cache = (shm if shm is not None else self.host_shm()).get(w.host_id, (0, 0))
+        return min(w.memory_total - used, w.memory_available + cache) - w.reserved
+
+    def holders(self, object_id: str) -> dict[str, Sized]:
+        return self.objects.get(object_id, {})
+
+    def on_host(self, object_id: str, host_id: str) -> bool:
+        return any(self.workers[w].host_id == host_id for w in self.holders(object_id))
+
+    def pulled(self, request: Request, w: Worker) -> int:
+        """Input bytes ``w`` would have to pull from other hosts for ``request``."""
+        return sum(n for oid, n in request.inputs.items() if not self.on_host(oid, w.host_id))
+
+    def need(self, request: Request, w: Worker) -> int:
+        if request.cached_output and w.worker_id in self.holders(request.cached_output):
+            return 0  # a cache hit runs nothing
+        return request.reservation + self.pulled(request, w)
+
+    def affinity(self, request: Request, w: Worker) -> tuple[int, int, int]:
+        hit = int(bool(request.cached_output) and w.worker_id in self.holders(request.cached_output))
+        local = sum(request.inputs.values()) - self.pulled(request, w)
+        return hit, local, int(w.worker_id in request.producers)
+
+    # -- events ----------------------------------------------------------------------
+
+    def worker_joined(
+        self, worker_id: str, host_id: str, memory_total: int, memory_available: int,
+        shm_bytes: int = 0,
+    ) -> list[Instruction]:
+        out: list[Instruction] = []
+        if worker_id in self.workers:  # a reconnect: whatever it was running is gone
+            out += self.worker_lost(worker_id)
+        self.workers[worker_id] = Worker(
+            worker_id=worker_id, host_id=host_id, memory_total=memory_total,
+            memory_available=min(memory_available, memory_total), shm_bytes=shm_bytes,
+        )
+        return out + self._place()
+
+    def heartbeat(
+        self, worker_id: str, memory_total: int, memory_available: int, shm_bytes: int,
+        cache_bytes: int = 0, dropped: tuple[str, ...] = (),
+    ) -> list[Instruction]:
+        w = self.workers.get(worker_id)
+        if w is None:
+            return []
+        w.memory_total = memory_total
+        w.memory_available = min(memory_available, memory_total)
+        w.shm_bytes = shm_bytes
+        w.cache_bytes = cache_bytes
+        for oid in dropped:  # evicted from its store: no longer a cache hit there
+            holders = self.objects.get(oid)
+            if holders is not None:
+                holders.pop(worker_id, None)
+                if not holders:
+                    del self.objects[oid]
+        return self._place()
+
+    def worker_lost(self, worker_id: str) -> list[Instruction]:
+        w = self.workers.pop(worker_id, None)
+        if w is None:
+            return []
+        requests = tuple(sorted(w.running))
+        for rid in requests:
+            self.placed.pop(rid, None)
+        only_copies = []
+        for oid, holders in list(self.objects.items()):
+            if holders.pop(worker_id, None) is not None and not holders:
+                only_copies.append(oid)
+                del self.objects[oid]
+        out: list[Instruction] = [Lost(worker_id, requests, tuple(sorted(only_copies)))]
+        return out + self._place()
+
+    def stored(self, worker_id: str, object_id: str, info: Sized) -> None:
+        """An object is in ``worker_id``'s store (an output, a pulled copy, a cached one)."""
+        if worker_id in self.workers:
+            self.objects.setdefault(object_id, {})[worker_id] = info
+
+    def submit(self, request: Request) -> list[Instruction]:
+        self.waiting[request.request_id] = request
+        return self._place()
+
+    def finished(
+        self, request_id: str, output: tuple[str, Sized] | None = None, new: bool = True
+    ) -> list[Instruction]:
+        """A request ended well; ``output`` (object id, info) is now on its worker (``new``:
+        just written, so its host's shared memory grew by its size)."""
+        entry = self.placed.pop(request_id, None)
+        if entry is not None:
+            _, worker_id, reserved = entry
+            w = self.workers.get(worker_id)
+            if w is not None:
+                w.reserved -= reserved
+                w.running.discard(request_id)
+                if output is not None:
+                    self.stored(worker_id, output[0], output[1])
+                    if new:
+                        w.shm_bytes += output[1].nbytes
+        return self._place()
+
+    def withdraw(self, request_id: str) -> list[Instruction]:
+        """A request failed, was cancelled, or is no longer wanted: give back what it held."""
+        self.waiting.pop(request_id, None)
+        return self.finished(request_id)
+
+    def cancel_run(self, run_id: str) -> list[Instruction]:
+        out: list[Instruction] = []
+        for rid in [r for r, req in self.waiting.items() if req.run_id == run_id]:
+            out += self.withdraw(rid)
+        for rid in [r for r, (req, _, _) in self.placed.items() if req.run_id == run_id]:
+            out += self.withdraw(rid)
+        return out
+
+    # -- deciding --------------------------------------------------------------------
+
+    def _place(self) -> list[Instruction]:
+        out: list[Instruction] = []
+        if not self.workers:
+            return out  # nothing to decide until a worker joins
+        largest = max(self.workers.values(), key=lambda w: (w.memory_total, w.worker_id))
+        shm = self.host_shm()
+        for request in list(islice(self.waiting.values(), BACKFILL)):
+            workers = self.workers.values()
+            if all(self.need(request, w) > w.memory_total for w in workers):
+                del self.waiting[request.request_id]
+                out.append(Fail(
+                    request.request_id,
+                    f"{request.label} reserves {_size(self.need(request, largest))}, more than "
+                    f"any worker has: the largest is {largest.worker_id} with "
+                    f"{_size(largest.memory_total)} (declare less with "
+                    f"@faas.model(memory=...) or start a larger worker)",
+                ))
+                continue
+            best: Worker | None = None
+            best_key: Any = None
+            for w in workers:
+                free = self.free(w, shm)
+                if self.need(request, w) > free:
+                    continue
+                key = (self.affinity(request, w), free, w.worker_id)
+                if best_key is None or key > best_key:
+                    best, best_key = w, key
+            if best is None:
+                continue  # waits for memory; smaller requests behind it may fit
+            reserved = self.need(request, best)
+            del self.waiting[request.request_id]
+            best.reserved += reserved
+            best.running.add(request.request_id)
+            self.placed[request.request_id] = (request, best.worker_id, reserved)
+            self.decisions += 1
+            out.append(Start(request.request_id, best.worker_id, reserved))
+        return out
+
+
+__all__ = ["Fail", "Instruction", "Lost", "Placement", "Request", "Start", "Worker"]
