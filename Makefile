@@ -35,6 +35,7 @@ bench: $(VENV)/.installed
 	$(PY) -m bench.overhead
 	$(PY) -m bench.catalog
 	$(PY) -m bench.planning
+	$(PY) -m bench.exchange
 	$(PY) -m bench.plot
 
 clean:

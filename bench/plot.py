@@ -14,25 +14,39 @@ COLORS = {"faas": "#2f6fdf", "baseline": "#9aa3ad"}
 BAR, GAP, LABEL_W, CHART_W = 16, 10, 250, 420
 
 
-def bars_svg(title: str, unit: str, groups: list[tuple[str, list[tuple[str, float]]]]) -> str:
-    """Horizontal bars: each group has a label and (series, value) pairs; series is faas/baseline."""
-    top = max((v for _, series in groups for _, v in series), default=1.0) or 1.0
-    rows = sum(len(series) for _, series in groups)
+def bars_svg(
+    title: str, unit: str, groups: list[tuple[str, list[tuple[str, float]]]],
+    units: list[str] | None = None,
+) -> str:
+    """Horizontal bars: each group has a label and (series, value) pairs; series is faas/baseline.
+
+    With ``units`` (one per group) every group is a measurement of its own: it has its
+    own unit, its bars are scaled to its own largest value, and values get two decimals.
+    """
+    tops = [max((v for _, v in series), default=1.0) or 1.0 for _, series in groups]
+    top = max(tops, default=1.0)
+    # A group of its own scale gets its label on a line of its own, above its bars.
+    rows = sum(len(series) for _, series in groups) + (len(groups) if units else 0)
     height = 40 + rows * (BAR + 4) + len(groups) * GAP + 30
     out = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{LABEL_W + CHART_W + 90}" '
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{LABEL_W + CHART_W + (130 if units else 90)}" '
         f'height="{height}" font-family="sans-serif" font-size="12">',
         f'<text x="8" y="20" font-size="14" font-weight="bold">{escape(title)}</text>',
     ]
     y = 36
-    for label, series in groups:
-        out.append(f'<text x="8" y="{y + BAR - 3}">{escape(label)}</text>')
+    for g, (label, series) in enumerate(groups):
+        if units:
+            out.append(f'<text x="8" y="{y + BAR - 3}" font-weight="bold">{escape(label)}</text>')
+            y += BAR + 4
+        else:
+            out.append(f'<text x="8" y="{y + BAR - 3}">{escape(label)}</text>')
+        scale, text = (tops[g], f"{{:,.2f}} {units[g]}") if units else (top, f"{{:,.1f}} {unit}")
         for name, value in series:
-            w = max(1.0, CHART_W * value / top)
+            w = max(1.0, CHART_W * value / scale)
             color = COLORS["baseline" if "baseline" in name else "faas"]
             out.append(f'<rect x="{LABEL_W}" y="{y}" width="{w:.1f}" height="{BAR}" fill="{color}"/>')
             out.append(
-                f'<text x="{LABEL_W + w + 6:.1f}" y="{y + BAR - 3}">{value:,.1f} {unit}</text>'
+                f'<text x="{LABEL_W + w + 6:.1f}" y="{y + BAR - 3}">{escape(text.format(value))}</text>'
             )
             out.append(f'<text x="{LABEL_W - 8}" y="{y + BAR - 3}" text-anchor="end" '
                        f'fill="#555">{escape(name)}</text>')
@@ -76,6 +90,31 @@ def main() -> None:
         ])
         (RESULTS / "catalog.svg").write_text(svg)
         written.append("catalog.svg")
+    exchange = RESULTS / "exchange.json"
+    if exchange.exists():
+        r = json.loads(exchange.read_text())
+        h, p, m, rr = r["handoff"], r["peer"], r["readers"], r["rerun"]
+        gib = h["table_bytes"] / 2**30
+        svg = bars_svg("Data exchange (each group on its own scale)", "", [
+            (f"{gib:.0f} GiB handoff: consumer", [
+                ("faas: map the shm object", h["faas"]["consumer_read_s"]["median"]),
+                ("baseline: read Parquet", h["baseline"]["consumer_read_s"]["median"])]),
+            (f"{gib:.0f} GiB handoff: write + read", [
+                ("faas: IPC file in shm + map", h["faas"]["total_s"]["median"]),
+                ("baseline: Parquet write + read", h["baseline"]["total_s"]["median"])]),
+            (f"{p['object_bytes'] / 2**30:.0f} GiB between workers (higher is better)", [
+                ("faas: fetch_object, loopback", p["faas_gib_s"]["median"]),
+                ("baseline: raw socket, reused buffer", p["raw_gib_s"]["median"]),
+                ("baseline: raw socket into new shm", p["raw_into_fresh_shm_gib_s"]["median"])]),
+            (f"{m['readers']} readers of {m['table_bytes'] / 2**30:.0f} GiB: memory", [
+                ("faas: one shared object", m["faas"]["added_bytes"]["median"] / 2**30),
+                ("baseline: Parquet, one copy each", m["baseline"]["added_bytes"]["median"] / 2**30)]),
+            (f"pipeline, {rr['rows'] / 1e6:.0f}M rows: faas submit", [
+                ("faas: warm re-run (all cached)", rr["warm_cli_wall_s"]["median"]),
+                ("baseline: --no-cache (cold)", rr["cold_cli_wall_s"]["median"])]),
+        ], units=["s", "s", "GiB/s", "GiB added", "s"])
+        (RESULTS / "exchange.svg").write_text(svg)
+        written.append("exchange.svg")
     print(json.dumps({"written": written}))
 
 
