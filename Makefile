@@ -15,6 +15,14 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet -e '.[test]'
 	touch $@
 
+# moto's S3 server for tests/test_s3.py, in a virtualenv of its own: its botocore
+# brings `six`, which the function-environment tests need absent from .venv.
+S3_SERVER := $(VENV)/s3-server
+$(S3_SERVER)/.installed: tests/s3-server.txt | $(VENV)/.installed
+	$(PYTHON) -m venv $(S3_SERVER)
+	$(S3_SERVER)/bin/python -m pip install --quiet -r tests/s3-server.txt
+	touch $@
+
 TABLES := product product_category product_subcategory sale territories
 # Embedded mode: no FAAS_CLUSTER, so each command starts its own scheduler and worker.
 RUN := env -u FAAS_CLUSTER FAAS_HOME=$(DEMO_HOME) $(FAAS)
@@ -28,7 +36,7 @@ demo: $(VENV)/.installed
 	  round(sum(Profit), 2) AS profit FROM fact_sale GROUP BY Country ORDER BY revenue DESC" \
 	  --namespace adventure
 
-test: $(VENV)/.installed
+test: $(VENV)/.installed $(S3_SERVER)/.installed
 	$(PY) -m pytest -q
 
 bench: $(VENV)/.installed

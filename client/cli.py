@@ -255,8 +255,12 @@ def info(as_json: bool = typer.Option(False, "--json")) -> None:
     for w in data["workers"]:
         typer.echo(
             f"  worker {w['worker_id']} on {w['host_id']}: {w['memory_available'] / 2**30:.1f} of "
-            f"{w['memory_total'] / 2**30:.1f} GiB free, python {', '.join(w['python_versions'])}"
+            f"{w['memory_total'] / 2**30:.1f} GiB free, {w['memory_reserved'] / 2**30:.1f} GiB "
+            f"reserved, {w['shm_bytes'] / 2**30:.2f} GiB of objects in use, python "
+            f"{', '.join(w['python_versions'])}"
         )
+        for f in w["functions"]:
+            typer.echo(f"    running {f['node']}" + (f" of {f['run_id']}" if f["run_id"] else ""))
 
 
 @namespace_app.command("rm")

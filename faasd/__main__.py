@@ -31,7 +31,10 @@ def _parser() -> argparse.ArgumentParser:
     s = sub.add_parser("scheduler", help="run the cluster's scheduler")
     s.add_argument("--listen", default="127.0.0.1:8470", help="HOST:PORT (port 0 picks a free one)")
     s.add_argument("--home", default=os.environ.get("FAAS_HOME", "~/.faas"))
-    s.add_argument("--warehouse", default=None, help="warehouse URI (default: file://HOME/warehouse)")
+    s.add_argument("--warehouse", default=None,
+                   help="warehouse URI: file://DIR or s3://BUCKET/PREFIX "
+                        "(default: file://HOME/warehouse)")
+    _s3_options(s)
     s.add_argument("--catalog", default=None, help="catalog URI (default: sqlite:///HOME/catalog.db)")
     s.add_argument("--token-file", default=None, help="cluster token (default: HOME/token, created)")
     s.add_argument("--host-id", default=None)
@@ -41,6 +44,9 @@ def _parser() -> argparse.ArgumentParser:
     w.add_argument("--host-id", default=None, help="identity of this host (default: hostname)")
     w.add_argument("--memory", type=parse_size, default=None, help="memory to offer, e.g. 8GiB")
     w.add_argument("--shm-dir", default=None, help="shared-memory directory (default /dev/shm)")
+    w.add_argument("--spill-dir", default=None,
+                   help="local disk for objects spilled from shared memory "
+                        "(default ~/.cache/faas/spill)")
     w.add_argument("--object-memory", type=parse_size, default=None,
                    help="shared memory for objects and cached columns before the least recently "
                         "used spill to disk (default: half of --memory)")
@@ -49,7 +55,28 @@ def _parser() -> argparse.ArgumentParser:
                    help="where function environments are cached (default ~/.cache/faas/envs)")
     w.add_argument("--python", action="append", default=[], metavar="PATH",
                    help="another interpreter to offer functions (repeatable)")
+    _s3_options(w)
     return p
+
+
+def _s3_options(p: argparse.ArgumentParser) -> None:
+    # Options for the S3 warehouse; credentials come only from the AWS SDK's usual
+    # places (environment, profile, instance role), never from the command line.
+    p.add_argument("--s3-endpoint", default=None, metavar="URL",
+                   help="S3-compatible endpoint, e.g. http://127.0.0.1:9000 (default: "
+                        "AWS_ENDPOINT_URL; sets it for this daemon and its functions)")
+    p.add_argument("--s3-region", default=None,
+                   help="S3 region (default: AWS_REGION, else us-east-1 with an endpoint)")
+
+
+def _apply_s3_options(args: argparse.Namespace) -> None:
+    """Put the S3 options into this process's environment, where the store reads them
+    (store.warehouse) and from where the function processes inherit them."""
+    if args.s3_endpoint:
+        os.environ["AWS_ENDPOINT_URL"] = args.s3_endpoint
+        os.environ.pop("AWS_ENDPOINT_URL_S3", None)
+    if args.s3_region:
+        os.environ["AWS_REGION"] = args.s3_region
 
 
 async def _serve(daemon: Any, ready: str) -> None:
@@ -79,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         uvloop.install()
     except ImportError:
         pass
+    _apply_s3_options(args)
     try:
         if args.role == "scheduler":
             from scheduler.server import Scheduler
@@ -99,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.scheduler, token=load_token(args.token_file), host_id=args.host_id,
                 memory=args.memory, shm_dir=args.shm_dir, listen=args.listen,
                 env_dir=args.env_dir, pythons=args.python, object_memory=args.object_memory,
+                spill_dir=args.spill_dir,
             )
             asyncio.run(
                 _serve(daemon, "faasd worker {d.worker_id} registered with {d.scheduler}, serving data on {d.peer.address}")

@@ -45,11 +45,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow as pa
-from pyiceberg.table import StaticTable
 from pyiceberg.table import Table as IcebergTable
 
 from protocol.messages import ScanInput
-from store.scan import check_columns, parse_filter, scan_metadata, scan_table
+from store.scan import check_columns, open_metadata, parse_filter, scan_metadata, scan_table
 
 logger = logging.getLogger(__name__)
 
@@ -93,10 +92,8 @@ def scan_cached(
     """
     if cache_dir is None:
         return _uncached(inp, properties)
-    try:
-        table = StaticTable.from_metadata(inp.metadata_location, properties or {})
-    except FileNotFoundError:
-        return _uncached(inp, properties)  # raises the NotFound scan_metadata documents
+    # S3 settings come from the AWS environment the worker passed on (store.warehouse).
+    table = open_metadata(inp.metadata_location, properties)
     name = inp.metadata_location
     schema = table.schema()
     if inp.snapshot_id is None:
@@ -218,7 +215,8 @@ def _write_entry(final: Path, piece: pa.Table) -> tuple[str, int] | None:
     """Write ``piece`` to ``final`` atomically; its (file name, size), None on failure."""
     # A private temporary name, then a rename: a concurrent writer of the same entry
     # or a reader never sees a partial file.
-    temporary = final.with_name(f"{final.name}.{secrets.token_hex(8)}.tmp")
+    # The pid lets the worker sweep what a killed process left behind.
+    temporary = final.with_name(f"{final.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     try:
         final.parent.mkdir(parents=True, exist_ok=True)
         with (

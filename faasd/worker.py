@@ -9,6 +9,7 @@ connection is lost.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import logging
 import os
 import shutil
@@ -73,6 +74,34 @@ def default_env_dir() -> str:
     return os.path.join(os.path.expanduser("~"), ".cache", "faas", "envs")
 
 
+OWNER_LOCK = ".owner.lock"
+
+
+def _hold(path: Path) -> int:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    return fd
+
+
+def _remove_dead_siblings(root: Path) -> None:
+    """Delete the directories of workers that died without cleaning up (kill -9, a crash):
+    their objects, spilled files and half-written outputs. A live worker holds its lock."""
+    for other in root.parent.glob("faas-w-*"):
+        if other == root or not (other / OWNER_LOCK).exists():
+            continue
+        try:
+            fd = _hold(other / OWNER_LOCK)
+        except BlockingIOError:
+            continue  # alive
+        except OSError:
+            continue
+        try:
+            shutil.rmtree(other, ignore_errors=True)
+            log.info("removed %s, left by a worker that is gone", other)
+        finally:
+            os.close(fd)
+
+
 def default_spill_dir() -> str:
     return os.path.join(os.path.expanduser("~"), ".cache", "faas", "spill")
 
@@ -132,6 +161,7 @@ class Worker:
         self.task_jobs: dict[str, asyncio.Task[None]] = {}
         self.registered = asyncio.Event()
         self._main: asyncio.Task[None] | None = None
+        self._locks: list[int] = []
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -139,7 +169,11 @@ class Worker:
         if self.status != "new":
             return
         self.status = "starting"
-        self.shm_root.mkdir(parents=True, exist_ok=True)
+        for root in (self.shm_root, self.spill_root):
+            root.mkdir(parents=True, exist_ok=True)
+            # Held while this worker lives: a directory whose lock is free lost its worker.
+            self._locks.append(_hold(root / OWNER_LOCK))
+            _remove_dead_siblings(root)
         self.work_root.mkdir(parents=True, exist_ok=True)
         self.objects = ObjectStore(self.shm_root, self.spill_root, self.object_memory)
         # faas runs on Python 3.11 and later, so only those interpreters are offered.
@@ -173,6 +207,9 @@ class Worker:
         shutil.rmtree(self.shm_root, ignore_errors=True)
         shutil.rmtree(self.work_root, ignore_errors=True)
         shutil.rmtree(self.spill_root, ignore_errors=True)
+        for fd in self._locks:
+            os.close(fd)
+        self._locks.clear()
         self.status = "closed"
         log.info("worker %s closed", self.worker_id)
 

@@ -91,6 +91,11 @@ class InvalidInput(FaasError):
     """Input data or arguments that cannot be used (a CSV that does not parse, a bad filter)."""
 
 
+class StorageError(FaasError):
+    """The warehouse cannot be read or written: a missing bucket, refused credentials,
+    an endpoint that does not answer. The message names the URI."""
+
+
 class CommitConflict(FaasError):
     def __init__(self, branch: str, expected: str, found: str) -> None:
         super().__init__(
@@ -165,6 +170,7 @@ _SIMPLE_KINDS: dict[str, type[FaasError]] = {
         NotFound,
         AlreadyExists,
         InvalidInput,
+        StorageError,
         FunctionFailed,
         ExpectationFailed,
         EnvironmentFailed,

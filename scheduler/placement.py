@@ -157,7 +157,7 @@ class Placement:
     ) -> list[Instruction]:
         out: list[Instruction] = []
         if worker_id in self.workers:  # a reconnect: whatever it was running is gone
-            out += self.worker_lost(worker_id)
+            out.append(self._remove(worker_id))
         self.workers[worker_id] = Worker(
             worker_id=worker_id, host_id=host_id, memory_total=memory_total,
             memory_available=min(memory_available, memory_total), shm_bytes=shm_bytes,
@@ -184,9 +184,12 @@ class Placement:
         return self._place()
 
     def worker_lost(self, worker_id: str) -> list[Instruction]:
-        w = self.workers.pop(worker_id, None)
-        if w is None:
+        if worker_id not in self.workers:
             return []
+        return [self._remove(worker_id), *self._place()]
+
+    def _remove(self, worker_id: str) -> Lost:
+        w = self.workers.pop(worker_id)
         requests = tuple(sorted(w.running))
         for rid in requests:
             self.placed.pop(rid, None)
@@ -195,8 +198,7 @@ class Placement:
             if holders.pop(worker_id, None) is not None and not holders:
                 only_copies.append(oid)
                 del self.objects[oid]
-        out: list[Instruction] = [Lost(worker_id, requests, tuple(sorted(only_copies)))]
-        return out + self._place()
+        return Lost(worker_id, requests, tuple(sorted(only_copies)))
 
     def stored(self, worker_id: str, object_id: str, info: Sized) -> None:
         """An object is in ``worker_id``'s store (an output, a pulled copy, a cached one)."""
@@ -212,6 +214,10 @@ class Placement:
     ) -> list[Instruction]:
         """A request ended well; ``output`` (object id, info) is now on its worker (``new``:
         just written, so its host's shared memory grew by its size)."""
+        self._end(request_id, output, new)
+        return self._place()
+
+    def _end(self, request_id: str, output: tuple[str, Sized] | None, new: bool) -> None:
         entry = self.placed.pop(request_id, None)
         if entry is not None:
             _, worker_id, reserved = entry
@@ -223,7 +229,6 @@ class Placement:
                     self.stored(worker_id, output[0], output[1])
                     if new:
                         w.shm_bytes += output[1].nbytes
-        return self._place()
 
     def withdraw(self, request_id: str) -> list[Instruction]:
         """A request failed, was cancelled, or is no longer wanted: give back what it held."""
@@ -231,12 +236,12 @@ class Placement:
         return self.finished(request_id)
 
     def cancel_run(self, run_id: str) -> list[Instruction]:
-        out: list[Instruction] = []
+        """Withdraw every request of a run at once (none of them starts meanwhile)."""
         for rid in [r for r, req in self.waiting.items() if req.run_id == run_id]:
-            out += self.withdraw(rid)
+            del self.waiting[rid]
         for rid in [r for r, (req, _, _) in self.placed.items() if req.run_id == run_id]:
-            out += self.withdraw(rid)
-        return out
+            self._end(rid, None, False)
+        return self._place()
 
     # -- deciding --------------------------------------------------------------------
 
@@ -244,11 +249,21 @@ class Placement:
         out: list[Instruction] = []
         if not self.workers:
             return out  # nothing to decide until a worker joins
-        largest = max(self.workers.values(), key=lambda w: (w.memory_total, w.worker_id))
+        workers = list(self.workers.values())
+        largest = max(workers, key=lambda w: (w.memory_total, w.worker_id))
         shm = self.host_shm()
+        free = {w.worker_id: self.free(w, shm) for w in workers}
+        most_free = max(free.values())
         for request in list(islice(self.waiting.values(), BACKFILL)):
-            workers = self.workers.values()
-            if all(self.need(request, w) > w.memory_total for w in workers):
+            hit = bool(request.cached_output) and any(
+                w in self.workers for w in self.holders(request.cached_output)
+            )
+            # Cheap checks first: its own reservation alone rules most workers out.
+            if not hit and request.reservation <= largest.memory_total and (
+                request.reservation > most_free
+            ):
+                continue  # fits nowhere now: it waits
+            if not hit and all(self.need(request, w) > w.memory_total for w in workers):
                 del self.waiting[request.request_id]
                 out.append(Fail(
                     request.request_id,
@@ -261,10 +276,9 @@ class Placement:
             best: Worker | None = None
             best_key: Any = None
             for w in workers:
-                free = self.free(w, shm)
-                if self.need(request, w) > free:
+                if self.need(request, w) > free[w.worker_id]:
                     continue
-                key = (self.affinity(request, w), free, w.worker_id)
+                key = (self.affinity(request, w), free[w.worker_id], w.worker_id)
                 if best_key is None or key > best_key:
                     best, best_key = w, key
             if best is None:
@@ -273,6 +287,8 @@ class Placement:
             del self.waiting[request.request_id]
             best.reserved += reserved
             best.running.add(request.request_id)
+            free[best.worker_id] -= reserved
+            most_free = max(free.values())
             self.placed[request.request_id] = (request, best.worker_id, reserved)
             self.decisions += 1
             out.append(Start(request.request_id, best.worker_id, reserved))

@@ -80,6 +80,27 @@ class Project:
     problems: list[str] = field(default_factory=list)
 
 
+def _called_code(
+    model: ModelSpec, models: list[ModelSpec], code: dict[int, tuple[str, set[str]]]
+) -> list[str]:
+    """A model's code and that of every model function it calls, directly or through
+    others, in any module (by name: a same-named function elsewhere is included too)."""
+    by_name: dict[str, list[ModelSpec]] = {}
+    for m in models:
+        if id(m) in code:
+            by_name.setdefault(m.function, []).append(m)
+    seen = {id(model)}
+    todo = [model]
+    while todo:
+        m = todo.pop()
+        for name in sorted(code[id(m)][1]):
+            for other in by_name.get(name, []):
+                if id(other) not in seen:
+                    seen.add(id(other))
+                    todo.append(other)
+    return sorted(code[i][0] for i in seen)
+
+
 def _digest(*parts: str) -> str:
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()
 
@@ -156,23 +177,18 @@ class _Reader:
     def read(self, module: str) -> None:
         # Layout and comments do not change code: it is hashed as its syntax tree.
         self.shared: list[str] = []
-        bodies: dict[str, str] = {}
-        made: list[tuple[ModelSpec, ast.AST]] = []
+        # Each model's own code and the names it uses (for the models it calls).
+        self.code: dict[int, tuple[str, set[str]]] = {}
         for node in self.tree.body:
             before = len(self.models)
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 self.read_function(node, module)
             if len(self.models) > before:
-                bodies[self.models[-1].function] = ast.dump(node)
-                made.append((self.models[-1], node))
+                names = {n.id for n in ast.walk(node) if isinstance(n, ast.Name)}
+                names |= {n.attr for n in ast.walk(node) if isinstance(n, ast.Attribute)}
+                self.code[id(self.models[-1])] = (ast.dump(node), names)
             else:
                 self.shared.append(ast.dump(node))
-        for spec, node in made:
-            # A model that calls another model's function depends on that code too.
-            called = sorted({
-                n.id for n in ast.walk(node) if isinstance(n, ast.Name) and n.id in bodies
-            } - {spec.function})
-            spec.code_hash = _digest(bodies[spec.function], *(bodies[c] for c in called))
 
     def read_function(self, fn: ast.FunctionDef | ast.AsyncFunctionDef, module: str) -> None:
         decorators = {_decorator_name(d): d for d in fn.decorator_list}
@@ -411,6 +427,7 @@ def read_project(files: dict[str, str], *, partial: bool = False) -> Project:
         except tomllib.TOMLDecodeError as exc:
             problems.append(f"faas_project.toml: {exc}")
     models: list[ModelSpec] = []
+    code: dict[int, tuple[str, set[str]]] = {}
     shared = hashlib.sha256()
     for path in sorted(files):
         if not path.endswith(".py"):
@@ -425,13 +442,14 @@ def read_project(files: dict[str, str], *, partial: bool = False) -> Project:
         reader.read(module)
         problems += reader.problems
         models += reader.models
+        code.update(reader.code)
         shared.update(f"{path}\0{chr(0).join(reader.shared)}\0".encode())
     # A model may call anything that is not itself a model, and read the project's
     # settings: all of that is its code too.
     settings = json.dumps(config, sort_keys=True, default=str)  # its meaning, not its layout
     shared.update(settings.encode())
     for m in models:
-        m.code_hash = _digest(shared.hexdigest(), m.code_hash)
+        m.code_hash = _digest(shared.hexdigest(), *_called_code(m, models, code))
     for path in sorted(files):
         if path.endswith(".sql"):
             sql_model = read_sql_model(path, files[path], problems)

@@ -431,7 +431,7 @@ class Scheduler:
                             "shm_bytes": self.placement.workers[w.worker_id].shm_bytes,
                             "cache_bytes": self.placement.workers[w.worker_id].cache_bytes,
                             "spilled_bytes": w.data_spilled,
-                            "functions": sorted(w.tasks),
+                            "functions": [_describe_task(t) for t in sorted(w.tasks)],
                         }
                         for w in self.workers.values()
                     ],
@@ -587,6 +587,14 @@ class Scheduler:
             return RunFinished(run_id=run_id, status="failed", error=error_message(exc),
                                branch=run_branch_name(run_id))
         return run.result()
+
+
+def _describe_task(task_id: str) -> dict[str, str]:
+    """What a worker is running, from its task id (``run:node:attempt``, or a helper task)."""
+    run_id, sep, rest = task_id.partition(":")
+    if not sep:
+        return {"task_id": task_id, "run_id": "", "node": task_id}
+    return {"task_id": task_id, "run_id": run_id, "node": rest.rpartition(":")[0]}
 
 
 __all__ = ["Scheduler", "WorkerHandle", "RunFinished"]

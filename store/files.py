@@ -9,14 +9,14 @@ so the files and the table agree on types.
 from __future__ import annotations
 
 import logging
-import os
+from collections.abc import Mapping
 from urllib.parse import urlparse
 
 import pyarrow as pa
-import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from protocol.errors import InvalidInput
+from store import warehouse
 from store.importer import read_source_files
 
 __all__ = ["iceberg_schema", "read_source_files", "to_iceberg_arrow", "write_parquet"]
@@ -113,35 +113,36 @@ def _has_nanoseconds(t: pa.DataType) -> bool:
     return False
 
 
-def write_parquet(table: pa.Table, directory_uri: str, name: str) -> str:
+def write_parquet(
+    table: pa.Table, directory_uri: str, name: str, *, properties: Mapping[str, str] | None = None
+) -> str:
     """Write ``table`` as one Parquet file ``name`` under ``directory_uri``.
 
     ``directory_uri`` is a pyarrow filesystem URI (``file:///...``, ``s3://...``)
-    or an absolute local path. Returns the file's full URI (or path, for a path)
-    in the form pyiceberg's ``add_files`` accepts.
+    or an absolute local path; ``properties`` are the warehouse's S3 settings
+    (default: from the AWS environment, see :mod:`store.warehouse`). Returns the
+    file's full URI (or path, for a path) in the form pyiceberg's ``add_files`` accepts.
 
     Raises:
         InvalidInput: ``name`` is not a plain file name, or the data cannot be
             converted to types Iceberg stores.
+        StorageError: the file cannot be written (a missing bucket, refused
+            credentials); the message names the URI.
     """
     if not name or "/" in name or "\\" in name or name in (".", ".."):
         raise InvalidInput(f"invalid Parquet file name {name!r}: expected a plain file name")
     if not name.endswith(".parquet"):
         name += ".parquet"
-    parsed = urlparse(directory_uri)
-    if parsed.scheme in ("", "file"):
-        # Read file URIs the way pyiceberg does (no percent-decoding), so a home
-        # with a space in it names the same place for both.
-        filesystem: pafs.FileSystem = pafs.LocalFileSystem()
-        directory = parsed.path if parsed.scheme else os.path.abspath(directory_uri)
-    else:
-        filesystem, directory = pafs.FileSystem.from_uri(directory_uri)
-    filesystem.create_dir(directory, recursive=True)
+    filesystem, directory = warehouse.filesystem(directory_uri, properties)
+    scheme = urlparse(directory_uri).scheme
     path = f"{directory.rstrip('/')}/{name}"
-    pq.write_table(
-        to_iceberg_arrow(table), path, filesystem=filesystem, compression=PARQUET_COMPRESSION
-    )
-    uri = f"{directory_uri.rstrip('/')}/{name}" if parsed.scheme else path
+    uri = f"{directory_uri.rstrip('/')}/{name}" if scheme else path
+    data = to_iceberg_arrow(table)
+    with warehouse.storage_errors(f"cannot write {uri}", properties):
+        if warehouse.is_local(directory_uri):
+            # Object stores have no directories; creating one there leaves marker objects.
+            filesystem.create_dir(directory, recursive=True)
+        pq.write_table(data, path, filesystem=filesystem, compression=PARQUET_COMPRESSION)
     logger.debug("wrote %d rows to %s", table.num_rows, uri)
     return uri
 

@@ -34,6 +34,7 @@ from pyiceberg.typedef import EMPTY_DICT, Identifier, Properties
 from pyiceberg.view import View
 
 from store.catalog import NAMESPACE_PRESENT, Change, ChangeKind, VersionedCatalog
+from store.warehouse import storage_errors
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -128,7 +129,8 @@ class CommitCatalog(MetastoreCatalog):
         metadata = self._metadata_cache.get(location)
         if metadata is None:
             io = self._load_file_io(location=location)
-            metadata = FromInputFile.table_metadata(io.new_input(location))
+            with storage_errors(f"cannot read table metadata {location}", self.properties):
+                metadata = FromInputFile.table_metadata(io.new_input(location))
             self._metadata_cache[location] = metadata
         return Table(
             identifier=tuple(key.split(".")),
@@ -195,7 +197,10 @@ class CommitCatalog(MetastoreCatalog):
         staged = self._update_and_stage_table(current, table.name(), requirements, updates)
         if current is not None and staged.metadata == current.metadata:
             return _response(current.metadata, current.metadata_location)
-        self._write_metadata(staged.metadata, staged.io, staged.metadata_location)
+        with storage_errors(
+            f"cannot write table metadata {staged.metadata_location}", self.properties
+        ):
+            self._write_metadata(staged.metadata, staged.io, staged.metadata_location)
         self._metadata_cache[staged.metadata_location] = staged.metadata
         self._staged[("table", key)] = staged.metadata_location
         self._recreating.discard(key)

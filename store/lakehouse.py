@@ -21,6 +21,7 @@ from typing import Literal, Self
 import pyarrow as pa
 
 from protocol.errors import AlreadyExists, CommitConflict, InvalidInput, NotFound
+from store import warehouse as storage
 from store.catalog import NAMESPACE_PRESENT, Change, ChangeKind, VersionedCatalog
 from store.iceberg import CommitCatalog
 from store.importer import expand_paths, read_files
@@ -60,9 +61,15 @@ class Lakehouse:
     """Iceberg tables in ``warehouse``, versioned by the catalog at ``catalog``.
 
     Defaults: catalog ``sqlite:///{home}/catalog.db``, warehouse
-    ``file://{home}/warehouse``. ``io_properties`` are pyiceberg FileIO settings
-    (for example ``s3.endpoint``) used for every table read and write.
+    ``file://{home}/warehouse``; ``s3://bucket/prefix`` is an S3-compatible
+    store, configured by the AWS environment (see :mod:`store.warehouse`).
+    ``io_properties`` are pyiceberg FileIO settings (for example ``s3.endpoint``)
+    that override the environment's, used for every table read and write.
     Branches, tags, log and merge are on :attr:`catalog`.
+
+    Raises:
+        StorageError: an object-store warehouse cannot be reached (no such
+            bucket, refused credentials, no answer from the endpoint).
     """
 
     def __init__(
@@ -81,7 +88,8 @@ class Lakehouse:
             # A bare path would be resolved against whatever directory a worker runs in.
             warehouse = f"file://{Path(warehouse).expanduser().resolve()}"
         self.warehouse = warehouse.rstrip("/")
-        self.io_properties = dict(io_properties or {})
+        self.io_properties = storage.io_properties(io_properties)
+        storage.check_warehouse(self.warehouse, self.io_properties)
         self.catalog = VersionedCatalog(catalog or f"sqlite:///{self.home}/catalog.db")
         logger.info(
             "lakehouse at %s: catalog %r, warehouse %s", self.home, self.catalog, self.warehouse

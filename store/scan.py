@@ -8,7 +8,7 @@ without asking the catalog.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 import pyarrow as pa
 from pyiceberg.expressions import (
@@ -28,6 +28,7 @@ from pyiceberg.table import Table as IcebergTable
 from pyparsing import ParseBaseException
 
 from protocol.errors import InvalidInput, NotFound
+from store.warehouse import io_properties, storage_errors
 
 logger = logging.getLogger(__name__)
 
@@ -46,17 +47,16 @@ def scan_metadata(
     None reads every column; otherwise the result has exactly those columns, in
     that order. ``row_filter`` is a predicate as pyiceberg parses it, such as
     ``"OrderQuantity > 1 and Region = 'Europe'"``. ``properties`` are FileIO
-    settings (S3 endpoint and credentials, for example).
+    settings (S3 endpoint and credentials, for example) added to those the AWS
+    environment gives.
 
     Raises:
         NotFound: the metadata file or the snapshot does not exist.
         InvalidInput: the filter does not parse or names an unknown column, or a
             requested column does not exist.
+        StorageError: the warehouse cannot be read (a missing bucket, refused credentials).
     """
-    try:
-        table = StaticTable.from_metadata(metadata_location, properties or {})
-    except FileNotFoundError as e:
-        raise NotFound(f"table metadata not found: {metadata_location}") from e
+    table = open_metadata(metadata_location, properties)
     return scan_table(
         table,
         columns=columns,
@@ -64,6 +64,26 @@ def scan_metadata(
         snapshot_id=snapshot_id,
         name=metadata_location,
     )
+
+
+def open_metadata(
+    metadata_location: str, properties: Mapping[str, str] | None = None
+) -> StaticTable:
+    """The table as its metadata file at ``metadata_location`` has it; no catalog access.
+
+    ``properties`` are FileIO settings added to those the AWS environment gives
+    (:func:`store.warehouse.io_properties`).
+
+    Raises:
+        NotFound: the metadata file does not exist.
+        StorageError: it cannot be read (a missing bucket, refused credentials).
+    """
+    props = io_properties(properties)
+    try:
+        with storage_errors(f"cannot read table metadata {metadata_location}", props):
+            return StaticTable.from_metadata(metadata_location, props)
+    except FileNotFoundError as e:
+        raise NotFound(f"table metadata not found: {metadata_location}") from e
 
 
 def scan_table(
@@ -92,7 +112,9 @@ def scan_table(
     expression = parse_filter(row_filter, schema, name)
     selected = tuple(columns) if columns is not None else ("*",)
     scan = table.scan(row_filter=expression, selected_fields=selected, snapshot_id=snapshot_id)
-    result = scan.to_arrow()
+    where = name if name == table.metadata_location else f"{name} ({table.metadata_location})"
+    with storage_errors(f"cannot read {where}", table.io.properties):
+        result = scan.to_arrow()
     if columns is not None:
         # pyiceberg returns projected columns in schema order; callers asked for theirs.
         result = result.select(list(columns))

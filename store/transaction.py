@@ -17,12 +17,13 @@ from pyiceberg.io.pyarrow import UnsupportedPyArrowTypeException, _check_pyarrow
 from pyiceberg.table import CreateTableTransaction
 from pyiceberg.table import Table as IcebergTable
 
-from protocol.errors import CommitConflict, InvalidInput, NotFound
+from protocol.errors import CommitConflict, InvalidInput, NotFound, StorageError
 from store.catalog import Change, ChangeKind
 from store.failpoints import failpoint
 from store.files import iceberg_schema, to_iceberg_arrow
 from store.iceberg import CommitCatalog, new_table_location
 from store.keys import split_key
+from store.warehouse import describe
 
 if TYPE_CHECKING:
     from store.lakehouse import Lakehouse
@@ -143,6 +144,7 @@ class Transaction:
             InvalidInput: a bad key or mode, data that is not an Arrow table, or a
                 schema that cannot be appended to the table.
             NotFound: the namespace does not exist.
+            StorageError: the warehouse cannot be written.
         """
         self._check_open()
         _check_mode(mode)
@@ -178,6 +180,8 @@ class Transaction:
             raise InvalidInput(
                 f"cannot write table {key!r}: {_first_line(e)}", detail=str(e)
             ) from e
+        except OSError as e:
+            raise self._storage_error(f"cannot write table {key!r}", e) from e
         failpoint("transaction.after_metadata_write")
         logger.debug("transaction %s: %s %d rows into %s", self.id, mode, data.num_rows, key)
 
@@ -195,6 +199,7 @@ class Transaction:
         Raises:
             InvalidInput: a bad key or mode, or files whose schema does not fit the table.
             NotFound: the namespace or a file does not exist.
+            StorageError: the warehouse cannot be read or written.
         """
         self._check_open()
         _check_mode(mode)
@@ -233,6 +238,8 @@ class Transaction:
             raise InvalidInput(
                 f"cannot add files to table {key!r}: {_first_line(e)}", detail=str(e)
             ) from e
+        except OSError as e:
+            raise self._storage_error(f"cannot add files to table {key!r}", e) from e
         failpoint("transaction.after_metadata_write")
         logger.debug("transaction %s: %s %d files into %s", self.id, mode, len(paths), key)
 
@@ -358,6 +365,13 @@ class Transaction:
             raise InvalidInput(
                 f"transaction {self.id} was already published as {self._published[:12]}"
             )
+
+    def _storage_error(self, what: str, error: OSError) -> StorageError:
+        lakehouse = self._lakehouse
+        return StorageError(
+            f"{what} in warehouse {lakehouse.warehouse}: "
+            f"{describe(error, lakehouse.io_properties)}"
+        )
 
     def _load_or_none(self, key: str) -> IcebergTable | None:
         try:

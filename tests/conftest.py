@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
@@ -23,9 +24,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def start_daemon(
-    args: list[str], marker: str, log: Path, env: dict[str, str] | None = None
+    args: list[str], marker: str, log: Path, env: dict[str, str] | None = None,
+    prefix: list[str] | None = None,
 ) -> tuple[subprocess.Popen[str], str]:
-    return _start_daemon(args, marker, log, cwd=ROOT, env=env)
+    return _start_daemon(args, marker, log, cwd=ROOT, env=env, prefix=prefix)
 EXAMPLE = ROOT / "examples" / "adventureworks"
 SOURCE_TABLES = ("product", "product_category", "product_subcategory", "sale", "territories")
 
@@ -88,6 +90,28 @@ class Cluster:
 
     def alive(self) -> bool:
         return self.scheduler.poll() is None and all(w.poll() is None for w in self.workers)
+
+
+@contextmanager
+def scheduler_only(tmp: Path, listen: str = "127.0.0.1:0") -> Iterator[Cluster]:
+    """A scheduler and no worker yet: tests add workers as hosts of their own; every
+    daemon started for the cluster is stopped at the end."""
+    home = tmp / "home"
+    home.mkdir()
+    token_file = home / "token"
+    token_file.write_text("test-cluster-token-" + os.urandom(8).hex() + "\n")
+    sched, address = start_daemon(
+        ["scheduler", "--listen", listen, "--home", str(home), "--token-file", str(token_file)],
+        "faasd scheduler listening on", tmp / "scheduler.log",
+    )
+    port = address.rpartition(":")[2]
+    c = Cluster(home=home, address=f"127.0.0.1:{port}", token_file=token_file, scheduler=sched)
+    try:
+        yield c
+    finally:
+        for w in c.workers:
+            stop_daemon(w)
+        stop_daemon(sched)
 
 
 @pytest.fixture

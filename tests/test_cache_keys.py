@@ -388,3 +388,160 @@ def test_sql_model_key_changes_with_its_parameter() -> None:
     k1 = keys(files, params={"lim": "1"})
     k2 = keys(files, params={"lim": "2"})
     assert changed(k1, k2) == {"q"}
+
+
+# --------------------------------------------------------------------------- cache=False
+
+
+def test_uncached_model_gets_a_new_key_every_plan_and_so_does_downstream() -> None:
+    text = MODELS.replace("@faas.model()\ndef b(", "@faas.model(cache=False)\ndef b(")
+    assert text != MODELS
+    assert make_plan(text).nodes["b"].spec.cache is False
+    assert make_plan(text).nodes["a"].spec.cache is True
+    plans = [keys(text) for _ in range(3)]
+    # b and what reads it (c) change every time; a (upstream) and d (unrelated) never do.
+    assert changed(plans[0], plans[1]) == {"b", "c"}
+    assert changed(plans[1], plans[2]) == {"b", "c"}
+    assert changed(plans[0], plans[2]) == {"b", "c"}
+    assert plans[0]["a"] == keys()["a"] and plans[0]["d"] == keys()["d"]
+    for k in plans[0].values():
+        assert re.fullmatch(r"[0-9a-f]{32}", k)
+
+
+def test_uncached_model_at_the_root_changes_its_whole_chain_only() -> None:
+    text = MODELS.replace("@faas.model()\ndef a(", "@faas.model(cache=False)\ndef a(")
+    assert text != MODELS
+    assert changed(keys(text), keys(text)) == {"a", "b", "c"}
+
+
+def test_uncached_model_changes_a_sql_model_reading_it() -> None:
+    text = MODELS.replace("@faas.model()\ndef b(", "@faas.model(cache=False)\ndef b(")
+    files = {"models.py": text, "q.sql": "SELECT * FROM b", "r.sql": "SELECT * FROM d"}
+    assert changed(keys(files), keys(files)) == {"b", "c", "q"}
+
+
+def test_cache_true_is_the_default() -> None:
+    text = MODELS.replace("@faas.model()\ndef b(", "@faas.model(cache=True)\ndef b(")
+    assert text != MODELS
+    assert keys(text) == keys(text)
+
+
+# --------------------------------------------------------------------------- faas_project.toml
+
+
+def test_any_project_setting_changes_every_key() -> None:
+    files = {"models.py": MODELS, "q.sql": "SELECT x FROM raw.t"}
+    base = keys(files, toml='[project]\nname = "sales"\n')
+    assert changed(base, keys(files, toml='[project]\nname = "sales2"\n')) == {"a", "b", "c", "d", "q"}
+    # No file vs a file with a name.
+    assert changed(keys(files), base) == {"a", "b", "c", "d", "q"}
+    # An unrelated table of its own too.
+    assert changed(base, keys(files, toml='[project]\nname = "sales"\n[extra]\nk = 1\n')) \
+        == {"a", "b", "c", "d", "q"}
+
+
+def test_reordering_or_reformatting_project_settings_changes_no_key() -> None:
+    files = {"models.py": MODELS, "q.sql": "SELECT x FROM raw.t"}
+    one = (
+        '[project]\nname = "sales"\npython = "3.11"\n\n'
+        '[project.pip]\npolars = "1.0"\nnumpy = "2.0"\n\n'
+        '[parameters.year]\ntype = "int"\ndefault = 2024\n'
+    )
+    other = (
+        '# settings\n[parameters.year]\ndefault = 2024\ntype   =   "int"\n\n'
+        "[project]\npython = '3.11'\n  name = \"sales\"  # the name\n"
+        "pip = { numpy = '2.0', polars = '1.0' }\n"
+    )
+    assert one != other
+    assert keys(files, toml=other) == keys(files, toml=one)
+    # ... while a real change to any setting (here a default that --param overrides, so
+    # no parameter value changes) changes every key.
+    assert changed(keys(files, toml=one), keys(files, toml=one.replace("2024", "2023"))) \
+        == {"a", "b", "c", "d", "q"}
+
+
+# --------------------------------------------------------------------------- models calling models
+
+CALLS = src("""
+    import faas
+
+
+    @faas.model()
+    def base(t=faas.Model("raw.t")):
+        return t
+
+
+    @faas.model()
+    def caller(t=faas.Model("raw.t")):
+        return base(t)
+
+
+    @faas.model()
+    def bystander(u=faas.Model("raw.u")):
+        return u
+    """)
+
+
+def _change_base_body(text: str) -> str:
+    old = 'def base(t=faas.Model("raw.t")):\n    return t\n'
+    assert text.count(old) == 1
+    return text.replace(old, 'def base(t=faas.Model("raw.t")):\n    return t.slice(1)\n')
+
+
+def test_model_calling_another_models_function_follows_its_body() -> None:
+    before = keys(CALLS, params={})
+    assert make_plan(CALLS, params={}).nodes["caller"].deps == []  # no data edge: code only
+    after = keys(_change_base_body(CALLS), params={})
+    assert changed(before, after) == {"base", "caller"}
+
+
+def test_model_calling_another_model_ignores_its_layout() -> None:
+    before = keys(CALLS, params={})
+    relaid = CALLS.replace('def base(t=faas.Model("raw.t")):\n    return t\n',
+                           "def base( t = faas.Model('raw.t') ):\n    # same\n    return (t)\n")
+    assert relaid != CALLS
+    assert keys(relaid, params={}) == before
+
+
+def test_model_calling_a_model_that_calls_a_model_follows_both() -> None:
+    # BUG (scheduler/project.py:170-175): a model's code hash takes in the bodies of the
+    # model functions it names directly, one level only. 'outer' calls caller() which
+    # calls base(); base's body changes what outer returns, but outer keeps its key, so
+    # a stale cached output of 'outer' would be reused.
+    text = CALLS + src("""
+
+
+        @faas.model()
+        def outer(t=faas.Model("raw.t")):
+            return caller(t)
+        """)
+    before = keys(text, params={})
+    after = keys(_change_base_body(text), params={})
+    assert changed(before, after) == {"base", "caller", "outer"}
+
+
+def test_model_calling_a_model_function_of_another_module_follows_its_body() -> None:
+    # BUG (scheduler/project.py:170-175 with :419-434): only same-module model functions
+    # are looked for, and model functions are left out of the "shared" code hashed for
+    # every model, so a call to a model function imported from another module is not
+    # seen at all: its body changes, the caller's key does not.
+    lib = src("""
+        import faas
+
+
+        @faas.model()
+        def base(t=faas.Model("raw.t")):
+            return t
+        """)
+    user = src("""
+        import faas
+        from lib import base
+
+
+        @faas.model()
+        def caller(t=faas.Model("raw.t")):
+            return base(t)
+        """)
+    before = keys({"lib.py": lib, "user.py": user}, params={})
+    after = keys({"lib.py": _change_base_body(lib), "user.py": user}, params={})
+    assert changed(before, after) == {"base", "caller"}

@@ -13,7 +13,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from tests.conftest import Cluster, start_daemon, stop_daemon
+from tests.conftest import Cluster, scheduler_only
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -166,21 +166,8 @@ def {r}(big=faas.Model("big"), sync=faas.Parameter("sync")):
 @pytest.fixture
 def two_hosts(tmp_path: Path) -> Iterator[Cluster]:
     """A scheduler and no worker yet: tests add workers as hosts of their own."""
-    home = tmp_path / "home"
-    home.mkdir()
-    token_file = home / "token"
-    token_file.write_text("test-two-hosts-token\n")
-    sched, address = start_daemon(
-        ["scheduler", "--listen", "127.0.0.1:0", "--home", str(home), "--token-file", str(token_file)],
-        "faasd scheduler listening on", tmp_path / "scheduler.log",
-    )
-    c = Cluster(home=home, address=address, token_file=token_file, scheduler=sched)
-    try:
+    with scheduler_only(tmp_path) as c:
         yield c
-    finally:
-        for w in c.workers:
-            stop_daemon(w)
-        stop_daemon(sched)
 
 
 # Two readers that each need 2 GiB, on hosts of 3 GiB: while one runs beside the producer's
