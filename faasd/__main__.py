@@ -24,11 +24,19 @@ def parse_size(text: str) -> int:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def _parser() -> argparse.ArgumentParser:
+CONFIG_HELP = (
+    "a TOML file of settings: keys are the long options without dashes (listen, memory, "
+    "shm-dir, ...), at the top level or under [scheduler] / [worker]; options given on "
+    "the command line win"
+)
+
+
+def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
     p = argparse.ArgumentParser(prog="faasd", description="faas daemons")
     p.add_argument("--log-level", default=os.environ.get("FAAS_LOG_LEVEL", "INFO"))
     sub = p.add_subparsers(dest="role", required=True)
     s = sub.add_parser("scheduler", help="run the cluster's scheduler")
+    s.add_argument("--config", default=None, metavar="FILE", help=CONFIG_HELP)
     s.add_argument("--listen", default="127.0.0.1:8470", help="HOST:PORT (port 0 picks a free one)")
     s.add_argument("--home", default=os.environ.get("FAAS_HOME", "~/.faas"))
     s.add_argument("--warehouse", default=None,
@@ -39,7 +47,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--token-file", default=None, help="cluster token (default: HOME/token, created)")
     s.add_argument("--host-id", default=None)
     w = sub.add_parser("worker", help="run a worker on this host")
-    w.add_argument("--scheduler", required=True, help="scheduler HOST:PORT")
+    w.add_argument("--config", default=None, metavar="FILE", help=CONFIG_HELP)
+    w.add_argument("--scheduler", default=None, help="scheduler HOST:PORT (required)")
     w.add_argument("--listen", default="127.0.0.1:0", help="HOST:PORT where other workers fetch objects")
     w.add_argument("--host-id", default=None, help="identity of this host (default: hostname)")
     w.add_argument("--memory", type=parse_size, default=None, help="memory to offer, e.g. 8GiB")
@@ -55,8 +64,41 @@ def _parser() -> argparse.ArgumentParser:
                    help="where function environments are cached (default ~/.cache/faas/envs)")
     w.add_argument("--python", action="append", default=[], metavar="PATH",
                    help="another interpreter to offer functions (repeatable)")
+    w.add_argument("--grace", type=float, default=30.0, metavar="SECONDS",
+                   help="on SIGTERM, how long running functions may take to finish before "
+                        "they are stopped (default 30)")
     _s3_options(w)
-    return p
+    return p, {"scheduler": s, "worker": w}
+
+
+def _settings(path: str, role: str, sub: argparse.ArgumentParser) -> dict[str, Any]:
+    """The settings for ``role`` in a TOML file, checked against the role's options."""
+    import tomllib
+
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except OSError as exc:
+        raise FaasError(f"cannot read config {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise FaasError(f"config {path}: {exc}") from None
+    roles = ("scheduler", "worker")
+    found = {k: v for k, v in data.items() if k not in roles}
+    section = data.get(role, {})
+    if not isinstance(section, dict):
+        raise FaasError(f"config {path}: [{role}] must be a table")
+    found.update(section)
+    known = {a.dest: a for a in sub._actions if a.dest not in ("help", "config")}
+    settings: dict[str, Any] = {}
+    for key, value in found.items():
+        dest = key.replace("-", "_")
+        if dest not in known:
+            options = ", ".join(sorted(d.replace("_", "-") for d in known))
+            raise FaasError(f"config {path}: {role} has no setting {key!r} (it has: {options})")
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = str(value) if known[dest].type is not None else value
+        settings[dest] = value
+    return settings
 
 
 def _s3_options(p: argparse.ArgumentParser) -> None:
@@ -79,7 +121,7 @@ def _apply_s3_options(args: argparse.Namespace) -> None:
         os.environ["AWS_REGION"] = args.s3_region
 
 
-async def _serve(daemon: Any, ready: str) -> None:
+async def _serve(daemon: Any, ready: str, grace: float = 0.0) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -90,12 +132,30 @@ async def _serve(daemon: Any, ready: str) -> None:
             await daemon.wait_registered()
         print(ready.format(d=daemon), flush=True)
         await stop.wait()
+        log.info("stopping: signal received")
+        if hasattr(daemon, "drain"):
+            # A second signal stops at once.
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, lambda: drain.cancel())
+            drain = asyncio.ensure_future(daemon.drain(grace))
+            try:
+                await drain
+            except asyncio.CancelledError:
+                log.warning("stopping now: second signal")
     finally:
         await daemon.close()
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser, roles = _parser()
+    args = parser.parse_args(argv)
+    if args.config:
+        try:
+            roles[args.role].set_defaults(**_settings(args.config, args.role, roles[args.role]))
+        except FaasError as exc:
+            print(f"faasd: error: {exc}", file=sys.stderr)
+            return 2
+        args = parser.parse_args(argv)  # the command line wins over the file
     logging.basicConfig(
         level=args.log_level.upper(), stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -121,6 +181,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             from faasd.worker import Worker
 
+            if not args.scheduler:
+                raise FaasError("a worker needs its scheduler: pass --scheduler HOST:PORT")
             if not args.token_file:
                 raise FaasError("a worker needs the cluster token: pass --token-file or set FAAS_TOKEN_FILE")
             daemon = Worker(
@@ -130,7 +192,12 @@ def main(argv: list[str] | None = None) -> int:
                 spill_dir=args.spill_dir,
             )
             asyncio.run(
-                _serve(daemon, "faasd worker {d.worker_id} registered with {d.scheduler}, serving data on {d.peer.address}")
+                _serve(
+                    daemon,
+                    "faasd worker {d.worker_id} registered with {d.scheduler}, serving data on "
+                    "{d.peer.address}",
+                    grace=args.grace,
+                )
             )
     except FaasError as exc:
         print(f"faasd: error: {exc}", file=sys.stderr)

@@ -154,6 +154,7 @@ class Worker:
         self.zygotes = ZygotePool()
         self.peer = PeerServer(token=token, host_id=self.host_id, listen=listen, locate=self._locate)
         self.status = "new"
+        self.draining = False
         self.conn: Connection[Any] | None = None
         self.processes: dict[str, FunctionProcess] = {}
         self.jobs: set[asyncio.Task[None]] = set()
@@ -284,25 +285,50 @@ class Worker:
             beat.cancel()
             self.conn.close()
 
+    async def drain(self, grace: float) -> None:
+        """Shut down gently: take no new work, give running functions ``grace`` seconds to
+        finish (their results reach the scheduler), then stop the rest and close."""
+        self.draining = True
+        log.info("worker %s draining: %d functions running", self.worker_id, len(self.task_jobs))
+        if self.conn is not None and not self.conn.closed:
+            try:
+                await self._beat(self.conn)  # the scheduler hears it now, not in a second
+            except FaasError:
+                pass
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        while self.task_jobs and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        if self.task_jobs:
+            log.warning(
+                "worker %s: stopping %d functions still running after %gs",
+                self.worker_id, len(self.task_jobs), grace,
+            )
+        await self.close()
+
     async def _heartbeat(self, conn: Connection[Any], interval: float) -> None:
         while not conn.closed:
             await asyncio.sleep(interval)
-            vm = psutil.virtual_memory()
             try:
-                await conn.send(
-                    Heartbeat(
-                        memory_total=self.memory,
-                        memory_available=min(self.memory, vm.available),
-                        running=len(self.processes),
-                        env_builds=self.envs.installs,
-                        shm_bytes=self.store.pinned_bytes,
-                        cache_bytes=self.store.shm_bytes - self.store.pinned_bytes,
-                        spilled_bytes=self.store.spilled_bytes,
-                        dropped=self.store.take_dropped(),
-                    )
-                )
+                await self._beat(conn)
             except FaasError:
                 return  # the session ends; the receive loop notices
+
+    async def _beat(self, conn: Connection[Any]) -> None:
+        vm = psutil.virtual_memory()
+        await conn.send(
+            Heartbeat(
+                memory_total=self.memory,
+                memory_available=min(self.memory, vm.available),
+                running=len(self.processes),
+                env_builds=self.envs.installs,
+                shm_bytes=self.store.pinned_bytes,
+                cache_bytes=self.store.shm_bytes - self.store.pinned_bytes,
+                spilled_bytes=self.store.spilled_bytes,
+                dropped=self.store.take_dropped(),
+                draining=self.draining,
+            )
+        )
 
     def _spawn(self, coro: Any, task_id: str | None = None) -> None:
         """Run a job, keeping a reference until it ends (and, for a task, its job by id)."""

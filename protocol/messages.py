@@ -339,6 +339,8 @@ class Heartbeat(Message, frozen=True):
     cache_bytes: int = 0
     spilled_bytes: int = 0
     dropped: list[str] = []
+    # Shutting down: give it no new work.
+    draining: bool = False
 
 
 class TaskStarted(Message, frozen=True):

@@ -48,6 +48,8 @@ class Worker:
     # they are reported), and of unpinned cache there, which it gives back on demand.
     shm_bytes: int = 0
     cache_bytes: int = 0
+    # Shutting down: it finishes what it runs and gets nothing new.
+    draining: bool = False
     reserved: int = 0
     running: set[str] = field(default_factory=set)
 
@@ -166,11 +168,12 @@ class Placement:
 
     def heartbeat(
         self, worker_id: str, memory_total: int, memory_available: int, shm_bytes: int,
-        cache_bytes: int = 0, dropped: tuple[str, ...] = (),
+        cache_bytes: int = 0, dropped: tuple[str, ...] = (), draining: bool = False,
     ) -> list[Instruction]:
         w = self.workers.get(worker_id)
         if w is None:
             return []
+        w.draining = draining
         w.memory_total = memory_total
         w.memory_available = min(memory_available, memory_total)
         w.shm_bytes = shm_bytes
@@ -247,9 +250,9 @@ class Placement:
 
     def _place(self) -> list[Instruction]:
         out: list[Instruction] = []
-        if not self.workers:
-            return out  # nothing to decide until a worker joins
-        workers = list(self.workers.values())
+        workers = [w for w in self.workers.values() if not w.draining]
+        if not workers:
+            return out  # nothing to decide until a worker (that is not leaving) joins
         largest = max(workers, key=lambda w: (w.memory_total, w.worker_id))
         shm = self.host_shm()
         free = {w.worker_id: self.free(w, shm) for w in workers}

@@ -252,7 +252,7 @@ class Scheduler:
                     handle.data_spilled = msg.spilled_bytes
                     self._apply(self.placement.heartbeat(
                         handle.worker_id, msg.memory_total, msg.memory_available, msg.shm_bytes,
-                        msg.cache_bytes, tuple(msg.dropped),
+                        msg.cache_bytes, tuple(msg.dropped), msg.draining,
                     ))
                     continue
                 if isinstance(msg, QueryDone):
@@ -430,6 +430,7 @@ class Scheduler:
                             "memory_reserved": self.placement.workers[w.worker_id].reserved,
                             "shm_bytes": self.placement.workers[w.worker_id].shm_bytes,
                             "cache_bytes": self.placement.workers[w.worker_id].cache_bytes,
+                            "draining": self.placement.workers[w.worker_id].draining,
                             "spilled_bytes": w.data_spilled,
                             "functions": [_describe_task(t) for t in sorted(w.tasks)],
                         }
