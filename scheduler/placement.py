@@ -105,6 +105,13 @@ def _size(n: int) -> str:
     return format_size(n)
 
 
+@dataclass
+class _Inputs:
+    total: int
+    by_host: dict[str, int]  # input bytes already on each host
+    hits: set[str]  # workers holding the request's cached output
+
+
 class Placement:
     def __init__(self) -> None:
         self.workers: dict[str, Worker] = {}
@@ -137,19 +144,32 @@ class Placement:
     def on_host(self, object_id: str, host_id: str) -> bool:
         return any(self.workers[w].host_id == host_id for w in self.holders(object_id))
 
-    def pulled(self, request: Request, w: Worker) -> int:
+    def _view(self, request: Request) -> "_Inputs":
+        """Where a request's inputs are, by host, worked out once per placement pass."""
+        by_host: dict[str, int] = {}
+        for oid, n in request.inputs.items():
+            for host in {self.workers[w].host_id for w in self.holders(oid)}:
+                by_host[host] = by_host.get(host, 0) + n
+        hits = set(self.holders(request.cached_output)) if request.cached_output else set()
+        return _Inputs(sum(request.inputs.values()), by_host, hits)
+
+    def pulled(self, request: Request, w: Worker, view: "_Inputs | None" = None) -> int:
         """Input bytes ``w`` would have to pull from other hosts for ``request``."""
-        return sum(n for oid, n in request.inputs.items() if not self.on_host(oid, w.host_id))
+        v = view or self._view(request)
+        return v.total - v.by_host.get(w.host_id, 0)
 
-    def need(self, request: Request, w: Worker) -> int:
-        if request.cached_output and w.worker_id in self.holders(request.cached_output):
+    def need(self, request: Request, w: Worker, view: "_Inputs | None" = None) -> int:
+        v = view or self._view(request)
+        if w.worker_id in v.hits:
             return 0  # a cache hit runs nothing
-        return request.reservation + self.pulled(request, w)
+        return request.reservation + self.pulled(request, w, v)
 
-    def affinity(self, request: Request, w: Worker) -> tuple[int, int, int]:
-        hit = int(bool(request.cached_output) and w.worker_id in self.holders(request.cached_output))
-        local = sum(request.inputs.values()) - self.pulled(request, w)
-        return hit, local, int(w.worker_id in request.producers)
+    def affinity(
+        self, request: Request, w: Worker, view: "_Inputs | None" = None
+    ) -> tuple[int, int, int]:
+        v = view or self._view(request)
+        local = v.by_host.get(w.host_id, 0)
+        return int(w.worker_id in v.hits), local, int(w.worker_id in request.producers)
 
     # -- events ----------------------------------------------------------------------
 
@@ -266,11 +286,12 @@ class Placement:
                 request.reservation > most_free
             ):
                 continue  # fits nowhere now: it waits
-            if not hit and all(self.need(request, w) > w.memory_total for w in workers):
+            view = self._view(request)
+            if not hit and all(self.need(request, w, view) > w.memory_total for w in workers):
                 del self.waiting[request.request_id]
                 out.append(Fail(
                     request.request_id,
-                    f"{request.label} reserves {_size(self.need(request, largest))}, more than "
+                    f"{request.label} reserves {_size(self.need(request, largest, view))}, more than "
                     f"any worker has: the largest is {largest.worker_id} with "
                     f"{_size(largest.memory_total)} (declare less with "
                     f"@faas.model(memory=...) or start a larger worker)",
@@ -279,14 +300,14 @@ class Placement:
             best: Worker | None = None
             best_key: Any = None
             for w in workers:
-                if self.need(request, w) > free[w.worker_id]:
+                if self.need(request, w, view) > free[w.worker_id]:
                     continue
-                key = (self.affinity(request, w), free[w.worker_id], w.worker_id)
+                key = (self.affinity(request, w, view), free[w.worker_id], w.worker_id)
                 if best_key is None or key > best_key:
                     best, best_key = w, key
             if best is None:
                 continue  # waits for memory; smaller requests behind it may fit
-            reserved = self.need(request, best)
+            reserved = self.need(request, best, view)
             del self.waiting[request.request_id]
             best.reserved += reserved
             best.running.add(request.request_id)
