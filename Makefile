@@ -44,6 +44,7 @@ bench: $(VENV)/.installed
 	$(PY) -m bench.catalog
 	$(PY) -m bench.planning
 	$(PY) -m bench.exchange
+	$(PY) -m bench.cluster
 	$(PY) -m bench.plot
 
 clean:

@@ -42,7 +42,6 @@ import multiprocessing as mp
 import os
 import platform
 import re
-import shutil
 import signal
 import socket
 import statistics
@@ -65,8 +64,6 @@ TOKEN = b"bench-exchange-token-" + b"x" * 16
 OBJECT_ID = "bench-object"
 # At 10 million rows fact_sale needs more than the scheduler's estimate from its inputs
 # (4 x the Parquet it scans + 512 MiB; about 1.2 GiB after the retry at twice that), so
-# the copy of the example the bench submits declares its memory.
-MEMORY_OVERRIDE = {"fact_sale": "4GiB"}
 CTX = mp.get_context("spawn")
 
 
@@ -505,31 +502,13 @@ def bench_readers(shm: Path, disk: Path, repeat: int, nbytes: int) -> dict[str, 
 # -- 4. re-running the example pipeline ---------------------------------------------------
 
 
-def project_copy(dest: Path) -> Path:
-    """The example project with MEMORY_OVERRIDE declared on its models."""
-    dest.mkdir()
-    for f in EXAMPLE.iterdir():
-        if f.suffix in (".py", ".toml") and f.name not in ("generate.py", "reference.py"):
-            shutil.copy(f, dest / f.name)
-    models = dest / "models.py"
-    text = models.read_text()
-    for name, memory in MEMORY_OVERRIDE.items():
-        pattern = re.compile(r'@faas\.model\(materialize="replace"\)(\s*@faas\.python\([^)]*\)\s*def '
-                             + name + r"\()")
-        text, n = pattern.subn(f'@faas.model(materialize="replace", memory="{memory}")\\1', text)
-        if n != 1:
-            raise SystemExit(f"cannot declare memory for {name} in {models}: the example changed")
-    models.write_text(text)
-    return dest
-
-
 def bench_rerun(tmp: Path, shm: Path, repeat: int, rows: int) -> dict[str, Any]:
     from faasd.launch import start_daemon, stop_daemon
 
     data = tmp / "data"
     subprocess.run([sys.executable, str(EXAMPLE / "generate.py"), "--rows", str(rows), "--out", str(data)],
                    check=True, capture_output=True, cwd=ROOT)
-    project = project_copy(tmp / "project")
+    project = EXAMPLE  # as it is: memory is estimated from what it reads
     home = tmp / "home"
     home.mkdir()
     token_file = home / "token"
@@ -590,7 +569,7 @@ def bench_rerun(tmp: Path, shm: Path, repeat: int, rows: int) -> dict[str, Any]:
     cold_s, cold_wall = [o["seconds"] for o, _ in cold], [w for _, w in cold]
     warm_s, warm_wall = [o["seconds"] for o, _ in warm], [w for _, w in warm]
     return {
-        "rows": rows, "nodes": nodes, "memory_override": MEMORY_OVERRIDE, "import_s": round(import_s, 2),
+        "rows": rows, "nodes": nodes, "import_s": round(import_s, 2),
         "cold_run_s": stats(cold_s), "cold_cli_wall_s": stats(cold_wall),
         "warm_run_s": stats(warm_s), "warm_cli_wall_s": stats(warm_wall),
         "first_cached_run_after_no_cache": {"run_s": after_cold["seconds"], "cli_wall_s":

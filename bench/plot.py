@@ -16,14 +16,18 @@ BAR, GAP, LABEL_W, CHART_W = 16, 10, 250, 420
 
 def bars_svg(
     title: str, unit: str, groups: list[tuple[str, list[tuple[str, float]]]],
-    units: list[str] | None = None,
+    units: list[str] | None = None, digits: list[int] | None = None,
+    maxima: list[float | None] | None = None,
 ) -> str:
     """Horizontal bars: each group has a label and (series, value) pairs; series is faas/baseline.
 
     With ``units`` (one per group) every group is a measurement of its own: it has its
-    own unit, its bars are scaled to its own largest value, and values get two decimals.
+    own unit, its bars are scaled to its own largest value, and values get two decimals
+    (or ``digits``, one per group); ``maxima`` fixes a group's full scale (100 for %).
     """
     tops = [max((v for _, v in series), default=1.0) or 1.0 for _, series in groups]
+    if maxima:
+        tops = [m if m is not None else t for m, t in zip(maxima, tops)]
     top = max(tops, default=1.0)
     # A group of its own scale gets its label on a line of its own, above its bars.
     rows = sum(len(series) for _, series in groups) + (len(groups) if units else 0)
@@ -40,7 +44,8 @@ def bars_svg(
             y += BAR + 4
         else:
             out.append(f'<text x="8" y="{y + BAR - 3}">{escape(label)}</text>')
-        scale, text = (tops[g], f"{{:,.2f}} {units[g]}") if units else (top, f"{{:,.1f}} {unit}")
+        places = digits[g] if digits else 2
+        scale, text = (tops[g], f"{{:,.{places}f}} {units[g]}") if units else (top, f"{{:,.1f}} {unit}")
         for name, value in series:
             w = max(1.0, CHART_W * value / scale)
             color = COLORS["baseline" if "baseline" in name else "faas"]
@@ -115,6 +120,43 @@ def main() -> None:
         ], units=["s", "s", "GiB/s", "GiB added", "s"])
         (RESULTS / "exchange.svg").write_text(svg)
         written.append("exchange.svg")
+    cluster = RESULTS / "cluster.json"
+    if cluster.exists():
+        r = json.loads(cluster.read_text())
+        groups: list[tuple[str, list[tuple[str, float]]]] = []
+        units: list[str] = []
+        places: list[int] = []
+        maxima: list[float | None] = []
+        ff = "baseline: round-robin first fit"
+        for sc in r.get("placement", []):
+            rate = {k: sc[k]["decisions_per_s"]["median"]
+                    for k in ("faas", "baseline", "baseline_unbounded") if k in sc}
+            series = [("faas Placement", rate["faas"]), (ff, rate["baseline"])]
+            if "baseline_unbounded" in rate:
+                series.append(("baseline: same, unbounded queue", rate["baseline_unbounded"]))
+            where = f"{sc['nodes']:,} nodes on {sc['workers']} workers"
+            groups.append((f"placement, {sc['scenario']}: {where}", series))
+            units.append("decisions/s")
+            places.append(0)
+            maxima.append(None)
+            groups.append((f"{sc['scenario']}: input bytes on the chosen host", [
+                ("faas Placement", 100 * sc["faas"]["local_fraction"]["median"]),
+                (ff, 100 * sc["baseline"]["local_fraction"]["median"])]))
+            units.append("%")
+            places.append(1)
+            maxima.append(100.0)
+        pipe = r.get("pipeline")
+        if pipe:
+            groups.append((f"example pipeline, {pipe['rows'] / 1e6:.0f}M rows: run time", [
+                ("1 worker", pipe["workers_1"]["run_s"]["median"]),
+                ("3 workers, one machine", pipe["workers_3"]["run_s"]["median"])]))
+            units.append("s")
+            places.append(2)
+            maxima.append(None)
+        svg = bars_svg("Cluster (each group on its own scale)", "", groups,
+                       units=units, digits=places, maxima=maxima)
+        (RESULTS / "cluster.svg").write_text(svg)
+        written.append("cluster.svg")
     print(json.dumps({"written": written}))
 
 

@@ -245,6 +245,10 @@ class Worker:
                     job.cancel()
                 for proc in list(self.processes.values()):
                     proc.cancel()
+                # The scheduler counts this worker lost and makes its outputs again
+                # elsewhere: the runs it had here hold nothing any more.
+                if self.objects is not None and self.status == "running":
+                    self._spawn(self._release_all())
             if not self.reconnect:
                 return
             await asyncio.sleep(delay)
@@ -579,6 +583,13 @@ class Worker:
 
         table = pa.ipc.open_file(pa.memory_map(str(object_path), "r")).read_all()
         return write_parquet(table, directory, f"{node}-{uuid.uuid4().hex[:8]}.parquet")
+
+    async def _release_all(self) -> None:
+        runs = {pin for e in self.store.entries.values() for pin in e.pins}
+        if self.work_root.is_dir():
+            runs |= {d.name for d in self.work_root.iterdir() if d.name.startswith("run-")}
+        for run_id in sorted(runs):
+            await self._release(run_id)
 
     async def _release(self, run_id: str) -> None:
         self.released[run_id] = None
