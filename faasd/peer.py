@@ -6,8 +6,9 @@ IPC file, ``nbytes`` raw bytes. The connection then takes the next request.
 
 Neither side copies the bytes through Python: the server hands the file to the kernel with
 ``os.sendfile`` (uvloop has no ``loop.sendfile``, so it runs in a thread on the transport's
-socket while the transport is idle), and the client ``recv_into``\\s the pages of an
-``mmap`` of its destination file.
+socket while the transport is idle), and the client has the kernel ``splice`` them from the
+socket into its destination file in shared memory (Linux), or, where it cannot,
+``recv_into``\\s the pages of an ``mmap`` of that file.
 
 Failpoint (for crash tests, see :mod:`store.failpoints`): with ``FAAS_FAILPOINT`` set to
 ``peer.send.half`` the server process exits with status 86 after sending about half of an
@@ -17,7 +18,9 @@ object's bytes. It is not in ``store.failpoints.FAILPOINTS``, which lists the st
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
+import fcntl
 import logging
 import mmap
 import os
@@ -315,7 +318,8 @@ def fetch_object(
 ) -> int:
     """Pull one object from the peer server at ``address`` into the file ``dest``. Blocking.
 
-    The bytes are received straight into an ``mmap`` of ``dest.part``, which becomes
+    The bytes go straight into ``dest.part`` (spliced by the kernel, or received into a
+    mapping of it), which becomes
     ``dest`` only when complete: a reader never sees a truncated object, and on any
     failure no ``.part`` file is left behind. ``timeout`` bounds the handshake and each
     wait for data. Returns the object's size in bytes.
@@ -360,6 +364,7 @@ def _receive(
 ) -> int:
     part = dest.with_name(dest.name + ".part")
     got = 0
+    progress = [0]  # bytes in the file so far, for the message when the transfer breaks
 
     def vanished(reason: str) -> PeerVanished:
         return PeerVanished(
@@ -372,20 +377,19 @@ def _receive(
         try:
             if nbytes:
                 _reserve(fd, nbytes, part)
-                # Mapped with its pages already in place: no page faults while receiving.
-                flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
-                with mmap.mmap(fd, nbytes, flags=flags) as mapped, memoryview(mapped) as view:
-                    while got < nbytes:
-                        with view[got:got + CHUNK] as window:
-                            try:
-                                n = sock.recv_into(window)
-                            except TimeoutError:
-                                raise vanished(f"no data for {timeout}s") from None
-                            except OSError as exc:
-                                raise vanished(f"{exc.__class__.__name__}: {exc}") from exc
-                        if n == 0:
-                            raise vanished("end of stream")
-                        got += n
+                try:
+                    got = _splice(sock, fd, nbytes, timeout, progress)
+                except _NoSplice:
+                    got = _recv_into_mapping(sock, fd, nbytes, progress)
+        except TimeoutError:
+            got = progress[0]
+            raise vanished(f"no data for {timeout}s") from None
+        except EOFError:
+            got = progress[0]
+            raise vanished("end of stream") from None
+        except OSError as exc:
+            got = progress[0]
+            raise vanished(f"{exc.__class__.__name__}: {exc}") from exc
         finally:
             os.close(fd)
         os.replace(part, dest)
@@ -394,6 +398,67 @@ def _receive(
         raise
     log.debug("fetched object %s (%d bytes) from %s", object_id, nbytes, address)
     return nbytes
+
+
+class _NoSplice(Exception):
+    """The kernel cannot splice from this socket into this file: receive another way."""
+
+
+# How much one splice moves: the pipe between the socket and the file is made this large.
+PIPE_SIZE = 2**20
+
+
+def _splice(sock: socket.socket, fd: int, nbytes: int, timeout: float, progress: list[int]) -> int:
+    """Move the bytes from the socket into the file inside the kernel (Linux splice): no
+    copy through this process at all. Raises _NoSplice before moving anything if the
+    kernel cannot."""
+    if not hasattr(os, "splice"):
+        raise _NoSplice
+    r, w = os.pipe()
+    try:
+        with contextlib.suppress(OSError, AttributeError):
+            fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, PIPE_SIZE)  # type: ignore[attr-defined]
+        poller = select.poll()
+        poller.register(sock.fileno(), select.POLLIN)
+        got = 0
+        while got < nbytes:
+            try:
+                n = os.splice(sock.fileno(), w, min(PIPE_SIZE, nbytes - got))
+            except BlockingIOError:  # a socket with a timeout is non-blocking underneath
+                if not poller.poll(timeout * 1000):
+                    raise TimeoutError from None
+                continue
+            except OSError as exc:
+                if got == 0 and exc.errno in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+                    raise _NoSplice from exc
+                raise
+            if n == 0:
+                raise EOFError
+            moved = 0
+            while moved < n:
+                moved += os.splice(r, fd, n - moved, offset_dst=got + moved)
+            got += n
+            progress[0] = got
+        return got
+    finally:
+        os.close(r)
+        os.close(w)
+
+
+def _recv_into_mapping(sock: socket.socket, fd: int, nbytes: int, progress: list[int]) -> int:
+    """Receive the bytes with recv_into straight into a mapping of the file."""
+    got = 0
+    # Mapped with its pages already in place: no page faults while receiving.
+    flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
+    with mmap.mmap(fd, nbytes, flags=flags) as mapped, memoryview(mapped) as view:
+        while got < nbytes:
+            with view[got:got + CHUNK] as window:
+                n = sock.recv_into(window)
+            if n == 0:
+                raise EOFError
+            got += n
+            progress[0] = got
+    return got
 
 
 def _reserve(fd: int, nbytes: int, part: Path) -> None:

@@ -165,7 +165,20 @@ def _leftovers(directory: Path) -> list[str]:
 # -- fetching ---------------------------------------------------------------------------
 
 
-def test_fetched_object_is_identical_and_reads_back(served: Served, tmp_path: Path) -> None:
+@pytest.fixture(params=["splice", "recv_into"])
+def receiving(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Both ways a worker receives an object: spliced into the file by the kernel, and
+    (where the kernel cannot) recv_into a mapping of the file."""
+    if request.param == "recv_into":
+        monkeypatch.delattr(os, "splice", raising=False)
+    elif not hasattr(os, "splice"):
+        pytest.skip("this platform has no splice")
+    return str(request.param)
+
+
+def test_fetched_object_is_identical_and_reads_back(
+    served: Served, tmp_path: Path, receiving: str
+) -> None:
     table = _random_table(64 * 2**20)
     _write_arrow(served.objects / "big.arrow", table)
     out = tmp_path / "out"
@@ -336,7 +349,7 @@ def test_server_killed_mid_transfer(tmp_path: Path) -> None:
     assert _leftovers(out) == []
 
 
-def test_peer_stalls_mid_transfer(loop_thread: LoopThread, tmp_path: Path) -> None:
+def test_peer_stalls_mid_transfer(loop_thread: LoopThread, tmp_path: Path, receiving: str) -> None:
     release = threading.Event()
 
     async def behave(conn: Connection[Any]) -> None:
@@ -353,7 +366,9 @@ def test_peer_stalls_mid_transfer(loop_thread: LoopThread, tmp_path: Path) -> No
     assert _leftovers(tmp_path) == []
 
 
-def test_peer_closes_before_and_during_the_object(loop_thread: LoopThread, tmp_path: Path) -> None:
+def test_peer_closes_before_and_during_the_object(
+    loop_thread: LoopThread, tmp_path: Path, receiving: str
+) -> None:
     async def no_reply(conn: Connection[Any]) -> None:
         await conn.recv(timeout=5)
 
