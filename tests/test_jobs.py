@@ -129,15 +129,29 @@ def test_a_scheduler_restart_marks_in_flight_runs_failed(
     assert submit.returncode != 0
     # The worker lost its scheduler: it stops that run's function.
     assert _gone(function_pid), "the function kept running after its scheduler died"
+    # The new scheduler comes back where the old one was: the worker finds it on its own.
     sched, address = start_daemon(
-        ["scheduler", "--listen", "127.0.0.1:0", "--home", str(cluster.home),
+        ["scheduler", "--listen", cluster.address, "--home", str(cluster.home),
          "--token-file", str(cluster.token_file)],
         "faasd scheduler listening on", tmp_path / "scheduler2.log",
     )
     try:
-        cluster.scheduler, cluster.address = sched, address
+        cluster.scheduler = sched
+        assert address == cluster.address
         job = cluster.json("job", "get", run_id)
         assert job["status"] == "failed" and "scheduler stopped" in job["error"]
         assert cluster.json("log", "main", "-n", "100") == before
+        cluster.wait_workers(1)
+        # It lets go of what the lost run held, and runs new work.
+        assert cluster.shm_dir is not None
+        deadline = time.monotonic() + 30
+        while list(cluster.shm_dir.glob(f"faas-w-*/work/{run_id}")):
+            assert time.monotonic() < deadline, "the worker kept the lost run's files"
+            time.sleep(0.1)
+        (tmp_path / "quick").mkdir()
+        quick = _project(tmp_path / "quick", "import faas\n\n@faas.model(materialize='replace')\n"
+                         "def quick(t=faas.Model('territories')):\n    return t\n")
+        again = cluster.faas("submit", str(quick), "-n", "adventure")
+        assert again.returncode == 0, again.stderr
     finally:
         stop_daemon(sched)
