@@ -13,8 +13,9 @@ Rules:
   inputs it must pull to the chosen worker's host. Objects already in a host's
   shared memory are counted once for the host, whoever reads them.
 - It goes to a worker where that fits now, preferring the worker whose host
-  holds most of its input bytes (then the producer's own worker, then the most
-  free memory). A worker that already holds the request's output (a cache hit)
+  holds most of its input bytes (then the producer's own worker, then the one
+  running fewest functions, then the most free memory). A worker that already holds
+  the request's output (a cache hit)
   needs no memory and wins.
 - When it fits nowhere now it waits, in arrival order; requests behind it that
   fit may go first (bounded backfill). When it could fit on no live worker even
@@ -302,7 +303,11 @@ class Placement:
             for w in workers:
                 if self.need(request, w, view) > free[w.worker_id]:
                     continue
-                key = (self.affinity(request, w, view), free[w.worker_id], w.worker_id)
+                # Then the least busy: work with nothing to stay near spreads out.
+                key = (
+                    self.affinity(request, w, view), -len(w.running), free[w.worker_id],
+                    w.worker_id,
+                )
                 if best_key is None or key > best_key:
                     best, best_key = w, key
             if best is None:

@@ -63,6 +63,15 @@ def test_request_goes_to_the_worker_where_it_fits() -> None:
     assert "r" in p.placed and "r" not in p.waiting
 
 
+def test_work_with_no_inputs_spreads_over_idle_workers() -> None:
+    # The big worker has more free memory even with one function on it, but work that
+    # has nothing to stay near goes to the worker running fewer functions.
+    p = cluster(("big", "h1", 64 * GiB), ("small", "h2", 16 * GiB))
+    first = only_start(p.submit(req("a", 1 * GiB)))
+    second = only_start(p.submit(req("b", 1 * GiB)))
+    assert {first.worker_id, second.worker_id} == {"big", "small"}
+
+
 def test_prefers_the_host_holding_most_input_bytes() -> None:
     p = cluster(("w1", "h1", 100 * GiB), ("w2", "h2", 100 * GiB), ("w3", "h3", 100 * GiB))
     # 'small' recorded via stored(), 'large' as the output of a finished request.
