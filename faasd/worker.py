@@ -49,6 +49,7 @@ from protocol.messages import (
     ImportTask,
     ObjectInfo,
     ObjectInput,
+    ObjectReady,
     ObjectSource,
     QueryDone,
     QueryTask,
@@ -452,6 +453,8 @@ class Worker:
             )
             files: list[str] = []
             if msg.materialize is not None:
+                # Readers need the object, not the Parquet file: they may start now.
+                await self._send(ObjectReady(task_id=msg.task_id, output=self._info(msg.output_id)))
                 files = [await asyncio.to_thread(self._write_parquet, output, msg.materialize.directory, msg.node)]
             await self._send(TaskDone(
                 task_id=msg.task_id, output=self._info(msg.output_id), files=files,

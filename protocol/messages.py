@@ -369,6 +369,14 @@ class TaskDone(Message, frozen=True):
     columns_read: list[str] = []
 
 
+class ObjectReady(Message, frozen=True):
+    """A task's output is in the worker's store: readers may start while the worker still
+    writes it to the warehouse (TaskDone follows)."""
+
+    task_id: str
+    output: ObjectInfo
+
+
 class TaskFailed(Message, frozen=True):
     task_id: str
     error: Error
@@ -465,7 +473,15 @@ class QueryTask(Message, frozen=True):
 
 
 WorkerToScheduler = (
-    Register | Heartbeat | TaskStarted | TaskLog | TaskDone | TaskFailed | ImportDone | QueryDone
+    Register
+    | Heartbeat
+    | TaskStarted
+    | TaskLog
+    | ObjectReady
+    | TaskDone
+    | TaskFailed
+    | ImportDone
+    | QueryDone
 )
 SchedulerToWorker = Registered | RunTask | CancelTask | ReleaseRun | ImportTask | QueryTask | Error
 

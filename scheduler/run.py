@@ -25,6 +25,7 @@ from protocol.messages import (
     Materialize,
     ObjectInfo,
     ObjectInput,
+    ObjectReady,
     ObjectSource,
     ReleaseRun,
     RunFinished,
@@ -88,9 +89,12 @@ class RunCoordinator:
         self.skipped = self._skippable()
         # Attempts per node (task ids stay unique across retries and recomputations).
         self.attempts: dict[str, int] = {}
-        # Set when a worker is lost: some outputs may have to be made again.
-        self.lost = asyncio.Event()
+        # Set when a worker is lost (some outputs may have to be made again) or an output
+        # is ready before its node is done: the run loop looks again.
+        self.wake = asyncio.Event()
         self.lost_objects: set[str] = set()
+        # Outputs in a worker's store whose node still writes them to the warehouse.
+        self.ready: dict[str, TaskDone] = {}
 
     async def _event(self, node: str, state: str, **kw: Any) -> None:
         await self.emit(TaskEvent(run_id=self.run_id, node=node, state=state, time=time.time(), **kw))
@@ -131,7 +135,7 @@ class RunCoordinator:
     def worker_lost(self, worker_id: str, objects: tuple[str, ...]) -> None:
         """A worker is gone, with the only copies of ``objects`` (the placement says)."""
         self.lost_objects.update(objects)
-        self.lost.set()
+        self.wake.set()
 
     async def _run_nodes(self, branch: str) -> None:
         started: set[str] = set()
@@ -140,27 +144,30 @@ class RunCoordinator:
         while len(self.outputs) < len(self.plan.nodes):
             for name in self.plan.order:
                 node = self.plan.nodes[name]
-                if name not in started and all(d in self.outputs for d in node.deps):
+                if name not in started and all(self._available(d) for d in node.deps):
                     started.add(name)
                     self.running[name] = asyncio.create_task(self._run_node(node, branch))
-            lost = asyncio.ensure_future(self.lost.wait())
+            woken = asyncio.ensure_future(self.wake.wait())
             try:
                 finished, _ = await asyncio.wait(
-                    {*self.running.values(), lost}, return_when=asyncio.FIRST_COMPLETED
+                    {*self.running.values(), woken}, return_when=asyncio.FIRST_COMPLETED
                 )
             finally:
-                lost.cancel()
-            if self.lost.is_set():
-                self.lost.clear()
-                started -= await self._recompute_lost()
+                woken.cancel()
+            if self.wake.is_set():
+                self.wake.clear()
+                if self.lost_objects:
+                    started -= await self._recompute_lost()
             for task in finished:
-                if task is lost:
+                if task is woken:
                     continue
                 name = next(n for n, t in self.running.items() if t is task)
                 del self.running[name]
                 try:
                     self.outputs[name] = task.result()
+                    self.ready.pop(name, None)
                 except PeerVanished as exc:
+                    self.ready.pop(name, None)
                     # Its worker (or the one holding its input) was lost: run it elsewhere.
                     if self.attempts.get(name, 0) >= MAX_ATTEMPTS:
                         raise
@@ -193,12 +200,19 @@ class RunCoordinator:
                 )
         return forgotten
 
+    def _available(self, name: str) -> bool:
+        """A node's output can be read: it is done, or its object is ready while it writes."""
+        return name in self.outputs or name in self.ready
+
+    def _done(self, name: str) -> TaskDone:
+        return self.outputs[name] if name in self.outputs else self.ready[name]
+
     def upstream(self, node: PlanNode) -> dict[str, tuple[str, ObjectInfo]]:
         """The upstream objects a node maps: object id -> (producing node, object)."""
         found = {}
         for i in node.inputs:
             if isinstance(i, ObjectInput):
-                out = self.outputs[i.node].output
+                out = self._done(i.node).output
                 if out is not None:
                     found[i.object_id] = (i.node, out)
         return found
@@ -354,6 +368,11 @@ class RunCoordinator:
                 match msg:
                     case TaskStarted(env=env):
                         await self._event(node.name, "running", worker=worker.worker_id, env=env)
+                    case ObjectReady(output=output):
+                        # Readers may pull it from this worker from now on.
+                        self.scheduler.placement.stored(worker.worker_id, output.object_id, output)
+                        self.ready[node.name] = TaskDone(task_id=task_id, output=output)
+                        self.wake.set()
                     case TaskLog(stream=stream, line=line, time=t):
                         await self.emit(
                             LogLine(run_id=self.run_id, node=node.name, stream=stream, line=line, time=t)

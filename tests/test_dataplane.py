@@ -430,3 +430,33 @@ def lines(sale=faas.Model("sale", columns=COLUMNS)):
     fourth = _submit(cluster, project, "--no-cache")
     node = cluster.json("job", "get", fourth["run_id"])["nodes"]["lines"]
     assert node["columns_cached"] == [] and len(node["columns_read"]) == 4
+
+
+def test_readers_start_while_a_materialized_output_is_still_being_written(
+    cluster: Cluster, example_data: Path, tmp_path: Path
+) -> None:
+    """A reader needs the object, not the Parquet file: it starts before its upstream
+    has finished writing its table to the warehouse."""
+    _territories(cluster, example_data)
+    project = _project(tmp_path, '''
+import faas
+import pyarrow as pa
+import pyarrow.compute as pc
+
+
+@faas.model(materialize="replace")
+def wide(t=faas.Model("territories")):
+    keys = pa.array(range(4_000_000), pa.int64())
+    return pa.table({"k": keys, "s": pc.cast(pc.multiply(keys, 7), pa.string())})
+
+
+@faas.model()
+def reader(wide=faas.Model("wide")):
+    return pa.table({"n": [wide.num_rows]})
+''')
+    result = _submit(cluster, project)
+    events = cluster.json("job", "logs", result["run_id"])
+    reader_started = next(e["t"] for e in events if e["node"] == "reader" and e.get("state") == "running")
+    wide_done = next(e["t"] for e in events if e["node"] == "wide" and e.get("state") == "done")
+    assert reader_started < wide_done, events
+    assert cluster.json("query", "SELECT count(*) AS n FROM wide", "-n", "adventure") == [{"n": 4_000_000}]
