@@ -367,11 +367,15 @@ class Scheduler:
                     f"'faasd worker --scheduler {self.address}'"
                 ) from None
         shm = self.placement.host_shm()
-        return max(
-            self.workers.values(),
-            key=lambda w: (self.placement.free(self.placement.workers[w.worker_id], shm), w.worker_id)
-            if w.worker_id in self.placement.workers else (0, w.worker_id),
-        )
+
+        def rank(w: WorkerHandle) -> tuple[bool, int, str]:
+            state = self.placement.workers.get(w.worker_id)
+            if state is None:
+                return (False, 0, w.worker_id)
+            # A draining worker only if every worker is draining.
+            return (not state.draining, self.placement.free(state, shm), w.worker_id)
+
+        return max(self.workers.values(), key=rank)
 
     def background(self, coro: Any) -> None:
         """Run a fire-and-forget coroutine, keeping a reference until it ends."""
