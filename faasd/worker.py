@@ -478,6 +478,7 @@ class Worker:
         if msg.materialize is not None:
             path = self.store.locate(msg.output_id)
             assert path is not None
+            await self._send(ObjectReady(task_id=msg.task_id, output=self._info(msg.output_id)))
             files = [await asyncio.to_thread(self._write_parquet, path, msg.materialize.directory, msg.node)]
         return TaskDone(
             task_id=msg.task_id, output=self._info(msg.output_id), files=files,
