@@ -19,9 +19,6 @@ Prints JSON and writes bench/results/catalog.json.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import statistics
 import tempfile
 import time
@@ -30,9 +27,9 @@ from typing import Callable
 
 from sqlalchemy import text
 
+from bench import machine, save
 from store.catalog import Change, VersionedCatalog
 
-RESULTS = Path(__file__).resolve().parent / "results"
 BATCH = 100
 
 
@@ -115,12 +112,10 @@ def main() -> None:
         "benchmark": "catalog",
         "backend": "sqlite",
         "repeat": args.repeat,
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "machine": machine(),
         "results": rows,
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "catalog.json").write_text(json.dumps(out, indent=2) + "\n")
-    print(json.dumps(out, indent=2))
+    save("catalog", out)
 
 
 if __name__ == "__main__":

@@ -35,7 +35,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import random
 import signal
 import statistics
@@ -49,10 +48,10 @@ from itertools import islice
 from pathlib import Path
 from typing import Any
 
+from bench import machine, save
 from scheduler.placement import BACKFILL, Fail, Instruction, Lost, Placement, Request, Start
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "bench" / "results"
 EXAMPLE = ROOT / "examples" / "adventureworks"
 TABLES = ("product", "product_category", "product_subcategory", "sale", "territories")
 MiB, GiB = 2**20, 2**30
@@ -497,17 +496,12 @@ def main() -> None:
     out = {
         "benchmark": "cluster",
         "repeat": args.repeat,
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                    "system": platform.system(), "memory_gib": round(os.sysconf("SC_PAGE_SIZE")
-                                                                    * os.sysconf("SC_PHYS_PAGES") / GiB, 1),
-                    "load_average_1min": {k: round(v, 2) for k, v in load.items()}},
+        "machine": machine(load_average_1min={k: round(v, 2) for k, v in load.items()}),
         "code": code,
         "bench_seconds": round(time.perf_counter() - t0, 1),
         **figures,
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "cluster.json").write_text(json.dumps(out, indent=2) + "\n")
-    print(json.dumps(out, indent=2))
+    save("cluster", out)
 
 
 if __name__ == "__main__":

@@ -40,7 +40,6 @@ import argparse
 import json
 import multiprocessing as mp
 import os
-import platform
 import re
 import signal
 import socket
@@ -54,8 +53,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from bench import machine, save
+
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "bench" / "results"
 EXAMPLE = ROOT / "examples" / "adventureworks"
 GiB = 2**30
 SLICE = 4 * 2**20
@@ -608,15 +608,11 @@ def main() -> None:
     out = {
         "benchmark": "exchange",
         "repeat": args.repeat,
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                    "system": platform.system(), "memory_gib": round(os.sysconf("SC_PAGE_SIZE")
-                                                                    * os.sysconf("SC_PHYS_PAGES") / GiB, 1)},
+        "machine": machine(),
         "bench_seconds": round(time.perf_counter() - t0, 1),
         **figures,
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "exchange.json").write_text(json.dumps(out, indent=2) + "\n")
-    print(json.dumps(out, indent=2))
+    save("exchange", out)
 
 
 if __name__ == "__main__":

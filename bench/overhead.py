@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -27,10 +25,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench import machine, save
 from faasd.launch import start_daemon, stop_daemon
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "bench" / "results"
 
 
 def chain_project(root: Path, n: int) -> Path:
@@ -135,12 +133,10 @@ def main() -> None:
         "benchmark": "overhead",
         "chain": args.chain,
         "repeat": args.repeat,
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "system": platform.system()},
+        "machine": machine(),
         **{k: round(v, 4) for k, v in figures.items()},  # type: ignore[arg-type]
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "overhead.json").write_text(json.dumps(out, indent=2) + "\n")
-    print(json.dumps(out, indent=2))
+    save("overhead", out)
 
 
 if __name__ == "__main__":

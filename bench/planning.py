@@ -26,9 +26,7 @@ from __future__ import annotations
 import argparse
 import ast
 import asyncio
-import json
 import os
-import platform
 import random
 import statistics
 import subprocess
@@ -40,6 +38,7 @@ from typing import Callable
 
 import pyarrow as pa
 
+from bench import machine, save
 from faasd.launch import start_daemon, stop_daemon
 from protocol.messages import ScanInput, SubmitRun
 from scheduler.plan import Plan
@@ -48,7 +47,6 @@ from scheduler.project import read_project
 from store import Lakehouse
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "bench" / "results"
 NAMESPACE = "bench"
 SOURCES = 20
 MODELS_PER_FILE = 25
@@ -239,15 +237,10 @@ def main() -> None:
         "benchmark": "planning",
         "sources": SOURCES,
         "repeat": args.repeat,
-        "machine": {
-            "cpus": os.cpu_count(), "python": platform.python_version(),
-            "system": platform.system(),
-        },
+        "machine": machine(),
         "results": rows,
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "planning.json").write_text(json.dumps(out, indent=2) + "\n")
-    print(json.dumps(out, indent=2))
+    save("planning", out)
 
 
 if __name__ == "__main__":

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import json
 from html import escape
-from pathlib import Path
 
-RESULTS = Path(__file__).resolve().parent / "results"
+from bench import RESULTS
+
 COLORS = {"faas": "#2f6fdf", "baseline": "#9aa3ad"}
 BAR, GAP, LABEL_W, CHART_W = 16, 10, 250, 420
 

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import textwrap
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -187,6 +188,20 @@ def one_line_error(proc: subprocess.CompletedProcess[str], *needles: str) -> str
     for n in needles:
         assert n in lines[0], lines[0]
     return lines[0]
+
+
+def import_territories(c: Cluster, data: Path, namespace: str = "adventure") -> None:
+    """A namespace with the example's smallest table, for pipelines that need a source."""
+    c.faas("namespace", "create", namespace, check=True)
+    c.faas("table", "import", f"{namespace}.territories", str(data / "territories.csv"), check=True)
+
+
+def write_project(tmp: Path, text: str, name: str = "p") -> Path:
+    """A project directory holding ``text`` (dedented) as models.py."""
+    root = tmp / name
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "models.py").write_text(textwrap.dedent(text))
+    return root
 
 
 def import_example(c: Cluster, data: Path, namespace: str = "adventure") -> None:

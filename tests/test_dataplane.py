@@ -7,22 +7,17 @@ Real scheduler and worker processes; "hosts" are workers with distinct host ids
 from __future__ import annotations
 
 import json
-import textwrap
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
 
-from tests.conftest import Cluster, scheduler_only
+from tests.conftest import ROOT, Cluster, import_territories, scheduler_only, write_project
 
 pytestmark = pytest.mark.timeout(300)
-
-
-def _project(tmp: Path, text: str, name: str = "p") -> Path:
-    root = tmp / name
-    root.mkdir(exist_ok=True)
-    (root / "models.py").write_text(textwrap.dedent(text))
-    return root
 
 
 def _submit(c: Cluster, project: Path, *args: str) -> dict[str, Any]:
@@ -33,11 +28,6 @@ def _submit(c: Cluster, project: Path, *args: str) -> dict[str, Any]:
 
 def _lines(result: dict[str, Any], node: str) -> list[str]:
     return [entry["line"] for entry in result["logs"] if entry["node"] == node]
-
-
-def _territories(c: Cluster, data: Path) -> None:
-    c.faas("namespace", "create", "adventure", check=True)
-    c.faas("table", "import", "adventure.territories", str(data / "territories.csv"), check=True)
 
 
 # Prints the file that backs a column's values, as /proc/self/maps tells: a mapped object
@@ -57,8 +47,8 @@ def _backing_file(table):
 def test_a_consumer_maps_the_producers_output_without_copying(
     cluster: Cluster, example_data: Path, tmp_path: Path
 ) -> None:
-    _territories(cluster, example_data)
-    project = _project(tmp_path, WHERE + '''
+    import_territories(cluster, example_data)
+    project = write_project(tmp_path, WHERE + '''
 import faas
 import pyarrow as pa
 
@@ -97,7 +87,7 @@ def test_four_readers_of_an_object_share_its_pages(
     c = two_hosts
     c.add_worker(tmp_path, "host", "--host-id", "host", "--memory", "5GiB")
     c.wait_workers(1)
-    _territories(c, example_data)
+    import_territories(c, example_data)
     readers = [f"r{i}" for i in range(4)]
     code = '''
 import os, time
@@ -147,7 +137,7 @@ def _read(name, table, sync):
 def {r}(big=faas.Model("big"), sync=faas.Parameter("sync")):
     return _read("{r}", big, sync)
 '''
-    project = _project(tmp_path, code)
+    project = write_project(tmp_path, code)
     sync = tmp_path / "sync"
     sync.mkdir()
     result = _submit(c, project, "--param", f"sync={sync}")
@@ -211,8 +201,8 @@ def test_a_reader_on_another_host_pulls_an_identical_table(
         for host in ("host-a", "host-b")
     }
     workers = {w["worker_id"]: w["host_id"] for w in c.wait_workers(2)}
-    _territories(c, example_data)
-    project = _project(tmp_path, FAN_OUT)
+    import_territories(c, example_data)
+    project = write_project(tmp_path, FAN_OUT)
     result = _submit(c, project)
     assert result["status"] == "success"
     nodes = c.json("job", "get", result["run_id"])["nodes"]
@@ -254,8 +244,8 @@ def test_a_worker_killed_mid_transfer_is_recovered_from_lineage(
         for host in ("host-a", "host-b")
     }
     c.wait_workers(2)
-    _territories(c, example_data)
-    result = _submit(c, _project(tmp_path, FAN_OUT))
+    import_territories(c, example_data)
+    result = _submit(c, write_project(tmp_path, FAN_OUT))
     assert result["status"] == "success"
     assert len(c.json("info")["workers"]) == 1, "one host died serving the object"
     events = c.json("job", "logs", result["run_id"])
@@ -309,10 +299,10 @@ ALL = ["a", "b", "c", "c_is_not_empty", "d"]
 
 
 def _setup_chain(c: Cluster, data: Path, tmp: Path) -> Path:
-    _territories(c, data)
+    import_territories(c, data)
     c.faas("table", "import", "adventure.product_category", str(data / "product_category.csv"),
            check=True)
-    return _project(tmp, CHAIN)
+    return write_project(tmp, CHAIN)
 
 
 def _ran(c: Cluster, result: dict[str, Any]) -> list[str]:
@@ -399,7 +389,7 @@ import faas
 def lines(sale=faas.Model("sale", columns=COLUMNS)):
     return sale
 '''
-    project = _project(tmp_path, code.replace("COLUMNS", three))
+    project = write_project(tmp_path, code.replace("COLUMNS", three))
     first = _submit(cluster, project)
     node = cluster.json("job", "get", first["run_id"])["nodes"]["lines"]
     assert node["columns_cached"] == []
@@ -437,8 +427,8 @@ def test_readers_start_while_a_materialized_output_is_still_being_written(
 ) -> None:
     """A reader needs the object, not the Parquet file: it starts before its upstream
     has finished writing its table to the warehouse."""
-    _territories(cluster, example_data)
-    project = _project(tmp_path, '''
+    import_territories(cluster, example_data)
+    project = write_project(tmp_path, '''
 import faas
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -460,3 +450,51 @@ def reader(wide=faas.Model("wide")):
     wide_done = next(e["t"] for e in events if e["node"] == "wide" and e.get("state") == "done")
     assert reader_started < wide_done, events
     assert cluster.json("query", "SELECT count(*) AS n FROM wide", "-n", "adventure") == [{"n": 4_000_000}]
+
+
+def test_a_kept_output_changed_on_the_target_meanwhile_fails_the_run(
+    cluster: Cluster, example_data: Path, tmp_path: Path
+) -> None:
+    """A run that does not commit an output again (the target has it from the same key)
+    must not publish its other outputs if that table changed on the target meanwhile."""
+    import_territories(cluster, example_data)
+    project = write_project(tmp_path, '''
+import os
+import time
+import faas
+
+
+@faas.model(materialize="replace")
+def kept(t=faas.Model("territories")):
+    return t
+
+
+@faas.model(materialize="replace")
+def slow(t=faas.Model("territories"), gate=faas.Parameter("gate")):
+    open(gate + ".started", "w").close()
+    while not os.path.exists(gate + ".go"):
+        time.sleep(0.05)
+    return t
+''')
+    first, second = tmp_path / "first", tmp_path / "second"
+    Path(f"{first}.go").touch()
+    _submit(cluster, project, "--param", f"gate={first}")
+    # Same `kept`, a new `slow`: the run keeps `kept` as published and waits in `slow`.
+    run = subprocess.Popen(
+        [sys.executable, "-m", "client.cli", "submit", str(project), "-n", "adventure",
+         "--param", f"gate={second}"],
+        env=cluster.env(), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    deadline = time.monotonic() + 60
+    while not Path(f"{second}.started").exists():
+        assert time.monotonic() < deadline, "slow never started"
+        time.sleep(0.05)
+    cluster.faas("table", "import", "adventure.kept", str(example_data / "territories.csv"),
+                 check=True)
+    head = cluster.json("log", "main", "-n", "1")
+    Path(f"{second}.go").touch()
+    _, err = run.communicate(timeout=120)
+    assert run.returncode != 0
+    last = err.strip().splitlines()[-1]
+    assert "adventure.kept changed on 'main' while run" in last, err
+    assert cluster.json("log", "main", "-n", "1") == head  # nothing of the run was published

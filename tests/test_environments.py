@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Cluster
+from tests.conftest import Cluster, import_territories, write_project
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -43,12 +43,8 @@ def base(t=faas.Model("territories")):
 
 
 def _setup(c: Cluster, data: Path, tmp: Path, text: str) -> Path:
-    c.faas("namespace", "create", "adventure", check=True)
-    c.faas("table", "import", "adventure.territories", str(data / "territories.csv"), check=True)
-    root = tmp / "p"
-    root.mkdir()
-    (root / "models.py").write_text(text)
-    return root
+    import_territories(c, data)
+    return write_project(tmp, text)
 
 
 def _builds(c: Cluster) -> int:

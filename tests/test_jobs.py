@@ -11,7 +11,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.conftest import ROOT, Cluster, start_daemon, stop_daemon
+from tests.conftest import ROOT, Cluster, import_territories, start_daemon, stop_daemon, write_project
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -43,21 +43,11 @@ def forever(t=faas.Model("territories")):
 
 
 
-def _setup(c: Cluster, data: Path) -> None:
-    c.faas("namespace", "create", "adventure", check=True)
-    c.faas("table", "import", "adventure.territories", str(data / "territories.csv"), check=True)
-
-
-def _project(tmp: Path, text: str) -> Path:
-    root = tmp / "p"
-    root.mkdir(exist_ok=True)
-    (root / "models.py").write_text(text)
-    return root
 
 
 def _start_forever(c: Cluster, tmp: Path) -> tuple[subprocess.Popen[str], str, int]:
     pid_file = tmp / "pid"
-    project = _project(tmp, FOREVER.format(pid_file=str(pid_file)))
+    project = write_project(tmp, FOREVER.format(pid_file=str(pid_file)))
     submit = subprocess.Popen(
         [sys.executable, "-m", "client.cli", "submit", str(project), "-n", "adventure"],
         env=c.env(), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -84,8 +74,8 @@ def _gone(pid: int, within: float = 20) -> bool:
 
 
 def test_runs_are_listed_and_their_logs_replayed(cluster: Cluster, example_data: Path, tmp_path: Path) -> None:
-    _setup(cluster, example_data)
-    result = json.loads(cluster.faas("submit", str(_project(tmp_path, CHATTY)), "-n", "adventure",
+    import_territories(cluster, example_data)
+    result = json.loads(cluster.faas("submit", str(write_project(tmp_path, CHATTY)), "-n", "adventure",
                                      "--json", check=True).stdout)
     run_id = result["run_id"]
     listed = cluster.json("job", "ls")
@@ -103,7 +93,7 @@ def test_runs_are_listed_and_their_logs_replayed(cluster: Cluster, example_data:
 
 
 def test_job_cancel_stops_a_running_run(cluster: Cluster, example_data: Path, tmp_path: Path) -> None:
-    _setup(cluster, example_data)
+    import_territories(cluster, example_data)
     before = cluster.json("log", "main", "-n", "100")
     submit, run_id, function_pid = _start_forever(cluster, tmp_path)
     assert cluster.json("job", "cancel", run_id)["status"] == "cancelled"
@@ -120,7 +110,7 @@ def test_job_cancel_stops_a_running_run(cluster: Cluster, example_data: Path, tm
 def test_a_scheduler_restart_marks_in_flight_runs_failed(
     cluster: Cluster, example_data: Path, tmp_path: Path
 ) -> None:
-    _setup(cluster, example_data)
+    import_territories(cluster, example_data)
     before = cluster.json("log", "main", "-n", "100")
     submit, run_id, function_pid = _start_forever(cluster, tmp_path)
     cluster.scheduler.kill()  # no chance to clean up
@@ -148,8 +138,7 @@ def test_a_scheduler_restart_marks_in_flight_runs_failed(
         while list(cluster.shm_dir.glob(f"faas-w-*/work/{run_id}")):
             assert time.monotonic() < deadline, "the worker kept the lost run's files"
             time.sleep(0.1)
-        (tmp_path / "quick").mkdir()
-        quick = _project(tmp_path / "quick", "import faas\n\n@faas.model(materialize='replace')\n"
+        quick = write_project(tmp_path / "quick", "import faas\n\n@faas.model(materialize='replace')\n"
                          "def quick(t=faas.Model('territories')):\n    return t\n")
         again = cluster.faas("submit", str(quick), "-n", "adventure")
         assert again.returncode == 0, again.stderr

@@ -16,7 +16,7 @@ from typing import Any
 import psutil
 import pytest
 
-from tests.conftest import ROOT, Cluster
+from tests.conftest import ROOT, Cluster, import_territories, write_project
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -38,22 +38,14 @@ def hungry(t=faas.Model("territories")):
 
 
 def _setup(c: Cluster, data: Path) -> list[dict[str, Any]]:
-    c.faas("namespace", "create", "adventure", check=True)
-    c.faas("table", "import", "adventure.territories", str(data / "territories.csv"), check=True)
+    import_territories(c, data)
     return c.json("log", "main", "-n", "100")
-
-
-def _project(tmp: Path, text: str) -> Path:
-    root = tmp / "p"
-    root.mkdir(exist_ok=True)
-    (root / "models.py").write_text(text)
-    return root
 
 
 def test_memory_overrun_is_retried_once_with_double(cluster: Cluster, example_data: Path, tmp_path: Path) -> None:
     before = _setup(cluster, example_data)
     # Needs ~400 MiB: more than 300 MiB, less than the 600 MiB of the retry.
-    project = _project(tmp_path, GROW.format(memory="300MiB", chunks=20))
+    project = write_project(tmp_path, GROW.format(memory="300MiB", chunks=20))
     proc = cluster.faas("submit", str(project), "-n", "adventure")
     assert proc.returncode == 0, proc.stderr
     assert "hungry: retrying" in proc.stderr and "over its limit of 300 MiB" in proc.stderr
@@ -65,7 +57,7 @@ def test_memory_overrun_is_retried_once_with_double(cluster: Cluster, example_da
 
 def test_memory_overrun_twice_fails_the_run(cluster: Cluster, example_data: Path, tmp_path: Path) -> None:
     before = _setup(cluster, example_data)
-    project = _project(tmp_path, GROW.format(memory="200MiB", chunks=100))  # wants 2 GiB
+    project = write_project(tmp_path, GROW.format(memory="200MiB", chunks=100))  # wants 2 GiB
     t0 = time.monotonic()
     proc = cluster.faas("submit", str(project), "-n", "adventure")
     assert proc.returncode == 1
@@ -80,7 +72,7 @@ def test_memory_overrun_twice_fails_the_run(cluster: Cluster, example_data: Path
 
 def test_timeout_stops_the_function(cluster: Cluster, example_data: Path, tmp_path: Path) -> None:
     before = _setup(cluster, example_data)
-    project = _project(tmp_path, (
+    project = write_project(tmp_path, (
         "import time\nimport faas\n\n@faas.model(materialize='replace', timeout=1.5)\n"
         "def slow(t=faas.Model('territories')):\n    print('sleeping', flush=True)\n"
         "    time.sleep(120)\n    return t\n"
@@ -96,7 +88,7 @@ def test_timeout_stops_the_function(cluster: Cluster, example_data: Path, tmp_pa
 
 def test_timeout_must_be_a_number(cluster: Cluster, example_data: Path, tmp_path: Path) -> None:
     _setup(cluster, example_data)
-    project = _project(tmp_path, (
+    project = write_project(tmp_path, (
         "import faas\n\n@faas.model(timeout='soon')\ndef m(t=faas.Model('territories')):\n    return t\n"
     ))
     proc = cluster.faas("submit", str(project), "-n", "adventure")
@@ -105,7 +97,7 @@ def test_timeout_must_be_a_number(cluster: Cluster, example_data: Path, tmp_path
 
 def test_segfault_fails_the_run_not_the_worker(cluster: Cluster, example_data: Path, tmp_path: Path) -> None:
     before = _setup(cluster, example_data)
-    project = _project(tmp_path, (
+    project = write_project(tmp_path, (
         "import ctypes\nimport faas\n\n@faas.model(materialize='replace')\n"
         "def crash(t=faas.Model('territories')):\n    ctypes.string_at(0)\n    return t\n"
     ))
@@ -120,7 +112,7 @@ def test_segfault_fails_the_run_not_the_worker(cluster: Cluster, example_data: P
 def test_ctrl_c_cancels_the_run(cluster: Cluster, example_data: Path, tmp_path: Path) -> None:
     before = _setup(cluster, example_data)
     pid_file = tmp_path / "pid"
-    project = _project(tmp_path, (
+    project = write_project(tmp_path, (
         "import os, time\nimport faas\n\n@faas.model(materialize='replace')\n"
         "def forever(t=faas.Model('territories')):\n"
         f"    open({str(pid_file)!r}, 'w').write(str(os.getpid()))\n"

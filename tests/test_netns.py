@@ -19,8 +19,14 @@ from typing import Iterator
 
 import pytest
 
-from tests.conftest import Cluster, scheduler_only, start_daemon
-from tests.test_dataplane import FAN_OUT, _lines, _project, _territories
+from tests.conftest import (
+    Cluster,
+    import_territories,
+    scheduler_only,
+    start_daemon,
+    write_project,
+)
+from tests.test_dataplane import FAN_OUT, _lines
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -99,8 +105,8 @@ def _run_across_namespaces(
         c.workers.append(proc)
         assert data.startswith(own), data  # it serves objects on its namespace's address
     c.wait_workers(2)
-    _territories(c, example_data)
-    proc = c.faas("submit", str(_project(tmp_path, FAN_OUT)), "-n", "adventure", "--json")
+    import_territories(c, example_data)
+    proc = c.faas("submit", str(write_project(tmp_path, FAN_OUT)), "-n", "adventure", "--json")
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
     hosts = {w["worker_id"]: w["host_id"] for w in c.json("info")["workers"]}

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, Cluster, start_daemon
+from tests.conftest import ROOT, Cluster, import_territories, write_project
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -37,12 +37,8 @@ def c(a=faas.Model("a"), b=faas.Model("b")):
 
 
 def _setup(c: Cluster, data: Path, tmp: Path, text: str) -> Path:
-    c.faas("namespace", "create", "adventure", check=True)
-    c.faas("table", "import", "adventure.territories", str(data / "territories.csv"), check=True)
-    root = tmp / "p"
-    root.mkdir()
-    (root / "models.py").write_text(text)
-    return root
+    import_territories(c, data)
+    return write_project(tmp, text)
 
 
 def test_two_workers_on_one_host_keep_objects_with_their_maker(
