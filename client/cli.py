@@ -40,17 +40,24 @@ def submit(
         False, "--no-cache", help="run every function, reusing no cached output or column"
     ),
     as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
+    detach: bool = typer.Option(
+        False, "--detach", "-d",
+        help="print the run id and return; the run goes on (faas job logs RUN_ID --follow)",
+    ),
 ) -> None:
     """Run a pipeline project and publish its outputs (unchanged functions come from the cache)."""
     ref = ref_or_active(ref)
     params = parse_params(param)
 
-    async def work(c: Client) -> RunFinished | list[dict[str, Any]]:
+    async def work(c: Client) -> RunFinished | list[dict[str, Any]] | str:
         if dry_run:
             return await c.plan(project, namespace=namespace, ref=ref, params=params)
         submitted = await c.submit(
-            project, namespace=namespace, ref=ref, params=params, strict=strict, no_cache=no_cache
+            project, namespace=namespace, ref=ref, params=params, strict=strict,
+            no_cache=no_cache, detach=detach,
         )
+        if detach:
+            return submitted.run_id
         logs: list[dict[str, Any]] = []
         cached: list[str] = []
         if not as_json:
@@ -83,6 +90,13 @@ def submit(
         return result
 
     result = run(work)
+    if detach and not dry_run:
+        if as_json:
+            print_json({"run_id": result, "status": "running"})
+        else:
+            typer.echo(result)
+            err(f"run {result} goes on in the background: faas job logs {result} --follow")
+        return
     if dry_run:
         if as_json:
             print_json(result)
@@ -309,6 +323,7 @@ def table_revert(
 
 def main() -> None:
     import client.cli_jobs  # noqa: F401  (registers job)
+    import client.cli_local  # noqa: F401  (registers local)
     import client.cli_refs  # noqa: F401  (registers branch, tag, log, checkout)
 
     try:

@@ -1,8 +1,9 @@
 """Plumbing shared by the ``faas`` commands: settings, the active branch, running a call.
 
 With ``--cluster HOST:PORT`` (or ``FAAS_CLUSTER``) commands go to that
-cluster's scheduler. Without one, faas runs embedded: a scheduler and a worker
-start on loopback for the command, against ``FAAS_HOME`` (default ``~/.faas``).
+cluster's scheduler. Without one, faas runs embedded: commands talk to the
+resident daemon of ``FAAS_HOME`` (default ``~/.faas``), a scheduler and a worker
+on loopback that the first command starts in the background (``faas local``).
 The active branch (``faas checkout``) is kept in ``FAAS_HOME/HEAD`` and is the
 default ref of every command.
 """
@@ -92,6 +93,16 @@ def fail(message: str) -> NoReturn:
     raise typer.Exit(1)
 
 
+def local_client() -> Client:
+    """A client of this home's resident daemon, started (or replaced) if need be."""
+    from client.local import ensure_daemon
+    from protocol.auth import load_token
+
+    home = home_dir()
+    info = ensure_daemon(home, notice=lambda text: err(f"note: {text}"))
+    return Client(info["address"], token=load_token(home / "token"))
+
+
 def run(work: Callable[[Client], Awaitable[T]]) -> T:
     """Run ``work`` against the cluster, or against an embedded one started for it."""
 
@@ -103,11 +114,7 @@ def run(work: Callable[[Client], Awaitable[T]]) -> T:
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main.cancel)
         if settings.cluster:
             return await work(Client(settings.cluster, token_file=settings.token_file))
-        from client.embedded import embedded_cluster
-
-        home = Path(settings.home).expanduser() if settings.home else None
-        async with embedded_cluster(home) as (address, token):
-            return await work(Client(address, token=token))
+        return await work(local_client())
 
     try:
         try:

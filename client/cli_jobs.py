@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 from typing import Any
 
 import typer
 
 from client.cli_common import app, print_json, run
+from client.client import Client
 
 job_app = typer.Typer(no_args_is_help=True, help="runs: list, inspect, replay logs, cancel")
 app.add_typer(job_app, name="job")
@@ -51,18 +53,62 @@ def job_get(run_id: str, as_json: bool = typer.Option(False, "--json")) -> None:
 
 
 @job_app.command("logs")
-def job_logs(run_id: str, as_json: bool = typer.Option(False, "--json")) -> None:
+def job_logs(
+    run_id: str,
+    follow: bool = typer.Option(
+        False, "--follow", "-f",
+        help="then stream the rest live, and exit with the run's status (Ctrl-C stops "
+        "following, not the run)",
+    ),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
     """Replay a run's output lines and events, as they happened."""
+    if follow:
+        _follow(run_id, as_json)
+        return
     events: list[dict[str, Any]] = run(lambda c: c.job_logs(run_id))
     if as_json:
         print_json(events)
         return
     for e in events:
-        stamp = dt.datetime.fromtimestamp(e["t"]).strftime("%H:%M:%S") if e.get("t") else "--:--:--"
-        if "line" in e:
-            typer.echo(f"{stamp} [{e['node']}] {e['line']}")
-        elif e["state"] != "queued":
-            typer.echo(f"{stamp} {e['node']}: {e['state']}" + (f": {e['error']}" if e.get("error") else ""))
+        _print_event(e)
+
+
+def _print_event(e: dict[str, Any]) -> None:
+    stamp = dt.datetime.fromtimestamp(e["t"]).strftime("%H:%M:%S") if e.get("t") else "--:--:--"
+    if "line" in e:
+        typer.echo(f"{stamp} [{e['node']}] {e['line']}")
+    elif e["state"] != "queued":
+        typer.echo(f"{stamp} {e['node']}: {e['state']}" + (f": {e['error']}" if e.get("error") else ""))
+
+
+def _follow(run_id: str, as_json: bool) -> None:
+    from protocol.messages import LogLine, RunFinished, TaskEvent
+
+    async def work(c: Client) -> RunFinished:
+        followed = await c.follow(run_id)
+        async for ev in followed:
+            if isinstance(ev, LogLine):
+                e: dict[str, Any] = {"t": ev.time, "node": ev.node, "stream": ev.stream,
+                                     "line": ev.line}
+            elif isinstance(ev, TaskEvent):
+                e = {"t": ev.time, "node": ev.node, "state": ev.state, "error": ev.error}
+            else:
+                continue
+            if as_json:
+                typer.echo(json.dumps(e))
+            else:
+                _print_event(e)
+        return await followed.wait()  # raises the run's error
+
+    result = run(work)
+    if as_json:
+        typer.echo(json.dumps({"run_id": result.run_id, "status": result.status,
+                               "commit": result.commit, "tables": result.tables}))
+    else:
+        typer.echo(f"run {result.run_id} succeeded in {result.seconds:.2f}s"
+                   + (f"; committed {', '.join(result.tables)} at {result.commit[:12]}"
+                      if result.commit else ""))
 
 
 @job_app.command("cancel")

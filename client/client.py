@@ -34,6 +34,7 @@ from protocol.messages import (
     DropNamespace,
     DropTable,
     Error,
+    FollowJob,
     GetJob,
     GetTable,
     ImportTable,
@@ -99,13 +100,22 @@ def _raise(err: Error) -> None:
 class Run:
     """A submitted run: iterate its events as they happen, then await its result."""
 
-    def __init__(self, conn: Connection[Any], accepted: RunAccepted) -> None:
+    def __init__(
+        self, conn: Connection[Any], accepted: RunAccepted, client: "Client", *,
+        attached: bool,
+    ) -> None:
         self.conn = conn
         self.run_id = accepted.run_id
         self.nodes = accepted.nodes
+        self.client = client
+        # Attached: the run ends with this connection. Otherwise it was detached, or is
+        # being followed, and goes on whatever this side does.
+        self.attached = attached
         self._result: RunFinished | None = None
 
     async def __aiter__(self) -> AsyncIterator[Any]:
+        if self.conn.closed and self._result is None:  # detached: follow it from here
+            self.conn = (await self.client.follow(self.run_id)).conn
         while self._result is None:
             msg = await self.conn.recv()
             if isinstance(msg, RunFinished):
@@ -136,8 +146,13 @@ class Run:
         return result
 
     async def cancel(self) -> None:
-        """Cancel the run: the scheduler stops it when this connection goes away."""
-        await self.conn.aclose()
+        """Cancel the run (for an attached run, by hanging up: the scheduler stops it when
+        its connection goes away)."""
+        if self.attached:
+            await self.conn.aclose()
+        else:
+            await self.conn.aclose()
+            await self.client.cancel_run(self.run_id)
 
 
 class Client:
@@ -198,18 +213,36 @@ class Client:
         params: dict[str, str] | None = None,
         strict: bool = False,
         no_cache: bool = False,
+        detach: bool = False,
     ) -> Run:
         """Start a run; with ``strict`` a failing expectation fails it (and publishes nothing);
-        with ``no_cache`` every function runs, reusing no cached output or column."""
+        with ``no_cache`` every function runs, reusing no cached output or column.
+
+        The run ends when this connection does (cancelled, unless it finished) unless
+        ``detach``: then it goes on alone, and the Run returned has only its id and
+        nodes until iterated, which follows it like :meth:`follow`."""
         files = pack_project(project)
+        run = await self._open_run(
+            SubmitRun(
+                files=files, namespace=namespace, ref=ref, params=dict(params or {}),
+                project_dir=str(Path(project).resolve()), strict=strict, no_cache=no_cache,
+                detach=detach,
+            )
+        )
+        if detach:
+            await run.conn.aclose()
+        return run
+
+    async def follow(self, run_id: str) -> Run:
+        """A run, running or finished: its events so far, then the rest as they happen,
+        then its result. Leaving early stops following, never the run."""
+        return await self._open_run(FollowJob(run_id=run_id))
+
+    async def _open_run(self, request: SubmitRun | FollowJob) -> Run:
+        attached = isinstance(request, SubmitRun) and not request.detach
         conn = await self._connect()
         try:
-            await conn.send(
-                SubmitRun(
-                    files=files, namespace=namespace, ref=ref, params=dict(params or {}),
-                    project_dir=str(Path(project).resolve()), strict=strict, no_cache=no_cache,
-                )
-            )
+            await conn.send(request)
             reply = await conn.recv()
         except BaseException:
             await conn.aclose()
@@ -220,7 +253,7 @@ class Client:
         if not isinstance(reply, RunAccepted):
             await conn.aclose()
             raise FaasError(f"unexpected reply {type(reply).__name__}")
-        return Run(conn, reply)
+        return Run(conn, reply, self, attached=attached)
 
     async def plan(
         self, project: str | Path, *, namespace: str, ref: str = "main",

@@ -68,7 +68,14 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
                    help="on SIGTERM, how long running functions may take to finish before "
                         "they are stopped (default 30)")
     _s3_options(w)
-    return p, {"scheduler": s, "worker": w}
+    loc = sub.add_parser("local", help="the resident daemon of a FAAS_HOME: a scheduler and one "
+                                       "worker on loopback (the faas CLI starts it)")
+    loc.add_argument("--home", default=os.environ.get("FAAS_HOME", "~/.faas"))
+    loc.add_argument("--idle", type=float, default=30.0, metavar="MINUTES",
+                     help="stop after this long with no client and no run (default 30)")
+    loc.add_argument("--memory", type=parse_size, default=None, help="memory for the worker")
+    loc.add_argument("--listen", default="127.0.0.1:0", help="HOST:PORT of the scheduler")
+    return p, {"scheduler": s, "worker": w, "local": loc}
 
 
 def _settings(path: str, role: str, sub: argparse.ArgumentParser) -> dict[str, Any]:
@@ -149,7 +156,7 @@ async def _serve(daemon: Any, ready: str, grace: float = 0.0) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser, roles = _parser()
     args = parser.parse_args(argv)
-    if args.config:
+    if getattr(args, "config", None):
         try:
             roles[args.role].set_defaults(**_settings(args.config, args.role, roles[args.role]))
         except FaasError as exc:
@@ -166,6 +173,11 @@ def main(argv: list[str] | None = None) -> int:
         uvloop.install()
     except ImportError:
         pass
+    if args.role == "local":
+        from faasd.local import serve
+
+        return serve(Path(args.home).expanduser(), idle=args.idle * 60,
+                     memory=str(args.memory) if args.memory else None, listen=args.listen)
     _apply_s3_options(args)
     try:
         if args.role == "scheduler":

@@ -22,6 +22,8 @@ def load_token(path: str | Path) -> bytes:
         raise NotFound(f"token file {p} does not exist") from None
     except OSError as exc:
         raise InvalidInput(f"cannot read token file {p}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise InvalidInput(f"token file {p} is not text: is it a faas token?") from None
     if not text:
         raise InvalidInput(f"token file {p} is empty")
     return text.encode()

@@ -135,6 +135,9 @@ class SubmitRun(Message, frozen=True):
     strict: bool = False
     # Run everything: reuse no cached result (outputs and source columns alike).
     no_cache: bool = False
+    # Answer RunAccepted and leave the run going: it no longer ends with this connection
+    # (follow it with FollowJob, stop it with CancelRun).
+    detach: bool = False
 
 
 class ListNamespaces(Message, frozen=True):
@@ -238,6 +241,13 @@ class JobLogs(Message, frozen=True):
     run_id: str
 
 
+class FollowJob(Message, frozen=True):
+    """Replay a run's events so far, then stream the rest live, ending with RunFinished
+    (RunAccepted first, naming its nodes). Hanging up stops following, not the run."""
+
+    run_id: str
+
+
 class CancelRun(Message, frozen=True):
     run_id: str
 
@@ -307,6 +317,7 @@ ClientRequest = (
     | GetJob
     | JobLogs
     | CancelRun
+    | FollowJob
 )
 ClientReply = RunAccepted | TaskEvent | LogLine | RunFinished | Ok | BulkHeader | Error
 

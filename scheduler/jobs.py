@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from protocol.errors import InvalidInput, NotFound
-from protocol.messages import LogLine, RunFinished, TaskEvent
+from protocol.messages import Error, LogLine, RunFinished, TaskEvent
 
 log = logging.getLogger(__name__)
 
@@ -110,8 +110,9 @@ class JobStore:
         record["finished"] = time.time()
         if result is not None:
             record.update(status=result.status, commit=result.commit, tables=result.tables,
-                          branch=result.branch,
-                          error=result.error.message if result.error else None)
+                          branch=result.branch, seconds=result.seconds,
+                          error=result.error.message if result.error else None,
+                          error_kind=result.error.kind if result.error else None)
         else:
             record.update(status=status or "failed",
                           error="the scheduler stopped while the run was in flight")
@@ -159,3 +160,28 @@ class JobStore:
             except ValueError:
                 continue  # a line cut short by a crash
         return out
+
+    def replay(self, run_id: str) -> list[LogLine | TaskEvent]:
+        """A run's recorded events and output lines, as the messages they were."""
+        out: list[LogLine | TaskEvent] = []
+        for e in self.events(run_id):
+            if "line" in e:
+                out.append(LogLine(run_id=run_id, node=e["node"], stream=e.get("stream", "stdout"),
+                                   line=e["line"], time=e.get("t") or 0.0))
+            elif "state" in e:
+                out.append(TaskEvent(run_id=run_id, node=e["node"], state=e["state"],
+                                     worker=e.get("worker") or "", time=e.get("t") or 0.0,
+                                     error=e.get("error") or ""))
+        return out
+
+    def outcome(self, run_id: str) -> RunFinished:
+        """How a finished run ended, as the message its client was sent."""
+        r = self.get(run_id)
+        error = None
+        if r.get("error"):
+            error = Error(kind=r.get("error_kind") or "FaasError", message=r["error"])
+        return RunFinished(
+            run_id=run_id, status=r["status"], commit=r.get("commit") or "",
+            tables=r.get("tables") or [], error=error, branch=r.get("branch") or "",
+            seconds=r.get("seconds") or ((r.get("finished") or 0) - (r.get("started") or 0)),
+        )

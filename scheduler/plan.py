@@ -61,6 +61,8 @@ class Plan:
     # Output tables whose snapshot at the base commit was made from a node's cache key
     # (node name -> key): publishing that output again would change nothing.
     published: dict[str, str] = field(default_factory=dict)
+    # ... and those tables as they are at the base commit, for readers to scan.
+    published_tables: dict[str, SourceTable] = field(default_factory=dict)
 
     def depth(self) -> dict[str, int]:
         """Each node's level in the DAG: 0 reads only tables, else 1 + its deepest upstream."""

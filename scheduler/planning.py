@@ -68,4 +68,9 @@ def plan_submission(lh: Any, request: SubmitRun, python_versions: set[str] | Non
                 continue
             if info.properties.get(CACHE_KEY_PROPERTY) == node.cache_key:
                 plan.published[name] = node.cache_key
+                plan.published_tables[name] = SourceTable(
+                    key=node.key, metadata_location=info.metadata_location,
+                    snapshot_id=info.snapshot_id, schema=info.schema,
+                    size_bytes=info.size_bytes, row_count=info.row_count,
+                )
     return plan

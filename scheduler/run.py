@@ -30,6 +30,7 @@ from protocol.messages import (
     ReleaseRun,
     RunFinished,
     RunTask,
+    ScanInput,
     TaskDone,
     TaskEvent,
     TaskFailed,
@@ -39,7 +40,7 @@ from protocol.messages import (
 )
 from protocol.sizes import format_size, parse_size
 from scheduler.placement import Request
-from scheduler.plan import CACHE_KEY_PROPERTY, Plan, PlanNode
+from scheduler.plan import CACHE_KEY_PROPERTY, Plan, PlanNode, decoded_width
 
 if TYPE_CHECKING:
     from scheduler.server import Scheduler, WorkerHandle
@@ -53,6 +54,8 @@ RUN_BRANCH_PREFIX = "run/"
 BASE_RESERVATION = 512 * 2**20
 # How many times one node may run when workers are lost under it.
 MAX_ATTEMPTS = 4
+# The kind of durable result an expectation leaves in the catalog (see Catalog.recall).
+VERDICT = "verdict"
 
 
 def run_branch_name(run_id: str) -> str:
@@ -86,7 +89,10 @@ class RunCoordinator:
         self.publishing = False
         # Output tables committed to the run's branch, in the order they were.
         self.committed: list[str] = []
-        self.skipped = self._skippable()
+        # Known verdicts of this plan's expectations (durable: read in execute()), and
+        # the nodes with nothing to do given them.
+        self.verdicts: dict[str, bool] = {}
+        self.skipped: set[str] = set()
         # Attempts per node (task ids stay unique across retries and recomputations).
         self.attempts: dict[str, int] = {}
         # Set when a worker is lost (some outputs may have to be made again) or an output
@@ -109,6 +115,12 @@ class RunCoordinator:
             await self.scheduler.store_call(
                 catalog.create_run_branch, self.run_id, f"@{self.plan.base}"
             )
+            if self.use_cache:
+                self.verdicts = await self.scheduler.store_call(
+                    catalog.recall, VERDICT,
+                    [n.cache_key for n in self.plan.nodes.values() if n.spec.is_expectation],
+                )
+                self.skipped = self._skippable()
             await self._run_nodes(branch)
             self.publishing = True
             # Once the merge starts it finishes: a cancel now would report a run as not
@@ -231,33 +243,68 @@ class RunCoordinator:
         return BASE_RESERVATION + scanned + mapped
 
     def _skippable(self) -> set[str]:
-        """Nodes with nothing to do: their table is published from the same key already,
-        and everything that reads them has nothing to do either (or is an expectation
-        whose verdict on the same inputs is known)."""
+        """Models with nothing to do: everything that reads them has nothing to do (or is
+        an expectation whose verdict on the same inputs is known), and their table is
+        published from the same key already, or they have no table at all."""
         skip: set[str] = set()
-        if not self.use_cache:
-            return skip
         for name in reversed(self.plan.order):
             node = self.plan.nodes[name]
             if node.spec.is_expectation:
-                if node.cache_key in self.scheduler.verdicts:
+                if node.cache_key in self.verdicts:
                     skip.add(name)
-            elif name in self.plan.published and all(c in skip for c in self._consumers(node)):
+                continue
+            readers = self._consumers(node)
+            if not all(c in skip for c in readers):
+                continue
+            if name in self.plan.published or (readers and not node.spec.materialize):
                 skip.add(name)
         return {n for n in skip if not self.plan.nodes[n].spec.is_expectation}
 
     def _consumers(self, node: PlanNode) -> list[str]:
         return [n.name for n in self.plan.nodes.values() if node.name in n.deps]
 
+    def _read_from_table(self, node: PlanNode) -> bool:
+        """Let the readers of a published node scan its table instead of mapping its
+        object, when no live worker holds that object (a restart lost it). The table's
+        rows are the object's rows: its snapshot was made from the same cache key.
+        Readers' cache keys do not change, since they name the node's key, not the
+        table. Returns whether the readers were switched."""
+        table = self.plan.published_tables.get(node.name)
+        if table is None or self.scheduler.holders(node.object_id):
+            return False
+        readers = [self.plan.nodes[n] for n in self._consumers(node)]
+        taken = [i for r in readers for i in r.inputs
+                 if isinstance(i, ObjectInput) and i.node == node.name]
+        if any(i.filter for i in taken):
+            return False  # a model's filter is SQL over its rows, not a scan predicate
+        for reader in readers:
+            inputs: list[ScanInput | ObjectInput] = []
+            for i in reader.inputs:
+                if isinstance(i, ObjectInput) and i.node == node.name:
+                    read = [f for f in table.schema if not i.columns or f.name in i.columns]
+                    reader.scan_bytes += table.size_bytes * len(read) // max(1, len(table.schema))
+                    reader.scan_decoded += table.row_count * sum(decoded_width(f.type) for f in read)
+                    i = ScanInput(
+                        param=i.param, key=table.key, metadata_location=table.metadata_location,
+                        snapshot_id=table.snapshot_id, columns=i.columns,
+                    )
+                inputs.append(i)
+            reader.inputs = inputs
+        return True
+
     async def _run_node(self, node: PlanNode, branch: str) -> TaskDone:
         try:
-            verdict = self.scheduler.verdicts.get(node.cache_key) if self.use_cache else None
+            verdict = self.verdicts.get(node.cache_key)
             if node.spec.is_expectation and verdict is not None:
                 return await self._verdict(node, verdict, cached=True, worker="")
             # A table whose snapshot was made from this very key is published already.
             published = self.use_cache and node.name in self.plan.published
             if node.name in self.skipped:
                 # ... and nothing that will run needs its rows: there is nothing to do.
+                await self._event(node.name, "done", cached=True)
+                return TaskDone(task_id="", cached=True)
+            if published and self._read_from_table(node):
+                # ... and its rows are no worker's object any more: its readers scan them.
                 await self._event(node.name, "done", cached=True)
                 return TaskDone(task_id="", cached=True)
             tx = None
@@ -379,7 +426,10 @@ class RunCoordinator:
                         )
                     case TaskDone(passed=bool(passed)):
                         if self.use_cache:
-                            self.scheduler.verdicts[node.cache_key] = passed
+                            await self.scheduler.store_call(
+                                self.scheduler.lakehouse.catalog.remember, VERDICT,
+                                node.cache_key, passed,
+                            )
                         await self._verdict(node, passed, cached=False, worker=worker.worker_id)
                         return msg
                     case TaskDone():

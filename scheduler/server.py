@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import socket
 import time
 import uuid
@@ -38,6 +39,7 @@ from protocol.messages import (
     ClientRequest,
     ClusterInfo,
     Error,
+    FollowJob,
     GetJob,
     Heartbeat,
     ImportDone,
@@ -60,6 +62,7 @@ from protocol.messages import (
     WorkerToScheduler,
     error_message,
 )
+from protocol.version import build_id
 from scheduler import catalog_ops
 from scheduler.jobs import JobStore
 from scheduler.placement import Fail, Instruction, Lost, Placement, Request, Start
@@ -123,9 +126,13 @@ class Scheduler:
         # Who runs what, and where every object is (the cache index).
         self.placement = Placement()
         self._placing: dict[str, asyncio.Future[str]] = {}
-        # Cached verdicts of expectations, by cache key.
-        self.verdicts: dict[str, bool] = {}
         self.coordinators: dict[str, RunCoordinator] = {}
+        # Queues of the clients following each running run (FollowJob).
+        self.followers: dict[str, set[asyncio.Queue[Any]]] = {}
+        # For an idle timer: when a client or a run was last seen, clients connected now.
+        self.started = time.time()
+        self.last_active = time.monotonic()
+        self.clients = 0
         self._server: asyncio.Server | None = None
         self._store = ThreadPoolExecutor(1, thread_name_prefix="faas-store")
         self._connections: set[asyncio.Task[Any]] = set()
@@ -174,6 +181,12 @@ class Scheduler:
         self.status = "closed"
         log.info("scheduler closed")
 
+    def idle_for(self) -> float:
+        """Seconds since the last client left or the last run ended; 0 while either is on."""
+        if self.clients or self.runs:
+            return 0.0
+        return time.monotonic() - self.last_active
+
     async def __aenter__(self) -> "Scheduler":
         await self.start()
         return self
@@ -204,7 +217,12 @@ class Scheduler:
                 conn.decoder = _worker_decoder
                 await self._serve_worker(conn)
             else:
-                await self._serve_client(conn)
+                self.clients += 1
+                try:
+                    await self._serve_client(conn)
+                finally:
+                    self.clients -= 1
+                    self.last_active = time.monotonic()
         except (ConnectionClosed, ClosedByUs, PeerVanished, asyncio.CancelledError):
             pass
         except Exception:  # noqa: BLE001 - one bad connection must not stop the daemon
@@ -399,6 +417,8 @@ class Scheduler:
                         await self._submit(conn, request)
                     case Query():
                         await self._query(conn, request)
+                    case FollowJob():
+                        await self._follow(conn, request)
                     case _:
                         await conn.send(Ok(data=await self._catalog_op(request)))
             except (ConnectionClosed, PeerVanished):
@@ -425,6 +445,13 @@ class Scheduler:
             case ClusterInfo():
                 return {
                     "scheduler": self.address,
+                    "version": build_id(),
+                    "pid": os.getpid(),
+                    "started": self.started,
+                    "runs": len(self.runs),
+                    # This request's own connection counts as a client; idle otherwise.
+                    "idle_seconds": 0.0 if self.clients > 1 or self.runs
+                    else time.monotonic() - self.last_active,
                     "workers": [
                         {
                             "worker_id": w.worker_id, "host_id": w.host_id,
@@ -530,20 +557,24 @@ class Scheduler:
             await conn.send(Ok(data={"plan": plan.describe()}))
             return
         run_id = f"run-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
-        log.info("run %s accepted: %d models, ref %s", run_id, len(plan.order), request.ref)
-        await conn.send(RunAccepted(run_id=run_id, nodes=plan.order))
-
+        log.info("run %s accepted: %d models, ref %s%s", run_id, len(plan.order), request.ref,
+                 " (detached)" if request.detach else "")
         jobs = self.jobs
         assert jobs is not None
         jobs.start(run_id, ref=request.ref, namespace=request.namespace,
                    project=request.project_dir, nodes={n: {"state": "queued"} for n in plan.order})
+        followers = self.followers[run_id] = set()
+        attached = None if request.detach else conn
 
         async def emit(msg: Any) -> None:
             jobs.record(msg)
-            try:
-                await conn.send(msg)
-            except FaasError:
-                pass  # the client is gone; the watcher below cancels the run
+            for queue in followers:
+                queue.put_nowait(msg)
+            if attached is not None:
+                try:
+                    await attached.send(msg)
+                except FaasError:
+                    pass  # the client is gone; the watcher below cancels the run
 
         coordinator = RunCoordinator(
             self, run_id, plan, request.files, emit, strict=request.strict,
@@ -552,10 +583,25 @@ class Scheduler:
         run = asyncio.create_task(coordinator.execute())
         self.runs[run_id] = run
         self.coordinators[run_id] = coordinator
-        watcher = asyncio.create_task(conn.recv())
+        # Accepted only once the run is known: a follower or a cancel may come at once.
+        await conn.send(RunAccepted(run_id=run_id, nodes=plan.order))
+        if attached is None:
+            self.background(self._finish(run_id, run, None))
+        else:
+            await self._finish(run_id, run, attached)
+
+    async def _finish(self, run_id: str, run: asyncio.Task[RunFinished],
+                      conn: Connection[Any] | None) -> None:
+        """Wait for a run, record how it ended, tell its followers (and its client, when
+        it has one: a client that hangs up first cancels it)."""
+        jobs = self.jobs
+        assert jobs is not None
+        coordinator = self.coordinators[run_id]
+        watcher = asyncio.create_task(conn.recv()) if conn is not None else None
         result: RunFinished | None = None
         try:
-            await asyncio.wait({run, watcher}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({run} | ({watcher} if watcher else set()),
+                               return_when=asyncio.FIRST_COMPLETED)
             if not run.done() and not coordinator.publishing:
                 # The client hung up (or spoke out of turn): cancel its run.
                 log.info("run %s cancelled: client went away", run_id)
@@ -565,19 +611,54 @@ class Scheduler:
             log.info("run %s finished: %s in %.2fs", run_id, result.status, result.seconds)
             # Recorded and forgotten before the client hears: a cancel arriving now finds
             # the run finished, never half-finished.
-            jobs.finish(run_id, result)
-            self.runs.pop(run_id, None)
-            self.coordinators.pop(run_id, None)
-            if watcher.done():
+            self._forget(run_id, result)
+            if watcher is not None and watcher.done():
                 raise ConnectionClosed("client left")
-            await conn.send(result)
+            if conn is not None:
+                await conn.send(result)
         finally:
             if run_id in self.runs:  # left early: the daemon is closing
-                jobs.finish(run_id, result)
-                self.runs.pop(run_id, None)
-                self.coordinators.pop(run_id, None)
-            watcher.cancel()
-            await asyncio.gather(watcher, return_exceptions=True)
+                self._forget(run_id, result)
+            if watcher is not None:
+                watcher.cancel()
+                await asyncio.gather(watcher, return_exceptions=True)
+
+    def _forget(self, run_id: str, result: RunFinished | None) -> None:
+        assert self.jobs is not None
+        self.jobs.finish(run_id, result)
+        self.runs.pop(run_id, None)
+        self.coordinators.pop(run_id, None)
+        self.last_active = time.monotonic()
+        end = result or self.jobs.outcome(run_id)
+        for queue in self.followers.pop(run_id, ()):
+            queue.put_nowait(end)
+
+    async def _follow(self, conn: Connection[Any], request: FollowJob) -> None:
+        """Send a run's events so far, then the rest as they happen, then how it ended."""
+        assert self.jobs is not None
+        record = self.jobs.get(request.run_id)  # NotFound for unknown runs
+        # No await between reading the backlog and joining the followers: nothing is
+        # missed and nothing is sent twice.
+        backlog = self.jobs.replay(request.run_id)
+        live: asyncio.Queue[Any] | None = None
+        if request.run_id in self.followers:
+            live = asyncio.Queue()
+            self.followers[request.run_id].add(live)
+        try:
+            await conn.send(RunAccepted(run_id=request.run_id, nodes=list(record["nodes"])))
+            for msg in backlog:
+                await conn.send(msg)
+            if live is None:
+                await conn.send(self.jobs.outcome(request.run_id))
+                return
+            while True:
+                msg = await live.get()
+                await conn.send(msg)
+                if isinstance(msg, RunFinished):
+                    return
+        finally:
+            if live is not None:
+                self.followers.get(request.run_id, set()).discard(live)
 
     @staticmethod
     def _outcome(run_id: str, run: asyncio.Task[RunFinished]) -> RunFinished:

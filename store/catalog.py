@@ -58,6 +58,7 @@ from store.schema import (
     is_ancestor,
     refs,
     require_commit,
+    results,
 )
 from store.schema import check_changes as _check_changes
 from store.schema import commit_hash as _commit_hash
@@ -322,6 +323,39 @@ class VersionedCatalog(RefsMixin, MergeMixin):
             message,
         )
         return new
+
+    # -- results that outlive processes ---------------------------------------
+
+    def recall(self, kind: str, keys: list[str]) -> dict[str, Any]:
+        """The recorded results of ``kind`` for those of ``keys`` that have one."""
+        if not keys:
+            return {}
+        with self._engine.connect() as conn:
+            rows = conn.execute(
+                select(results.c.key, results.c.value).where(
+                    results.c.kind == kind, results.c.key.in_(sorted(set(keys)))
+                )
+            )
+            return {row.key: json.loads(row.value) for row in rows}
+
+    def remember(self, kind: str, key: str, value: Any) -> None:
+        """Record a result of ``kind`` for cache key ``key`` (a later record replaces it).
+
+        The same key always yields the same result, so two writers racing on one key
+        write the same value: the loser's duplicate is simply dropped."""
+        row = {"kind": kind, "key": key, "value": json.dumps(value),
+               "created_at": datetime.now(UTC).isoformat()}
+        with self._engine.begin() as conn:
+            done = conn.execute(
+                update(results).where(results.c.kind == kind, results.c.key == key)
+                .values(value=row["value"], created_at=row["created_at"])
+            ).rowcount
+            if not done:
+                try:
+                    with conn.begin_nested():
+                        conn.execute(insert(results).values(**row))
+                except IntegrityError:
+                    pass
 
     # -- internals ------------------------------------------------------------
 

@@ -88,6 +88,17 @@ commit_changes = Table(
     Index("ix_commit_changes_key_commit", "key", "commit"),
 )
 
+# Results a run learned that outlive every process: what an expectation concluded
+# from inputs with a given cache key. Keyed by (kind, cache key); never part of a ref.
+results = Table(
+    "results",
+    metadata,
+    Column("kind", String(32), primary_key=True),
+    Column("key", String(64), primary_key=True),
+    Column("value", Text, nullable=False),  # JSON
+    Column("created_at", String(40), nullable=False),
+)
+
 
 @dataclass(frozen=True)
 class Change:

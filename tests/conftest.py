@@ -208,3 +208,85 @@ def import_example(c: Cluster, data: Path, namespace: str = "adventure") -> None
     c.faas("namespace", "create", namespace, check=True)
     for t in SOURCE_TABLES:
         c.faas("table", "import", f"{namespace}.{t}", str(data / f"{t}.csv"), check=True)
+
+
+# -- the resident local daemon (embedded mode) -------------------------------------------
+
+# A daemon a test forgot would stop by itself after this long (minutes); fixtures stop
+# theirs at once, and the session's end removes any that remain.
+os.environ.setdefault("FAAS_LOCAL_IDLE", "10")
+
+
+@dataclass
+class LocalHome:
+    """A FAAS_HOME used without a cluster address: commands start its resident daemon."""
+
+    home: Path
+
+    def env(self, **extra: str) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if k not in ("FAAS_CLUSTER", "FAAS_TOKEN_FILE")}
+        env["FAAS_HOME"] = str(self.home)
+        env.update(extra)
+        return env
+
+    def faas(self, *args: str, check: bool = False, timeout: float = 180,
+             env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run(
+            [sys.executable, "-m", "client.cli", *args], env=env or self.env(), cwd=ROOT,
+            capture_output=True, text=True, timeout=timeout,
+        )
+        if check and proc.returncode != 0:
+            raise AssertionError(f"faas {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
+        return proc
+
+    def json(self, *args: str) -> Any:
+        return json.loads(self.faas(*args, "--json", check=True).stdout)
+
+    def info(self) -> dict[str, Any]:
+        return json.loads((self.home / "daemon.json").read_text())  # type: ignore[no-any-return]
+
+    def daemons(self) -> list[int]:
+        """Pids of live faasd processes (daemon or worker) started for this home: each
+        names a path inside it."""
+        return [pid for pid, cmd in faasd_processes() if str(self.home) in cmd]
+
+    def stop(self) -> None:
+        self.faas("local", "stop", timeout=60)
+        for pid in self.daemons():
+            _kill(pid)
+
+
+def faasd_processes() -> list[tuple[int, str]]:
+    """(pid, command line) of every live faasd process on this machine."""
+    import psutil
+
+    found = []
+    for p in psutil.process_iter(["cmdline", "status"]):
+        cmd = p.info["cmdline"] or []
+        if "faasd" in cmd and p.info["status"] != psutil.STATUS_ZOMBIE:
+            found.append((p.pid, " ".join(cmd)))
+    return found
+
+
+def _kill(pid: int) -> None:
+    try:
+        os.kill(pid, 9)
+    except ProcessLookupError:
+        pass
+
+
+@pytest.fixture
+def local(tmp_path: Path) -> Iterator[LocalHome]:
+    h = LocalHome(tmp_path / "home")
+    try:
+        yield h
+    finally:
+        h.stop()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """No faasd process a test started outlives the suite: each names a path of its test."""
+    base = str(session.config._tmp_path_factory.getbasetemp())  # type: ignore[attr-defined]
+    for pid, cmd in faasd_processes():
+        if base in cmd:
+            _kill(pid)

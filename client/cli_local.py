@@ -1,0 +1,137 @@
+"""``faas local``: see, start and stop the resident daemon of this ``FAAS_HOME``."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any, Optional
+
+import typer
+
+from client.cli_common import app, err, fail, home_dir, print_json
+from protocol.errors import FaasError
+
+local_app = typer.Typer(
+    no_args_is_help=True,
+    help="the background daemon that commands without --cluster talk to (one per FAAS_HOME)",
+)
+app.add_typer(local_app, name="local")
+
+
+def _span(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s" if m else f"{s}s"
+
+
+def _live(info: dict[str, Any]) -> dict[str, Any]:
+    """What the daemon itself says: idle time and runs in flight."""
+    from client.client import Client
+    from protocol.auth import load_token
+
+    async def ask() -> dict[str, Any]:
+        return await Client(info["address"], token=load_token(home_dir() / "token")).info()
+
+    try:
+        return asyncio.run(ask())
+    except FaasError as exc:
+        return {"error": str(exc)}
+
+
+@local_app.command("status")
+def local_status(as_json: bool = typer.Option(False, "--json")) -> None:
+    """Is the daemon running: address, pid, uptime, idle timer, version, logs."""
+    from client.local import status
+
+    home = home_dir()
+    try:
+        info = status(home)
+    except FaasError as exc:
+        fail(str(exc))
+    if info is None:
+        if as_json:
+            print_json({"running": False, "home": str(home)})
+        else:
+            typer.echo(f"no local faas daemon is running for {home} (the next command starts one)")
+        raise typer.Exit(1)
+    live = _live(info)
+    out = {
+        "running": True, "home": str(home), "address": info["address"], "pid": info["pid"],
+        "worker_pid": info.get("worker_pid"), "version": info["version"],
+        "uptime_seconds": round(time.time() - info.get("started", time.time()), 1),
+        "idle_seconds": round(live.get("idle_seconds", 0.0), 1),
+        "idle_limit_seconds": info.get("idle_seconds"), "runs": live.get("runs", 0),
+        "workers": len(live.get("workers", [])), "logs": info.get("logs"),
+    }
+    if "error" in live:
+        out["error"] = live["error"]
+    if as_json:
+        print_json(out)
+        return
+    typer.echo(f"local faas daemon for {home}")
+    typer.echo(f"  address  {out['address']} (pid {out['pid']}, worker pid {out['worker_pid']})")
+    typer.echo(f"  version  {out['version']}")
+    typer.echo(f"  uptime   {_span(out['uptime_seconds'])}")
+    limit = out["idle_limit_seconds"] or 0
+    if out["runs"]:
+        typer.echo(f"  idle     no: {out['runs']} run(s) in flight")
+    else:
+        typer.echo(f"  idle     {_span(out['idle_seconds'])}; stops after {_span(limit)} idle "
+                   f"(in {_span(limit - out['idle_seconds'])})")
+    typer.echo(f"  logs     {out['logs']}")
+    if "error" in out:
+        err(f"error: the daemon did not answer: {out['error']}")
+        raise typer.Exit(1)
+
+
+@local_app.command("start")
+def local_start(
+    idle: Optional[float] = typer.Option(
+        None, "--idle", help="minutes with no client and no run before it stops "
+        "(default 30, or FAAS_LOCAL_IDLE)"),
+    memory: Optional[str] = typer.Option(None, "--memory", help="memory for its worker, e.g. 8GiB"),
+    port: int = typer.Option(0, "--port", help="the scheduler's port on 127.0.0.1 (0: any free one)"),
+) -> None:
+    """Start the daemon now (commands start it anyway when it is not running)."""
+    from client.local import ensure_daemon, status
+    from protocol.sizes import parse_size
+
+    if memory is not None:
+        try:
+            parse_size(memory)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--memory") from None
+    if idle is not None and idle <= 0:
+        raise typer.BadParameter("must be more than 0 minutes", param_hint="--idle")
+    home = home_dir()
+    try:
+        running = status(home)
+        if running is not None:
+            typer.echo(f"the local faas daemon is already running on {running['address']} "
+                       f"(pid {running['pid']}); 'faas local stop' first to change its settings")
+            return
+        info = ensure_daemon(home, notice=lambda text: err(f"note: {text}"), idle_minutes=idle,
+                             memory=memory, port=port)
+    except FaasError as exc:
+        fail(str(exc))
+    typer.echo(f"started the local faas daemon on {info['address']} (pid {info['pid']}); "
+               f"logs in {info['logs']}")
+
+
+@local_app.command("stop")
+def local_stop() -> None:
+    """Stop the daemon and its worker (runs in flight are cancelled)."""
+    from client.local import stop_daemon
+
+    home = home_dir()
+    try:
+        info = stop_daemon(home, notice=lambda text: err(f"note: {text}"))
+    except FaasError as exc:
+        fail(str(exc))
+    if info is None:
+        typer.echo(f"no local faas daemon was running for {home}")
+    elif info.get("dead"):
+        typer.echo(f"the local faas daemon (pid {info['pid']}) had already stopped; cleaned up")
+    else:
+        typer.echo(f"stopped the local faas daemon (pid {info['pid']})")
