@@ -1,0 +1,252 @@
+"""Caches outlive every process: daemon and scheduler restarts, branch switches; and runs
+that go on without their client (--detach, job logs --follow, Client.follow)."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from client.client import Client
+from protocol.errors import FunctionFailed
+from protocol.messages import LogLine, TaskEvent
+from tests.conftest import (
+    EXAMPLE,
+    ROOT,
+    SOURCE_TABLES,
+    Cluster,
+    LocalHome,
+    import_territories,
+    start_daemon,
+    stop_daemon,
+    write_project,
+)
+
+pytestmark = pytest.mark.timeout(300)
+
+# A SQL model kept in memory only, a Python model that reads it and is published, and an
+# expectation on that: after a restart nothing of it is in any worker's memory.
+CLEAN_SQL = """-- faas: memory=1GiB
+SELECT SalesTerritoryKey, Country FROM territories WHERE SalesTerritoryKey > 0
+"""
+
+COUNTRIES = '''
+import faas
+
+
+@faas.model(materialize="replace")
+def countries(clean=faas.Model("clean")):
+    print(f"countries from {clean.num_rows} territories")
+    return clean
+
+
+@faas.expectation()
+def has_countries(countries=faas.Model("countries")):
+    return countries.num_rows > 0
+'''
+
+NODES = ["clean", "countries", "has_countries"]
+
+
+def _project(tmp: Path) -> Path:
+    root = write_project(tmp, COUNTRIES)
+    (root / "clean.sql").write_text(CLEAN_SQL)
+    return root
+
+
+def _ran(c: Cluster | LocalHome, run_id: str) -> list[str]:
+    """Nodes that were started on a worker in a run."""
+    return sorted({e["node"] for e in c.json("job", "logs", run_id) if e.get("state") == "running"})
+
+
+def _submit(c: Cluster | LocalHome, project: Path, *args: str) -> dict[str, Any]:
+    return c.json("submit", str(project), "-n", "adventure", *args)  # type: ignore[no-any-return]
+
+
+def test_an_unchanged_project_runs_nothing_after_the_local_daemon_restarts(
+    local: LocalHome, example_data: Path, tmp_path: Path
+) -> None:
+    local.faas("namespace", "create", "adventure", check=True)
+    local.faas("table", "import", "adventure.territories", str(example_data / "territories.csv"),
+               check=True)
+    project = _project(tmp_path)
+    first = _submit(local, project)
+    assert first["status"] == "success" and _ran(local, first["run_id"]) == NODES
+    old = local.info()["pid"]
+    local.faas("local", "stop", check=True)
+
+    again = _submit(local, project)
+    assert local.info()["pid"] != old  # a new daemon, with an empty worker
+    assert sorted(again["cached"]) == NODES
+    assert _ran(local, again["run_id"]) == [] and again["logs"] == []
+    assert again["commit"] == ""  # nothing changed, nothing committed
+
+
+def test_an_unchanged_project_runs_nothing_after_a_scheduler_restart(
+    cluster: Cluster, example_data: Path, tmp_path: Path
+) -> None:
+    import_territories(cluster, example_data)
+    project = _project(tmp_path)
+    first = _submit(cluster, project)
+    assert _ran(cluster, first["run_id"]) == NODES
+    stop_daemon(cluster.scheduler)
+    # The same home and address; the worker finds the new scheduler by itself.
+    cluster.scheduler, _ = start_daemon(
+        ["scheduler", "--listen", cluster.address, "--home", str(cluster.home),
+         "--token-file", str(cluster.token_file)],
+        "faasd scheduler listening on", tmp_path / "scheduler2.log",
+    )
+    try:
+        cluster.wait_workers(1)
+        again = _submit(cluster, project)
+        assert sorted(again["cached"]) == NODES
+        assert _ran(cluster, again["run_id"]) == []
+        # --no-cache still runs everything, verdict included.
+        forced = _submit(cluster, project, "--no-cache")
+        assert _ran(cluster, forced["run_id"]) == NODES
+    finally:
+        stop_daemon(cluster.scheduler)
+
+
+def test_a_new_branch_reruns_exactly_the_models_that_read_a_reimported_table(
+    local: LocalHome, example_data: Path
+) -> None:
+    local.faas("namespace", "create", "adventure", check=True)
+    for t in SOURCE_TABLES:
+        local.faas("table", "import", f"adventure.{t}", str(example_data / f"{t}.csv"), check=True)
+    first = _submit(local, EXAMPLE)
+    assert _ran(local, first["run_id"]) == ["dim_country", "dim_product", "fact_sale"]
+    # Switching branch changes no key: everything is published there already.
+    local.faas("branch", "create", "dev", check=True)
+    on_dev = _submit(local, EXAMPLE, "--ref", "dev")
+    assert _ran(local, on_dev["run_id"]) == []
+    assert sorted(on_dev["cached"]) == ["dim_country", "dim_product", "fact_sale"]
+
+    # A restart loses every object; then sale changes on dev only.
+    local.faas("local", "stop", check=True)
+    local.faas("table", "import", "adventure.sale", str(example_data / "sale.csv"), "--ref", "dev",
+               check=True)
+    result = _submit(local, EXAMPLE, "--ref", "dev")
+    assert _ran(local, result["run_id"]) == ["fact_sale"]
+    assert sorted(result["cached"]) == ["dim_country", "dim_product"]
+    assert result["tables"] == ["adventure.fact_sale"]
+    # fact_sale read the dimensions from their published tables: the same rows as before.
+    query = ("SELECT count(*) AS n, round(sum(Revenue), 2) AS revenue, count(Country) AS placed "
+             "FROM fact_sale")
+    assert local.json("query", query, "-n", "adventure", "--ref", "dev") == local.json(
+        "query", query, "-n", "adventure", "--ref", "main"
+    )
+
+
+# -- detached runs ---------------------------------------------------------------------
+
+SLOW = '''
+import time
+import faas
+
+
+@faas.model(materialize="replace")
+def slow(t=faas.Model("territories")):
+    print("before the pause", flush=True)
+    time.sleep(2)
+    print("after the pause", flush=True)
+    return t
+'''
+
+BROKEN = '''
+import faas
+
+
+@faas.model(materialize="replace")
+def broken(t=faas.Model("territories")):
+    raise ValueError("no territories for you")
+'''
+
+
+def test_a_detached_run_goes_on_and_is_followed_live(
+    cluster: Cluster, example_data: Path, tmp_path: Path
+) -> None:
+    import_territories(cluster, example_data)
+    project = write_project(tmp_path, SLOW)
+    t0 = time.monotonic()
+    proc = cluster.faas("submit", str(project), "-n", "adventure", "--detach", check=True)
+    run_id = proc.stdout.strip()
+    assert run_id.startswith("run-") and f"faas job logs {run_id} --follow" in proc.stderr
+    assert time.monotonic() - t0 < 30  # did not wait for the run (a bound, not a benchmark)
+    assert [j["status"] for j in cluster.json("job", "ls") if j["run_id"] == run_id] == ["running"]
+    followed = cluster.faas("job", "logs", run_id, "--follow", check=True)
+    lines = followed.stdout.splitlines()
+    assert any("[slow] before the pause" in line for line in lines)
+    assert any("[slow] after the pause" in line for line in lines)
+    assert lines[-1].startswith(f"run {run_id} succeeded")
+    assert cluster.json("job", "get", run_id)["status"] == "success"
+    # Following a finished run replays it and exits the same way.
+    replay = cluster.faas("job", "logs", run_id, "--follow", check=True)
+    assert replay.stdout.splitlines()[-1].startswith(f"run {run_id} succeeded")
+
+
+def test_following_a_failed_run_exits_non_zero_with_its_error(
+    cluster: Cluster, example_data: Path, tmp_path: Path
+) -> None:
+    import_territories(cluster, example_data)
+    project = write_project(tmp_path, BROKEN)
+    run_id = cluster.faas("submit", str(project), "-n", "adventure", "-d", check=True).stdout.strip()
+    followed = cluster.faas("job", "logs", run_id, "--follow")
+    assert followed.returncode == 1
+    assert "no territories for you" in followed.stderr
+    assert cluster.faas("job", "logs", "run-20000101-000000-abcdef", "--follow").returncode == 1
+
+
+def test_ctrl_c_on_follow_stops_following_not_the_run(
+    cluster: Cluster, example_data: Path, tmp_path: Path
+) -> None:
+    import_territories(cluster, example_data)
+    project = write_project(tmp_path, SLOW)
+    run_id = cluster.faas("submit", str(project), "-n", "adventure", "-d", check=True).stdout.strip()
+    follow = subprocess.Popen(
+        [sys.executable, "-m", "client.cli", "job", "logs", run_id, "--follow"],
+        env=cluster.env(), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    assert follow.stdout is not None
+    while "before the pause" not in follow.stdout.readline():
+        pass
+    follow.send_signal(signal.SIGINT)
+    follow.communicate(timeout=30)
+    assert follow.returncode == 130
+    done = cluster.faas("job", "logs", run_id, "--follow", check=True)
+    assert f"run {run_id} succeeded" in done.stdout
+
+
+def test_the_client_detaches_follows_and_cancels(
+    cluster: Cluster, example_data: Path, tmp_path: Path
+) -> None:
+    import_territories(cluster, example_data)
+    slow = write_project(tmp_path, SLOW, "slow")
+    broken = write_project(tmp_path, BROKEN, "broken")
+
+    async def scenario() -> None:
+        c = Client(cluster.address, token_file=str(cluster.token_file))
+        run = await c.submit(slow, namespace="adventure", detach=True)
+        assert run.nodes == ["slow"]
+        assert [j["status"] for j in await c.jobs() if j["run_id"] == run.run_id] == ["running"]
+        events = [ev async for ev in run]  # iterating a detached run follows it
+        assert [ev.line for ev in events if isinstance(ev, LogLine)] == [
+            "before the pause", "after the pause"]
+        assert [ev.state for ev in events if isinstance(ev, TaskEvent)][-1] == "done"
+        assert (await run.result()).status == "success"
+
+        failing = await c.submit(broken, namespace="adventure", detach=True)
+        with pytest.raises(FunctionFailed, match="no territories for you"):
+            await (await c.follow(failing.run_id)).wait()
+
+        doomed = await c.submit(slow, namespace="adventure", detach=True)
+        await doomed.cancel()
+        assert (await (await c.follow(doomed.run_id)).result()).status == "cancelled"
+
+    asyncio.run(scenario())
