@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import sys
 from typing import Any
 
 import typer
@@ -50,6 +51,46 @@ def job_get(run_id: str, as_json: bool = typer.Option(False, "--json")) -> None:
         typer.echo(f"error: {j['error']}")
     for name, node in j["nodes"].items():
         typer.echo(f"  {name}: {node.get('state')}" + (f" ({node['error']})" if node.get("error") else ""))
+    timed = {name: node for name, node in j["nodes"].items() if node.get("phases")}
+    if timed:
+        typer.echo("")
+        _print_phases(timed, color=sys.stdout.isatty())
+
+
+# Phases of a function in the order they happen, with the letter that draws each.
+PHASES = (
+    ("queued", "q"), ("environment", "e"), ("process_start", "s"), ("inputs", "i"),
+    ("code", "c"), ("output_shm", "o"), ("output_parquet", "p"), ("commit", "m"),
+)
+_ANSI = {"q": 90, "e": 35, "s": 33, "i": 34, "c": 32, "o": 36, "p": 31, "m": 95}
+BAR_WIDTH = 40
+
+
+def _print_phases(nodes: dict[str, dict[str, Any]], *, color: bool) -> None:
+    """Seconds per phase per function, then how each input was read, then a bar each."""
+    width = max(len(n) for n in nodes)
+    head = "".join(f"{p[:9]:>10}" for p, _ in PHASES)
+    typer.echo(f"{'seconds':<{width}}{head}{'total':>10}")
+    totals = {}
+    for name, node in nodes.items():
+        ph = node["phases"]
+        totals[name] = sum(ph.get(p, 0.0) for p, _ in PHASES)
+        cells = "".join(f"{ph[p]:>10.3f}" if p in ph else f"{'-':>10}" for p, _ in PHASES)
+        typer.echo(f"{name:<{width}}{cells}{totals[name]:>10.3f}")
+    for name, node in nodes.items():
+        for i in node.get("inputs") or []:
+            typer.echo(f"  {name}.{i['param']} <- {i['source']} {i['name']}: {i['rows']:,} rows, "
+                       f"{i['nbytes'] / 2**20:,.1f} MiB in {i['seconds']:.3f}s")
+    longest = max(totals.values()) or 1.0
+    typer.echo("")
+    for name, node in nodes.items():
+        bar = ""
+        for phase, letter in PHASES:
+            cells = round(BAR_WIDTH * node["phases"].get(phase, 0.0) / longest)
+            if cells:
+                bar += f"\x1b[{_ANSI[letter]}m{letter * cells}\x1b[0m" if color else letter * cells
+        typer.echo(f"{name:<{width}} |{bar}")
+    typer.echo(" " * width + "  " + ", ".join(f"{letter} {phase}" for phase, letter in PHASES))
 
 
 @job_app.command("logs")

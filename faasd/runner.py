@@ -10,11 +10,13 @@ this process's stdout/stderr, which the worker streams live.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
 import os
 import socket
 import sys
+import time
 import traceback
 from pathlib import Path
 from typing import Any
@@ -26,6 +28,7 @@ from protocol.messages import (
     Error,
     FunctionResult,
     FunctionTask,
+    InputRead,
     ObjectInput,
     ScanInput,
     node_label,
@@ -81,11 +84,13 @@ class _ColumnReport:
         self.cached: list[str] = []
         self.read: list[str] = []
         self.entries: dict[str, int] = {}
+        self.inputs: list[InputRead] = []
 
 
 def _load_input(inp: ScanInput | ObjectInput, task: FunctionTask, report: _ColumnReport) -> Any:
     import pyarrow as pa
 
+    t0 = time.perf_counter()
     if isinstance(inp, ScanInput):
         from faasd.columns import scan_cached
 
@@ -93,21 +98,30 @@ def _load_input(inp: ScanInput | ObjectInput, task: FunctionTask, report: _Colum
         report.cached += [f"{inp.key}.{c}" for c in stats.columns_cached]
         report.read += [f"{inp.key}.{c}" for c in stats.columns_read]
         report.entries.update(dict(stats.new_entries))
-        return table
-    path = task.objects[inp.object_id]
-    # Memory-mapped: the table's buffers point into the shared file, nothing is copied.
-    table = pa.ipc.open_file(pa.memory_map(path, "r")).read_all()
-    return _apply(table, inp.columns, inp.filter)
+        source, name = "scan", inp.key
+    else:
+        path = task.objects[inp.object_id]
+        # Memory-mapped: the table's buffers point into the shared file, nothing is copied.
+        table = pa.ipc.open_file(pa.memory_map(path, "r")).read_all()
+        table = _apply(table, inp.columns, inp.filter)
+        source, name = "object", inp.node
+    report.inputs.append(InputRead(
+        param=inp.param, source=source, name=name, seconds=time.perf_counter() - t0,
+        rows=table.num_rows, nbytes=table.nbytes,
+    ))
+    return table
 
 
-def to_arrow(value: Any, node: str) -> Any:
-    """Accept a pyarrow Table, a RecordBatchReader, pandas/polars DataFrames or a list of dicts."""
+def as_arrow(value: Any, node: str) -> Any:
+    """What a model returned, as a pyarrow Table or, for anything that streams, a
+    RecordBatchReader (never read whole here: it is written batch by batch).
+
+    Accepted: a pyarrow Table, RecordBatch or RecordBatchReader, a DuckDB relation, pandas
+    or polars DataFrames, a list of dicts, or anything with ``__arrow_c_stream__``."""
     import pyarrow as pa
 
-    if isinstance(value, pa.Table):
+    if isinstance(value, (pa.Table, pa.RecordBatchReader)):
         return value
-    if isinstance(value, pa.RecordBatchReader):
-        return value.read_all()
     if isinstance(value, pa.RecordBatch):
         return pa.Table.from_batches([value])
     if isinstance(value, list) and all(isinstance(r, dict) for r in value):
@@ -117,33 +131,57 @@ def to_arrow(value: Any, node: str) -> Any:
         return pa.Table.from_pandas(value, preserve_index=False)
     if module == "polars":
         return value.to_arrow()
-    if hasattr(value, "to_arrow_table"):  # a DuckDB relation
-        return value.to_arrow_table()
+    if hasattr(value, "to_arrow_reader"):  # a DuckDB relation: stream its result
+        return value.to_arrow_reader()
+    if hasattr(value, "fetch_record_batch"):  # the same, from DuckDB before 1.4
+        return value.fetch_record_batch()
     if hasattr(value, "__arrow_c_stream__"):
-        return pa.table(value)
+        return pa.RecordBatchReader.from_stream(value)
     raise TypeError(
-        f"model {node!r} returned {type(value).__name__}; return a pyarrow Table, a pandas or "
-        f"polars DataFrame, or a list of dicts"
+        f"model {node!r} returned {type(value).__name__}; return a pyarrow Table or "
+        f"RecordBatchReader, a DuckDB relation, a pandas or polars DataFrame, or a list of dicts"
     )
 
 
-def _write_output(table: Any, path: str) -> int:
+def write_output(value: Any, path: str) -> tuple[int, int, Any]:
+    """Write a Table or a RecordBatchReader once, as the Arrow IPC file at ``path``;
+    return its rows, bytes and schema.
+
+    A reader is written batch by batch as it yields, so the whole result is never held
+    in this process as well as in shared memory. The file appears only when complete:
+    a reader that raises halfway leaves nothing behind, and the error is the user's."""
     import pyarrow as pa
 
     tmp = f"{path}.{os.getpid()}.tmp"
-    with pa.OSFile(tmp, "wb") as sink:
-        with pa.ipc.new_file(sink, table.schema) as writer:
-            writer.write_table(table)
+    rows = 0
+    try:
+        with pa.OSFile(tmp, "wb") as sink:
+            with pa.ipc.new_file(sink, value.schema) as writer:
+                if isinstance(value, pa.Table):
+                    writer.write_table(value)
+                    rows = value.num_rows
+                else:
+                    for batch in value:
+                        writer.write_batch(batch)
+                        rows += batch.num_rows
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
     os.replace(tmp, path)  # readers never see a half-written object
-    return os.path.getsize(path)
+    return rows, os.path.getsize(path), value.schema
 
 
-def run(task: FunctionTask) -> FunctionResult:
+def run(task: FunctionTask, started: float = 0.0) -> FunctionResult:
     report = _ColumnReport()
+    t0 = time.perf_counter()
     inputs: dict[str, Any] = {inp.param: _load_input(inp, task, report) for inp in task.inputs}
+    t1 = time.perf_counter()
+    phases = {"inputs": t1 - t0}
     columns: dict[str, Any] = {
         "columns_cached": report.cached, "columns_read": report.read,
-        "column_entries": report.entries,
+        "column_entries": report.entries, "started": started, "phases": phases,
+        "inputs": report.inputs,
     }
     if task.kind == "sql":
         from store.query import query_tables
@@ -158,12 +196,17 @@ def run(task: FunctionTask) -> FunctionResult:
                 raise TypeError(
                     f"expectation {task.node!r} returned {type(value).__name__}; return True or False"
                 )
+            phases["code"] = time.perf_counter() - t1
             return FunctionResult(rows=0, nbytes=0, schema=b"", passed=value, **columns)
-        table = to_arrow(value, task.node)
-    nbytes = _write_output(table, task.output_path)
+        table = as_arrow(value, task.node)
+    t2 = time.perf_counter()
+    phases["code"] = t2 - t1
+    # For a reader, its batches are computed while they are written: "output_shm" then
+    # holds the user's streaming work too.
+    rows, nbytes, schema = write_output(table, task.output_path)
+    phases["output_shm"] = time.perf_counter() - t2
     return FunctionResult(
-        rows=table.num_rows, nbytes=nbytes, schema=table.schema.serialize().to_pybytes(),
-        **columns,
+        rows=rows, nbytes=nbytes, schema=schema.serialize().to_pybytes(), **columns,
     )
 
 
@@ -173,6 +216,7 @@ def serve_task(sock_fd: int) -> int:
     The body of ``python -m faasd.runner FD``, and what a child forked by the
     zygote (faasd/zygote.py) calls once its stdio, cwd and environment are set.
     """
+    started = time.time()
     sock = socket.socket(fileno=sock_fd)
     # force: a forked child inherits the zygote's logging setup, which must not be kept.
     logging.basicConfig(
@@ -185,7 +229,7 @@ def serve_task(sock_fd: int) -> int:
         print(f"faas runner: cannot read the task: {exc}", file=sys.stderr)
         return 2
     try:
-        reply: FunctionResult | Error = run(task)
+        reply: FunctionResult | Error = run(task, started)
         code = 0
     except BaseException as exc:  # noqa: BLE001 - user code may raise anything, even SystemExit
         tb = traceback.format_exc()

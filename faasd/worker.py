@@ -133,6 +133,9 @@ class Worker:
         self.host_id = host_id or socket.gethostname()
         self.worker_id = f"w-{uuid.uuid4().hex[:8]}"
         self.memory = memory or psutil.virtual_memory().total
+        # Cores this worker may use: Parquet is written on all of them.
+        self.cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
+            os.cpu_count() or 1)
         self.shm_root = Path(shm_dir or default_shm_dir()) / f"faas-{self.worker_id}"
         self.work_root = Path(work_dir) if work_dir else self.shm_root / "work"
         # Shared memory for objects: half the worker's memory unless told otherwise.
@@ -432,15 +435,23 @@ class Worker:
                 output_path=str(output), params=msg.params, kind=msg.kind, sql=msg.sql,
                 column_cache=str(self.store.columns_dir) if msg.use_cache else "",
             )
+            t_env = time.perf_counter()
             env = await self._environment(msg)
+            phases = {"environment": time.perf_counter() - t_env}
             proc = FunctionProcess(
                 task, python=env.python, cwd=str(project), zygote=self.zygotes.get(env.python)
             )
             self.processes[msg.task_id] = proc
+            spawned = time.time()
             result = await self._run_limited(msg, proc, env)
+            phases["process_start"] = max(0.0, result.started - spawned) if result.started else 0.0
+            phases.update(result.phases)
             self.store.add_columns(result.column_entries)
             pin = None if msg.run_id in self.released else msg.run_id
-            columns = {"columns_cached": result.columns_cached, "columns_read": result.columns_read}
+            columns: dict[str, Any] = {
+                "columns_cached": result.columns_cached, "columns_read": result.columns_read,
+                "phases": phases, "inputs": result.inputs,
+            }
             if result.passed is not None:  # an expectation: a verdict, no output object
                 await self._send(TaskDone(
                     task_id=msg.task_id, passed=result.passed, seconds=time.perf_counter() - t0,
@@ -455,7 +466,9 @@ class Worker:
             if msg.materialize is not None:
                 # Readers need the object, not the Parquet file: they may start now.
                 await self._send(ObjectReady(task_id=msg.task_id, output=self._info(msg.output_id)))
-                files = [await asyncio.to_thread(self._write_parquet, output, msg.materialize.directory, msg.node)]
+                t_parquet = time.perf_counter()
+                files = await asyncio.to_thread(self._write_parquet, output, msg.materialize.directory, msg.node)
+                phases["output_parquet"] = time.perf_counter() - t_parquet
             await self._send(TaskDone(
                 task_id=msg.task_id, output=self._info(msg.output_id), files=files,
                 seconds=time.perf_counter() - t0, **columns,
@@ -479,7 +492,7 @@ class Worker:
             path = self.store.locate(msg.output_id)
             assert path is not None
             await self._send(ObjectReady(task_id=msg.task_id, output=self._info(msg.output_id)))
-            files = [await asyncio.to_thread(self._write_parquet, path, msg.materialize.directory, msg.node)]
+            files = await asyncio.to_thread(self._write_parquet, path, msg.materialize.directory, msg.node)
         return TaskDone(
             task_id=msg.task_id, output=self._info(msg.output_id), files=files,
             seconds=time.perf_counter() - t0, cached=True,
@@ -579,14 +592,15 @@ class Worker:
                 self.store.sweep(pid)
             self.store.adopt_columns()
 
-    @staticmethod
-    def _write_parquet(object_path: Path, directory: str, node: str) -> str:
+    def _write_parquet(self, object_path: Path, directory: str, node: str) -> list[str]:
         import pyarrow as pa
 
-        from store.files import write_parquet
+        from store.files import write_parquet_parts
 
         table = pa.ipc.open_file(pa.memory_map(str(object_path), "r")).read_all()
-        return write_parquet(table, directory, f"{node}-{uuid.uuid4().hex[:8]}.parquet")
+        return write_parquet_parts(
+            table, directory, f"{node}-{uuid.uuid4().hex[:8]}", threads=self.cpus
+        )
 
     async def _release_all(self) -> None:
         runs = {pin for e in self.store.entries.values() for pin in e.pins}
@@ -606,12 +620,14 @@ class Worker:
 
     async def _import(self, msg: ImportTask) -> None:
         def work() -> ImportDone:
-            from store import read_source_files, write_parquet
+            from store.files import read_source_files, write_parquet_parts
 
             table = read_source_files(msg.paths)
-            path = write_parquet(table, msg.directory, f"import-{uuid.uuid4().hex[:8]}.parquet")
+            files = write_parquet_parts(
+                table, msg.directory, f"import-{uuid.uuid4().hex[:8]}", threads=self.cpus
+            )
             return ImportDone(
-                task_id=msg.task_id, files=[path], rows=table.num_rows,
+                task_id=msg.task_id, files=files, rows=table.num_rows,
                 schema=table.schema.serialize().to_pybytes(),
             )
 

@@ -83,6 +83,18 @@ Handshake = Hello | Auth | Welcome | Error
 # -- run plans ----------------------------------------------------------------
 
 
+class InputRead(msgspec.Struct, frozen=True, kw_only=True):
+    """How one input of a function was read: a source scan or an upstream object mapped."""
+
+    param: str
+    source: str  # "scan" | "object"
+    name: str  # the table key, or the upstream node
+    seconds: float
+    rows: int = 0
+    nbytes: int = 0
+
+
+
 class ScanInput(msgspec.Struct, frozen=True, kw_only=True, tag_field="kind", tag="scan"):
     """An input read from an Iceberg table inside the function process."""
 
@@ -273,6 +285,10 @@ class TaskEvent(Message, frozen=True):
     # Source columns served by the worker's column cache, and read from storage.
     columns_cached: list[str] = []
     columns_read: list[str] = []
+    # On "done": seconds in each phase (queued, environment, process_start, inputs, code,
+    # output_shm, output_parquet, commit; see TaskDone) and how each input was read.
+    phases: dict[str, float] = {}
+    inputs: list[InputRead] = []
 
 
 class LogLine(Message, frozen=True):
@@ -378,6 +394,10 @@ class TaskDone(Message, frozen=True):
     cached: bool = False
     columns_cached: list[str] = []
     columns_read: list[str] = []
+    # Seconds the worker and the function spent in each phase: environment,
+    # process_start, inputs, code, output_shm, output_parquet.
+    phases: dict[str, float] = {}
+    inputs: list[InputRead] = []
 
 
 class ObjectReady(Message, frozen=True):
@@ -541,6 +561,11 @@ class FunctionResult(Message, frozen=True):
     columns_cached: list[str] = []
     columns_read: list[str] = []
     column_entries: dict[str, int] = {}
+    # When the process began (time.time()), and seconds spent reading inputs, in the
+    # user's code and writing the output into shared memory.
+    started: float = 0.0
+    phases: dict[str, float] = {}
+    inputs: list[InputRead] = []
 
 
 FunctionReply = FunctionResult | Error

@@ -16,6 +16,8 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
+import msgspec
+
 from protocol.errors import InvalidInput, NotFound
 from protocol.messages import Error, LogLine, RunFinished, TaskEvent
 
@@ -96,6 +98,8 @@ class JobStore:
                 "state": msg.state, "worker": msg.worker, "rows": msg.rows, "error": msg.error,
                 "cached": msg.cached, "columns_cached": msg.columns_cached,
                 "columns_read": msg.columns_read,
+                "phases": {k: round(v, 6) for k, v in msg.phases.items()},
+                "inputs": [msgspec.to_builtins(i) for i in msg.inputs],
             }
             if msg.state != "queued":
                 self._write(record)

@@ -2,14 +2,38 @@
 
 from __future__ import annotations
 
+import hashlib
 import uuid
+from collections import OrderedDict
 from typing import Any
 
 from protocol.errors import InvalidInput, NotFound
 from protocol.messages import SubmitRun
 from scheduler.plan import CACHE_KEY_PROPERTY, Plan, SourceTable, build_plan
-from scheduler.project import read_project
+from scheduler.project import Project, read_project
 from store.transaction import load_table, table_info
+
+
+# Projects read lately, by a hash of their files: an unchanged re-submit (the common
+# case while iterating) skips parsing and hashing every syntax tree again. Reading is a
+# pure function of the files, so a hit is exactly what reading again would give.
+_READ: OrderedDict[str, Project] = OrderedDict()
+_READ_KEEP = 16
+
+
+def _read(files: dict[str, str]) -> Project:
+    h = hashlib.sha256()
+    for name in sorted(files):
+        h.update(f"{len(name)}:{name}{len(files[name])}:".encode())
+        h.update(files[name].encode())
+    digest = h.hexdigest()
+    project = _READ.get(digest)
+    if project is None:
+        project = _READ[digest] = read_project(files, partial=True)
+        while len(_READ) > _READ_KEEP:
+            _READ.popitem(last=False)
+    _READ.move_to_end(digest)
+    return project
 
 
 def plan_submission(lh: Any, request: SubmitRun, python_versions: set[str] | None) -> Plan:
@@ -18,7 +42,7 @@ def plan_submission(lh: Any, request: SubmitRun, python_versions: set[str] | Non
     Runs on the scheduler's store thread. Raises PlanInvalid (every problem at
     once), NotFound or InvalidInput.
     """
-    project = read_project(request.files, partial=True)
+    project = _read(request.files)
     branch, head = lh.catalog.resolve(request.ref)
     if branch is None and not request.dry_run:
         raise InvalidInput(

@@ -334,14 +334,16 @@ class RunCoordinator:
             )
             raise
 
-    async def _verdict(self, node: PlanNode, passed: bool, *, cached: bool, worker: str) -> TaskDone:
+    async def _verdict(self, node: PlanNode, passed: bool, *, cached: bool, worker: str,
+                       **timings: Any) -> TaskDone:
         if not passed:
             what = f"expectation {node.name!r} failed"
             if self.strict:
                 raise ExpectationFailed(f"{what} (--strict): nothing was published")
-            await self._event(node.name, "warning", worker=worker, error=what, cached=cached)
+            await self._event(node.name, "warning", worker=worker, error=what, cached=cached,
+                              **timings)
         else:
-            await self._event(node.name, "done", worker=worker, cached=cached)
+            await self._event(node.name, "done", worker=worker, cached=cached, **timings)
         return TaskDone(task_id="", passed=passed, cached=cached)
 
     async def _attempt(self, node: PlanNode, tx: Any, reservation: int) -> TaskDone:
@@ -355,10 +357,12 @@ class RunCoordinator:
             producers=frozenset(self.placed[p].worker_id for p, _ in upstream.values()),
             cached_output=node.object_id if self.use_cache else "",
         )
+        ready = time.perf_counter()
         worker = await self.scheduler.place(request)
+        queued = time.perf_counter() - ready
         done: TaskDone | None = None
         try:
-            done = await self._on(worker, node, tx, reservation, task_id)
+            done = await self._on(worker, node, tx, reservation, task_id, queued)
             return done
         finally:
             output = done.output if done is not None else None
@@ -387,7 +391,8 @@ class RunCoordinator:
         return sources
 
     async def _on(
-        self, worker: "WorkerHandle", node: PlanNode, tx: Any, reservation: int, task_id: str
+        self, worker: "WorkerHandle", node: PlanNode, tx: Any, reservation: int, task_id: str,
+        queued: float = 0.0,
     ) -> TaskDone:
         self.used_workers.add(worker.worker_id)
         self.placed[node.name] = worker
@@ -430,16 +435,22 @@ class RunCoordinator:
                                 self.scheduler.lakehouse.catalog.remember, VERDICT,
                                 node.cache_key, passed,
                             )
-                        await self._verdict(node, passed, cached=False, worker=worker.worker_id)
+                        await self._verdict(node, passed, cached=False, worker=worker.worker_id,
+                                            phases={"queued": queued, **msg.phases},
+                                            inputs=msg.inputs)
                         return msg
                     case TaskDone():
+                        phases = {"queued": queued, **msg.phases}
                         if tx is not None:
+                            t_commit = time.perf_counter()
                             await self.scheduler.store_call(self._commit_output, tx, node, msg)
+                            phases["commit"] = time.perf_counter() - t_commit
                             self.committed.append(node.key)
                         await self._event(
                             node.name, "done", worker=worker.worker_id,
                             rows=msg.output.rows if msg.output else 0, cached=msg.cached,
                             columns_cached=msg.columns_cached, columns_read=msg.columns_read,
+                            phases=phases, inputs=msg.inputs,
                         )
                         return msg
                     case TaskFailed(error=err):

@@ -11,6 +11,7 @@ import logging
 from collections.abc import Iterator, Mapping, Sequence
 
 import pyarrow as pa
+import pyarrow.dataset as ds
 from pyiceberg.expressions import (
     AlwaysTrue,
     And,
@@ -22,13 +23,14 @@ from pyiceberg.expressions import (
 )
 from pyiceberg.expressions.parser import parse
 from pyiceberg.expressions.visitors import bind
+from pyiceberg.io.pyarrow import expression_to_pyarrow, schema_to_pyarrow
 from pyiceberg.schema import Schema
-from pyiceberg.table import StaticTable
+from pyiceberg.table import DataScan, StaticTable
 from pyiceberg.table import Table as IcebergTable
 from pyparsing import ParseBaseException
 
 from protocol.errors import InvalidInput, NotFound
-from store.warehouse import io_properties, storage_errors
+from store.warehouse import filesystem, io_properties, storage_errors
 
 logger = logging.getLogger(__name__)
 
@@ -114,12 +116,76 @@ def scan_table(
     scan = table.scan(row_filter=expression, selected_fields=selected, snapshot_id=snapshot_id)
     where = name if name == table.metadata_location else f"{name} ({table.metadata_location})"
     with storage_errors(f"cannot read {where}", table.io.properties):
-        result = scan.to_arrow()
+        result = _read_parallel(table, scan, schema, expression)
+        if result is None:
+            result = scan.to_arrow()
     if columns is not None:
         # pyiceberg returns projected columns in schema order; callers asked for theirs.
         result = result.select(list(columns))
     logger.debug("scanned %d rows from %s (filter %r)", result.num_rows, name, row_filter)
     return result
+
+
+def _read_parallel(
+    table: IcebergTable, scan: DataScan, schema: Schema, expression: BooleanExpression
+) -> pa.Table | None:
+    """The scan read by Arrow's own multi-threaded Parquet reader: every file, row group
+    and column decoded on all cores, with the projection and the filter (row-group
+    statistics too) pushed into the reader. None where only pyiceberg reads it right:
+    delete files, columns whose names do not map to the same field ids as the table's
+    (Iceberg matches columns by field id: a rename), nested columns, or no file at all.
+
+    The rows come file by file in the order the scan planned them, each file's in its
+    own order, as pyiceberg gives them: the column cache may zip columns read by
+    either."""
+    tasks = list(scan.plan_files())
+    if not tasks or any(t.delete_files for t in tasks):
+        return None
+    projected = scan.projection()
+    names = [f.name for f in projected.fields]
+    # Files without field ids are matched to the schema through the table's name
+    # mapping: each column read by name must map to the field of that name now (a
+    # rename would map it elsewhere). Nested fields are left to pyiceberg.
+    mapping = table.name_mapping()
+    if mapping is None or any(not f.field_type.is_primitive for f in projected.fields):
+        return None
+    ids = {name: mf.field_id for mf in mapping for name in mf.names}
+    if any(ids.get(f.name) != f.field_id for f in projected.fields):
+        return None
+    fs, _ = filesystem(tasks[0].file.file_path, table.io.properties)
+    paths = [filesystem(t.file.file_path, table.io.properties)[1] for t in tasks]
+    fragments = ds.dataset(paths, format="parquet", filesystem=fs)
+    file_fields = {f.name: f for f in fragments.schema}
+    if any(f.name not in file_fields or (file_fields[f.name].metadata or {}).get(b"PARQUET:field_id")
+           for f in projected.fields):
+        return None  # a column missing, or ids of the file's own that pyiceberg would follow
+    # Iceberg's types for the projection, as pyiceberg hands them out (32-bit offsets).
+    target = pa.schema([f.with_type(_small(f.type))
+                        for f in schema_to_pyarrow(projected, include_field_ids=False)])
+    arrow_filter = None
+    if not isinstance(expression, AlwaysTrue):
+        arrow_filter = expression_to_pyarrow(bind(schema, expression, case_sensitive=True))
+    try:
+        result = fragments.to_table(columns=names, filter=arrow_filter, use_threads=True)
+        return result.cast(target) if result.schema != target else result
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as exc:
+        logger.info("reading %s with pyiceberg: %s", table.metadata_location, exc)
+        return None
+
+
+def _small(t: pa.DataType) -> pa.DataType:
+    if pa.types.is_large_string(t):
+        return pa.string()
+    if pa.types.is_large_binary(t):
+        return pa.binary()
+    if pa.types.is_large_list(t) or pa.types.is_list(t):
+        return pa.list_(t.value_field.with_type(_small(t.value_type)))
+    if pa.types.is_struct(t):
+        return pa.struct([t.field(i).with_type(_small(t.field(i).type)) for i in range(t.num_fields)])
+    if pa.types.is_map(t):
+        return pa.map_(t.key_field.with_type(_small(t.key_type)),
+                       t.item_field.with_type(_small(t.item_type)))
+    return t
 
 
 def check_columns(columns: Sequence[str], schema: Schema, name: str) -> None:

@@ -2,35 +2,72 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import duckdb
 import pyarrow as pa
 import pytest
 
-from faasd.runner import to_arrow
+from faasd.runner import as_arrow, write_output
 
 
 def test_arrow_table_passes_through() -> None:
     t = pa.table({"a": [1, 2]})
-    assert to_arrow(t, "m") is t
+    assert as_arrow(t, "m") is t
 
 
 def test_list_of_dicts() -> None:
-    got = to_arrow([{"a": 1, "b": "x"}, {"a": 2, "b": "y"}], "m")
+    got = as_arrow([{"a": 1, "b": "x"}, {"a": 2, "b": "y"}], "m")
     assert got.to_pylist() == [{"a": 1, "b": "x"}, {"a": 2, "b": "y"}]
 
 
 def test_record_batch_and_reader() -> None:
     t = pa.table({"a": [1, 2, 3]})
-    assert to_arrow(t.to_batches()[0], "m").equals(t)
-    assert to_arrow(pa.RecordBatchReader.from_batches(t.schema, t.to_batches()), "m").equals(t)
+    assert as_arrow(t.to_batches()[0], "m").equals(t)
+    reader = pa.RecordBatchReader.from_batches(t.schema, t.to_batches())
+    assert as_arrow(reader, "m") is reader  # streamed, not read whole
 
 
-def test_duckdb_relation() -> None:
+def test_duckdb_relation_streams() -> None:
     with duckdb.connect() as con:
         rel = con.sql("SELECT 1 AS a UNION ALL SELECT 2 ORDER BY a")
-        assert to_arrow(rel, "m").column("a").to_pylist() == [1, 2]
+        got = as_arrow(rel, "m")
+        assert isinstance(got, pa.RecordBatchReader)
+        assert got.read_all().column("a").to_pylist() == [1, 2]
+
+
+def _read(path: Path) -> pa.Table:
+    return pa.ipc.open_file(pa.memory_map(str(path))).read_all()
+
+
+def test_a_reader_is_written_batch_by_batch(tmp_path: Path) -> None:
+    seen: list[int] = []
+
+    def batches():  # type: ignore[no-untyped-def]
+        for i in range(5):
+            seen.append(i)
+            yield pa.record_batch({"a": [i] * 1000})
+
+    reader = pa.RecordBatchReader.from_batches(pa.schema({"a": pa.int64()}), batches())
+    rows, nbytes, schema = write_output(reader, str(tmp_path / "out.arrow"))
+    assert (rows, schema) == (5000, pa.schema({"a": pa.int64()}))
+    assert nbytes == (tmp_path / "out.arrow").stat().st_size
+    table = _read(tmp_path / "out.arrow")
+    assert table.num_rows == 5000 and table.column("a").to_pylist()[::1000] == [0, 1, 2, 3, 4]
+    assert len(table.to_batches()) == 5 and seen == [0, 1, 2, 3, 4]
+
+
+def test_a_reader_that_raises_halfway_leaves_no_object(tmp_path: Path) -> None:
+    def batches():  # type: ignore[no-untyped-def]
+        yield pa.record_batch({"a": [1, 2]})
+        raise ValueError("the source went away")
+
+    reader = pa.RecordBatchReader.from_batches(pa.schema({"a": pa.int64()}), batches())
+    with pytest.raises(ValueError, match="the source went away"):
+        write_output(reader, str(tmp_path / "out.arrow"))
+    assert list(tmp_path.iterdir()) == []  # neither the object nor a part of it
 
 
 def test_anything_else_is_a_clear_error() -> None:
     with pytest.raises(TypeError, match="model 'm' returned int; return a pyarrow Table"):
-        to_arrow(42, "m")
+        as_arrow(42, "m")
