@@ -92,6 +92,35 @@ def test_runs_are_listed_and_their_logs_replayed(cluster: Cluster, example_data:
     assert bad.returncode == 1 and "no run 'run-nope'" in bad.stderr
 
 
+def test_each_function_s_phases_are_timed_and_kept(
+    cluster: Cluster, example_data: Path, tmp_path: Path
+) -> None:
+    import_territories(cluster, example_data)
+    project = write_project(tmp_path, CHATTY + '''
+
+@faas.model()
+def reader(chatty=faas.Model("chatty", columns=["Country"])):
+    return chatty
+''')
+    run_id = cluster.json("submit", str(project), "-n", "adventure")["run_id"]
+    nodes = cluster.json("job", "get", run_id)["nodes"]
+    chatty, reader = nodes["chatty"]["phases"], nodes["reader"]["phases"]
+    every = {"queued", "environment", "process_start", "inputs", "code", "output_shm"}
+    assert every | {"output_parquet", "commit"} == set(chatty)  # materialized: written, committed
+    assert every == set(reader)  # in memory only
+    assert all(isinstance(v, float) and v >= 0 for v in [*chatty.values(), *reader.values()])
+    (scan,) = nodes["chatty"]["inputs"]
+    rows = len(cluster.json("query", "SELECT * FROM territories", "-n", "adventure"))
+    assert (scan["param"], scan["source"], scan["name"], scan["rows"]) == (
+        "t", "scan", "adventure.territories", rows)
+    (mapped,) = nodes["reader"]["inputs"]
+    assert (mapped["source"], mapped["name"], mapped["rows"]) == ("object", "chatty", rows)
+    assert mapped["nbytes"] > 0 and mapped["seconds"] >= 0
+    text = cluster.faas("job", "get", run_id, check=True).stdout
+    assert "output_pa" in text and "chatty.t <- scan adventure.territories" in text
+    assert "reader.chatty <- object chatty" in text and "c code" in text
+
+
 def test_job_cancel_stops_a_running_run(cluster: Cluster, example_data: Path, tmp_path: Path) -> None:
     import_territories(cluster, example_data)
     before = cluster.json("log", "main", "-n", "100")
