@@ -160,10 +160,11 @@ def same_rows(a: list[str], b: str) -> bool:
     with duckdb.connect() as con:
         con.execute(f"CREATE VIEW a AS SELECT * FROM read_parquet({a!r})")
         con.execute(f"CREATE VIEW b AS SELECT * FROM read_parquet('{b}')")
-        (n,) = con.sql("SELECT (SELECT count(*) FROM (SELECT * FROM a EXCEPT ALL SELECT * FROM b))"
-                       " + (SELECT count(*) FROM (SELECT * FROM b EXCEPT ALL SELECT * FROM a))"
-                       ).fetchone()
-        return n == 0
+        (n,) = con.execute(
+            "SELECT (SELECT count(*) FROM (SELECT * FROM a EXCEPT ALL SELECT * FROM b))"
+            " + (SELECT count(*) FROM (SELECT * FROM b EXCEPT ALL SELECT * FROM a))"
+        ).fetchall()[0]
+        return bool(n == 0)
 
 
 def one_size(tmp: Path, env: dict[str, str], daemon: list[int], project: Path, rows: int,

@@ -201,8 +201,19 @@ def run(task: FunctionTask, started: float = 0.0) -> FunctionResult:
         table = as_arrow(value, task.node)
     t2 = time.perf_counter()
     phases["code"] = t2 - t1
-    # For a reader, its batches are computed while they are written: "output_shm" then
-    # holds the user's streaming work too.
+    # For a reader, its batches are computed while they are written: the output phase
+    # then holds the user's streaming work too.
+    if task.parquet_dir:
+        from store.files import write_parquet_parts
+
+        files, rows = write_parquet_parts(
+            table, task.parquet_dir, task.parquet_stem, threads=task.threads
+        )
+        phases["output_parquet"] = time.perf_counter() - t2
+        return FunctionResult(
+            rows=rows, nbytes=0, schema=table.schema.serialize().to_pybytes(), files=files,
+            **columns,
+        )
     rows, nbytes, schema = write_output(table, task.output_path)
     phases["output_shm"] = time.perf_counter() - t2
     return FunctionResult(

@@ -424,6 +424,7 @@ class Worker:
                     return
             project = self._project_dir(msg.run_id, msg.files)
             output = self.store.path(msg.output_id)
+            direct = msg.materialize is not None and msg.materialize.direct
             objects = {
                 i.object_id: str(await self._input_path(msg, i.object_id))
                 for i in msg.inputs
@@ -434,6 +435,8 @@ class Worker:
                 function=msg.function, inputs=msg.inputs, objects=objects,
                 output_path=str(output), params=msg.params, kind=msg.kind, sql=msg.sql,
                 column_cache=str(self.store.columns_dir) if msg.use_cache else "",
+                parquet_dir=msg.materialize.directory if direct else "",  # type: ignore[union-attr]
+                parquet_stem=f"{msg.node}-{uuid.uuid4().hex[:8]}", threads=self.cpus,
             )
             t_env = time.perf_counter()
             env = await self._environment(msg)
@@ -456,6 +459,12 @@ class Worker:
                 await self._send(TaskDone(
                     task_id=msg.task_id, passed=result.passed, seconds=time.perf_counter() - t0,
                     **columns,
+                ))
+                return
+            if direct:  # written as Parquet by the function: no object to keep
+                await self._send(TaskDone(
+                    task_id=msg.task_id, files=result.files, rows=result.rows,
+                    schema=result.schema, seconds=time.perf_counter() - t0, **columns,
                 ))
                 return
             self.store.add(
@@ -600,7 +609,7 @@ class Worker:
         table = pa.ipc.open_file(pa.memory_map(str(object_path), "r")).read_all()
         return write_parquet_parts(
             table, directory, f"{node}-{uuid.uuid4().hex[:8]}", threads=self.cpus
-        )
+        )[0]
 
     async def _release_all(self) -> None:
         runs = {pin for e in self.store.entries.values() for pin in e.pins}
@@ -623,7 +632,7 @@ class Worker:
             from store.files import read_source_files, write_parquet_parts
 
             table = read_source_files(msg.paths)
-            files = write_parquet_parts(
+            files, _ = write_parquet_parts(
                 table, msg.directory, f"import-{uuid.uuid4().hex[:8]}", threads=self.cpus
             )
             return ImportDone(

@@ -122,6 +122,9 @@ class Materialize(msgspec.Struct, frozen=True, kw_only=True):
     key: str
     directory: str
     mode: str = "replace"
+    # Nothing of the run reads this output: the function process writes the Parquet
+    # files itself as its rows come, on all cores, and no object is kept.
+    direct: bool = False
 
 
 class ObjectInfo(msgspec.Struct, frozen=True, kw_only=True):
@@ -398,6 +401,9 @@ class TaskDone(Message, frozen=True):
     # process_start, inputs, code, output_shm, output_parquet.
     phases: dict[str, float] = {}
     inputs: list[InputRead] = []
+    # A direct output (Materialize.direct) has no object: its rows and Arrow schema.
+    rows: int = 0
+    schema: bytes = b""
 
 
 class ObjectReady(Message, frozen=True):
@@ -548,6 +554,11 @@ class FunctionTask(Message, frozen=True):
     sql: str = ""
     # The worker's column cache directory; "" reads every column from storage.
     column_cache: str = ""
+    # Set for a direct output: write it as Parquet files STEM-N.parquet into this
+    # directory (not into output_path), encoding up to ``threads`` files at once.
+    parquet_dir: str = ""
+    parquet_stem: str = ""
+    threads: int = 1
 
 
 class FunctionResult(Message, frozen=True):
@@ -566,6 +577,8 @@ class FunctionResult(Message, frozen=True):
     started: float = 0.0
     phases: dict[str, float] = {}
     inputs: list[InputRead] = []
+    # A direct output's Parquet files, in order.
+    files: list[str] = []
 
 
 FunctionReply = FunctionResult | Error

@@ -401,7 +401,10 @@ class RunCoordinator:
         materialize = None
         if tx is not None:
             directory = await self.scheduler.store_call(tx.data_location, node.key)
-            materialize = Materialize(key=node.key, directory=directory, mode=node.spec.materialize)
+            materialize = Materialize(
+                key=node.key, directory=directory, mode=node.spec.materialize,
+                direct=not self._consumers(node),
+            )
         queue = self.scheduler.watch_task(task_id, worker)
         try:
             await worker.conn.send(
@@ -448,7 +451,7 @@ class RunCoordinator:
                             self.committed.append(node.key)
                         await self._event(
                             node.name, "done", worker=worker.worker_id,
-                            rows=msg.output.rows if msg.output else 0, cached=msg.cached,
+                            rows=msg.output.rows if msg.output else msg.rows, cached=msg.cached,
                             columns_cached=msg.columns_cached, columns_read=msg.columns_read,
                             phases=phases, inputs=msg.inputs,
                         )
@@ -463,8 +466,9 @@ class RunCoordinator:
 
     def _commit_output(self, tx: Any, node: PlanNode, done: TaskDone) -> str:
         """Commit one materialized output to the run's branch (store thread)."""
-        assert done.output is not None
-        schema = pa.ipc.read_schema(pa.py_buffer(done.output.schema))
+        schema = pa.ipc.read_schema(
+            pa.py_buffer(done.output.schema if done.output is not None else done.schema)
+        )
         tx.add_files(
             node.key, done.files, schema, node.spec.materialize,
             properties={CACHE_KEY_PROPERTY: node.cache_key},

@@ -9,7 +9,8 @@ so the files and the table agree on types.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+import threading
+from collections.abc import Iterator, Mapping
 from urllib.parse import urlparse
 
 import pyarrow as pa
@@ -154,29 +155,76 @@ PART_ROWS = 1 << 20
 
 
 def write_parquet_parts(
-    table: pa.Table, directory_uri: str, stem: str, *, threads: int,
+    data: pa.Table | pa.RecordBatchReader, directory_uri: str, stem: str, *, threads: int,
     properties: Mapping[str, str] | None = None,
-) -> list[str]:
-    """Write ``table`` as Parquet files ``STEM-N.parquet``, up to ``threads`` at once.
+) -> tuple[list[str], int]:
+    """Write a table, or a stream of record batches as it comes, as Parquet files
+    ``STEM-N.parquet`` encoded up to ``threads`` at once; return the files' URIs, in
+    order, and the rows written.
 
-    A Parquet file is encoded by one thread, so a large table is cut into contiguous
-    slices (zero-copy), each written as a file of its own on a core of its own; the
-    files, in order, hold the table's rows in order. A small table is one file.
-    Returns the files' URIs in that order. Raises as :func:`write_parquet`.
+    A Parquet file is encoded by one thread, so the rows are cut into contiguous parts
+    (zero-copy slices of a table; about PART_ROWS rows of a stream, gathered while the
+    parts before them are encoded), each written as a file of its own: in order, the
+    files hold the rows in their order. At most ``threads`` parts are held at once, so
+    a stream is never held whole. A small table is one file ``STEM.parquet``.
+
+    If the stream (or a write) fails, the files already written are removed and the
+    error is raised as it came. Raises as :func:`write_parquet`.
     """
-    parts = max(1, min(threads, -(-table.num_rows // PART_ROWS)))
-    if parts == 1:
-        return [write_parquet(table, directory_uri, f"{stem}.parquet", properties=properties)]
-    from concurrent.futures import ThreadPoolExecutor
+    from concurrent.futures import Future, ThreadPoolExecutor, wait
 
-    step = -(-table.num_rows // parts)
-    slices = [table.slice(i * step, step) for i in range(parts)]
-    with ThreadPoolExecutor(parts, thread_name_prefix="faas-parquet") as pool:
-        return list(pool.map(
-            lambda i: write_parquet(slices[i], directory_uri, f"{stem}-{i:05d}.parquet",
-                                    properties=properties),
-            range(parts),
-        ))
+    if isinstance(data, pa.Table):
+        parts = max(1, min(threads, -(-data.num_rows // PART_ROWS)))
+        if parts == 1:
+            name = f"{stem}.parquet"
+            return [write_parquet(data, directory_uri, name, properties=properties)], data.num_rows
+        step = -(-data.num_rows // parts)
+        chunks: Iterator[pa.Table] = (data.slice(i * step, step) for i in range(parts))
+    else:
+        chunks = _gather(data, PART_ROWS)
+    futures: list[Future[str]] = []
+    rows = 0
+    room = threading.BoundedSemaphore(max(1, threads))
+    with ThreadPoolExecutor(max(1, threads), thread_name_prefix="faas-parquet") as pool:
+        try:
+            for i, chunk in enumerate(chunks):
+                room.acquire()
+                rows += chunk.num_rows
+                future = pool.submit(write_parquet, chunk, directory_uri,
+                                     f"{stem}-{i:05d}.parquet", properties=properties)
+                future.add_done_callback(lambda _: room.release())
+                futures.append(future)
+            return [f.result() for f in futures], rows
+        except BaseException:
+            for f in futures:
+                f.cancel()
+            wait(futures)
+            for f in futures:
+                if not f.cancelled() and f.exception() is None:
+                    _remove(f.result(), properties)
+            raise
+
+
+def _gather(reader: pa.RecordBatchReader, rows: int) -> Iterator[pa.Table]:
+    """A stream's batches, in order, as tables of at least ``rows`` rows (but the last)."""
+    held: list[pa.RecordBatch] = []
+    count = 0
+    for batch in reader:
+        held.append(batch)
+        count += batch.num_rows
+        if count >= rows:
+            yield pa.Table.from_batches(held, reader.schema)
+            held, count = [], 0
+    if held:
+        yield pa.Table.from_batches(held, reader.schema)
+
+
+def _remove(uri: str, properties: Mapping[str, str] | None) -> None:
+    filesystem, path = warehouse.filesystem(uri, properties)
+    try:
+        filesystem.delete_file(path)
+    except OSError as exc:
+        logger.warning("could not remove %s after a failed write: %s", uri, exc)
 
 
 def _first_line(error: BaseException) -> str:

@@ -25,6 +25,8 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pytest
 
+from faasd.runner import as_arrow
+
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "adventureworks"
 FILES = [
@@ -355,7 +357,10 @@ def test_models_match_reference(models_module, reference, data_dir):
                 inputs[param] = _read(data_dir / f"{d['table']}.csv", d["columns"])
                 assert inputs[param].column_names == d["columns"]
         fn = _as_function(getattr(models_module, name), list(spec["params"]))
-        result = fn(**inputs)
+        # As the function process takes it: a table, or a stream (a DuckDB relation).
+        result = as_arrow(fn(**inputs), name)
+        if isinstance(result, pa.RecordBatchReader):
+            result = result.read_all()
         assert isinstance(result, pa.Table), (name, type(result))
         outputs[name] = result
 

@@ -6,7 +6,9 @@ returns a ``pyarrow.Table``. The planner reads the decorators statically, so the
 arguments are literals; third-party imports live inside the function bodies.
 
 Every model opens its own in-memory DuckDB connection rather than using the
-module-level default one, so models can run side by side in one process.
+module-level default one, so models can run side by side in one process. A model may
+return a DuckDB relation (or any Arrow stream) instead of a table: faas then writes its
+rows as DuckDB produces them.
 """
 
 import faas
@@ -109,33 +111,35 @@ def fact_sale(
     """One row per sale line, priced from dim_product and placed by dim_country."""
     import duckdb
 
-    with duckdb.connect() as con:
-        con.register("sale", sale)
-        con.register("dim_product", dim_product)
-        con.register("dim_country", dim_country)
-        return con.sql(
-            """
-            WITH s AS (
-                SELECT
-                    CAST(OrderNumber AS VARCHAR)                  AS OrderNumber,
-                    CAST(strptime(OrderDate, '%m/%d/%Y') AS DATE) AS OrderDate,
-                    CAST(ProductKey AS BIGINT)                    AS ProductKey,
-                    CAST(TerritoryKey AS BIGINT)                  AS TerritoryKey,
-                    CAST(OrderQuantity AS BIGINT)                 AS OrderQuantity
-                FROM sale
-            )
+    # Left open and returned as a relation: DuckDB streams the result into the table's
+    # Parquet files while it computes it, so it is never held whole.
+    con = duckdb.connect()
+    con.register("sale", sale)
+    con.register("dim_product", dim_product)
+    con.register("dim_country", dim_country)
+    return con.sql(
+        """
+        WITH s AS (
             SELECT
-                s.OrderNumber,
-                s.OrderDate,
-                s.ProductKey,
-                c.Country,
-                s.OrderQuantity,
-                s.OrderQuantity * p.ProductPrice AS Revenue,
-                s.OrderQuantity * p.ProductCost  AS Cost,
-                s.OrderQuantity * p.ProductPrice - s.OrderQuantity * p.ProductCost AS Profit,
-                md5(CAST(s.ProductKey AS VARCHAR) || '-' || c.Country) AS ProductCountryKey
-            FROM s
-            LEFT JOIN dim_product AS p ON p.ProductKey = s.ProductKey
-            LEFT JOIN dim_country AS c ON c.SalesTerritoryKey = s.TerritoryKey
-            """
-        ).to_arrow_table()
+                CAST(OrderNumber AS VARCHAR)                  AS OrderNumber,
+                CAST(strptime(OrderDate, '%m/%d/%Y') AS DATE) AS OrderDate,
+                CAST(ProductKey AS BIGINT)                    AS ProductKey,
+                CAST(TerritoryKey AS BIGINT)                  AS TerritoryKey,
+                CAST(OrderQuantity AS BIGINT)                 AS OrderQuantity
+            FROM sale
+        )
+        SELECT
+            s.OrderNumber,
+            s.OrderDate,
+            s.ProductKey,
+            c.Country,
+            s.OrderQuantity,
+            s.OrderQuantity * p.ProductPrice AS Revenue,
+            s.OrderQuantity * p.ProductCost  AS Cost,
+            s.OrderQuantity * p.ProductPrice - s.OrderQuantity * p.ProductCost AS Profit,
+            md5(CAST(s.ProductKey AS VARCHAR) || '-' || c.Country) AS ProductCountryKey
+        FROM s
+        LEFT JOIN dim_product AS p ON p.ProductKey = s.ProductKey
+        LEFT JOIN dim_country AS c ON c.SalesTerritoryKey = s.TerritoryKey
+        """
+    )
