@@ -24,7 +24,8 @@ $(S3_SERVER)/.installed: tests/s3-server.txt | $(VENV)/.installed
 	touch $@
 
 TABLES := product product_category product_subcategory sale territories
-# Embedded mode: no FAAS_CLUSTER, so each command starts its own scheduler and worker.
+# Embedded mode: no FAAS_CLUSTER, so commands talk to the resident daemon of DEMO_HOME
+# (the first one starts it; `faas local stop` stops it).
 RUN := env -u FAAS_CLUSTER FAAS_HOME=$(DEMO_HOME) $(FAAS)
 
 demo: $(VENV)/.installed
@@ -45,6 +46,8 @@ bench: $(VENV)/.installed
 	$(PY) -m bench.planning
 	$(PY) -m bench.exchange
 	$(PY) -m bench.cluster
+	$(PY) -m bench.loop
+	$(PY) -m bench.e2e
 	$(PY) -m bench.plot
 
 clean:

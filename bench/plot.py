@@ -160,6 +160,41 @@ def main() -> None:
                        units=units, digits=places, maxima=maxima)
         (RESULTS / "cluster.svg").write_text(svg)
         written.append("cluster.svg")
+    loop = RESULTS / "loop.json"
+    if loop.exists():
+        r = json.loads(loop.read_text())
+        groups = [
+            (f"faas {cmd}", [("faas, resident local daemon", 1000 * c["local_daemon_s"]),
+                             ("baseline: same command, hand-started cluster", 1000 * c["cluster_s"]),
+                             ("floor: python -c 'import client'", 1000 * r["floor_import_client_s"])])
+            for cmd, c in r["commands"].items()
+        ]
+        sub = r["submit"]
+        groups.append((f"faas submit, {r['rows'] / 1e3:,.0f}k sale rows", [
+            ("faas --no-cache (cold, environment built)", 1000 * sub["cold_no_cache_s"]),
+            ("faas, unchanged project (warm)", 1000 * sub["warm_unchanged_s"]),
+            ("baseline: one DuckDB process, same work", 1000 * sub["duckdb_script_s"])]))
+        svg = bars_svg("The feedback loop: wall time of a whole command", "ms", groups,
+                       units=["ms"] * len(groups), digits=[0] * len(groups))
+        (RESULTS / "loop.svg").write_text(svg)
+        written.append("loop.svg")
+    for e2e in sorted(RESULTS.glob("e2e*.json")):
+        r = json.loads(e2e.read_text())
+        cores = r["machine"]["cpus"]
+        groups, units = [], []
+        for size in r["sizes"]:
+            rows = f"{size['rows'] / 1e6:g}M rows" if size["rows"] >= 1e6 else f"{size['rows'] / 1e3:g}k rows"
+            groups.append((f"{rows}: wall time", [("faas submit --no-cache", size["faas"]["wall_s"]),
+                                                  ("baseline: DuckDB script", size["duckdb"]["wall_s"])]))
+            units.append("s")
+            groups.append((f"{rows}: peak memory", [
+                ("faas (all processes + shm)", size["faas"]["peak_memory_gib"]),
+                ("baseline: DuckDB script", size["duckdb"]["peak_memory_gib"])]))
+            units.append("GiB")
+        svg = bars_svg(f"The example end to end, {cores} cores (each group on its own scale)", "",
+                       groups, units=units)
+        (RESULTS / f"{e2e.stem}.svg").write_text(svg)
+        written.append(f"{e2e.stem}.svg")
     print(json.dumps({"written": written}))
 
 
