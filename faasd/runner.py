@@ -143,45 +143,6 @@ def as_arrow(value: Any, node: str) -> Any:
     )
 
 
-# DuckDB types whose Parquet form Iceberg reads as they are.
-_DUCKDB_ICEBERG_TYPES = frozenset({
-    "boolean", "tinyint", "smallint", "integer", "bigint", "float", "double", "varchar",
-    "date", "time", "timestamp", "timestamp with time zone", "decimal", "blob",
-})
-
-
-def _duckdb_writes(value: Any, task: FunctionTask) -> tuple[list[str], int, Any] | None:
-    """A DuckDB relation that nothing reads, written as Parquet by DuckDB itself: its own
-    parallel, streaming writer, as a DuckDB script's COPY would, rows in their order.
-    Its files, rows and Arrow schema; None (the Arrow path writes it) for anything else:
-    not a relation, a remote warehouse, or types Iceberg would need converted."""
-    if not (hasattr(value, "to_parquet") and hasattr(value, "dtypes")):
-        return None
-    from store import warehouse
-
-    if not warehouse.is_local(task.parquet_dir):
-        return None
-    if any(getattr(t, "id", "") not in _DUCKDB_ICEBERG_TYPES for t in value.dtypes):
-        return None
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    _, directory = warehouse.filesystem(task.parquet_dir)
-    os.makedirs(directory, exist_ok=True)
-    name = f"{task.parquet_stem}.parquet"
-    path = os.path.join(directory, name)
-    try:
-        value.to_parquet(path, compression="zstd")
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
-        raise
-    done = pq.ParquetFile(path)
-    # Every column nullable, as the Arrow path gives them: a constant is not a constraint.
-    schema = pa.schema([f.with_nullable(True) for f in done.schema_arrow])
-    return [f"{task.parquet_dir.rstrip('/')}/{name}"], done.metadata.num_rows, schema
-
-
 def write_output(value: Any, path: str) -> tuple[int, int, Any]:
     """Write a Table or a RecordBatchReader once, as the Arrow IPC file at ``path``;
     return its rows, bytes and schema.
@@ -242,20 +203,16 @@ def run(task: FunctionTask, started: float = 0.0) -> FunctionResult:
     # A stream's batches are computed while they are written: the output phase then
     # holds the user's streaming work too.
     if task.parquet_dir:
-        written = _duckdb_writes(value, task)
-        if written is None:
-            from store.files import write_parquet_parts
+        from store.files import write_parquet_parts
 
-            table = as_arrow(value, task.node)
-            files, rows = write_parquet_parts(
-                table, task.parquet_dir, task.parquet_stem, threads=task.threads
-            )
-            schema = table.schema
-        else:
-            files, rows, schema = written
+        table = as_arrow(value, task.node)
+        files, rows = write_parquet_parts(
+            table, task.parquet_dir, task.parquet_stem, threads=task.threads
+        )
         phases["output_parquet"] = time.perf_counter() - t2
         return FunctionResult(
-            rows=rows, nbytes=0, schema=schema.serialize().to_pybytes(), files=files, **columns,
+            rows=rows, nbytes=0, schema=table.schema.serialize().to_pybytes(), files=files,
+            **columns,
         )
     rows, nbytes, schema = write_output(as_arrow(value, task.node), task.output_path)
     phases["output_shm"] = time.perf_counter() - t2
