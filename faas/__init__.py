@@ -25,19 +25,27 @@ MATERIALIZE_MODES = (None, "replace", "append")
 
 
 class Model:
-    """An input: a catalog table (``namespace.table`` or bare) or another model, by name."""
+    """An input: a catalog table (``namespace.table`` or bare) or another model, by name.
 
-    __slots__ = ("name", "columns", "filter")
+    The function gets it as a ``pyarrow.Table``; with ``stream=True``, as a
+    ``pyarrow.RecordBatchReader`` that yields its rows batch by batch, in order, decoded on
+    all cores while the function consumes them, so the input is never held whole (DuckDB,
+    for one, scans a registered reader as it streams). A reader can be read once."""
 
-    def __init__(self, name: str, columns: list[str] | None = None, filter: str | None = None):
+    __slots__ = ("name", "columns", "filter", "stream")
+
+    def __init__(self, name: str, columns: list[str] | None = None, filter: str | None = None,
+                 *, stream: bool = False):
         if not isinstance(name, str) or not name:
             raise TypeError("faas.Model needs a table or model name")
         self.name = name
         self.columns = list(columns) if columns is not None else None
         self.filter = filter
+        self.stream = bool(stream)
 
     def __repr__(self) -> str:
-        return f"faas.Model({self.name!r}, columns={self.columns!r}, filter={self.filter!r})"
+        return (f"faas.Model({self.name!r}, columns={self.columns!r}, filter={self.filter!r}"
+                + (", stream=True)" if self.stream else ")"))
 
 
 class Parameter:

@@ -91,6 +91,8 @@ def _load_input(inp: ScanInput | ObjectInput, task: FunctionTask, report: _Colum
     import pyarrow as pa
 
     t0 = time.perf_counter()
+    if inp.stream:
+        return _open_stream(inp, task, report, t0)
     if isinstance(inp, ScanInput):
         from faasd.columns import scan_cached
 
@@ -110,6 +112,36 @@ def _load_input(inp: ScanInput | ObjectInput, task: FunctionTask, report: _Colum
         rows=table.num_rows, nbytes=table.nbytes,
     ))
     return table
+
+
+def _open_stream(
+    inp: ScanInput | ObjectInput, task: FunctionTask, report: _ColumnReport, t0: float
+) -> Any:
+    """An input as a RecordBatchReader (faas.Model(stream=True)): a source scan decoded as
+    it is read (past the column cache: nothing is held to keep), or an upstream object's
+    batches, mapped."""
+    import pyarrow as pa
+
+    if isinstance(inp, ScanInput):
+        from store.scan import open_metadata, scan_table
+
+        reader = scan_table(
+            open_metadata(inp.metadata_location), columns=inp.columns, row_filter=inp.filter,
+            snapshot_id=inp.snapshot_id, name=inp.metadata_location, stream=True,
+        )
+        report.read += [f"{inp.key}.{c}" for c in reader.schema.names]
+        source, name = "scan", inp.key
+    else:
+        table = _apply(
+            pa.ipc.open_file(pa.memory_map(task.objects[inp.object_id], "r")).read_all(),
+            inp.columns, inp.filter,
+        )
+        reader = pa.RecordBatchReader.from_batches(table.schema, table.to_batches())
+        source, name = "object", inp.node
+    # Rows and bytes are not known before the function reads them.
+    report.inputs.append(InputRead(param=inp.param, source=source, name=name,
+                                   seconds=time.perf_counter() - t0))
+    return reader
 
 
 def as_arrow(value: Any, node: str) -> Any:

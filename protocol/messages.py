@@ -104,6 +104,8 @@ class ScanInput(msgspec.Struct, frozen=True, kw_only=True, tag_field="kind", tag
     snapshot_id: int | None = None
     columns: list[str] | None = None
     filter: str | None = None
+    # Hand the function a RecordBatchReader, not a Table (faas.Model(stream=True)).
+    stream: bool = False
 
 
 class ObjectInput(msgspec.Struct, frozen=True, kw_only=True, tag_field="kind", tag="object"):
@@ -114,6 +116,7 @@ class ObjectInput(msgspec.Struct, frozen=True, kw_only=True, tag_field="kind", t
     object_id: str
     columns: list[str] | None = None
     filter: str | None = None
+    stream: bool = False
 
 
 class Materialize(msgspec.Struct, frozen=True, kw_only=True):

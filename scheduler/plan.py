@@ -257,7 +257,7 @@ def build_plan(
                 node.inputs.append(
                     ObjectInput(
                         param=inp.param, node=inp.name, object_id="",
-                        columns=inp.columns, filter=inp.filter,
+                        columns=inp.columns, filter=inp.filter, stream=inp.stream,
                     )
                 )
                 continue
@@ -292,6 +292,7 @@ def build_plan(
                 ScanInput(
                     param=inp.param, key=key, metadata_location=table.metadata_location,
                     snapshot_id=table.snapshot_id, columns=inp.columns, filter=inp.filter,
+                    stream=inp.stream,
                 )
             )
         for p in m.params:

@@ -28,6 +28,7 @@ class InputRef:
     columns: list[str] | None
     filter: str | None
     where: str  # file:line
+    stream: bool = False
 
 
 @dataclass(frozen=True)
@@ -137,19 +138,22 @@ class _Reader:
             )
             return None
 
-    def call_args(self, call: ast.expr, names: tuple[str, ...], what: str) -> dict[str, Any]:
+    def call_args(
+        self, call: ast.expr, names: tuple[str, ...], what: str, keyword_only: tuple[str, ...] = ()
+    ) -> dict[str, Any]:
         if not isinstance(call, ast.Call):
             return {}
         args: dict[str, Any] = {}
+        every = names + keyword_only
         if len(call.args) > len(names):
             self.problems.append(f"{self.where(call)}: too many arguments to {what}")
         for name, arg in zip(names, call.args):
             args[name] = self.literal(arg, f"argument {name!r} of {what}")
         for kw in call.keywords:
-            if kw.arg is None or kw.arg not in names:
+            if kw.arg is None or kw.arg not in every:
                 self.problems.append(
                     f"{self.where(kw.value)}: {what} has no argument {kw.arg!r} "
-                    f"(it takes {', '.join(names)})"
+                    f"(it takes {', '.join(every)})"
                 )
                 continue
             args[kw.arg] = self.literal(kw.value, f"argument {kw.arg!r} of {what}")
@@ -167,7 +171,8 @@ class _Reader:
             if ok and kind is dict:
                 ok = all(isinstance(k, str) and isinstance(v, str) for k, v in value.items())
             if not ok:
-                want = {str: "a string", list: "a list of strings", dict: "a dict of strings"}[kind]
+                want = {str: "a string", list: "a list of strings", dict: "a dict of strings",
+                        bool: "True or False"}[kind]
                 self.problems.append(
                     f"{self.where(node)}: argument {name!r} of {what} must be {want}, "
                     f"not {value!r}"
@@ -302,8 +307,10 @@ class _Reader:
         for arg, default in pairs:
             kind = _decorator_name(default) if isinstance(default, ast.Call) else None
             if kind == "Model":
-                margs = self.call_args(default, ("name", "columns", "filter"), "faas.Model")
-                self.typed(margs, default, "faas.Model", columns=list, filter=str)
+                margs = self.call_args(
+                    default, ("name", "columns", "filter"), "faas.Model", keyword_only=("stream",)
+                )
+                self.typed(margs, default, "faas.Model", columns=list, filter=str, stream=bool)
                 if not isinstance(margs.get("name"), str) or not margs.get("name"):
                     self.problems.append(
                         f"{self.where(default)}: faas.Model needs a table or model name"
@@ -316,6 +323,7 @@ class _Reader:
                         columns=margs.get("columns"),
                         filter=margs.get("filter"),
                         where=self.where(default),
+                        stream=bool(margs.get("stream", False)),
                     )
                 )
             elif kind == "Parameter":

@@ -286,7 +286,7 @@ class RunCoordinator:
                     reader.scan_decoded += table.row_count * sum(decoded_width(f.type) for f in read)
                     i = ScanInput(
                         param=i.param, key=table.key, metadata_location=table.metadata_location,
-                        snapshot_id=table.snapshot_id, columns=i.columns,
+                        snapshot_id=table.snapshot_id, columns=i.columns, stream=i.stream,
                     )
                 inputs.append(i)
             reader.inputs = inputs

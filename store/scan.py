@@ -95,8 +95,10 @@ def scan_table(
     row_filter: str | None = None,
     snapshot_id: int | None = None,
     name: str = "table",
-) -> pa.Table:
-    """Scan a loaded pyiceberg table; ``name`` is used in error messages.
+    stream: bool = False,
+) -> pa.Table | pa.RecordBatchReader:
+    """Scan a loaded pyiceberg table; ``name`` is used in error messages. With ``stream``
+    the rows come as a RecordBatchReader, in the same order, decoded as they are read.
 
     Raises:
         NotFound: the snapshot does not exist in this table.
@@ -115,25 +117,40 @@ def scan_table(
     selected = tuple(columns) if columns is not None else ("*",)
     scan = table.scan(row_filter=expression, selected_fields=selected, snapshot_id=snapshot_id)
     where = name if name == table.metadata_location else f"{name} ({table.metadata_location})"
+    order = list(columns) if columns is not None else None
     with storage_errors(f"cannot read {where}", table.io.properties):
-        result = _read_parallel(table, scan, schema, expression)
+        arrow = _arrow_scan(table, scan, schema, expression)
+        if stream:
+            if arrow is not None:
+                scanner, target = arrow
+                reader = scanner.to_reader()
+            else:
+                reader = scan.to_arrow_batch_reader()
+                target = reader.schema
+            if order is not None:
+                target = pa.schema([target.field(c) for c in order])
+            return _conformed(reader, target)
+        result = None
+        if arrow is not None:
+            result = _read(*arrow, table.metadata_location)
         if result is None:
             result = scan.to_arrow()
-    if columns is not None:
+    if order is not None:
         # pyiceberg returns projected columns in schema order; callers asked for theirs.
-        result = result.select(list(columns))
+        result = result.select(order)
     logger.debug("scanned %d rows from %s (filter %r)", result.num_rows, name, row_filter)
     return result
 
 
-def _read_parallel(
+def _arrow_scan(
     table: IcebergTable, scan: DataScan, schema: Schema, expression: BooleanExpression
-) -> pa.Table | None:
-    """The scan read by Arrow's own multi-threaded Parquet reader: every file, row group
-    and column decoded on all cores, with the projection and the filter (row-group
-    statistics too) pushed into the reader. None where only pyiceberg reads it right:
-    delete files, columns whose names do not map to the same field ids as the table's
-    (Iceberg matches columns by field id: a rename), nested columns, or no file at all.
+) -> tuple[ds.Scanner, pa.Schema] | None:
+    """The scan as Arrow's own multi-threaded Parquet reader does it: every file, row
+    group and column decoded on all cores, with the projection and the filter (row-group
+    statistics too) pushed into the reader; with the schema pyiceberg would give. None
+    where only pyiceberg reads it right: delete files, columns whose names do not map to
+    the same field ids as the table's (Iceberg matches columns by field id: a rename),
+    nested columns, or no file at all.
 
     The rows come file by file in the order the scan planned them, each file's in its
     own order, as pyiceberg gives them: the column cache may zip columns read by
@@ -165,12 +182,31 @@ def _read_parallel(
     arrow_filter = None
     if not isinstance(expression, AlwaysTrue):
         arrow_filter = expression_to_pyarrow(bind(schema, expression, case_sensitive=True))
+    scanner = fragments.scanner(columns=names, filter=arrow_filter, use_threads=True)
+    return scanner, target
+
+
+def _read(scanner: ds.Scanner, target: pa.Schema, where: str) -> pa.Table | None:
     try:
-        result = fragments.to_table(columns=names, filter=arrow_filter, use_threads=True)
+        result = scanner.to_table()
         return result.cast(target) if result.schema != target else result
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as exc:
-        logger.info("reading %s with pyiceberg: %s", table.metadata_location, exc)
+        logger.info("reading %s with pyiceberg: %s", where, exc)
         return None
+
+
+def _conformed(reader: pa.RecordBatchReader, target: pa.Schema) -> pa.RecordBatchReader:
+    """``reader`` with its batches in ``target``'s column order and types."""
+    if reader.schema == target:
+        return reader
+    names = target.names
+
+    def batches() -> Iterator[pa.RecordBatch]:
+        for batch in reader:
+            batch = batch.select(names)
+            yield batch.cast(target) if batch.schema != target else batch
+
+    return pa.RecordBatchReader.from_batches(target, batches())
 
 
 def _small(t: pa.DataType) -> pa.DataType:

@@ -92,3 +92,46 @@ def test_a_stream_that_raises_halfway_leaves_no_object_and_no_table(
     # No object, whole or partial, was left for the failed model.
     assert _objects(cluster) == before
     assert not [p for p in cluster.shm_dir.rglob("*.tmp")]  # type: ignore[union-attr]
+
+
+READERS = '''
+import faas
+import pyarrow as pa
+
+
+@faas.model()
+def kinds(
+    whole=faas.Model("territories", columns=["Country", "SalesTerritoryKey"],
+                     filter="SalesTerritoryKey > 3", stream=True),
+):
+    assert isinstance(whole, pa.RecordBatchReader), type(whole)
+    table = whole.read_all()
+    return pa.table({"Country": table.column("Country"),
+                     "SalesTerritoryKey": table.column("SalesTerritoryKey"),
+                     "names": pa.array([",".join(table.column_names)] * table.num_rows)})
+
+
+@faas.model(materialize="replace")
+def again(kinds=faas.Model("kinds", columns=["SalesTerritoryKey", "names"], stream=True)):
+    assert isinstance(kinds, pa.RecordBatchReader), type(kinds)
+    return kinds
+'''
+
+
+def test_inputs_asked_for_as_streams_arrive_as_readers(
+    cluster: Cluster, example_data: Path, tmp_path: Path
+) -> None:
+    import_territories(cluster, example_data)
+    out = cluster.json("submit", str(write_project(tmp_path, READERS)), "-n", "adventure")
+    assert out["status"] == "success", out
+    want = cluster.json("query", "SELECT SalesTerritoryKey FROM territories WHERE "
+                        "SalesTerritoryKey > 3 ORDER BY 1", "-n", "adventure")
+    got = cluster.json("query", "SELECT SalesTerritoryKey, names FROM again ORDER BY 1",
+                       "-n", "adventure")
+    assert [r["SalesTerritoryKey"] for r in got] == [r["SalesTerritoryKey"] for r in want]
+    # The scan kept the columns in the order asked for, with the filter applied.
+    assert {r["names"] for r in got} == {"Country,SalesTerritoryKey"}
+    reads = cluster.json("job", "get", out["run_id"])["nodes"]
+    assert [(i["source"], i["name"]) for i in reads["kinds"]["inputs"]] == [
+        ("scan", "adventure.territories")]
+    assert [(i["source"], i["name"]) for i in reads["again"]["inputs"]] == [("object", "kinds")]
