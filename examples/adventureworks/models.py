@@ -98,7 +98,6 @@ def fact_sale(
     sale=faas.Model(
         "sale",
         columns=["OrderDate", "OrderNumber", "ProductKey", "TerritoryKey", "OrderQuantity"],
-        stream=True,  # a RecordBatchReader: DuckDB scans the rows as they are decoded
     ),
     dim_product=faas.Model(
         "dim_product",
