@@ -56,7 +56,7 @@ def _global(
 
 
 def home_dir() -> Path:
-    return Path(settings.home or os.environ.get("FAAS_HOME") or "~/.faas").expanduser()
+    return Path(settings.home or os.environ.get("FAAS_HOME") or "~/.faas").expanduser().absolute()
 
 
 def active_branch() -> str:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import math
 import os
 import signal
 import sys
@@ -39,10 +40,15 @@ Notice = Callable[[str], None]
 def idle_minutes_default() -> float:
     """``FAAS_LOCAL_IDLE`` (minutes) where set, else 30."""
     raw = os.environ.get("FAAS_LOCAL_IDLE", "")
+    if not raw:
+        return DEFAULT_IDLE_MINUTES
     try:
-        return float(raw) if raw else DEFAULT_IDLE_MINUTES
+        minutes = float(raw)
     except ValueError:
-        raise FaasError(f"FAAS_LOCAL_IDLE={raw!r} is not a number of minutes") from None
+        minutes = math.nan
+    if not (0 < minutes < math.inf):
+        raise FaasError(f"FAAS_LOCAL_IDLE={raw!r} is not a number of minutes above 0")
+    return minutes
 
 
 def read_info(home: Path) -> dict[str, Any] | None:
@@ -138,11 +144,17 @@ def ensure_daemon(
 ) -> dict[str, Any]:
     """The running daemon of ``home`` (its daemon.json), started or replaced if need be."""
     info = read_info(home)
-    if info is not None and info["version"] == build_id() and _is_daemon(info["pid"]):
+    if (info is not None and info["version"] == build_id() and info.get("home") == str(home)
+            and _is_daemon(info["pid"])):
         return info
     _open_home(home)
     with _Lock(home):
         info = read_info(home)  # another command may have started it meanwhile
+        if info is not None and info.get("home") != str(home):
+            # Copied from another home with it: that daemon serves the other one.
+            notice(f"{home / INFO_FILE} describes the daemon of {info.get('home')}; starting "
+                   f"one for {home}")
+            info = None
         if info is not None:
             if _is_daemon(info["pid"]):
                 if info["version"] == build_id():

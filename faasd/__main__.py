@@ -176,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.role == "local":
         from faasd.local import serve
 
-        return serve(Path(args.home).expanduser(), idle=args.idle * 60,
+        return serve(Path(args.home).expanduser().absolute(), idle=args.idle * 60,
                      memory=str(args.memory) if args.memory else None, listen=args.listen)
     _apply_s3_options(args)
     try:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import functools
 import json
 import logging
 import os
@@ -46,11 +47,13 @@ except (OSError, AttributeError):
     _prctl = None  # not Linux: the worker notices the lost scheduler instead
 
 
-def _die_with_parent() -> None:
+def _die_with_parent(parent: int) -> None:
     """In the worker child, before exec: the kernel sends it SIGTERM when the daemon dies,
-    even by SIGKILL, so no worker outlives its daemon."""
+    even by SIGKILL, so no worker outlives its daemon (nor one that died just before)."""
     if _prctl is not None:
         _prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != parent:
+        os._exit(1)
 
 
 class LocalDaemon:
@@ -66,14 +69,16 @@ class LocalDaemon:
 
     async def _start_worker(self) -> None:
         logs = self.home / "logs"
+        # A short grace: by the time it is stopped its runs are already cancelled.
         args = ["worker", "--scheduler", self.scheduler.address,
-                "--token-file", str(self.home / "token")]
+                "--token-file", str(self.home / "token"), "--grace", "5"]
         if self.memory:
             args += ["--memory", self.memory]
         with open(logs / "worker.log", "ab") as err:
             proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "faasd", *args, stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE, stderr=err, preexec_fn=_die_with_parent,
+                stdout=asyncio.subprocess.PIPE, stderr=err,
+                preexec_fn=functools.partial(_die_with_parent, os.getpid()),
             )
         assert proc.stdout is not None
         try:
@@ -138,9 +143,11 @@ class LocalDaemon:
                     await self._start_worker()
                     self._write_info()
         finally:
+            # Record first (a new command starts a new daemon), then the scheduler (its
+            # runs are cancelled and the worker stops their functions), then the worker.
             self._remove_info()
-            await self._stop_worker()
             await self.scheduler.close()
+            await self._stop_worker()
 
     async def _stop_worker(self) -> None:
         proc = self.worker
@@ -159,6 +166,8 @@ def serve(home: Path, *, idle: float, memory: str | None, listen: str) -> int:
     try:
         home.mkdir(parents=True, exist_ok=True)
         (home / "logs").mkdir(exist_ok=True)
+        # Not the directory of whichever command started it: that one may go away.
+        os.chdir(home)
         asyncio.run(LocalDaemon(home, idle=idle, memory=memory, listen=listen).run())
     except FaasError as exc:
         print(f"faasd: error: {exc}", file=sys.stderr, flush=True)

@@ -335,6 +335,9 @@ CACHE_KEY_VERSION = 1
 # The snapshot summary property a run sets on the tables it publishes: the cache key
 # of the node that made the rows.
 CACHE_KEY_PROPERTY = "faas.cache-key"
+# ... and whether the table's rows are the output's exactly ("true"): its Arrow types
+# needed no conversion for Iceberg, so a reader may scan the table for the output.
+EXACT_PROPERTY = "faas.exact"
 
 
 def cache_key(node: PlanNode, upstream: dict[str, str]) -> str:

@@ -9,7 +9,7 @@ from typing import Any
 
 from protocol.errors import InvalidInput, NotFound
 from protocol.messages import SubmitRun
-from scheduler.plan import CACHE_KEY_PROPERTY, Plan, SourceTable, build_plan
+from scheduler.plan import CACHE_KEY_PROPERTY, EXACT_PROPERTY, Plan, SourceTable, build_plan
 from scheduler.project import Project, read_project
 from store.transaction import load_table, table_info
 
@@ -92,6 +92,8 @@ def plan_submission(lh: Any, request: SubmitRun, python_versions: set[str] | Non
                 continue
             if info.properties.get(CACHE_KEY_PROPERTY) == node.cache_key:
                 plan.published[name] = node.cache_key
+                if info.properties.get(EXACT_PROPERTY) != "true":
+                    continue  # its rows were converted: readers must have the output itself
                 plan.published_tables[name] = SourceTable(
                     key=node.key, metadata_location=info.metadata_location,
                     snapshot_id=info.snapshot_id, schema=info.schema,

@@ -40,7 +40,8 @@ from protocol.messages import (
 )
 from protocol.sizes import format_size, parse_size
 from scheduler.placement import Request
-from scheduler.plan import CACHE_KEY_PROPERTY, Plan, PlanNode, decoded_width
+from scheduler.plan import CACHE_KEY_PROPERTY, EXACT_PROPERTY, Plan, PlanNode, decoded_width
+from store.files import iceberg_schema
 
 if TYPE_CHECKING:
     from scheduler.server import Scheduler, WorkerHandle
@@ -471,7 +472,10 @@ class RunCoordinator:
         )
         tx.add_files(
             node.key, done.files, schema, node.spec.materialize,
-            properties={CACHE_KEY_PROPERTY: node.cache_key},
+            properties={
+                CACHE_KEY_PROPERTY: node.cache_key,
+                EXACT_PROPERTY: str(iceberg_schema(schema).equals(schema)).lower(),
+            },
         )
         return tx.publish(
             f"run {self.run_id}: {node.name} -> {node.key}",

@@ -584,7 +584,16 @@ class Scheduler:
         self.runs[run_id] = run
         self.coordinators[run_id] = coordinator
         # Accepted only once the run is known: a follower or a cancel may come at once.
-        await conn.send(RunAccepted(run_id=run_id, nodes=plan.order))
+        try:
+            await conn.send(RunAccepted(run_id=run_id, nodes=plan.order))
+        except BaseException:
+            if attached is not None:  # nobody will ever hear of it: stop it
+                run.cancel()
+                await asyncio.gather(run, return_exceptions=True)
+                self._forget(run_id, self._outcome(run_id, run))
+            else:
+                self.background(self._finish(run_id, run, None))
+            raise
         if attached is None:
             self.background(self._finish(run_id, run, None))
         else:

@@ -150,8 +150,11 @@ def write_parquet(
     return uri
 
 
-# A part gets at least this many rows (one Parquet row group at pyarrow's default).
+# A part gets at least this many rows (one Parquet row group at pyarrow's default) of a
+# table; a part of a stream ends at this many rows or this many bytes, whichever first,
+# so that the parts held while they are encoded stay small however wide the rows.
 PART_ROWS = 1 << 20
+PART_BYTES = 128 << 20
 
 
 def write_parquet_parts(
@@ -181,7 +184,7 @@ def write_parquet_parts(
         step = -(-data.num_rows // parts)
         chunks: Iterator[pa.Table] = (data.slice(i * step, step) for i in range(parts))
     else:
-        chunks = _gather(data, PART_ROWS)
+        chunks = _gather(data, PART_ROWS, PART_BYTES)
     futures: list[Future[str]] = []
     rows = 0
     room = threading.BoundedSemaphore(max(1, threads))
@@ -189,6 +192,9 @@ def write_parquet_parts(
         try:
             for i, chunk in enumerate(chunks):
                 room.acquire()
+                for f in futures:  # a part that failed ends the write now, not at the end
+                    if f.done() and f.exception() is not None:
+                        raise f.exception()  # type: ignore[misc]
                 rows += chunk.num_rows
                 future = pool.submit(write_parquet, chunk, directory_uri,
                                      f"{stem}-{i:05d}.parquet", properties=properties)
@@ -205,16 +211,18 @@ def write_parquet_parts(
             raise
 
 
-def _gather(reader: pa.RecordBatchReader, rows: int) -> Iterator[pa.Table]:
-    """A stream's batches, in order, as tables of at least ``rows`` rows (but the last)."""
+def _gather(reader: pa.RecordBatchReader, rows: int, nbytes: int) -> Iterator[pa.Table]:
+    """A stream's batches, in order, as tables of ``rows`` rows or ``nbytes`` bytes,
+    whichever comes first (a single larger batch is a part of its own)."""
     held: list[pa.RecordBatch] = []
-    count = 0
+    count = size = 0
     for batch in reader:
         held.append(batch)
         count += batch.num_rows
-        if count >= rows:
+        size += batch.nbytes
+        if count >= rows or size >= nbytes:
             yield pa.Table.from_batches(held, reader.schema)
-            held, count = [], 0
+            held, count, size = [], 0, 0
     if held:
         yield pa.Table.from_batches(held, reader.schema)
 

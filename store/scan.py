@@ -147,10 +147,11 @@ def _arrow_scan(
 ) -> tuple[ds.Scanner, pa.Schema] | None:
     """The scan as Arrow's own multi-threaded Parquet reader does it: every file, row
     group and column decoded on all cores, with the projection and the filter (row-group
-    statistics too) pushed into the reader; with the schema pyiceberg would give. None
+    statistics too) pushed into the reader; with the types pyiceberg would give. None
     where only pyiceberg reads it right: delete files, columns whose names do not map to
     the same field ids as the table's (Iceberg matches columns by field id: a rename),
-    nested columns, or no file at all.
+    nested columns, files whose types differ from the table's or from each other, or no
+    file at all.
 
     The rows come file by file in the order the scan planned them, each file's in its
     own order, as pyiceberg gives them: the column cache may zip columns read by
@@ -169,27 +170,50 @@ def _arrow_scan(
     ids = {name: mf.field_id for mf in mapping for name in mf.names}
     if any(ids.get(f.name) != f.field_id for f in projected.fields):
         return None
+    # Every column read (projected, or named by the filter) must have, in every file, the
+    # one Arrow type pyiceberg would hand out for it: the Iceberg type, with 32- or 64-bit
+    # offsets as the files have them (pyiceberg keeps the files' own). A file of another
+    # type (an append that widened a column), a column some file lacks, or ids of the
+    # file's own that pyiceberg would follow: pyiceberg reads it.
+    wanted = {f.name: f.type for f in schema_to_pyarrow(projected, include_field_ids=False)}
+    for name in _references(expression):
+        field = schema.find_field(name)
+        if not field.field_type.is_primitive:
+            return None
+        wanted.setdefault(name, schema_to_pyarrow(Schema(field), include_field_ids=False)[0].type)
     fs, _ = filesystem(tasks[0].file.file_path, table.io.properties)
     paths = [filesystem(t.file.file_path, table.io.properties)[1] for t in tasks]
-    fragments = ds.dataset(paths, format="parquet", filesystem=fs)
-    file_fields = {f.name: f for f in fragments.schema}
-    if any(f.name not in file_fields or (file_fields[f.name].metadata or {}).get(b"PARQUET:field_id")
-           for f in projected.fields):
-        return None  # a column missing, or ids of the file's own that pyiceberg would follow
-    # Iceberg's types for the projection, as pyiceberg hands them out (32-bit offsets).
-    target = pa.schema([f.with_type(_small(f.type))
-                        for f in schema_to_pyarrow(projected, include_field_ids=False)])
-    arrow_filter = None
-    if not isinstance(expression, AlwaysTrue):
-        arrow_filter = expression_to_pyarrow(bind(schema, expression, case_sensitive=True))
-    scanner = fragments.scanner(columns=names, filter=arrow_filter, use_threads=True)
-    return scanner, target
+    try:
+        fragments = ds.dataset(paths, format="parquet", filesystem=fs)
+        found: dict[str, pa.DataType] = {}
+        for fragment in fragments.get_fragments():
+            fields = {f.name: f for f in fragment.physical_schema}
+            for name, iceberg_type in wanted.items():
+                field = fields.get(name)
+                if field is None or (field.metadata or {}).get(b"PARQUET:field_id"):
+                    return None
+                if field.type not in (iceberg_type, _small(iceberg_type)):
+                    return None
+                if found.setdefault(name, field.type) != field.type:
+                    return None
+        arrow_filter = None
+        if not isinstance(expression, AlwaysTrue):
+            arrow_filter = expression_to_pyarrow(bind(schema, expression, case_sensitive=True))
+        unified = pa.schema([pa.field(n, found[n]) for n in names] +
+                            [pa.field(n, t) for n, t in found.items() if n not in names])
+        scanner = ds.dataset(paths, format="parquet", filesystem=fs, schema=unified).scanner(
+            columns=names, filter=arrow_filter, use_threads=True
+        )
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError, ValueError) as exc:
+        logger.info("reading %s with pyiceberg: %s", table.metadata_location, exc)
+        return None
+    return scanner, pa.schema([pa.field(n, found[n]) for n in names])
 
 
 def _read(scanner: ds.Scanner, target: pa.Schema, where: str) -> pa.Table | None:
     try:
         result = scanner.to_table()
-        return result.cast(target) if result.schema != target else result
+        return result if result.schema == target else result.cast(target)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as exc:
         logger.info("reading %s with pyiceberg: %s", where, exc)
         return None

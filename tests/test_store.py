@@ -603,3 +603,42 @@ def test_explicit_warehouse_and_catalog(tmp_path: Path) -> None:
         assert lake.table_info("a.t").metadata_location.startswith(f"file://{warehouse}/a/t-")
     assert (tmp_path / "meta" / "cat.db").exists()
     assert not (tmp_path / "h" / "catalog.db").exists()
+
+
+def _pyiceberg_scan(lake: Lakehouse, key: str, columns: list[str], row_filter: str | None
+                    ) -> pa.Table:
+    """The same scan done by pyiceberg alone, the reference for the multi-threaded reader."""
+    from store.scan import parse_filter
+    from store.transaction import load_table
+
+    table = load_table(lake.view("main"), key)
+    expression = parse_filter(row_filter, table.schema(), key)
+    return table.scan(row_filter=expression, selected_fields=tuple(columns)).to_arrow().select(
+        columns)
+
+
+@pytest.mark.parametrize("row_filter", [None, "Price > 1.5", "Region = 'Asia'"])
+def test_a_scan_of_files_of_different_types_reads_as_pyiceberg_does(
+    lake: Lakehouse, row_filter: str | None
+) -> None:
+    """An append of narrower values (float32 into a double column, int32 into a long one)
+    leaves files of two types: every value comes back exact, in the table's types."""
+    exact = pa.table({"Id": pa.array([1 << 40, 2], pa.int64()), "Region": ["Europe", "Asia"],
+                      "Price": pa.array([1.123456789012345, 2.5], pa.float64())})
+    narrow = pa.table({"Id": pa.array([3], pa.int32()), "Region": ["Asia"],
+                       "Price": pa.array([1.75], pa.float32())})
+    transaction = lake.begin()
+    transaction.write("sales.prices", exact)
+    transaction.publish("prices")
+    # As a model's appended output arrives: a Parquet file of its own types, then added.
+    from store.files import write_parquet
+
+    transaction = lake.begin()
+    written = write_parquet(narrow, transaction.data_location("sales.prices"), "narrow.parquet")
+    transaction.add_files("sales.prices", [written], narrow.schema, "append")
+    transaction.publish("more prices")
+    for columns in (["Id", "Price"], ["Region", "Id"], ["Price"]):
+        got = lake.scan("sales.prices", columns=columns, row_filter=row_filter)
+        want = _pyiceberg_scan(lake, "sales.prices", columns, row_filter)
+        assert got.equals(want), (columns, got, want)
+    assert 1.123456789012345 in lake.scan("sales.prices", columns=["Price"]).column(0).to_pylist()
