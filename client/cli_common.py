@@ -104,25 +104,28 @@ def local_client() -> Client:
 
 
 def run(work: Callable[[Client], Awaitable[T]]) -> T:
-    """Run ``work`` against the cluster, or against an embedded one started for it."""
+    """Run ``work`` against the cluster, or against this home's resident daemon (found,
+    started or replaced before any event loop runs)."""
 
-    async def go() -> T:
-        # SIGTERM (timeout, CI, systemd) stops the command like Ctrl-C does: the run is
-        # cancelled and embedded daemons are shut down, not orphaned.
+    async def go(client: Client) -> T:
+        # SIGTERM (timeout, CI, systemd) stops the command like Ctrl-C does: an attached
+        # run is cancelled.
         main = asyncio.current_task()
         assert main is not None
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main.cancel)
-        if settings.cluster:
-            return await work(Client(settings.cluster, token_file=settings.token_file))
-        return await work(local_client())
+        return await work(client)
 
     try:
+        if settings.cluster:
+            client = Client(settings.cluster, token_file=settings.token_file)
+        else:
+            client = local_client()
         try:
             import uvloop
 
-            return uvloop.run(go())
+            return uvloop.run(go(client))
         except ImportError:
-            return asyncio.run(go())
+            return asyncio.run(go(client))
     except FunctionFailed as exc:
         if exc.detail:
             err(exc.detail.rstrip())

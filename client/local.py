@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from protocol.errors import FaasError
-from protocol.version import build_id
+from protocol.version import build_id, settings_fingerprint
 
 INFO_FILE = "daemon.json"
 LOCK_FILE = "daemon.lock"
@@ -146,6 +146,9 @@ def ensure_daemon(
     info = read_info(home)
     if (info is not None and info["version"] == build_id() and info.get("home") == str(home)
             and _is_daemon(info["pid"])):
+        if info.get("settings", settings_fingerprint()) != settings_fingerprint():
+            notice("the local faas daemon was started with other AWS_* settings (its "
+                   "functions use those); 'faas local stop' to start one with these")
         return info
     _open_home(home)
     with _Lock(home):
@@ -159,6 +162,13 @@ def ensure_daemon(
             if _is_daemon(info["pid"]):
                 if info["version"] == build_id():
                     return info
+                busy = _runs_in_flight(home, info)
+                if busy:
+                    raise FaasError(
+                        f"the local faas daemon (pid {info['pid']}) runs faas "
+                        f"{info['version']}, not {build_id()}, and has {busy} run(s) in flight: "
+                        f"let them finish, or 'faas local stop' to cancel them"
+                    )
                 notice(f"replacing the local faas daemon (pid {info['pid']}, faas "
                        f"{info['version']}) with faas {build_id()}")
                 _stop(info)
@@ -169,6 +179,23 @@ def ensure_daemon(
             (home / INFO_FILE).unlink(missing_ok=True)
         return _start(home, idle_minutes if idle_minutes is not None else idle_minutes_default(),
                       memory, port)
+
+
+def _runs_in_flight(home: Path, info: dict[str, Any]) -> int:
+    """How many runs a live daemon has going; 0 when it cannot say."""
+    import asyncio
+
+    from client.client import Client
+    from protocol.auth import load_token
+
+    async def ask() -> int:
+        data = await Client(info["address"], token=load_token(home / "token")).info()
+        return int(data.get("runs", 0))
+
+    try:
+        return asyncio.run(asyncio.wait_for(ask(), 10))
+    except (FaasError, OSError, TimeoutError, ValueError):
+        return 0
 
 
 def _start(home: Path, idle_minutes: float, memory: str | None, port: int) -> dict[str, Any]:

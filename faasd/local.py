@@ -29,7 +29,7 @@ from typing import Any
 
 from protocol.auth import ensure_token
 from protocol.errors import FaasError
-from protocol.version import build_id
+from protocol.version import build_id, settings_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +98,7 @@ class LocalDaemon:
             "version": build_id(), "pid": os.getpid(), "address": self.scheduler.address,
             "worker_pid": self.worker.pid, "started": time.time(), "idle_seconds": self.idle,
             "home": str(self.home), "logs": str(self.home / "logs"),
+            "settings": settings_fingerprint(),
         }
         tmp = self.info_path.with_name(f".{INFO_FILE}.{os.getpid()}")
         tmp.write_text(json.dumps(info, indent=1) + "\n")

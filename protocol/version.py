@@ -3,7 +3,8 @@
 A resident daemon records the build it runs; a command of another build replaces
 it, so an upgrade (or, in a source checkout, an edit) never talks to stale code.
 The fingerprint is the size and modification time of every module of ours: a
-stat per file, about a millisecond, and no file is read.
+stat per file, about a millisecond, and no file is read. A daemon also records which
+settings it took from the environment that started it (settings_fingerprint).
 """
 
 from __future__ import annotations
@@ -30,3 +31,10 @@ def build_id() -> str:
                 st = entry.stat()
                 h.update(f"{package}/{entry.name}:{st.st_size}:{st.st_mtime_ns};".encode())
     return f"{VERSION}+{h.hexdigest()[:12]}"
+
+
+def settings_fingerprint(env: dict[str, str] | None = None) -> str:
+    """A hash of the settings a daemon takes from the environment of the command that
+    starts it and hands to its functions (the AWS_* variables)."""
+    items = sorted((k, v) for k, v in (env or os.environ).items() if k.startswith("AWS_"))
+    return hashlib.sha256(repr(items).encode()).hexdigest()[:16]

@@ -154,7 +154,7 @@ import faas
 @faas.model(materialize="replace")
 def slow(t=faas.Model("territories")):
     print("before the pause", flush=True)
-    time.sleep(2)
+    time.sleep(4)
     print("after the pause", flush=True)
     return t
 '''
@@ -209,15 +209,15 @@ def test_ctrl_c_on_follow_stops_following_not_the_run(
     import_territories(cluster, example_data)
     project = write_project(tmp_path, SLOW)
     run_id = cluster.faas("submit", str(project), "-n", "adventure", "-d", check=True).stdout.strip()
-    follow = subprocess.Popen(
+    with subprocess.Popen(
         [sys.executable, "-m", "client.cli", "job", "logs", run_id, "--follow"],
         env=cluster.env(), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
-    assert follow.stdout is not None
-    while "before the pause" not in follow.stdout.readline():
-        pass
-    follow.send_signal(signal.SIGINT)
-    follow.communicate(timeout=30)
+    ) as follow:
+        assert follow.stdout is not None
+        while "before the pause" not in follow.stdout.readline():
+            pass
+        follow.send_signal(signal.SIGINT)
+        follow.communicate(timeout=30)
     assert follow.returncode == 130
     done = cluster.faas("job", "logs", run_id, "--follow", check=True)
     assert f"run {run_id} succeeded" in done.stdout

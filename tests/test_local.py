@@ -54,9 +54,9 @@ def test_commands_started_at_once_share_one_daemon(local: LocalHome) -> None:
         )
         for _ in range(4)
     ]
-    for p in procs:
-        _, stderr = p.communicate(timeout=120)
-        assert p.returncode == 0, stderr
+    outcomes = [(p.communicate(timeout=120)[1], p.returncode) for p in procs]
+    for stderr, code in outcomes:
+        assert code == 0, stderr
     info = local.info()
     assert sorted(local.daemons()) == sorted([info["pid"], info["worker_pid"]])
 
@@ -157,14 +157,14 @@ def test_ctrl_c_cancels_the_run_but_never_the_daemon(local: LocalHome, example_d
     )
     daemon = local.info()
     # A terminal sends SIGINT to its foreground process group: the CLI's, not the daemon's.
-    submit = subprocess.Popen(
+    with subprocess.Popen(
         [sys.executable, "-m", "client.cli", "submit", str(project), "-n", "adventure"],
         env=local.env(), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         process_group=0,
-    )
-    _wait(marker.exists, "the function never started", timeout=120)
-    os.killpg(submit.pid, signal.SIGINT)
-    _, stderr = submit.communicate(timeout=60)
+    ) as submit:
+        _wait(marker.exists, "the function never started", timeout=120)
+        os.killpg(submit.pid, signal.SIGINT)
+        _, stderr = submit.communicate(timeout=60)
     assert submit.returncode == 130, stderr
     assert _alive(daemon["pid"]) and _alive(daemon["worker_pid"])
     _wait(lambda: local.json("job", "ls")[0]["status"] == "cancelled", "the run was not cancelled")
@@ -220,3 +220,59 @@ def test_a_home_that_cannot_be_written_is_one_line(tmp_path: Path) -> None:
         ro.mkdir()
         ro.chmod(0o500)
         one_line_error(LocalHome(ro / "home").faas("namespace", "ls"), str(ro / "home"))
+
+
+def test_a_daemon_of_another_version_with_runs_in_flight_is_kept(
+    local: LocalHome, example_data: Path
+) -> None:
+    local.faas("namespace", "create", "adventure", check=True)
+    local.faas("table", "import", "adventure.territories", str(example_data / "territories.csv"),
+               check=True)
+    project = local.home.parent / "slow"
+    project.mkdir()
+    marker = local.home.parent / "started"
+    (project / "models.py").write_text(
+        "import time\nimport faas\n\n\n@faas.model(materialize='replace')\n"
+        f"def slow(t=faas.Model('territories')):\n    open({str(marker)!r}, 'w').close()\n"
+        "    time.sleep(3)\n    return t\n"
+    )
+    run_id = local.faas("submit", str(project), "-n", "adventure", "-d", check=True).stdout.strip()
+    _wait(marker.exists, "the function never started", timeout=120)
+    old = local.info()
+    (local.home / "daemon.json").write_text(json.dumps({**old, "version": "0.0.1"}))
+    line = one_line_error(local.faas("namespace", "ls"), "1 run(s) in flight", "faas local stop")
+    assert "0.0.1" in line and _alive(old["pid"])
+    (local.home / "daemon.json").write_text(json.dumps(old))
+    followed = local.faas("job", "logs", run_id, "--follow")
+    assert followed.returncode == 0 and "succeeded" in followed.stdout
+
+
+def test_other_aws_settings_are_noticed_and_bad_idle_times_refused(local: LocalHome) -> None:
+    local.faas("namespace", "ls", check=True)
+    proc = local.faas("namespace", "ls", check=True,
+                      env=local.env(AWS_ENDPOINT_URL="http://127.0.0.1:9"))
+    assert "started with other AWS_* settings" in proc.stderr
+    assert "AWS" not in local.faas("namespace", "ls", check=True).stderr
+    local.faas("local", "stop", check=True)
+    for bad in ("0", "-3", "soon", "nan"):
+        one_line_error(local.faas("namespace", "ls", env=local.env(FAAS_LOCAL_IDLE=bad)),
+                       "FAAS_LOCAL_IDLE")
+    assert local.daemons() == []
+
+
+def test_a_home_copied_with_its_record_gets_a_daemon_of_its_own(
+    local: LocalHome, tmp_path: Path
+) -> None:
+    import shutil
+
+    local.faas("namespace", "create", "sales", check=True)
+    original = local.info()
+    copy = LocalHome(tmp_path / "copy")
+    shutil.copytree(local.home, copy.home, ignore=shutil.ignore_patterns("logs", "*.lock"))
+    try:
+        proc = copy.faas("namespace", "ls", check=True)
+        assert f"describes the daemon of {local.home}" in proc.stderr
+        assert copy.info()["pid"] != original["pid"] and copy.info()["home"] == str(copy.home)
+        assert _alive(original["pid"])  # the other home's daemon is left alone
+    finally:
+        copy.stop()
