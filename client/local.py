@@ -13,6 +13,7 @@ Everything here is synchronous and imports little: it runs before every command.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import math
@@ -253,17 +254,22 @@ def _wait_gone(pid: int, role: str, timeout: float) -> bool:
     return True
 
 
-def _stop(info: dict[str, Any]) -> None:
-    """SIGTERM the daemon (it stops its worker and removes daemon.json), SIGKILL if it
-    does not go in time."""
-    pid = info["pid"]
+def _terminate(pid: int, role: str) -> None:
+    """SIGTERM a ``faasd ROLE`` process, SIGKILL if it does not go in time."""
     try:
         os.kill(pid, signal.SIGTERM)
     except ProcessLookupError:
-        pass
-    if not _wait_gone(pid, "local", STOP_TIMEOUT):
-        os.kill(pid, signal.SIGKILL)
-        _wait_gone(pid, "local", 5)
+        return
+    if not _wait_gone(pid, role, STOP_TIMEOUT):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        _wait_gone(pid, role, 5)
+
+
+def _stop(info: dict[str, Any]) -> None:
+    """Stop the daemon (it stops its worker and removes daemon.json), then whatever of its
+    worker is left."""
+    _terminate(info["pid"], "local")
     _stop_worker(info)
 
 
@@ -271,12 +277,7 @@ def _stop_worker(info: dict[str, Any]) -> None:
     """A worker left by a daemon that died (its parent-death signal also stops it)."""
     pid = info.get("worker_pid")
     if isinstance(pid, int) and _is_daemon(pid, "worker"):
-        try:
-            os.kill(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            return
-        if not _wait_gone(pid, "worker", STOP_TIMEOUT):
-            os.kill(pid, signal.SIGKILL)
+        _terminate(pid, "worker")
 
 
 def stop_daemon(home: Path, *, notice: Notice) -> dict[str, Any] | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -33,8 +34,30 @@ EXAMPLE = ROOT / "examples" / "adventureworks"
 SOURCE_TABLES = ("product", "product_category", "product_subcategory", "sale", "territories")
 
 
+class FaasCli:
+    """Runs the `faas` CLI in a subprocess with the environment its ``env()`` gives."""
+
+    def env(self) -> dict[str, str]:
+        raise NotImplementedError
+
+    def faas(self, *args: str, check: bool = False, timeout: float = 180,
+             env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        """Run ``faas ARGS``; with ``check``, a failure raises with its output."""
+        proc = subprocess.run(
+            [sys.executable, "-m", "client.cli", *args], env=env or self.env(), cwd=ROOT,
+            capture_output=True, text=True, timeout=timeout,
+        )
+        if check and proc.returncode != 0:
+            raise AssertionError(f"faas {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
+        return proc
+
+    def json(self, *args: str) -> Any:
+        """Run a `faas` command with --json; what it printed, parsed."""
+        return json.loads(self.faas(*args, "--json", check=True).stdout)
+
+
 @dataclass
-class Cluster:
+class Cluster(FaasCli):
     home: Path
     address: str
     token_file: Path
@@ -49,20 +72,6 @@ class Cluster:
         env["FAAS_TOKEN_FILE"] = str(self.token_file)
         env["FAAS_HOME"] = str(self.home)
         return env
-
-    def faas(self, *args: str, check: bool = False, timeout: float = 180) -> subprocess.CompletedProcess[str]:
-        """Run the `faas` CLI against this cluster."""
-        proc = subprocess.run(
-            [sys.executable, "-m", "client.cli", *args], env=self.env(), cwd=ROOT,
-            capture_output=True, text=True, timeout=timeout,
-        )
-        if check and proc.returncode != 0:
-            raise AssertionError(f"faas {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
-        return proc
-
-    def json(self, *args: str) -> Any:
-        """Run a `faas` command with --json; what it printed, parsed."""
-        return json.loads(self.faas(*args, "--json", check=True).stdout)
 
     def add_worker(
         self, tmp: Path, name: str, *args: str, env: dict[str, str] | None = None
@@ -179,6 +188,13 @@ def example_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+def as_from_a_terminal() -> None:
+    """For a CLI a test interrupts as Ctrl-C would (``preexec_fn``): SIGINT at its default,
+    as a terminal's foreground job has it, even when the suite itself was started in the
+    background by a shell that ignores SIGINT for its background jobs (and so for ours)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def one_line_error(proc: subprocess.CompletedProcess[str], *needles: str) -> str:
     """Assert a command failed with exactly one error line, no traceback, naming ``needles``."""
     assert proc.returncode != 0, proc.stdout
@@ -218,7 +234,7 @@ os.environ.setdefault("FAAS_LOCAL_IDLE", "10")
 
 
 @dataclass
-class LocalHome:
+class LocalHome(FaasCli):
     """A FAAS_HOME used without a cluster address: commands start its resident daemon."""
 
     home: Path
@@ -228,19 +244,6 @@ class LocalHome:
         env["FAAS_HOME"] = str(self.home)
         env.update(extra)
         return env
-
-    def faas(self, *args: str, check: bool = False, timeout: float = 180,
-             env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-        proc = subprocess.run(
-            [sys.executable, "-m", "client.cli", *args], env=env or self.env(), cwd=ROOT,
-            capture_output=True, text=True, timeout=timeout,
-        )
-        if check and proc.returncode != 0:
-            raise AssertionError(f"faas {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
-        return proc
-
-    def json(self, *args: str) -> Any:
-        return json.loads(self.faas(*args, "--json", check=True).stdout)
 
     def info(self) -> dict[str, Any]:
         return json.loads((self.home / "daemon.json").read_text())  # type: ignore[no-any-return]

@@ -22,6 +22,7 @@ from tests.conftest import (
     SOURCE_TABLES,
     Cluster,
     LocalHome,
+    as_from_a_terminal,
     import_territories,
     start_daemon,
     stop_daemon,
@@ -212,6 +213,7 @@ def test_ctrl_c_on_follow_stops_following_not_the_run(
     with subprocess.Popen(
         [sys.executable, "-m", "client.cli", "job", "logs", run_id, "--follow"],
         env=cluster.env(), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=as_from_a_terminal,
     ) as follow:
         assert follow.stdout is not None
         while "before the pause" not in follow.stdout.readline():

@@ -16,7 +16,7 @@ from typing import Any
 import psutil
 import pytest
 
-from tests.conftest import ROOT, Cluster, import_territories, write_project
+from tests.conftest import ROOT, Cluster, as_from_a_terminal, import_territories, write_project
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -121,6 +121,7 @@ def test_ctrl_c_cancels_the_run(cluster: Cluster, example_data: Path, tmp_path: 
     submit = subprocess.Popen(
         [sys.executable, "-m", "client.cli", "submit", str(project), "-n", "adventure"],
         env=cluster.env(), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=as_from_a_terminal,
     )
     deadline = time.monotonic() + 60
     while not pid_file.exists() or not pid_file.read_text():

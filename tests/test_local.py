@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, LocalHome, one_line_error
+from tests.conftest import ROOT, LocalHome, as_from_a_terminal, one_line_error
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -143,23 +143,31 @@ def test_local_status_start_and_stop(local: LocalHome) -> None:
     assert "no local faas daemon was running" in local.faas("local", "stop", check=True).stdout
 
 
-def test_ctrl_c_cancels_the_run_but_never_the_daemon(local: LocalHome, example_data: Path) -> None:
+def _marked_project(local: LocalHome, data: Path, body: str) -> tuple[Path, Path]:
+    """A namespace with territories and a one-model project that touches a marker file as
+    it starts, then runs ``body``; the project and the marker."""
     local.faas("namespace", "create", "adventure", check=True)
-    local.faas("table", "import", "adventure.territories", str(example_data / "territories.csv"),
+    local.faas("table", "import", "adventure.territories", str(data / "territories.csv"),
                check=True)
-    project = local.home.parent / "forever"
+    project = local.home.parent / "project"
     project.mkdir()
     marker = local.home.parent / "started"
     (project / "models.py").write_text(
         "import time\nimport faas\n\n\n@faas.model(materialize='replace')\n"
-        f"def forever(t=faas.Model('territories')):\n    open({str(marker)!r}, 'w').close()\n"
-        "    while True:\n        time.sleep(0.1)\n"
+        f"def marked(t=faas.Model('territories')):\n    open({str(marker)!r}, 'w').close()\n"
+        f"    {body}\n    return t\n"
     )
+    return project, marker
+
+
+def test_ctrl_c_cancels_the_run_but_never_the_daemon(local: LocalHome, example_data: Path) -> None:
+    project, marker = _marked_project(local, example_data, "while True: time.sleep(0.1)")
     daemon = local.info()
     # A terminal sends SIGINT to its foreground process group: the CLI's, not the daemon's.
     with subprocess.Popen(
         [sys.executable, "-m", "client.cli", "submit", str(project), "-n", "adventure"],
         env=local.env(), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=as_from_a_terminal,
         process_group=0,
     ) as submit:
         _wait(marker.exists, "the function never started", timeout=120)
@@ -225,17 +233,7 @@ def test_a_home_that_cannot_be_written_is_one_line(tmp_path: Path) -> None:
 def test_a_daemon_of_another_version_with_runs_in_flight_is_kept(
     local: LocalHome, example_data: Path
 ) -> None:
-    local.faas("namespace", "create", "adventure", check=True)
-    local.faas("table", "import", "adventure.territories", str(example_data / "territories.csv"),
-               check=True)
-    project = local.home.parent / "slow"
-    project.mkdir()
-    marker = local.home.parent / "started"
-    (project / "models.py").write_text(
-        "import time\nimport faas\n\n\n@faas.model(materialize='replace')\n"
-        f"def slow(t=faas.Model('territories')):\n    open({str(marker)!r}, 'w').close()\n"
-        "    time.sleep(3)\n    return t\n"
-    )
+    project, marker = _marked_project(local, example_data, "time.sleep(3)")
     run_id = local.faas("submit", str(project), "-n", "adventure", "-d", check=True).stdout.strip()
     _wait(marker.exists, "the function never started", timeout=120)
     old = local.info()
