@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import MutableMapping
 from typing import TYPE_CHECKING
 
 from pyiceberg.catalog import MetastoreCatalog, PropertiesUpdateSummary
@@ -63,6 +64,7 @@ class CommitCatalog(MetastoreCatalog):
         ref: str,
         warehouse: str,
         properties: Properties = EMPTY_DICT,
+        metadata_cache: MutableMapping[str, TableMetadata] | None = None,
     ) -> None:
         super().__init__("faas", **{**properties, "warehouse": warehouse})
         self.versioned = versioned
@@ -71,7 +73,11 @@ class CommitCatalog(MetastoreCatalog):
         self.warehouse = warehouse.rstrip("/")
         # (kind, key) -> value; None = dropped. Insertion order is kept for logs.
         self._staged: dict[tuple[ChangeKind, str], str | None] = {}
-        self._metadata_cache: dict[str, TableMetadata] = {}
+        # Metadata files never change once written: parsed once, by location, and shared
+        # between the views of one lakehouse when it passes its cache.
+        self._metadata_cache: MutableMapping[str, TableMetadata] = (
+            {} if metadata_cache is None else metadata_cache
+        )
         # Keys whose next create replaces the table instead of failing on it.
         self._recreating: set[str] = set()
 

@@ -13,10 +13,11 @@ the :class:`store.VersionedCatalog`; there is one way to call each.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections import OrderedDict
+from collections.abc import Callable, MutableMapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Self
+from typing import Any, Literal, Self
 
 import pyarrow as pa
 
@@ -91,6 +92,7 @@ class Lakehouse:
         self.io_properties = storage.io_properties(io_properties)
         storage.check_warehouse(self.warehouse, self.io_properties)
         self.catalog = VersionedCatalog(catalog or f"sqlite:///{self.home}/catalog.db")
+        self._metadata: MutableMapping[str, Any] = _Recent(METADATA_KEPT)
         logger.info(
             "lakehouse at %s: catalog %r, warehouse %s", self.home, self.catalog, self.warehouse
         )
@@ -110,7 +112,8 @@ class Lakehouse:
     def view_at(self, commit: str, ref: str) -> CommitCatalog:
         """A pyiceberg catalog over ``commit``; ``ref`` names it in messages."""
         return CommitCatalog(
-            self.catalog, commit, ref=ref, warehouse=self.warehouse, properties=self.io_properties
+            self.catalog, commit, ref=ref, warehouse=self.warehouse, properties=self.io_properties,
+            metadata_cache=self._metadata,
         )
 
     def view(self, ref: str = "main") -> CommitCatalog:
@@ -401,3 +404,30 @@ class Lakehouse:
                 raise NotFound(f"table {key!r} not found at ref {ref!r}") from e
             tables[name] = scan_table(load_table(view, key), name=f"table {key!r}")
         return query_tables(sql, tables)
+
+
+# Parsed Iceberg metadata files a lakehouse keeps between views (planning reads every
+# table of a project at each submit; most have not changed since the last one).
+METADATA_KEPT = 512
+
+
+class _Recent(OrderedDict):  # type: ignore[type-arg]
+    """A dict that forgets its least recently used entries past ``size``."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.size = size
+
+    def __getitem__(self, key: Any) -> Any:
+        value = super().__getitem__(key)
+        self.move_to_end(key)
+        return value
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        return self[key] if key in self else default
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        super().__setitem__(key, value)
+        self.move_to_end(key)
+        while len(self) > self.size:
+            self.popitem(last=False)
