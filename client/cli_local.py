@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from typing import Any, Optional
 
@@ -27,14 +26,10 @@ def _span(seconds: float) -> str:
 
 def _live(info: dict[str, Any]) -> dict[str, Any]:
     """What the daemon itself says: idle time and runs in flight."""
-    from client.client import Client
-    from protocol.auth import load_token
-
-    async def ask() -> dict[str, Any]:
-        return await Client(info["address"], token=load_token(home_dir() / "token")).info()
+    from client.local import ask_daemon
 
     try:
-        return asyncio.run(ask())
+        return ask_daemon(home_dir(), info)
     except FaasError as exc:
         return {"error": str(exc)}
 

@@ -148,10 +148,8 @@ class Run:
     async def cancel(self) -> None:
         """Cancel the run (for an attached run, by hanging up: the scheduler stops it when
         its connection goes away)."""
-        if self.attached:
-            await self.conn.aclose()
-        else:
-            await self.conn.aclose()
+        await self.conn.aclose()
+        if not self.attached:
             await self.client.cancel_run(self.run_id)
 
 

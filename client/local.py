@@ -182,20 +182,30 @@ def ensure_daemon(
                       memory, port)
 
 
-def _runs_in_flight(home: Path, info: dict[str, Any]) -> int:
-    """How many runs a live daemon has going; 0 when it cannot say."""
+def ask_daemon(home: Path, info: dict[str, Any], timeout: float = 10.0) -> dict[str, Any]:
+    """What a live daemon says of itself (its cluster info: runs, idle time, workers).
+
+    Raises FaasError when it does not answer."""
     import asyncio
 
     from client.client import Client
     from protocol.auth import load_token
 
-    async def ask() -> int:
-        data = await Client(info["address"], token=load_token(home / "token")).info()
-        return int(data.get("runs", 0))
+    async def ask() -> dict[str, Any]:
+        return await Client(info["address"], token=load_token(home / "token")).info()
 
     try:
-        return asyncio.run(asyncio.wait_for(ask(), 10))
-    except (FaasError, OSError, TimeoutError, ValueError):
+        return asyncio.run(asyncio.wait_for(ask(), timeout))
+    except TimeoutError:
+        raise FaasError(f"the local faas daemon on {info['address']} did not answer "
+                        f"within {timeout:.0f} s") from None
+
+
+def _runs_in_flight(home: Path, info: dict[str, Any]) -> int:
+    """How many runs a live daemon has going; 0 when it cannot say."""
+    try:
+        return int(ask_daemon(home, info).get("runs", 0))
+    except (FaasError, OSError, ValueError):
         return 0
 
 

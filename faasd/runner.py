@@ -102,16 +102,22 @@ def _load_input(inp: ScanInput | ObjectInput, task: FunctionTask, report: _Colum
         report.entries.update(dict(stats.new_entries))
         source, name = "scan", inp.key
     else:
-        path = task.objects[inp.object_id]
-        # Memory-mapped: the table's buffers point into the shared file, nothing is copied.
-        table = pa.ipc.open_file(pa.memory_map(path, "r")).read_all()
-        table = _apply(table, inp.columns, inp.filter)
+        table = _mapped(inp, task)
         source, name = "object", inp.node
     report.inputs.append(InputRead(
         param=inp.param, source=source, name=name, seconds=time.perf_counter() - t0,
         rows=table.num_rows, nbytes=table.nbytes,
     ))
     return table
+
+
+def _mapped(inp: ObjectInput, task: FunctionTask) -> Any:
+    """An upstream object, memory-mapped: the table's buffers point into the shared file,
+    nothing is copied (unless the input's filter or columns make a new table)."""
+    import pyarrow as pa
+
+    table = pa.ipc.open_file(pa.memory_map(task.objects[inp.object_id], "r")).read_all()
+    return _apply(table, inp.columns, inp.filter)
 
 
 def _open_stream(
@@ -132,10 +138,7 @@ def _open_stream(
         report.read += [f"{inp.key}.{c}" for c in reader.schema.names]
         source, name = "scan", inp.key
     else:
-        table = _apply(
-            pa.ipc.open_file(pa.memory_map(task.objects[inp.object_id], "r")).read_all(),
-            inp.columns, inp.filter,
-        )
+        table = _mapped(inp, task)
         reader = pa.RecordBatchReader.from_batches(table.schema, table.to_batches())
         source, name = "object", inp.node
     # Rows and bytes are not known before the function reads them.

@@ -94,7 +94,6 @@ class InputRead(msgspec.Struct, frozen=True, kw_only=True):
     nbytes: int = 0
 
 
-
 class ScanInput(msgspec.Struct, frozen=True, kw_only=True, tag_field="kind", tag="scan"):
     """An input read from an Iceberg table inside the function process."""
 

@@ -4,21 +4,20 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from collections import OrderedDict
 from typing import Any
 
 from protocol.errors import InvalidInput, NotFound
 from protocol.messages import SubmitRun
 from scheduler.plan import CACHE_KEY_PROPERTY, EXACT_PROPERTY, Plan, SourceTable, build_plan
 from scheduler.project import Project, read_project
+from store.lakehouse import Recent
 from store.transaction import load_table, table_info
 
 
 # Projects read lately, by a hash of their files: an unchanged re-submit (the common
 # case while iterating) skips parsing and hashing every syntax tree again. Reading is a
 # pure function of the files, so a hit is exactly what reading again would give.
-_READ: OrderedDict[str, Project] = OrderedDict()
-_READ_KEEP = 16
+_READ: Recent = Recent(16)
 
 
 def _read(files: dict[str, str]) -> Project:
@@ -30,10 +29,7 @@ def _read(files: dict[str, str]) -> Project:
     project = _READ.get(digest)
     if project is None:
         project = _READ[digest] = read_project(files, partial=True)
-        while len(_READ) > _READ_KEEP:
-            _READ.popitem(last=False)
-    _READ.move_to_end(digest)
-    return project
+    return project  # type: ignore[no-any-return]
 
 
 def plan_submission(lh: Any, request: SubmitRun, python_versions: set[str] | None) -> Plan:

@@ -181,9 +181,10 @@ class Scheduler:
         self.status = "closed"
         log.info("scheduler closed")
 
-    def idle_for(self) -> float:
-        """Seconds since the last client left or the last run ended; 0 while either is on."""
-        if self.clients or self.runs:
+    def idle_for(self, asking: int = 0) -> float:
+        """Seconds since the last client left or the last run ended; 0 while either is on
+        (but the ``asking`` clients, which are asking this)."""
+        if self.clients > asking or self.runs:
             return 0.0
         return time.monotonic() - self.last_active
 
@@ -449,9 +450,7 @@ class Scheduler:
                     "pid": os.getpid(),
                     "started": self.started,
                     "runs": len(self.runs),
-                    # This request's own connection counts as a client; idle otherwise.
-                    "idle_seconds": 0.0 if self.clients > 1 or self.runs
-                    else time.monotonic() - self.last_active,
+                    "idle_seconds": self.idle_for(asking=1),
                     "workers": [
                         {
                             "worker_id": w.worker_id, "host_id": w.host_id,
@@ -584,27 +583,24 @@ class Scheduler:
         self.runs[run_id] = run
         self.coordinators[run_id] = coordinator
         # Accepted only once the run is known: a follower or a cancel may come at once.
+        accepted = False
         try:
             await conn.send(RunAccepted(run_id=run_id, nodes=plan.order))
-        except BaseException:
-            if attached is not None:  # nobody will ever hear of it: stop it
+            accepted = True
+        finally:
+            if attached is None:  # a detached run ends on its own, heard or not
+                self.background(self._finish(run_id, run, None))
+            elif not accepted:  # nobody will ever hear of it: stop it
                 run.cancel()
                 await asyncio.gather(run, return_exceptions=True)
                 self._forget(run_id, self._outcome(run_id, run))
-            else:
-                self.background(self._finish(run_id, run, None))
-            raise
-        if attached is None:
-            self.background(self._finish(run_id, run, None))
-        else:
+        if attached is not None:
             await self._finish(run_id, run, attached)
 
     async def _finish(self, run_id: str, run: asyncio.Task[RunFinished],
                       conn: Connection[Any] | None) -> None:
         """Wait for a run, record how it ended, tell its followers (and its client, when
         it has one: a client that hangs up first cancels it)."""
-        jobs = self.jobs
-        assert jobs is not None
         coordinator = self.coordinators[run_id]
         watcher = asyncio.create_task(conn.recv()) if conn is not None else None
         result: RunFinished | None = None

@@ -92,7 +92,7 @@ class Lakehouse:
         self.io_properties = storage.io_properties(io_properties)
         storage.check_warehouse(self.warehouse, self.io_properties)
         self.catalog = VersionedCatalog(catalog or f"sqlite:///{self.home}/catalog.db")
-        self._metadata: MutableMapping[str, Any] = _Recent(METADATA_KEPT)
+        self._metadata: MutableMapping[str, Any] = Recent(METADATA_KEPT)
         logger.info(
             "lakehouse at %s: catalog %r, warehouse %s", self.home, self.catalog, self.warehouse
         )
@@ -411,7 +411,7 @@ class Lakehouse:
 METADATA_KEPT = 512
 
 
-class _Recent(OrderedDict):  # type: ignore[type-arg]
+class Recent(OrderedDict):  # type: ignore[type-arg]
     """A dict that forgets its least recently used entries past ``size``."""
 
     def __init__(self, size: int) -> None:

@@ -642,3 +642,31 @@ def test_a_scan_of_files_of_different_types_reads_as_pyiceberg_does(
         want = _pyiceberg_scan(lake, "sales.prices", columns, row_filter)
         assert got.equals(want), (columns, got, want)
     assert 1.123456789012345 in lake.scan("sales.prices", columns=["Price"]).column(0).to_pylist()
+
+
+def test_parquet_parts_keep_order_and_a_failed_stream_leaves_no_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pyarrow.parquet as pq
+
+    from store import files
+
+    monkeypatch.setattr(files, "PART_ROWS", 3)
+    schema = pa.schema({"n": pa.int64()})
+    rows = list(range(20))
+    reader = pa.RecordBatchReader.from_batches(
+        schema, (pa.record_batch({"n": rows[i:i + 2]}, schema=schema) for i in range(0, 20, 2))
+    )
+    written, count = files.write_parquet_parts(reader, str(tmp_path / "ok"), "out", threads=2)
+    assert count == 20 and len(written) == 5  # parts of 4 rows: two batches of two each
+    assert [n for f in written for n in pq.read_table(f).column("n").to_pylist()] == rows
+
+    def failing():  # type: ignore[no-untyped-def]
+        for i in range(0, 12, 2):
+            yield pa.record_batch({"n": rows[i:i + 2]}, schema=schema)
+        raise RuntimeError("the source went away")
+
+    with pytest.raises(RuntimeError, match="the source went away"):
+        files.write_parquet_parts(pa.RecordBatchReader.from_batches(schema, failing()),
+                                  str(tmp_path / "bad"), "out", threads=2)
+    assert not list((tmp_path / "bad").glob("*.parquet"))  # the parts written are removed
