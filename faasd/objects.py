@@ -13,17 +13,33 @@ disk (still served and mapped from there, and moved back when used again),
 columns are dropped (storage has them). Spilled objects over the disk budget
 are deleted last.
 
+Every process that reads an object holds a shared ``flock`` on its file for as
+long as it may touch the bytes (:func:`hold`): the function processes that map
+it, the peer server sending it, the worker writing its Parquet file. The kernel
+keeps that count of readers, and drops a reader's lock when the process dies
+however it dies. A deleted object that no process holds keeps its pages: its
+file moves to ``<root>/free`` and the next object pulled from another host is
+received into those pages rather than into freshly allocated ones, which is
+what a transfer into shared memory mostly costs (as Ray's plasma store reuses
+its arena). The free pages count against the store's budget and are the first
+thing given back when memory is needed.
+
 Every method runs on the worker's event loop; files move in a thread.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
 import logging
 import os
 import re
 import shutil
+import threading
+import uuid
 from collections import OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,6 +48,39 @@ log = logging.getLogger(__name__)
 _COLUMN_FILE = re.compile(r"col-[0-9a-f]{32}\.arrow")
 # Keep this much of the shm filesystem free whatever the budget says.
 SHM_RESERVE = 64 * 2**20
+# Deleted objects' pages kept for reuse: at most this share of the budget...
+FREE_SHARE = 4
+# ...and only files at least this large (small ones cost little to allocate afresh).
+FREE_MIN = 4 * 2**20
+
+
+def hold(path: str | os.PathLike[str]) -> int:
+    """Open an object file for reading and hold a shared lock on it for as long as the
+    returned fd is open (by this process or any child that inherits it).
+
+    The store reuses an object's pages only when it can lock the file exclusively, so
+    holding this fd keeps the bytes behind every mapping of the object stable. Raises
+    FileNotFoundError if the object was deleted before the lock was taken."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        # Deleted (and perhaps already reused) between the open and the lock?
+        if os.fstat(fd).st_ino != os.stat(path).st_ino:
+            raise FileNotFoundError(f"object file {path} was replaced while it was opened")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+@contextlib.contextmanager
+def holding(path: str | os.PathLike[str]) -> Iterator[int]:
+    """:func:`hold` for the length of a ``with`` block."""
+    fd = hold(path)
+    try:
+        yield fd
+    finally:
+        os.close(fd)
 
 
 @dataclass
@@ -58,9 +107,12 @@ class ObjectStore:
         self.root = root
         self.objects_dir = root / "objects"
         self.columns_dir = root / "columns"
+        self.free_dir = root / "free"
         self.spill_dir = spill_root
-        for d in (self.objects_dir, self.columns_dir, self.spill_dir):
+        for d in (self.objects_dir, self.columns_dir, self.free_dir, self.spill_dir):
             d.mkdir(parents=True, exist_ok=True)
+        for stale in self.free_dir.iterdir():  # an earlier worker's: not accounted
+            stale.unlink(missing_ok=True)
         free = shm_free(self.objects_dir)
         if budget > free - SHM_RESERVE:
             log.warning(
@@ -73,6 +125,9 @@ class ObjectStore:
         # Least recently used first.
         self.entries: OrderedDict[str, Entry] = OrderedDict()
         self.dropped: list[str] = []
+        # Free pages: file -> allocated bytes, oldest first. Pulls claim them from a thread.
+        self.free: OrderedDict[Path, int] = OrderedDict()
+        self._free_lock = threading.Lock()
 
     # -- paths -----------------------------------------------------------------
 
@@ -99,7 +154,12 @@ class ObjectStore:
 
     @property
     def shm_bytes(self) -> int:
-        return sum(e.nbytes for e in self.entries.values() if not e.spilled)
+        return sum(e.nbytes for e in self.entries.values() if not e.spilled) + self.free_bytes
+
+    @property
+    def free_bytes(self) -> int:
+        """Pages of deleted objects kept for reuse."""
+        return sum(self.free.values())
 
     @property
     def spilled_bytes(self) -> int:
@@ -121,6 +181,7 @@ class ObjectStore:
             "shm_bytes": self.shm_bytes,
             "spilled_bytes": self.spilled_bytes,
             "budget": self.budget,
+            "free_bytes": self.free_bytes,
             "objects": len(objects),
             "pinned": sum(1 for e in objects if e.pins),
             "columns": len(self.entries) - len(objects),
@@ -197,9 +258,71 @@ class ObjectStore:
 
     def _delete(self, e: Entry) -> None:
         self.entries.pop(e.name, None)
-        self._where(e).unlink(missing_ok=True)
+        if e.kind == "object" and not e.spilled:
+            self._recycle(self.path(e.name))
+        else:
+            self._where(e).unlink(missing_ok=True)
         if e.kind == "object":
             self.dropped.append(e.name)
+
+    # -- free pages ----------------------------------------------------------------
+
+    def _recycle(self, path: Path) -> None:
+        """Delete an object file, keeping its pages for reuse if no process holds it."""
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:  # someone reads it: its pages go when they are done
+                path.unlink(missing_ok=True)
+                return
+            size = os.fstat(fd).st_blocks * 512
+            cap = self.budget // FREE_SHARE
+            if size < FREE_MIN or size > cap:
+                path.unlink(missing_ok=True)
+                return
+            with self._free_lock:
+                while self.free and self.free_bytes + size > cap:
+                    oldest, _ = self.free.popitem(last=False)
+                    oldest.unlink(missing_ok=True)
+                kept = self.free_dir / f"{uuid.uuid4().hex}.free"
+                os.rename(path, kept)
+                self.free[kept] = size
+        finally:
+            os.close(fd)  # the exclusive lock goes with it; the old name is gone
+
+    def claim(self, dest: Path, nbytes: int) -> bool:
+        """Move kept pages to ``dest`` for a new object of ``nbytes``: the smallest kept
+        file that holds it, else the largest. False if none is kept. Thread-safe."""
+        with self._free_lock:
+            if not self.free:
+                return False
+            fits = [p for p, n in self.free.items() if n >= nbytes]
+            pick = (
+                min(fits, key=self.free.__getitem__) if fits
+                else max(self.free, key=self.free.__getitem__)
+            )
+            del self.free[pick]
+            try:
+                os.rename(pick, dest)
+            except OSError as exc:
+                log.warning("could not reuse free pages %s: %s", pick, exc)
+                pick.unlink(missing_ok=True)
+                return False
+            return True
+
+    def _trim_free(self, nbytes: int) -> int:
+        """Give back up to ``nbytes`` (or a little more) of kept pages; returns how much."""
+        given = 0
+        with self._free_lock:
+            while self.free and given < nbytes:
+                path, size = self.free.popitem(last=False)
+                path.unlink(missing_ok=True)
+                given += size
+        return given
 
     def adopt_columns(self) -> None:
         """Register column files written by processes that never reported them (a function
@@ -231,6 +354,7 @@ class ObjectStore:
         budget = self.budget if budget is None else max(budget, 0)
         free = shm_free(self.objects_dir)
         over = max(self.shm_bytes - budget, SHM_RESERVE - free, 0)
+        over -= self._trim_free(over)
         for e in list(self.entries.values()):
             if over <= 0:
                 break
@@ -259,4 +383,4 @@ class ObjectStore:
                 self._delete(e)
 
 
-__all__ = ["Entry", "ObjectStore", "shm_free"]
+__all__ = ["Entry", "ObjectStore", "hold", "holding", "shm_free"]

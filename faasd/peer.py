@@ -63,6 +63,7 @@ from protocol.messages import (
     PeerRequest,
     error_message,
 )
+from faasd.objects import hold
 from store.failpoints import failpoint
 
 log = logging.getLogger(__name__)
@@ -196,7 +197,8 @@ class PeerServer:
         except FaasError as exc:
             await conn.send(error_message(exc))
             return
-        # The open fd keeps the bytes readable even if the worker evicts the object now.
+        # The open fd, and the shared lock on it, keep the bytes readable and unchanged
+        # even if the worker evicts the object now.
         try:
             size = os.fstat(fd).st_size
             log.debug("sending object %s (%d bytes) to %s", object_id, size, conn.peer)
@@ -216,7 +218,7 @@ class PeerServer:
         if path is None:
             raise missing
         try:
-            return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            return hold(path)
         except FileNotFoundError:
             raise missing from None
         except OSError as exc:
@@ -315,6 +317,7 @@ def fetch_object(
     token: bytes,
     host_id: str,
     timeout: float = 60.0,
+    reuse: Callable[[Path, int], bool] | None = None,
 ) -> int:
     """Pull one object from the peer server at ``address`` into the file ``dest``. Blocking.
 
@@ -322,7 +325,9 @@ def fetch_object(
     mapping of it), which becomes
     ``dest`` only when complete: a reader never sees a truncated object, and on any
     failure no ``.part`` file is left behind. ``timeout`` bounds the handshake and each
-    wait for data. Returns the object's size in bytes.
+    wait for data. ``reuse(part, nbytes)``, if given, may move a file whose pages are
+    already allocated to ``part`` (ObjectStore.claim): the bytes then land in those pages.
+    Returns the object's size in bytes.
 
     Raises:
         NotFound, InvalidInput: the peer's typed answer.
@@ -336,7 +341,7 @@ def fetch_object(
     )
     try:
         nbytes = _request(sock, address, object_id)
-        return _receive(sock, address, object_id, Path(dest), nbytes, timeout)
+        return _receive(sock, address, object_id, Path(dest), nbytes, timeout, reuse)
     finally:
         sock.close()
 
@@ -360,7 +365,8 @@ def _request(sock: socket.socket, address: str, object_id: str) -> int:
 
 
 def _receive(
-    sock: socket.socket, address: str, object_id: str, dest: Path, nbytes: int, timeout: float
+    sock: socket.socket, address: str, object_id: str, dest: Path, nbytes: int, timeout: float,
+    reuse: Callable[[Path, int], bool] | None,
 ) -> int:
     part = dest.with_name(dest.name + ".part")
     got = 0
@@ -373,7 +379,10 @@ def _receive(
         )
 
     try:
-        fd = os.open(part, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC
+        if not (nbytes and reuse is not None and reuse(part, nbytes)):
+            flags |= os.O_TRUNC  # fresh pages (or none): nothing old is kept
+        fd = os.open(part, flags, 0o644)
         try:
             if nbytes:
                 _reserve(fd, nbytes, part)
@@ -462,7 +471,8 @@ def _recv_into_mapping(sock: socket.socket, fd: int, nbytes: int, progress: list
 
 
 def _reserve(fd: int, nbytes: int, part: Path) -> None:
-    """Size the file and claim its space now: a full tmpfs must fail here, not SIGBUS later."""
+    """Size the file and claim its space now: a full tmpfs must fail here, not SIGBUS later.
+    A reused file keeps the pages it has below ``nbytes`` and gives back the rest."""
     os.ftruncate(fd, nbytes)
     try:
         os.posix_fallocate(fd, 0, nbytes)

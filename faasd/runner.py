@@ -111,12 +111,21 @@ def _load_input(inp: ScanInput | ObjectInput, task: FunctionTask, report: _Colum
     return table
 
 
+# Shared locks on the objects this process maps, held until it exits: the worker never
+# reuses the pages of an object that a live process may still read (faasd.objects.hold).
+_held: list[int] = []
+
+
 def _mapped(inp: ObjectInput, task: FunctionTask) -> Any:
     """An upstream object, memory-mapped: the table's buffers point into the shared file,
     nothing is copied (unless the input's filter or columns make a new table)."""
     import pyarrow as pa
 
-    table = pa.ipc.open_file(pa.memory_map(task.objects[inp.object_id], "r")).read_all()
+    from faasd.objects import hold
+
+    path = task.objects[inp.object_id]
+    _held.append(hold(path))
+    table = pa.ipc.open_file(pa.memory_map(path, "r")).read_all()
     return _apply(table, inp.columns, inp.filter)
 
 

@@ -25,7 +25,7 @@ import psutil
 
 from faasd.envs import Environment, EnvironmentCache, EnvSpec
 from faasd.limits import watch_memory
-from faasd.objects import ObjectStore
+from faasd.objects import ObjectStore, holding
 from faasd.peer import PeerServer, fetch_object
 from faasd.process import FunctionProcess
 from faasd.zygote import ZygotePool
@@ -532,7 +532,8 @@ class Worker:
     async def _pull(self, msg: RunTask, object_id: str, source: ObjectSource) -> Path:
         dest = self.store.path(object_id)
         nbytes = await asyncio.to_thread(
-            fetch_object, source.address, object_id, dest, token=self.token, host_id=self.host_id
+            fetch_object, source.address, object_id, dest, token=self.token,
+            host_id=self.host_id, reuse=self.store.claim,
         )
         self.store.add(
             object_id, None if msg.run_id in self.released else msg.run_id, rows=source.rows,
@@ -606,10 +607,11 @@ class Worker:
 
         from store.files import write_parquet_parts
 
-        table = pa.ipc.open_file(pa.memory_map(str(object_path), "r")).read_all()
-        return write_parquet_parts(
-            table, directory, f"{node}-{uuid.uuid4().hex[:8]}", threads=self.cpus
-        )[0]
+        with holding(object_path):
+            table = pa.ipc.open_file(pa.memory_map(str(object_path), "r")).read_all()
+            return write_parquet_parts(
+                table, directory, f"{node}-{uuid.uuid4().hex[:8]}", threads=self.cpus
+            )[0]
 
     async def _release_all(self) -> None:
         runs = {pin for e in self.store.entries.values() for pin in e.pins}

@@ -9,6 +9,7 @@ at the end go through real daemons (the ``cluster`` fixture).
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import json
 import os
 import re
@@ -16,6 +17,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any
@@ -25,6 +27,7 @@ import pyarrow as pa
 import pytest
 import uvloop
 
+from faasd.objects import ObjectStore
 from faasd.peer import PeerServer, fetch_object
 from protocol.auth import load_token
 from protocol.connection import (
@@ -207,6 +210,60 @@ def test_sequential_fetches_from_one_server(served: Served, tmp_path: Path) -> N
             assert dest.read_bytes() == (served.objects / f"{name}.arrow").read_bytes()
     assert len(_leftovers(out)) == 6
     assert not any(n.endswith(".part") for n in _leftovers(out))
+
+
+@pytest.mark.parametrize("kept_mib", [96, 16])
+def test_fetch_into_a_deleted_objects_pages(
+    served: Served, tmp_path: Path, receiving: str, kept_mib: int
+) -> None:
+    """The receiving store hands over the pages of an object it deleted (larger than the
+    new one, or smaller): the new object is byte-identical and exactly its size."""
+    store = ObjectStore(tmp_path / "shm", tmp_path / "spill", 1024 * 2**20)
+    old = store.path("old")
+    old.write_bytes(b"\xee" * (kept_mib * 2**20))
+    store.add("old", "run-1", cacheable=False)
+    asyncio.run(store.release("run-1"))
+    assert len(store.free) == 1
+    table = _random_table(48 * 2**20)
+    _write_arrow(served.objects / "big.arrow", table)
+
+    n = served.fetch("big", store.path("big"), reuse=store.claim)
+
+    source = (served.objects / "big.arrow").read_bytes()
+    assert n == len(source) == store.path("big").stat().st_size
+    assert store.path("big").read_bytes() == source
+    assert store.free == {} and _leftovers(store.objects_dir) == ["big.arrow"]
+    assert not any(store.free_dir.iterdir())
+
+
+def test_the_server_holds_an_object_while_sending_it(served: Served) -> None:
+    size = 64 * 2**20
+    path = served.objects / "big.arrow"
+    path.write_bytes(b"\0" * size)
+    sock, _ = connect_blocking(served.address, token=TOKEN, role="worker", host_id="t",
+                               expect_role="peer", timeout=10)
+    with sock, open(path, "rb") as f:
+        sock.sendall(encode(FetchObject(object_id="big")))
+        assert recv_frame_blocking(sock, REPLIES) == BulkHeader(nbytes=size)
+        # The sender is blocked on a full socket, mid-object: the store cannot reuse it.
+        with pytest.raises(BlockingIOError):
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        got = 0
+        while got < size and (chunk := sock.recv(2**20)):
+            got += len(chunk)
+        assert got == size
+
+        def unlocked() -> bool:
+            try:
+                fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return False
+            return True
+
+        deadline = time.monotonic() + 10
+        while not unlocked():  # the lock goes with the transfer
+            assert time.monotonic() < deadline, "the server still holds the object"
+            time.sleep(0.02)
 
 
 def test_zero_byte_object(served: Served, tmp_path: Path) -> None:

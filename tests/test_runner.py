@@ -71,3 +71,29 @@ def test_a_reader_that_raises_halfway_leaves_no_object(tmp_path: Path) -> None:
 def test_anything_else_is_a_clear_error() -> None:
     with pytest.raises(TypeError, match="model 'm' returned int; return a pyarrow Table"):
         as_arrow(42, "m")
+
+
+def test_a_mapped_input_is_held_until_the_process_ends(tmp_path: Path) -> None:
+    """The function process holds a shared lock on every object it maps, so the worker
+    never reuses those pages under it (faasd.objects)."""
+    import fcntl
+    import os
+    from types import SimpleNamespace
+
+    from faasd import runner
+    from protocol.messages import ObjectInput
+
+    path = tmp_path / "o.arrow"
+    write_output(pa.table({"x": [1, 2, 3]}), str(path))
+    task = SimpleNamespace(objects={"o": str(path)})
+    held = len(runner._held)
+    try:
+        table = runner._mapped(ObjectInput(param="t", node="n", object_id="o"), task)  # type: ignore[arg-type]
+        assert table.column("x").to_pylist() == [1, 2, 3]
+        assert len(runner._held) == held + 1
+        with open(path, "rb") as f, pytest.raises(BlockingIOError):
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    finally:
+        for fd in runner._held[held:]:
+            os.close(fd)
+        del runner._held[held:]
