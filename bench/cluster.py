@@ -127,7 +127,7 @@ class FirstFit(Placement):
                 w.running.add(request.request_id)
                 free[w.worker_id] -= need
                 most_free = max(free.values())
-                self.placed[request.request_id] = (request, w.worker_id, need)
+                self.placed[request.request_id] = (request, w.worker_id, need, 0)
                 self.decisions += 1
                 out.append(Start(request.request_id, w.worker_id, need))
                 break
@@ -202,7 +202,7 @@ def simulate(
             if isinstance(ins, (Fail, Lost)):  # no worker is lost, every request fits somewhere
                 raise SystemExit(f"{kind.__name__}: unexpected {ins}")
             i = int(ins.request_id[1:])
-            request, worker_id, _ = p.placed[ins.request_id]
+            request, worker_id, *_ = p.placed[ins.request_id]
             inputs = sum(request.inputs.values())
             moved = p.pulled(request, p.workers[worker_id])
             total += inputs

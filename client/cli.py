@@ -270,7 +270,8 @@ def info(as_json: bool = typer.Option(False, "--json")) -> None:
         typer.echo(
             f"  worker {w['worker_id']} on {w['host_id']}: {w['memory_available'] / 2**30:.1f} of "
             f"{w['memory_total'] / 2**30:.1f} GiB free, {w['memory_reserved'] / 2**30:.1f} GiB "
-            f"reserved, {w['shm_bytes'] / 2**30:.2f} GiB of objects in use, python "
+            f"reserved, {w['cpus_reserved']} of {w['cpus']} cores reserved, "
+            f"{w['shm_bytes'] / 2**30:.2f} GiB of objects in use, python "
             f"{', '.join(w['python_versions'])}"
         )
         for f in w["functions"]:

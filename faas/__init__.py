@@ -67,6 +67,7 @@ def model(
     memory: str | None = None,
     timeout: float | None = None,
     cache: bool = True,
+    cpus: int | None = None,
 ) -> Callable[[F], F]:
     """Mark a function as a model: its return value is a table named ``name`` (default: the
     function name), kept in memory for downstream models and, with ``materialize``,
@@ -74,6 +75,9 @@ def model(
 
     ``memory`` reserves memory for the function ("4GiB"; estimated from its inputs when
     not given): past it the function is stopped, and retried once with twice as much.
+    ``cpus`` reserves that many of a worker's cores: the function waits for them, and
+    DuckDB, Arrow, Polars and BLAS inside it use that many threads. Without it the
+    function reserves none and its engines use the cores no other function reserved.
     ``timeout`` (seconds) stops a function that runs longer. ``cache=False`` runs it every
     time, for functions whose output changes without their code or inputs changing (the
     time, randomness, an outside service): what reads it runs every time too."""
@@ -88,6 +92,7 @@ def model(
             "memory": memory,
             "timeout": timeout,
             "cache": cache,
+            "cpus": cpus,
         }
         return fn
 

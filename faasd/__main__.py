@@ -24,6 +24,12 @@ def parse_size(text: str) -> int:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _cores(text: str) -> int:
+    if not text.strip().isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"a number of cores is a whole number, 1 or more, not {text!r}")
+    return int(text)
+
+
 CONFIG_HELP = (
     "a TOML file of settings: keys are the long options without dashes (listen, memory, "
     "shm-dir, ...), at the top level or under [scheduler] / [worker]; options given on "
@@ -52,6 +58,9 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
     w.add_argument("--listen", default="127.0.0.1:0", help="HOST:PORT where other workers fetch objects")
     w.add_argument("--host-id", default=None, help="identity of this host (default: hostname)")
     w.add_argument("--memory", type=parse_size, default=None, help="memory to offer, e.g. 8GiB")
+    w.add_argument("--cpus", type=_cores, default=None,
+                   help="cores functions may reserve with @faas.model(cpus=N) (default: the "
+                        "cores this process may run on)")
     w.add_argument("--shm-dir", default=None, help="shared-memory directory (default /dev/shm)")
     w.add_argument("--spill-dir", default=None,
                    help="local disk for objects spilled from shared memory "
@@ -201,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.scheduler, token=load_token(args.token_file), host_id=args.host_id,
                 memory=args.memory, shm_dir=args.shm_dir, listen=args.listen,
                 env_dir=args.env_dir, pythons=args.python, object_memory=args.object_memory,
-                spill_dir=args.spill_dir,
+                spill_dir=args.spill_dir, cpus=args.cpus,
             )
             asyncio.run(
                 _serve(

@@ -127,15 +127,18 @@ class Worker:
         reconnect: bool = True,
         object_memory: int | None = None,
         spill_dir: str | None = None,
+        cpus: int | None = None,
     ) -> None:
         self.scheduler = scheduler
         self.token = token
         self.host_id = host_id or socket.gethostname()
         self.worker_id = f"w-{uuid.uuid4().hex[:8]}"
         self.memory = memory or psutil.virtual_memory().total
-        # Cores this worker may use: Parquet is written on all of them.
-        self.cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
-            os.cpu_count() or 1)
+        # Cores this worker offers: functions reserve them (@faas.model(cpus=N)), and one
+        # that reserves none uses those nobody reserved.
+        self.cpus = cpus or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                             else os.cpu_count() or 1)
+        self.cpus_reserved: dict[str, int] = {}  # task id -> cores
         self.shm_root = Path(shm_dir or default_shm_dir()) / f"faas-{self.worker_id}"
         self.work_root = Path(work_dir) if work_dir else self.shm_root / "work"
         # Shared memory for objects: half the worker's memory unless told otherwise.
@@ -274,6 +277,7 @@ class Worker:
                 shm_dir=str(self.shm_root),
                 data_address=self.peer.address,
                 env_builds=self.envs.installs,
+                cpus=self.cpus,
                 objects=[self._info(e.name) for e in self.store.objects()],
             )
         )
@@ -436,7 +440,7 @@ class Worker:
                 output_path=str(output), params=msg.params, kind=msg.kind, sql=msg.sql,
                 column_cache=str(self.store.columns_dir) if msg.use_cache else "",
                 parquet_dir=msg.materialize.directory if direct else "",  # type: ignore[union-attr]
-                parquet_stem=f"{msg.node}-{uuid.uuid4().hex[:8]}", threads=self.cpus,
+                parquet_stem=f"{msg.node}-{uuid.uuid4().hex[:8]}", threads=self._threads(msg),
             )
             t_env = time.perf_counter()
             env = await self._environment(msg)
@@ -493,6 +497,14 @@ class Worker:
             await self._send(TaskFailed(task_id=msg.task_id, error=error_message(exc)))
         finally:
             self.processes.pop(msg.task_id, None)
+            self.cpus_reserved.pop(msg.task_id, None)
+
+    def _threads(self, msg: RunTask) -> int:
+        """The function's thread budget: the cores it reserved, else those nobody has."""
+        if msg.cpus:
+            self.cpus_reserved[msg.task_id] = msg.cpus
+            return msg.cpus
+        return max(1, self.cpus - sum(self.cpus_reserved.values()))
 
     async def _cached_done(self, msg: RunTask, t0: float) -> TaskDone:
         """The answer for an output this worker already holds: nothing runs."""

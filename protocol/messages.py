@@ -355,6 +355,8 @@ class Register(Message, frozen=True):
     shm_dir: str
     data_address: str = ""
     env_builds: int = 0
+    # Cores functions may reserve here (@faas.model(cpus=N)); 0: not counted.
+    cpus: int = 0
     # Cached objects already in this worker's store (after a scheduler restart).
     objects: list[ObjectInfo] = []
 
@@ -486,6 +488,9 @@ class RunTask(Message, frozen=True):
     pip: dict[str, str] = {}
     # Limits: the process is killed past them (0 / None = none).
     memory_limit: int = 0
+    # Cores reserved for it (its engines' thread budget); 0: none reserved, the worker's
+    # unreserved cores are its budget.
+    cpus: int = 0
     timeout: float | None = None
 
 

@@ -20,6 +20,10 @@ Rules:
 - When it fits nowhere now it waits, in arrival order; requests behind it that
   fit may go first (bounded backfill). When it could fit on no live worker even
   idle, it fails at once.
+- A request that declares cores (``@faas.model(cpus=N)``) also reserves them: it goes
+  only where that many of the worker's cores are not reserved, so two heavy functions
+  never share cores; one that asks for more than any worker has fails at once. Requests
+  that declare none reserve none, and prefer the worker with most cores unreserved.
 - Reservations are given back when a request finishes, fails or is withdrawn.
 """
 
@@ -53,6 +57,13 @@ class Worker:
     draining: bool = False
     reserved: int = 0
     running: set[str] = field(default_factory=set)
+    # Cores that functions may reserve (0: cores are not counted here), and reserved now.
+    cpus: int = 0
+    cpus_reserved: int = 0
+
+    @property
+    def cpus_free(self) -> int:
+        return self.cpus - self.cpus_reserved
 
 
 @dataclass(frozen=True)
@@ -71,6 +82,8 @@ class Request:
     producers: frozenset[str] = frozenset()
     # Its output's object id when a cached copy may be used ("" = it must run).
     cached_output: str = ""
+    # Cores it reserves (0: none).
+    cpus: int = 0
 
 
 @dataclass(frozen=True)
@@ -79,6 +92,7 @@ class Start:
     worker_id: str
     # What it reserved there (0 for a cache hit).
     reserved: int
+    cpus: int = 0
 
 
 @dataclass(frozen=True)
@@ -119,7 +133,8 @@ class Placement:
         # object id -> worker id -> what that worker reported of it (anything with nbytes).
         self.objects: dict[str, dict[str, Sized]] = {}
         self.waiting: dict[str, Request] = {}  # in arrival order
-        self.placed: dict[str, tuple[Request, str, int]] = {}  # request id -> (req, worker, bytes)
+        # request id -> (request, worker, bytes reserved, cores reserved)
+        self.placed: dict[str, tuple[Request, str, int, int]] = {}
         self.decisions = 0
 
     # -- queries -------------------------------------------------------------------
@@ -165,6 +180,14 @@ class Placement:
             return 0  # a cache hit runs nothing
         return request.reservation + self.pulled(request, w, v)
 
+    def cores(self, request: Request, w: Worker, view: "_Inputs | None" = None) -> int:
+        """Cores ``request`` reserves on ``w``: none for a cache hit, or where cores are
+        not counted."""
+        v = view or self._view(request)
+        if w.worker_id in v.hits or not w.cpus:
+            return 0
+        return request.cpus
+
     def affinity(
         self, request: Request, w: Worker, view: "_Inputs | None" = None
     ) -> tuple[int, int, int]:
@@ -176,7 +199,7 @@ class Placement:
 
     def worker_joined(
         self, worker_id: str, host_id: str, memory_total: int, memory_available: int,
-        shm_bytes: int = 0,
+        shm_bytes: int = 0, cpus: int = 0,
     ) -> list[Instruction]:
         out: list[Instruction] = []
         if worker_id in self.workers:  # a reconnect: whatever it was running is gone
@@ -184,6 +207,7 @@ class Placement:
         self.workers[worker_id] = Worker(
             worker_id=worker_id, host_id=host_id, memory_total=memory_total,
             memory_available=min(memory_available, memory_total), shm_bytes=shm_bytes,
+            cpus=cpus,
         )
         return out + self._place()
 
@@ -244,10 +268,11 @@ class Placement:
     def _end(self, request_id: str, output: tuple[str, Sized] | None, new: bool) -> None:
         entry = self.placed.pop(request_id, None)
         if entry is not None:
-            _, worker_id, reserved = entry
+            _, worker_id, reserved, cores = entry
             w = self.workers.get(worker_id)
             if w is not None:
                 w.reserved -= reserved
+                w.cpus_reserved -= cores
                 w.running.discard(request_id)
                 if output is not None:
                     self.stored(worker_id, output[0], output[1])
@@ -263,7 +288,7 @@ class Placement:
         """Withdraw every request of a run at once (none of them starts meanwhile)."""
         for rid in [r for r, req in self.waiting.items() if req.run_id == run_id]:
             del self.waiting[rid]
-        for rid in [r for r, (req, _, _) in self.placed.items() if req.run_id == run_id]:
+        for rid in [r for r, (req, *_) in self.placed.items() if req.run_id == run_id]:
             self._end(rid, None, False)
         return self._place()
 
@@ -298,29 +323,46 @@ class Placement:
                     f"@faas.model(memory=...) or start a larger worker)",
                 ))
                 continue
+            counted = [w for w in workers if w.cpus]
+            if not hit and request.cpus and counted and all(
+                request.cpus > w.cpus for w in counted
+            ):
+                most = max(counted, key=lambda w: (w.cpus, w.worker_id))
+                del self.waiting[request.request_id]
+                out.append(Fail(
+                    request.request_id,
+                    f"{request.label} reserves {request.cpus} cores, more than any worker has: "
+                    f"the largest is {most.worker_id} with {most.cpus} (declare fewer with "
+                    f"@faas.model(cpus=...) or start a larger worker)",
+                ))
+                continue
             best: Worker | None = None
             best_key: Any = None
             for w in workers:
                 if self.need(request, w, view) > free[w.worker_id]:
                     continue
+                if self.cores(request, w, view) > w.cpus_free:
+                    continue
                 # Then the least busy: work with nothing to stay near spreads out.
                 key = (
-                    self.affinity(request, w, view), -len(w.running), free[w.worker_id],
-                    w.worker_id,
+                    self.affinity(request, w, view), -len(w.running), w.cpus_free,
+                    free[w.worker_id], w.worker_id,
                 )
                 if best_key is None or key > best_key:
                     best, best_key = w, key
             if best is None:
                 continue  # waits for memory; smaller requests behind it may fit
             reserved = self.need(request, best, view)
+            cores = self.cores(request, best, view)
             del self.waiting[request.request_id]
             best.reserved += reserved
+            best.cpus_reserved += cores
             best.running.add(request.request_id)
             free[best.worker_id] -= reserved
             most_free = max(free.values())
-            self.placed[request.request_id] = (request, best.worker_id, reserved)
+            self.placed[request.request_id] = (request, best.worker_id, reserved, cores)
             self.decisions += 1
-            out.append(Start(request.request_id, best.worker_id, reserved))
+            out.append(Start(request.request_id, best.worker_id, reserved, cores))
         return out
 
 

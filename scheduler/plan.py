@@ -88,6 +88,7 @@ class Plan:
                     "python": n.spec.python,
                     "pip": n.spec.pip,
                     "memory": n.spec.memory,
+                    "cpus": n.spec.cpus,
                     "params": n.params,
                     "depends_on": n.deps,
                     "cache_key": n.cache_key,

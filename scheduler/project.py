@@ -48,6 +48,8 @@ class ModelSpec:
     columns: list[str] | None = None
     memory: str | None = None
     timeout: float | None = None
+    # Cores reserved on a worker (and its engines' thread budget); None: none reserved.
+    cpus: int | None = None
     python: str | None = None
     pip: dict[str, str] = field(default_factory=dict)
     inputs: list[InputRef] = field(default_factory=list)
@@ -215,7 +217,8 @@ class _Reader:
                     f"{self.where(decorators[kind])}: write @faas.{kind}(...) with parentheses"
                 )
         margs = self.call_args(
-            decorators["model"], ("name", "materialize", "columns", "memory", "timeout", "cache"),
+            decorators["model"],
+            ("name", "materialize", "columns", "memory", "timeout", "cache", "cpus"),
             "faas.model",
         )
         self.typed(
@@ -230,6 +233,13 @@ class _Reader:
                 f"not {timeout!r}"
             )
             timeout = None
+        cpus = margs.get("cpus")
+        if cpus is not None and (isinstance(cpus, bool) or not isinstance(cpus, int) or cpus < 1):
+            self.problems.append(
+                f"{self.where(decorators['model'])}: cpus must be a whole number of cores (1 or "
+                f"more), not {cpus!r}"
+            )
+            cpus = None
         if margs.get("memory") is not None:
             try:
                 parse_size(margs["memory"])
@@ -258,6 +268,7 @@ class _Reader:
             columns=margs.get("columns"),
             memory=margs.get("memory"),
             timeout=float(timeout) if timeout is not None else None,
+            cpus=cpus,
             cache=margs.get("cache", True) is not False,
         )
         if "python" in decorators:
@@ -340,7 +351,7 @@ class _Reader:
 
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _HEADER = re.compile(r"^\s*--\s*faas:\s*(.*)$")
-SQL_OPTIONS = ("materialize", "memory", "python")
+SQL_OPTIONS = ("materialize", "memory", "cpus", "python")
 
 
 def read_sql_model(path: str, text: str, problems: list[str]) -> ModelSpec | None:
@@ -385,6 +396,14 @@ def read_sql_model(path: str, text: str, problems: list[str]) -> ModelSpec | Non
                     spec.memory = value
                 except ValueError as exc:
                     problems.append(f"{path}:{lineno}: memory: {exc}")
+            elif key == "cpus":
+                if value.isdigit() and int(value) >= 1:
+                    spec.cpus = int(value)
+                else:
+                    problems.append(
+                        f"{path}:{lineno}: cpus must be a whole number of cores (1 or more), "
+                        f"not {value!r}"
+                    )
             else:
                 spec.python = value
     try:

@@ -357,6 +357,7 @@ class RunCoordinator:
             inputs={oid: o.nbytes for oid, (_, o) in upstream.items()},
             producers=frozenset(self.placed[p].worker_id for p, _ in upstream.values()),
             cached_output=node.object_id if self.use_cache else "",
+            cpus=node.spec.cpus or 0,
         )
         ready = time.perf_counter()
         worker = await self.scheduler.place(request)
@@ -415,7 +416,8 @@ class RunCoordinator:
                     params=node.params, materialize=materialize, kind=node.spec.kind,
                     sql=node.spec.sql, python=node.spec.python, pip=node.spec.pip,
                     # A sole reader's unique pages include what it maps.
-                    memory_limit=reservation + mapped, timeout=node.spec.timeout,
+                    memory_limit=reservation + mapped, cpus=node.spec.cpus or 0,
+                    timeout=node.spec.timeout,
                     output_id=node.object_id, sources=sources, use_cache=self.use_cache,
                 )
             )

@@ -248,6 +248,7 @@ class Scheduler:
         self.workers[handle.worker_id] = handle
         self._apply(self.placement.worker_joined(
             handle.worker_id, handle.host_id, handle.memory_total, handle.memory_available,
+            cpus=first.cpus,
         ))
         for info in first.objects:
             self.placement.stored(handle.worker_id, info.object_id, info)
@@ -458,6 +459,8 @@ class Scheduler:
                             "python_versions": w.python_versions, "running": len(w.tasks),
                             "env_builds": w.env_builds,
                             "memory_reserved": self.placement.workers[w.worker_id].reserved,
+                            "cpus": self.placement.workers[w.worker_id].cpus,
+                            "cpus_reserved": self.placement.workers[w.worker_id].cpus_reserved,
                             "shm_bytes": self.placement.workers[w.worker_id].shm_bytes,
                             "cache_bytes": self.placement.workers[w.worker_id].cache_bytes,
                             "draining": self.placement.workers[w.worker_id].draining,

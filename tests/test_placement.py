@@ -133,7 +133,7 @@ def test_cache_hit_wins_and_reserves_nothing() -> None:
     s = only_start(p.submit(r))
     assert s == Start("r", "w2", 0)
     assert p.workers["w2"].reserved == 100 * GiB
-    assert p.placed["r"] == (r, "w2", 0)
+    assert p.placed["r"] == (r, "w2", 0, 0)
     p.finished("r")
     assert p.workers["w2"].reserved == 100 * GiB
 
@@ -568,18 +568,18 @@ def test_reconnect_of_the_largest_worker_does_not_fail_what_only_it_can_hold() -
 
 def check_invariants(p: Placement, out: list, ended: set[str], submitted: set[str]) -> None:  # type: ignore[type-arg]
     for w in p.workers.values():
-        on_w = {rid: r for rid, (_, wid, r) in p.placed.items() if wid == w.worker_id}
+        on_w = {rid: r for rid, (_, wid, r, _) in p.placed.items() if wid == w.worker_id}
         assert w.reserved == sum(on_w.values()), w
         assert w.reserved <= w.memory_total, w
         assert w.running == set(on_w), w
-    for rid, (request, wid, reserved) in p.placed.items():
+    for rid, (request, wid, reserved, _) in p.placed.items():
         assert wid in p.workers, (rid, wid)
         assert request.request_id == rid and reserved >= 0
     assert not (set(p.waiting) & set(p.placed))
     for i in out:
         if isinstance(i, Start):
             assert i.worker_id in p.workers, i
-            assert p.placed[i.request_id][1:] == (i.worker_id, i.reserved), i
+            assert p.placed[i.request_id][1:] == (i.worker_id, i.reserved, i.cpus), i
     # Every submitted request is in exactly one place.
     for rid in submitted:
         assert (rid in p.waiting) + (rid in p.placed) + (rid in ended) == 1, rid
@@ -679,3 +679,74 @@ def test_ten_thousand_requests_on_a_hundred_workers_all_finish() -> None:
     assert p.decisions == 10_000
     assert p.waiting == {} and p.placed == {}
     assert all(w.reserved == 0 and not w.running for w in p.workers.values())
+
+
+# --------------------------------------------------------------------------- cores
+
+
+def cored(rid: str, cpus: int, reservation: int = GiB, **kw: object) -> Request:
+    r = req(rid, reservation, **kw)  # type: ignore[arg-type]
+    return Request(**{**r.__dict__, "cpus": cpus})
+
+
+def cores_cluster(*workers: tuple[str, int]) -> Placement:
+    p = Placement()
+    for worker_id, cpus in workers:
+        assert p.worker_joined(worker_id, f"h-{worker_id}", 64 * GiB, 64 * GiB, cpus=cpus) == []
+    return p
+
+
+def test_a_request_that_declares_cores_waits_for_them_and_gets_them_back() -> None:
+    p = cores_cluster(("w", 16))
+    assert only_start(p.submit(cored("a", 12))) == Start("a", "w", GiB, 12)
+    assert p.workers["w"].cpus_reserved == 12
+    assert p.submit(cored("b", 8)) == []  # 4 cores free: it waits, memory or not
+    assert only_start(p.submit(cored("c", 4))) == Start("c", "w", GiB, 4)  # backfill
+    assert p.finished("a") == [Start("b", "w", GiB, 8)]
+    p.finished("b")
+    p.withdraw("c")
+    assert p.workers["w"].cpus_reserved == 0
+
+
+def test_two_heavy_requests_go_to_different_workers() -> None:
+    p = cores_cluster(("w1", 16), ("w2", 16))
+    first = only_start(p.submit(cored("a", 16)))
+    second = only_start(p.submit(cored("b", 16)))
+    assert {first.worker_id, second.worker_id} == {"w1", "w2"}
+
+
+def test_requests_without_cores_reserve_none_and_prefer_free_cores() -> None:
+    p = cores_cluster(("w1", 16), ("w2", 16))
+    only_start(p.submit(cored("heavy", 12, producers=frozenset())))
+    busy = p.placed["heavy"][1]
+    light = [only_start(p.submit(req(f"l{i}", GiB))) for i in range(3)]
+    assert light[0].worker_id != busy and light[0].cpus == 0
+    assert p.workers[busy].cpus_reserved == 12
+    # Many light ones run beside each other: cores never hold them back.
+    assert all(s.cpus == 0 for s in light)
+
+
+def test_more_cores_than_any_worker_has_fails_at_once() -> None:
+    p = cores_cluster(("w1", 8), ("w2", 16))
+    (fail,) = p.submit(cored("r", 32, label="model 'r'"))
+    assert isinstance(fail, Fail)
+    assert fail.message == (
+        "model 'r' reserves 32 cores, more than any worker has: the largest is w2 with 16 "
+        "(declare fewer with @faas.model(cpus=...) or start a larger worker)"
+    )
+    assert "r" not in p.waiting
+
+
+def test_a_cache_hit_reserves_no_cores() -> None:
+    p = cores_cluster(("w1", 4), ("w2", 4))
+    p.stored("w2", "out", Info(GiB))
+    only_start(p.submit(cored("filler", 4)))  # whichever it took, a hit needs no cores
+    s = only_start(p.submit(cored("r", 4, cached_output="out")))
+    assert s == Start("r", "w2", 0, 0)
+
+
+def test_cancelling_a_run_gives_its_cores_back() -> None:
+    p = cores_cluster(("w", 8))
+    only_start(p.submit(cored("a", 8, run="run-a")))
+    assert p.submit(cored("b", 8, run="run-b")) == []
+    assert p.cancel_run("run-a") == [Start("b", "w", GiB, 8)]

@@ -1077,7 +1077,7 @@ def test_describe_fields_for_every_kind_of_input() -> None:
         {
             "name": "up", "kind": "python", "level": 0, "where": "m.py:5",
             "output": "out.up", "materialize": "append", "python": "3.12",
-            "pip": {"polars": "1.0"}, "memory": "1GiB", "params": {"y": "7"}, "depends_on": [],
+            "pip": {"polars": "1.0"}, "memory": "1GiB", "cpus": None, "params": {"y": "7"}, "depends_on": [],
             "cache_key": p.nodes["up"].cache_key,
             "inputs": [{"param": "t", "from": "raw.t", "source": "table", "snapshot_id": snap,
                         "columns": ["a"], "filter": "a > 1"}],
@@ -1085,7 +1085,7 @@ def test_describe_fields_for_every_kind_of_input() -> None:
         {
             "name": "down", "kind": "python", "level": 1, "where": "m.py:9",
             "output": "out.down", "materialize": None, "python": None,
-            "pip": {}, "memory": None, "params": {}, "depends_on": ["up"],
+            "pip": {}, "memory": None, "cpus": None, "params": {}, "depends_on": ["up"],
             "cache_key": p.nodes["down"].cache_key,
             "inputs": [{"param": "u", "from": "up", "source": "model", "snapshot_id": None,
                         "columns": None, "filter": None}],
@@ -1135,3 +1135,33 @@ def test_two_models_cannot_write_the_same_table() -> None:
         """)
     problems = plan_problems({"m.py": text})
     only(problems, "'ns.x'")
+
+
+# --------------------------------------------------------------------------- cores
+
+
+def test_declared_cores_reach_the_plan_and_bad_ones_are_problems() -> None:
+    good = src('''
+        import faas
+
+        @faas.model(cpus=4)
+        def heavy(t=faas.Model("t")):
+            return t
+        ''')
+    p = plan({"models.py": good}, {"ns.t": ["a"]})
+    assert p.nodes["heavy"].spec.cpus == 4
+    assert [n["cpus"] for n in p.describe() if n["name"] == "heavy"] == [4]
+    for bad in ("0", "2.5", "True", "'4'"):
+        text = good.replace("cpus=4", f"cpus={bad}")
+        problem = only(read_problems({"models.py": text}), "cpus")
+        assert problem == (
+            f"models.py:{line_of(text, 'cpus=')}: cpus must be a whole number of cores "
+            f"(1 or more), not {bad}"
+        )
+
+
+def test_a_sql_model_declares_cores_in_its_header() -> None:
+    (spec,) = read_project({"m.sql": "-- faas: cpus=3\nSELECT * FROM t\n"}).models
+    assert spec.name == "m" and spec.cpus == 3
+    (problem,) = read_problems({"m.sql": "-- faas: cpus=lots\nSELECT * FROM t\n"})
+    assert problem == "m.sql:1: cpus must be a whole number of cores (1 or more), not 'lots'"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, Cluster, import_territories, write_project
+from tests.conftest import ROOT, Cluster, import_territories, scheduler_only, write_project
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -89,3 +90,69 @@ def test_a_worker_that_goes_silent_is_lost_and_its_run_fails(
     assert cluster.json("log", "main", "-n", "100") == before
     run_id = cluster.json("job", "ls")[0]["run_id"]
     assert cluster.json("job", "get", run_id)["nodes"]["slow"]["state"] == "failed"
+
+
+CORES = '''
+import faas
+
+
+def _budget(name):
+    import os, time
+    import duckdb
+    import pyarrow as pa
+    threads = duckdb.connect().execute("SELECT current_setting('threads')").fetchall()[0][0]
+    print(f"BUDGET {name} omp={os.environ['OMP_NUM_THREADS']} arrow={pa.cpu_count()} duckdb={threads}")
+    print(f"START {name} {time.time()}")
+    time.sleep(1.0)
+    print(f"END {name} {time.time()}")
+
+
+@faas.model(cpus=3)
+def heavy_a(t=faas.Model("territories")):
+    _budget("heavy_a")
+    return t
+
+
+@faas.model(cpus=3)
+def heavy_b(t=faas.Model("territories")):
+    _budget("heavy_b")
+    return t
+
+
+@faas.model()
+def light(t=faas.Model("territories")):
+    _budget("light")
+    return t
+'''
+
+
+def test_functions_that_reserve_cores_never_share_them_and_get_them_as_threads(
+    example_data: Path, tmp_path: Path
+) -> None:
+    with scheduler_only(tmp_path) as c:
+        c.add_worker(tmp_path, "w", "--cpus", "4")
+        (worker,) = c.wait_workers(1)
+        assert (worker["cpus"], worker["cpus_reserved"]) == (4, 0)
+        info = c.faas("info", check=True).stdout
+        assert "0 of 4 cores reserved" in info
+        project = _setup(c, example_data, tmp_path, CORES)
+        proc = c.faas("submit", str(project), "-n", "adventure", "--no-cache")
+        assert proc.returncode == 0, proc.stderr
+        text = proc.stdout + proc.stderr
+        budgets = dict(re.findall(r"BUDGET (\w+) (omp=\d+ arrow=\d+ duckdb=\d+)", text))
+        assert budgets["heavy_a"] == budgets["heavy_b"] == "omp=3 arrow=3 duckdb=3", text
+        # What nobody reserved: 4 cores, or 1 while a heavy function holds 3.
+        assert budgets["light"] in ("omp=4 arrow=4 duckdb=4", "omp=1 arrow=1 duckdb=1"), text
+        span = {
+            name: (float(start), float(end))
+            for name, start, end in re.findall(r"START (\w+) ([\d.]+)[\s\S]*?END \1 ([\d.]+)", text)
+        }
+        a, b = span["heavy_a"], span["heavy_b"]
+        assert a[1] <= b[0] or b[1] <= a[0], span  # 3 + 3 > 4 cores: one after the other
+
+        # More cores than the worker offers: refused before anything runs, in one line.
+        (project / "models.py").write_text(CORES.replace("cpus=3", "cpus=8"))
+        proc = c.faas("submit", str(project), "-n", "adventure", "--no-cache")
+        assert proc.returncode != 0
+        assert "reserves 8 cores, more than any worker has: the largest is" in proc.stderr
+        assert c.alive()
