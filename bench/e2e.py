@@ -55,6 +55,16 @@ def rss_anon(pid: int) -> int:
     return 0
 
 
+def command(pid: int) -> str:
+    """A process's command line, shortened to what tells faas's processes apart."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+    except OSError:
+        return "?"
+    words = [a for a in argv[1:] if a and not a.startswith("/")]
+    return " ".join(words[:3])[:60]
+
+
 def shm_used() -> int:
     st = os.statvfs("/dev/shm")
     return (st.f_blocks - st.f_bfree) * st.f_frsize
@@ -67,6 +77,8 @@ class Peak:
         self.roots = roots
         self.shm0 = shm_used()
         self.peak = 0
+        # At the peak: MiB by process (its command, shortened) and of shared memory.
+        self.at_peak: dict[str, float] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -86,8 +98,15 @@ class Peak:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            total = sum(rss_anon(pid) for pid in self._pids()) + max(0, shm_used() - self.shm0)
-            self.peak = max(self.peak, total)
+            by_pid = {pid: rss_anon(pid) for pid in self._pids()}
+            shm = max(0, shm_used() - self.shm0)
+            total = sum(by_pid.values()) + shm
+            if total > self.peak:
+                self.peak = total
+                self.at_peak = {"shm": round(shm / 2**20, 1)}
+                for pid, n in by_pid.items():
+                    name = f"{pid} {command(pid)}"
+                    self.at_peak[name] = round(n / 2**20, 1)
             self._stop.wait(SAMPLE_EVERY)
 
     def __enter__(self) -> "Peak":
@@ -136,7 +155,8 @@ def run_measured(argv: list[str], env: dict[str, str], daemon: list[int]) -> dic
         raise SystemExit(f"{' '.join(argv)} failed:\n{out[-2000:]}\n{err[-2000:]}")
     cpu = cpu_seconds(long_lived) - cpu0 + children_cpu() - child0
     return {"wall_s": round(wall, 3), "cpu_s": round(cpu, 3),
-            "peak_memory_gib": round(peak.peak / 2**30, 3), "stdout": out}
+            "peak_memory_gib": round(peak.peak / 2**30, 3), "peak_mib_by_process": peak.at_peak,
+            "stdout": out}
 
 
 def faas_cmd(*args: str) -> list[str]:
