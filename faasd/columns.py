@@ -47,8 +47,15 @@ from pathlib import Path
 import pyarrow as pa
 from pyiceberg.table import Table as IcebergTable
 
-from protocol.messages import ScanInput
-from store.scan import check_columns, open_metadata, parse_filter, scan_metadata, scan_table
+from protocol.messages import ScanInput, ScanPlan
+from store.scan import (
+    check_columns,
+    open_metadata,
+    parse_filter,
+    read_plan,
+    scan_metadata,
+    scan_table,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -90,6 +97,10 @@ def scan_cached(
     Raises:
         NotFound, InvalidInput: as :func:`store.scan.scan_metadata`, with the same messages.
     """
+    if inp.plan is not None:  # the worker planned it: no metadata to read here
+        planned = _scan_planned(inp, inp.plan, cache_dir, properties)
+        if planned is not None:
+            return planned
     if cache_dir is None:
         return _uncached(inp, properties)
     # S3 settings come from the AWS environment the worker passed on (store.warehouse).
@@ -116,13 +127,7 @@ def scan_cached(
     entries = {c: cache_dir / f"{entry_name(scope, str(fields[c]))}{ENTRY_SUFFIX}" for c in columns}
     stats = ScanStats()
     pieces: dict[str, pa.Table] = {}  # one-column tables, fields as the scan states them
-    for column in dict.fromkeys(columns):
-        loaded = _load_entry(entries[column], column)
-        if loaded is not None:
-            pieces[column], size = loaded
-            stats.columns_cached.append(column)
-            stats.bytes_cached += size
-    missing = [c for c in dict.fromkeys(columns) if c not in pieces]
+    missing = _load_cached(columns, entries, pieces, stats)
     if missing:
         _read(table, inp, missing, entries, pieces, stats)
     if len({piece.num_rows for piece in pieces.values()}) > 1:
@@ -134,15 +139,60 @@ def scan_cached(
         stats = ScanStats()
         _read(table, inp, list(dict.fromkeys(columns)), entries, pieces, stats)
 
-    result = pa.Table.from_arrays(
-        [pieces[c].column(0) for c in columns],
-        schema=pa.schema([pieces[c].schema.field(0) for c in columns]),
-    )
     logger.debug(
         "column cache: %s snapshot %d: %d cached, %d read",
         name, snapshot.snapshot_id, len(stats.columns_cached), len(stats.columns_read),
     )
-    return result, stats
+    return _zipped(pieces, columns), stats
+
+
+def _zipped(pieces: dict[str, pa.Table], columns: list[str]) -> pa.Table:
+    return pa.Table.from_arrays(
+        [pieces[c].column(0) for c in columns],
+        schema=pa.schema([pieces[c].schema.field(0) for c in columns]),
+    )
+
+
+def _load_cached(
+    columns: list[str], entries: dict[str, Path], pieces: dict[str, pa.Table], stats: ScanStats
+) -> list[str]:
+    """Map the cached entries of ``columns`` into ``pieces``; the columns still missing."""
+    for column in dict.fromkeys(columns):
+        loaded = _load_entry(entries[column], column)
+        if loaded is not None:
+            pieces[column], size = loaded
+            stats.columns_cached.append(column)
+            stats.bytes_cached += size
+    return [c for c in dict.fromkeys(columns) if c not in pieces]
+
+
+def _scan_planned(
+    inp: ScanInput, plan: ScanPlan, cache_dir: Path | None, properties: dict[str, str] | None
+) -> tuple[pa.Table, ScanStats] | None:
+    """The scan as the worker planned it, read with Arrow alone (through the cache when
+    there is one); None where the files are not what the plan says (then the metadata is
+    read here and pyiceberg may scan)."""
+    if cache_dir is None:
+        result = read_plan(plan, properties=properties)
+        if result is None:
+            return None
+        return result, ScanStats(columns_read=list(dict.fromkeys(result.column_names)))
+    columns = list(plan.columns)
+    if not columns:
+        return None
+    scope = [plan.table_uuid, plan.snapshot_id, normalize_filter(inp.filter)]
+    entries = {c: cache_dir / f"{entry_name(scope, plan.fields[c])}{ENTRY_SUFFIX}" for c in columns}
+    stats = ScanStats()
+    pieces: dict[str, pa.Table] = {}
+    missing = _load_cached(columns, entries, pieces, stats)
+    if missing:
+        scanned = read_plan(plan, missing, properties)
+        if scanned is None:
+            return None
+        _keep(scanned, missing, entries, pieces, stats)
+    if len({piece.num_rows for piece in pieces.values()}) > 1:
+        return None  # the metadata path scans everything again
+    return _zipped(pieces, columns), stats
 
 
 def normalize_filter(row_filter: str | None) -> str:
@@ -186,7 +236,14 @@ def _read(
     stats: ScanStats,
 ) -> None:
     """Scan ``columns`` at once into ``pieces`` and write each to its entry."""
-    scanned = _scan(table, inp, columns)
+    _keep(_scan(table, inp, columns), columns, entries, pieces, stats)
+
+
+def _keep(
+    scanned: pa.Table, columns: list[str], entries: dict[str, Path], pieces: dict[str, pa.Table],
+    stats: ScanStats,
+) -> None:
+    """Split a scan of ``columns`` into ``pieces``, writing each to its cache entry."""
     stats.columns_read = columns
     for column in columns:
         pieces[column] = scanned.select([column])

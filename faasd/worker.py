@@ -14,6 +14,7 @@ import logging
 import os
 import shutil
 import socket
+import threading
 import time
 import uuid
 from collections import OrderedDict
@@ -57,6 +58,7 @@ from protocol.messages import (
     Registered,
     ReleaseRun,
     RunTask,
+    ScanInput,
     SchedulerToWorker,
     TaskDone,
     TaskFailed,
@@ -139,6 +141,10 @@ class Worker:
         self.cpus = cpus or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
                              else os.cpu_count() or 1)
         self.cpus_reserved: dict[str, int] = {}  # task id -> cores
+        # Iceberg metadata of the tables functions scan (immutable files, by location):
+        # scans are planned here once, so function processes read data files only.
+        self._metadata: OrderedDict[str, Any] = OrderedDict()
+        self._metadata_lock = threading.Lock()
         self.shm_root = Path(shm_dir or default_shm_dir()) / f"faas-{self.worker_id}"
         self.work_root = Path(work_dir) if work_dir else self.shm_root / "work"
         # Shared memory for objects: half the worker's memory unless told otherwise.
@@ -434,9 +440,10 @@ class Worker:
                 for i in msg.inputs
                 if isinstance(i, ObjectInput)
             }
+            inputs = await self._planned(msg.inputs)
             task = FunctionTask(
                 run_id=msg.run_id, node=msg.node, project_dir=str(project), module=msg.module,
-                function=msg.function, inputs=msg.inputs, objects=objects,
+                function=msg.function, inputs=inputs, objects=objects,
                 output_path=str(output), params=msg.params, kind=msg.kind, sql=msg.sql,
                 column_cache=str(self.store.columns_dir) if msg.use_cache else "",
                 parquet_dir=msg.materialize.directory if direct else "",  # type: ignore[union-attr]
@@ -505,6 +512,44 @@ class Worker:
             self.cpus_reserved[msg.task_id] = msg.cpus
             return msg.cpus
         return max(1, self.cpus - sum(self.cpus_reserved.values()))
+
+    async def _planned(
+        self, inputs: list[ScanInput | ObjectInput]
+    ) -> list[ScanInput | ObjectInput]:
+        """The inputs with every source scan that Arrow can read planned here (files,
+        types, filter), from metadata this worker keeps: the function process then reads
+        no metadata. A scan that cannot be planned is left to the function, which plans it
+        or reports what is wrong with it."""
+        if not any(isinstance(i, ScanInput) and not i.stream and i.columns != [] for i in inputs):
+            return inputs
+
+        def plan(i: ScanInput) -> ScanInput:
+            from store.scan import open_metadata, plan_metadata
+
+            try:
+                with self._metadata_lock:
+                    table = self._metadata.get(i.metadata_location)
+                if table is None:
+                    table = open_metadata(i.metadata_location)
+                    with self._metadata_lock:
+                        self._metadata[i.metadata_location] = table
+                        while len(self._metadata) > 64:
+                            self._metadata.popitem(last=False)
+                found = plan_metadata(
+                    i.metadata_location, i.snapshot_id, i.columns, i.filter, table=table
+                )
+            except Exception as exc:  # noqa: BLE001 - the function finds and reports it
+                log.debug("could not plan the scan of %s: %s", i.key, exc)
+                return i
+            return i if found is None else msgspec.structs.replace(i, plan=found)
+
+        def work() -> list[ScanInput | ObjectInput]:
+            return [
+                plan(i) if isinstance(i, ScanInput) and not i.stream and i.columns != [] else i
+                for i in inputs
+            ]
+
+        return await asyncio.to_thread(work)
 
     async def _cached_done(self, msg: RunTask, t0: float) -> TaskDone:
         """The answer for an output this worker already holds: nothing runs."""

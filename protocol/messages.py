@@ -94,6 +94,26 @@ class InputRead(msgspec.Struct, frozen=True, kw_only=True):
     nbytes: int = 0
 
 
+class ScanPlan(msgspec.Struct, frozen=True, kw_only=True):
+    """A source scan planned from its Iceberg metadata by the worker (which keeps that
+    metadata), so the function process reads the data files with Arrow alone."""
+
+    # The data files' URIs, in the order the scan planned them.
+    files: list[str]
+    # The columns as they are read (the table's order, then any that only the filter
+    # names), with the Arrow types pyiceberg gives them: a serialized Arrow schema.
+    schema: bytes
+    # The columns the function gets, in its order.
+    columns: list[str]
+    # The row filter as a pickled Arrow expression; empty: none.
+    filter: bytes = b""
+    # What the column cache keys entries by: the table's uuid, the snapshot, and each
+    # column's Iceberg field as the scan's schema states it.
+    table_uuid: str = ""
+    snapshot_id: int = 0
+    fields: dict[str, str] = {}
+
+
 class ScanInput(msgspec.Struct, frozen=True, kw_only=True, tag_field="kind", tag="scan"):
     """An input read from an Iceberg table inside the function process."""
 
@@ -105,6 +125,9 @@ class ScanInput(msgspec.Struct, frozen=True, kw_only=True, tag_field="kind", tag
     filter: str | None = None
     # Hand the function a RecordBatchReader, not a Table (faas.Model(stream=True)).
     stream: bool = False
+    # Set by the worker when Arrow alone can read it; None: the function reads the
+    # metadata and plans the scan itself.
+    plan: ScanPlan | None = None
 
 
 class ObjectInput(msgspec.Struct, frozen=True, kw_only=True, tag_field="kind", tag="object"):

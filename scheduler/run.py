@@ -102,6 +102,9 @@ class RunCoordinator:
         self.lost_objects: set[str] = set()
         # Outputs in a worker's store whose node still writes them to the warehouse.
         self.ready: dict[str, TaskDone] = {}
+        # Transactions begun, and their data directories found, when the run started: a
+        # node that becomes ready does not wait behind other nodes' commits for them.
+        self.begun: dict[str, tuple[Any, str]] = {}
 
     async def _event(self, node: str, state: str, **kw: Any) -> None:
         await self.emit(TaskEvent(run_id=self.run_id, node=node, state=state, time=time.time(), **kw))
@@ -122,6 +125,7 @@ class RunCoordinator:
                     [n.cache_key for n in self.plan.nodes.values() if n.spec.is_expectation],
                 )
                 self.skipped = self._skippable()
+            self.begun = await self.scheduler.store_call(self._begin_all, branch)
             await self._run_nodes(branch)
             self.publishing = True
             # Once the merge starts it finishes: a cancel now would report a run as not
@@ -144,6 +148,23 @@ class RunCoordinator:
             run_id=self.run_id, status="success", commit=commit, tables=tables,
             seconds=time.perf_counter() - t0,
         )
+
+    def _writes(self, node: PlanNode) -> bool:
+        """Whether the node's table is written by this run (not published already from
+        the same key, not skipped)."""
+        published = self.use_cache and node.name in self.plan.published
+        return bool(node.spec.materialize) and not published and node.name not in self.skipped
+
+    def _begin_all(self, branch: str) -> dict[str, tuple[Any, str]]:
+        """A transaction on the run's branch and its data directory for every table the
+        run may write (store thread). Each publishes its own table: the branch's head
+        moving under one by another's commit is no conflict."""
+        begun = {}
+        for node in self.plan.nodes.values():
+            if self._writes(node):
+                tx = self.scheduler.lakehouse.begin(branch)
+                begun[node.name] = (tx, tx.data_location(node.key))
+        return begun
 
     def worker_lost(self, worker_id: str, objects: tuple[str, ...]) -> None:
         """A worker is gone, with the only copies of ``objects`` (the placement says)."""
@@ -311,7 +332,10 @@ class RunCoordinator:
             tx = None
             # (A node made again after a worker loss has committed its table already.)
             if node.spec.materialize and not published and node.key not in self.committed:
-                tx = await self.scheduler.store_call(self.scheduler.lakehouse.begin, branch)
+                begun = self.begun.pop(node.name, None)
+                tx = begun[0] if begun is not None else await self.scheduler.store_call(
+                    self.scheduler.lakehouse.begin, branch
+                )
             reservation = self.reservation(node)
             try:
                 return await self._attempt(node, tx, reservation)
@@ -402,7 +426,10 @@ class RunCoordinator:
         mapped = sum(o.nbytes for _, o in self.upstream(node).values())
         materialize = None
         if tx is not None:
-            directory = await self.scheduler.store_call(tx.data_location, node.key)
+            # Found when the transaction began (the same for the whole transaction).
+            directory = tx.data_location(node.key) if tx.has_location(node.key) else (
+                await self.scheduler.store_call(tx.data_location, node.key)
+            )
             materialize = Materialize(
                 key=node.key, directory=directory, mode=node.spec.materialize,
                 direct=not self._consumers(node),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.dataset as ds
@@ -31,6 +32,9 @@ from pyparsing import ParseBaseException
 
 from protocol.errors import InvalidInput, NotFound
 from store.warehouse import filesystem, io_properties, storage_errors
+
+if TYPE_CHECKING:
+    from protocol.messages import ScanPlan
 
 logger = logging.getLogger(__name__)
 
@@ -145,17 +149,24 @@ def scan_table(
 def _arrow_scan(
     table: IcebergTable, scan: DataScan, schema: Schema, expression: BooleanExpression
 ) -> tuple[ds.Scanner, pa.Schema] | None:
-    """The scan as Arrow's own multi-threaded Parquet reader does it: every file, row
-    group and column decoded on all cores, with the projection and the filter (row-group
-    statistics too) pushed into the reader; with the types pyiceberg would give. None
-    where only pyiceberg reads it right: delete files, columns whose names do not map to
-    the same field ids as the table's (Iceberg matches columns by field id: a rename),
-    nested columns, files whose types differ from the table's or from each other, or no
-    file at all.
+    """The scan as Arrow's own multi-threaded Parquet reader does it (:func:`plan_arrow`,
+    then :func:`arrow_scanner`); None where only pyiceberg reads it right."""
+    planned = plan_arrow(table, scan, schema, expression)
+    if planned is None:
+        return None
+    files, wanted, names, arrow_filter = planned
+    return arrow_scanner(files, wanted, names, arrow_filter, table.io.properties, table.metadata_location)
 
-    The rows come file by file in the order the scan planned them, each file's in its
-    own order, as pyiceberg gives them: the column cache may zip columns read by
-    either."""
+
+def plan_arrow(
+    table: IcebergTable, scan: DataScan, schema: Schema, expression: BooleanExpression
+) -> tuple[list[str], pa.Schema, list[str], Any] | None:
+    """What Arrow's reader needs to do the scan, from the Iceberg metadata alone: the data
+    files, the Arrow type of every column read (the projection in the table's order, then
+    any the filter alone names), the projected names, and the filter as an Arrow
+    expression. None where only pyiceberg reads it right: delete files, columns whose names
+    do not map to the same field ids as the table's (Iceberg matches columns by field id:
+    a rename), nested columns, or no file at all."""
     tasks = list(scan.plan_files())
     if not tasks or any(t.delete_files for t in tasks):
         return None
@@ -170,44 +181,128 @@ def _arrow_scan(
     ids = {name: mf.field_id for mf in mapping for name in mf.names}
     if any(ids.get(f.name) != f.field_id for f in projected.fields):
         return None
-    # Every column read (projected, or named by the filter) must have, in every file, the
-    # one Arrow type pyiceberg would hand out for it: the Iceberg type, with 32- or 64-bit
-    # offsets as the files have them (pyiceberg keeps the files' own). A file of another
-    # type (an append that widened a column), a column some file lacks, or ids of the
-    # file's own that pyiceberg would follow: pyiceberg reads it.
     wanted = {f.name: f.type for f in schema_to_pyarrow(projected, include_field_ids=False)}
     for name in _references(expression):
         field = schema.find_field(name)
         if not field.field_type.is_primitive:
             return None
         wanted.setdefault(name, schema_to_pyarrow(Schema(field), include_field_ids=False)[0].type)
-    fs, _ = filesystem(tasks[0].file.file_path, table.io.properties)
-    paths = [filesystem(t.file.file_path, table.io.properties)[1] for t in tasks]
+    arrow_filter = None
+    if not isinstance(expression, AlwaysTrue):
+        arrow_filter = expression_to_pyarrow(bind(schema, expression, case_sensitive=True))
+    files = [t.file.file_path for t in tasks]
+    return files, pa.schema(list(wanted.items())), names, arrow_filter
+
+
+def arrow_scanner(
+    files: Sequence[str], wanted: pa.Schema, names: Sequence[str], arrow_filter: Any,
+    properties: Mapping[str, str], where: str,
+) -> tuple[ds.Scanner, pa.Schema] | None:
+    """A multi-threaded Arrow scanner over ``files`` (:func:`plan_arrow`): every file,
+    row group and column decoded on all cores, with the projection and the filter (row-group
+    statistics too) pushed into the reader. None where the files do not hold what the
+    Iceberg schema says: a file of another type (an append that widened a column), a
+    column some file lacks, or ids of the file's own that pyiceberg would follow.
+
+    The rows come file by file in the order the scan planned them, each file's in its
+    own order, as pyiceberg gives them: the column cache may zip columns read by
+    either."""
+    # Every column read must have, in every file, the one Arrow type pyiceberg would hand
+    # out for it: the Iceberg type, with 32- or 64-bit offsets as the files have them
+    # (pyiceberg keeps the files' own).
+    fs, _ = filesystem(files[0], properties)
+    paths = [filesystem(f, properties)[1] for f in files]
     try:
         fragments = ds.dataset(paths, format="parquet", filesystem=fs)
         found: dict[str, pa.DataType] = {}
         for fragment in fragments.get_fragments():
             fields = {f.name: f for f in fragment.physical_schema}
-            for name, iceberg_type in wanted.items():
-                field = fields.get(name)
+            for column in wanted:
+                field = fields.get(column.name)
                 if field is None or (field.metadata or {}).get(b"PARQUET:field_id"):
                     return None
-                if field.type not in (iceberg_type, _small(iceberg_type)):
+                if field.type not in (column.type, _small(column.type)):
                     return None
-                if found.setdefault(name, field.type) != field.type:
+                if found.setdefault(column.name, field.type) != field.type:
                     return None
-        arrow_filter = None
-        if not isinstance(expression, AlwaysTrue):
-            arrow_filter = expression_to_pyarrow(bind(schema, expression, case_sensitive=True))
         unified = pa.schema([pa.field(n, found[n]) for n in names] +
                             [pa.field(n, t) for n, t in found.items() if n not in names])
         scanner = ds.dataset(paths, format="parquet", filesystem=fs, schema=unified).scanner(
-            columns=names, filter=arrow_filter, use_threads=True
+            columns=list(names), filter=arrow_filter, use_threads=True
         )
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError, ValueError) as exc:
-        logger.info("reading %s with pyiceberg: %s", table.metadata_location, exc)
+        logger.info("reading %s with pyiceberg: %s", where, exc)
         return None
     return scanner, pa.schema([pa.field(n, found[n]) for n in names])
+
+
+def plan_metadata(
+    metadata_location: str, snapshot_id: int | None, columns: Sequence[str] | None,
+    row_filter: str | None, properties: Mapping[str, str] | None = None,
+    table: IcebergTable | None = None,
+) -> ScanPlan | None:
+    """A :class:`~protocol.messages.ScanPlan` for a scan of the table at
+    ``metadata_location`` (``table``: that metadata, already read), or None where the
+    function must plan it itself: a bad column, filter or snapshot (it reports them), or
+    a scan only pyiceberg reads right."""
+    import pickle
+
+    from protocol.errors import FaasError
+    from protocol.messages import ScanPlan
+
+    try:
+        table = table or open_metadata(metadata_location, properties)
+        schema = table.schema()
+        snapshot = (
+            table.current_snapshot() if snapshot_id is None else table.snapshot_by_id(snapshot_id)
+        )
+        if snapshot is None:
+            return None
+        if snapshot.schema_id is not None:
+            schema = table.schemas().get(snapshot.schema_id, schema)
+        if columns is not None:
+            check_columns(columns, schema, metadata_location)
+        expression = parse_filter(row_filter, schema, metadata_location)
+        selected = tuple(columns) if columns is not None else ("*",)
+        scan = table.scan(row_filter=expression, selected_fields=selected,
+                          snapshot_id=snapshot.snapshot_id)
+        planned = plan_arrow(table, scan, schema, expression)
+    except FaasError:
+        return None
+    if planned is None:
+        return None
+    files, wanted, names, arrow_filter = planned
+    order = list(columns) if columns is not None else names
+    by_name = {f.name: f for f in schema.fields}
+    return ScanPlan(
+        files=files, schema=wanted.serialize().to_pybytes(), columns=order,
+        filter=pickle.dumps(arrow_filter) if arrow_filter is not None else b"",
+        table_uuid=str(table.metadata.table_uuid), snapshot_id=snapshot.snapshot_id,
+        fields={c: str(by_name[c]) for c in order},
+    )
+
+
+def read_plan(
+    plan: ScanPlan, columns: Sequence[str] | None = None,
+    properties: Mapping[str, str] | None = None,
+) -> pa.Table | None:
+    """Read a planned scan with Arrow (``columns``: only these of it, in this order);
+    None if the files are not what the plan expects (the caller scans with pyiceberg)."""
+    import pickle
+
+    wanted = pa.ipc.read_schema(pa.py_buffer(plan.schema))
+    order = list(columns) if columns is not None else list(plan.columns)
+    arrow_filter = pickle.loads(plan.filter) if plan.filter else None
+    # Only the columns asked for (with a filter, every column it may name stays known).
+    names = [n for n in wanted.names if n in order]
+    keep = wanted if arrow_filter is not None else pa.schema([f for f in wanted if f.name in order])
+    props = io_properties(properties)
+    with storage_errors(f"cannot read {plan.files[0]}", props):
+        scanned = arrow_scanner(plan.files, keep, names, arrow_filter, props, plan.files[0])
+        if scanned is None:
+            return None
+        result = _read(*scanned, plan.files[0])
+    return None if result is None else result.select(order)
 
 
 def _read(scanner: ds.Scanner, target: pa.Schema, where: str) -> pa.Table | None:

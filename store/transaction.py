@@ -16,6 +16,7 @@ from pyiceberg.expressions import AlwaysTrue
 from pyiceberg.io.pyarrow import UnsupportedPyArrowTypeException, _check_pyarrow_schema_compatible
 from pyiceberg.table import CreateTableTransaction
 from pyiceberg.table import Table as IcebergTable
+from pyiceberg.table import Transaction as IcebergTransaction
 
 from protocol.errors import CommitConflict, InvalidInput, NotFound, StorageError
 from store.catalog import Change, ChangeKind
@@ -223,10 +224,11 @@ class Transaction:
                     table.add_files(paths, snapshot_properties=props)
             elif _fits(table, schema):
                 with table.transaction() as txn:
-                    if _has_data(table):
-                        txn.delete(AlwaysTrue())
-                    if paths:
-                        txn.add_files(paths, snapshot_properties=props)
+                    if not _replace_files(txn, table, paths, props):
+                        if _has_data(table):
+                            txn.delete(AlwaysTrue())
+                        if paths:
+                            txn.add_files(paths, snapshot_properties=props)
             else:
                 with self._recreate(key, schema) as txn:
                     if paths:
@@ -272,6 +274,10 @@ class Transaction:
             base = table.location() if table is not None else self._new_location(key)
             self._data_dirs[key] = f"{base}/data/faas-{self.id}"
         return self._data_dirs[key]
+
+    def has_location(self, key: str) -> bool:
+        """Whether :meth:`data_location` knows ``key``'s directory already (no I/O then)."""
+        return key in self._data_dirs
 
     def table_info(self, key: str) -> TableInfo:
         """Table ``key`` as this transaction sees it (staged changes included).
@@ -464,6 +470,41 @@ def _fits(table: IcebergTable, schema: pa.Schema) -> bool:
         )
     except ValueError:
         return False
+    return True
+
+
+def _replace_files(
+    txn: IcebergTransaction, table: IcebergTable, paths: list[str], props: dict[str, str]
+) -> bool:
+    """Replace every data file of ``table`` with the Parquet files at ``paths`` as one
+    overwrite snapshot (rather than a delete snapshot and an append snapshot: half the
+    metadata to write, and half the history). False, with nothing done, where that does
+    not apply: a table without data, or one with delete files."""
+    from pyiceberg.manifest import DataFileContent, ManifestContent
+    from pyiceberg.table import TableProperties, _parquet_files_to_data_files
+
+    snapshot = table.current_snapshot()
+    if snapshot is None or not paths:
+        return False
+    manifests = snapshot.manifests(table.io)
+    if any(m.content != ManifestContent.DATA for m in manifests):
+        return False
+    old = [
+        entry.data_file
+        for m in manifests
+        for entry in m.fetch_manifest_entry(table.io, discard_deleted=True)
+    ]
+    if not old or any(f.content != DataFileContent.DATA for f in old):
+        return False
+    if table.metadata.name_mapping() is None:  # the files have no field ids: map by name
+        txn.set_properties(**{
+            TableProperties.DEFAULT_NAME_MAPPING: table.schema().name_mapping.model_dump_json()
+        })
+    with txn.update_snapshot(snapshot_properties=props).overwrite() as overwrite:
+        for data_file in old:
+            overwrite.delete_data_file(data_file)
+        for data_file in _parquet_files_to_data_files(txn.table_metadata, paths, table.io):
+            overwrite.append_data_file(data_file)
     return True
 
 

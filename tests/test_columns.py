@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
@@ -17,6 +18,7 @@ from faasd.columns import ScanStats, normalize_filter, scan_cached
 from protocol.errors import InvalidInput, NotFound
 from protocol.messages import ScanInput
 from store import Lakehouse, TableInfo, scan_metadata
+from store.scan import plan_metadata, read_plan
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -454,3 +456,89 @@ def test_alignment_check_sees_a_reordered_scan(
     assert stats.columns_read == []
     assert not _aligned(zipped)
     assert not zipped.equals(_expected(_inp(info, ["A", "B", "C"], FILTER)))
+
+
+# --------------------------------------------------------------------------- planned scans
+
+
+@pytest.fixture
+def added(lake: Lakehouse) -> TableInfo:
+    """The same rows as ``info``'s table, registered as a worker's Parquet files are
+    (add_files: no field ids in the files, a name mapping in the table), which Arrow reads."""
+    from store.files import write_parquet
+
+    transaction = lake.begin()
+    location = transaction.data_location("cc.added")
+    files = [write_parquet(_part(part), location, f"part-{part}") for part in range(PARTS)]
+    transaction.add_files("cc.added", files, _part(0).schema)
+    transaction.publish("added")
+    table_info = lake.table_info("cc.added")
+    assert table_info.file_count == PARTS
+    return table_info
+
+
+def _planned(inp: ScanInput) -> ScanInput:
+    """The input as a worker hands it over: planned from the metadata."""
+    plan = plan_metadata(inp.metadata_location, inp.snapshot_id, inp.columns, inp.filter)
+    assert plan is not None
+    return msgspec.structs.replace(inp, plan=plan)
+
+
+@pytest.mark.parametrize(
+    ("columns", "row_filter"),
+    [(None, None), (["C", "A", "B"], None), (["B", "A"], FILTER), (["D"], "A < 500 and R < 0.5")],
+)
+def test_a_planned_scan_reads_what_the_metadata_scan_reads(
+    added: TableInfo, cache: Path, columns: list[str] | None, row_filter: str | None
+) -> None:
+    inp = _planned(_inp(added, columns, row_filter))
+    assert inp.plan is not None and len(inp.plan.files) == PARTS
+    assert inp.plan.columns == (columns or _expected(inp).column_names)
+    expected = _expected(inp)
+
+    uncached, stats = scan_cached(inp, None)
+    assert uncached.equals(expected) and stats.columns_read == expected.column_names
+
+    first, stats = scan_cached(inp, cache)
+    assert first.equals(expected) and stats.columns_cached == []
+    again, stats = scan_cached(inp, cache)
+    assert again.equals(expected) and stats.columns_read == []
+    assert stats.columns_cached == expected.column_names
+    if {"A", "B", "C"} <= set(again.column_names):
+        assert _aligned(again)
+
+
+def test_planned_and_metadata_scans_share_cache_entries(added: TableInfo, cache: Path) -> None:
+    """Entries written by a scan the function planned serve a planned scan, and the other
+    way round: both key them the same."""
+    plain = _inp(added, ["A", "B"])
+    scan_cached(plain, cache)
+    table, stats = scan_cached(_planned(_inp(added, ["B", "A", "C"])), cache)
+    assert stats.columns_cached == ["B", "A"] and stats.columns_read == ["C"]
+    assert table.equals(_expected(_inp(added, ["B", "A", "C"])))
+    _, stats = scan_cached(_inp(added, ["C"]), cache)
+    assert stats.columns_cached == ["C"]
+
+
+def test_a_plan_the_files_do_not_match_falls_back_to_the_metadata(added: TableInfo) -> None:
+    inp = _planned(_inp(added, ["A", "B"]))
+    assert inp.plan is not None
+    wrong = pa.schema([pa.field("A", pa.string()), pa.field("B", pa.string())])
+    inp = msgspec.structs.replace(
+        inp, plan=msgspec.structs.replace(inp.plan, schema=wrong.serialize().to_pybytes())
+    )
+    assert read_plan(inp.plan) is None  # A is an integer in every file
+    table, _ = scan_cached(inp, None)
+    assert table.equals(_expected(inp))
+
+
+def test_scans_that_cannot_be_planned_are_left_to_the_function(
+    added: TableInfo, info: TableInfo
+) -> None:
+    location = added.metadata_location
+    assert plan_metadata(location, added.snapshot_id, ["nope"], None) is None
+    assert plan_metadata(location, added.snapshot_id, None, "nope > 1") is None
+    assert plan_metadata(location, 12345, None, None) is None
+    assert plan_metadata(location + ".missing", None, None, None) is None
+    # Files with field ids of their own (written by the lakehouse itself): pyiceberg reads.
+    assert plan_metadata(info.metadata_location, info.snapshot_id, None, None) is None

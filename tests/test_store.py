@@ -355,6 +355,31 @@ def test_add_files_written_by_write_parquet(lake: Lakehouse) -> None:
     assert lake.table_info("sales.orders").row_count == 2
 
 
+def test_replacing_added_files_is_one_overwrite_snapshot(lake: Lakehouse) -> None:
+    """A model's replace is one snapshot (not a delete and an append): what the table had
+    before stays readable at its old snapshot, and the history grows by one."""
+    from pyiceberg.table import StaticTable
+
+    def snapshots() -> list:  # type: ignore[type-arg]
+        return StaticTable.from_metadata(lake.table_info("sales.orders").metadata_location).snapshots()
+
+    for round_, rows in enumerate((ORDERS.slice(0, 2), ORDERS.slice(2), ORDERS)):
+        transaction = lake.begin()
+        path = write_parquet(rows, transaction.data_location("sales.orders"), f"r{round_}")
+        transaction.add_files("sales.orders", [path], ORDERS.schema, mode="replace",
+                              properties={"round": str(round_)})
+        transaction.publish(f"round {round_}")
+        assert len(snapshots()) == round_ + 1
+        assert _sorted(lake.scan("sales.orders"), "OrderId") == _sorted(rows, "OrderId")
+    last, before = snapshots()[-1], snapshots()[-2]
+    assert last.summary.operation.value == "overwrite"
+    assert last.summary["round"] == "2" and last.summary["deleted-records"] == "2"
+    info = lake.table_info("sales.orders")
+    assert (info.row_count, info.file_count) == (ORDERS.num_rows, 1)
+    old = scan_metadata(info.metadata_location, snapshot_id=before.snapshot_id)
+    assert _sorted(old, "OrderId") == _sorted(ORDERS.slice(2), "OrderId")
+
+
 def test_add_files_from_a_scan_result(lake: Lakehouse) -> None:
     # Scan results carry Iceberg field ids; write_parquet must drop them.
     _write(lake, "sales.orders", ORDERS)
