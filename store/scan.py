@@ -108,18 +108,7 @@ def scan_table(
         NotFound: the snapshot does not exist in this table.
         InvalidInput: a bad filter or an unknown column.
     """
-    schema = table.schema()
-    if snapshot_id is not None:
-        snapshot = table.snapshot_by_id(snapshot_id)
-        if snapshot is None:
-            raise NotFound(f"snapshot {snapshot_id} not found in {name}")
-        if snapshot.schema_id is not None:
-            schema = table.schemas().get(snapshot.schema_id, schema)
-    if columns is not None:
-        check_columns(columns, schema, name)
-    expression = parse_filter(row_filter, schema, name)
-    selected = tuple(columns) if columns is not None else ("*",)
-    scan = table.scan(row_filter=expression, selected_fields=selected, snapshot_id=snapshot_id)
+    scan, schema, expression, _ = _prepared(table, columns, row_filter, snapshot_id, name)
     where = name if name == table.metadata_location else f"{name} ({table.metadata_location})"
     order = list(columns) if columns is not None else None
     with storage_errors(f"cannot read {where}", table.io.properties):
@@ -144,6 +133,32 @@ def scan_table(
         result = result.select(order)
     logger.debug("scanned %d rows from %s (filter %r)", result.num_rows, name, row_filter)
     return result
+
+
+def _prepared(
+    table: IcebergTable, columns: Sequence[str] | None, row_filter: str | None,
+    snapshot_id: int | None, name: str,
+) -> tuple[DataScan, Schema, BooleanExpression, Any]:
+    """The scan of ``table`` (at ``snapshot_id``, else its current snapshot) with its
+    columns and filter checked: the scan, the snapshot's schema, the parsed filter, and the
+    snapshot (None for a table with none).
+
+    Raises:
+        NotFound: the snapshot does not exist in this table.
+        InvalidInput: a bad filter or an unknown column.
+    """
+    schema = table.schema()
+    snapshot = table.current_snapshot() if snapshot_id is None else table.snapshot_by_id(snapshot_id)
+    if snapshot_id is not None and snapshot is None:
+        raise NotFound(f"snapshot {snapshot_id} not found in {name}")
+    if snapshot is not None and snapshot.schema_id is not None:
+        schema = table.schemas().get(snapshot.schema_id, schema)
+    if columns is not None:
+        check_columns(columns, schema, name)
+    expression = parse_filter(row_filter, schema, name)
+    selected = tuple(columns) if columns is not None else ("*",)
+    scan = table.scan(row_filter=expression, selected_fields=selected, snapshot_id=snapshot_id)
+    return scan, schema, expression, snapshot
 
 
 def _arrow_scan(
@@ -252,20 +267,11 @@ def plan_metadata(
 
     try:
         table = table or open_metadata(metadata_location, properties)
-        schema = table.schema()
-        snapshot = (
-            table.current_snapshot() if snapshot_id is None else table.snapshot_by_id(snapshot_id)
+        scan, schema, expression, snapshot = _prepared(
+            table, columns, row_filter, snapshot_id, metadata_location
         )
         if snapshot is None:
             return None
-        if snapshot.schema_id is not None:
-            schema = table.schemas().get(snapshot.schema_id, schema)
-        if columns is not None:
-            check_columns(columns, schema, metadata_location)
-        expression = parse_filter(row_filter, schema, metadata_location)
-        selected = tuple(columns) if columns is not None else ("*",)
-        scan = table.scan(row_filter=expression, selected_fields=selected,
-                          snapshot_id=snapshot.snapshot_id)
         planned = plan_arrow(table, scan, schema, expression)
     except FaasError:
         return None
