@@ -8,7 +8,7 @@ import time
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import pyarrow as pa
 from pyiceberg.exceptions import NoSuchTableError
@@ -17,6 +17,16 @@ from pyiceberg.io.pyarrow import UnsupportedPyArrowTypeException, _check_pyarrow
 from pyiceberg.table import CreateTableTransaction
 from pyiceberg.table import Table as IcebergTable
 from pyiceberg.table import Transaction as IcebergTransaction
+from pyiceberg.manifest import (
+    DataFileContent,
+    ManifestContent,
+    ManifestEntry,
+    ManifestEntryStatus,
+    ManifestFile,
+)
+from pyiceberg.table.refs import MAIN_BRANCH
+from pyiceberg.table.snapshots import Operation
+from pyiceberg.table.update.snapshot import _OverwriteFiles
 
 from protocol.errors import CommitConflict, InvalidInput, NotFound, StorageError
 from store.catalog import Change, ChangeKind
@@ -473,6 +483,33 @@ def _fits(table: IcebergTable, schema: pa.Schema) -> bool:
     return True
 
 
+class _Replace(_OverwriteFiles):
+    """An overwrite snapshot that replaces every data file of a table.
+
+    pyiceberg's own overwrite keeps, in every later snapshot, each earlier manifest whose
+    entries are all deleted, and reads the parent's manifests once more for its deleted
+    entries: a table replaced on every run would grow a manifest per run, and each commit
+    would read them all. A full replace keeps no manifest of the parent, and its deleted
+    entries are those already read (``entries``)."""
+
+    def __init__(self, entries: list[ManifestEntry], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._entries = entries
+
+    def _existing_manifests(self) -> list[ManifestFile]:
+        return []
+
+    def _deleted_entries(self) -> list[ManifestEntry]:
+        return [
+            ManifestEntry.from_args(
+                status=ManifestEntryStatus.DELETED, snapshot_id=self._snapshot_id,
+                sequence_number=e.sequence_number, file_sequence_number=e.file_sequence_number,
+                data_file=e.data_file,
+            )
+            for e in self._entries
+        ]
+
+
 def _replace_files(
     txn: IcebergTransaction, table: IcebergTable, paths: list[str], props: dict[str, str]
 ) -> bool:
@@ -480,7 +517,6 @@ def _replace_files(
     overwrite snapshot (rather than a delete snapshot and an append snapshot: half the
     metadata to write, and half the history). False, with nothing done, where that does
     not apply: a table without data, or one with delete files."""
-    from pyiceberg.manifest import DataFileContent, ManifestContent
     from pyiceberg.table import TableProperties, _parquet_files_to_data_files
 
     snapshot = table.current_snapshot()
@@ -489,22 +525,24 @@ def _replace_files(
     manifests = snapshot.manifests(table.io)
     if any(m.content != ManifestContent.DATA for m in manifests):
         return False
-    old = [
-        entry.data_file
-        for m in manifests
-        for entry in m.fetch_manifest_entry(table.io, discard_deleted=True)
+    entries = [
+        entry for m in manifests for entry in m.fetch_manifest_entry(table.io, discard_deleted=True)
     ]
-    if not old or any(f.content != DataFileContent.DATA for f in old):
+    if not entries or any(e.data_file.content != DataFileContent.DATA for e in entries):
         return False
     if table.metadata.name_mapping() is None:  # the files have no field ids: map by name
         txn.set_properties(**{
             TableProperties.DEFAULT_NAME_MAPPING: table.schema().name_mapping.model_dump_json()
         })
-    with txn.update_snapshot(snapshot_properties=props).overwrite() as overwrite:
-        for data_file in old:
-            overwrite.delete_data_file(data_file)
+    replace = _Replace(
+        entries, operation=Operation.OVERWRITE, transaction=txn, io=table.io,
+        snapshot_properties=props, branch=MAIN_BRANCH,
+    )
+    with replace:
+        for entry in entries:
+            replace.delete_data_file(entry.data_file)
         for data_file in _parquet_files_to_data_files(txn.table_metadata, paths, table.io):
-            overwrite.append_data_file(data_file)
+            replace.append_data_file(data_file)
     return True
 
 

@@ -378,6 +378,10 @@ def test_replacing_added_files_is_one_overwrite_snapshot(lake: Lakehouse) -> Non
     assert (info.row_count, info.file_count) == (ORDERS.num_rows, 1)
     old = scan_metadata(info.metadata_location, snapshot_id=before.snapshot_id)
     assert _sorted(old, "OrderId") == _sorted(ORDERS.slice(2), "OrderId")
+    # No manifest of an earlier snapshot is carried on: one of added files, one of the
+    # files it deleted, however long the history.
+    table = StaticTable.from_metadata(info.metadata_location)
+    assert len(last.manifests(table.io)) == 2
 
 
 def test_add_files_from_a_scan_result(lake: Lakehouse) -> None:
