@@ -16,6 +16,7 @@ from client.cli_common import (
     REF_HELP,
     app,
     err,
+    json_flag,
     namespace_app,
     parse_params,
     print_json,
@@ -74,7 +75,7 @@ def submit(
         result = await submitted.result()
         if as_json:
             out = {
-                "run_id": result.run_id, "status": result.status, "commit": result.commit,
+                "run_id": result.run_id, "status": result.status, "commit": result.commit or None,
                 "tables": result.tables, "seconds": round(result.seconds, 3), "logs": logs,
                 "cached": cached,
                 "error": None if result.error is None else
@@ -117,7 +118,7 @@ def query(
     sql: str = typer.Argument(..., help="SQL over the lakehouse tables"),
     namespace: Optional[str] = typer.Option(None, "--namespace", "-n", help="namespace for bare names"),
     ref: Optional[str] = typer.Option(None, "--ref", help=REF_HELP),
-    as_json: bool = typer.Option(False, "--json"),
+    as_json: bool = json_flag(),
     limit: int = typer.Option(50, "--limit", help="rows to print (tables only)"),
 ) -> None:
     """Run SQL over the tables at a ref."""
@@ -169,9 +170,9 @@ def _print_table(table: Any, limit: int) -> None:
 
 @table_app.command("ls")
 def table_ls(
-    namespace: Optional[str] = typer.Option(None, "--namespace", "-n"),
+    namespace: Optional[str] = typer.Option(None, "--namespace", "-n", help="only the tables of this namespace"),
     ref: Optional[str] = typer.Option(None, "--ref", help=REF_HELP),
-    as_json: bool = typer.Option(False, "--json"),
+    as_json: bool = json_flag(),
 ) -> None:
     """List tables."""
     ref = ref_or_active(ref)
@@ -187,7 +188,7 @@ def table_ls(
 def table_get(
     key: str = typer.Argument(..., help="NAMESPACE.TABLE"),
     ref: Optional[str] = typer.Option(None, "--ref", help=REF_HELP),
-    as_json: bool = typer.Option(False, "--json"),
+    as_json: bool = json_flag(),
 ) -> None:
     """Show a table: schema, rows, snapshot and Iceberg metadata location."""
     ref = ref_or_active(ref)
@@ -207,7 +208,7 @@ def table_import(
     paths: list[str] = typer.Argument(..., help="CSV or Parquet files or globs"),
     ref: Optional[str] = typer.Option(None, "--ref", help=REF_HELP),
     mode: str = typer.Option("replace", "--mode", help="replace or append"),
-    as_json: bool = typer.Option(False, "--json"),
+    as_json: bool = json_flag(),
 ) -> None:
     """Import CSV or Parquet files as a table (schema inferred)."""
     ref = ref_or_active(ref)
@@ -223,7 +224,7 @@ def table_import(
 @namespace_app.command("ls")
 def namespace_ls(
     ref: Optional[str] = typer.Option(None, "--ref", help=REF_HELP),
-    as_json: bool = typer.Option(False, "--json"),
+    as_json: bool = json_flag(),
 ) -> None:
     """List namespaces."""
     names = run(lambda c: c.namespaces(ref_or_active(ref)))
@@ -239,7 +240,7 @@ def namespace_create(
     name: str,
     ref: Optional[str] = typer.Option(None, "--ref", help=REF_HELP),
     if_not_exists: bool = typer.Option(False, "--if-not-exists", help="succeed if it exists"),
-    as_json: bool = typer.Option(False, "--json"),
+    as_json: bool = json_flag(),
 ) -> None:
     """Create a namespace."""
     ref = ref_or_active(ref)
@@ -259,7 +260,7 @@ def namespace_create(
 
 
 @app.command()
-def info(as_json: bool = typer.Option(False, "--json")) -> None:
+def info(as_json: bool = json_flag()) -> None:
     """Show the cluster: scheduler and workers."""
     data = run(lambda c: c.info())
     if as_json:
@@ -268,7 +269,9 @@ def info(as_json: bool = typer.Option(False, "--json")) -> None:
     typer.echo(f"scheduler {data['scheduler']}")
     for w in data["workers"]:
         typer.echo(
-            f"  worker {w['worker_id']} on {w['host_id']}: {w['memory_available'] / 2**30:.1f} of "
+            f"  worker {w['worker_id']} on {w['host_id']}"
+            + (" (draining: finishing its functions, taking no new ones)" if w.get("draining") else "")
+            + f": {w['memory_available'] / 2**30:.1f} of "
             f"{w['memory_total'] / 2**30:.1f} GiB free, {w['memory_reserved'] / 2**30:.1f} GiB "
             f"reserved, {w['cpus_reserved']} of {w['cpus']} cores reserved, "
             f"{w['shm_bytes'] / 2**30:.2f} GiB of objects in use, python "
@@ -282,7 +285,7 @@ def info(as_json: bool = typer.Option(False, "--json")) -> None:
 def namespace_rm(
     name: str,
     ref: Optional[str] = typer.Option(None, "--ref", help="branch (default: the active branch)"),
-    as_json: bool = typer.Option(False, "--json"),
+    as_json: bool = json_flag(),
 ) -> None:
     """Drop an empty namespace (a commit)."""
     out = run(lambda c: c.drop_namespace(name, ref_or_active(ref)))
@@ -296,7 +299,7 @@ def namespace_rm(
 def table_rm(
     key: str = typer.Argument(..., help="NAMESPACE.TABLE"),
     ref: Optional[str] = typer.Option(None, "--ref", help="branch (default: the active branch)"),
-    as_json: bool = typer.Option(False, "--json"),
+    as_json: bool = json_flag(),
 ) -> None:
     """Drop a table from a branch (a commit; older commits still have it)."""
     out = run(lambda c: c.drop_table(key, ref_or_active(ref)))
@@ -311,13 +314,15 @@ def table_revert(
     key: str = typer.Argument(..., help="NAMESPACE.TABLE"),
     to: str = typer.Option(..., "--to", help="ref whose version of the table to restore"),
     ref: Optional[str] = typer.Option(None, "--ref", help="branch to change (default: the active branch)"),
-    as_json: bool = typer.Option(False, "--json"),
+    as_json: bool = json_flag(),
 ) -> None:
     """Make a table on a branch what it is at another ref, in one commit."""
     branch = ref_or_active(ref)
     out = run(lambda c: c.revert_table(key, branch=branch, to_ref=to))
     if as_json:
         print_json(out)
+    elif not out["changed"]:
+        typer.echo(f"{key} on {branch} is already as at {to}: nothing to revert")
     else:
         typer.echo(f"reverted {key} on {branch} to its state at {to} ({out['commit'][:12]})")
 

@@ -24,11 +24,28 @@ from protocol.errors import FaasError, FunctionFailed, PlanInvalid
 
 T = TypeVar("T")
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="faas: data pipelines as functions")
-table_app = typer.Typer(no_args_is_help=True, help="tables in the lakehouse")
-namespace_app = typer.Typer(no_args_is_help=True, help="namespaces in the lakehouse")
-branch_app = typer.Typer(no_args_is_help=True, help="branches of the catalog")
-tag_app = typer.Typer(no_args_is_help=True, help="tags: names for commits that never move")
+# -h as well as --help, on every command, as git and gh have it.
+HELP = {"help_option_names": ["-h", "--help"]}
+
+
+def group(help: str) -> typer.Typer:
+    """A command group of ``faas``."""
+    return typer.Typer(no_args_is_help=True, help=help, context_settings=HELP)
+
+
+def json_flag() -> Any:
+    """The ``--json`` flag, the same on every command."""
+    return typer.Option(False, "--json", help="print JSON instead of text")
+
+
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True, help="faas: data pipelines as functions",
+    context_settings=HELP,
+)
+table_app = group("Tables in the lakehouse: import, list, inspect, revert, drop.")
+namespace_app = group("Namespaces in the lakehouse.")
+branch_app = group("Branches of the catalog: create, list, diff, merge, delete.")
+tag_app = group("Tags: names for commits that never move.")
 app.add_typer(table_app, name="table")
 app.add_typer(namespace_app, name="namespace")
 app.add_typer(branch_app, name="branch")
@@ -44,11 +61,20 @@ class Settings:
 settings = Settings()
 
 
+def _version(value: bool) -> None:
+    if value:
+        from protocol.version import VERSION
+
+        typer.echo(f"faas {VERSION}")
+        raise typer.Exit()
+
+
 @app.callback()
 def _global(
     cluster: Optional[str] = typer.Option(None, "--cluster", envvar="FAAS_CLUSTER", help="scheduler HOST:PORT; none means embedded"),
     token_file: Optional[str] = typer.Option(None, "--token-file", envvar="FAAS_TOKEN_FILE", help="cluster token file"),
     home: Optional[str] = typer.Option(None, "--home", envvar="FAAS_HOME", help="embedded mode's home (default ~/.faas)"),
+    version: bool = typer.Option(False, "--version", is_eager=True, callback=_version, help="print faas's version and exit"),
 ) -> None:
     settings.cluster = cluster
     settings.token_file = token_file

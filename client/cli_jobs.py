@@ -9,10 +9,10 @@ from typing import Any
 
 import typer
 
-from client.cli_common import app, print_json, run
+from client.cli_common import app, group, json_flag, print_json, run
 from client.client import Client
 
-job_app = typer.Typer(no_args_is_help=True, help="runs: list, inspect, replay logs, cancel")
+job_app = group("Runs: list, inspect, replay logs, cancel.")
 app.add_typer(job_app, name="job")
 
 
@@ -23,7 +23,7 @@ def _when(t: float | None) -> str:
 @job_app.command("ls")
 def job_ls(
     n: int = typer.Option(20, "-n", help="how many runs"),
-    as_json: bool = typer.Option(False, "--json"),
+    as_json: bool = json_flag(),
 ) -> None:
     """Recent runs, newest first."""
     jobs = run(lambda c: c.jobs(n))
@@ -37,7 +37,7 @@ def job_ls(
 
 
 @job_app.command("get")
-def job_get(run_id: str, as_json: bool = typer.Option(False, "--json")) -> None:
+def job_get(run_id: str, as_json: bool = json_flag()) -> None:
     """One run: status, ref, commit, and each function's state."""
     j = run(lambda c: c.job(run_id))
     if as_json:
@@ -101,7 +101,7 @@ def job_logs(
         help="then stream the rest live, and exit with the run's status (Ctrl-C stops "
         "following, not the run)",
     ),
-    as_json: bool = typer.Option(False, "--json"),
+    as_json: bool = json_flag(),
 ) -> None:
     """Replay a run's output lines and events, as they happened."""
     if follow:
@@ -145,7 +145,7 @@ def _follow(run_id: str, as_json: bool) -> None:
     result = run(work)
     if as_json:
         typer.echo(json.dumps({"run_id": result.run_id, "status": result.status,
-                               "commit": result.commit, "tables": result.tables}))
+                               "commit": result.commit or None, "tables": result.tables}))
     else:
         typer.echo(f"run {result.run_id} succeeded in {result.seconds:.2f}s"
                    + (f"; committed {', '.join(result.tables)} at {result.commit[:12]}"
@@ -153,7 +153,7 @@ def _follow(run_id: str, as_json: bool) -> None:
 
 
 @job_app.command("cancel")
-def job_cancel(run_id: str, as_json: bool = typer.Option(False, "--json")) -> None:
+def job_cancel(run_id: str, as_json: bool = json_flag()) -> None:
     """Cancel a running run: its functions are stopped and nothing is published."""
     out = run(lambda c: c.cancel_run(run_id))
     if as_json:

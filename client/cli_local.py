@@ -7,13 +7,10 @@ from typing import Any, Optional
 
 import typer
 
-from client.cli_common import app, err, fail, home_dir, print_json
+from client.cli_common import app, err, fail, group, home_dir, json_flag, print_json
 from protocol.errors import FaasError
 
-local_app = typer.Typer(
-    no_args_is_help=True,
-    help="the background daemon that commands without --cluster talk to (one per FAAS_HOME)",
-)
+local_app = group("The background daemon that commands without --cluster talk to (one per FAAS_HOME).")
 app.add_typer(local_app, name="local")
 
 
@@ -35,7 +32,7 @@ def _live(info: dict[str, Any]) -> dict[str, Any]:
 
 
 @local_app.command("status")
-def local_status(as_json: bool = typer.Option(False, "--json")) -> None:
+def local_status(as_json: bool = json_flag()) -> None:
     """Is the daemon running: address, pid, uptime, idle timer, version, logs."""
     from client.local import status
 

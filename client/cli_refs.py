@@ -12,6 +12,7 @@ from client.cli_common import (
     app,
     branch_app,
     fail,
+    json_flag,
     print_json,
     ref_or_active,
     run,
@@ -47,7 +48,7 @@ def _show_refs(refs: list[dict[str, Any]], as_json: bool, active: str | None = N
 @branch_app.command("ls")
 def branch_ls(
     all_: bool = typer.Option(False, "--all", "-a", help="also the transaction branches of runs"),
-    as_json: bool = typer.Option(False, "--json"),
+    as_json: bool = json_flag(),
 ) -> None:
     """List branches (* marks the active one)."""
     _show_refs(run(lambda c: c.branches(include_runs=all_)), as_json, active_branch())
@@ -57,7 +58,7 @@ def branch_ls(
 def branch_create(
     name: str,
     from_ref: Optional[str] = typer.Option(None, "--from", help=REF_HELP),
-    as_json: bool = typer.Option(False, "--json"),
+    as_json: bool = json_flag(),
 ) -> None:
     """Create a branch: a new name for a commit; no data is copied."""
     ref = run(lambda c: c.create_branch(name, ref_or_active(from_ref)))
@@ -68,7 +69,7 @@ def branch_create(
 
 
 @branch_app.command("rm")
-def branch_rm(name: str, as_json: bool = typer.Option(False, "--json")) -> None:
+def branch_rm(name: str, as_json: bool = json_flag()) -> None:
     """Delete a branch (never the active one)."""
     if name == active_branch():
         fail(f"cannot delete branch {name!r}: it is the active branch (run 'faas checkout main' first)")
@@ -83,9 +84,9 @@ def branch_rm(name: str, as_json: bool = typer.Option(False, "--json")) -> None:
 def branch_merge(
     source: str = typer.Argument(..., help="branch, tag or @HASH to merge"),
     into: Optional[str] = typer.Option(None, "--into", help="target branch (default: the active branch)"),
-    message: Optional[str] = typer.Option(None, "--message", "-m"),
+    message: Optional[str] = typer.Option(None, "--message", "-m", help="the merge commit's message (default: merge SOURCE into TARGET)"),
     ff: bool = typer.Option(False, "--ff", help="move the target instead of committing, when possible"),
-    as_json: bool = typer.Option(False, "--json"),
+    as_json: bool = json_flag(),
 ) -> None:
     """Merge a branch into another: one commit, or a conflict and nothing written."""
     target = ref_or_active(into)
@@ -104,18 +105,18 @@ def branch_merge(
 
 @branch_app.command("diff")
 def branch_diff(
-    ref_a: str = typer.Argument(..., metavar="A", help="the ref to compare"),
-    ref_b: Optional[str] = typer.Argument(None, metavar="[B]", help="compared with (default: the active branch)"),
-    as_json: bool = typer.Option(False, "--json"),
+    ref_a: str = typer.Argument(..., metavar="A", help="the ref to start from"),
+    ref_b: Optional[str] = typer.Argument(None, metavar="[B]", help="the ref to go to (default: the active branch)"),
+    as_json: bool = json_flag(),
 ) -> None:
-    """What A has that differs from B: tables added, dropped, changed."""
-    base = ref_or_active(ref_b)
-    diffs = run(lambda c: c.diff(base, ref_a))
+    """What changes going from A to B, as git diff A B: tables added, dropped, changed."""
+    target = ref_or_active(ref_b)
+    diffs = run(lambda c: c.diff(ref_a, target))
     if as_json:
         print_json(diffs)
         return
     if not diffs:
-        typer.echo(f"no differences between {base} and {ref_a}")
+        typer.echo(f"no differences between {ref_a} and {target}")
     for d in diffs:
         if d["kind"] == "namespace":
             typer.echo(f"{d['status']:<8} namespace {d['key']}")
@@ -130,7 +131,7 @@ def branch_diff(
 def branch_prune(
     runs: bool = typer.Option(False, "--runs", help="delete transaction branches of finished runs"),
     older_than: Optional[str] = typer.Option(None, "--older-than", help="only those older than e.g. 7d"),
-    as_json: bool = typer.Option(False, "--json"),
+    as_json: bool = json_flag(),
 ) -> None:
     """Delete old transaction branches of runs (running ones are kept)."""
     if not runs:
@@ -147,7 +148,7 @@ def branch_prune(
 def checkout(
     name: str,
     create: bool = typer.Option(False, "-b", help="create the branch from the active one first"),
-    as_json: bool = typer.Option(False, "--json"),
+    as_json: bool = json_flag(),
 ) -> None:
     """Make a branch the default ref of every command (kept in FAAS_HOME)."""
 
@@ -170,7 +171,7 @@ def checkout(
 
 
 @tag_app.command("ls")
-def tag_ls(as_json: bool = typer.Option(False, "--json")) -> None:
+def tag_ls(as_json: bool = json_flag()) -> None:
     """List tags."""
     _show_refs(run(lambda c: c.tags()), as_json)
 
@@ -179,7 +180,7 @@ def tag_ls(as_json: bool = typer.Option(False, "--json")) -> None:
 def tag_create(
     name: str,
     from_ref: Optional[str] = typer.Option(None, "--from", help=REF_HELP),
-    as_json: bool = typer.Option(False, "--json"),
+    as_json: bool = json_flag(),
 ) -> None:
     """Name a commit; a tag never moves."""
     ref = run(lambda c: c.create_tag(name, ref_or_active(from_ref)))
@@ -190,7 +191,7 @@ def tag_create(
 
 
 @tag_app.command("rm")
-def tag_rm(name: str, as_json: bool = typer.Option(False, "--json")) -> None:
+def tag_rm(name: str, as_json: bool = json_flag()) -> None:
     """Delete a tag."""
     run(lambda c: c.delete_tag(name))
     if as_json:
@@ -203,7 +204,7 @@ def tag_rm(name: str, as_json: bool = typer.Option(False, "--json")) -> None:
 def log_(
     ref: Optional[str] = typer.Argument(None, help=REF_HELP),
     n: int = typer.Option(20, "-n", help="how many commits"),
-    as_json: bool = typer.Option(False, "--json"),
+    as_json: bool = json_flag(),
 ) -> None:
     """Commits reachable from a ref, newest first (first parents)."""
     commits = run(lambda c: c.log(ref_or_active(ref), n))

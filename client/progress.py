@@ -11,7 +11,7 @@ from typing import Any, TextIO
 from protocol.messages import LogLine, TaskEvent
 
 STATE_STYLE = {
-    "queued": "dim", "running": "cyan", "done": "green", "warning": "yellow",
+    "queued": "dim", "running": "cyan", "ready": "cyan", "done": "green", "passed": "green", "warning": "yellow",
     "retrying": "yellow", "failed": "bold red", "cancelled": "red",
 }
 
@@ -40,13 +40,16 @@ class PlainView:
         if isinstance(ev, LogLine):
             print(f"  [{ev.node}] {ev.line}", file=self.out, flush=True)
         elif isinstance(ev, TaskEvent) and ev.state != "queued":
-            extra = f" ({ev.rows} rows)" if ev.state == "done" and not ev.cached else ""
+            model_done = ev.state in ("done", "ready") and ev.passed is None
+            extra = f" ({ev.rows} rows)" if model_done and not ev.cached else ""
             extra += " (from cache)" if ev.cached else ""
             extra += _columns(ev)
+            extra += ", readers may start; writing its table" if ev.state == "ready" else ""
             extra += f" on {ev.worker}" if ev.state == "running" else ""
             extra += f" (environment {ev.env})" if ev.state == "running" and ev.env in ("cached", "built") else ""
-            extra += f": {ev.error}" if ev.error and ev.state in ("warning", "retrying") else ""
-            print(f"{time.strftime('%H:%M:%S')} {ev.node}: {ev.state}{extra}", file=self.out, flush=True)
+            extra += f": {ev.error}" if ev.error and ev.state == "retrying" else ""
+            extra += f": {ev.error}" if ev.error and ev.state == "warning" and ev.passed is None else ""
+            print(f"{time.strftime('%H:%M:%S')} {ev.node}: {ev.shown}{extra}", file=self.out, flush=True)
 
 
 class LiveView:
@@ -93,7 +96,7 @@ class LiveView:
             self.live.console.print(Text.assemble((f"[{ev.node}] ", "dim"), ev.line), highlight=False)
         elif isinstance(ev, TaskEvent):
             row = self.rows.setdefault(ev.node, {})
-            row["state"] = ev.state
+            row["state"] = ev.shown
             if ev.worker:
                 row["worker"] = ev.worker
             if ev.env in ("cached", "built"):
@@ -102,13 +105,15 @@ class LiveView:
                 row.setdefault("started", time.monotonic())
             if ev.state in ("done", "failed", "cancelled", "warning"):
                 row["ended"] = time.monotonic()
-            if ev.state == "done":
+            if ev.state == "done" and ev.passed is None:
                 row["rows"] = ev.rows
                 if ev.cached:
                     row["env"] = "from cache"
                 elif ev.columns_cached:
                     row["env"] = (row.get("env", "") + _columns(ev)).strip()
-            row["error"] = ev.error if ev.state in ("warning", "retrying", "failed") else ""
+            row["error"] = (
+                ev.error if ev.state in ("warning", "retrying", "failed") and ev.passed is None else ""
+            )
         self.live.update(self.render())
 
 

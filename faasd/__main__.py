@@ -38,20 +38,28 @@ CONFIG_HELP = (
 
 
 def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+    from protocol.version import VERSION
+
     p = argparse.ArgumentParser(prog="faasd", description="faas daemons")
-    p.add_argument("--log-level", default=os.environ.get("FAAS_LOG_LEVEL", "INFO"))
+    p.add_argument("--version", action="version", version=f"faasd {VERSION}",
+                   help="print faasd's version and exit")
+    p.add_argument("--log-level", default=os.environ.get("FAAS_LOG_LEVEL", "INFO"),
+                   metavar="LEVEL",
+                   help="DEBUG, INFO, WARNING or ERROR (default: FAAS_LOG_LEVEL, else INFO)")
     sub = p.add_subparsers(dest="role", required=True)
     s = sub.add_parser("scheduler", help="run the cluster's scheduler")
     s.add_argument("--config", default=None, metavar="FILE", help=CONFIG_HELP)
     s.add_argument("--listen", default="127.0.0.1:8470", help="HOST:PORT (port 0 picks a free one)")
-    s.add_argument("--home", default=os.environ.get("FAAS_HOME", "~/.faas"))
+    s.add_argument("--home", default=os.environ.get("FAAS_HOME", "~/.faas"),
+                   help="where the catalog, warehouse, token and logs live (default: FAAS_HOME, "
+                        "else ~/.faas)")
     s.add_argument("--warehouse", default=None,
                    help="warehouse URI: file://DIR or s3://BUCKET/PREFIX "
                         "(default: file://HOME/warehouse)")
     _s3_options(s)
     s.add_argument("--catalog", default=None, help="catalog URI (default: sqlite:///HOME/catalog.db)")
     s.add_argument("--token-file", default=None, help="cluster token (default: HOME/token, created)")
-    s.add_argument("--host-id", default=None)
+    s.add_argument("--host-id", default=None, help="identity of this host (default: hostname)")
     w = sub.add_parser("worker", help="run a worker on this host")
     w.add_argument("--config", default=None, metavar="FILE", help=CONFIG_HELP)
     w.add_argument("--scheduler", default=None, help="scheduler HOST:PORT (required)")
@@ -68,7 +76,9 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
     w.add_argument("--object-memory", type=parse_size, default=None,
                    help="shared memory for objects and cached columns before the least recently "
                         "used spill to disk (default: half of --memory)")
-    w.add_argument("--token-file", default=os.environ.get("FAAS_TOKEN_FILE"), required=False)
+    w.add_argument("--token-file", default=os.environ.get("FAAS_TOKEN_FILE"), required=False,
+                   help="the cluster token, as the scheduler has it (default: FAAS_TOKEN_FILE; "
+                        "required)")
     w.add_argument("--env-dir", default=None,
                    help="where function environments are cached (default ~/.cache/faas/envs)")
     w.add_argument("--python", action="append", default=[], metavar="PATH",
@@ -79,7 +89,8 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
     _s3_options(w)
     loc = sub.add_parser("local", help="the resident daemon of a FAAS_HOME: a scheduler and one "
                                        "worker on loopback (the faas CLI starts it)")
-    loc.add_argument("--home", default=os.environ.get("FAAS_HOME", "~/.faas"))
+    loc.add_argument("--home", default=os.environ.get("FAAS_HOME", "~/.faas"),
+                     help="the home it serves (default: FAAS_HOME, else ~/.faas)")
     loc.add_argument("--idle", type=float, default=30.0, metavar="MINUTES",
                      help="stop after this long with no client and no run (default 30)")
     loc.add_argument("--memory", type=parse_size, default=None, help="memory for the worker")

@@ -429,7 +429,8 @@ class EnvironmentCache:
                 async for raw in proc.stdout:
                     line = raw.decode("utf-8", "replace").rstrip()
                     lines.append(line)
-                    await _say(sink, line)
+                    if not _ADVICE.match(line):
+                        await _say(sink, line)
                 code = await proc.wait()
         except TimeoutError:
             raise EnvironmentFailed(
@@ -446,6 +447,11 @@ class EnvironmentCache:
                 f"cannot build the environment for {spec}: {_reason(lines) or f'uv exited with {code}'}",
                 detail="\n".join(lines),
             )
+
+
+# uv's advice to a person at a shell ("Activate with: source .../bin/activate"): faas
+# activates the environment itself, so it is not passed on.
+_ADVICE = re.compile(r"^\s*Activate with:")
 
 
 def _try_flock(fd: int) -> bool:

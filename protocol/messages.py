@@ -317,6 +317,15 @@ class TaskEvent(Message, frozen=True):
     # output_shm, output_parquet, commit; see TaskDone) and how each input was read.
     phases: dict[str, float] = {}
     inputs: list[InputRead] = []
+    # An expectation's verdict ("done": passed; "warning": failed); None for models.
+    passed: bool | None = None
+
+    @property
+    def shown(self) -> str:
+        """The state as people read it: an expectation passed or failed."""
+        if self.passed is not None and self.state in ("done", "warning"):
+            return "passed" if self.passed else "failed"
+        return self.state
 
 
 class LogLine(Message, frozen=True):

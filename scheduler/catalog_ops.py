@@ -82,7 +82,8 @@ def handle(lh: Any, request: Any, running_branches: Iterable[str] = ()) -> Any:
         case DropTable(key=key, ref=ref):
             return {"key": key, "commit": lh.drop_table(key, ref)}
         case RevertTable(key=key, branch=branch, to_ref=to_ref):
-            return {"key": key, "commit": lh.revert_table(key, branch, to_ref)}
+            commit, changed = lh.revert_table(key, branch, to_ref)
+            return {"key": key, "commit": commit, "changed": changed}
         case ListRefs(kind=kind, include_runs=include_runs):
             refs = cat.branches(include_runs=include_runs) if _kind(kind) == "branch" else cat.tags()
             return [describe_ref(r) for r in refs]

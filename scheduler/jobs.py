@@ -76,7 +76,7 @@ class JobStore:
         d = self._dir(run_id)
         d.mkdir(parents=True, exist_ok=True)
         record = {"run_id": run_id, "status": "running", "started": time.time(), "finished": None,
-                  "error": None, "commit": "", "tables": [], "branch": "", "nodes": {}, **meta}
+                  "error": None, "commit": None, "tables": [], "branch": None, "nodes": {}, **meta}
         self._records[run_id] = record
         self._logs[run_id] = open(d / "events.jsonl", "a", buffering=1)
         self._write(record)
@@ -91,11 +91,16 @@ class JobStore:
             out.write(json.dumps({"t": msg.time, "node": msg.node, "stream": msg.stream,
                                   "line": msg.line}) + "\n")
         elif isinstance(msg, TaskEvent):
-            out.write(json.dumps({"t": msg.time, "node": msg.node, "state": msg.state,
-                                  "worker": msg.worker, "error": msg.error}) + "\n")
+            event = {"t": msg.time, "node": msg.node, "state": msg.state, "worker": msg.worker,
+                     "error": msg.error}
+            if msg.passed is not None:
+                event["passed"] = msg.passed
+            out.write(json.dumps(event) + "\n")
             record = self._records[run_id]
             record["nodes"][msg.node] = {
-                "state": msg.state, "worker": msg.worker, "rows": msg.rows, "error": msg.error,
+                # Absent values are JSON nulls, never empty strings.
+                "state": msg.shown, "worker": msg.worker or None, "rows": msg.rows,
+                "error": msg.error or None,
                 "cached": msg.cached, "columns_cached": msg.columns_cached,
                 "columns_read": msg.columns_read,
                 "phases": {k: round(v, 6) for k, v in msg.phases.items()},
@@ -113,8 +118,8 @@ class JobStore:
             return
         record["finished"] = time.time()
         if result is not None:
-            record.update(status=result.status, commit=result.commit, tables=result.tables,
-                          branch=result.branch, seconds=result.seconds,
+            record.update(status=result.status, commit=result.commit or None,
+                          tables=result.tables, branch=result.branch or None, seconds=result.seconds,
                           error=result.error.message if result.error else None,
                           error_kind=result.error.kind if result.error else None)
         else:
@@ -175,7 +180,7 @@ class JobStore:
             elif "state" in e:
                 out.append(TaskEvent(run_id=run_id, node=e["node"], state=e["state"],
                                      worker=e.get("worker") or "", time=e.get("t") or 0.0,
-                                     error=e.get("error") or ""))
+                                     error=e.get("error") or "", passed=e.get("passed")))
         return out
 
     def outcome(self, run_id: str) -> RunFinished:

@@ -366,9 +366,10 @@ class RunCoordinator:
             if self.strict:
                 raise ExpectationFailed(f"{what} (--strict): nothing was published")
             await self._event(node.name, "warning", worker=worker, error=what, cached=cached,
-                              **timings)
+                              passed=False, **timings)
         else:
-            await self._event(node.name, "done", worker=worker, cached=cached, **timings)
+            await self._event(node.name, "done", worker=worker, cached=cached, passed=True,
+                              **timings)
         return TaskDone(task_id="", passed=passed, cached=cached)
 
     async def _attempt(self, node: PlanNode, tx: Any, reservation: int) -> TaskDone:
@@ -454,9 +455,12 @@ class RunCoordinator:
                     case TaskStarted(env=env):
                         await self._event(node.name, "running", worker=worker.worker_id, env=env)
                     case ObjectReady(output=output):
-                        # Readers may pull it from this worker from now on.
+                        # Readers may pull it from this worker from now on; said before any
+                        # of them starts, so events read in the order things happened.
                         self.scheduler.placement.stored(worker.worker_id, output.object_id, output)
                         self.ready[node.name] = TaskDone(task_id=task_id, output=output)
+                        await self._event(node.name, "ready", worker=worker.worker_id,
+                                          rows=output.rows)
                         self.wake.set()
                     case TaskLog(stream=stream, line=line, time=t):
                         await self.emit(

@@ -189,6 +189,7 @@ class Lakehouse:
         self, ref: str, what: str, plan: Callable[[str], tuple[list[Change], str]]
     ) -> str:
         """Commit ``plan(head)`` on the branch of ``ref``; plan again if the branch moved.
+        A plan with no changes commits nothing: the head is returned.
 
         A pinned ref (``main@<hash>``) is not retried: the caller asked for that base.
         """
@@ -197,6 +198,8 @@ class Lakehouse:
             if branch is None:
                 raise InvalidInput(f"cannot {what} on ref {ref!r}: it is not a branch")
             changes, message = plan(head)
+            if not changes:
+                return head
             try:
                 return self.catalog.commit(branch, head, changes, message)
             except CommitConflict:
@@ -248,16 +251,17 @@ class Lakehouse:
         transaction.drop(key)
         return transaction.publish(f"drop table {key}")
 
-    def revert_table(self, key: str, branch: str, to_ref: str) -> str:
+    def revert_table(self, key: str, branch: str, to_ref: str) -> tuple[str, bool]:
         """Make table ``key`` on ``branch`` what it is at ``to_ref``, as one commit.
 
         The table gets the metadata it has at ``to_ref`` (its data files are
         shared, not copied); if it does not exist there, it is dropped.
-        Returns the new commit hash.
+        Returns the new commit hash and True; the branch's head and False if the
+        table is already as at ``to_ref`` (nothing is committed).
 
         Raises:
-            InvalidInput: a bad key, ``branch`` is not a branch, or the table is
-                already as at ``to_ref``.
+            InvalidInput: a bad key, ``branch`` is not a branch, or the table exists
+                neither on ``branch`` nor at ``to_ref``.
             NotFound: a ref does not resolve, or the table's namespace does not
                 exist on ``branch``.
             CommitConflict: ``branch`` names a commit that is no longer its head.
@@ -270,11 +274,12 @@ class Lakehouse:
         def plan(head: str) -> tuple[list[Change], str]:
             current = self.catalog.get(head, key)
             if current == wanted:
-                absent = " (absent on both)" if wanted is None else ""
-                raise InvalidInput(
-                    f"table {key!r} on {branch!r} is already as at {to_ref!r}{absent}; "
-                    "nothing to revert"
-                )
+                if wanted is None:
+                    raise InvalidInput(
+                        f"table {key!r} exists neither on {branch!r} nor at {to_ref!r} "
+                        "(absent on both); nothing to revert"
+                    )
+                return [], ""  # already as at to_ref: nothing to do
             if wanted is not None and self.catalog.get(head, namespace, "namespace") is None:
                 raise NotFound(
                     f"namespace {namespace!r} not found at ref {branch!r}; "
@@ -282,7 +287,9 @@ class Lakehouse:
                 )
             return [Change(key=key, kind="table", value=wanted)], f"revert {key} to {to_ref}"
 
-        return self._commit_planned(branch, f"revert table {key}", plan)
+        before = self.catalog.resolve(branch)[1]
+        commit = self._commit_planned(branch, f"revert table {key}", plan)
+        return commit, commit != before
 
     def diff(self, from_ref: str, to_ref: str) -> list[TableDiff]:
         """Tables and namespaces that differ from ``from_ref`` to ``to_ref``.

@@ -86,7 +86,7 @@ def test_an_unchanged_project_runs_nothing_after_the_local_daemon_restarts(
     assert local.info()["pid"] != old  # a new daemon, with an empty worker
     assert sorted(again["cached"]) == NODES
     assert _ran(local, again["run_id"]) == [] and again["logs"] == []
-    assert again["commit"] == ""  # nothing changed, nothing committed
+    assert again["commit"] is None  # nothing changed, nothing committed
 
 
 def test_an_unchanged_project_runs_nothing_after_a_scheduler_restart(

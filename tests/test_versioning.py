@@ -42,11 +42,16 @@ def test_branch_run_merge_tag_time_travel(cluster: Cluster, example_data: Path) 
     assert c.json("log", "main", "-n", "100") == main_before
     assert c.json("table", "ls", "--ref", "main") == ["adventure.territories"]
 
-    # What dev has that main has not.
-    diff = {d["key"]: d for d in c.json("branch", "diff", "dev", "main")}
+    # What changes going from main to dev, as git diff main dev; and the other way.
+    diff = {d["key"]: d for d in c.json("branch", "diff", "main", "dev")}
     assert diff["adventure.fact_sale"]["status"] == "added"
     assert diff["adventure.fact_sale"]["new_rows"] == rows[0]["n"]
+    assert diff["adventure.fact_sale"]["old_rows"] is None
     assert "adventure.territories" not in diff
+    back = {d["key"]: d for d in c.json("branch", "diff", "dev", "main")}
+    assert back["adventure.fact_sale"]["status"] == "dropped"
+    assert back["adventure.fact_sale"]["old_rows"] == rows[0]["n"]
+    assert c.json("branch", "diff", "main") == c.json("branch", "diff", "main", "dev")  # dev is active
 
     # Merge: main changes in exactly one commit.
     merged = c.json("branch", "merge", "dev", "--into", "main")

@@ -1,0 +1,160 @@
+"""The CLI's habits, as git and gh have them: -h everywhere, --version, help for every
+option in one style, git's diff direction, a no-op that exits 0, JSON nulls, events in
+the order things happened, expectations that read as passed or failed.
+
+Help and option checks walk the real command trees in-process; the rest runs real
+daemons and the ``faas`` CLI as a subprocess.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Iterator
+
+import click
+import pytest
+import typer
+from click.testing import CliRunner
+
+from client.cli import app, main  # noqa: F401  (main registers every command group)
+from faasd.__main__ import _parser
+from protocol.version import VERSION
+from tests.conftest import ROOT, Cluster, import_example, write_project
+
+pytestmark = pytest.mark.timeout(300)
+
+
+def _faas_tree() -> click.Command:
+    import client.cli_jobs  # noqa: F401
+    import client.cli_local  # noqa: F401
+    import client.cli_refs  # noqa: F401
+
+    return typer.main.get_command(app)
+
+
+def _commands(c: click.Command, path: list[str]) -> Iterator[tuple[list[str], click.Command]]:
+    yield path, c
+    if isinstance(c, click.Group):
+        for name, sub in c.commands.items():
+            yield from _commands(sub, [*path, name])
+
+
+def test_every_faas_command_takes_h_and_documents_every_option() -> None:
+    runner = CliRunner()
+    seen = 0
+    for path, command in _commands(_faas_tree(), []):
+        result = runner.invoke(_faas_tree(), [*path, "-h"])
+        assert result.exit_code == 0, (path, result.output)
+        assert "Usage:" in result.output and "-h" in result.output, path
+        assert command.help, f"faas {' '.join(path)} has no help"
+        for param in command.params:
+            if isinstance(param, click.Option) and param.name != "help":
+                assert param.help, f"faas {' '.join(path)} {param.opts[0]} has no help"
+                # Flags take no value: no <bool> metavar to misread.
+                if param.is_flag:
+                    assert "BOOL" not in result.output.upper().replace("BOOLEAN", ""), path
+        seen += 1
+    assert seen > 30
+
+
+def test_every_faasd_option_is_documented_in_one_style() -> None:
+    parser, roles = _parser()
+    for name, p in [("faasd", parser), *roles.items()]:
+        for action in p._actions:
+            if isinstance(action, (argparse._HelpAction, argparse._SubParsersAction)):
+                continue
+            assert action.help, f"{name} {action.option_strings} has no help"
+            # One style: lower-case phrases, as faas's options have them (or a name in
+            # capitals: HOST:PORT, S3, DEBUG).
+            assert not action.help[0].isupper() or re.match(r"[A-Z][A-Z0-9_]+\b", action.help), (
+                action.help
+            )
+
+
+def test_version_of_both_commands() -> None:
+    for module, name in (("client.cli", "faas"), ("faasd", "faasd")):
+        proc = subprocess.run([sys.executable, "-m", module, "--version"], cwd=ROOT,
+                              capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.strip() == f"{name} {VERSION}"
+    proc = subprocess.run([sys.executable, "-m", "client.cli", "-h"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and "Commands" in proc.stdout
+
+
+CHECKED = '''
+import faas
+
+
+@faas.expectation()
+def has_rows(fact_sale=faas.Model("fact_sale")):
+    return fact_sale.num_rows > 0
+
+
+@faas.expectation()
+def impossible(fact_sale=faas.Model("fact_sale")):
+    return fact_sale.num_rows < 0
+'''
+
+
+def test_events_come_in_causal_order_and_expectations_read_passed_or_failed(
+    cluster: Cluster, example_data: Path, tmp_path: Path
+) -> None:
+    import_example(cluster, example_data)
+    project = write_project(tmp_path, CHECKED)
+    example = ROOT / "examples" / "adventureworks"
+    (project / "models.py").write_text((example / "models.py").read_text())
+    (project / "checks.py").write_text(CHECKED)
+    (project / "faas_project.toml").write_text((example / "faas_project.toml").read_text())
+    proc = cluster.faas("submit", str(project), "-n", "adventure", "--no-cache")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stderr.splitlines()
+
+    def at(pattern: str) -> int:
+        found = [i for i, line in enumerate(lines) if re.search(pattern, line)]
+        assert found, (pattern, proc.stderr)
+        return found[0]
+
+    # fact_sale starts because dim_product's rows are ready: that is said first.
+    assert at(r"dim_product: ready \(\d+ rows") < at(r"fact_sale: running")
+    assert at(r"dim_country: (ready|done)") < at(r"fact_sale: running")
+    assert at(r"has_rows: passed$") > at(r"fact_sale: (ready|done)")
+    assert at(r"impossible: failed$") > 0
+    assert not [line for line in lines if re.search(r"(has_rows|impossible): done", line)]
+    run_id = re.search(r"run (run-\S+)", proc.stdout + proc.stderr)
+    assert run_id is not None
+    job = cluster.json("job", "get", run_id.group(1))
+    assert job["nodes"]["has_rows"]["state"] == "passed"
+    assert job["nodes"]["impossible"]["state"] == "failed"
+    text = cluster.faas("job", "get", run_id.group(1), check=True).stdout
+    assert "has_rows: passed" in text and "impossible: failed" in text
+
+
+def test_no_op_revert_exits_zero_and_json_has_nulls(
+    cluster: Cluster, example_data: Path, tmp_path: Path
+) -> None:
+    import_example(cluster, example_data)
+    cluster.faas("tag", "create", "v1", check=True)
+    proc = cluster.faas("table", "revert", "adventure.sale", "--to", "v1")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "adventure.sale on main is already as at v1: nothing to revert"
+    out = cluster.json("table", "revert", "adventure.sale", "--to", "v1", "--json")
+    assert out["changed"] is False and out["commit"] == cluster.json("log", "-n", "1")[0]["hash"]
+
+    example = ROOT / "examples" / "adventureworks"
+    first = json.loads(cluster.faas("submit", str(example), "-n", "adventure", "--json",
+                                    check=True).stdout)
+    assert first["commit"] and first["error"] is None
+    again = json.loads(cluster.faas("submit", str(example), "-n", "adventure", "--json",
+                                    check=True).stdout)
+    assert again["commit"] is None and again["tables"] == []  # nothing to publish
+    job = cluster.json("job", "get", again["run_id"])
+    assert job["commit"] is None and job["branch"] is None and job["error"] is None
+    for node in job["nodes"].values():
+        assert node["error"] is None, node
+        assert "" not in node.values(), node
