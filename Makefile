@@ -3,7 +3,9 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 FAAS := $(VENV)/bin/faas
-DEMO_HOME ?= $(CURDIR)/.faas
+# The demo keeps its state where every faas command looks (FAAS_HOME, default ~/.faas),
+# so the README's commands find its tables; DEMO_HOME=DIR puts it elsewhere.
+DEMO_HOME ?=
 DEMO_ROWS ?= 20000
 DATA := examples/adventureworks/data
 
@@ -24,9 +26,9 @@ $(S3_SERVER)/.installed: tests/s3-server.txt | $(VENV)/.installed
 	touch $@
 
 TABLES := product product_category product_subcategory sale territories
-# Embedded mode: no FAAS_CLUSTER, so commands talk to the resident daemon of DEMO_HOME
+# Embedded mode: no FAAS_CLUSTER, so commands talk to the resident daemon of the home
 # (the first one starts it; `faas local stop` stops it).
-RUN := env -u FAAS_CLUSTER FAAS_HOME=$(DEMO_HOME) $(FAAS)
+RUN := env -u FAAS_CLUSTER $(if $(DEMO_HOME),FAAS_HOME=$(DEMO_HOME)) $(FAAS)
 
 demo: $(VENV)/.installed
 	$(PY) examples/adventureworks/generate.py --rows $(DEMO_ROWS) --out $(DATA)
@@ -36,6 +38,11 @@ demo: $(VENV)/.installed
 	$(RUN) query "SELECT Country, count(*) AS lines, round(sum(Revenue), 2) AS revenue, \
 	  round(sum(Profit), 2) AS profit FROM fact_sale GROUP BY Country ORDER BY revenue DESC" \
 	  --namespace adventure
+	@echo ""
+	@echo "Done. faas is installed in .venv; put it on your PATH with:"
+	@echo "    source .venv/bin/activate"
+	@echo "The demo's tables are in $(or $(DEMO_HOME),$${FAAS_HOME:-~/.faas}) (a daemon serves it: faas local status)."
+	@echo "Next: faas table ls --namespace adventure, then the README's \"Using it\"."
 
 test: $(VENV)/.installed $(S3_SERVER)/.installed
 	$(PY) -m pytest -q
@@ -51,4 +58,4 @@ bench: $(VENV)/.installed
 	$(PY) -m bench.plot
 
 clean:
-	rm -rf $(VENV) $(DEMO_HOME) $(DATA)
+	rm -rf $(VENV) $(DATA) $(DEMO_HOME)
