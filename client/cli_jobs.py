@@ -120,7 +120,11 @@ def _print_event(e: dict[str, Any]) -> None:
     if "line" in e:
         typer.echo(f"{stamp} [{e['node']}] {e['line']}")
     elif e["state"] != "queued":
-        typer.echo(f"{stamp} {e['node']}: {e['state']}" + (f": {e['error']}" if e.get("error") else ""))
+        state = e["state"]
+        if e.get("passed") is not None and state in ("done", "warning"):  # an expectation
+            typer.echo(f"{stamp} {e['node']}: {'passed' if e['passed'] else 'failed'}")
+            return
+        typer.echo(f"{stamp} {e['node']}: {state}" + (f": {e['error']}" if e.get("error") else ""))
 
 
 def _follow(run_id: str, as_json: bool) -> None:
@@ -134,6 +138,8 @@ def _follow(run_id: str, as_json: bool) -> None:
                                      "line": ev.line}
             elif isinstance(ev, TaskEvent):
                 e = {"t": ev.time, "node": ev.node, "state": ev.state, "error": ev.error}
+                if ev.passed is not None:
+                    e["passed"] = ev.passed
             else:
                 continue
             if as_json:

@@ -3,7 +3,7 @@
 Pure Python with no third-party imports, so it loads inside any function
 environment. The decorators only attach metadata: the scheduler reads the same
 information statically from the source (it never imports user code), and the
-function process uses the attached metadata to call the function.
+function process calls the function by its module and name.
 
     import faas
 

@@ -57,6 +57,77 @@ def _read_task(sock: socket.socket) -> FunctionTask:
     return _decoder.decode(_recv_exactly(sock, size))
 
 
+class BadReturn(TypeError):
+    """The function returned something faas cannot use (said without the node's name)."""
+
+
+class InputProblem(Exception):
+    """An input could not be given to the function as asked (said without the node's name)."""
+
+
+def _relative(filename: str, task: FunctionTask) -> str | None:
+    """``filename`` relative to the project, or None if it is not one of the project's."""
+    try:
+        rel = os.path.relpath(os.path.realpath(filename), os.path.realpath(task.project_dir))
+    except ValueError:
+        return None
+    return None if rel.startswith("..") else rel
+
+
+def _definition(task: FunctionTask) -> str:
+    """Where the node is defined, as the planner says it: ``models.py:12`` (the ``def``
+    line, found in the source with ``ast``: nothing is imported) or ``pricey.sql:1``."""
+    import ast
+
+    rel = task.module.replace(".", "/") + (".sql" if task.kind == "sql" else ".py")
+    if task.kind == "sql":
+        return f"{rel}:1"
+    try:
+        tree = ast.parse(Path(task.project_dir, rel).read_text())
+    except (OSError, SyntaxError, ValueError):
+        return rel
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name == task.function:
+            return f"{rel}:{node.lineno}"
+    return rel
+
+
+def describe_failure(task: FunctionTask, exc: BaseException) -> tuple[str, str]:
+    """The one line that says what went wrong, in the user's terms (the node, its file and
+    line), and the traceback of the user's own frames (project-relative; none of faas's)."""
+    from store.query import SQLError
+
+    label = f"{node_label(task.kind)} {task.node!r}"
+    project = os.path.realpath(task.project_dir) + os.sep
+
+    def clean(text: str) -> str:
+        return text.replace(project, "").replace(task.project_dir + os.sep, "")
+
+    if task.kind == "sql" and isinstance(exc, SQLError):
+        where = f"{task.module.replace('.', '/')}.sql:{exc.line or 1}"
+        return clean(f"{label} ({where}): {exc}"), ""
+    if isinstance(exc, BadReturn):
+        return clean(f"{label} ({_definition(task)}) {exc}"), ""
+    if isinstance(exc, InputProblem):
+        return clean(f"{label} ({_definition(task)}): {exc}"), ""
+    frames = [
+        (rel, f) for f in traceback.extract_tb(exc.__traceback__)
+        if (rel := _relative(f.filename, task)) is not None
+    ]
+    where = f"{frames[-1][0]}:{frames[-1][1].lineno}" if frames else _definition(task)
+    what = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    detail = ""
+    if frames:
+        lines = ["Traceback (most recent call last):"]
+        for rel, f in frames:
+            lines.append(f'  File "{rel}", line {f.lineno}, in {f.name}')
+            if f.line:
+                lines.append(f"    {f.line.strip()}")
+        lines += [ln.rstrip("\n") for ln in traceback.format_exception_only(type(exc), exc)]
+        detail = clean("\n".join(lines))
+    return clean(f"{label} ({where}) raised {what}"), detail
+
+
 def _find_function(task: FunctionTask) -> Any:
     sys.path.insert(0, task.project_dir)
     module = importlib.import_module(task.module)
@@ -96,8 +167,13 @@ def _load_input(inp: ScanInput | ObjectInput, task: FunctionTask, report: _Colum
         return _open_stream(inp, task, report, t0)
     if isinstance(inp, ScanInput):
         from faasd.columns import scan_cached
+        from protocol.errors import InvalidInput, NotFound
 
-        table, stats = scan_cached(inp, Path(task.column_cache) if task.column_cache else None)
+        try:
+            table, stats = scan_cached(inp, Path(task.column_cache) if task.column_cache else None)
+        except (InvalidInput, NotFound) as exc:  # a column, filter or snapshot the table lacks
+            said = str(exc).replace(inp.metadata_location, inp.key)
+            raise InputProblem(f"input {inp.param!r} cannot read table {inp.key}: {said}") from None
         report.cached += [f"{inp.key}.{c}" for c in stats.columns_cached]
         report.read += [f"{inp.key}.{c}" for c in stats.columns_read]
         report.entries.update(dict(stats.new_entries))
@@ -127,7 +203,19 @@ def _mapped(inp: ObjectInput, task: FunctionTask) -> Any:
     path = task.objects[inp.object_id]
     _held.append(hold(path))
     table = pa.ipc.open_file(pa.memory_map(path, "r")).read_all()
-    return _apply(table, inp.columns, inp.filter)
+    missing = [c for c in inp.columns or () if c not in table.column_names]
+    if missing:
+        raise InputProblem(
+            f"input {inp.param!r} asks for column {missing[0]!r}, which model {inp.node!r} "
+            f"does not have (it has: {', '.join(table.column_names)})"
+        )
+    try:
+        return _apply(table, inp.columns, inp.filter)
+    except Exception as exc:  # noqa: BLE001 - DuckDB's or Arrow's words, on one line
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise InputProblem(
+            f"input {inp.param!r} cannot filter model {inp.node!r} with {inp.filter!r}: {first}"
+        ) from None
 
 
 def _open_stream(
@@ -182,9 +270,10 @@ def as_arrow(value: Any, node: str) -> Any:
         return value.fetch_record_batch()
     if hasattr(value, "__arrow_c_stream__"):
         return pa.RecordBatchReader.from_stream(value)
-    raise TypeError(
-        f"model {node!r} returned {type(value).__name__}; return a pyarrow Table or "
-        f"RecordBatchReader, a DuckDB relation, a pandas or polars DataFrame, or a list of dicts"
+    raise BadReturn(
+        f"returned {'None' if value is None else type(value).__name__}, expected a table (a "
+        f"pyarrow Table or RecordBatchReader, a DuckDB relation, a pandas or polars DataFrame, "
+        f"or a list of dicts)"
     )
 
 
@@ -309,8 +398,9 @@ def run(task: FunctionTask, started: float = 0.0) -> FunctionResult:
         value = fn(**inputs, **task.params)
         if task.kind == "expectation":
             if not isinstance(value, bool):
-                raise TypeError(
-                    f"expectation {task.node!r} returned {type(value).__name__}; return True or False"
+                raise BadReturn(
+                    f"returned {'None' if value is None else type(value).__name__}, expected "
+                    f"True or False"
                 )
             phases["code"] = time.perf_counter() - t1
             return FunctionResult(rows=0, nbytes=0, schema=b"", passed=value, **columns)
@@ -359,12 +449,12 @@ def serve_task(sock_fd: int) -> int:
         reply: FunctionResult | Error = run(task, started)
         code = 0
     except BaseException as exc:  # noqa: BLE001 - user code may raise anything, even SystemExit
-        tb = traceback.format_exc()
-        reply = Error(
-            kind="FunctionFailed",
-            message=f"{node_label(task.kind)} {task.node!r} raised {type(exc).__name__}: {exc}",
-            detail=tb,
-        )
+        try:
+            message, detail = describe_failure(task, exc)
+        except Exception:  # noqa: BLE001 - never lose the error to a bug in saying it
+            message = f"{node_label(task.kind)} {task.node!r} raised {type(exc).__name__}: {exc}"
+            detail = traceback.format_exc()
+        reply = Error(kind="FunctionFailed", message=message, detail=detail)
         code = 1
     sys.stdout.flush()
     sys.stderr.flush()

@@ -32,8 +32,9 @@ class JobStore:
         self.root.mkdir(parents=True, exist_ok=True)
         self._records: dict[str, dict[str, Any]] = {}
         self._logs: dict[str, IO[str]] = {}
-        # Several schedulers may share a home (each embedded command starts one). Only a
-        # scheduler alone on it may call a run that is still marked running interrupted.
+        # Several schedulers may share a home (a hand-started one beside the resident
+        # daemon, say). Only a scheduler alone on it may call a run that is still marked
+        # running interrupted.
         self._lock = open(self.root / ".lock", "a+")
         try:
             fcntl.flock(self._lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -207,6 +207,61 @@ def _find_cycle(deps: dict[str, list[str]]) -> list[str]:
     return []
 
 
+def model_input_problems(
+    plan: Plan, lookup: Callable[[str], SourceTable | None],
+    published: dict[str, pa.Schema] | None = None,
+) -> list[str]:
+    """Columns that models ask of other models and will not find, said before anything
+    runs, wherever the upstream's columns are known without running it: a SQL model's
+    SELECT list (bound over its inputs' schemas), or an output published from the same
+    cache key. (Declared columns, @faas.model(columns=...), are checked by build_plan.)"""
+    from store.query import result_columns
+
+    published = published or {}
+    known: dict[str, pa.Schema | None] = {}
+
+    def schema_of(name: str) -> pa.Schema | None:
+        if name in known:
+            return known[name]
+        known[name] = None
+        node = plan.nodes[name]
+        if name in published:
+            known[name] = published[name]
+        elif node.spec.kind == "sql":
+            schemas: dict[str, pa.Schema] = {}
+            for i in node.inputs:
+                if isinstance(i, ScanInput):
+                    table = lookup(i.key)
+                    source = table.schema if table is not None else None
+                else:
+                    source = schema_of(i.node)
+                if source is None:
+                    return None
+                schemas[i.param] = source
+            names = result_columns(node.spec.sql, schemas, node.params)
+            if names is not None:
+                # Only names matter to readers; types stay unknown (null).
+                known[name] = pa.schema([pa.field(n, pa.null()) for n in names])
+        return known[name]
+
+    problems = []
+    for node in plan.nodes.values():
+        for ref in node.spec.inputs:
+            upstream = plan.nodes.get(ref.name)
+            if upstream is None or not ref.columns or upstream.spec.columns:
+                continue
+            schema = schema_of(ref.name)
+            if schema is None:
+                continue
+            for column in ref.columns:
+                if column not in schema.names:
+                    problems.append(
+                        f"{ref.where}: {upstream.spec.label} {ref.name!r} has no column "
+                        f"{column!r} (it has: {', '.join(schema.names)})"
+                    )
+    return problems
+
+
 def build_plan(
     project: Project,
     namespace: str,

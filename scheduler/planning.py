@@ -6,9 +6,16 @@ import hashlib
 import uuid
 from typing import Any
 
-from protocol.errors import InvalidInput, NotFound
+from protocol.errors import InvalidInput, NotFound, PlanInvalid
 from protocol.messages import SubmitRun
-from scheduler.plan import CACHE_KEY_PROPERTY, EXACT_PROPERTY, Plan, SourceTable, build_plan
+from scheduler.plan import (
+    CACHE_KEY_PROPERTY,
+    EXACT_PROPERTY,
+    Plan,
+    SourceTable,
+    build_plan,
+    model_input_problems,
+)
 from scheduler.project import Project, read_project
 from store.lakehouse import Recent
 from store.transaction import load_table, table_info
@@ -95,4 +102,9 @@ def plan_submission(lh: Any, request: SubmitRun, python_versions: set[str] | Non
                     snapshot_id=info.snapshot_id, schema=info.schema,
                     size_bytes=info.size_bytes, row_count=info.row_count,
                 )
+    problems = model_input_problems(
+        plan, lookup, {name: t.schema for name, t in plan.published_tables.items()}
+    )
+    if problems:
+        raise PlanInvalid(problems)
     return plan

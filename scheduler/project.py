@@ -410,7 +410,7 @@ def read_sql_model(path: str, text: str, problems: list[str]) -> ModelSpec | Non
         tables = referenced_tables(text)
         params = sql_parameters(text)
     except FaasError as exc:
-        problems.append(f"{path}:1: {exc}")
+        problems.append(f"{path}:{getattr(exc, 'line', None) or 1}: {exc}")
         return None
     for t in tables:
         spec.inputs.append(InputRef(param=t, name=t, columns=None, filter=None, where=f"{path}:1"))

@@ -252,10 +252,10 @@ class RunCoordinator:
         return found
 
     def reservation(self, node: PlanNode) -> int:
-        """A node's own memory: as declared, else estimated from what it reads.
-
-        Upstream objects it maps are not in it: they are shared pages, counted once
-        for their host however many readers map them."""
+        """A node's own memory: as declared, else estimated from what it reads. The
+        estimate counts, besides what it scans, something the size of what it maps (what a
+        function usually builds from its inputs); the mapped pages themselves are shared,
+        counted once for their host however many readers map them."""
         if node.spec.memory:
             return parse_size(node.spec.memory)
         mapped = sum(o.nbytes for _, o in self.upstream(node).values())

@@ -519,6 +519,8 @@ class Scheduler:
         from store.query import referenced_tables
 
         names = referenced_tables(request.sql)
+        # The ref is checked even when the SQL reads no table: a typo must not pass.
+        await self.store_call(self.lakehouse.catalog.resolve, request.ref)
         tables: dict[str, ScanInput] = {}
         for name in names:
             if "." not in name and not request.namespace:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import threading
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -46,7 +47,7 @@ def referenced_tables(sql: str, con: duckdb.DuckDBPyConnection | None = None) ->
     try:
         statements = con.extract_statements(sql)
     except duckdb.Error as e:
-        raise InvalidInput(_first_line(e)) from e
+        raise sql_error(e, sql) from e
     if len(statements) != 1:
         raise InvalidInput(f"expected one SQL statement, found {len(statements)}")
     if statements[0].type != duckdb.StatementType.SELECT:
@@ -140,16 +141,7 @@ def query_tables(
             raise NotFound(
                 f"table {missing[0]!r} not found; known tables: {', '.join(sorted(tables)) or 'none'}"
             )
-        for i, (name, data) in enumerate(tables.items()):
-            if "." not in name:
-                con.register(name, data)
-                continue
-            schema, table = name.split(".", 1)
-            # A temp view over a registered Arrow table keeps the data zero-copy.
-            alias = f"__faas_arrow_{i}"
-            con.register(alias, data)
-            con.execute(f"CREATE SCHEMA IF NOT EXISTS {_quote(schema)}")
-            con.execute(f"CREATE VIEW {_quote(schema)}.{_quote(table)} AS SELECT * FROM {alias}")
+        _register(con, tables)
         con.execute("SET enable_external_access = false")
         con.execute("SET lock_configuration = true")
         try:
@@ -160,9 +152,38 @@ def query_tables(
         except duckdb.CatalogException as e:
             raise NotFound(_first_line(e)) from e
         except duckdb.Error as e:
-            raise InvalidInput(_first_line(e)) from e
+            raise sql_error(e, sql) from e
     logger.debug("query over %s returned %d rows", names, table_out.num_rows)
     return table_out
+
+
+def _register(con: duckdb.DuckDBPyConnection, tables: Mapping[str, pa.Table]) -> None:
+    """Make each table readable by the name the SQL uses (``t``, or ``ns.t``)."""
+    for i, (name, data) in enumerate(tables.items()):
+        if "." not in name:
+            con.register(name, data)
+            continue
+        schema, table = name.split(".", 1)
+        # A temp view over a registered Arrow table keeps the data zero-copy.
+        alias = f"__faas_arrow_{i}"
+        con.register(alias, data)
+        con.execute(f"CREATE SCHEMA IF NOT EXISTS {_quote(schema)}")
+        con.execute(f"CREATE VIEW {_quote(schema)}.{_quote(table)} AS SELECT * FROM {alias}")
+
+
+def result_columns(
+    sql: str, schemas: Mapping[str, pa.Schema], params: Mapping[str, Any] | None = None
+) -> list[str] | None:
+    """The columns ``sql`` gives over tables of these schemas, found by binding it over
+    empty tables (nothing runs); None if it does not bind (then the run says why)."""
+    with duckdb.connect(":memory:") as con:
+        try:
+            _register(con, {name: schema.empty_table() for name, schema in schemas.items()})
+            con.execute("SET enable_external_access = false")
+            result = con.sql(sql, params=dict(params)) if params else con.sql(sql)
+        except duckdb.Error:
+            return None
+        return None if result is None else list(result.columns)
 
 
 def _walk(node: Any) -> Iterator[dict[str, Any]]:
@@ -189,6 +210,32 @@ def _cte_names(tree: Any) -> Iterator[str]:
 
 def _quote(identifier: str) -> str:
     return '"' + identifier.replace('"', '""') + '"'
+
+
+class SQLError(InvalidInput):
+    """DuckDB refused the SQL. ``line``: where, 1-based in the text it was given (the
+    line DuckDB names, else the first line that has the name the error quotes), or None."""
+
+    def __init__(self, message: str, line: int | None = None) -> None:
+        super().__init__(message)
+        self.line = line
+
+
+def sql_error(error: BaseException, sql: str) -> SQLError:
+    """The one-line SQLError for DuckDB's ``error`` on ``sql``, with its line."""
+    text = str(error)
+    found = re.search(r"^LINE (\d+):", text, re.MULTILINE)
+    line = int(found.group(1)) if found else None
+    if line is None:
+        quoted = re.search(r'"([^"\n]+)"', _first_line(error))
+        if quoted:
+            word = re.compile(rf"(?<![\w$]){re.escape(quoted.group(1))}(?![\w$])", re.IGNORECASE)
+            line = next(
+                (n for n, text_line in enumerate(sql.splitlines(), 1)
+                 if word.search(text_line.split("--", 1)[0])),
+                None,
+            )
+    return SQLError(_first_line(error), line)
 
 
 def _first_line(error: BaseException) -> str:

@@ -133,6 +133,9 @@ def test_events_come_in_causal_order_and_expectations_read_passed_or_failed(
     assert job["nodes"]["impossible"]["state"] == "failed"
     text = cluster.faas("job", "get", run_id.group(1), check=True).stdout
     assert "has_rows: passed" in text and "impossible: failed" in text
+    replayed = cluster.faas("job", "logs", run_id.group(1), check=True).stdout
+    assert re.search(r"has_rows: passed$", replayed, re.MULTILINE), replayed
+    assert re.search(r"impossible: failed$", replayed, re.MULTILINE), replayed
 
 
 def test_no_op_revert_exits_zero_and_json_has_nulls(

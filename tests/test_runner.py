@@ -69,8 +69,10 @@ def test_a_reader_that_raises_halfway_leaves_no_object(tmp_path: Path) -> None:
 
 
 def test_anything_else_is_a_clear_error() -> None:
-    with pytest.raises(TypeError, match="model 'm' returned int; return a pyarrow Table"):
+    with pytest.raises(TypeError, match="^returned int, expected a table \\(a pyarrow Table"):
         as_arrow(42, "m")
+    with pytest.raises(TypeError, match="^returned None, expected a table"):
+        as_arrow(None, "m")
 
 
 def test_a_mapped_input_is_held_until_the_process_ends(tmp_path: Path) -> None:
