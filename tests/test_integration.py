@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import math
 import sys
 from pathlib import Path
@@ -94,7 +95,8 @@ def test_failing_function_commits_nothing_and_daemons_keep_serving(
     assert proc.returncode == 1
     assert "Traceback" in proc.stderr and "ValueError: boom" in proc.stderr
     assert "[broken] about to fail" in proc.stderr  # printed lines streamed back
-    assert proc.stderr.strip().splitlines()[-1].startswith("error: model 'broken' raised ValueError")
+    last = proc.stderr.strip().splitlines()[-1]
+    assert re.fullmatch(r"error: model 'broken' \(models\.py:\d+\) raised ValueError: boom.*", last), last
 
     after = json.loads(cluster.faas("table", "ls", "--namespace", "adventure", "--json", check=True).stdout)
     assert after == before  # 'good' succeeded but the failed run published nothing

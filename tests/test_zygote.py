@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -301,8 +302,9 @@ async def check_failure(
 def test_user_exception_gives_traceback(project: Path, mode: str) -> None:
     def check(r: Run) -> None:
         assert isinstance(r.error, FunctionFailed)
-        assert str(r.error) == "model 'boom' raised ValueError: no good"
-        assert "Traceback" in r.error.detail and 'models.py", line' in r.error.detail
+        assert re.fullmatch(r"model 'boom' \(models\.py:\d+\) raised ValueError: no good", str(r.error))
+        assert "Traceback" in r.error.detail and 'File "models.py", line' in r.error.detail
+        assert "faasd" not in r.error.detail  # the user's frames only
 
     run_async(check_failure(project, mode, "boom", check))
 
