@@ -208,13 +208,18 @@ def table_import(
     paths: list[str] = typer.Argument(..., help="CSV or Parquet files or globs"),
     ref: Optional[str] = typer.Option(None, "--ref", help=REF_HELP),
     mode: str = typer.Option("replace", "--mode", help="replace or append"),
+    format: Optional[str] = typer.Option(
+        None, "--format", help="csv, tsv or parquet, for files whose suffix does not say"
+    ),
     as_json: bool = json_flag(),
 ) -> None:
     """Import CSV or Parquet files as a table (schema inferred)."""
     ref = ref_or_active(ref)
     if mode not in ("replace", "append"):
         raise typer.BadParameter("must be 'replace' or 'append'", param_hint="--mode")
-    info = run(lambda c: c.import_table(key, paths, ref=ref, mode=mode))
+    if format is not None and format not in ("csv", "tsv", "parquet"):
+        raise typer.BadParameter("must be csv, tsv or parquet", param_hint="--format")
+    info = run(lambda c: c.import_table(key, paths, ref=ref, mode=mode, format=format))
     if as_json:
         print_json(info)
     else:

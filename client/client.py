@@ -279,11 +279,15 @@ class Client:
         return await self._call(GetTable(key=key, ref=ref))
 
     async def import_table(
-        self, key: str, paths: list[str], *, ref: str = "main", mode: str = "replace"
+        self, key: str, paths: list[str], *, ref: str = "main", mode: str = "replace",
+        format: str | None = None,
     ) -> dict[str, Any]:
-        """Import CSV/Parquet files (paths or globs, readable by the workers) as a table."""
+        """Import CSV/Parquet files (paths or globs, readable by the workers) as a table;
+        ``format`` (csv, tsv, parquet) for files whose suffix does not say."""
         resolved = [str(Path(p).expanduser().resolve()) if "://" not in p else p for p in paths]
-        return await self._call(ImportTable(key=key, paths=resolved, ref=ref, mode=mode))
+        return await self._call(
+            ImportTable(key=key, paths=resolved, ref=ref, mode=mode, format=format)
+        )
 
     async def query(self, sql: str, *, namespace: str | None = None, ref: str = "main") -> Any:
         """Run SQL over the tables at ``ref``; returns a pyarrow Table."""

@@ -713,7 +713,7 @@ class Worker:
         def work() -> ImportDone:
             from store.files import read_source_files, write_parquet_parts
 
-            table = read_source_files(msg.paths)
+            table = read_source_files(msg.paths, msg.format)
             files, _ = write_parquet_parts(
                 table, msg.directory, f"import-{uuid.uuid4().hex[:8]}", threads=self.cpus
             )

@@ -204,6 +204,8 @@ class ImportTable(Message, frozen=True):
     paths: list[str]
     ref: str = "main"
     mode: str = "replace"
+    # csv, tsv or parquet; None: from each file's suffix.
+    format: str | None = None
 
 
 class Query(Message, frozen=True):
@@ -539,6 +541,7 @@ class ImportTask(Message, frozen=True):
     key: str
     paths: list[str]
     directory: str
+    format: str | None = None
 
 
 class QueryTask(Message, frozen=True):

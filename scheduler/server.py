@@ -500,7 +500,8 @@ class Scheduler:
         directory = await self.store_call(tx.data_location, request.key)
         task_id = f"import-{uuid.uuid4().hex[:12]}"
         done: ImportDone = await self._worker_task(
-            ImportTask(task_id=task_id, key=request.key, paths=request.paths, directory=directory)
+            ImportTask(task_id=task_id, key=request.key, paths=request.paths, directory=directory,
+                       format=request.format)
         )
         import pyarrow as pa
 

@@ -94,7 +94,7 @@ def detect_format(path: str, format: str | None = None) -> FileFormat:
             return fmt
     raise InvalidInput(
         f"cannot tell the format of {path}: expected .csv, .csv.gz, .tsv or .parquet, "
-        "or give the format"
+        "or say which with --format csv|tsv|parquet"
     )
 
 

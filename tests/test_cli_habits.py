@@ -161,3 +161,19 @@ def test_no_op_revert_exits_zero_and_json_has_nulls(
     for node in job["nodes"].values():
         assert node["error"] is None, node
         assert "" not in node.values(), node
+
+
+def test_a_hint_names_an_option_that_exists(cluster: Cluster, tmp_path: Path) -> None:
+    """The importer's hint for a file whose suffix says nothing names --format, which
+    faas table import has."""
+    data = tmp_path / "prices.txt"
+    data.write_text("product,price\nbolt,0.25\nnut,0.1\n")
+    cluster.faas("namespace", "create", "shop", check=True)
+    proc = cluster.faas("table", "import", "shop.prices", str(data))
+    assert proc.returncode != 0
+    (line,) = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert line.startswith("error: cannot tell the format of ") and "--format csv" in line, line
+    out = cluster.json("table", "import", "shop.prices", str(data), "--format", "csv", "--json")
+    assert out["rows"] == 2
+    bad = cluster.faas("table", "import", "shop.prices", str(data), "--format", "xls")
+    assert bad.returncode != 0 and "--format" in bad.stderr
