@@ -101,3 +101,74 @@ def test_the_readme_works_when_pasted_after_make_demo(clone: tuple[Path, dict[st
     count = "SELECT count(*) AS n FROM fact_sale"
     assert rows(count, "new-sales") == 30000 and rows(count, "main") == 20000
     assert rows("SELECT count(*) AS n FROM sale", "main") == 30000
+
+
+def _cluster_blocks(text: str) -> tuple[str, str]:
+    """The README's cluster set-up: its shell block, and the worker's TOML config."""
+    shell = next(b for b in re.findall(r"^```sh\n(.*?)^```", text, re.MULTILINE | re.DOTALL)
+                 if b.startswith("# On the cluster's hosts"))
+    toml = next(b for b in re.findall(r"^```toml\n(.*?)^```", text, re.MULTILINE | re.DOTALL)
+                if "[worker]" in b)
+    return shell, toml
+
+
+def test_the_cluster_setup_is_accurate_and_runs_on_loopback(
+    tmp_path: Path, example_data: Path
+) -> None:
+    """The cluster set-up needs remote hosts, S3 and PostgreSQL (tests/test_s3.py and the
+    PostgreSQL catalog tests cover those): here every faasd command line of it parses as
+    written, its config file is accepted as written, and the same steps run on loopback
+    (the scheduler's own warehouse and catalog, the worker started from that config)."""
+    import shlex
+    import tomllib
+
+    from faasd.__main__ import _parser, _settings
+    from tests.conftest import SOURCE_TABLES, start_daemon, stop_daemon
+
+    shell, toml = _cluster_blocks((ROOT / "README.md").read_text())
+    parser, roles = _parser()
+    commands = [line.split("#")[0] for line in shell.replace("\\\n", " ").splitlines()]
+    faasd = [shlex.split(c)[1:] for c in commands if c.startswith("faasd ")]
+    assert [args[0] for args in faasd] == ["scheduler", "worker"]
+    for args in faasd:
+        parser.parse_args(args)  # exits (fails the test) on an option faasd does not have
+    config = tmp_path / "faasd.toml"
+    config.write_text(toml)
+    settings = _settings(str(config), "worker", roles["worker"])
+    assert settings["scheduler"] == "sched-host:8470" and tomllib.loads(toml)["worker"]
+
+    home = tmp_path / "home"
+    sched, address = start_daemon(
+        ["scheduler", "--listen", "127.0.0.1:0", "--home", str(home)],
+        "faasd scheduler listening on", tmp_path / "scheduler.log",
+    )
+    worker = None
+    try:
+        config.write_text(
+            toml.replace("sched-host:8470", address).replace("/etc/faas/token", str(home / "token"))
+            .replace('"10.0.0.12:0"', '"127.0.0.1:0"').replace('"16GiB"', '"4GiB"')
+            .replace('s3-endpoint = "http://minio:9000"\n', "")
+        )
+        worker, _ = start_daemon(["worker", "--config", str(config), "--shm-dir", str(tmp_path / "shm")],
+                                 "faasd worker", tmp_path / "worker.log")
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("FAAS_", "AWS_"))}
+        env.update(FAAS_CLUSTER=address, FAAS_TOKEN_FILE=str(home / "token"),
+                   HOME=str(tmp_path))
+        faas = [str(ROOT / ".venv" / "bin" / "faas")]
+
+        def step(*args: str) -> str:
+            proc = subprocess.run([*faas, *args], cwd=ROOT, env=env, capture_output=True,
+                                  text=True, timeout=180)
+            assert proc.returncode == 0, (args, proc.stdout, proc.stderr)
+            return proc.stdout
+
+        step("namespace", "create", "adventure")
+        for t in SOURCE_TABLES:
+            step("table", "import", f"adventure.{t}", str(example_data / f"{t}.csv"))
+        assert "succeeded" in step("submit", "examples/adventureworks", "--namespace", "adventure")
+        info = step("info")
+        assert f"scheduler {address}" in info and "4.0 GiB free" in info, info
+    finally:
+        if worker is not None:
+            stop_daemon(worker)
+        stop_daemon(sched)
