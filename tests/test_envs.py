@@ -89,6 +89,8 @@ def test_build_then_cached_after_restart(tmp_path: Path) -> None:
     assert env.path == root / env.key and Path(env.python).exists()
     assert lines and all(line.startswith("[env] ") for line in lines)
     assert any("six==1.16.0" in line for line in lines), lines  # uv's own output came through
+    # ... but not its advice to activate the environment by hand: faas does that.
+    assert not any("Activate with" in line or "activate" in line for line in lines), lines
     marker = json.loads((env.path / MARKER).read_text())
     assert marker["key"] == env.key and marker["pins"] == ["six==1.16.0"]
 

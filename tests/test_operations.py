@@ -90,6 +90,8 @@ def test_sigterm_lets_running_functions_finish_then_releases_shared_memory(
     # Draining: the worker says so and finishes what it runs.
     workers = bare.json("info")["workers"]
     assert workers and workers[0]["draining"] is True
+    assert "(draining: finishing its functions, taking no new ones)" in bare.faas(
+        "info", check=True).stdout
     out, err = run.communicate(timeout=120)
     assert run.returncode == 0, err
     assert json.loads(out)["status"] == "success"
