@@ -41,6 +41,8 @@ ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "adventureworks"
 TABLES = ("product", "product_category", "product_subcategory", "sale", "territories")
 SAMPLE_EVERY = 0.02
+# Sizes up to this many sale rows are also checked against examples/adventureworks/reference.py.
+REFERENCE_ROWS = 10_000_000
 
 
 def rss_anon(pid: int) -> int:
@@ -173,13 +175,17 @@ def project_copy(tmp: Path) -> Path:
     return out
 
 
-def same_rows(a: list[str], b: str) -> bool:
-    """Do the Parquet files ``a`` and the file ``b`` hold the same rows (as multisets)?"""
+def same_rows(a: list[str], b: str | Any) -> bool:
+    """Do the Parquet files ``a`` and ``b`` (a Parquet file, or an Arrow table) hold the
+    same rows (as multisets)?"""
     import duckdb
 
     with duckdb.connect() as con:
         con.execute(f"CREATE VIEW a AS SELECT * FROM read_parquet({a!r})")
-        con.execute(f"CREATE VIEW b AS SELECT * FROM read_parquet('{b}')")
+        if isinstance(b, str):
+            con.execute(f"CREATE VIEW b AS SELECT * FROM read_parquet('{b}')")
+        else:
+            con.register("b", b)
         (n,) = con.execute(
             "SELECT (SELECT count(*) FROM (SELECT * FROM a EXCEPT ALL SELECT * FROM b))"
             " + (SELECT count(*) FROM (SELECT * FROM b EXCEPT ALL SELECT * FROM a))"
@@ -199,6 +205,14 @@ def one_size(tmp: Path, env: dict[str, str], daemon: list[int], project: Path, r
     for t in TABLES:
         subprocess.run(faas_cmd("table", "import", f"{ns}.{t}", str(data / f"{t}.csv")),
                        env=env, cwd=ROOT, check=True, capture_output=True)
+    # The example's reference outputs (DuckDB on the CSV files, reference.py), up to
+    # REFERENCE_ROWS: faas's tables are checked against them after the timed runs.
+    reference = None
+    if rows <= REFERENCE_ROWS:
+        sys.path.insert(0, str(EXAMPLE))
+        import reference as example_reference
+
+        reference = example_reference.expected(str(data))
     shutil.rmtree(data)
     prepare_s = time.perf_counter() - t0
     files = {}
@@ -222,13 +236,15 @@ def one_size(tmp: Path, env: dict[str, str], daemon: list[int], project: Path, r
         d = run_measured([sys.executable, "-m", "bench.baseline", str(spec)], env, [])
         d.pop("stdout")
         duck_runs.append(d)
-    identical = {}
+    identical, to_reference = {}, {}
     for m in MODELS:
         info = json.loads(subprocess.run(faas_cmd("table", "get", f"{ns}.{m}", "--json"),
                                          env=env, cwd=ROOT, check=True, capture_output=True,
                                          text=True).stdout)
-        identical[m] = same_rows(source_files(info["metadata_location"]),
-                                 str(tmp / f"duckdb-{rows}" / f"{m}.parquet"))
+        faas_files = source_files(info["metadata_location"])
+        identical[m] = same_rows(faas_files, str(tmp / f"duckdb-{rows}" / f"{m}.parquet"))
+        if reference is not None:
+            to_reference[m] = same_rows(faas_files, reference[m])
     last = json.loads(subprocess.run(faas_cmd("job", "get", faas_runs[-1]["run_id"], "--json"),
                                      env=env, cwd=ROOT, check=True, capture_output=True,
                                      text=True).stdout)
@@ -245,6 +261,7 @@ def one_size(tmp: Path, env: dict[str, str], daemon: list[int], project: Path, r
         "cpu_ratio": round(med["cpu_s"] / base["cpu_s"], 2),
         "memory_ratio": round(med["peak_memory_gib"] / base["peak_memory_gib"], 2),
         "identical_to_duckdb": identical,
+        "identical_to_reference": to_reference or None,
         "phases_of_last_run": phases,
         "runs": {"faas": faas_runs, "duckdb": duck_runs},
     }
