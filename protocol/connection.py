@@ -26,7 +26,14 @@ from protocol.errors import (
     MalformedFrame,
     PeerVanished,
 )
-from protocol.framing import HEADER, MAX_CONTROL_FRAME, MAX_HANDSHAKE_FRAME, encode, read_frame
+from protocol.framing import (
+    HEADER,
+    MAX_CONTROL_FRAME,
+    MAX_HANDSHAKE_FRAME,
+    decode_payload,
+    encode,
+    read_frame,
+)
 from protocol.messages import PROTOCOL_VERSION, Auth, Error, Handshake, Hello, Welcome
 
 log = logging.getLogger(__name__)
@@ -333,11 +340,7 @@ def recv_frame_blocking(
     (size,) = HEADER.unpack(recv_exactly_blocking(sock, HEADER.size))
     if size > max_size:
         raise FrameTooLarge(size, max_size)
-    payload = recv_exactly_blocking(sock, size, started=True)
-    try:
-        return decoder.decode(payload)
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-        raise MalformedFrame(f"malformed frame ({len(payload)} bytes): {exc}") from None
+    return decode_payload(recv_exactly_blocking(sock, size, started=True), decoder)
 
 
 def connect_blocking(

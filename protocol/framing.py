@@ -73,8 +73,17 @@ async def read_frame(
     After MalformedFrame the stream position is still known (the whole payload
     was consumed), so the connection may go on.
     """
-    payload = await read_payload(reader, max_size)
+    return decode_payload(await read_payload(reader, max_size), decoder)
+
+
+# What msgspec raises for bytes that are not a message: its own errors, and a
+# UnicodeDecodeError for a string that is not UTF-8.
+UNDECODABLE = (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError)
+
+
+def decode_payload(payload: bytes, decoder: msgspec.msgpack.Decoder[T]) -> T:
+    """Decode one frame's payload; anything that is not a valid message is MalformedFrame."""
     try:
         return decoder.decode(payload)
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+    except UNDECODABLE as exc:
         raise MalformedFrame(f"malformed frame ({len(payload)} bytes): {exc}") from None

@@ -683,3 +683,24 @@ def test_clean_close_by_peer_is_connection_closed() -> None:
             assert conn.closed
 
     run(go())
+
+
+def test_a_frame_that_is_not_utf8_before_auth_is_a_malformed_frame() -> None:
+    """A string field that is not UTF-8 is refused like any other malformed frame: a typed
+    error and a closed connection, not a UnicodeDecodeError."""
+    from protocol.errors import MalformedFrame
+    from protocol.framing import HEADER
+
+    payload = b"\x81\xa2op\xa4\xff\xfe\xfd\xfc"  # {"op": <4 bytes that are not UTF-8>}
+
+    async def go() -> None:
+        async with faas_server() as (address, outcomes), raw_client(address) as (reader, writer):
+            assert isinstance(await read_frame(reader, HANDSHAKE), Hello)
+            writer.write(HEADER.pack(len(payload)) + payload)
+            await writer.drain()
+            await read_until_closed(reader)
+            acc = await outcomes.get()
+            assert isinstance(acc.error, HandshakeFailed)
+            assert isinstance(acc.error.__cause__, MalformedFrame), repr(acc.error.__cause__)
+
+    run(go(), timeout=5)
