@@ -271,9 +271,13 @@ class Lakehouse:
         _, source = self.catalog.resolve(to_ref)
         wanted = self.catalog.get(source, key)
 
+        unchanged = False
+
         def plan(head: str) -> tuple[list[Change], str]:
+            nonlocal unchanged
             current = self.catalog.get(head, key)
-            if current == wanted:
+            unchanged = current == wanted
+            if unchanged:
                 if wanted is None:
                     raise InvalidInput(
                         f"table {key!r} exists neither on {branch!r} nor at {to_ref!r} "
@@ -287,9 +291,8 @@ class Lakehouse:
                 )
             return [Change(key=key, kind="table", value=wanted)], f"revert {key} to {to_ref}"
 
-        before = self.catalog.resolve(branch)[1]
         commit = self._commit_planned(branch, f"revert table {key}", plan)
-        return commit, commit != before
+        return commit, not unchanged
 
     def diff(self, from_ref: str, to_ref: str) -> list[TableDiff]:
         """Tables and namespaces that differ from ``from_ref`` to ``to_ref``.
