@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from typing import Callable
 
 import psutil
@@ -33,26 +34,78 @@ def private_bytes(proc: psutil.Process) -> int:
     return total
 
 
-async def watch_memory(pid: int, limit: int, on_exceed: Callable[[int], None]) -> int:
-    """Poll until the process ends; call ``on_exceed(used)`` once if it passes ``limit``.
+_PAGE = os.sysconf("SC_PAGE_SIZE")
 
-    Returns the peak seen.
+
+# Kernels built without CONFIG_PROC_CHILDREN lack /proc/PID/task/TID/children.
+_CHILDREN_LISTED = os.path.exists(f"/proc/self/task/{os.getpid()}/children")
+
+
+def _tree(pid: int) -> list[int]:
+    """``pid`` and its descendants, from each thread's ``/proc/PID/task/TID/children``
+    (microseconds; psutil's ``children()`` reads every process on the host instead)."""
+    if not _CHILDREN_LISTED:
+        try:
+            return [pid, *(c.pid for c in psutil.Process(pid).children(recursive=True))]
+        except psutil.NoSuchProcess:
+            return []
+    found, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        found.append(p)
+        try:
+            for tid in os.listdir(f"/proc/{p}/task"):
+                with open(f"/proc/{p}/task/{tid}/children") as f:
+                    todo += [int(c) for c in f.read().split()]
+        except OSError:  # it (or a thread of it) is gone meanwhile
+            continue
+    return found
+
+
+def resident_bytes(pid: int) -> int:
+    """Resident memory of a process and its descendants, shared pages included: never less
+    than :func:`private_bytes`, and read without walking their page maps."""
+    total = 0
+    for p in _tree(pid):
+        try:
+            with open(f"/proc/{p}/statm") as f:
+                total += int(f.read().split()[1]) * _PAGE
+        except (OSError, ValueError, IndexError):
+            continue
+    return total
+
+
+async def watch_memory(
+    pid: int, limit: int | Callable[[], int], on_exceed: Callable[[int], None]
+) -> int:
+    """Poll until the process ends; call ``on_exceed(used)`` once if it passes ``limit``
+    (a number of bytes, or what a callable says at each poll: a limit that may grow).
+
+    Returns the peak seen (of resident memory while that was under the limit).
     """
+    current = limit if callable(limit) else (lambda: limit)
     try:
         proc = psutil.Process(pid)
     except psutil.NoSuchProcess:
         return 0
     peak = 0
     while True:
-        try:
-            # Reading smaps of a process with gigabytes mapped takes tens of milliseconds:
-            # not on the worker's event loop.
-            used = await asyncio.to_thread(private_bytes, proc)
-        except psutil.NoSuchProcess:
+        now = current()
+        # Resident memory bounds the private memory from above and costs microseconds: the
+        # page maps are read only when it passes the limit.
+        used = resident_bytes(pid)
+        if now and used > now:
+            try:
+                # Reading smaps of a process with gigabytes mapped takes tens of
+                # milliseconds: not on the worker's event loop.
+                used = await asyncio.to_thread(private_bytes, proc)
+            except psutil.NoSuchProcess:
+                return peak
+        elif not proc.is_running():
             return peak
         peak = max(peak, used)
-        if limit and used > limit:
-            log.info("process %d used %d bytes, over its limit of %d", pid, used, limit)
+        if now and used > now:
+            log.info("process %d used %d bytes, over its limit of %d", pid, used, now)
             on_exceed(used)
             return peak
         await asyncio.sleep(INTERVAL)

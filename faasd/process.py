@@ -18,7 +18,8 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
 
 import msgspec
 
@@ -26,7 +27,7 @@ from faasd.zygote import Zygote
 from faasd.zygote_wire import ZygoteDied, ZygoteStartFailed, describe_exit
 from protocol.errors import FunctionFailed, RunCancelled
 from protocol.framing import encode, read_frame
-from protocol.messages import Error, FunctionReply, FunctionResult, FunctionTask
+from protocol.messages import Error, FunctionReply, FunctionResult, FunctionTask, TaskObjects
 
 log = logging.getLogger(__name__)
 
@@ -145,9 +146,14 @@ class FunctionProcess:
         return readers[0], readers[1]
 
     async def run(
-        self, sink: LineSink, started: Callable[[int], Awaitable[None]]
+        self, sink: LineSink, started: Callable[[int], Awaitable[None]],
+        waited: Coroutine[Any, Any, dict[str, str]] | None = None,
     ) -> FunctionResult:
-        """Run to completion; raise FunctionFailed with the user's traceback or the exit status."""
+        """Run to completion; raise FunctionFailed with the user's traceback or the exit status.
+
+        ``waited`` gives the paths of the task's waiting objects once they exist; they are
+        sent to the running function then. If it raises, the function is stopped and the
+        error is this call's."""
         parent, child = socket.socketpair()
         transports: list[asyncio.BaseTransport] = []
         try:
@@ -183,6 +189,7 @@ class FunctionProcess:
         code: int | None = None
         pumps: list[asyncio.Task[None]] = []
         writer: asyncio.StreamWriter | None = None
+        feeder: asyncio.Task[None] | None = None
         try:
             await started(self.pid)
             pumps = [
@@ -193,6 +200,9 @@ class FunctionProcess:
             try:
                 writer.write(encode(self.task))
                 await writer.drain()
+                if waited is not None:
+                    feeder = asyncio.create_task(self._feed(writer, waited))
+                    waited = None
                 reply = await read_frame(reader, _reply_decoder)
             except Exception as exc:  # noqa: BLE001 - the process died before answering
                 log.debug("no reply from %s: %r", self.task.node, exc)
@@ -207,6 +217,10 @@ class FunctionProcess:
             await asyncio.gather(*pumps)
         finally:
             self.kill()
+            if waited is not None:
+                waited.close()  # never started: the process died before its task was sent
+            if feeder is not None and not feeder.done():
+                feeder.cancel()
             if writer is not None:
                 writer.close()
             if self.zygote is not None and self._forked_pid:
@@ -218,6 +232,9 @@ class FunctionProcess:
             parent.close()
         if self.cancelled:
             raise RunCancelled(f"model {self.task.node!r} was cancelled")
+        if feeder is not None and feeder.done() and not feeder.cancelled():
+            if (failed := feeder.exception()) is not None:
+                raise failed  # its inputs could not be had: that is why it stopped
         if isinstance(reply, Error):
             raise FunctionFailed(reply.message, detail=reply.detail)
         if reply is None and lost is not None:
@@ -232,6 +249,24 @@ class FunctionProcess:
         # A reply with ``lost`` set: the function finished and answered, then
         # its zygote died before reporting the exit. The output is complete.
         return reply
+
+    async def _feed(
+        self, writer: asyncio.StreamWriter, waited: Coroutine[Any, Any, dict[str, str]]
+    ) -> None:
+        """Send the waiting objects' paths once they exist; stop the function if they
+        cannot be had."""
+        try:
+            objects = await waited
+        except asyncio.CancelledError:
+            raise
+        except BaseException:
+            self.kill()
+            raise
+        try:
+            writer.write(encode(TaskObjects(objects=objects)))
+            await writer.drain()
+        except OSError as exc:  # it is gone already: its exit says why
+            log.debug("could not send %s its inputs: %r", self.task.node, exc)
 
     def kill(self) -> None:
         """SIGKILL the function's whole process group, if it is still running."""

@@ -19,12 +19,13 @@ import socket
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import msgspec
 
-from protocol.framing import HEADER, MAX_CONTROL_FRAME, encode
+from protocol.framing import encode, recv_frame_blocking
 from protocol.messages import (
     Error,
     FunctionResult,
@@ -32,29 +33,31 @@ from protocol.messages import (
     InputRead,
     ObjectInput,
     ScanInput,
+    TaskObjects,
     node_label,
 )
 
 _decoder = msgspec.msgpack.Decoder(FunctionTask)
-
-
-def _recv_exactly(sock: socket.socket, n: int) -> bytes:
-    buf = bytearray(n)
-    view = memoryview(buf)
-    got = 0
-    while got < n:
-        k = sock.recv_into(view[got:])
-        if k == 0:
-            raise EOFError("worker closed the task channel")
-        got += k
-    return bytes(buf)
+_objects_decoder = msgspec.msgpack.Decoder(TaskObjects)
 
 
 def _read_task(sock: socket.socket) -> FunctionTask:
-    (size,) = HEADER.unpack(_recv_exactly(sock, HEADER.size))
-    if size > MAX_CONTROL_FRAME:
-        raise ValueError(f"task frame of {size} bytes exceeds {MAX_CONTROL_FRAME}")
-    return _decoder.decode(_recv_exactly(sock, size))
+    return recv_frame_blocking(sock, _decoder)
+
+
+def _objects_from(sock: socket.socket) -> Callable[[], dict[str, str]]:
+    """What the function calls to wait for its waiting objects' paths (a TaskObjects
+    frame the worker sends once their upstream functions have made them)."""
+
+    def wait() -> dict[str, str]:
+        from protocol.errors import FaasError
+
+        try:
+            return recv_frame_blocking(sock, _objects_decoder).objects
+        except FaasError as exc:  # the worker went away, or sent something else
+            raise InputProblem(f"the inputs of upstream functions never came: {exc}") from None
+
+    return wait
 
 
 class BadReturn(TypeError):
@@ -376,13 +379,34 @@ class _DuckDBBudget:
         return spec
 
 
-def run(task: FunctionTask, started: float = 0.0) -> FunctionResult:
+def run(
+    task: FunctionTask, started: float = 0.0,
+    waited: Callable[[], dict[str, str]] | None = None,
+) -> FunctionResult:
+    """Run one task. ``waited`` gives the paths of the task's waiting objects, blocking
+    until their upstream functions have made them: everything else is read first."""
     limit_threads(task.threads)
     report = _ColumnReport()
     t0 = time.perf_counter()
-    inputs: dict[str, Any] = {inp.param: _load_input(inp, task, report) for inp in task.inputs}
+    later = set(task.waiting)
+    inputs: dict[str, Any] = {
+        inp.param: _load_input(inp, task, report) for inp in task.inputs
+        if not (isinstance(inp, ObjectInput) and inp.object_id in later)
+    }
+    phases: dict[str, float] = {}
+    if later:
+        if waited is None:
+            raise InputProblem("the inputs of upstream functions never came")
+        t_wait = time.perf_counter()
+        task = msgspec.structs.replace(task, objects={**task.objects, **waited()})
+        phases["waiting"] = time.perf_counter() - t_wait
+        inputs.update({
+            inp.param: _load_input(inp, task, report) for inp in task.inputs
+            if isinstance(inp, ObjectInput) and inp.object_id in later
+        })
+        inputs = {inp.param: inputs[inp.param] for inp in task.inputs}  # the user's order
     t1 = time.perf_counter()
-    phases = {"inputs": t1 - t0}
+    phases["inputs"] = t1 - t0 - phases.get("waiting", 0.0)
     columns: dict[str, Any] = {
         "columns_cached": report.cached, "columns_read": report.read,
         "column_entries": report.entries, "started": started, "phases": phases,
@@ -446,7 +470,7 @@ def serve_task(sock_fd: int) -> int:
         print(f"faas runner: cannot read the task: {exc}", file=sys.stderr)
         return 2
     try:
-        reply: FunctionResult | Error = run(task, started)
+        reply: FunctionResult | Error = run(task, started, _objects_from(sock))
         code = 0
     except BaseException as exc:  # noqa: BLE001 - user code may raise anything, even SystemExit
         try:

@@ -48,6 +48,7 @@ from protocol.messages import (
     Heartbeat,
     ImportDone,
     ImportTask,
+    InputsReady,
     ObjectInfo,
     ObjectInput,
     ObjectReady,
@@ -177,6 +178,8 @@ class Worker:
         self.released: OrderedDict[str, None] = OrderedDict()
         # Memory limits of the functions running now (the store makes room for them).
         self.running_limits: dict[str, int] = {}
+        # Early-started tasks waiting for upstream objects: their InputsReady, by task id.
+        self.inputs_ready: dict[str, asyncio.Future[InputsReady]] = {}
         self.reconnect = reconnect
         self.envs = EnvironmentCache(
             Path(env_dir or default_env_dir()).expanduser(), extra_interpreters=pythons
@@ -384,7 +387,13 @@ class Worker:
     def _dispatch(self, msg: Any) -> None:
         match msg:
             case RunTask():
+                if msg.waiting:
+                    self.inputs_ready[msg.task_id] = asyncio.get_running_loop().create_future()
                 self._spawn(self._run_task(msg), msg.task_id)
+            case InputsReady(task_id=task_id):
+                waiting = self.inputs_ready.get(task_id)
+                if waiting is not None and not waiting.done():
+                    waiting.set_result(msg)
             case CancelTask(task_id=task_id):
                 proc = self.processes.get(task_id)
                 if proc:
@@ -457,7 +466,7 @@ class Worker:
             objects = {
                 i.object_id: str(await self._input_path(msg, i.object_id))
                 for i in msg.inputs
-                if isinstance(i, ObjectInput)
+                if isinstance(i, ObjectInput) and i.object_id not in msg.waiting
             }
             inputs = await self._planned(msg.inputs)
             task = FunctionTask(
@@ -467,6 +476,7 @@ class Worker:
                 column_cache=str(self.store.columns_dir) if msg.use_cache else "",
                 parquet_dir=msg.materialize.directory if direct else "",  # type: ignore[union-attr]
                 parquet_stem=f"{msg.node}-{uuid.uuid4().hex[:8]}", threads=self._threads(msg),
+                waiting=msg.waiting,
             )
             t_env = time.perf_counter()
             env = await self._environment(msg)
@@ -526,6 +536,7 @@ class Worker:
         finally:
             self.processes.pop(msg.task_id, None)
             self.cpus_reserved.pop(msg.task_id, None)
+            self.inputs_ready.pop(msg.task_id, None)
 
     def _threads(self, msg: RunTask) -> int:
         """The function's thread budget: the cores it reserved, else those nobody has."""
@@ -587,14 +598,35 @@ class Worker:
             seconds=time.perf_counter() - t0, cached=True,
         )
 
-    async def _input_path(self, msg: RunTask, object_id: str) -> Path:
+    async def _waited(self, msg: RunTask) -> dict[str, str]:
+        """The paths of an early-started task's waiting objects, once the scheduler says
+        where they are (pulled here if they are on another host). Its memory limit grows
+        to count what it maps."""
+        ready = await self.inputs_ready[msg.task_id]
+        if ready.memory_limit and msg.task_id in self.running_limits:
+            self.running_limits[msg.task_id] = ready.memory_limit
+            await self._make_room()
+        return {
+            oid: str(await self._input_path(msg, oid, ready.sources)) for oid in msg.waiting
+        }
+
+    async def _make_room(self) -> None:
+        """Unpinned cache gives way to the memory the running functions were promised."""
+        await self.store.enforce(
+            min(self.store.budget, self.memory - sum(self.running_limits.values()))
+        )
+
+    async def _input_path(
+        self, msg: RunTask, object_id: str, sources: dict[str, ObjectSource] | None = None
+    ) -> Path:
         """The file to map for an upstream object: in this worker's store, in another
-        worker's store on this host, or pulled here from another host."""
+        worker's store on this host, or pulled here from another host (``sources``:
+        where each lives, if not in the task's own)."""
         if await self.store.use(object_id, msg.run_id) is not None:
             path = self.store.locate(object_id)
             assert path is not None
             return path
-        source = msg.sources.get(object_id)
+        source = (sources or msg.sources).get(object_id)
         if source is None:
             raise NotFound(f"object {object_id!r} of task {msg.task_id} has no known location")
         if source.host_id == self.host_id and os.path.exists(source.path):
@@ -642,9 +674,10 @@ class Worker:
         pids: list[int] = []
         # Unpinned cache gives way to the memory this function was promised.
         self.running_limits[msg.task_id] = msg.memory_limit
-        await self.store.enforce(
-            min(self.store.budget, self.memory - sum(self.running_limits.values()))
-        )
+        await self._make_room()
+
+        def limit() -> int:  # it grows when an early-started function's inputs come
+            return self.running_limits.get(msg.task_id, msg.memory_limit)
 
         async def on_line(stream: str, line: str) -> None:
             await self._send(TaskLog(task_id=msg.task_id, stream=stream, line=line, time=time.time()))
@@ -659,20 +692,21 @@ class Worker:
                     over.append(used)
                     proc.kill()
 
-                watchers.append(asyncio.create_task(watch_memory(pid, msg.memory_limit, stop)))
+                watchers.append(asyncio.create_task(watch_memory(pid, limit, stop)))
 
         what = f"{node_label(msg.kind)} {msg.node!r}"
+        waited = self._waited(msg) if msg.waiting else None
         try:
             if msg.timeout:
-                return await asyncio.wait_for(proc.run(on_line, on_start), msg.timeout)
-            return await proc.run(on_line, on_start)
+                return await asyncio.wait_for(proc.run(on_line, on_start, waited), msg.timeout)
+            return await proc.run(on_line, on_start, waited)
         except TimeoutError:
             raise TimedOut(
                 f"{what} ran past its timeout of {msg.timeout:g}s and was stopped"
             ) from None
         except FunctionFailed:
             if over:
-                raise OutOfMemory(what, over[0], msg.memory_limit) from None
+                raise OutOfMemory(what, over[0], limit()) from None
             raise
         finally:
             for w in watchers:

@@ -9,6 +9,7 @@ before a single byte of the payload is allocated or read.
 from __future__ import annotations
 
 import asyncio
+import socket
 import struct
 from typing import Any, Protocol, TypeVar
 
@@ -87,3 +88,44 @@ def decode_payload(payload: bytes, decoder: msgspec.msgpack.Decoder[T]) -> T:
         return decoder.decode(payload)
     except UNDECODABLE as exc:
         raise MalformedFrame(f"malformed frame ({len(payload)} bytes): {exc}") from None
+
+
+# -- blocking sockets (transfers in a thread, the function process) ---------------------
+
+
+def recv_exactly_blocking(sock: socket.socket, n: int, *, started: bool = False) -> bytearray:
+    """Read exactly ``n`` bytes from a blocking socket, never a byte more.
+
+    ``started``: whether bytes of this frame were already read, which decides between
+    ConnectionClosed (EOF between frames) and FrameTruncated (EOF inside one).
+    """
+    buf = bytearray(n)
+    view = memoryview(buf)
+    got = 0
+    try:
+        while got < n:
+            k = sock.recv_into(view[got:])
+            if k == 0:
+                if not started and got == 0:
+                    raise ConnectionClosed("peer closed the connection")
+                raise FrameTruncated(
+                    f"connection ended inside a frame ({got} of {n} bytes read)"
+                )
+            got += k
+    except TimeoutError as exc:
+        raise PeerVanished(f"no data from the peer within {sock.gettimeout()}s") from exc
+    except OSError as exc:  # reset, broken pipe, host unreachable, ...
+        raise PeerVanished(f"peer vanished: {exc.__class__.__name__}: {exc}") from exc
+    finally:
+        view.release()
+    return buf
+
+
+def recv_frame_blocking(
+    sock: socket.socket, decoder: msgspec.msgpack.Decoder[T], max_size: int = MAX_CONTROL_FRAME
+) -> T:
+    """Read and decode one frame from a blocking socket, checking its size before reading it."""
+    (size,) = HEADER.unpack(recv_exactly_blocking(sock, HEADER.size))
+    if size > max_size:
+        raise FrameTooLarge(size, max_size)
+    return decode_payload(recv_exactly_blocking(sock, size, started=True), decoder)

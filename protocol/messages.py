@@ -526,6 +526,18 @@ class RunTask(Message, frozen=True):
     # unreserved cores are its budget.
     cpus: int = 0
     timeout: float | None = None
+    # Upstream objects (by object id) not made yet: the task starts early, reading its
+    # source scans, and their sources follow in an InputsReady.
+    waiting: list[str] = []
+
+
+class InputsReady(Message, frozen=True):
+    """The upstream objects an early-started task was waiting for exist now: where each
+    lives, and the task's memory limit counting what it maps."""
+
+    task_id: str
+    sources: dict[str, ObjectSource]
+    memory_limit: int = 0
 
 
 class CancelTask(Message, frozen=True):
@@ -562,7 +574,9 @@ WorkerToScheduler = (
     | ImportDone
     | QueryDone
 )
-SchedulerToWorker = Registered | RunTask | CancelTask | ReleaseRun | ImportTask | QueryTask | Error
+SchedulerToWorker = (
+    Registered | RunTask | InputsReady | CancelTask | ReleaseRun | ImportTask | QueryTask | Error
+)
 
 
 # -- worker ↔ worker (peer data server) -----------------------------------------
@@ -601,6 +615,15 @@ class FunctionTask(Message, frozen=True):
     parquet_dir: str = ""
     parquet_stem: str = ""
     threads: int = 1
+    # Object ids of ObjectInputs whose paths are not in ``objects`` yet: they come later
+    # as a TaskObjects frame, once the upstream functions have made them.
+    waiting: list[str] = []
+
+
+class TaskObjects(Message, frozen=True):
+    """The paths of a FunctionTask's waiting objects (object id -> Arrow IPC file)."""
+
+    objects: dict[str, str]
 
 
 class FunctionResult(Message, frozen=True):

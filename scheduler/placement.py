@@ -24,6 +24,9 @@ Rules:
   only where that many of the worker's cores are not reserved, so two heavy functions
   never share cores; one that asks for more than any worker has fails at once. Requests
   that declare none reserve none, and prefer the worker with most cores unreserved.
+- A function may start before its upstream objects exist (to read its source tables
+  meanwhile) only where it fits at once; when those objects come its reservation grows
+  by what it then maps.
 - Reservations are given back when a request finishes, fails or is withdrawn.
 """
 
@@ -195,6 +198,18 @@ class Placement:
         local = v.by_host.get(w.host_id, 0)
         return int(w.worker_id in v.hits), local, int(w.worker_id in request.producers)
 
+    def fits_now(self, request: Request) -> bool:
+        """Would ``request`` start at once if submitted now, behind no waiting request?"""
+        if self.waiting:
+            return False
+        shm = self.host_shm()
+        view = self._view(request)
+        return any(
+            self.need(request, w, view) <= self.free(w, shm)
+            and self.cores(request, w, view) <= w.cpus_free
+            for w in self.workers.values() if not w.draining
+        )
+
     # -- events ----------------------------------------------------------------------
 
     def worker_joined(
@@ -278,6 +293,20 @@ class Placement:
                     self.stored(worker_id, output[0], output[1])
                     if new:
                         w.shm_bytes += output[1].nbytes
+
+    def grow(self, request_id: str, extra: int) -> None:
+        """A placed request reserves ``extra`` bytes more on its worker (a function started
+        before its upstream objects existed now maps them). Its worker's free memory may go
+        below zero for a while: new requests wait until it is back."""
+        entry = self.placed.get(request_id)
+        if entry is None or extra <= 0:
+            return
+        request, worker_id, reserved, cores = entry
+        w = self.workers.get(worker_id)
+        if w is None:
+            return
+        w.reserved += extra
+        self.placed[request_id] = (request, worker_id, reserved + extra, cores)
 
     def withdraw(self, request_id: str) -> list[Instruction]:
         """A request failed, was cancelled, or is no longer wanted: give back what it held."""

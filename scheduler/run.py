@@ -21,6 +21,7 @@ from protocol.errors import (
 )
 from protocol.messages import (
     CancelTask,
+    InputsReady,
     LogLine,
     Materialize,
     ObjectInfo,
@@ -96,6 +97,8 @@ class RunCoordinator:
         self.skipped: set[str] = set()
         # Attempts per node (task ids stay unique across retries and recomputations).
         self.attempts: dict[str, int] = {}
+        # Early starts given up per node (see _stop_early): not counted against its attempts.
+        self.given_up: dict[str, int] = {}
         # Set when a worker is lost (some outputs may have to be made again) or an output
         # is ready before its node is done: the run loop looks again.
         self.wake = asyncio.Event()
@@ -105,6 +108,12 @@ class RunCoordinator:
         # Transactions begun, and their data directories found, when the run started: a
         # node that becomes ready does not wait behind other nodes' commits for them.
         self.begun: dict[str, tuple[Any, str]] = {}
+        # Nodes dispatched to a worker and not finished; the upstream nodes each
+        # early-started node still waits for; and an event per node set when its output
+        # can be read.
+        self.on_worker: set[str] = set()
+        self.waiting_for: dict[str, set[str]] = {}
+        self.made: dict[str, asyncio.Event] = {}
 
     async def _event(self, node: str, state: str, **kw: Any) -> None:
         await self.emit(TaskEvent(run_id=self.run_id, node=node, state=state, time=time.time(), **kw))
@@ -178,7 +187,9 @@ class RunCoordinator:
         while len(self.outputs) < len(self.plan.nodes):
             for name in self.plan.order:
                 node = self.plan.nodes[name]
-                if name not in started and all(self._available(d) for d in node.deps):
+                if name in started:
+                    continue
+                if all(self._available(d) for d in node.deps) or self._early(node):
                     started.add(name)
                     self.running[name] = asyncio.create_task(self._run_node(node, branch))
             woken = asyncio.ensure_future(self.wake.wait())
@@ -197,15 +208,20 @@ class RunCoordinator:
                     continue
                 name = next(n for n, t in self.running.items() if t is task)
                 del self.running[name]
+                if task.cancelled():  # an early start given up (see _stop_early)
+                    started.discard(name)
+                    continue
                 try:
                     self.outputs[name] = task.result()
                     self.ready.pop(name, None)
+                    self._made(name).set()
                 except PeerVanished as exc:
                     self.ready.pop(name, None)
                     # Its worker (or the one holding its input) was lost: run it elsewhere.
-                    if self.attempts.get(name, 0) >= MAX_ATTEMPTS:
+                    if self.attempts.get(name, 0) - self.given_up.get(name, 0) >= MAX_ATTEMPTS:
                         raise
                     started.discard(name)
+                    await self._stop_early(name)
                     await self._event(name, "retrying", error=f"{exc}; running it again")
 
     async def _recompute_lost(self) -> set[str]:
@@ -225,6 +241,7 @@ class RunCoordinator:
                 if not readers:
                     continue
                 del self.outputs[name]
+                self._made(name).clear()
                 forgotten.add(name)
                 changed = True
                 await self._event(
@@ -234,6 +251,33 @@ class RunCoordinator:
                 )
         return forgotten
 
+    def _early(self, node: PlanNode) -> bool:
+        """Start ``node`` before its upstream objects exist, so that its process starts
+        and its source scans are read while they are made: only when it has a source to
+        scan, every upstream node it would wait for runs on a worker already (waiting
+        then holds up nothing they need), and it fits on a worker at once."""
+        if not any(isinstance(i, ScanInput) for i in node.inputs):
+            return False
+        pending = [d for d in node.deps if not self._available(d)]
+        if not all(d in self.on_worker for d in pending):
+            return False
+        return self.scheduler.fits_now(self._request(node, "", self.reservation(node)))
+
+    async def _stop_early(self, upstream: str) -> None:
+        """``upstream`` must run again: nodes started early that wait for it give back
+        their place (it may need it) and start again once it runs."""
+        for name, waits in list(self.waiting_for.items()):
+            task = self.running.get(name)
+            if upstream in waits and task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+                self.given_up[name] = self.given_up.get(name, 0) + 1
+                await self._event(name, "retrying", error=f"{upstream!r} is made again first")
+                await self._stop_early(name)  # and those that wait for this one
+
+    def _made(self, name: str) -> asyncio.Event:
+        return self.made.setdefault(name, asyncio.Event())
+
     def _available(self, name: str) -> bool:
         """A node's output can be read: it is done, or its object is ready while it writes."""
         return name in self.outputs or name in self.ready
@@ -242,10 +286,11 @@ class RunCoordinator:
         return self.outputs[name] if name in self.outputs else self.ready[name]
 
     def upstream(self, node: PlanNode) -> dict[str, tuple[str, ObjectInfo]]:
-        """The upstream objects a node maps: object id -> (producing node, object)."""
+        """The upstream objects a node maps (those made so far): object id -> (producing
+        node, object)."""
         found = {}
         for i in node.inputs:
-            if isinstance(i, ObjectInput):
+            if isinstance(i, ObjectInput) and self._available(i.node):
                 out = self._done(i.node).output
                 if out is not None:
                     found[i.object_id] = (i.node, out)
@@ -375,15 +420,7 @@ class RunCoordinator:
     async def _attempt(self, node: PlanNode, tx: Any, reservation: int) -> TaskDone:
         attempt = self.attempts[node.name] = self.attempts.get(node.name, 0) + 1
         task_id = f"{self.run_id}:{node.name}:{attempt}"
-        upstream = self.upstream(node)
-        request = Request(
-            request_id=task_id, run_id=self.run_id, node=node.name,
-            label=f"{node.spec.label} {node.name!r}", reservation=reservation,
-            inputs={oid: o.nbytes for oid, (_, o) in upstream.items()},
-            producers=frozenset(self.placed[p].worker_id for p, _ in upstream.values()),
-            cached_output=node.object_id if self.use_cache else "",
-            cpus=node.spec.cpus or 0,
-        )
+        request = self._request(node, task_id, reservation)
         ready = time.perf_counter()
         worker = await self.scheduler.place(request)
         queued = time.perf_counter() - ready
@@ -394,6 +431,21 @@ class RunCoordinator:
         finally:
             output = done.output if done is not None else None
             self.scheduler.release(task_id, output, new=done is not None and not done.cached)
+
+    def _request(self, node: PlanNode, task_id: str, reservation: int) -> Request:
+        upstream = self.upstream(node)
+        # Near its producers, those of objects still being made too.
+        producers = {p for p, _ in upstream.values()} | {
+            d for d in node.deps if d in self.on_worker
+        }
+        return Request(
+            request_id=task_id, run_id=self.run_id, node=node.name,
+            label=f"{node.spec.label} {node.name!r}", reservation=reservation,
+            inputs={oid: o.nbytes for oid, (_, o) in upstream.items()},
+            producers=frozenset(self.placed[p].worker_id for p in producers if p in self.placed),
+            cached_output=node.object_id if self.use_cache else "",
+            cpus=node.spec.cpus or 0,
+        )
 
     def _sources(self, node: PlanNode, worker: "WorkerHandle") -> dict[str, ObjectSource]:
         """Where each upstream object is read from: a copy on the worker's own host when
@@ -425,6 +477,14 @@ class RunCoordinator:
         self.placed[node.name] = worker
         sources = self._sources(node, worker)
         mapped = sum(o.nbytes for _, o in self.upstream(node).values())
+        if (now := self.reservation(node)) > reservation:  # inputs made while it was placed
+            self.scheduler.grow(task_id, now - reservation)
+            reservation = now
+        # Upstream objects not made yet (an early start): they are sent when they are.
+        waiting = {
+            i.node: i.object_id for i in node.inputs
+            if isinstance(i, ObjectInput) and not self._available(i.node)
+        }
         materialize = None
         if tx is not None:
             # Found when the transaction began (the same for the whole transaction).
@@ -436,6 +496,14 @@ class RunCoordinator:
                 direct=not self._consumers(node),
             )
         queue = self.scheduler.watch_task(task_id, worker)
+        self.on_worker.add(node.name)
+        self.wake.set()  # a node waiting for this one may start early now
+        deliver = None
+        if waiting:
+            self.waiting_for[node.name] = set(waiting)
+            deliver = asyncio.create_task(
+                self._deliver(node, worker, task_id, reservation, waiting)
+            )
         try:
             await worker.conn.send(
                 RunTask(
@@ -447,6 +515,7 @@ class RunCoordinator:
                     memory_limit=reservation + mapped, cpus=node.spec.cpus or 0,
                     timeout=node.spec.timeout,
                     output_id=node.object_id, sources=sources, use_cache=self.use_cache,
+                    waiting=sorted(waiting.values()),
                 )
             )
             while True:
@@ -459,6 +528,7 @@ class RunCoordinator:
                         # of them starts, so events read in the order things happened.
                         self.scheduler.placement.stored(worker.worker_id, output.object_id, output)
                         self.ready[node.name] = TaskDone(task_id=task_id, output=output)
+                        self._made(node.name).set()
                         await self._event(node.name, "ready", worker=worker.worker_id,
                                           rows=output.rows)
                         self.wake.set()
@@ -497,6 +567,35 @@ class RunCoordinator:
             raise
         finally:
             self.scheduler.unwatch_task(task_id)
+            self.on_worker.discard(node.name)
+            self.waiting_for.pop(node.name, None)
+            if deliver is not None:
+                deliver.cancel()
+
+    async def _deliver(
+        self, node: PlanNode, worker: "WorkerHandle", task_id: str, reservation: int,
+        waiting: dict[str, str],
+    ) -> None:
+        """Tell the worker of an early-started node where its upstream objects are once
+        they all exist; its reservation grows by what it maps (and pulls)."""
+        for upstream in waiting:
+            await self._made(upstream).wait()
+        self.waiting_for.pop(node.name, None)
+        try:
+            sources = self._sources(node, worker)
+        except PeerVanished as exc:  # lost before it could be read: the node runs again
+            await self._send_quietly(worker, CancelTask(task_id=task_id))
+            self.scheduler.fail_task(task_id, "PeerVanished", str(exc))
+            return
+        made = {oid: o for oid, (_, o) in self.upstream(node).items()}
+        now = self.reservation(node)
+        pulled = sum(made[oid].nbytes for oid, src in sources.items()
+                     if oid in made and src.host_id != worker.host_id)
+        self.scheduler.grow(task_id, now - reservation + pulled)
+        await self._send_quietly(worker, InputsReady(
+            task_id=task_id, sources={oid: sources[oid] for oid in waiting.values()},
+            memory_limit=now + sum(o.nbytes for o in made.values()),
+        ))
 
     def _commit_output(self, tx: Any, node: PlanNode, done: TaskDone) -> str:
         """Commit one materialized output to the run's branch (store thread)."""

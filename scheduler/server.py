@@ -310,6 +310,18 @@ class Scheduler:
         worker.tasks.add(task_id)
         return queue
 
+    def fail_task(self, task_id: str, kind: str, message: str) -> None:
+        """End a watched task from the scheduler's side, as if its worker had said so."""
+        self._route(task_id, TaskFailed(task_id=task_id, error=Error(kind=kind, message=message)))
+
+    def fits_now(self, request: Request) -> bool:
+        """Would ``request`` be placed at once (placement.fits_now)?"""
+        return self.placement.fits_now(request)
+
+    def grow(self, task_id: str, extra: int) -> None:
+        """A placed task reserves ``extra`` bytes more where it runs (placement.grow)."""
+        self.placement.grow(task_id, extra)
+
     def unwatch_task(self, task_id: str) -> None:
         self.task_queues.pop(task_id, None)
         for w in self.workers.values():

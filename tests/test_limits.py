@@ -145,3 +145,27 @@ def test_ctrl_c_cancels_the_run(cluster: Cluster, example_data: Path, tmp_path: 
     assert cluster.json("log", "main", "-n", "100") == before
     assert cluster.alive()
     assert os.environ.get("FAAS_CLUSTER") is None  # the test did not leak settings
+
+
+def test_resident_memory_counts_descendants_and_bounds_private_memory() -> None:
+    """The watcher's cheap reading (statm of the whole tree) is never below what it bounds
+    (the tree's unique pages), so a process under it is under its limit."""
+    from faasd.limits import private_bytes, resident_bytes
+
+    grandchild = "x = bytearray(64 << 20); import time; time.sleep(60)"
+    child = subprocess.Popen([sys.executable, "-c", (
+        "import subprocess, sys, time\n"
+        f"subprocess.Popen([sys.executable, '-c', {grandchild!r}])\n"
+        "time.sleep(60)\n"
+    )])
+    try:
+        deadline = time.monotonic() + 30
+        while resident_bytes(child.pid) < 64 << 20:  # the grandchild's pages are counted
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert resident_bytes(child.pid) >= private_bytes(psutil.Process(child.pid)) >= 64 << 20
+    finally:
+        for p in psutil.Process(child.pid).children(recursive=True):
+            p.kill()
+        child.kill()
+        child.wait()

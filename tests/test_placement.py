@@ -750,3 +750,29 @@ def test_cancelling_a_run_gives_its_cores_back() -> None:
     only_start(p.submit(cored("a", 8, run="run-a")))
     assert p.submit(cored("b", 8, run="run-b")) == []
     assert p.cancel_run("run-a") == [Start("b", "w", GiB, 8)]
+
+
+# --------------------------------------------------------------------------- early starts
+
+
+def test_fits_now_says_whether_a_request_would_start_at_once() -> None:
+    p = cluster(("w", "h1", 8 * GiB))
+    assert p.fits_now(req("early", 4 * GiB))
+    assert not p.fits_now(req("huge", 9 * GiB))
+    only_start(p.submit(req("a", 6 * GiB)))
+    assert not p.fits_now(req("early", 4 * GiB))  # 2 GiB left
+    assert p.submit(req("b", 4 * GiB)) == []  # it waits ...
+    assert not p.fits_now(req("tiny", 1))  # ... and nothing goes ahead of it early
+    assert p.decisions == 1  # asking decides nothing
+
+
+def test_grow_reserves_more_for_a_placed_request_until_it_ends() -> None:
+    p = cluster(("w", "h1", 8 * GiB))
+    only_start(p.submit(req("early", 2 * GiB)))
+    p.grow("early", 5 * GiB)  # its upstream objects came: it maps them now
+    assert p.workers["w"].reserved == 7 * GiB
+    assert p.submit(req("next", 2 * GiB)) == []  # no room while it runs
+    assert only_start(p.finished("early")) == Start("next", "w", 2 * GiB)
+    assert p.workers["w"].reserved == 2 * GiB
+    p.grow("gone", GiB)  # a request that is not placed: nothing happens
+    assert p.workers["w"].reserved == 2 * GiB

@@ -1,8 +1,11 @@
-"""What a model may return, and how the function process turns it into Arrow."""
+"""What a model may return, how the function process turns it into Arrow, and how it
+reads inputs that come late."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import pyarrow as pa
@@ -99,3 +102,80 @@ def test_a_mapped_input_is_held_until_the_process_ends(tmp_path: Path) -> None:
         for fd in runner._held[held:]:
             os.close(fd)
         del runner._held[held:]
+
+
+def _two_inputs(tmp_path: Path) -> tuple[Any, dict[str, str]]:
+    from protocol.messages import FunctionTask, ObjectInput
+
+    (tmp_path / "models.py").write_text(
+        "def f(first, second):\n"
+        "    return first.append_column('y', second.column('y'))\n"
+    )
+    paths = {}
+    for oid, table in (("o1", pa.table({"x": [1, 2]})), ("o2", pa.table({"y": [3, 4]}))):
+        paths[oid] = str(tmp_path / f"{oid}.arrow")
+        write_output(table, paths[oid])
+    task = FunctionTask(
+        run_id="r", node="f", project_dir=str(tmp_path), module="models", function="f",
+        inputs=[ObjectInput(param="first", node="a", object_id="o1"),
+                ObjectInput(param="second", node="b", object_id="o2")],
+        objects={"o1": paths["o1"]}, output_path=str(tmp_path / "out.arrow"), waiting=["o2"],
+    )
+    return task, paths
+
+
+def test_waiting_inputs_are_loaded_after_the_others_once_their_paths_come(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An early-started function reads what it has, then blocks for its upstream objects'
+    paths; the function still gets its parameters as declared."""
+    import sys
+
+    from faasd import runner
+
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(runner, "limit_threads", lambda n: None)  # this process's pools stay
+    task, paths = _two_inputs(tmp_path)
+    loaded: list[str] = []
+    real = runner._load_input
+    monkeypatch.setattr(runner, "_load_input", lambda inp, t, r: loaded.append(inp.param) or real(inp, t, r))
+
+    def waited() -> dict[str, str]:
+        assert loaded == ["first"]  # what it had is read before it waits
+        return {"o2": paths["o2"]}
+
+    try:
+        result = runner.run(task, waited=waited)
+    finally:
+        sys.modules.pop("models", None)
+        for fd in runner._held:
+            os.close(fd)
+        runner._held.clear()
+    assert loaded == ["first", "second"]
+    assert "waiting" in result.phases and result.rows == 2
+    out = pa.ipc.open_file(pa.memory_map(task.output_path)).read_all()
+    assert out.to_pydict() == {"x": [1, 2], "y": [3, 4]}
+
+
+def test_inputs_that_never_come_are_a_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The worker goes away while the function waits: one line, naming the model."""
+    import socket as socket_
+
+    from faasd import runner
+
+    monkeypatch.setattr(runner, "limit_threads", lambda n: None)
+    task, _ = _two_inputs(tmp_path)
+    ours, theirs = socket_.socketpair()
+    ours.close()
+    try:
+        with pytest.raises(runner.InputProblem) as caught:
+            runner.run(task, waited=runner._objects_from(theirs))
+    finally:
+        theirs.close()
+        for fd in runner._held:
+            os.close(fd)
+        runner._held.clear()
+    message, _ = runner.describe_failure(task, caught.value)
+    assert message.startswith("model 'f' (models.py:1): the inputs of upstream functions never came")
