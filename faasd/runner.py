@@ -163,8 +163,6 @@ class _ColumnReport:
 
 
 def _load_input(inp: ScanInput | ObjectInput, task: FunctionTask, report: _ColumnReport) -> Any:
-    import pyarrow as pa
-
     t0 = time.perf_counter()
     if inp.stream:
         return _open_stream(inp, task, report, t0)

@@ -228,14 +228,15 @@ class Worker:
         self.status = "closing"
         for proc in list(self.processes.values()):
             proc.cancel()
-        for job in list(self.jobs):
+        jobs = list(self.jobs)
+        for job in jobs:
             job.cancel()
         if self._main:
             self._main.cancel()
-            try:
-                await self._main
-            except (asyncio.CancelledError, Exception):  # noqa: BLE001 - shutting down
-                pass
+            jobs.append(self._main)
+        # Every job has ended (its process reaped, its files closed) before what it used
+        # goes; gather swallows their CancelledErrors, never the caller's own.
+        await asyncio.gather(*jobs, return_exceptions=True)
         if self.conn:
             await self.conn.aclose()
         await self.peer.close()

@@ -521,12 +521,6 @@ class ZygotePool:
             zygote = self.zygotes[key] = Zygote(key, **self.options)
         return zygote
 
-    async def drop(self, python: str) -> None:
-        """Close and forget one interpreter's zygote (say, its environment was rebuilt)."""
-        zygote = self.zygotes.pop(python, None)
-        if zygote is not None:
-            await zygote.close()
-
     async def close(self) -> None:
         self.closed = True
         await asyncio.gather(*(z.close() for z in self.zygotes.values()))

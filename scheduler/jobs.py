@@ -4,6 +4,11 @@
 states); ``events.jsonl`` every task event and output line, in order, as they
 happened. A run still marked running when the scheduler starts was cut off by
 a restart: it is marked failed.
+
+The event loop never writes a file: it keeps a running run's record in memory and
+hands the writes, in order, to one writer thread (a summary that changes faster than it
+is written is written once, as it is by then). Reading from disk first waits for the
+writes asked for before it.
 """
 
 from __future__ import annotations
@@ -12,7 +17,10 @@ import fcntl
 import json
 import logging
 import os
+import queue
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
@@ -26,12 +34,47 @@ log = logging.getLogger(__name__)
 _RUN_ID_CHARS = set("abcdefghijklmnopqrstuvwxyz0123456789-")
 
 
+class _Writer:
+    """One thread doing file writes in the order they are asked for."""
+
+    def __init__(self) -> None:
+        self._queue: queue.SimpleQueue[tuple[Callable[..., Any], tuple[Any, ...]] | None] = (
+            queue.SimpleQueue()
+        )
+        self._thread = threading.Thread(target=self._run, name="faas-jobs", daemon=True)
+        self._thread.start()
+
+    def put(self, fn: Callable[..., Any], *args: Any) -> None:
+        self._queue.put((fn, args))
+
+    def flush(self) -> None:
+        """Return once every write asked for so far is done."""
+        done = threading.Event()
+        self.put(done.set)
+        done.wait()
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join()
+
+    def _run(self) -> None:
+        while (item := self._queue.get()) is not None:
+            fn, args = item
+            try:
+                fn(*args)
+            except OSError as exc:  # a full disk, say: the run goes on, its record lags
+                log.warning("could not write a run record: %s", exc)
+
+
 class JobStore:
     def __init__(self, root: Path) -> None:
         self.root = root
         self.root.mkdir(parents=True, exist_ok=True)
         self._records: dict[str, dict[str, Any]] = {}
         self._logs: dict[str, IO[str]] = {}
+        # The latest summary of a run not written yet (the writer takes it when it comes to it).
+        self._pending: dict[str, bytes] = {}
+        self._writer = _Writer()
         # Several schedulers may share a home (a hand-started one beside the resident
         # daemon, say). Only a scheduler alone on it may call a run that is still marked
         # running interrupted.
@@ -58,6 +101,24 @@ class JobStore:
         tmp.write_text(json.dumps(record, indent=1))
         os.replace(tmp, path)
 
+    def _save(self, record: dict[str, Any]) -> None:
+        """Have the writer write ``record`` as it is now (once, however often it changes
+        before the writer gets to it)."""
+        run_id = record["run_id"]
+        first = run_id not in self._pending
+        self._pending[run_id] = msgspec.json.encode(record)
+        if first:
+            self._writer.put(self._write_pending, run_id, self._dir(run_id) / "run.json")
+
+    def _write_pending(self, run_id: str, path: Path) -> None:
+        data = self._pending.pop(run_id)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_bytes(msgspec.json.format(data, indent=1))
+        os.replace(tmp, path)
+
+    def _append(self, out: IO[str], event: dict[str, Any]) -> None:
+        self._writer.put(out.write, json.dumps(event) + "\n")
+
     def _fail_interrupted(self) -> None:
         for path in self.root.glob("*/run.json"):
             try:
@@ -80,6 +141,8 @@ class JobStore:
                   "error": None, "commit": None, "tables": [], "branch": None, "nodes": {}, **meta}
         self._records[run_id] = record
         self._logs[run_id] = open(d / "events.jsonl", "a", buffering=1)
+        # Written at once (once per run, nothing of it pending): `faas job ls` in another
+        # process sees the run from the moment it is accepted.
         self._write(record)
 
     def record(self, msg: Any) -> None:
@@ -89,14 +152,14 @@ class JobStore:
         if out is None:
             return
         if isinstance(msg, LogLine):
-            out.write(json.dumps({"t": msg.time, "node": msg.node, "stream": msg.stream,
-                                  "line": msg.line}) + "\n")
+            self._append(out, {"t": msg.time, "node": msg.node, "stream": msg.stream,
+                               "line": msg.line})
         elif isinstance(msg, TaskEvent):
             event = {"t": msg.time, "node": msg.node, "state": msg.state, "worker": msg.worker,
                      "error": msg.error}
             if msg.passed is not None:
                 event["passed"] = msg.passed
-            out.write(json.dumps(event) + "\n")
+            self._append(out, event)
             record = self._records[run_id]
             record["nodes"][msg.node] = {
                 # Absent values are JSON nulls, never empty strings.
@@ -108,13 +171,13 @@ class JobStore:
                 "inputs": [msgspec.to_builtins(i) for i in msg.inputs],
             }
             if msg.state != "queued":
-                self._write(record)
+                self._save(record)
 
     def finish(self, run_id: str, result: RunFinished | None, status: str = "") -> None:
         record = self._records.pop(run_id, None)
         out = self._logs.pop(run_id, None)
         if out is not None:
-            out.close()
+            self._writer.put(out.close)
         if record is None:
             return
         record["finished"] = time.time()
@@ -126,11 +189,16 @@ class JobStore:
         else:
             record.update(status=status or "failed",
                           error="the scheduler stopped while the run was in flight")
-        self._write(record)
+        self._save(record)
+
+    def flush(self) -> None:
+        """Return once every record and line kept so far is on disk."""
+        self._writer.flush()
 
     def close(self) -> None:
         for run_id in list(self._logs):
             self.finish(run_id, None, "failed")
+        self._writer.close()
         self._lock.close()
 
     # -- reading ---------------------------------------------------------------
@@ -138,6 +206,7 @@ class JobStore:
     def get(self, run_id: str) -> dict[str, Any]:
         if run_id in self._records:
             return dict(self._records[run_id])
+        self.flush()
         path = self._dir(run_id) / "run.json"
         try:
             return json.loads(path.read_text())  # type: ignore[no-any-return]
@@ -146,6 +215,7 @@ class JobStore:
 
     def list(self, limit: int = 20) -> list[dict[str, Any]]:
         records = []
+        self.flush()
         for path in self.root.glob("*/run.json"):
             try:
                 records.append(json.loads(path.read_text()))
@@ -160,6 +230,7 @@ class JobStore:
 
     def events(self, run_id: str) -> list[dict[str, Any]]:
         self.get(run_id)  # NotFound for unknown runs
+        self.flush()
         path = self._dir(run_id) / "events.jsonl"
         if not path.exists():
             return []

@@ -160,9 +160,6 @@ class Placement:
     def holders(self, object_id: str) -> dict[str, Sized]:
         return self.objects.get(object_id, {})
 
-    def on_host(self, object_id: str, host_id: str) -> bool:
-        return any(self.workers[w].host_id == host_id for w in self.holders(object_id))
-
     def _view(self, request: Request) -> "_Inputs":
         """Where a request's inputs are, by host, worked out once per placement pass."""
         by_host: dict[str, int] = {}
@@ -312,14 +309,6 @@ class Placement:
         """A request failed, was cancelled, or is no longer wanted: give back what it held."""
         self.waiting.pop(request_id, None)
         return self.finished(request_id)
-
-    def cancel_run(self, run_id: str) -> list[Instruction]:
-        """Withdraw every request of a run at once (none of them starts meanwhile)."""
-        for rid in [r for r, req in self.waiting.items() if req.run_id == run_id]:
-            del self.waiting[rid]
-        for rid in [r for r, (req, *_) in self.placed.items() if req.run_id == run_id]:
-            self._end(rid, None, False)
-        return self._place()
 
     # -- deciding --------------------------------------------------------------------
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import uuid
 from typing import Any
 
@@ -17,35 +16,21 @@ from scheduler.plan import (
     model_input_problems,
 )
 from scheduler.project import Project, read_project
-from store.lakehouse import Recent
-from store.transaction import load_table, table_info
+from store.transaction import load_table, missing_namespace, table_info
 
 
-# Projects read lately, by a hash of their files: an unchanged re-submit (the common
-# case while iterating) skips parsing and hashing every syntax tree again. Reading is a
-# pure function of the files, so a hit is exactly what reading again would give.
-_READ: Recent = Recent(16)
-
-
-def _read(files: dict[str, str]) -> Project:
-    h = hashlib.sha256()
-    for name in sorted(files):
-        h.update(f"{len(name)}:{name}{len(files[name])}:".encode())
-        h.update(files[name].encode())
-    digest = h.hexdigest()
-    project = _READ.get(digest)
-    if project is None:
-        project = _READ[digest] = read_project(files, partial=True)
-    return project  # type: ignore[no-any-return]
-
-
-def plan_submission(lh: Any, request: SubmitRun, python_versions: set[str] | None) -> Plan:
-    """Read the project, resolve its inputs at the ref's head commit, and plan it.
+def plan_submission(
+    lh: Any, request: SubmitRun, python_versions: set[str] | None,
+    project: Project | None = None,
+) -> Plan:
+    """Resolve the project's inputs at the ref's head commit, and plan it (``project``:
+    its files read already, see scheduler.analysis; else they are read here).
 
     Runs on the scheduler's store thread. Raises PlanInvalid (every problem at
     once), NotFound or InvalidInput.
     """
-    project = _read(request.files)
+    if project is None:
+        project = read_project(request.files, partial=True)
     branch, head = lh.catalog.resolve(request.ref)
     if branch is None and not request.dry_run:
         raise InvalidInput(
@@ -56,10 +41,7 @@ def plan_submission(lh: Any, request: SubmitRun, python_versions: set[str] | Non
     # Everything is read at one commit, whatever lands on the branch meanwhile.
     at = f"@{head}"
     if request.namespace not in lh.namespaces(at):
-        raise NotFound(
-            f"namespace {request.namespace!r} does not exist at ref {request.ref!r}: create it "
-            f"with 'faas namespace create {request.namespace}'"
-        )
+        raise missing_namespace(request.namespace, request.ref)
 
     view = lh.view_at(head, request.ref)
     found: dict[str, SourceTable | None] = {}

@@ -464,6 +464,9 @@ def read_project(files: dict[str, str], *, partial: bool = False) -> Project:
         except SyntaxError as exc:
             problems.append(f"{path}:{exc.lineno or 1}: syntax error: {exc.msg}")
             continue
+        except (MemoryError, RecursionError):  # nested deeper than the parser can go
+            problems.append(f"{path}: nested too deeply for Python's parser to read")
+            continue
         module = path[: -len(".py")].replace("/", ".")
         reader = _Reader(path, tree)
         reader.read(module)

@@ -39,10 +39,12 @@ from protocol.messages import (
     TaskStarted,
     error_message,
 )
-from protocol.sizes import format_size, parse_size
+from protocol.sizes import parse_size
 from scheduler.placement import Request
 from scheduler.plan import CACHE_KEY_PROPERTY, EXACT_PROPERTY, Plan, PlanNode, decoded_width
 from store.files import iceberg_schema
+from scheduler.run_state import Fail, Inputs, Instruction, RunState, Say, Start, Stop
+from store.refs import run_branch_name
 
 if TYPE_CHECKING:
     from scheduler.server import Scheduler, WorkerHandle
@@ -51,18 +53,10 @@ log = logging.getLogger(__name__)
 
 Emit = Callable[[Any], Awaitable[None]]
 
-RUN_BRANCH_PREFIX = "run/"
 # What any function process needs before it touches data (interpreter, pyarrow, buffers).
 BASE_RESERVATION = 512 * 2**20
-# How many times one node may run when workers are lost under it.
-MAX_ATTEMPTS = 4
 # The kind of durable result an expectation leaves in the catalog (see Catalog.recall).
 VERDICT = "verdict"
-
-
-def run_branch_name(run_id: str) -> str:
-    """The transaction branch of a run: outputs are committed there, then merged."""
-    return f"{RUN_BRANCH_PREFIX}{run_id}"
 
 
 class RunCoordinator:
@@ -83,11 +77,15 @@ class RunCoordinator:
         self.emit = emit
         self.strict = strict
         self.use_cache = use_cache
+        # What each finished node returned, and the objects of nodes still writing their
+        # table (readable already).
         self.outputs: dict[str, TaskDone] = {}
+        self.ready: dict[str, TaskDone] = {}
         # Where each node's output lives, and every worker that ran anything of this run.
         self.placed: dict[str, "WorkerHandle"] = {}
         self.used_workers: set[str] = set()
-        self.running: dict[str, asyncio.Task[TaskDone]] = {}
+        # The task of each node's current try.
+        self.tasks: dict[str, asyncio.Task[TaskDone]] = {}
         self.publishing = False
         # Output tables committed to the run's branch, in the order they were.
         self.committed: list[str] = []
@@ -95,25 +93,26 @@ class RunCoordinator:
         # the nodes with nothing to do given them.
         self.verdicts: dict[str, bool] = {}
         self.skipped: set[str] = set()
-        # Attempts per node (task ids stay unique across retries and recomputations).
-        self.attempts: dict[str, int] = {}
-        # Early starts given up per node (see _stop_early): not counted against its attempts.
-        self.given_up: dict[str, int] = {}
-        # Set when a worker is lost (some outputs may have to be made again) or an output
-        # is ready before its node is done: the run loop looks again.
-        self.wake = asyncio.Event()
         self.lost_objects: set[str] = set()
-        # Outputs in a worker's store whose node still writes them to the warehouse.
-        self.ready: dict[str, TaskDone] = {}
         # Transactions begun, and their data directories found, when the run started: a
         # node that becomes ready does not wait behind other nodes' commits for them.
         self.begun: dict[str, tuple[Any, str]] = {}
-        # Nodes dispatched to a worker and not finished; the upstream nodes each
-        # early-started node still waits for; and an event per node set when its output
-        # can be read.
-        self.on_worker: set[str] = set()
-        self.waiting_for: dict[str, set[str]] = {}
-        self.made: dict[str, asyncio.Event] = {}
+        self.branch = run_branch_name(run_id)
+        # The run's decisions; what they are fed: a node's try ended, a worker was lost.
+        self.state = RunState(
+            plan.order, {n: node.deps for n, node in plan.nodes.items()},
+            scans=[n for n, node in plan.nodes.items()
+                   if any(isinstance(i, ScanInput) for i in node.inputs)],
+            fits=self._fits,
+        )
+        self.inbox: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        self.failure: BaseException | None = None
+        # Memory reserved by each node's current try (doubled after running out of it).
+        self.reserved: dict[str, int] = {}
+        # Early-started tries on a worker that wait for upstream objects: (worker, task id,
+        # reservation, object ids), and the task sending them their objects once made.
+        self.trying: dict[str, tuple["WorkerHandle", str, int, list[str]]] = {}
+        self.delivering: dict[str, asyncio.Task[None]] = {}
 
     async def _event(self, node: str, state: str, **kw: Any) -> None:
         await self.emit(TaskEvent(run_id=self.run_id, node=node, state=state, time=time.time(), **kw))
@@ -123,7 +122,7 @@ class RunCoordinator:
         branch as one commit only when everything succeeded."""
         t0 = time.perf_counter()
         catalog = self.scheduler.lakehouse.catalog
-        branch = run_branch_name(self.run_id)
+        branch = self.branch
         try:
             await self.scheduler.store_call(
                 catalog.create_run_branch, self.run_id, f"@{self.plan.base}"
@@ -137,9 +136,7 @@ class RunCoordinator:
             self.begun = await self.scheduler.store_call(self._begin_all, branch)
             await self._run_nodes(branch)
             self.publishing = True
-            # Once the merge starts it finishes: a cancel now would report a run as not
-            # published while the target branch already has it.
-            commit, tables = await asyncio.shield(self._publish(branch))
+            commit, tables = await self._published(branch)
         except asyncio.CancelledError:
             await self._cancel_running()
             raise
@@ -157,6 +154,19 @@ class RunCoordinator:
             run_id=self.run_id, status="success", commit=commit, tables=tables,
             seconds=time.perf_counter() - t0,
         )
+
+    async def _published(self, branch: str) -> tuple[str, list[str]]:
+        """Publish, to the end: once the merge starts it finishes, so a cancel meanwhile
+        (a closing scheduler) waits for it and the run ends as it really did."""
+        publish = asyncio.ensure_future(self._publish(branch))
+        while True:
+            try:
+                return await asyncio.shield(publish)
+            except asyncio.CancelledError:
+                if publish.done():
+                    return publish.result()
+                log.info("run %s: cancelled while publishing; the merge finishes first",
+                         self.run_id)
 
     def _writes(self, node: PlanNode) -> bool:
         """Whether the node's table is written by this run (not published already from
@@ -178,109 +188,90 @@ class RunCoordinator:
     def worker_lost(self, worker_id: str, objects: tuple[str, ...]) -> None:
         """A worker is gone, with the only copies of ``objects`` (the placement says)."""
         self.lost_objects.update(objects)
-        self.wake.set()
+        self.inbox.put_nowait(("lost", None))
 
     async def _run_nodes(self, branch: str) -> None:
-        started: set[str] = set()
+        """Feed the run's state machine what happens, and carry out what it decides,
+        until every node is done (or it decides the run fails)."""
         for name in self.plan.order:
             await self._event(name, "queued")
-        while len(self.outputs) < len(self.plan.nodes):
-            for name in self.plan.order:
-                node = self.plan.nodes[name]
-                if name in started:
-                    continue
-                if all(self._available(d) for d in node.deps) or self._early(node):
-                    started.add(name)
-                    self.running[name] = asyncio.create_task(self._run_node(node, branch))
-            woken = asyncio.ensure_future(self.wake.wait())
-            try:
-                finished, _ = await asyncio.wait(
-                    {*self.running.values(), woken}, return_when=asyncio.FIRST_COMPLETED
-                )
-            finally:
-                woken.cancel()
-            if self.wake.is_set():
-                self.wake.clear()
-                if self.lost_objects:
-                    started -= await self._recompute_lost()
-            for task in finished:
-                if task is woken:
-                    continue
-                name = next(n for n, t in self.running.items() if t is task)
-                del self.running[name]
-                if task.cancelled():  # an early start given up (see _stop_early)
-                    started.discard(name)
-                    continue
-                try:
-                    self.outputs[name] = task.result()
-                    self.ready.pop(name, None)
-                    self._made(name).set()
-                except PeerVanished as exc:
-                    self.ready.pop(name, None)
-                    # Its worker (or the one holding its input) was lost: run it elsewhere.
-                    if self.attempts.get(name, 0) - self.given_up.get(name, 0) >= MAX_ATTEMPTS:
-                        raise
-                    started.discard(name)
-                    await self._stop_early(name)
-                    await self._event(name, "retrying", error=f"{exc}; running it again")
+        await self._carry_out(self.state.start())
+        while not self.state.complete and self.failure is None:
+            kind, item = await self.inbox.get()
+            if kind == "lost":
+                lost = self._lost_outputs()
+                await self._carry_out(self.state.outputs_lost(lost))
+                for name in lost:
+                    if self.state.state(name) == "idle":  # forgotten: made again
+                        self.outputs.pop(name, None)
+            elif kind == "ended":
+                name, task = item
+                if self.tasks.get(name) is task:
+                    del self.tasks[name]
+                await self._carry_out(await self._ended(name, task))
+        if self.failure is not None:
+            raise self.failure
 
-    async def _recompute_lost(self) -> set[str]:
-        """Forget outputs whose only copy was lost while something still needs them, so
-        they are made again from their inputs (lineage). The names forgotten."""
-        forgotten: set[str] = set()
-        changed = True
-        while changed:  # an upstream made again makes its readers' needs visible again
-            changed = False
-            for name, done in list(self.outputs.items()):
-                out = done.output
-                if out is None or out.object_id not in self.lost_objects:
-                    continue
-                if self.scheduler.holders(out.object_id):
-                    continue  # another copy survives
-                readers = [n for n in self._consumers(self.plan.nodes[name]) if n not in self.outputs]
-                if not readers:
-                    continue
-                del self.outputs[name]
-                self._made(name).clear()
-                forgotten.add(name)
-                changed = True
-                await self._event(
-                    name, "retrying",
-                    error=f"its output was lost with its worker; {', '.join(sorted(readers))} "
-                    f"still need it",
-                )
-        return forgotten
+    async def _ended(self, name: str, task: "asyncio.Task[TaskDone]") -> list[Instruction]:
+        """What the state machine makes of the end of a node's try."""
+        if self.state.state(name) == "stopping":
+            return self.state.stopped(name)
+        if task.cancelled():
+            return []  # the run is ending
+        self.ready.pop(name, None)
+        exc = task.exception()
+        if exc is None:
+            self.outputs[name] = task.result()
+            return self.state.done(name)
+        if isinstance(exc, PeerVanished):
+            return self.state.worker_lost(name, exc)
+        if isinstance(exc, OutOfMemory):
+            largest = max((w.memory_total for w in self.scheduler.workers.values()), default=0)
+            out = self.state.out_of_memory(name, exc, self.reserved.get(name, 0), largest)
+            if any(isinstance(i, Fail) for i in out):
+                await self._event(name, "failed", error=exc.message)
+            return out
+        return self.state.failed(name, exc)
 
-    def _early(self, node: PlanNode) -> bool:
-        """Start ``node`` before its upstream objects exist, so that its process starts
-        and its source scans are read while they are made: only when it has a source to
-        scan, every upstream node it would wait for runs on a worker already (waiting
-        then holds up nothing they need), and it fits on a worker at once."""
-        if not any(isinstance(i, ScanInput) for i in node.inputs):
-            return False
-        pending = [d for d in node.deps if not self._available(d)]
-        if not all(d in self.on_worker for d in pending):
-            return False
+    async def _carry_out(self, instructions: list[Instruction]) -> None:
+        for ins in instructions:
+            match ins:
+                case Start(node=name, attempt=attempt, reservation=reservation):
+                    task = asyncio.create_task(
+                        self._run_node(self.plan.nodes[name], self.branch, attempt, reservation)
+                    )
+                    self.tasks[name] = task
+                    task.add_done_callback(
+                        lambda t, name=name: self.inbox.put_nowait(("ended", (name, t)))
+                    )
+                case Stop(node=name):
+                    if (task := self.tasks.get(name)) is not None:
+                        task.cancel()
+                case Inputs(node=name):
+                    if name in self.trying and name not in self.delivering:
+                        self.delivering[name] = asyncio.create_task(self._deliver(name))
+                case Say(node=name, state=state, error=error):
+                    await self._event(name, state, error=error)
+                case Fail(error=error):
+                    self.failure = error
+                    self.inbox.put_nowait(("failed", None))
+
+    def _lost_outputs(self) -> list[str]:
+        """Finished nodes whose output's every copy is gone."""
+        return [
+            name for name, done in self.outputs.items()
+            if done.output is not None and done.output.object_id in self.lost_objects
+            and not self.scheduler.holders(done.output.object_id)
+        ]
+
+    def _fits(self, name: str) -> bool:
+        """Whether a node could be placed at once (asked before an early start)."""
+        node = self.plan.nodes[name]
         return self.scheduler.fits_now(self._request(node, "", self.reservation(node)))
-
-    async def _stop_early(self, upstream: str) -> None:
-        """``upstream`` must run again: nodes started early that wait for it give back
-        their place (it may need it) and start again once it runs."""
-        for name, waits in list(self.waiting_for.items()):
-            task = self.running.get(name)
-            if upstream in waits and task is not None:
-                task.cancel()
-                await asyncio.gather(task, return_exceptions=True)
-                self.given_up[name] = self.given_up.get(name, 0) + 1
-                await self._event(name, "retrying", error=f"{upstream!r} is made again first")
-                await self._stop_early(name)  # and those that wait for this one
-
-    def _made(self, name: str) -> asyncio.Event:
-        return self.made.setdefault(name, asyncio.Event())
 
     def _available(self, name: str) -> bool:
         """A node's output can be read: it is done, or its object is ready while it writes."""
-        return name in self.outputs or name in self.ready
+        return self.state.made(name)
 
     def _done(self, name: str) -> TaskDone:
         return self.outputs[name] if name in self.outputs else self.ready[name]
@@ -359,7 +350,10 @@ class RunCoordinator:
             reader.inputs = inputs
         return True
 
-    async def _run_node(self, node: PlanNode, branch: str) -> TaskDone:
+    async def _run_node(
+        self, node: PlanNode, branch: str, attempt: int, reservation: int | None = None
+    ) -> TaskDone:
+        """One try of a node (``reservation``: None for the usual estimate)."""
         try:
             verdict = self.verdicts.get(node.cache_key)
             if node.spec.is_expectation and verdict is not None:
@@ -381,20 +375,12 @@ class RunCoordinator:
                 tx = begun[0] if begun is not None else await self.scheduler.store_call(
                     self.scheduler.lakehouse.begin, branch
                 )
-            reservation = self.reservation(node)
-            try:
-                return await self._attempt(node, tx, reservation)
-            except OutOfMemory as exc:
-                largest = max((w.memory_total for w in self.scheduler.workers.values()), default=0)
-                if 2 * reservation > largest:
-                    raise
-                await self._event(
-                    node.name, "retrying",
-                    error=f"{exc}; retrying once with {format_size(2 * reservation)}",
-                )
-                return await self._attempt(node, tx, 2 * reservation)
-        except asyncio.CancelledError:
-            raise
+            if reservation is None:
+                reservation = self.reservation(node)
+            self.reserved[node.name] = reservation
+            return await self._attempt(node, tx, reservation, attempt)
+        except (asyncio.CancelledError, OutOfMemory):
+            raise  # (the run's state machine says whether running out of memory fails it)
         except BaseException as exc:
             # Every way a node can fail is reported once, so no node stays "running".
             worker = self.placed.get(node.name)
@@ -417,8 +403,7 @@ class RunCoordinator:
                               **timings)
         return TaskDone(task_id="", passed=passed, cached=cached)
 
-    async def _attempt(self, node: PlanNode, tx: Any, reservation: int) -> TaskDone:
-        attempt = self.attempts[node.name] = self.attempts.get(node.name, 0) + 1
+    async def _attempt(self, node: PlanNode, tx: Any, reservation: int, attempt: int) -> TaskDone:
         task_id = f"{self.run_id}:{node.name}:{attempt}"
         request = self._request(node, task_id, reservation)
         ready = time.perf_counter()
@@ -436,7 +421,7 @@ class RunCoordinator:
         upstream = self.upstream(node)
         # Near its producers, those of objects still being made too.
         producers = {p for p, _ in upstream.values()} | {
-            d for d in node.deps if d in self.on_worker
+            d for d in node.deps if self.state.is_placed(d)
         }
         return Request(
             request_id=task_id, run_id=self.run_id, node=node.name,
@@ -475,16 +460,6 @@ class RunCoordinator:
     ) -> TaskDone:
         self.used_workers.add(worker.worker_id)
         self.placed[node.name] = worker
-        sources = self._sources(node, worker)
-        mapped = sum(o.nbytes for _, o in self.upstream(node).values())
-        if (now := self.reservation(node)) > reservation:  # inputs made while it was placed
-            self.scheduler.grow(task_id, now - reservation)
-            reservation = now
-        # Upstream objects not made yet (an early start): they are sent when they are.
-        waiting = {
-            i.node: i.object_id for i in node.inputs
-            if isinstance(i, ObjectInput) and not self._available(i.node)
-        }
         materialize = None
         if tx is not None:
             # Found when the transaction began (the same for the whole transaction).
@@ -496,15 +471,21 @@ class RunCoordinator:
                 direct=not self._consumers(node),
             )
         queue = self.scheduler.watch_task(task_id, worker)
-        self.on_worker.add(node.name)
-        self.wake.set()  # a node waiting for this one may start early now
-        deliver = None
+        # On a worker now: what it lacks now (an early start) it is sent once made (an
+        # Inputs instruction); nodes waiting for it may start early. Nothing is awaited
+        # between reading what it lacks and where the rest is.
+        then = self.state.placed(node.name)
+        waits = self.state.waiting_for(node.name)
+        waiting = [i.object_id for i in node.inputs if isinstance(i, ObjectInput) and i.node in waits]
+        sources = self._sources(node, worker)
+        mapped = sum(o.nbytes for _, o in self.upstream(node).values())
+        if (now := self.reservation(node)) > reservation:  # inputs made while it was placed
+            self.scheduler.grow(task_id, now - reservation)
+            reservation = now
         if waiting:
-            self.waiting_for[node.name] = set(waiting)
-            deliver = asyncio.create_task(
-                self._deliver(node, worker, task_id, reservation, waiting)
-            )
+            self.trying[node.name] = (worker, task_id, reservation, waiting)
         try:
+            await self._carry_out(then)
             await worker.conn.send(
                 RunTask(
                     task_id=task_id, run_id=self.run_id, node=node.name, files=self.files,
@@ -515,7 +496,7 @@ class RunCoordinator:
                     memory_limit=reservation + mapped, cpus=node.spec.cpus or 0,
                     timeout=node.spec.timeout,
                     output_id=node.object_id, sources=sources, use_cache=self.use_cache,
-                    waiting=sorted(waiting.values()),
+                    waiting=sorted(waiting),
                 )
             )
             while True:
@@ -528,10 +509,9 @@ class RunCoordinator:
                         # of them starts, so events read in the order things happened.
                         self.scheduler.placement.stored(worker.worker_id, output.object_id, output)
                         self.ready[node.name] = TaskDone(task_id=task_id, output=output)
-                        self._made(node.name).set()
                         await self._event(node.name, "ready", worker=worker.worker_id,
                                           rows=output.rows)
-                        self.wake.set()
+                        await self._carry_out(self.state.object_ready(node.name))
                     case TaskLog(stream=stream, line=line, time=t):
                         await self.emit(
                             LogLine(run_id=self.run_id, node=node.name, stream=stream, line=line, time=t)
@@ -567,20 +547,16 @@ class RunCoordinator:
             raise
         finally:
             self.scheduler.unwatch_task(task_id)
-            self.on_worker.discard(node.name)
-            self.waiting_for.pop(node.name, None)
-            if deliver is not None:
+            self.trying.pop(node.name, None)
+            if (deliver := self.delivering.pop(node.name, None)) is not None:
                 deliver.cancel()
 
-    async def _deliver(
-        self, node: PlanNode, worker: "WorkerHandle", task_id: str, reservation: int,
-        waiting: dict[str, str],
-    ) -> None:
-        """Tell the worker of an early-started node where its upstream objects are once
-        they all exist; its reservation grows by what it maps (and pulls)."""
-        for upstream in waiting:
-            await self._made(upstream).wait()
-        self.waiting_for.pop(node.name, None)
+    async def _deliver(self, name: str) -> None:
+        """Tell the worker of an early-started node where the upstream objects it waited
+        for are, now that they are all made; its reservation grows by what it maps (and
+        pulls)."""
+        node = self.plan.nodes[name]
+        worker, task_id, reservation, waiting = self.trying[name]
         try:
             sources = self._sources(node, worker)
         except PeerVanished as exc:  # lost before it could be read: the node runs again
@@ -593,7 +569,7 @@ class RunCoordinator:
                      if oid in made and src.host_id != worker.host_id)
         self.scheduler.grow(task_id, now - reservation + pulled)
         await self._send_quietly(worker, InputsReady(
-            task_id=task_id, sources={oid: sources[oid] for oid in waiting.values()},
+            task_id=task_id, sources={oid: sources[oid] for oid in waiting},
             memory_limit=now + sum(o.nbytes for o in made.values()),
         ))
 
@@ -619,6 +595,7 @@ class RunCoordinator:
         # Only what changed: outputs published by an earlier run with the same key are not
         # committed again.
         tables = list(self.committed)
+        log.info("run %s publishing %d tables", self.run_id, len(tables))
         lh = self.scheduler.lakehouse
         catalog = lh.catalog
         target = self.plan.branch
@@ -656,13 +633,15 @@ class RunCoordinator:
         return await self.scheduler.store_call(merge), tables
 
     async def _cancel_running(self) -> None:
-        for name, task in list(self.running.items()):
+        running = {name: task for name, task in self.tasks.items() if not task.done()}
+        for task in running.values():
             task.cancel()
-        if self.running:
-            await asyncio.gather(*self.running.values(), return_exceptions=True)
-        for name in self.running:
+        await asyncio.gather(*running.values(), return_exceptions=True)
+        for task in self.delivering.values():
+            task.cancel()
+        for name in running:
             await self._event(name, "cancelled")
-        self.running.clear()
+        self.tasks.clear()
 
     @staticmethod
     async def _send_quietly(worker: "WorkerHandle", msg: Any) -> None:

@@ -66,6 +66,8 @@ from protocol.version import build_id
 from scheduler import catalog_ops
 from scheduler.jobs import JobStore
 from scheduler.placement import Fail, Instruction, Lost, Placement, Request, Start
+from scheduler.analysis import Analyzer
+from store.transaction import missing_namespace
 from scheduler.planning import plan_submission
 from scheduler.run import RunCoordinator, run_branch_name
 
@@ -135,6 +137,8 @@ class Scheduler:
         self.clients = 0
         self._server: asyncio.Server | None = None
         self._store = ThreadPoolExecutor(1, thread_name_prefix="faas-store")
+        # Projects and query SQL are parsed in a helper process, never on the loop.
+        self.analysis = Analyzer()
         self._connections: set[asyncio.Task[Any]] = set()
         self._background: set[asyncio.Task[Any]] = set()
 
@@ -147,6 +151,7 @@ class Scheduler:
         from store import Lakehouse
 
         self.home.mkdir(parents=True, exist_ok=True)
+        self.analysis.start()
         self.jobs = JobStore(self.home / "runs")
         self.lakehouse = await self.store_call(
             Lakehouse, self.home, warehouse=self.warehouse, catalog=self.catalog
@@ -174,10 +179,17 @@ class Scheduler:
             w.conn.close()
         for t in list(self._connections):
             t.cancel()
+        # Runs end first (one publishing finishes its merge and is recorded as it ended),
+        # then what they started in the background; then what everything used, in the
+        # reverse order of its creation.
         await asyncio.gather(*self._connections, *self.runs.values(), return_exceptions=True)
+        await asyncio.gather(*self._background, return_exceptions=True)
         if self.jobs is not None:
             self.jobs.close()
-        self._store.shutdown(wait=True)
+        self.analysis.close()
+        if self.lakehouse is not None:
+            await self.store_call(self.lakehouse.close)
+        await asyncio.to_thread(self._store.shutdown, True)
         self.status = "closed"
         log.info("scheduler closed")
 
@@ -504,10 +516,7 @@ class Scheduler:
         if not namespace:
             raise InvalidInput(f"table {request.key!r} needs a namespace: use NAMESPACE.TABLE")
         if namespace not in await self.store_call(lh.namespaces, request.ref):
-            raise NotFound(
-                f"namespace {namespace!r} does not exist at ref {request.ref!r}: create it with "
-                f"'faas namespace create {namespace}'"
-            )
+            raise missing_namespace(namespace, request.ref)
         tx = await self.store_call(lh.begin, request.ref)
         directory = await self.store_call(tx.data_location, request.key)
         task_id = f"import-{uuid.uuid4().hex[:12]}"
@@ -529,9 +538,7 @@ class Scheduler:
         return info
 
     async def _query(self, conn: Connection[Any], request: Query) -> None:
-        from store.query import referenced_tables
-
-        names = referenced_tables(request.sql)
+        names = await self.analysis.tables(request.sql)
         # The ref is checked even when the SQL reads no table: a typo must not pass.
         await self.store_call(self.lakehouse.catalog.resolve, request.ref)
         tables: dict[str, ScanInput] = {}
@@ -569,7 +576,10 @@ class Scheduler:
     async def _submit(self, conn: Connection[Any], request: SubmitRun) -> None:
         # Read here, on the event loop: the worker table changes only on this thread.
         versions = {v for w in self.workers.values() for v in w.python_versions}
-        plan = await self.store_call(plan_submission, self.lakehouse, request, versions or None)
+        project = await self.analysis.project(request.files)
+        plan = await self.store_call(
+            plan_submission, self.lakehouse, request, versions or None, project
+        )
         if request.dry_run:
             await conn.send(Ok(data={"plan": plan.describe()}))
             return

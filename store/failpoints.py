@@ -4,7 +4,8 @@
 flushing, no rollback by Python) when the environment variable
 ``FAAS_FAILPOINT`` equals ``name``. A test runs an operation in a subprocess
 with the variable set, then opens the catalog and checks that the operation
-either happened completely or not at all.
+either happened completely or not at all. ``name:pause=SECONDS`` pauses there
+instead, for a test that acts while the operation is half-way.
 
 When the variable is unset a failpoint costs one dict lookup.
 """
@@ -56,6 +57,14 @@ _environ = os.environ
 
 
 def failpoint(name: str) -> None:
-    """Exit the process with status 86 if ``FAAS_FAILPOINT`` is ``name``."""
-    if _environ.get(ENV_VAR) == name:
+    """Exit the process with status 86 if ``FAAS_FAILPOINT`` is ``name``; pause it for N
+    seconds if it is ``name:pause=N`` (a window for a test to act in)."""
+    value = _environ.get(ENV_VAR)
+    if value is None:
+        return
+    if value == name:
         os._exit(EXIT_CODE)
+    if value.startswith(f"{name}:pause="):
+        import time
+
+        time.sleep(float(value.partition("=")[2]))

@@ -29,7 +29,14 @@ from store.importer import expand_paths, read_files
 from store.keys import check_namespace, split_key
 from store.query import query_tables, referenced_tables
 from store.scan import scan_table
-from store.transaction import TableInfo, Transaction, WriteMode, load_table, table_info
+from store.transaction import (
+    TableInfo,
+    Transaction,
+    WriteMode,
+    load_table,
+    missing_namespace,
+    table_info,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -169,7 +176,7 @@ class Lakehouse:
 
         def plan(head: str) -> tuple[list[Change], str]:
             if self.catalog.get(head, namespace, "namespace") is None:
-                raise NotFound(f"namespace {namespace!r} not found at ref {ref!r}")
+                raise missing_namespace(namespace, ref)
             tables = list(self.catalog.entries(head, "table", prefix=f"{namespace}."))
             if tables:
                 shown = ", ".join(tables[:_TABLES_SHOWN])
@@ -222,7 +229,7 @@ class Lakehouse:
             return list(self.catalog.entries(commit, "table"))
         check_namespace(namespace)
         if self.catalog.get(commit, namespace, "namespace") is None:
-            raise NotFound(f"namespace {namespace!r} not found at ref {ref!r}")
+            raise missing_namespace(namespace, ref)
         return list(self.catalog.entries(commit, "table", prefix=f"{namespace}."))
 
     def table_info(self, key: str, ref: str = "main") -> TableInfo:

