@@ -45,6 +45,8 @@ demo: $(VENV)/.installed
 	@echo "Next: faas table ls --namespace adventure, then the README's \"Using it\"."
 
 test: $(VENV)/.installed $(S3_SERVER)/.installed
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 	$(PY) -m pytest -q
 
 bench: $(VENV)/.installed

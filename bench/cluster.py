@@ -411,7 +411,7 @@ def run_pipeline(tmp: Path, shm: Path, data: Path, workers: int, repeat: int) ->
         "run_s": stats([r["seconds"] for r in runs], 3),
         "cli_wall_s": stats([r["wall"] for r in runs], 3),
         "runs": [{"run_id": r["run_id"], "seconds": r["seconds"], "cli_wall_s": round(r["wall"], 3),
-                  "nodes": p} for r, p in zip(runs, placements)],
+                  "nodes": p} for r, p in zip(runs, placements, strict=True)],
     }
 
 

@@ -19,6 +19,7 @@ row for row, to the script's.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import resource
@@ -111,7 +112,7 @@ class Peak:
                     self.at_peak[name] = round(n / 2**20, 1)
             self._stop.wait(SAMPLE_EVERY)
 
-    def __enter__(self) -> "Peak":
+    def __enter__(self) -> Peak:
         self._thread.start()
         return self
 
@@ -293,7 +294,7 @@ def main() -> None:
         finally:
             subprocess.run(faas_cmd("local", "stop"), env=env, cwd=ROOT, capture_output=True)
     growth = []
-    for a, b in zip(results, results[1:]):
+    for a, b in itertools.pairwise(results):
         scale = b["rows"] / a["rows"]
         growth.append({
             "from_rows": a["rows"], "to_rows": b["rows"], "rows_x": round(scale, 1),

@@ -481,7 +481,7 @@ def four_readers(kind: str, path: Path, produce: Callable[[], Any] | None) -> di
         raise SystemExit(f"readers of {path} disagree: {results}")
 
     def added(field: str) -> int:
-        return sum(h.get(field, 0) - i.get(field, 0) for h, i in zip(pss_held, pss_idle))
+        return sum(h.get(field, 0) - i.get(field, 0) for h, i in zip(pss_held, pss_idle, strict=True))
 
     # What the table costs: its shared-memory pages (faas), counted once, plus what each
     # reader added outside them. Unlike the system-wide figure, nothing else running on the

@@ -27,7 +27,7 @@ def bars_svg(
     """
     tops = [max((v for _, v in series), default=1.0) or 1.0 for _, series in groups]
     if maxima:
-        tops = [m if m is not None else t for m, t in zip(maxima, tops)]
+        tops = [m if m is not None else t for m, t in zip(maxima, tops, strict=True)]
     top = max(tops, default=1.0)
     # A group of its own scale gets its label on a line of its own, above its bars.
     rows = sum(len(series) for _, series in groups) + (len(groups) if units else 0)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import sys
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import typer
 
@@ -29,11 +29,12 @@ from client.progress import view_for
 from protocol.errors import AlreadyExists
 from protocol.messages import LogLine, RunFinished, TaskEvent
 
+
 @app.command()
 def submit(
     project: Path = typer.Argument(Path("."), help="project directory"),
     namespace: str = typer.Option(..., "--namespace", "-n", help="namespace of inputs and outputs"),
-    ref: Optional[str] = typer.Option(None, "--ref", help="branch to read from and publish to (default: the active branch)"),
+    ref: str | None = typer.Option(None, "--ref", help="branch to read from and publish to (default: the active branch)"),
     param: list[str] = typer.Option([], "--param", "-p", help="run parameter NAME=VALUE"),
     dry_run: bool = typer.Option(False, "--dry-run", help="print the plan, run nothing"),
     strict: bool = typer.Option(False, "--strict", help="a failing expectation fails the run"),
@@ -116,8 +117,8 @@ def submit(
 @app.command()
 def query(
     sql: str = typer.Argument(..., help="SQL over the lakehouse tables"),
-    namespace: Optional[str] = typer.Option(None, "--namespace", "-n", help="namespace for bare names"),
-    ref: Optional[str] = typer.Option(None, "--ref", help=REF_HELP),
+    namespace: str | None = typer.Option(None, "--namespace", "-n", help="namespace for bare names"),
+    ref: str | None = typer.Option(None, "--ref", help=REF_HELP),
     as_json: bool = json_flag(),
     limit: int = typer.Option(50, "--limit", help="rows to print (tables only)"),
 ) -> None:
@@ -160,18 +161,18 @@ def _print_table(table: Any, limit: int) -> None:
     rows = table.slice(0, limit).to_pylist()
     cells = [[str(r[n]) for n in names] for r in rows]
     widths = [max([len(n)] + [len(c[i]) for c in cells]) for i, n in enumerate(names)]
-    typer.echo("  ".join(n.ljust(w) for n, w in zip(names, widths)))
+    typer.echo("  ".join(n.ljust(w) for n, w in zip(names, widths, strict=True)))
     typer.echo("  ".join("-" * w for w in widths))
     for c in cells:
-        typer.echo("  ".join(v.ljust(w) for v, w in zip(c, widths)))
+        typer.echo("  ".join(v.ljust(w) for v, w in zip(c, widths, strict=True)))
     if table.num_rows > limit:
         typer.echo(f"... {table.num_rows - limit} more rows")
 
 
 @table_app.command("ls")
 def table_ls(
-    namespace: Optional[str] = typer.Option(None, "--namespace", "-n", help="only the tables of this namespace"),
-    ref: Optional[str] = typer.Option(None, "--ref", help=REF_HELP),
+    namespace: str | None = typer.Option(None, "--namespace", "-n", help="only the tables of this namespace"),
+    ref: str | None = typer.Option(None, "--ref", help=REF_HELP),
     as_json: bool = json_flag(),
 ) -> None:
     """List tables."""
@@ -187,7 +188,7 @@ def table_ls(
 @table_app.command("get")
 def table_get(
     key: str = typer.Argument(..., help="NAMESPACE.TABLE"),
-    ref: Optional[str] = typer.Option(None, "--ref", help=REF_HELP),
+    ref: str | None = typer.Option(None, "--ref", help=REF_HELP),
     as_json: bool = json_flag(),
 ) -> None:
     """Show a table: schema, rows, snapshot and Iceberg metadata location."""
@@ -206,9 +207,9 @@ def table_get(
 def table_import(
     key: str = typer.Argument(..., help="NAMESPACE.TABLE to create or replace"),
     paths: list[str] = typer.Argument(..., help="CSV or Parquet files or globs"),
-    ref: Optional[str] = typer.Option(None, "--ref", help=REF_HELP),
+    ref: str | None = typer.Option(None, "--ref", help=REF_HELP),
     mode: str = typer.Option("replace", "--mode", help="replace or append"),
-    format: Optional[str] = typer.Option(
+    format: str | None = typer.Option(
         None, "--format", help="csv, tsv or parquet, for files whose suffix does not say"
     ),
     as_json: bool = json_flag(),
@@ -228,7 +229,7 @@ def table_import(
 
 @namespace_app.command("ls")
 def namespace_ls(
-    ref: Optional[str] = typer.Option(None, "--ref", help=REF_HELP),
+    ref: str | None = typer.Option(None, "--ref", help=REF_HELP),
     as_json: bool = json_flag(),
 ) -> None:
     """List namespaces."""
@@ -243,7 +244,7 @@ def namespace_ls(
 @namespace_app.command("create")
 def namespace_create(
     name: str,
-    ref: Optional[str] = typer.Option(None, "--ref", help=REF_HELP),
+    ref: str | None = typer.Option(None, "--ref", help=REF_HELP),
     if_not_exists: bool = typer.Option(False, "--if-not-exists", help="succeed if it exists"),
     as_json: bool = json_flag(),
 ) -> None:
@@ -289,7 +290,7 @@ def info(as_json: bool = json_flag()) -> None:
 @namespace_app.command("rm")
 def namespace_rm(
     name: str,
-    ref: Optional[str] = typer.Option(None, "--ref", help="branch (default: the active branch)"),
+    ref: str | None = typer.Option(None, "--ref", help="branch (default: the active branch)"),
     as_json: bool = json_flag(),
 ) -> None:
     """Drop an empty namespace (a commit)."""
@@ -303,7 +304,7 @@ def namespace_rm(
 @table_app.command("rm")
 def table_rm(
     key: str = typer.Argument(..., help="NAMESPACE.TABLE"),
-    ref: Optional[str] = typer.Option(None, "--ref", help="branch (default: the active branch)"),
+    ref: str | None = typer.Option(None, "--ref", help="branch (default: the active branch)"),
     as_json: bool = json_flag(),
 ) -> None:
     """Drop a table from a branch (a commit; older commits still have it)."""
@@ -318,7 +319,7 @@ def table_rm(
 def table_revert(
     key: str = typer.Argument(..., help="NAMESPACE.TABLE"),
     to: str = typer.Option(..., "--to", help="ref whose version of the table to restore"),
-    ref: Optional[str] = typer.Option(None, "--ref", help="branch to change (default: the active branch)"),
+    ref: str | None = typer.Option(None, "--ref", help="branch to change (default: the active branch)"),
     as_json: bool = json_flag(),
 ) -> None:
     """Make a table on a branch what it is at another ref, in one commit."""

@@ -14,8 +14,9 @@ import asyncio
 import json
 import os
 import signal
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, Awaitable, Callable, NoReturn, Optional, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import typer
 
@@ -71,9 +72,9 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _global(
-    cluster: Optional[str] = typer.Option(None, "--cluster", envvar="FAAS_CLUSTER", help="scheduler HOST:PORT; none means embedded"),
-    token_file: Optional[str] = typer.Option(None, "--token-file", envvar="FAAS_TOKEN_FILE", help="cluster token file"),
-    home: Optional[str] = typer.Option(None, "--home", envvar="FAAS_HOME", help="embedded mode's home (default ~/.faas)"),
+    cluster: str | None = typer.Option(None, "--cluster", envvar="FAAS_CLUSTER", help="scheduler HOST:PORT; none means embedded"),
+    token_file: str | None = typer.Option(None, "--token-file", envvar="FAAS_TOKEN_FILE", help="cluster token file"),
+    home: str | None = typer.Option(None, "--home", envvar="FAAS_HOME", help="embedded mode's home (default ~/.faas)"),
     version: bool = typer.Option(False, "--version", is_eager=True, callback=_version, help="print faas's version and exit"),
 ) -> None:
     settings.cluster = cluster

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import Any, Optional
+from typing import Any
 
 import typer
 
@@ -79,10 +79,10 @@ def local_status(as_json: bool = json_flag()) -> None:
 
 @local_app.command("start")
 def local_start(
-    idle: Optional[float] = typer.Option(
+    idle: float | None = typer.Option(
         None, "--idle", help="minutes with no client and no run before it stops "
         "(default 30, or FAAS_LOCAL_IDLE)"),
-    memory: Optional[str] = typer.Option(None, "--memory", help="memory for its worker, e.g. 8GiB"),
+    memory: str | None = typer.Option(None, "--memory", help="memory for its worker, e.g. 8GiB"),
     port: int = typer.Option(0, "--port", help="the scheduler's port on 127.0.0.1 (0: any free one)"),
 ) -> None:
     """Start the daemon now (commands start it anyway when it is not running)."""

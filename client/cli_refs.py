@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 import typer
 
@@ -57,7 +57,7 @@ def branch_ls(
 @branch_app.command("create")
 def branch_create(
     name: str,
-    from_ref: Optional[str] = typer.Option(None, "--from", help=REF_HELP),
+    from_ref: str | None = typer.Option(None, "--from", help=REF_HELP),
     as_json: bool = json_flag(),
 ) -> None:
     """Create a branch: a new name for a commit; no data is copied."""
@@ -83,8 +83,8 @@ def branch_rm(name: str, as_json: bool = json_flag()) -> None:
 @branch_app.command("merge")
 def branch_merge(
     source: str = typer.Argument(..., help="branch, tag or @HASH to merge"),
-    into: Optional[str] = typer.Option(None, "--into", help="target branch (default: the active branch)"),
-    message: Optional[str] = typer.Option(None, "--message", "-m", help="the merge commit's message (default: merge SOURCE into TARGET)"),
+    into: str | None = typer.Option(None, "--into", help="target branch (default: the active branch)"),
+    message: str | None = typer.Option(None, "--message", "-m", help="the merge commit's message (default: merge SOURCE into TARGET)"),
     ff: bool = typer.Option(False, "--ff", help="move the target instead of committing, when possible"),
     as_json: bool = json_flag(),
 ) -> None:
@@ -106,7 +106,7 @@ def branch_merge(
 @branch_app.command("diff")
 def branch_diff(
     ref_a: str = typer.Argument(..., metavar="A", help="the ref to start from"),
-    ref_b: Optional[str] = typer.Argument(None, metavar="[B]", help="the ref to go to (default: the active branch)"),
+    ref_b: str | None = typer.Argument(None, metavar="[B]", help="the ref to go to (default: the active branch)"),
     as_json: bool = json_flag(),
 ) -> None:
     """What changes going from A to B, as git diff A B: tables added, dropped, changed."""
@@ -130,7 +130,7 @@ def branch_diff(
 @branch_app.command("prune")
 def branch_prune(
     runs: bool = typer.Option(False, "--runs", help="delete transaction branches of finished runs"),
-    older_than: Optional[str] = typer.Option(None, "--older-than", help="only those older than e.g. 7d"),
+    older_than: str | None = typer.Option(None, "--older-than", help="only those older than e.g. 7d"),
     as_json: bool = json_flag(),
 ) -> None:
     """Delete old transaction branches of runs (running ones are kept)."""
@@ -179,7 +179,7 @@ def tag_ls(as_json: bool = json_flag()) -> None:
 @tag_app.command("create")
 def tag_create(
     name: str,
-    from_ref: Optional[str] = typer.Option(None, "--from", help=REF_HELP),
+    from_ref: str | None = typer.Option(None, "--from", help=REF_HELP),
     as_json: bool = json_flag(),
 ) -> None:
     """Name a commit; a tag never moves."""
@@ -202,7 +202,7 @@ def tag_rm(name: str, as_json: bool = json_flag()) -> None:
 
 @app.command("log")
 def log_(
-    ref: Optional[str] = typer.Argument(None, help=REF_HELP),
+    ref: str | None = typer.Argument(None, help=REF_HELP),
     n: int = typer.Option(20, "-n", help="how many commits"),
     as_json: bool = json_flag(),
 ) -> None:

@@ -12,10 +12,12 @@ concurrently and a cancelled call never leaves a half-read connection behind.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any
 
 import msgspec
 
@@ -101,7 +103,7 @@ class Run:
     """A submitted run: iterate its events as they happen, then await its result."""
 
     def __init__(
-        self, conn: Connection[Any], accepted: RunAccepted, client: "Client", *,
+        self, conn: Connection[Any], accepted: RunAccepted, client: Client, *,
         attached: bool,
     ) -> None:
         self.conn = conn
@@ -173,7 +175,7 @@ class Client:
         self.token = token
         self.host_id = socket.gethostname()
 
-    async def __aenter__(self) -> "Client":
+    async def __aenter__(self) -> Client:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -219,12 +221,12 @@ class Client:
         The run ends when this connection does (cancelled, unless it finished) unless
         ``detach``: then it goes on alone, and the Run returned has only its id and
         nodes until iterated, which follows it like :meth:`follow`."""
-        files = pack_project(project)
+        files = await asyncio.to_thread(pack_project, project)
+        project_dir = await asyncio.to_thread(lambda: str(Path(project).resolve()))
         run = await self._open_run(
             SubmitRun(
                 files=files, namespace=namespace, ref=ref, params=dict(params or {}),
-                project_dir=str(Path(project).resolve()), strict=strict, no_cache=no_cache,
-                detach=detach,
+                project_dir=project_dir, strict=strict, no_cache=no_cache, detach=detach,
             )
         )
         if detach:
@@ -259,7 +261,7 @@ class Client:
     ) -> list[dict[str, Any]]:
         """The plan the scheduler would run, without running anything."""
         data = await self._call(
-            SubmitRun(files=pack_project(project), namespace=namespace, ref=ref,
+            SubmitRun(files=await asyncio.to_thread(pack_project, project), namespace=namespace, ref=ref,
                       params=dict(params or {}), dry_run=True)
         )
         return data["plan"]
@@ -284,7 +286,9 @@ class Client:
     ) -> dict[str, Any]:
         """Import CSV/Parquet files (paths or globs, readable by the workers) as a table;
         ``format`` (csv, tsv, parquet) for files whose suffix does not say."""
-        resolved = [str(Path(p).expanduser().resolve()) if "://" not in p else p for p in paths]
+        resolved = await asyncio.to_thread(
+            lambda: [str(Path(p).expanduser().resolve()) if "://" not in p else p for p in paths]
+        )
         return await self._call(
             ImportTable(key=key, paths=resolved, ref=ref, mode=mode, format=format)
         )

@@ -21,8 +21,9 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from protocol.errors import FaasError
 from protocol.version import build_id, settings_fingerprint
@@ -119,7 +120,7 @@ class _Lock:
     def __init__(self, home: Path) -> None:
         self.path = home / LOCK_FILE
 
-    def __enter__(self) -> "_Lock":
+    def __enter__(self) -> _Lock:
         self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
         deadline = time.monotonic() + LOCK_TIMEOUT
         while True:

@@ -30,7 +30,7 @@ class PlainView:
     def __init__(self, out: TextIO | None = None) -> None:
         self.out = out or sys.stderr
 
-    def __enter__(self) -> "PlainView":
+    def __enter__(self) -> PlainView:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -64,7 +64,7 @@ class LiveView:
         self.rows: dict[str, dict[str, Any]] = {n: {"state": "queued"} for n in nodes}
         self.live = Live(self.render(), console=self.console, refresh_per_second=8, transient=False)
 
-    def __enter__(self) -> "LiveView":
+    def __enter__(self) -> LiveView:
         self.live.__enter__()
         return self
 

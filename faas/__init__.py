@@ -15,7 +15,8 @@ function process calls the function by its module and name.
 
 from __future__ import annotations
 
-from typing import Any, Callable, TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 __all__ = ["Model", "Parameter", "model", "python", "expectation", "Client"]
 

@@ -372,7 +372,7 @@ class EnvironmentCache:
         log.info("building environment %s for %s", key, spec)
         await _say(sink, f"building the environment for {spec} (Python {interp.version})")
         self._link_runtime()
-        if path.exists() or path.is_symlink():
+        if await asyncio.to_thread(lambda: path.exists() or path.is_symlink()):
             log.info("removing incomplete environment %s", path)
             await asyncio.to_thread(shutil.rmtree, path, True)
         try:
@@ -380,7 +380,7 @@ class EnvironmentCache:
             if pins or base:
                 await self._uv(["pip", "install", "--python", str(path / "bin" / "python"), *base, *pins],
                                spec, sink)
-            sites = sorted(path.glob("lib/*/site-packages"))
+            sites = sorted(await asyncio.to_thread(lambda: list(path.glob("lib/*/site-packages"))))
             if not sites:
                 raise EnvironmentFailed(f"uv made no site-packages for {spec} in {path}")
             (sites[0] / PTH_FILE).write_text("".join(p + "\n" for p in pth))

@@ -74,7 +74,7 @@ class LocalDaemon:
                 "--token-file", str(self.home / "token"), "--grace", "5"]
         if self.memory:
             args += ["--memory", self.memory]
-        with open(logs / "worker.log", "ab") as err:
+        with await asyncio.to_thread(open, logs / "worker.log", "ab") as err:
             proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "faasd", *args, stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE, stderr=err,

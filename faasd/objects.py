@@ -93,7 +93,8 @@ class Entry:
     # Kept after its runs end, for runs with the same cache key.
     cacheable: bool = True
     spilled: bool = False
-    moving: bool = False
+    # Set while its file moves between shared memory and disk; fires when the move ends.
+    moving: asyncio.Event | None = None
     pins: set[str] = field(default_factory=set)
 
 
@@ -229,19 +230,20 @@ class ObjectStore:
         others = bool(e.pins - {run_id})
         e.pins.add(run_id)
         self.entries.move_to_end(name)
-        while e.moving:  # a spill under way: its path is settled only when the move ends
-            await asyncio.sleep(0.005)
+        while e.moving is not None:  # a move under way: its path is settled when it ends
+            await e.moving.wait()
         # Other runs may be reading it where it is: only an object nobody uses moves.
         if e.spilled and not others and self.shm_bytes + e.nbytes <= self.budget:
             # Back into shared memory; readers can map it from disk meanwhile.
-            e.moving = True
+            moving = e.moving = asyncio.Event()
             try:
                 await asyncio.to_thread(shutil.move, self._spill_path(name), self.path(name))
                 e.spilled = False
             except OSError as exc:
                 log.warning("could not bring object %s back from disk: %s", name, exc)
             finally:
-                e.moving = False
+                e.moving = None
+                moving.set()
         return e
 
     def objects(self) -> list[Entry]:
@@ -358,13 +360,13 @@ class ObjectStore:
         for e in list(self.entries.values()):
             if over <= 0:
                 break
-            if e.pins or e.spilled or e.moving:
+            if e.pins or e.spilled or e.moving is not None:
                 continue
             over -= e.nbytes
             if e.kind == "column":
                 self._delete(e)
                 continue
-            e.moving = True
+            moving = e.moving = asyncio.Event()
             try:
                 await asyncio.to_thread(shutil.move, self.path(e.name), self._spill_path(e.name))
                 e.spilled = True
@@ -373,12 +375,13 @@ class ObjectStore:
                 log.warning("could not spill object %s, dropping it: %s", e.name, exc)
                 self._delete(e)
             finally:
-                e.moving = False
+                e.moving = None
+                moving.set()
         spilled_over = self.spilled_bytes - self.spill_budget
         for e in list(self.entries.values()):
             if spilled_over <= 0:
                 break
-            if e.spilled and not e.pins and not e.moving:
+            if e.spilled and not e.pins and e.moving is None:
                 spilled_over -= e.nbytes
                 self._delete(e)
 

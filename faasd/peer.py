@@ -35,6 +35,7 @@ from typing import Any, Self
 
 import msgspec
 
+from faasd.objects import hold
 from protocol.connection import (
     SEND_TIMEOUT,
     Connection,
@@ -63,7 +64,6 @@ from protocol.messages import (
     PeerRequest,
     error_message,
 )
-from faasd.objects import hold
 from store.failpoints import failpoint
 
 log = logging.getLogger(__name__)

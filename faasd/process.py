@@ -128,7 +128,7 @@ class FunctionProcess:
         readers = []
         try:
             while pending:
-                pipe = open(pending[0], "rb", buffering=0)
+                pipe = open(pending[0], "rb", buffering=0)  # noqa: ASYNC230 - wraps a pipe: no I/O
                 pending.pop(0)
                 reader = asyncio.StreamReader(limit=MAX_LINE)
                 try:

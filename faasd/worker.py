@@ -18,8 +18,9 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence, TypeVar
+from typing import Any, TypeVar
 
 import msgspec
 import psutil
@@ -250,7 +251,7 @@ class Worker:
         self.status = "closed"
         log.info("worker %s closed", self.worker_id)
 
-    async def __aenter__(self) -> "Worker":
+    async def __aenter__(self) -> Worker:
         await self.start()
         return self
 
@@ -336,10 +337,8 @@ class Worker:
                 await self._beat(self.conn)  # the scheduler hears it now, not in a second
             except FaasError:
                 pass
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + grace
-        while self.task_jobs and loop.time() < deadline:
-            await asyncio.sleep(0.05)
+        if self.task_jobs:
+            await asyncio.wait(list(self.task_jobs.values()), timeout=grace)
         if self.task_jobs:
             log.warning(
                 "worker %s: stopping %d functions still running after %gs",
@@ -630,7 +629,7 @@ class Worker:
         source = (sources or msg.sources).get(object_id)
         if source is None:
             raise NotFound(f"object {object_id!r} of task {msg.task_id} has no known location")
-        if source.host_id == self.host_id and os.path.exists(source.path):
+        if source.host_id == self.host_id and os.path.exists(source.path):  # noqa: ASYNC240 - a stat on tmpfs
             return Path(source.path)  # same host: the same shared memory, mapped in place
         key = (object_id, source.address)
         pull = self._pulls.get(key)

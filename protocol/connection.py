@@ -18,21 +18,16 @@ import msgspec
 from protocol import auth
 from protocol.errors import (
     ClosedByUs,
-    ConnectionClosed,
     FaasError,
-    FrameTooLarge,
-    FrameTruncated,
     HandshakeFailed,
     MalformedFrame,
     PeerVanished,
 )
 from protocol.framing import (
-    HEADER,
     MAX_CONTROL_FRAME,
     MAX_HANDSHAKE_FRAME,
     encode,
     read_frame,
-    recv_exactly_blocking,
     recv_frame_blocking,
 )
 from protocol.messages import PROTOCOL_VERSION, Auth, Error, Handshake, Hello, Welcome

@@ -82,7 +82,7 @@ async def read_frame(
 UNDECODABLE = (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError)
 
 
-def decode_payload(payload: bytes, decoder: msgspec.msgpack.Decoder[T]) -> T:
+def decode_payload(payload: bytes | bytearray, decoder: msgspec.msgpack.Decoder[T]) -> T:
     """Decode one frame's payload; anything that is not a valid message is MalformedFrame."""
     try:
         return decoder.decode(payload)

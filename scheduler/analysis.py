@@ -18,8 +18,9 @@ import concurrent.futures
 import hashlib
 import logging
 import multiprocessing
+from collections.abc import Callable
 from concurrent.futures.process import BrokenProcessPool
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 from protocol.errors import InvalidInput
 from scheduler.project import Project, read_project

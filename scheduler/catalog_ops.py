@@ -6,7 +6,8 @@ consistent catalog and store calls never interleave.
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from protocol.errors import InvalidInput
 from protocol.messages import (

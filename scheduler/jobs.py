@@ -213,7 +213,8 @@ class JobStore:
         except FileNotFoundError:
             raise NotFound(f"no run {run_id!r} (see 'faas job ls')") from None
 
-    def list(self, limit: int = 20) -> list[dict[str, Any]]:
+    def recent(self, limit: int = 20) -> list[dict[str, Any]]:
+        """The ``limit`` runs started last, newest first (their summaries)."""
         records = []
         self.flush()
         for path in self.root.glob("*/run.json"):

@@ -42,7 +42,8 @@ BACKFILL = 64
 
 
 class Sized(Protocol):
-    nbytes: int
+    @property
+    def nbytes(self) -> int: ...
 
 
 @dataclass
@@ -160,7 +161,7 @@ class Placement:
     def holders(self, object_id: str) -> dict[str, Sized]:
         return self.objects.get(object_id, {})
 
-    def _view(self, request: Request) -> "_Inputs":
+    def _view(self, request: Request) -> _Inputs:
         """Where a request's inputs are, by host, worked out once per placement pass."""
         by_host: dict[str, int] = {}
         for oid, n in request.inputs.items():
@@ -169,18 +170,18 @@ class Placement:
         hits = set(self.holders(request.cached_output)) if request.cached_output else set()
         return _Inputs(sum(request.inputs.values()), by_host, hits)
 
-    def pulled(self, request: Request, w: Worker, view: "_Inputs | None" = None) -> int:
+    def pulled(self, request: Request, w: Worker, view: _Inputs | None = None) -> int:
         """Input bytes ``w`` would have to pull from other hosts for ``request``."""
         v = view or self._view(request)
         return v.total - v.by_host.get(w.host_id, 0)
 
-    def need(self, request: Request, w: Worker, view: "_Inputs | None" = None) -> int:
+    def need(self, request: Request, w: Worker, view: _Inputs | None = None) -> int:
         v = view or self._view(request)
         if w.worker_id in v.hits:
             return 0  # a cache hit runs nothing
         return request.reservation + self.pulled(request, w, v)
 
-    def cores(self, request: Request, w: Worker, view: "_Inputs | None" = None) -> int:
+    def cores(self, request: Request, w: Worker, view: _Inputs | None = None) -> int:
         """Cores ``request`` reserves on ``w``: none for a cache hit, or where cores are
         not counted."""
         v = view or self._view(request)
@@ -189,7 +190,7 @@ class Placement:
         return request.cpus
 
     def affinity(
-        self, request: Request, w: Worker, view: "_Inputs | None" = None
+        self, request: Request, w: Worker, view: _Inputs | None = None
     ) -> tuple[int, int, int]:
         v = view or self._view(request)
         local = v.by_host.get(w.host_id, 0)

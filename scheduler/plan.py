@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import msgspec
 import pyarrow as pa
@@ -171,7 +172,7 @@ def resolve_params(
 def decoded_width(t: pa.DataType) -> int:
     """About how many bytes one value of type ``t`` takes in Arrow (strings: a guess)."""
     try:
-        return max(t.bit_width // 8, 1)
+        return max(int(t.bit_width) // 8, 1)
     except ValueError:  # variable width: strings, binary, nested
         return 32
 

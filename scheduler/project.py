@@ -149,7 +149,7 @@ class _Reader:
         every = names + keyword_only
         if len(call.args) > len(names):
             self.problems.append(f"{self.where(call)}: too many arguments to {what}")
-        for name, arg in zip(names, call.args):
+        for name, arg in zip(names, call.args, strict=False):
             args[name] = self.literal(arg, f"argument {name!r} of {what}")
         for kw in call.keywords:
             if kw.arg is None or kw.arg not in every:
@@ -314,17 +314,20 @@ class _Reader:
         positional = a.posonlyargs + a.args
         defaults: list[ast.expr | None] = [None] * (len(positional) - len(a.defaults))
         defaults += list(a.defaults)
-        pairs = list(zip(positional, defaults)) + list(zip(a.kwonlyargs, a.kw_defaults))
+        pairs = list(zip(positional, defaults, strict=True)) + list(
+            zip(a.kwonlyargs, a.kw_defaults, strict=True)
+        )
         for arg, default in pairs:
-            kind = _decorator_name(default) if isinstance(default, ast.Call) else None
-            if kind == "Model":
+            call = default if isinstance(default, ast.Call) else None
+            kind = _decorator_name(call) if call is not None else None
+            if call is not None and kind == "Model":
                 margs = self.call_args(
-                    default, ("name", "columns", "filter"), "faas.Model", keyword_only=("stream",)
+                    call, ("name", "columns", "filter"), "faas.Model", keyword_only=("stream",)
                 )
-                self.typed(margs, default, "faas.Model", columns=list, filter=str, stream=bool)
+                self.typed(margs, call, "faas.Model", columns=list, filter=str, stream=bool)
                 if not isinstance(margs.get("name"), str) or not margs.get("name"):
                     self.problems.append(
-                        f"{self.where(default)}: faas.Model needs a table or model name"
+                        f"{self.where(call)}: faas.Model needs a table or model name"
                     )
                     continue
                 spec.inputs.append(
@@ -333,14 +336,14 @@ class _Reader:
                         name=margs["name"],
                         columns=margs.get("columns"),
                         filter=margs.get("filter"),
-                        where=self.where(default),
+                        where=self.where(call),
                         stream=bool(margs.get("stream", False)),
                     )
                 )
-            elif kind == "Parameter":
-                pargs = self.call_args(default, ("name",), "faas.Parameter")
+            elif call is not None and kind == "Parameter":
+                pargs = self.call_args(call, ("name",), "faas.Parameter")
                 spec.params.append(
-                    ParamRef(param=arg.arg, name=pargs.get("name") or arg.arg, where=self.where(default))
+                    ParamRef(param=arg.arg, name=pargs.get("name") or arg.arg, where=self.where(call))
                 )
             else:
                 self.problems.append(

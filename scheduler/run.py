@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
-from typing import TYPE_CHECKING, Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
@@ -42,8 +44,8 @@ from protocol.messages import (
 from protocol.sizes import parse_size
 from scheduler.placement import Request
 from scheduler.plan import CACHE_KEY_PROPERTY, EXACT_PROPERTY, Plan, PlanNode, decoded_width
-from store.files import iceberg_schema
 from scheduler.run_state import Fail, Inputs, Instruction, RunState, Say, Start, Stop
+from store.files import iceberg_schema
 from store.refs import run_branch_name
 
 if TYPE_CHECKING:
@@ -62,7 +64,7 @@ VERDICT = "verdict"
 class RunCoordinator:
     def __init__(
         self,
-        scheduler: "Scheduler",
+        scheduler: Scheduler,
         run_id: str,
         plan: Plan,
         files: dict[str, str],
@@ -82,7 +84,7 @@ class RunCoordinator:
         self.outputs: dict[str, TaskDone] = {}
         self.ready: dict[str, TaskDone] = {}
         # Where each node's output lives, and every worker that ran anything of this run.
-        self.placed: dict[str, "WorkerHandle"] = {}
+        self.placed: dict[str, WorkerHandle] = {}
         self.used_workers: set[str] = set()
         # The task of each node's current try.
         self.tasks: dict[str, asyncio.Task[TaskDone]] = {}
@@ -111,7 +113,7 @@ class RunCoordinator:
         self.reserved: dict[str, int] = {}
         # Early-started tries on a worker that wait for upstream objects: (worker, task id,
         # reservation, object ids), and the task sending them their objects once made.
-        self.trying: dict[str, tuple["WorkerHandle", str, int, list[str]]] = {}
+        self.trying: dict[str, tuple[WorkerHandle, str, int, list[str]]] = {}
         self.delivering: dict[str, asyncio.Task[None]] = {}
 
     async def _event(self, node: str, state: str, **kw: Any) -> None:
@@ -212,7 +214,7 @@ class RunCoordinator:
         if self.failure is not None:
             raise self.failure
 
-    async def _ended(self, name: str, task: "asyncio.Task[TaskDone]") -> list[Instruction]:
+    async def _ended(self, name: str, task: asyncio.Task[TaskDone]) -> list[Instruction]:
         """What the state machine makes of the end of a node's try."""
         if self.state.state(name) == "stopping":
             return self.state.stopped(name)
@@ -241,12 +243,10 @@ class RunCoordinator:
                         self._run_node(self.plan.nodes[name], self.branch, attempt, reservation)
                     )
                     self.tasks[name] = task
-                    task.add_done_callback(
-                        lambda t, name=name: self.inbox.put_nowait(("ended", (name, t)))
-                    )
+                    task.add_done_callback(functools.partial(self._try_ended, name))
                 case Stop(node=name):
-                    if (task := self.tasks.get(name)) is not None:
-                        task.cancel()
+                    if (stopping := self.tasks.get(name)) is not None:
+                        stopping.cancel()
                 case Inputs(node=name):
                     if name in self.trying and name not in self.delivering:
                         self.delivering[name] = asyncio.create_task(self._deliver(name))
@@ -255,6 +255,9 @@ class RunCoordinator:
                 case Fail(error=error):
                     self.failure = error
                     self.inbox.put_nowait(("failed", None))
+
+    def _try_ended(self, name: str, task: asyncio.Task[TaskDone]) -> None:
+        self.inbox.put_nowait(("ended", (name, task)))
 
     def _lost_outputs(self) -> list[str]:
         """Finished nodes whose output's every copy is gone."""
@@ -432,7 +435,7 @@ class RunCoordinator:
             cpus=node.spec.cpus or 0,
         )
 
-    def _sources(self, node: PlanNode, worker: "WorkerHandle") -> dict[str, ObjectSource]:
+    def _sources(self, node: PlanNode, worker: WorkerHandle) -> dict[str, ObjectSource]:
         """Where each upstream object is read from: a copy on the worker's own host when
         there is one, else any live copy."""
         sources = {}
@@ -455,7 +458,7 @@ class RunCoordinator:
         return sources
 
     async def _on(
-        self, worker: "WorkerHandle", node: PlanNode, tx: Any, reservation: int, task_id: str,
+        self, worker: WorkerHandle, node: PlanNode, tx: Any, reservation: int, task_id: str,
         queued: float = 0.0,
     ) -> TaskDone:
         self.used_workers.add(worker.worker_id)
@@ -467,7 +470,7 @@ class RunCoordinator:
                 await self.scheduler.store_call(tx.data_location, node.key)
             )
             materialize = Materialize(
-                key=node.key, directory=directory, mode=node.spec.materialize,
+                key=node.key, directory=directory, mode=node.spec.materialize or "replace",
                 direct=not self._consumers(node),
             )
         queue = self.scheduler.watch_task(task_id, worker)
@@ -585,10 +588,10 @@ class RunCoordinator:
                 EXACT_PROPERTY: str(iceberg_schema(schema).equals(schema)).lower(),
             },
         )
-        return tx.publish(
+        return str(tx.publish(
             f"run {self.run_id}: {node.name} -> {node.key}",
             {"run_id": self.run_id, "model": node.name},
-        )
+        ))
 
     async def _publish(self, branch: str) -> tuple[str, list[str]]:
         """Merge the run's branch into the target as one commit, then drop the run branch."""
@@ -611,7 +614,7 @@ class RunCoordinator:
                 now = lh.table_info(key, target).metadata_location
             except NotFound:
                 return False
-            return now == lh.table_info(key, f"@{self.plan.base}").metadata_location
+            return bool(now == lh.table_info(key, f"@{self.plan.base}").metadata_location)
 
         def merge() -> str:
             moved = [key for key in kept if not unchanged(key)]
@@ -637,14 +640,14 @@ class RunCoordinator:
         for task in running.values():
             task.cancel()
         await asyncio.gather(*running.values(), return_exceptions=True)
-        for task in self.delivering.values():
-            task.cancel()
+        for delivery in self.delivering.values():
+            delivery.cancel()
         for name in running:
             await self._event(name, "cancelled")
         self.tasks.clear()
 
     @staticmethod
-    async def _send_quietly(worker: "WorkerHandle", msg: Any) -> None:
+    async def _send_quietly(worker: WorkerHandle, msg: Any) -> None:
         try:
             await worker.conn.send(msg, timeout=5)
         except FaasError:

@@ -13,10 +13,11 @@ import os
 import socket
 import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 import msgspec
 
@@ -64,12 +65,13 @@ from protocol.messages import (
 )
 from protocol.version import build_id
 from scheduler import catalog_ops
+from scheduler.analysis import Analyzer
 from scheduler.jobs import JobStore
 from scheduler.placement import Fail, Instruction, Lost, Placement, Request, Start
-from scheduler.analysis import Analyzer
-from store.transaction import missing_namespace
 from scheduler.planning import plan_submission
-from scheduler.run import RunCoordinator, run_branch_name
+from scheduler.run import RunCoordinator
+from store.refs import run_branch_name
+from store.transaction import missing_namespace
 
 log = logging.getLogger(__name__)
 
@@ -200,7 +202,7 @@ class Scheduler:
             return 0.0
         return time.monotonic() - self.last_active
 
-    async def __aenter__(self) -> "Scheduler":
+    async def __aenter__(self) -> Scheduler:
         await self.start()
         return self
 
@@ -459,7 +461,7 @@ class Scheduler:
         assert self.jobs is not None
         match request:
             case ListJobs(limit=limit):
-                return self.jobs.list(limit)
+                return self.jobs.recent(limit)
             case GetJob(run_id=run_id):
                 return self.jobs.get(run_id)
             case JobLogs(run_id=run_id):
@@ -530,7 +532,7 @@ class Scheduler:
 
         def commit() -> str:
             tx.add_files(request.key, done.files, schema, request.mode)
-            return tx.publish(f"import {request.key} from {len(request.paths)} files")
+            return str(tx.publish(f"import {request.key} from {len(request.paths)} files"))
 
         commit_hash = await self.store_call(commit)
         info = catalog_ops.describe_table(await self.store_call(lh.table_info, request.key, request.ref))

@@ -45,11 +45,11 @@ from store.merge import KeyDiff, MergeMixin, MergeResult
 from store.refs import RefInfo, RefsMixin
 from store.schema import (
     CHANGE_KINDS,
+    MAX_AUTHOR,
     NAMESPACE_PRESENT,
     ROOT_COMMIT,
     Change,
     ChangeKind,
-    MAX_AUTHOR,
     CommitInfo,
     commit_by_prefix,
     commit_changes,

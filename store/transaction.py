@@ -14,9 +14,6 @@ import pyarrow as pa
 from pyiceberg.exceptions import NoSuchTableError
 from pyiceberg.expressions import AlwaysTrue
 from pyiceberg.io.pyarrow import UnsupportedPyArrowTypeException, _check_pyarrow_schema_compatible
-from pyiceberg.table import CreateTableTransaction
-from pyiceberg.table import Table as IcebergTable
-from pyiceberg.table import Transaction as IcebergTransaction
 from pyiceberg.manifest import (
     DataFileContent,
     ManifestContent,
@@ -24,6 +21,9 @@ from pyiceberg.manifest import (
     ManifestEntryStatus,
     ManifestFile,
 )
+from pyiceberg.table import CreateTableTransaction
+from pyiceberg.table import Table as IcebergTable
+from pyiceberg.table import Transaction as IcebergTransaction
 from pyiceberg.table.refs import MAIN_BRANCH
 from pyiceberg.table.snapshots import Operation
 from pyiceberg.table.update.snapshot import _OverwriteFiles
@@ -536,9 +536,10 @@ def _replace_files(
     if not entries or any(e.data_file.content != DataFileContent.DATA for e in entries):
         return False
     if table.metadata.name_mapping() is None:  # the files have no field ids: map by name
-        txn.set_properties(**{
+        mapping: dict[str, Any] = {
             TableProperties.DEFAULT_NAME_MAPPING: table.schema().name_mapping.model_dump_json()
-        })
+        }
+        txn.set_properties(mapping)
     replace = _Replace(
         entries, operation=Operation.OVERWRITE, transaction=txn, io=table.io,
         snapshot_properties=props, branch=MAIN_BRANCH,

@@ -8,10 +8,11 @@ import signal
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -166,7 +167,7 @@ def catalog_uri(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 
 @pytest.fixture
-def catalog(catalog_uri: str) -> Iterator["VersionedCatalog"]:
+def catalog(catalog_uri: str) -> Iterator[VersionedCatalog]:
     """A catalog whose main holds namespace ``ns`` and table ``ns.t`` (at location ``t1``)."""
     from store.catalog import ROOT_COMMIT, Change, VersionedCatalog
 

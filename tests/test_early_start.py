@@ -8,8 +8,9 @@ cross-host path (the object pulled once it exists) is really taken.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 

@@ -12,6 +12,7 @@ import ast
 import datetime as dt
 import importlib.util
 import inspect
+import itertools
 import json
 import math
 import re
@@ -225,7 +226,7 @@ def test_orders_are_consistent_across_chunks(gen, tmp_path, monkeypatch):
     sale = _read(tmp_path / "sale.csv").to_pylist()
     numbers = [int(r["OrderNumber"][2:]) for r in sale]
     assert numbers[0] == gen.FIRST_ORDER_NUMBER
-    assert all(b - a in (0, 1) for a, b in zip(numbers, numbers[1:]))
+    assert all(b - a in (0, 1) for a, b in itertools.pairwise(numbers))
     seen: dict[str, tuple] = {}
     for r in sale:
         assert seen.setdefault(r["OrderNumber"], (r["OrderDate"], r["TerritoryKey"])) == (
@@ -260,7 +261,7 @@ def _declared_models() -> dict[str, dict]:
             decorators[deco.func.attr] = _literal_call(deco, deco.func.attr)
         params = {}
         assert len(node.args.defaults) == len(node.args.args), node.name
-        for arg, default in zip(node.args.args, node.args.defaults):
+        for arg, default in zip(node.args.args, node.args.defaults, strict=False):
             args, kwargs = _literal_call(default, "Model")
             params[arg.arg] = {"table": args[0], **kwargs}
         models[node.name] = {"decorators": decorators, "params": params}
@@ -337,10 +338,10 @@ def _assert_tables_match(actual: pa.Table, expected: pa.Table, keys: list[str], 
     for field in expected.schema:
         got, want = actual[field.name].to_pylist(), expected[field.name].to_pylist()
         if pa.types.is_floating(field.type):
-            bad = [i for i, (g, w) in enumerate(zip(got, want))
+            bad = [i for i, (g, w) in enumerate(zip(got, want, strict=False))
                    if not math.isclose(g, w, rel_tol=1e-9, abs_tol=1e-9)]
         else:
-            bad = [i for i, (g, w) in enumerate(zip(got, want)) if g != w]
+            bad = [i for i, (g, w) in enumerate(zip(got, want, strict=False)) if g != w]
         assert not bad, (model, field.name, bad[:5], [got[i] for i in bad[:5]],
                          [want[i] for i in bad[:5]])
 

@@ -11,7 +11,14 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.conftest import ROOT, Cluster, import_territories, start_daemon, stop_daemon, write_project
+from tests.conftest import (
+    ROOT,
+    Cluster,
+    import_territories,
+    start_daemon,
+    stop_daemon,
+    write_project,
+)
 
 pytestmark = pytest.mark.timeout(240)
 

@@ -44,7 +44,7 @@ def _big_sql() -> str:
     return f"SELECT 42 AS answer WHERE 7 IN ({values})"
 
 
-async def _latencies_while(cluster: Cluster, work: "asyncio.Future[object]") -> list[float]:
+async def _latencies_while(cluster: Cluster, work: asyncio.Future[object]) -> list[float]:
     """How long each control request took while ``work`` was in flight."""
     client = Client(cluster.address, token_file=str(cluster.token_file))
     took = []

@@ -132,7 +132,10 @@ def test_lost_outputs_are_made_again_while_a_reader_still_needs_them() -> None:
     assert s.state("b") == "idle" and not s.made("b")
     # Outputs nobody still needs are left alone.
     s2 = RunState(["a", "b"], {"b": ["a"]})
-    s2.start(); s2.placed("a"); s2.done("a"); s2.placed("b"); s2.done("b")
+    s2.start()
+    for node in ("a", "b"):
+        s2.placed(node)
+        s2.done(node)
     assert s2.outputs_lost(["a"]) == [] and s2.complete
 
 
@@ -143,73 +146,77 @@ def test_randomized_runs_keep_the_invariants() -> None:
     placed node lacked is made; a failed run starts nothing more."""
     rng = random.Random(20261129)
     for trial in range(300):
-        n = rng.randint(1, 8)
-        names = [f"n{i}" for i in range(n)]
-        deps = {m: sorted(rng.sample(names[:i], rng.randint(0, min(i, 3))))
-                for i, m in enumerate(names)}
-        scans = [m for m in names if rng.random() < 0.6]
-        s = RunState(names, deps, scans=scans, fits=lambda node: rng.random() < 0.7)
-        running: set[str] = set()
-        stopping: set[str] = set()
-        waited: dict[str, frozenset[str]] = {}  # what each placed node lacked then
-        failed = False
+        _one_random_run(rng, trial)
 
-        def apply(out: list) -> None:  # type: ignore[type-arg]
-            nonlocal failed
-            for ins in out:
-                assert not failed, f"trial {trial}: {ins} after the run failed"
-                if isinstance(ins, Start):
-                    missing = [d for d in deps[ins.node] if not s.made(d)]
-                    if ins.early:
-                        assert missing and ins.node in scans, (trial, ins)
-                    else:
-                        assert not missing, (trial, ins, missing)
-                    running.add(ins.node)
-                elif isinstance(ins, Stop):
-                    assert ins.node in running, (trial, ins)
-                    running.discard(ins.node)
-                    stopping.add(ins.node)
-                elif isinstance(ins, Inputs):
-                    assert s.waiting_for(ins.node) == frozenset(), (trial, ins)
-                    assert all(s.made(d) for d in waited[ins.node]), (trial, ins)
-                elif isinstance(ins, Fail):
-                    failed = True
 
-        apply(s.start())
-        for _ in range(200):
-            if failed or s.complete:
-                break
-            choices = sorted(running | stopping)
-            if not choices:
-                break
-            node = rng.choice(choices)
-            if node in stopping:
-                stopping.discard(node)
-                apply(s.stopped(node))
-                continue
-            roll = rng.random()
-            if roll < 0.3 and not s.is_placed(node):
-                out = s.placed(node)
-                waited[node] = s.waiting_for(node)
-                apply(out)
-            elif roll < 0.45:
-                apply(s.object_ready(node))
-            elif roll < 0.8:
-                if all(s.made(d) for d in deps[node]) and s.is_placed(node):
-                    running.discard(node)
-                    apply(s.done(node))
-            elif roll < 0.9:
+def _one_random_run(rng: random.Random, trial: int) -> None:
+    n = rng.randint(1, 8)
+    names = [f"n{i}" for i in range(n)]
+    deps = {m: sorted(rng.sample(names[:i], rng.randint(0, min(i, 3))))
+            for i, m in enumerate(names)}
+    scans = [m for m in names if rng.random() < 0.6]
+    s = RunState(names, deps, scans=scans, fits=lambda node: rng.random() < 0.7)
+    running: set[str] = set()
+    stopping: set[str] = set()
+    waited: dict[str, frozenset[str]] = {}  # what each placed node lacked then
+    failed = False
+
+    def apply(out: list) -> None:  # type: ignore[type-arg]
+        nonlocal failed
+        for ins in out:
+            assert not failed, f"trial {trial}: {ins} after the run failed"
+            if isinstance(ins, Start):
+                missing = [d for d in deps[ins.node] if not s.made(d)]
+                if ins.early:
+                    assert missing and ins.node in scans, (trial, ins)
+                else:
+                    assert not missing, (trial, ins, missing)
+                running.add(ins.node)
+            elif isinstance(ins, Stop):
+                assert ins.node in running, (trial, ins)
+                running.discard(ins.node)
+                stopping.add(ins.node)
+            elif isinstance(ins, Inputs):
+                assert s.waiting_for(ins.node) == frozenset(), (trial, ins)
+                assert all(s.made(d) for d in waited[ins.node]), (trial, ins)
+            elif isinstance(ins, Fail):
+                failed = True
+
+    apply(s.start())
+    for _ in range(200):
+        if failed or s.complete:
+            break
+        choices = sorted(running | stopping)
+        if not choices:
+            break
+        node = rng.choice(choices)
+        if node in stopping:
+            stopping.discard(node)
+            apply(s.stopped(node))
+            continue
+        roll = rng.random()
+        if roll < 0.3 and not s.is_placed(node):
+            out = s.placed(node)
+            waited[node] = s.waiting_for(node)
+            apply(out)
+        elif roll < 0.45:
+            apply(s.object_ready(node))
+        elif roll < 0.8:
+            if all(s.made(d) for d in deps[node]) and s.is_placed(node):
                 running.discard(node)
-                apply(s.worker_lost(node, PeerVanished("lost")))
-            elif roll < 0.95:
-                done = [m for m in names if s.state(m) == "done"]
-                apply(s.outputs_lost(rng.sample(done, min(len(done), 2))))
-                running |= {m for m in names if s.state(m) == "running"}
-            else:
-                running.discard(node)
-                apply(s.failed(node, FunctionFailed("boom")))
-        if s.complete:
-            assert all(s.made(m) for m in names)
+                apply(s.done(node))
+        elif roll < 0.9:
+            running.discard(node)
+            apply(s.worker_lost(node, PeerVanished("lost")))
+        elif roll < 0.95:
+            done = [m for m in names if s.state(m) == "done"]
+            apply(s.outputs_lost(rng.sample(done, min(len(done), 2))))
+            running |= {m for m in names if s.state(m) == "running"}
+        else:
+            running.discard(node)
+            apply(s.failed(node, FunctionFailed("boom")))
+    if s.complete:
+        assert all(s.made(m) for m in names)
 
 
 @pytest.mark.parametrize("event", ["done", "object_ready", "stopped", "failed", "placed"])

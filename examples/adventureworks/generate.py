@@ -315,7 +315,7 @@ def _sale_chunks(rows: int, seed: int, product_keys: list[int], product_weights:
     dates = _date_strings()
     n_days = len(dates)
     product_table = pa.array(
-        [str(k) for k in _lookup_table(list(zip(product_keys, product_weights)), 1 << 16)],
+        [str(k) for k in _lookup_table(list(zip(product_keys, product_weights, strict=True)), 1 << 16)],
         pa.string(),
     )
     territory_table = pa.array(
