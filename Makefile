@@ -17,7 +17,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet -e '.[test]'
 	touch $@
 
-# moto's S3 server for tests/test_s3.py, in a virtualenv of its own: its botocore
+# moto's S3 server for tests/integration/test_s3.py, in a virtualenv of its own: its botocore
 # brings `six`, which the function-environment tests need absent from .venv.
 S3_SERVER := $(VENV)/s3-server
 $(S3_SERVER)/.installed: tests/s3-server.txt | $(VENV)/.installed

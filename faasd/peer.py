@@ -56,14 +56,8 @@ from protocol.errors import (
     from_wire,
 )
 from protocol.framing import encode
-from protocol.messages import (
-    BulkHeader,
-    Error,
-    FetchObject,
-    PeerReply,
-    PeerRequest,
-    error_message,
-)
+from protocol.messages import BulkHeader, Error, error_message
+from protocol.worker_messages import FetchObject, PeerReply, PeerRequest
 from store.failpoints import failpoint
 
 log = logging.getLogger(__name__)

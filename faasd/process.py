@@ -27,7 +27,8 @@ from faasd.zygote import Zygote
 from faasd.zygote_wire import ZygoteDied, ZygoteStartFailed, describe_exit
 from protocol.errors import FunctionFailed, RunCancelled
 from protocol.framing import encode, read_frame
-from protocol.messages import Error, FunctionReply, FunctionResult, FunctionTask, TaskObjects
+from protocol.messages import Error
+from protocol.worker_messages import FunctionReply, FunctionResult, FunctionTask, TaskObjects
 
 log = logging.getLogger(__name__)
 

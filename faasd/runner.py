@@ -26,16 +26,8 @@ from typing import Any
 import msgspec
 
 from protocol.framing import encode, recv_frame_blocking
-from protocol.messages import (
-    Error,
-    FunctionResult,
-    FunctionTask,
-    InputRead,
-    ObjectInput,
-    ScanInput,
-    TaskObjects,
-    node_label,
-)
+from protocol.messages import Error, InputRead, ObjectInput, ScanInput, node_label
+from protocol.worker_messages import FunctionResult, FunctionTask, TaskObjects
 
 _decoder = msgspec.msgpack.Decoder(FunctionTask)
 _objects_decoder = msgspec.msgpack.Decoder(TaskObjects)

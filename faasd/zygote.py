@@ -50,8 +50,6 @@ import time
 from collections.abc import Coroutine, Mapping, Sequence
 from typing import Any, Self
 
-import msgspec
-
 from faasd.zygote_wire import (
     DEFAULT_PRELOAD,
     FROM_ZYGOTE,
@@ -68,10 +66,9 @@ from faasd.zygote_wire import (
     describe_exit,
     kill_group,
     kill_zygote,
-    next_frame,
 )
-from protocol.errors import ClosedByUs, FunctionFailed
-from protocol.framing import encode
+from protocol.errors import ClosedByUs, FrameTooLarge, FunctionFailed, MalformedFrame
+from protocol.framing import decode_payload, encode, next_frame
 
 log = logging.getLogger("faasd.zygote")
 
@@ -328,7 +325,7 @@ class Zygote:
         while True:
             payload = next_frame(self._buf)
             if payload is not None:
-                return FROM_ZYGOTE.decode(payload)
+                return decode_payload(payload, FROM_ZYGOTE)
             try:
                 data = await loop.sock_recv(sock, 65536)
             except (ConnectionError, OSError) as exc:
@@ -343,7 +340,7 @@ class Zygote:
                 self._dispatch(await self._recv())
         except _ChannelClosed:
             pass  # it died, or is exiting
-        except (ValueError, msgspec.DecodeError) as exc:
+        except (FrameTooLarge, MalformedFrame) as exc:
             log.error("zygote %d for %s sent a bad frame: %s", self.pid, self.python, exc)
             self._abort()  # it broke the protocol; it is not trusted any more
         await self._on_death()

@@ -27,9 +27,8 @@ from faasd.zygote_wire import (
     SpawnFailed,
     ZygoteMessage,
     kill_group,
-    next_frame,
 )
-from protocol.framing import encode
+from protocol.framing import decode_payload, encode, next_frame
 
 log = logging.getLogger("faasd.zygote")
 
@@ -132,7 +131,7 @@ class _Server:
             return False
         self.buf += data
         while (payload := next_frame(self.buf)) is not None:
-            self.spawn(TO_ZYGOTE.decode(payload))
+            self.spawn(decode_payload(payload, TO_ZYGOTE))
         return True
 
     def reap(self) -> None:

@@ -14,7 +14,6 @@ import signal
 import msgspec
 
 from protocol.errors import EnvironmentFailed, FunctionFailed
-from protocol.framing import HEADER, MAX_CONTROL_FRAME
 
 log = logging.getLogger("faasd.zygote")
 
@@ -138,19 +137,5 @@ def kill_zygote(proc: asyncio.subprocess.Process) -> None:
         # exit code 255 instead of the real status.
         with contextlib.suppress(ProcessLookupError):
             os.kill(proc.pid, signal.SIGKILL)
-
-
-def next_frame(buf: bytearray) -> bytes | None:
-    """Cut one complete frame's payload off the front of ``buf``, if there is one."""
-    if len(buf) < HEADER.size:
-        return None
-    (size,) = HEADER.unpack_from(buf)
-    if size > MAX_CONTROL_FRAME:
-        raise ValueError(f"frame of {size} bytes exceeds {MAX_CONTROL_FRAME}")
-    if len(buf) < HEADER.size + size:
-        return None
-    payload = bytes(buf[HEADER.size : HEADER.size + size])
-    del buf[: HEADER.size + size]
-    return payload
 
 

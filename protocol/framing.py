@@ -90,6 +90,22 @@ def decode_payload(payload: bytes | bytearray, decoder: msgspec.msgpack.Decoder[
         raise MalformedFrame(f"malformed frame ({len(payload)} bytes): {exc}") from None
 
 
+def next_frame(buf: bytearray, max_size: int = MAX_CONTROL_FRAME) -> bytes | None:
+    """Cut one complete frame's payload off the front of ``buf``, if there is one: the
+    sans-I/O decoder for a reader that gathers bytes itself (the zygote channel). The size
+    is checked as soon as the length prefix is there."""
+    if len(buf) < HEADER.size:
+        return None
+    (size,) = HEADER.unpack_from(buf)
+    if size > max_size:
+        raise FrameTooLarge(size, max_size)
+    if len(buf) < HEADER.size + size:
+        return None
+    payload = bytes(buf[HEADER.size : HEADER.size + size])
+    del buf[: HEADER.size + size]
+    return payload
+
+
 # -- blocking sockets (transfers in a thread, the function process) ---------------------
 
 

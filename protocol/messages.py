@@ -1,10 +1,9 @@
-"""Every control message, one tagged union per channel.
+"""The control messages every peer shares, the handshake and the client's channel, one
+tagged union per channel (the worker's channels are in :mod:`protocol.worker_messages`).
 
 Channels:
 - handshake (any peer): Hello → Auth → Welcome
 - client ↔ scheduler: ClientRequest / ClientReply
-- worker ↔ scheduler: WorkerToScheduler / SchedulerToWorker
-- worker ↔ function process: FunctionTask / FunctionReply
 
 Evolution rule: new fields get defaults, a field's type never changes.
 Tags are the class names; the tag field is ``op``.
@@ -45,6 +44,26 @@ class BulkHeader(Message, frozen=True):
 
     nbytes: int
     rows: int = 0
+
+
+ParamValue = str | int | float | bool
+
+NODE_LABELS = {"python": "model", "sql": "SQL model", "expectation": "expectation"}
+
+
+def node_label(kind: str) -> str:
+    """How messages for people name a node of this kind: model, SQL model, expectation."""
+    return NODE_LABELS.get(kind, "model")
+
+
+def error_message(exc: BaseException, detail: str = "") -> Error:
+    """The wire form of an exception (its class name is the kind)."""
+    message = getattr(exc, "message", None) or str(exc) or exc.__class__.__name__
+    return Error(
+        kind=exc.__class__.__name__,
+        message=message,
+        detail=detail or getattr(exc, "detail", ""),
+    )
 
 
 # -- handshake ------------------------------------------------------------------
@@ -375,285 +394,3 @@ ClientRequest = (
     | FollowJob
 )
 ClientReply = RunAccepted | TaskEvent | LogLine | RunFinished | Ok | BulkHeader | Error
-
-
-# -- worker ↔ scheduler -------------------------------------------------------
-
-
-class Register(Message, frozen=True):
-    worker_id: str
-    host_id: str
-    memory_total: int
-    memory_available: int
-    python_versions: list[str]
-    shm_dir: str
-    data_address: str = ""
-    env_builds: int = 0
-    # Cores functions may reserve here (@faas.model(cpus=N)); 0: not counted.
-    cpus: int = 0
-    # Cached objects already in this worker's store (after a scheduler restart).
-    objects: list[ObjectInfo] = []
-
-
-class Heartbeat(Message, frozen=True):
-    memory_total: int
-    memory_available: int
-    running: int = 0
-    # Environments this worker built (installer runs) since it started.
-    env_builds: int = 0
-    # Bytes in shared memory that runs are using, bytes of unpinned cache there (given
-    # back on demand), bytes spilled to disk; objects deleted since the last heartbeat.
-    shm_bytes: int = 0
-    cache_bytes: int = 0
-    spilled_bytes: int = 0
-    dropped: list[str] = []
-    # Shutting down: give it no new work.
-    draining: bool = False
-
-
-class TaskStarted(Message, frozen=True):
-    task_id: str
-    pid: int = 0
-    # The function's environment: "base" (the worker's own), "cached" or "built".
-    env: str = ""
-
-
-class TaskLog(Message, frozen=True):
-    task_id: str
-    stream: str
-    line: str
-    time: float = 0.0
-
-
-class TaskDone(Message, frozen=True):
-    task_id: str
-    output: ObjectInfo | None = None
-    files: list[str] = []
-    seconds: float = 0.0
-    passed: bool | None = None
-    # The output came from the worker's store: nothing ran.
-    cached: bool = False
-    columns_cached: list[str] = []
-    columns_read: list[str] = []
-    # Seconds the worker and the function spent in each phase: environment,
-    # process_start, inputs, code, output_shm, output_parquet.
-    phases: dict[str, float] = {}
-    inputs: list[InputRead] = []
-    # A direct output (Materialize.direct) has no object: its rows and Arrow schema.
-    rows: int = 0
-    schema: bytes = b""
-
-
-class ObjectReady(Message, frozen=True):
-    """A task's output is in the worker's store: readers may start while the worker still
-    writes it to the warehouse (TaskDone follows)."""
-
-    task_id: str
-    output: ObjectInfo
-
-
-class TaskFailed(Message, frozen=True):
-    task_id: str
-    error: Error
-
-
-class ImportDone(Message, frozen=True):
-    task_id: str
-    files: list[str]
-    rows: int
-    schema: bytes
-
-
-class QueryDone(Message, frozen=True):
-    """Followed by ``nbytes`` raw bytes: the result as an Arrow IPC stream."""
-
-    task_id: str
-    nbytes: int
-    rows: int = 0
-
-
-class Registered(Message, frozen=True):
-    worker_id: str
-    heartbeat_interval: float = 1.0
-
-
-ParamValue = str | int | float | bool
-
-NODE_LABELS = {"python": "model", "sql": "SQL model", "expectation": "expectation"}
-
-
-def node_label(kind: str) -> str:
-    """How messages for people name a node of this kind: model, SQL model, expectation."""
-    return NODE_LABELS.get(kind, "model")
-
-
-class ObjectSource(msgspec.Struct, frozen=True, kw_only=True):
-    """Where an upstream object lives: mapped in place on the same host, pulled otherwise."""
-
-    worker_id: str
-    host_id: str
-    address: str
-    path: str
-    rows: int = 0
-    schema: bytes = b""
-
-
-class RunTask(Message, frozen=True):
-    task_id: str
-    run_id: str
-    node: str
-    files: dict[str, str]
-    module: str
-    function: str
-    inputs: list[ScanInput | ObjectInput]
-    # The output's object id, and where each upstream object (by object id) lives.
-    output_id: str = ""
-    sources: dict[str, ObjectSource] = {}
-    # Answer from the store when it holds output_id; keep the output there as a cached
-    # result; read source columns through the worker's column cache.
-    use_cache: bool = True
-    params: dict[str, ParamValue] = {}
-    materialize: Materialize | None = None
-    # "python", "sql" (the query is in ``sql``) or "expectation" (returns a bool, no output).
-    kind: str = "python"
-    sql: str = ""
-    # The environment: a Python version (None = the worker's own) and pip pins.
-    python: str | None = None
-    pip: dict[str, str] = {}
-    # Limits: the process is killed past them (0 / None = none).
-    memory_limit: int = 0
-    # Cores reserved for it (its engines' thread budget); 0: none reserved, the worker's
-    # unreserved cores are its budget.
-    cpus: int = 0
-    timeout: float | None = None
-    # Upstream objects (by object id) not made yet: the task starts early, reading its
-    # source scans, and their sources follow in an InputsReady.
-    waiting: list[str] = []
-
-
-class InputsReady(Message, frozen=True):
-    """The upstream objects an early-started task was waiting for exist now: where each
-    lives, and the task's memory limit counting what it maps."""
-
-    task_id: str
-    sources: dict[str, ObjectSource]
-    memory_limit: int = 0
-
-
-class CancelTask(Message, frozen=True):
-    task_id: str
-
-
-class ReleaseRun(Message, frozen=True):
-    run_id: str
-
-
-class ImportTask(Message, frozen=True):
-    task_id: str
-    key: str
-    paths: list[str]
-    directory: str
-    format: str | None = None
-
-
-class QueryTask(Message, frozen=True):
-    task_id: str
-    sql: str
-    # SQL table name as written in the query → the table's scan input.
-    tables: dict[str, ScanInput]
-
-
-WorkerToScheduler = (
-    Register
-    | Heartbeat
-    | TaskStarted
-    | TaskLog
-    | ObjectReady
-    | TaskDone
-    | TaskFailed
-    | ImportDone
-    | QueryDone
-)
-SchedulerToWorker = (
-    Registered | RunTask | InputsReady | CancelTask | ReleaseRun | ImportTask | QueryTask | Error
-)
-
-
-# -- worker ↔ worker (peer data server) -----------------------------------------
-
-
-class FetchObject(Message, frozen=True):
-    """Ask a worker for one of its objects; the answer is a BulkHeader and the Arrow IPC bytes."""
-
-    object_id: str
-
-
-PeerRequest = FetchObject
-PeerReply = BulkHeader | Error
-
-
-# -- worker ↔ function process --------------------------------------------------
-
-
-class FunctionTask(Message, frozen=True):
-    run_id: str
-    node: str
-    project_dir: str
-    module: str
-    function: str
-    inputs: list[ScanInput | ObjectInput]
-    # object id → path of the Arrow IPC file holding it, for ObjectInputs.
-    objects: dict[str, str]
-    output_path: str
-    params: dict[str, ParamValue] = {}
-    kind: str = "python"
-    sql: str = ""
-    # The worker's column cache directory; "" reads every column from storage.
-    column_cache: str = ""
-    # Set for a direct output: write it as Parquet files STEM-N.parquet into this
-    # directory (not into output_path), encoding up to ``threads`` files at once.
-    parquet_dir: str = ""
-    parquet_stem: str = ""
-    threads: int = 1
-    # Object ids of ObjectInputs whose paths are not in ``objects`` yet: they come later
-    # as a TaskObjects frame, once the upstream functions have made them.
-    waiting: list[str] = []
-
-
-class TaskObjects(Message, frozen=True):
-    """The paths of a FunctionTask's waiting objects (object id -> Arrow IPC file)."""
-
-    objects: dict[str, str]
-
-
-class FunctionResult(Message, frozen=True):
-    rows: int
-    nbytes: int
-    schema: bytes
-    # An expectation's verdict; None for models.
-    passed: bool | None = None
-    # Source columns taken from the column cache and read from storage (as "table.column"),
-    # and the cache files this process added (file name → bytes).
-    columns_cached: list[str] = []
-    columns_read: list[str] = []
-    column_entries: dict[str, int] = {}
-    # When the process began (time.time()), and seconds spent reading inputs, in the
-    # user's code and writing the output into shared memory.
-    started: float = 0.0
-    phases: dict[str, float] = {}
-    inputs: list[InputRead] = []
-    # A direct output's Parquet files, in order.
-    files: list[str] = []
-
-
-FunctionReply = FunctionResult | Error
-
-
-def error_message(exc: BaseException, detail: str = "") -> Error:
-    """The wire form of an exception (its class name is the kind)."""
-    message = getattr(exc, "message", None) or str(exc) or exc.__class__.__name__
-    return Error(
-        kind=exc.__class__.__name__,
-        message=message,
-        detail=detail or getattr(exc, "detail", ""),
-    )

@@ -1,13 +1,13 @@
-"""Reading user text off the event loop: projects and query SQL, in a helper process.
+"""Reading user text off the event loop: projects and query SQL.
 
 Parsing holds the interpreter's lock for as long as it takes (``ast.parse`` of a large
-file is one call), so in a thread it would still stall every connection, heartbeat and run
-of the scheduler. An :class:`Analyzer` does it in one helper process instead, started (and
-warmed up) with the scheduler: the event loop only waits for an answer, as for any I/O.
-
-A project read lately is kept by a hash of its files, so an unchanged re-submit (the
-common case while iterating) asks the helper nothing. If the helper dies on some input (a
-parser that overflows its stack, say), that input gets a one-line error and the next one a
+file is one call), so in a thread a large text would still stall every connection,
+heartbeat and run of the scheduler. An :class:`Analyzer` parses text larger than SMALL
+bytes in one helper process instead (started with the first such text): the event loop
+only waits for an answer, as for any I/O. Smaller text, most projects and queries, is
+parsed in a thread: a few milliseconds of the lock, and no process to start. A project read lately is kept by a hash of its files, so an unchanged
+re-submit (the common case while iterating) parses nothing. If the helper dies on some
+input (a parser out of memory, say), that input gets a one-line error and the next one a
 new helper.
 """
 
@@ -29,6 +29,9 @@ from store.lakehouse import Recent
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+# Text this small is parsed in a thread: it holds the interpreter's lock a few milliseconds.
+SMALL = 256 * 1024
 
 
 def project_digest(files: dict[str, str]) -> str:
@@ -59,7 +62,7 @@ class Analyzer:
         self._projects: Recent = Recent(16)
 
     def start(self) -> None:
-        """Start the helper, warming it up in the background."""
+        """Start the helper (if it is not running), warming it up in the background."""
         if self._pool is None:
             # spawn: the scheduler has threads, and a fork would copy their locks.
             self._pool = concurrent.futures.ProcessPoolExecutor(
@@ -72,14 +75,19 @@ class Analyzer:
         digest = await asyncio.to_thread(project_digest, files)
         found = self._projects.get(digest)
         if found is None:
-            found = await self._call(
-                read_project, files, what="the project could not be read", partial=True
-            )
+            if sum(len(text) for text in files.values()) <= SMALL:
+                found = await asyncio.to_thread(read_project, files, partial=True)
+            else:
+                found = await self._call(
+                    read_project, files, what="the project could not be read", partial=True
+                )
             self._projects[digest] = found
         return found  # type: ignore[no-any-return]
 
     async def tables(self, sql: str) -> list[str]:
         """The tables a query reads (store.query.referenced_tables)."""
+        if len(sql) <= SMALL:
+            return await asyncio.to_thread(_tables, sql)
         return await self._call(_tables, sql, what="the query could not be read")
 
     async def _call(self, fn: Callable[..., T], *args: Any, what: str, **kwargs: Any) -> T:

@@ -6,52 +6,52 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
-
-import pyarrow as pa
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from protocol.errors import (
     ExpectationFailed,
     FaasError,
-    InvalidInput,
-    NotFound,
     OutOfMemory,
     PeerVanished,
     RunCancelled,
     from_wire,
 )
 from protocol.messages import (
-    CancelTask,
-    InputsReady,
     LogLine,
     Materialize,
     ObjectInfo,
     ObjectInput,
-    ObjectReady,
-    ObjectSource,
-    ReleaseRun,
     RunFinished,
-    RunTask,
     ScanInput,
-    TaskDone,
     TaskEvent,
-    TaskFailed,
-    TaskLog,
-    TaskStarted,
     error_message,
 )
 from protocol.sizes import parse_size
+from protocol.worker_messages import (
+    CancelTask,
+    InputsReady,
+    ObjectReady,
+    ObjectSource,
+    ReleaseRun,
+    RunTask,
+    TaskDone,
+    TaskFailed,
+    TaskLog,
+    TaskStarted,
+)
 from scheduler.placement import Request
-from scheduler.plan import CACHE_KEY_PROPERTY, EXACT_PROPERTY, Plan, PlanNode, decoded_width
+from scheduler.plan import Plan, PlanNode, decoded_width
+from scheduler.publish import Publishing
 from scheduler.run_state import Fail, Inputs, Instruction, RunState, Say, Start, Stop
-from store.files import iceberg_schema
 from store.refs import run_branch_name
 
 if TYPE_CHECKING:
-    from scheduler.server import Scheduler, WorkerHandle
+    from scheduler.server import WorkerHandle
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 Emit = Callable[[Any], Awaitable[None]]
 
@@ -61,10 +61,31 @@ BASE_RESERVATION = 512 * 2**20
 VERDICT = "verdict"
 
 
-class RunCoordinator:
+class RunHost(Protocol):
+    """What a run needs of the scheduler that hosts it, and nothing more."""
+
+    @property
+    def lakehouse(self) -> Any: ...
+    @property
+    def workers(self) -> Mapping[str, WorkerHandle]: ...
+
+    async def store_call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T: ...
+    async def place(self, request: Request) -> WorkerHandle: ...
+    def release(self, request_id: str, output: ObjectInfo | None = None, new: bool = False) -> None: ...
+    def fits_now(self, request: Request) -> bool: ...
+    def grow(self, task_id: str, extra: int) -> None: ...
+    def stored(self, worker_id: str, object_id: str, info: ObjectInfo) -> None: ...
+    def holders(self, object_id: str) -> dict[str, Any]: ...
+    def watch_task(self, task_id: str, worker: WorkerHandle) -> asyncio.Queue[Any]: ...
+    def unwatch_task(self, task_id: str) -> None: ...
+    def fail_task(self, task_id: str, kind: str, message: str) -> None: ...
+    def background(self, coro: Any) -> None: ...
+
+
+class RunCoordinator(Publishing):
     def __init__(
         self,
-        scheduler: Scheduler,
+        scheduler: RunHost,
         run_id: str,
         plan: Plan,
         files: dict[str, str],
@@ -156,36 +177,6 @@ class RunCoordinator:
             run_id=self.run_id, status="success", commit=commit, tables=tables,
             seconds=time.perf_counter() - t0,
         )
-
-    async def _published(self, branch: str) -> tuple[str, list[str]]:
-        """Publish, to the end: once the merge starts it finishes, so a cancel meanwhile
-        (a closing scheduler) waits for it and the run ends as it really did."""
-        publish = asyncio.ensure_future(self._publish(branch))
-        while True:
-            try:
-                return await asyncio.shield(publish)
-            except asyncio.CancelledError:
-                if publish.done():
-                    return publish.result()
-                log.info("run %s: cancelled while publishing; the merge finishes first",
-                         self.run_id)
-
-    def _writes(self, node: PlanNode) -> bool:
-        """Whether the node's table is written by this run (not published already from
-        the same key, not skipped)."""
-        published = self.use_cache and node.name in self.plan.published
-        return bool(node.spec.materialize) and not published and node.name not in self.skipped
-
-    def _begin_all(self, branch: str) -> dict[str, tuple[Any, str]]:
-        """A transaction on the run's branch and its data directory for every table the
-        run may write (store thread). Each publishes its own table: the branch's head
-        moving under one by another's commit is no conflict."""
-        begun = {}
-        for node in self.plan.nodes.values():
-            if self._writes(node):
-                tx = self.scheduler.lakehouse.begin(branch)
-                begun[node.name] = (tx, tx.data_location(node.key))
-        return begun
 
     def worker_lost(self, worker_id: str, objects: tuple[str, ...]) -> None:
         """A worker is gone, with the only copies of ``objects`` (the placement says)."""
@@ -510,7 +501,7 @@ class RunCoordinator:
                     case ObjectReady(output=output):
                         # Readers may pull it from this worker from now on; said before any
                         # of them starts, so events read in the order things happened.
-                        self.scheduler.placement.stored(worker.worker_id, output.object_id, output)
+                        self.scheduler.stored(worker.worker_id, output.object_id, output)
                         self.ready[node.name] = TaskDone(task_id=task_id, output=output)
                         await self._event(node.name, "ready", worker=worker.worker_id,
                                           rows=output.rows)
@@ -576,65 +567,6 @@ class RunCoordinator:
             memory_limit=now + sum(o.nbytes for o in made.values()),
         ))
 
-    def _commit_output(self, tx: Any, node: PlanNode, done: TaskDone) -> str:
-        """Commit one materialized output to the run's branch (store thread)."""
-        schema = pa.ipc.read_schema(
-            pa.py_buffer(done.output.schema if done.output is not None else done.schema)
-        )
-        tx.add_files(
-            node.key, done.files, schema, node.spec.materialize,
-            properties={
-                CACHE_KEY_PROPERTY: node.cache_key,
-                EXACT_PROPERTY: str(iceberg_schema(schema).equals(schema)).lower(),
-            },
-        )
-        return str(tx.publish(
-            f"run {self.run_id}: {node.name} -> {node.key}",
-            {"run_id": self.run_id, "model": node.name},
-        ))
-
-    async def _publish(self, branch: str) -> tuple[str, list[str]]:
-        """Merge the run's branch into the target as one commit, then drop the run branch."""
-        # Only what changed: outputs published by an earlier run with the same key are not
-        # committed again.
-        tables = list(self.committed)
-        log.info("run %s publishing %d tables", self.run_id, len(tables))
-        lh = self.scheduler.lakehouse
-        catalog = lh.catalog
-        target = self.plan.branch
-        assert target is not None
-        # Outputs not committed because the base already had them must still be there.
-        kept = [
-            self.plan.nodes[n].key for n in self.plan.published
-            if self.plan.nodes[n].key not in self.committed
-        ]
-
-        def unchanged(key: str) -> bool:
-            try:
-                now = lh.table_info(key, target).metadata_location
-            except NotFound:
-                return False
-            return bool(now == lh.table_info(key, f"@{self.plan.base}").metadata_location)
-
-        def merge() -> str:
-            moved = [key for key in kept if not unchanged(key)]
-            if moved:
-                raise InvalidInput(
-                    f"{', '.join(moved)} changed on {target!r} while run {self.run_id} was "
-                    f"going, so this run's other outputs no longer match it; run it again"
-                )
-            if not tables:
-                catalog.delete_branch(branch)
-                return ""
-            result = catalog.merge(
-                branch, target, message=f"run {self.run_id}: {', '.join(tables)}",
-                properties={"run_id": self.run_id},
-            )
-            catalog.delete_branch(branch)
-            return str(result.commit)
-
-        return await self.scheduler.store_call(merge), tables
-
     async def _cancel_running(self) -> None:
         running = {name: task for name, task in self.tasks.items() if not task.done()}
         for task in running.values():
@@ -662,4 +594,4 @@ class RunCoordinator:
                 self.scheduler.background(self._send_quietly(worker, ReleaseRun(run_id=self.run_id)))
 
 
-__all__ = ["RunCoordinator"]
+__all__ = ["RunCoordinator", "RunHost"]

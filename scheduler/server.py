@@ -17,7 +17,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
 
@@ -42,34 +42,35 @@ from protocol.messages import (
     Error,
     FollowJob,
     GetJob,
-    Heartbeat,
-    ImportDone,
     ImportTable,
-    ImportTask,
     JobLogs,
     ListJobs,
     ObjectInfo,
     Ok,
     Query,
+    RunFinished,
+    ScanInput,
+    SubmitRun,
+    error_message,
+)
+from protocol.version import build_id
+from protocol.worker_messages import (
+    Heartbeat,
+    ImportDone,
+    ImportTask,
     QueryDone,
     QueryTask,
     Register,
     Registered,
-    RunAccepted,
-    RunFinished,
-    ScanInput,
-    SubmitRun,
     TaskFailed,
     WorkerToScheduler,
-    error_message,
 )
-from protocol.version import build_id
 from scheduler import catalog_ops
 from scheduler.analysis import Analyzer
 from scheduler.jobs import JobStore
 from scheduler.placement import Fail, Instruction, Lost, Placement, Request, Start
-from scheduler.planning import plan_submission
 from scheduler.run import RunCoordinator
+from scheduler.runs import RunRequests
 from store.refs import run_branch_name
 from store.transaction import missing_namespace
 
@@ -102,7 +103,7 @@ class WorkerHandle:
     data_spilled: int = 0
 
 
-class Scheduler:
+class Scheduler(RunRequests):
     def __init__(
         self,
         *,
@@ -153,7 +154,6 @@ class Scheduler:
         from store import Lakehouse
 
         self.home.mkdir(parents=True, exist_ok=True)
-        self.analysis.start()
         self.jobs = JobStore(self.home / "runs")
         self.lakehouse = await self.store_call(
             Lakehouse, self.home, warehouse=self.warehouse, catalog=self.catalog
@@ -327,6 +327,10 @@ class Scheduler:
     def fail_task(self, task_id: str, kind: str, message: str) -> None:
         """End a watched task from the scheduler's side, as if its worker had said so."""
         self._route(task_id, TaskFailed(task_id=task_id, error=Error(kind=kind, message=message)))
+
+    def stored(self, worker_id: str, object_id: str, info: ObjectInfo) -> None:
+        """An object is in a worker's store now (placement.stored)."""
+        self.placement.stored(worker_id, object_id, info)
 
     def fits_now(self, request: Request) -> bool:
         """Would ``request`` be placed at once (placement.fits_now)?"""
@@ -563,153 +567,6 @@ class Scheduler:
 
     # -- runs ------------------------------------------------------------------
 
-    async def _cancel_run(self, run_id: str) -> dict[str, Any]:
-        assert self.jobs is not None
-        run = self.runs.get(run_id)
-        if run is None or run.done():
-            status = self.jobs.get(run_id)["status"]  # NotFound for unknown runs
-            raise InvalidInput(f"run {run_id!r} is not running (it is {status})")
-        if self.coordinators[run_id].publishing:
-            raise InvalidInput(f"run {run_id!r} is publishing its outputs; it can no longer be cancelled")
-        run.cancel()
-        await asyncio.gather(run, return_exceptions=True)
-        return {"run_id": run_id, "status": "cancelled"}
-
-    async def _submit(self, conn: Connection[Any], request: SubmitRun) -> None:
-        # Read here, on the event loop: the worker table changes only on this thread.
-        versions = {v for w in self.workers.values() for v in w.python_versions}
-        project = await self.analysis.project(request.files)
-        plan = await self.store_call(
-            plan_submission, self.lakehouse, request, versions or None, project
-        )
-        if request.dry_run:
-            await conn.send(Ok(data={"plan": plan.describe()}))
-            return
-        run_id = f"run-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
-        log.info("run %s accepted: %d models, ref %s%s", run_id, len(plan.order), request.ref,
-                 " (detached)" if request.detach else "")
-        jobs = self.jobs
-        assert jobs is not None
-        jobs.start(run_id, ref=request.ref, namespace=request.namespace,
-                   project=request.project_dir, nodes={n: {"state": "queued"} for n in plan.order})
-        followers = self.followers[run_id] = set()
-        attached = None if request.detach else conn
-
-        async def emit(msg: Any) -> None:
-            jobs.record(msg)
-            for queue in followers:
-                queue.put_nowait(msg)
-            if attached is not None:
-                try:
-                    await attached.send(msg)
-                except FaasError:
-                    pass  # the client is gone; the watcher below cancels the run
-
-        coordinator = RunCoordinator(
-            self, run_id, plan, request.files, emit, strict=request.strict,
-            use_cache=not request.no_cache,
-        )
-        run = asyncio.create_task(coordinator.execute())
-        self.runs[run_id] = run
-        self.coordinators[run_id] = coordinator
-        # Accepted only once the run is known: a follower or a cancel may come at once.
-        accepted = False
-        try:
-            await conn.send(RunAccepted(run_id=run_id, nodes=plan.order))
-            accepted = True
-        finally:
-            if attached is None:  # a detached run ends on its own, heard or not
-                self.background(self._finish(run_id, run, None))
-            elif not accepted:  # nobody will ever hear of it: stop it
-                run.cancel()
-                await asyncio.gather(run, return_exceptions=True)
-                self._forget(run_id, self._outcome(run_id, run))
-        if attached is not None:
-            await self._finish(run_id, run, attached)
-
-    async def _finish(self, run_id: str, run: asyncio.Task[RunFinished],
-                      conn: Connection[Any] | None) -> None:
-        """Wait for a run, record how it ended, tell its followers (and its client, when
-        it has one: a client that hangs up first cancels it)."""
-        coordinator = self.coordinators[run_id]
-        watcher = asyncio.create_task(conn.recv()) if conn is not None else None
-        result: RunFinished | None = None
-        try:
-            await asyncio.wait({run} | ({watcher} if watcher else set()),
-                               return_when=asyncio.FIRST_COMPLETED)
-            if not run.done() and not coordinator.publishing:
-                # The client hung up (or spoke out of turn): cancel its run.
-                log.info("run %s cancelled: client went away", run_id)
-                run.cancel()
-            await asyncio.gather(run, return_exceptions=True)
-            result = self._outcome(run_id, run)
-            log.info("run %s finished: %s in %.2fs", run_id, result.status, result.seconds)
-            # Recorded and forgotten before the client hears: a cancel arriving now finds
-            # the run finished, never half-finished.
-            self._forget(run_id, result)
-            if watcher is not None and watcher.done():
-                raise ConnectionClosed("client left")
-            if conn is not None:
-                await conn.send(result)
-        finally:
-            if run_id in self.runs:  # left early: the daemon is closing
-                self._forget(run_id, result)
-            if watcher is not None:
-                watcher.cancel()
-                await asyncio.gather(watcher, return_exceptions=True)
-
-    def _forget(self, run_id: str, result: RunFinished | None) -> None:
-        assert self.jobs is not None
-        self.jobs.finish(run_id, result)
-        self.runs.pop(run_id, None)
-        self.coordinators.pop(run_id, None)
-        self.last_active = time.monotonic()
-        end = result or self.jobs.outcome(run_id)
-        for queue in self.followers.pop(run_id, ()):
-            queue.put_nowait(end)
-
-    async def _follow(self, conn: Connection[Any], request: FollowJob) -> None:
-        """Send a run's events so far, then the rest as they happen, then how it ended."""
-        assert self.jobs is not None
-        record = self.jobs.get(request.run_id)  # NotFound for unknown runs
-        # No await between reading the backlog and joining the followers: nothing is
-        # missed and nothing is sent twice.
-        backlog = self.jobs.replay(request.run_id)
-        live: asyncio.Queue[Any] | None = None
-        if request.run_id in self.followers:
-            live = asyncio.Queue()
-            self.followers[request.run_id].add(live)
-        try:
-            await conn.send(RunAccepted(run_id=request.run_id, nodes=list(record["nodes"])))
-            for msg in backlog:
-                await conn.send(msg)
-            if live is None:
-                await conn.send(self.jobs.outcome(request.run_id))
-                return
-            while True:
-                msg = await live.get()
-                await conn.send(msg)
-                if isinstance(msg, RunFinished):
-                    return
-        finally:
-            if live is not None:
-                self.followers.get(request.run_id, set()).discard(live)
-
-    @staticmethod
-    def _outcome(run_id: str, run: asyncio.Task[RunFinished]) -> RunFinished:
-        if run.cancelled():  # faas job cancel, or the client went away
-            return RunFinished(
-                run_id=run_id, status="cancelled", branch=run_branch_name(run_id),
-                error=Error(kind="RunCancelled", message=f"run {run_id} was cancelled"),
-            )
-        exc = run.exception()
-        if exc is not None:
-            log.error("run %s crashed", run_id, exc_info=exc)
-            return RunFinished(run_id=run_id, status="failed", error=error_message(exc),
-                               branch=run_branch_name(run_id))
-        return run.result()
-
-
 def _describe_task(task_id: str) -> dict[str, str]:
     """What a worker is running, from its task id (``run:node:attempt``, or a helper task)."""
     run_id, sep, rest = task_id.partition(":")
@@ -719,3 +576,10 @@ def _describe_task(task_id: str) -> dict[str, str]:
 
 
 __all__ = ["Scheduler", "WorkerHandle", "RunFinished"]
+
+
+if TYPE_CHECKING:
+    from scheduler.run import RunHost
+
+    def _hosts_runs(scheduler: Scheduler) -> RunHost:
+        return scheduler  # mypy checks here that a Scheduler is all a run needs

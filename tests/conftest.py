@@ -8,11 +8,12 @@ import signal
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import pytest
 
@@ -22,6 +23,7 @@ from tests.pg import postgres_server, postgres_url  # noqa: F401  (fixtures)
 
 if TYPE_CHECKING:
     from store.catalog import VersionedCatalog
+    from store.lakehouse import Lakehouse
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -33,6 +35,20 @@ def start_daemon(
     return _start_daemon(args, marker, log, cwd=ROOT, env=env, prefix=prefix)
 EXAMPLE = ROOT / "examples" / "adventureworks"
 SOURCE_TABLES = ("product", "product_category", "product_subcategory", "sale", "territories")
+
+
+T = TypeVar("T")
+
+
+def wait_until(condition: Callable[[], T | None], what: str, timeout: float = 60,
+               every: float = 0.05) -> T:
+    """Poll ``condition`` until it returns something truthy, and return that; if
+    ``timeout`` seconds pass first, fail the test saying what it waited for."""
+    deadline = time.monotonic() + timeout
+    while not (result := condition()):
+        assert time.monotonic() < deadline, f"waited {timeout:g}s for {what}"
+        time.sleep(every)
+    return result
 
 
 class FaasCli:
@@ -91,13 +107,12 @@ class Cluster(FaasCli):
         return shm
 
     def wait_workers(self, n: int, timeout: float = 30) -> list[dict[str, Any]]:
-        import time
 
-        deadline = time.monotonic() + timeout
-        while len(workers := self.json("info")["workers"]) < n:
-            assert time.monotonic() < deadline, f"{len(workers)} of {n} workers registered"
-            time.sleep(0.2)
-        return workers  # type: ignore[no-any-return]
+        def enough() -> list[dict[str, Any]] | None:
+            found: list[dict[str, Any]] = self.json("info")["workers"]
+            return found if len(found) >= n else None
+
+        return wait_until(enough, f"{n} workers to register", timeout=timeout, every=0.2)
 
     def alive(self) -> bool:
         return self.scheduler.poll() is None and all(w.poll() is None for w in self.workers)
@@ -178,6 +193,31 @@ def catalog(catalog_uri: str) -> Iterator[VersionedCatalog]:
         yield vc
     finally:
         vc.close()
+
+
+OpenLake = Callable[..., "Lakehouse"]
+
+
+@pytest.fixture
+def open_lake(tmp_path: Path) -> Iterator[OpenLake]:
+    """Opens the test's lakehouse (under its directory) with the namespaces named;
+    ``options`` are Lakehouse's (warehouse, catalog). All are closed after the test."""
+    from store.lakehouse import Lakehouse
+
+    opened: list[Lakehouse] = []
+
+    def open_(*namespaces: str, **options: Any) -> Lakehouse:
+        lake = Lakehouse(tmp_path / "home", **options)
+        opened.append(lake)
+        for namespace in namespaces:
+            lake.create_namespace(namespace)
+        return lake
+
+    try:
+        yield open_
+    finally:
+        for lake in opened:
+            lake.close()
 
 
 @pytest.fixture(scope="session")
@@ -296,3 +336,15 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     for pid, cmd in faasd_processes():
         if base in cmd:
             _kill(pid)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests that reach a PostgreSQL server are marked ``postgresql`` (``-m "not
+    postgresql"`` leaves them out)."""
+    for item in items:
+        params = getattr(item, "callspec", None)
+        on_postgres = "postgres_url" in getattr(item, "fixturenames", ()) or (
+            params is not None and params.params.get("catalog_uri") == "postgresql"
+        )
+        if on_postgres:
+            item.add_marker(pytest.mark.postgresql)

@@ -1,0 +1,396 @@
+"""A worker's function tasks: from RunTask to TaskDone. The project's files, the inputs
+(mapped, pulled from another host, planned scans; for an early start, the objects that
+come later), the environment, the process under its limits, and the output object or its
+Parquet files (``Worker`` mixes this in)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import shutil
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import msgspec
+
+from faasd.envs import Environment, EnvironmentCache, EnvSpec
+from faasd.limits import watch_memory
+from faasd.objects import ObjectStore, holding
+from faasd.peer import fetch_object
+from faasd.process import FunctionProcess
+from faasd.zygote import ZygotePool
+from protocol.errors import (
+    FaasError,
+    FunctionFailed,
+    NotFound,
+    OutOfMemory,
+    RunCancelled,
+    TimedOut,
+)
+from protocol.messages import (
+    ObjectInfo,
+    ObjectInput,
+    ScanInput,
+    error_message,
+    node_label,
+)
+from protocol.worker_messages import (
+    FunctionResult,
+    FunctionTask,
+    InputsReady,
+    ObjectReady,
+    ObjectSource,
+    RunTask,
+    TaskDone,
+    TaskFailed,
+    TaskLog,
+    TaskStarted,
+)
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+def freeing(fn: Callable[..., T]) -> Callable[..., T]:
+    """``fn``, then the memory Arrow's allocator keeps after it returned to the system.
+
+    An import or a query in the worker decodes whole tables in a pool thread; Arrow's
+    allocator (mimalloc) keeps what they freed for that thread, so a worker that imported
+    10 million rows would hold a gigabyte it no longer uses for the rest of its life."""
+
+    def call(*args: Any) -> T:
+        try:
+            return fn(*args)
+        finally:
+            import pyarrow as pa
+
+            pa.default_memory_pool().release_unused()
+
+    return call
+
+
+class FunctionTasks:
+    """Running functions for the scheduler. The worker provides its state."""
+
+    host_id: str
+    token: bytes
+    memory: int
+    cpus: int
+    cpus_reserved: dict[str, int]
+    work_root: Path
+    objects: ObjectStore | None
+    envs: EnvironmentCache
+    zygotes: ZygotePool
+    processes: dict[str, FunctionProcess]
+    running_limits: dict[str, int]
+    inputs_ready: dict[str, asyncio.Future[InputsReady]]
+    released: OrderedDict[str, None]
+    _pulls: dict[tuple[str, str], asyncio.Future[Path]]
+    _metadata: OrderedDict[str, Any]
+    _metadata_lock: threading.Lock
+
+    if TYPE_CHECKING:  # the worker's own
+
+        async def _send(self, msg: Any) -> None: ...
+
+        @property
+        def store(self) -> ObjectStore: ...
+
+        def _info(self, object_id: str) -> ObjectInfo: ...
+
+    def _project_dir(self, run_id: str, files: dict[str, str]) -> Path:
+        root = self.work_root / run_id / "project"
+        if not root.exists():
+            tmp = root.with_name(f"project.{uuid.uuid4().hex[:6]}")
+            for rel, text in files.items():
+                target = (tmp / rel).resolve()
+                if not str(target).startswith(str(tmp.resolve())):
+                    raise FaasError(f"project file {rel!r} points outside the project")
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_text(text)
+            try:
+                tmp.rename(root)
+            except OSError:  # another task of the same run got there first
+                shutil.rmtree(tmp, ignore_errors=True)
+        return root
+
+    async def _run_task(self, msg: RunTask) -> None:
+        t0 = time.perf_counter()
+        try:
+            if msg.use_cache and msg.kind != "expectation":
+                held = await self.store.use(msg.output_id, msg.run_id)
+                if held is not None:
+                    await self._send(await self._cached_done(msg, t0))
+                    return
+            project = self._project_dir(msg.run_id, msg.files)
+            output = self.store.path(msg.output_id)
+            direct = msg.materialize is not None and msg.materialize.direct
+            objects = {
+                i.object_id: str(await self._input_path(msg, i.object_id))
+                for i in msg.inputs
+                if isinstance(i, ObjectInput) and i.object_id not in msg.waiting
+            }
+            inputs = await self._planned(msg.inputs)
+            task = FunctionTask(
+                run_id=msg.run_id, node=msg.node, project_dir=str(project), module=msg.module,
+                function=msg.function, inputs=inputs, objects=objects,
+                output_path=str(output), params=msg.params, kind=msg.kind, sql=msg.sql,
+                column_cache=str(self.store.columns_dir) if msg.use_cache else "",
+                parquet_dir=msg.materialize.directory if direct else "",  # type: ignore[union-attr]
+                parquet_stem=f"{msg.node}-{uuid.uuid4().hex[:8]}", threads=self._threads(msg),
+                waiting=msg.waiting,
+            )
+            t_env = time.perf_counter()
+            env = await self._environment(msg)
+            phases = {"environment": time.perf_counter() - t_env}
+            proc = FunctionProcess(
+                task, python=env.python, cwd=str(project), zygote=self.zygotes.get(env.python)
+            )
+            self.processes[msg.task_id] = proc
+            spawned = time.time()
+            result = await self._run_limited(msg, proc, env)
+            phases["process_start"] = max(0.0, result.started - spawned) if result.started else 0.0
+            phases.update(result.phases)
+            self.store.add_columns(result.column_entries)
+            pin = None if msg.run_id in self.released else msg.run_id
+            columns: dict[str, Any] = {
+                "columns_cached": result.columns_cached, "columns_read": result.columns_read,
+                "phases": phases, "inputs": result.inputs,
+            }
+            if result.passed is not None:  # an expectation: a verdict, no output object
+                await self._send(TaskDone(
+                    task_id=msg.task_id, passed=result.passed, seconds=time.perf_counter() - t0,
+                    **columns,
+                ))
+                return
+            if direct:  # written as Parquet by the function: no object to keep
+                await self._send(TaskDone(
+                    task_id=msg.task_id, files=result.files, rows=result.rows,
+                    schema=result.schema, seconds=time.perf_counter() - t0, **columns,
+                ))
+                return
+            self.store.add(
+                msg.output_id, pin, rows=result.rows, schema=result.schema,
+                cacheable=msg.use_cache,
+            )
+            files: list[str] = []
+            if msg.materialize is not None:
+                # Readers need the object, not the Parquet file: they may start now.
+                await self._send(ObjectReady(task_id=msg.task_id, output=self._info(msg.output_id)))
+                t_parquet = time.perf_counter()
+                files = await asyncio.to_thread(
+                    freeing(self._write_parquet), output, msg.materialize.directory, msg.node
+                )
+                phases["output_parquet"] = time.perf_counter() - t_parquet
+            await self._send(TaskDone(
+                task_id=msg.task_id, output=self._info(msg.output_id), files=files,
+                seconds=time.perf_counter() - t0, **columns,
+            ))
+            await self.store.enforce()
+        except asyncio.CancelledError:
+            raise
+        except RunCancelled as exc:
+            await self._send(TaskFailed(task_id=msg.task_id, error=error_message(exc)))
+        except Exception as exc:  # noqa: BLE001 - every failure is reported, the worker goes on
+            if not isinstance(exc, FaasError):
+                log.exception("task %s failed inside the worker", msg.task_id)
+            await self._send(TaskFailed(task_id=msg.task_id, error=error_message(exc)))
+        finally:
+            self.processes.pop(msg.task_id, None)
+            self.cpus_reserved.pop(msg.task_id, None)
+            self.inputs_ready.pop(msg.task_id, None)
+
+    def _threads(self, msg: RunTask) -> int:
+        """The function's thread budget: the cores it reserved, else those nobody has."""
+        if msg.cpus:
+            self.cpus_reserved[msg.task_id] = msg.cpus
+            return msg.cpus
+        return max(1, self.cpus - sum(self.cpus_reserved.values()))
+
+    async def _planned(
+        self, inputs: list[ScanInput | ObjectInput]
+    ) -> list[ScanInput | ObjectInput]:
+        """The inputs with every source scan that Arrow can read planned here (files,
+        types, filter), from metadata this worker keeps: the function process then reads
+        no metadata. A scan that cannot be planned is left to the function, which plans it
+        or reports what is wrong with it."""
+        if not any(isinstance(i, ScanInput) and not i.stream and i.columns != [] for i in inputs):
+            return inputs
+
+        def plan(i: ScanInput) -> ScanInput:
+            from store.scan import open_metadata, plan_metadata
+
+            try:
+                with self._metadata_lock:
+                    table = self._metadata.get(i.metadata_location)
+                if table is None:
+                    table = open_metadata(i.metadata_location)
+                    with self._metadata_lock:
+                        self._metadata[i.metadata_location] = table
+                        while len(self._metadata) > 64:
+                            self._metadata.popitem(last=False)
+                found = plan_metadata(
+                    i.metadata_location, i.snapshot_id, i.columns, i.filter, table=table
+                )
+            except Exception as exc:  # noqa: BLE001 - the function finds and reports it
+                log.debug("could not plan the scan of %s: %s", i.key, exc)
+                return i
+            return i if found is None else msgspec.structs.replace(i, plan=found)
+
+        def work() -> list[ScanInput | ObjectInput]:
+            return [
+                plan(i) if isinstance(i, ScanInput) and not i.stream and i.columns != [] else i
+                for i in inputs
+            ]
+
+        return await asyncio.to_thread(work)
+
+    async def _cached_done(self, msg: RunTask, t0: float) -> TaskDone:
+        """The answer for an output this worker already holds: nothing runs."""
+        files: list[str] = []
+        if msg.materialize is not None:
+            path = self.store.locate(msg.output_id)
+            assert path is not None
+            await self._send(ObjectReady(task_id=msg.task_id, output=self._info(msg.output_id)))
+            files = await asyncio.to_thread(
+                freeing(self._write_parquet), path, msg.materialize.directory, msg.node
+            )
+        return TaskDone(
+            task_id=msg.task_id, output=self._info(msg.output_id), files=files,
+            seconds=time.perf_counter() - t0, cached=True,
+        )
+
+    async def _waited(self, msg: RunTask) -> dict[str, str]:
+        """The paths of an early-started task's waiting objects, once the scheduler says
+        where they are (pulled here if they are on another host). Its memory limit grows
+        to count what it maps."""
+        ready = await self.inputs_ready[msg.task_id]
+        if ready.memory_limit and msg.task_id in self.running_limits:
+            self.running_limits[msg.task_id] = ready.memory_limit
+            await self._make_room()
+        return {
+            oid: str(await self._input_path(msg, oid, ready.sources)) for oid in msg.waiting
+        }
+
+    async def _make_room(self) -> None:
+        """Unpinned cache gives way to the memory the running functions were promised."""
+        await self.store.enforce(
+            min(self.store.budget, self.memory - sum(self.running_limits.values()))
+        )
+
+    async def _input_path(
+        self, msg: RunTask, object_id: str, sources: dict[str, ObjectSource] | None = None
+    ) -> Path:
+        """The file to map for an upstream object: in this worker's store, in another
+        worker's store on this host, or pulled here from another host (``sources``:
+        where each lives, if not in the task's own)."""
+        if await self.store.use(object_id, msg.run_id) is not None:
+            path = self.store.locate(object_id)
+            assert path is not None
+            return path
+        source = (sources or msg.sources).get(object_id)
+        if source is None:
+            raise NotFound(f"object {object_id!r} of task {msg.task_id} has no known location")
+        if source.host_id == self.host_id and os.path.exists(source.path):  # noqa: ASYNC240 - a stat on tmpfs
+            return Path(source.path)  # same host: the same shared memory, mapped in place
+        key = (object_id, source.address)
+        pull = self._pulls.get(key)
+        if pull is None:
+            pull = asyncio.ensure_future(self._pull(msg, object_id, source))
+            self._pulls[key] = pull
+            pull.add_done_callback(lambda _: self._pulls.pop(key, None))
+        await asyncio.shield(pull)
+        await self.store.use(object_id, msg.run_id)
+        return pull.result()
+
+    async def _pull(self, msg: RunTask, object_id: str, source: ObjectSource) -> Path:
+        dest = self.store.path(object_id)
+        nbytes = await asyncio.to_thread(
+            fetch_object, source.address, object_id, dest, token=self.token,
+            host_id=self.host_id, reuse=self.store.claim,
+        )
+        self.store.add(
+            object_id, None if msg.run_id in self.released else msg.run_id, rows=source.rows,
+            schema=source.schema, cacheable=msg.use_cache,
+        )
+        log.info(
+            "pulled object %s (%d MiB) from worker %s for run %s",
+            object_id, nbytes >> 20, source.worker_id, msg.run_id,
+        )
+        return dest
+
+    async def _environment(self, msg: RunTask) -> Environment:
+        """The function's environment, built (once, with its output streamed) if needed."""
+
+        async def on_line(line: str) -> None:
+            await self._send(TaskLog(task_id=msg.task_id, stream="stderr", line=line, time=time.time()))
+
+        return await self.envs.ensure(EnvSpec.of(msg.python, msg.pip), log=on_line)
+
+    async def _run_limited(
+        self, msg: RunTask, proc: FunctionProcess, env: Environment
+    ) -> FunctionResult:
+        """Run the process under its memory limit and timeout, streaming its lines."""
+        over: list[int] = []
+        watchers: list[asyncio.Task[int]] = []
+        pids: list[int] = []
+        # Unpinned cache gives way to the memory this function was promised.
+        self.running_limits[msg.task_id] = msg.memory_limit
+        await self._make_room()
+
+        def limit() -> int:  # it grows when an early-started function's inputs come
+            return self.running_limits.get(msg.task_id, msg.memory_limit)
+
+        async def on_line(stream: str, line: str) -> None:
+            await self._send(TaskLog(task_id=msg.task_id, stream=stream, line=line, time=time.time()))
+
+        async def on_start(pid: int) -> None:
+            pids.append(pid)
+            how = "base" if env.path is None else ("cached" if env.cached else "built")
+            await self._send(TaskStarted(task_id=msg.task_id, pid=pid, env=how))
+            if msg.memory_limit:
+
+                def stop(used: int) -> None:
+                    over.append(used)
+                    proc.kill()
+
+                watchers.append(asyncio.create_task(watch_memory(pid, limit, stop)))
+
+        what = f"{node_label(msg.kind)} {msg.node!r}"
+        waited = self._waited(msg) if msg.waiting else None
+        try:
+            if msg.timeout:
+                return await asyncio.wait_for(proc.run(on_line, on_start, waited), msg.timeout)
+            return await proc.run(on_line, on_start, waited)
+        except TimeoutError:
+            raise TimedOut(
+                f"{what} ran past its timeout of {msg.timeout:g}s and was stopped"
+            ) from None
+        except FunctionFailed:
+            if over:
+                raise OutOfMemory(what, over[0], limit()) from None
+            raise
+        finally:
+            for w in watchers:
+                w.cancel()
+            self.running_limits.pop(msg.task_id, None)
+            for pid in pids:
+                self.store.sweep(pid)
+            self.store.adopt_columns()
+
+    def _write_parquet(self, object_path: Path, directory: str, node: str) -> list[str]:
+        import pyarrow as pa
+
+        from store.files import write_parquet_parts
+
+        with holding(object_path):
+            table = pa.ipc.open_file(pa.memory_map(str(object_path), "r")).read_all()
+            return write_parquet_parts(
+                table, directory, f"{node}-{uuid.uuid4().hex[:8]}", threads=self.cpus
+            )[0]

@@ -1,0 +1,638 @@
+"""protocol/ without sockets: framing over an in-memory reader, schema evolution,
+cluster tokens and proofs, and errors rebuilt from the wire."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import stat
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+
+from protocol import auth, errors
+from protocol.errors import (
+    ConnectionClosed,
+    FaasError,
+    FrameTooLarge,
+    FrameTruncated,
+    InvalidInput,
+    MalformedFrame,
+    NotFound,
+    PeerVanished,
+    PlanInvalid,
+    ProjectError,
+    RemoteError,
+    from_wire,
+)
+from protocol.framing import (
+    HEADER,
+    MAX_CONTROL_FRAME,
+    MAX_HANDSHAKE_FRAME,
+    encode,
+    read_frame,
+    read_payload,
+)
+from protocol.messages import (
+    Auth,
+    BulkHeader,
+    ClientReply,
+    ClientRequest,
+    Error,
+    Handshake,
+    Hello,
+    ListTables,
+    LogLine,
+    Materialize,
+    ObjectInfo,
+    ObjectInput,
+    Ok,
+    RunFinished,
+    ScanInput,
+    SubmitRun,
+    TaskEvent,
+    Welcome,
+    error_message,
+)
+from protocol.worker_messages import (
+    FunctionReply,
+    FunctionResult,
+    FunctionTask,
+    Heartbeat,
+    QueryTask,
+    Register,
+    RunTask,
+    SchedulerToWorker,
+    TaskDone,
+    WorkerToScheduler,
+)
+
+
+class BytesReader:
+    """``readexactly`` over a bytes buffer, failing at the end the way asyncio.StreamReader does."""
+
+    def __init__(self, data: bytes = b"") -> None:
+        self.buffer = bytearray(data)
+        self.requests: list[int] = []
+
+    async def readexactly(self, n: int) -> bytes:
+        self.requests.append(n)
+        if len(self.buffer) < n:
+            partial = bytes(self.buffer)
+            self.buffer.clear()
+            raise asyncio.IncompleteReadError(partial, n)
+        out = bytes(self.buffer[:n])
+        del self.buffer[:n]
+        return out
+
+
+class BrokenReader:
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+    async def readexactly(self, n: int) -> bytes:
+        raise self.exc
+
+
+def read(reader: Any, decoder: msgspec.msgpack.Decoder[Any], max_size: int = MAX_CONTROL_FRAME) -> Any:
+    return asyncio.run(asyncio.wait_for(read_frame(reader, decoder, max_size), 5))
+
+
+def frame_of(payload: bytes) -> bytes:
+    return HEADER.pack(len(payload)) + payload
+
+
+SCAN = ScanInput(
+    param="orders",
+    key="sales.orders",
+    metadata_location="/lake/sales/orders/metadata/00003.json",
+    snapshot_id=7,
+    columns=["id", "total"],
+    filter="total > 10",
+)
+OBJ = ObjectInput(param="clean", node="clean_orders", object_id="obj-1", columns=None)
+
+# One message (or more) of each channel union, decoded with that channel's decoder.
+CHANNEL_MESSAGES: list[tuple[str, Any, Any]] = [
+    ("ClientRequest", ClientRequest, SubmitRun(
+        files={"models.py": "import faas\n"}, namespace="sales", params={"day": "2024-01-01"},
+        project_dir="/src/proj", dry_run=True,
+    )),
+    ("ClientRequest", ClientRequest, ListTables(namespace=None)),
+    ("ClientReply", ClientReply, RunFinished(
+        run_id="r1", status="failed", commit="abc123", tables=["sales.x"],
+        error=Error(kind="FunctionFailed", message="boom", detail="Traceback ..."), seconds=1.5,
+    )),
+    ("ClientReply", ClientReply, BulkHeader(nbytes=1 << 40, rows=3)),
+    ("ClientReply", ClientReply, Ok(data={"tables": ["a", "b"], "n": 2, "nested": [1, None, 2.5]})),
+    ("WorkerToScheduler", WorkerToScheduler, TaskDone(
+        task_id="t1",
+        output=ObjectInfo(object_id="o1", path="/dev/shm/o1.arrow", rows=10, nbytes=1234, schema=b"\x00\xff"),
+        files=["/lake/f1.parquet"], seconds=0.25,
+    )),
+    ("WorkerToScheduler", WorkerToScheduler, Register(
+        worker_id="w1", host_id="h1", memory_total=8 << 30, memory_available=4 << 30,
+        python_versions=["3.11"], shm_dir="/dev/shm/faas",
+    )),
+    ("SchedulerToWorker", SchedulerToWorker, RunTask(
+        task_id="t1", run_id="r1", node="clean_orders", files={"m.py": "x = 1\n"}, module="m",
+        function="clean", inputs=[SCAN, OBJ], params={"a": "b"},
+        materialize=Materialize(key="sales.clean", directory="/lake/tmp/1", mode="append"),
+    )),
+    ("SchedulerToWorker", SchedulerToWorker, QueryTask(task_id="q1", sql="select 1", tables={"o": SCAN})),
+    ("SchedulerToWorker", SchedulerToWorker, Error(kind="RunCancelled", message="cancelled")),
+    ("FunctionTask", FunctionTask, FunctionTask(
+        run_id="r1", node="n", project_dir="/p", module="m", function="f", inputs=[OBJ, SCAN],
+        objects={"obj-1": "/dev/shm/obj-1.arrow"}, output_path="/dev/shm/out.arrow",
+    )),
+    ("FunctionReply", FunctionReply, FunctionResult(rows=5, nbytes=100, schema=b"schema")),
+    ("FunctionReply", FunctionReply, Error(kind="OutOfMemory", message="too big", detail="rss")),
+    ("Handshake", Handshake, Hello(version=1, role="scheduler", host_id="h", nonce=b"\x00" * 16)),
+]
+
+
+# -- framing ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "union, message",
+    [(u, m) for _, u, m in CHANNEL_MESSAGES],
+    ids=[f"{name}-{type(m).__name__}" for name, _, m in CHANNEL_MESSAGES],
+)
+def test_frame_roundtrip_for_each_channel(union: Any, message: Any) -> None:
+    data = encode(message)
+    (size,) = HEADER.unpack(data[:4])
+    assert size == len(data) - 4
+    reader = BytesReader(data)
+    decoded = read(reader, msgspec.msgpack.Decoder(union))
+    assert decoded == message
+    assert type(decoded) is type(message)
+    assert reader.buffer == b""
+
+
+def test_several_frames_back_to_back_then_clean_eof() -> None:
+    messages = [m for _, u, m in CHANNEL_MESSAGES if u is ClientReply]
+    reader = BytesReader(b"".join(encode(m) for m in messages))
+    decoder = msgspec.msgpack.Decoder(ClientReply)
+
+    async def go() -> list[Any]:
+        out = [await read_frame(reader, decoder) for _ in messages]
+        with pytest.raises(ConnectionClosed):
+            await read_frame(reader, decoder)
+        return out
+
+    assert asyncio.run(go()) == messages
+
+
+def test_clean_eof_between_frames_is_connection_closed() -> None:
+    reader = BytesReader(b"")
+    with pytest.raises(ConnectionClosed) as info:
+        read(reader, msgspec.msgpack.Decoder(ClientRequest))
+    assert not isinstance(info.value, FrameTruncated)
+
+
+@pytest.mark.parametrize("keep", [1, 2, 3])
+def test_eof_inside_header_is_truncated(keep: int) -> None:
+    data = encode(ListTables(namespace="ns"))[:keep]
+    with pytest.raises(FrameTruncated) as info:
+        read(BytesReader(data), msgspec.msgpack.Decoder(ClientRequest))
+    assert f"{keep} of 4 bytes" in str(info.value)
+
+
+def test_eof_right_after_header_is_truncated() -> None:
+    data = encode(ListTables(namespace="ns"))
+    with pytest.raises(FrameTruncated) as info:
+        read(BytesReader(data[:4]), msgspec.msgpack.Decoder(ClientRequest))
+    assert f"0 of {len(data) - 4} bytes" in str(info.value)
+
+
+def test_eof_inside_payload_is_truncated() -> None:
+    data = encode(ListTables(namespace="ns"))
+    with pytest.raises(FrameTruncated) as info:
+        read(BytesReader(data[:-1]), msgspec.msgpack.Decoder(ClientRequest))
+    assert f"{len(data) - 5} of {len(data) - 4} bytes" in str(info.value)
+
+
+@pytest.mark.parametrize("exc", [ConnectionResetError(104, "reset"), BrokenPipeError(), TimeoutError()])
+def test_socket_failure_while_reading_is_peer_vanished(exc: BaseException) -> None:
+    with pytest.raises(PeerVanished) as info:
+        read(BrokenReader(exc), msgspec.msgpack.Decoder(ClientRequest))
+    assert info.value.__cause__ is exc
+
+
+def test_oversize_frame_is_refused_before_its_payload_is_read() -> None:
+    size = MAX_CONTROL_FRAME + 1
+    reader = BytesReader(HEADER.pack(size) + b"x" * 100)
+    with pytest.raises(FrameTooLarge) as info:
+        read(reader, msgspec.msgpack.Decoder(ClientRequest))
+    assert reader.requests == [4]  # only the header was asked for
+    assert info.value.size == size
+    assert info.value.limit == MAX_CONTROL_FRAME
+    assert str(size) in str(info.value)
+    assert str(MAX_CONTROL_FRAME) in str(info.value)
+
+
+def test_largest_length_prefix_is_refused_without_reading() -> None:
+    reader = BytesReader(b"\xff\xff\xff\xff")
+    with pytest.raises(FrameTooLarge) as info:
+        asyncio.run(read_payload(reader, MAX_HANDSHAKE_FRAME))
+    assert reader.requests == [4]
+    assert str(0xFFFFFFFF) in str(info.value) and str(MAX_HANDSHAKE_FRAME) in str(info.value)
+
+
+def test_frame_exactly_at_the_limit_is_accepted() -> None:
+    message = SubmitRun(files={"a.py": "x" * 500}, namespace="n")
+    data = encode(message)
+    size = len(data) - 4
+    assert read(BytesReader(data), msgspec.msgpack.Decoder(ClientRequest), size) == message
+    with pytest.raises(FrameTooLarge):
+        read(BytesReader(data), msgspec.msgpack.Decoder(ClientRequest), size - 1)
+
+
+GOOD = ListTables(namespace="after")
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        pytest.param(frame_of(b"\xc1\xc1\xc1 not msgpack"), id="garbage"),
+        pytest.param(frame_of(b""), id="empty-payload"),
+        pytest.param(frame_of(msgspec.msgpack.encode([1, 2, 3])), id="msgpack-array"),
+        pytest.param(frame_of(msgspec.msgpack.encode({"op": "NoSuchOp"})), id="unknown-tag"),
+        pytest.param(frame_of(msgspec.msgpack.encode({"op": "GetTable"})), id="missing-field"),
+        pytest.param(frame_of(msgspec.msgpack.encode({"op": "GetTable", "key": 5})), id="wrong-type"),
+        pytest.param(encode(Heartbeat(memory_total=1, memory_available=1)), id="other-channel"),
+        pytest.param(encode(RunFinished(run_id="r", status="success")), id="reply-as-request"),
+        pytest.param(frame_of(msgspec.msgpack.encode(GOOD) + b"\x00"), id="trailing-bytes"),
+    ],
+)
+def test_malformed_frame_keeps_the_stream_position(bad: bytes) -> None:
+    reader = BytesReader(bad + encode(GOOD))
+    decoder = msgspec.msgpack.Decoder(ClientRequest)
+
+    async def go() -> Any:
+        with pytest.raises(MalformedFrame) as info:
+            await read_frame(reader, decoder)
+        assert f"({len(bad) - 4} bytes)" in str(info.value)
+        return await read_frame(reader, decoder)
+
+    assert asyncio.run(go()) == GOOD
+    assert reader.buffer == b""
+
+
+def test_malformed_frame_names_the_missing_field() -> None:
+    bad = frame_of(msgspec.msgpack.encode({"op": "GetTable"}))
+    with pytest.raises(MalformedFrame, match="key"):
+        read(BytesReader(bad), msgspec.msgpack.Decoder(ClientRequest))
+
+
+def test_each_channel_decoder_builds() -> None:
+    # Tag collisions inside a union are refused when the decoder is built.
+    for union in (ClientRequest, ClientReply, WorkerToScheduler, SchedulerToWorker, FunctionReply, Handshake):
+        msgspec.msgpack.Decoder(union)
+
+
+def test_messages_are_frozen() -> None:
+    msg = ListTables(namespace="x")
+    with pytest.raises(AttributeError):
+        msg.namespace = "y"  # type: ignore[misc]
+
+
+# -- schema evolution ---------------------------------------------------------
+# "Yesterday's" schema: the same tags with fewer fields (every field added since
+# has a default) and one message type that did not exist yet (LogLine).
+
+
+class OldMessage(msgspec.Struct, frozen=True, tag_field="op", kw_only=True):
+    pass
+
+
+class OldError(OldMessage, frozen=True, tag="Error"):
+    kind: str
+    message: str
+
+
+class OldRunFinished(OldMessage, frozen=True, tag="RunFinished"):
+    run_id: str
+    status: str
+    commit: str = ""
+    tables: list[str] = []
+    error: OldError | None = None
+
+
+class OldTaskEvent(OldMessage, frozen=True, tag="TaskEvent"):
+    run_id: str
+    node: str
+    state: str
+    worker: str = ""
+    time: float = 0.0
+
+
+class OldTaskDone(OldMessage, frozen=True, tag="TaskDone"):
+    task_id: str
+    files: list[str] = []
+
+
+OldClientReply = OldRunFinished | OldTaskEvent | OldError
+
+
+def test_tags_are_the_class_names() -> None:
+    assert msgspec.msgpack.decode(encode(TaskEvent(run_id="r", node="n", state="s"))[4:])["op"] == "TaskEvent"
+
+
+def test_todays_run_finished_decodes_with_yesterdays_schema_and_back() -> None:
+    today = RunFinished(
+        run_id="r1", status="failed", commit="c0ffee", tables=["a.b"],
+        error=Error(kind="FunctionFailed", message="boom", detail="tb"), seconds=12.5,
+    )
+    old = msgspec.msgpack.decode(msgspec.msgpack.encode(today), type=OldRunFinished)
+    assert old == OldRunFinished(
+        run_id="r1", status="failed", commit="c0ffee", tables=["a.b"],
+        error=OldError(kind="FunctionFailed", message="boom"),
+    )
+    back = msgspec.msgpack.decode(msgspec.msgpack.encode(old), type=RunFinished)
+    assert back.seconds == 0.0  # default fills in
+    assert back.error == Error(kind="FunctionFailed", message="boom", detail="")
+    assert back.run_id == "r1" and back.commit == "c0ffee" and back.tables == ["a.b"]
+
+
+def test_todays_task_event_decodes_with_yesterdays_schema_and_back() -> None:
+    today = TaskEvent(run_id="r1", node="n", state="failed", worker="w1", time=3.0, rows=7, error="x")
+    old = msgspec.msgpack.decode(msgspec.msgpack.encode(today), type=OldTaskEvent)
+    assert old == OldTaskEvent(run_id="r1", node="n", state="failed", worker="w1", time=3.0)
+    back = msgspec.msgpack.decode(msgspec.msgpack.encode(old), type=TaskEvent)
+    assert back == TaskEvent(run_id="r1", node="n", state="failed", worker="w1", time=3.0)
+    assert back.rows == 0 and back.error == ""
+
+
+def test_task_done_without_output_and_seconds_decodes_today() -> None:
+    old = OldTaskDone(task_id="t", files=["f"])
+    back = msgspec.msgpack.decode(msgspec.msgpack.encode(old), type=WorkerToScheduler)
+    assert back == TaskDone(task_id="t", output=None, files=["f"], seconds=0.0)
+
+
+def test_yesterdays_channel_decoder_reads_todays_frames() -> None:
+    today = [
+        TaskEvent(run_id="r", node="n", state="done", rows=3),
+        LogLine(run_id="r", node="n", stream="stdout", line="hi"),  # unknown to yesterday
+        RunFinished(run_id="r", status="success", seconds=1.0),
+    ]
+    reader = BytesReader(b"".join(encode(m) for m in today))
+    old_decoder = msgspec.msgpack.Decoder(OldClientReply)
+
+    async def go() -> list[Any]:
+        first = await read_frame(reader, old_decoder)
+        with pytest.raises(MalformedFrame):  # a new message type costs one frame, not the stream
+            await read_frame(reader, old_decoder)
+        return [first, await read_frame(reader, old_decoder)]
+
+    assert asyncio.run(go()) == [
+        OldTaskEvent(run_id="r", node="n", state="done"),
+        OldRunFinished(run_id="r", status="success"),
+    ]
+
+
+def test_todays_channel_decoder_reads_yesterdays_frames() -> None:
+    old = [OldTaskEvent(run_id="r", node="n", state="queued"), OldRunFinished(run_id="r", status="cancelled")]
+    reader = BytesReader(b"".join(encode(m) for m in old))
+    decoder = msgspec.msgpack.Decoder(ClientReply)
+
+    async def go() -> list[Any]:
+        return [await read_frame(reader, decoder) for _ in old]
+
+    assert asyncio.run(go()) == [
+        TaskEvent(run_id="r", node="n", state="queued"),
+        RunFinished(run_id="r", status="cancelled"),
+    ]
+
+
+# -- auth ---------------------------------------------------------------------
+
+
+def test_ensure_token_creates_a_private_file_and_is_stable(tmp_path: Path) -> None:
+    path = tmp_path / "home" / "nested" / "token"
+    token = auth.ensure_token(path)
+    assert path.is_file()
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert len(token) == 2 * auth.TOKEN_BYTES
+    int(token, 16)  # hex text
+    assert auth.ensure_token(path) == token
+    assert auth.load_token(path) == token
+    assert auth.ensure_token(str(path)) == token
+
+
+def test_ensure_token_in_a_fresh_dir_gives_a_new_token(tmp_path: Path) -> None:
+    assert auth.ensure_token(tmp_path / "a") != auth.ensure_token(tmp_path / "b")
+
+
+def test_ensure_token_keeps_an_existing_token(tmp_path: Path) -> None:
+    path = tmp_path / "token"
+    path.write_text("my-shared-secret\n")
+    assert auth.ensure_token(path) == b"my-shared-secret"
+
+
+def test_ensure_token_when_another_process_creates_it_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A scheduler and a worker starting together on one host both call ensure_token:
+    # the file appears between the existence check and the exclusive create.
+    path = tmp_path / "token"
+    path.write_text("written-by-the-other-process\n")
+    real_exists = Path.exists
+    calls = {"n": 0}
+
+    def exists_racing(self: Path, *args: Any, **kwargs: Any) -> bool:
+        if self == path and calls["n"] == 0:
+            calls["n"] += 1
+            return False
+        return real_exists(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "exists", exists_racing)
+    assert auth.ensure_token(path) == b"written-by-the-other-process"
+
+
+def test_load_token_strips_whitespace(tmp_path: Path) -> None:
+    path = tmp_path / "token"
+    path.write_text("  abc123 \n\n")
+    assert auth.load_token(path) == b"abc123"
+
+
+def test_load_token_missing_file_is_not_found(tmp_path: Path) -> None:
+    path = tmp_path / "nope" / "token"
+    with pytest.raises(NotFound) as info:
+        auth.load_token(path)
+    assert str(path) in str(info.value)
+
+
+@pytest.mark.parametrize("content", ["", "  \n\t\n"])
+def test_load_token_empty_file_is_invalid(tmp_path: Path, content: str) -> None:
+    path = tmp_path / "token"
+    path.write_text(content)
+    with pytest.raises(InvalidInput) as info:
+        auth.load_token(path)
+    assert str(path) in str(info.value) and "empty" in str(info.value)
+
+
+def test_load_token_of_a_directory_is_invalid(tmp_path: Path) -> None:
+    with pytest.raises(InvalidInput) as info:
+        auth.load_token(tmp_path)
+    assert str(tmp_path) in str(info.value)
+
+
+def test_nonces_are_fresh() -> None:
+    nonces = {auth.new_nonce() for _ in range(100)}
+    assert len(nonces) == 100
+    assert all(len(n) == 16 for n in nonces)
+
+
+TOKEN = b"0123456789abcdef" * 4
+
+
+def test_proof_verifies_with_the_right_token() -> None:
+    nonce = auth.new_nonce()
+    given = auth.proof(TOKEN, nonce, "worker", "host-a")
+    assert len(given) == 32
+    assert auth.verify(TOKEN, nonce, "worker", "host-a", given)
+
+
+@pytest.mark.parametrize(
+    "token, nonce, role, host_id",
+    [
+        pytest.param(b"another token", b"N" * 16, "worker", "host-a", id="wrong-token"),
+        pytest.param(TOKEN, b"M" * 16, "worker", "host-a", id="other-nonce"),
+        pytest.param(TOKEN, b"N" * 16, "client", "host-a", id="other-role"),
+        pytest.param(TOKEN, b"N" * 16, "worker", "host-b", id="other-host"),
+    ],
+)
+def test_proof_does_not_verify_when_anything_differs(
+    token: bytes, nonce: bytes, role: str, host_id: str
+) -> None:
+    given = auth.proof(TOKEN, b"N" * 16, "worker", "host-a")
+    assert not auth.verify(token, nonce, role, host_id, given)
+
+
+@pytest.mark.parametrize("given", [b"", b"\x00" * 32, b"short"])
+def test_verify_rejects_bogus_proofs(given: bytes) -> None:
+    assert not auth.verify(TOKEN, b"N" * 16, "worker", "host-a", given)
+
+
+# -- errors -------------------------------------------------------------------
+
+SIMPLE = [
+    errors.FaasError,
+    errors.ConnectionClosed,
+    errors.FrameTruncated,
+    errors.PeerVanished,
+    errors.ClosedByUs,
+    errors.MalformedFrame,
+    errors.HandshakeFailed,
+    errors.ProjectError,
+    errors.NotFound,
+    errors.AlreadyExists,
+    errors.InvalidInput,
+    errors.FunctionFailed,
+    errors.RunCancelled,
+    errors.NoWorkers,
+    errors.RemoteError,
+]
+
+
+@pytest.mark.parametrize("cls", SIMPLE, ids=[c.__name__ for c in SIMPLE])
+def test_from_wire_rebuilds_known_kinds(cls: type[FaasError]) -> None:
+    err = from_wire(cls.__name__, "what went wrong", "remote traceback\nline 2")
+    assert type(err) is cls
+    assert err.message == "what went wrong"
+    assert str(err) == "what went wrong"
+    assert err.detail == "remote traceback\nline 2"
+
+
+@pytest.mark.parametrize("cls", SIMPLE, ids=[c.__name__ for c in SIMPLE])
+def test_error_message_roundtrip(cls: type[FaasError]) -> None:
+    wire = error_message(cls("table sales.x not found", detail="tb"))
+    assert wire == Error(kind=cls.__name__, message="table sales.x not found", detail="tb")
+    wire = msgspec.msgpack.decode(msgspec.msgpack.encode(wire), type=Error)
+    err = from_wire(wire.kind, wire.message, wire.detail)
+    assert type(err) is cls and err.message == "table sales.x not found" and err.detail == "tb"
+
+
+def test_from_wire_detail_defaults_to_empty() -> None:
+    assert from_wire("NotFound", "missing").detail == ""
+
+
+@pytest.mark.parametrize("kind", ["KeyError", "SomethingNew", "", "from_wire", "Exception"])
+def test_from_wire_unknown_kind_is_remote_error(kind: str) -> None:
+    err = from_wire(kind, "it broke", "Traceback (most recent call last): ...")
+    assert type(err) is RemoteError
+    assert err.message == "it broke"
+    assert err.detail == "Traceback (most recent call last): ..."
+
+
+def test_error_message_of_a_plain_exception() -> None:
+    wire = error_message(ValueError("bad value"), detail="tb")
+    assert wire == Error(kind="ValueError", message="bad value", detail="tb")
+    assert type(from_wire(wire.kind, wire.message, wire.detail)) is RemoteError
+    assert error_message(ValueError()).message == "ValueError"
+
+
+def test_from_wire_plan_invalid_rebuilds_problems() -> None:
+    problems = [
+        "models.py:3: function 'a' reads unknown table 'x'",
+        "models.py:9: cycle a -> b -> a",
+        "models.py:12: output 'c' defined twice",
+    ]
+    err = from_wire("PlanInvalid", "3 problems in the project", "\n".join(problems))
+    assert type(err) is PlanInvalid
+    assert isinstance(err, ProjectError)
+    assert err.problems == problems
+    assert err.message == "3 problems in the project"
+    for p in problems:
+        assert p in str(err)
+
+
+def test_plan_invalid_roundtrip_through_error_message() -> None:
+    for problems in (["only one: models.py:1"], ["a", "b"]):
+        original = PlanInvalid(problems)
+        wire = error_message(original)
+        err = from_wire(wire.kind, wire.message, wire.detail)
+        assert isinstance(err, PlanInvalid)
+        assert err.problems == problems
+        assert str(err) == str(original)
+
+
+def test_from_wire_plan_invalid_without_detail_uses_message() -> None:
+    err = from_wire("PlanInvalid", "the project has no functions")
+    assert isinstance(err, PlanInvalid)
+    assert err.problems == ["the project has no functions"]
+    assert str(err) == "the project has no functions"
+
+
+@pytest.mark.parametrize("kind", ["CommitConflict", "FrameTooLarge", "OutOfMemory"])
+def test_from_wire_structured_kinds_keep_message_and_type(kind: str) -> None:
+    err = from_wire(kind, "commit conflict on branch 'main'", "tb")
+    assert type(err) is getattr(errors, kind)
+    assert err.message == "commit conflict on branch 'main'"
+    assert str(err) == "commit conflict on branch 'main'"
+    assert err.detail == "tb"
+
+
+def test_structured_errors_build_their_message() -> None:
+    err = errors.CommitConflict("main", "a" * 40, "b" * 40)
+    assert "'main'" in str(err) and "a" * 12 in str(err) and "b" * 12 in str(err)
+    assert "a" * 13 not in str(err)
+    oom = errors.OutOfMemory("function clean", 3 * 2**30, 512 * 2**20)
+    assert (oom.used, oom.limit) == (3 * 2**30, 512 * 2**20)
+    assert str(oom) == "function clean used 3 GiB, over its limit of 512 MiB, and was stopped"
+    single = PlanInvalid(["models.py:3: bad"])
+    assert str(single) == "models.py:3: bad" and single.detail == "models.py:3: bad"
+
+
+def test_auth_messages_are_handshake_messages() -> None:
+    decoder = msgspec.msgpack.Decoder(Handshake)
+    for msg in (
+        Auth(version=1, role="client", host_id="h", proof=b"p" * 32, nonce=b"n" * 16),
+        Welcome(proof=b"p" * 32),
+        Error(kind="HandshakeFailed", message="no"),
+    ):
+        assert read(BytesReader(encode(msg)), decoder) == msg
