@@ -111,10 +111,10 @@ def big(t=faas.Model("territories")):
 
 
 def _wait_for(sync, suffix, n=4):
-    wait_until(
-        lambda: len([f for f in os.listdir(sync) if f.endswith(suffix)]) >= n,
-        "the other readers to come", timeout=60,
-    )
+    deadline = time.monotonic() + 60
+    while len([f for f in os.listdir(sync) if f.endswith(suffix)]) < n:
+        assert time.monotonic() < deadline, "the other readers never came"
+        time.sleep(0.05)
 
 
 def _read(name, table, sync):

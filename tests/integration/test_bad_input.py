@@ -66,7 +66,7 @@ def test_wrong_token(cluster: Cluster, tmp_path: Path) -> None:
 
 def test_unknown_namespace(cluster: Cluster) -> None:
     proc = cluster.faas("table", "ls", "--namespace", "ghost", "--json")
-    one_line_error(proc, "namespace 'ghost' not found")
+    one_line_error(proc, "namespace 'ghost' does not exist at ref 'main'")
 
 
 def test_wrong_ref(cluster: Cluster) -> None:
