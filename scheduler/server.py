@@ -92,8 +92,6 @@ class WorkerHandle:
     worker_id: str
     host_id: str
     conn: Connection[Any]
-    memory_total: int
-    memory_available: int
     python_versions: list[str]
     shm_dir: str
     data_address: str = ""
@@ -255,13 +253,12 @@ class Scheduler(RunRequests):
             return
         handle = WorkerHandle(
             worker_id=first.worker_id, host_id=first.host_id, conn=conn,
-            memory_total=first.memory_total, memory_available=first.memory_available,
             python_versions=first.python_versions, shm_dir=first.shm_dir,
             data_address=first.data_address, env_builds=first.env_builds,
         )
         self.workers[handle.worker_id] = handle
         self._apply(self.placement.worker_joined(
-            handle.worker_id, handle.host_id, handle.memory_total, handle.memory_available,
+            handle.worker_id, handle.host_id, first.memory_total, first.memory_available,
             cpus=first.cpus,
         ))
         for info in first.objects:
@@ -280,8 +277,6 @@ class Scheduler(RunRequests):
                     continue
                 handle.last_seen = time.monotonic()
                 if isinstance(msg, Heartbeat):
-                    handle.memory_available = msg.memory_available
-                    handle.memory_total = msg.memory_total
                     handle.env_builds = msg.env_builds
                     handle.data_spilled = msg.spilled_bytes
                     self._apply(self.placement.heartbeat(
@@ -331,6 +326,10 @@ class Scheduler(RunRequests):
     def stored(self, worker_id: str, object_id: str, info: ObjectInfo) -> None:
         """An object is in a worker's store now (placement.stored)."""
         self.placement.stored(worker_id, object_id, info)
+
+    def largest_memory(self) -> int:
+        """The memory of the largest live worker (0 with none)."""
+        return max((w.memory_total for w in self.placement.workers.values()), default=0)
 
     def fits_now(self, request: Request) -> bool:
         """Would ``request`` be placed at once (placement.fits_now)?"""
@@ -485,7 +484,8 @@ class Scheduler(RunRequests):
                     "workers": [
                         {
                             "worker_id": w.worker_id, "host_id": w.host_id,
-                            "memory_total": w.memory_total, "memory_available": w.memory_available,
+                            "memory_total": self.placement.workers[w.worker_id].memory_total,
+                            "memory_available": self.placement.workers[w.worker_id].memory_available,
                             "python_versions": w.python_versions, "running": len(w.tasks),
                             "env_builds": w.env_builds,
                             "memory_reserved": self.placement.workers[w.worker_id].reserved,
