@@ -363,11 +363,19 @@ class FunctionTasks:
                 watchers.append(asyncio.create_task(watch_memory(pid, limit, stop)))
 
         what = f"{node_label(msg.kind)} {msg.node!r}"
-        waited = self._waited(msg) if msg.waiting else None
+        deadline = asyncio.timeout(msg.timeout or None)
+
+        async def waited() -> dict[str, str]:
+            # Time spent waiting for upstream functions is not the function's own.
+            t0 = asyncio.get_running_loop().time()
+            objects = await self._waited(msg)
+            if (when := deadline.when()) is not None:
+                deadline.reschedule(when + asyncio.get_running_loop().time() - t0)
+            return objects
+
         try:
-            if msg.timeout:
-                return await asyncio.wait_for(proc.run(on_line, on_start, waited), msg.timeout)
-            return await proc.run(on_line, on_start, waited)
+            async with deadline:
+                return await proc.run(on_line, on_start, waited() if msg.waiting else None)
         except TimeoutError:
             raise TimedOut(
                 f"{what} ran past its timeout of {msg.timeout:g}s and was stopped"

@@ -86,9 +86,9 @@ class Connection(Generic[T]):
                 # Position in the stream is unknown now: this connection is done.
                 self.close()
                 raise PeerVanished(f"cannot send to {self.peer}: {exc!r}") from exc
-            except asyncio.CancelledError:
-                self.close()
-                raise
+            # A cancel can come only while waiting for the lock (nothing written) or for the
+            # drain (every chunk already in the transport, which still sends it): either way
+            # the stream stays in step and the connection serves on.
 
     async def recv(self, *, timeout: float | None = None) -> T:
         if self._closed:

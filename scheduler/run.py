@@ -467,20 +467,22 @@ class RunCoordinator(Publishing):
                 direct=not self._consumers(node),
             )
         queue = self.scheduler.watch_task(task_id, worker)
-        # On a worker now: what it lacks now (an early start) it is sent once made (an
-        # Inputs instruction); nodes waiting for it may start early. Nothing is awaited
-        # between reading what it lacks and where the rest is.
-        then = self.state.placed(node.name)
-        waits = self.state.waiting_for(node.name)
-        waiting = [i.object_id for i in node.inputs if isinstance(i, ObjectInput) and i.node in waits]
-        sources = self._sources(node, worker)
-        mapped = sum(o.nbytes for _, o in self.upstream(node).values())
-        if (now := self.reservation(node)) > reservation:  # inputs made while it was placed
-            self.scheduler.grow(task_id, now - reservation)
-            reservation = now
-        if waiting:
-            self.trying[node.name] = (worker, task_id, reservation, waiting)
         try:
+            # On a worker now: what it lacks now (an early start) it is sent once made (an
+            # Inputs instruction); nodes waiting for it may start early. Nothing is awaited
+            # between finding where its inputs are and what it lacks.
+            sources = self._sources(node, worker)
+            then = self.state.placed(node.name)
+            waits = self.state.waiting_for(node.name)
+            waiting = [
+                i.object_id for i in node.inputs if isinstance(i, ObjectInput) and i.node in waits
+            ]
+            mapped = sum(o.nbytes for _, o in self.upstream(node).values())
+            if (now := self.reservation(node)) > reservation:  # inputs made while it was placed
+                self.scheduler.grow(task_id, now - reservation)
+                reservation = self.reserved[node.name] = now
+            if waiting:
+                self.trying[node.name] = (worker, task_id, reservation, waiting)
             await self._carry_out(then)
             await worker.conn.send(
                 RunTask(
@@ -555,12 +557,16 @@ class RunCoordinator(Publishing):
         worker, task_id, reservation, waiting = self.trying[name]
         try:
             sources = self._sources(node, worker)
+            missing = [oid for oid in waiting if oid not in sources]
+            if missing:
+                raise PeerVanished(f"object {missing[0]!r} is no longer made")
         except PeerVanished as exc:  # lost before it could be read: the node runs again
             await self._send_quietly(worker, CancelTask(task_id=task_id))
             self.scheduler.fail_task(task_id, "PeerVanished", str(exc))
             return
         made = {oid: o for oid, (_, o) in self.upstream(node).items()}
         now = self.reservation(node)
+        self.reserved[name] = max(self.reserved.get(name, 0), now)
         pulled = sum(made[oid].nbytes for oid, src in sources.items()
                      if oid in made and src.host_id != worker.host_id)
         self.scheduler.grow(task_id, now - reservation + pulled)

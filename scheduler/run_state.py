@@ -87,8 +87,10 @@ class _Node:
     state: str = "idle"
     made: bool = False
     on_worker: bool = False
-    # Upstream nodes it waits for, set when it went on a worker before they were made.
+    # Upstream nodes it waits for, set when it went on a worker before they were made;
+    # ``waited`` keeps them all until Inputs is given (``waits``: those not made yet).
     waits: set[str] = field(default_factory=set)
+    waited: set[str] = field(default_factory=set)
     tries: int = 0  # Starts given
     given_up: int = 0  # of those, early starts stopped (not counted as attempts)
     doubled: bool = False  # already retried after running out of memory
@@ -157,6 +159,7 @@ class RunState:
             return []
         n.on_worker = True
         n.waits = {d for d in n.deps if not self.nodes[d].made}
+        n.waited = set(n.waits)
         return self._schedule()
 
     def object_ready(self, node: str) -> list[Instruction]:
@@ -171,6 +174,7 @@ class RunState:
             if node in reader.waits:
                 reader.waits.discard(node)
                 if not reader.waits and reader.state == "running":
+                    reader.waited = set()
                     out.append(Inputs(r))
         return out + self._schedule()
 
@@ -188,7 +192,7 @@ class RunState:
         n = self.nodes[node]
         if n.state != "stopping":
             return []
-        n.state, n.on_worker, n.waits = "idle", False, set()
+        n.state, n.on_worker, n.waits, n.waited = "idle", False, set(), set()
         return self._schedule()
 
     def worker_lost(self, node: str, error: BaseException) -> list[Instruction]:
@@ -196,7 +200,7 @@ class RunState:
         n = self.nodes[node]
         if n.state != "running":
             return []
-        n.state, n.on_worker, n.made, n.waits = "idle", False, False, set()
+        n.state, n.on_worker, n.made, n.waits, n.waited = "idle", False, False, set(), set()
         if self.attempts(node) >= self.max_attempts:
             return self._fail(error)
         out = self._stop_waiting_for(node)
@@ -216,8 +220,11 @@ class RunState:
             return self._fail(error)
         n.doubled = True
         n.tries += 1
-        n.waits, n.on_worker = set(), False
+        n.waits, n.waited, n.on_worker = set(), set(), False
+        n.made = False
         return [
+            # Early readers waiting for it give their place back: it may need it now.
+            *self._stop_waiting_for(node),
             Say(node, "retrying", f"{error}; retrying once with {_size(2 * reservation)}"),
             Start(node, n.tries, 2 * reservation),
         ]
@@ -252,6 +259,9 @@ class RunState:
                     f"its output was lost with its worker; {', '.join(sorted(needing))} "
                     f"still need it"
                 )))
+                # Readers not on a worker yet, or on one still waiting for it, start again
+                # once it is made: it must never wait for a place they hold.
+                out += self._stop_waiting_for(name)
         return out + self._schedule()
 
     # -- deciding ---------------------------------------------------------------------
@@ -263,13 +273,14 @@ class RunState:
         return [Fail(error)]
 
     def _stop_waiting_for(self, node: str) -> list[Instruction]:
-        """Stop the early starts that wait for ``node``, and those that wait for them."""
+        """``node`` is to be made (again): stop its readers that have not got its output,
+        those on a worker still waiting for it and those not on a worker yet, and the
+        readers waiting for them in turn."""
         out: list[Instruction] = []
         for r in self.readers[node]:
             reader = self.nodes[r]
-            if reader.state == "running" and node in reader.waits | {
-                d for d in reader.deps if not self.nodes[d].made and not reader.on_worker
-            }:
+            waiting = node in reader.waited if reader.on_worker else True
+            if reader.state == "running" and waiting:
                 reader.state = "stopping"
                 reader.given_up += 1
                 out += [Stop(r), Say(r, "retrying", f"{node!r} is made again first")]

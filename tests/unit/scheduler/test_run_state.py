@@ -225,3 +225,39 @@ def test_events_for_nodes_not_running_change_nothing(event: str) -> None:
     args = (FunctionFailed("x"),) if event == "failed" else ()
     assert getattr(s, event)("b", *args) == []  # b never started
     assert s.state("b") == "idle"
+
+
+def test_an_early_reader_whose_made_upstream_is_lost_again_is_stopped() -> None:
+    """R waits for U and V; U's object is ready, then U's worker is lost before V is made:
+    R would never get U's object, so it gives its place back."""
+    s = RunState(["u", "v", "r"], {"r": ["u", "v"]}, scans=["r"], fits=lambda node: True)
+    s.start()
+    s.placed("u")
+    assert starts(s.placed("v")) == ["r"]
+    s.placed("r")
+    assert s.object_ready("u") == []  # v is not made yet
+    out = s.worker_lost("u", PeerVanished("lost"))
+    assert Stop("r") in out
+    assert s.object_ready("v") == []  # no Inputs for a stopped reader
+
+
+def test_an_upstream_retried_after_running_out_of_memory_stops_its_early_readers() -> None:
+    s = RunState(["u", "r"], {"r": ["u"]}, scans=["r"], fits=lambda node: True)
+    s.start()
+    assert starts(s.placed("u")) == ["r"]
+    s.placed("r")
+    out = s.out_of_memory("u", OutOfMemory("model 'u'", 3 * GiB, 2 * GiB), 2 * GiB, 16 * GiB)
+    assert out[:2] == [Stop("r"), Say("r", "retrying", "'u' is made again first")]
+    assert out[-1] == Start("u", 2, 4 * GiB)
+
+
+def test_a_reader_being_placed_when_its_upstream_output_is_lost_is_stopped() -> None:
+    s = RunState(["u", "r"], {"r": ["u"]})
+    s.start()
+    s.placed("u")
+    assert starts(s.done("u")) == ["r"]  # r is being placed now
+    out = s.outputs_lost(["u"])
+    assert Stop("r") in out and starts(out) == ["u"]
+    assert s.stopped("r") == []  # it starts again once u is made
+    s.placed("u")
+    assert starts(s.done("u")) == ["r"]
