@@ -366,12 +366,17 @@ class FunctionTasks:
         deadline = asyncio.timeout(msg.timeout or None)
 
         async def waited() -> dict[str, str]:
-            # Time spent waiting for upstream functions is not the function's own.
-            t0 = asyncio.get_running_loop().time()
-            objects = await self._waited(msg)
-            if (when := deadline.when()) is not None:
-                deadline.reschedule(when + asyncio.get_running_loop().time() - t0)
-            return objects
+            # Time spent waiting for upstream functions is not the function's own: the
+            # clock stops while it waits.
+            loop = asyncio.get_running_loop()
+            when = deadline.when()
+            left = None if when is None else when - loop.time()
+            deadline.reschedule(None)
+            try:
+                return await self._waited(msg)
+            finally:
+                if left is not None:
+                    deadline.reschedule(loop.time() + max(left, 0.0))
 
         try:
             async with deadline:

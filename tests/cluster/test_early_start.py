@@ -170,3 +170,19 @@ def test_an_upstream_made_again_elsewhere_gets_the_place_its_early_reader_held(
     assert any(e["node"] == "joined" and e["state"] == "retrying"
                and "'slow' is made again first" in e.get("error", "") for e in events), events
     assert c.json("query", "SELECT count(*) AS n FROM joined", "-n", "adventure") == [{"n": 10}]
+
+
+def test_an_early_readers_timeout_does_not_count_its_wait(
+    cluster: Cluster, example_data: Path, tmp_path: Path
+) -> None:
+    """joined may run 2 s; it waits 3 s for slow, then runs in a fraction of a second."""
+    import_territories(cluster, example_data)
+    text = SLOW_UPSTREAM.format(sleep=3, fail="", memory="", memory_join="")
+    timed = text.replace('@faas.model(materialize="replace")\ndef joined',
+                         '@faas.model(materialize="replace", timeout=2)\ndef joined')
+    assert timed != text
+    proc = cluster.faas("submit", str(write_project(tmp_path, timed)), "-n", "adventure", "--json")
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    phases = cluster.json("job", "get", result["run_id"])["nodes"]["joined"]["phases"]
+    assert phases["waiting"] > 2, phases  # longer than its timeout, and it was not stopped

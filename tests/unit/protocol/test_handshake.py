@@ -704,3 +704,34 @@ def test_a_frame_that_is_not_utf8_before_auth_is_a_malformed_frame() -> None:
             assert isinstance(acc.error.__cause__, MalformedFrame), repr(acc.error.__cause__)
 
     run(go(), timeout=5)
+
+
+def test_a_send_cancelled_while_the_peer_is_slow_leaves_the_connection_in_step() -> None:
+    """The frame is in the transport once written: a cancel while waiting for the drain
+    (a run stopping a function) must not drop the connection (a healthy worker)."""
+    big = Ok(data="x" * (8 << 20))  # far more than the socket buffers: the drain waits
+
+    async def go() -> None:
+        a, b = socket.socketpair()
+        reader_a, writer_a = await asyncio.open_connection(sock=a)
+        # A small buffer on the reading side: it stops reading until recv asks.
+        reader_b, writer_b = await asyncio.open_connection(sock=b, limit=2**14)
+        decoder = msgspec.msgpack.Decoder(ClientReply)
+        ours = Connection(reader_a, writer_a, decoder)
+        theirs = Connection(reader_b, writer_b, decoder, max_frame=2**25)
+        try:
+            sending = asyncio.create_task(ours.send(big))
+            await asyncio.sleep(0.05)  # written, and waiting for the peer to read
+            assert not sending.done()
+            sending.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sending
+            assert not ours.closed
+            assert await theirs.recv(timeout=10) == big  # whole, in step
+            await ours.send(Ok(data="after"))
+            assert await theirs.recv(timeout=10) == Ok(data="after")
+        finally:
+            ours.close()
+            theirs.close()
+
+    asyncio.run(go())
