@@ -23,14 +23,16 @@ PROMPT = 0.1
 
 
 def _big_project(tmp: Path) -> Path:
-    """Just under 8 MiB of Python (the most a project may be): one model, and lots of
-    module-level code to parse."""
+    """Just under 8 MiB of Python (the most a project may be): one model, and module-level
+    lists of strings and numbers (about a second of Python's parser)."""
     lines = ["import faas", "", "@faas.model()", "def small(t=faas.Model('territories')):",
              "    return t", ""]
-    row = ", ".join(str(i) for i in range(40))
+    row = ", ".join(f'"{i:03d}' + "x" * 96 + '"' for i in range(8)) + ", " + ", ".join(
+        str(i) for i in range(8)
+    )
     size = sum(len(x) + 1 for x in lines)
     i = 0
-    while size < 8 * 2**20 - 200:  # just under the client's limit of 8 MiB
+    while size + len(row) + 20 < 8 * 2**20:  # just under the client's limit of 8 MiB
         line = f"TABLE_{i} = [{row}]"
         lines.append(line)
         size += len(line) + 1
@@ -39,9 +41,9 @@ def _big_project(tmp: Path) -> Path:
 
 
 def _big_sql() -> str:
-    """2 MB of SQL that reads no table: a long IN list."""
-    values = ", ".join(str(i) for i in range(300_000))
-    return f"SELECT 42 AS answer WHERE 7 IN ({values})"
+    """2 MB of SQL that reads no table: a long IN list of strings."""
+    items = [f"'k{i}" + "y" * 56 + "'" for i in range(32_000)]
+    return f"SELECT 42 AS answer WHERE {items[7]} IN ({', '.join(items)})"
 
 
 async def _latencies_while(cluster: Cluster, work: asyncio.Future[object]) -> list[float]:
