@@ -76,21 +76,16 @@ def resident_bytes(pid: int) -> int:
 
 
 async def watch_memory(
-    pid: int, limit: int | Callable[[], int], on_exceed: Callable[[int], None]
-) -> int:
-    """Poll until the process ends; call ``on_exceed(used)`` once if it passes ``limit``
-    (a number of bytes, or what a callable says at each poll: a limit that may grow).
-
-    Returns the peak seen (of resident memory while that was under the limit).
-    """
-    current = limit if callable(limit) else (lambda: limit)
+    pid: int, limit: Callable[[], int], on_exceed: Callable[[int], None]
+) -> None:
+    """Poll until the process ends; call ``on_exceed(used)`` once if it passes ``limit()``
+    (asked at each poll: the limit may grow; 0 is none)."""
     try:
         proc = psutil.Process(pid)
     except psutil.NoSuchProcess:
-        return 0
-    peak = 0
+        return
     while True:
-        now = current()
+        now = limit()
         # Resident memory bounds the private memory from above and costs microseconds: the
         # page maps are read only when it passes the limit.
         used = resident_bytes(pid)
@@ -100,12 +95,11 @@ async def watch_memory(
                 # milliseconds: not on the worker's event loop.
                 used = await asyncio.to_thread(private_bytes, proc)
             except psutil.NoSuchProcess:
-                return peak
+                return
+            if used > now:
+                log.info("process %d used %d bytes, over its limit of %d", pid, used, now)
+                on_exceed(used)
+                return
         elif not proc.is_running():
-            return peak
-        peak = max(peak, used)
-        if now and used > now:
-            log.info("process %d used %d bytes, over its limit of %d", pid, used, now)
-            on_exceed(used)
-            return peak
+            return
         await asyncio.sleep(INTERVAL)

@@ -41,7 +41,6 @@ from protocol.connection import (
     Connection,
     accept,
     connect_blocking,
-    recv_frame_blocking,
 )
 from protocol.errors import (
     ClosedByUs,
@@ -55,7 +54,7 @@ from protocol.errors import (
     PeerVanished,
     from_wire,
 )
-from protocol.framing import encode
+from protocol.framing import encode, recv_frame_blocking
 from protocol.messages import BulkHeader, Error, error_message
 from protocol.worker_messages import FetchObject, PeerReply, PeerRequest
 from store.failpoints import failpoint

@@ -338,7 +338,7 @@ class FunctionTasks:
     ) -> FunctionResult:
         """Run the process under its memory limit and timeout, streaming its lines."""
         over: list[int] = []
-        watchers: list[asyncio.Task[int]] = []
+        watchers: list[asyncio.Task[None]] = []
         pids: list[int] = []
         # Unpinned cache gives way to the memory this function was promised.
         self.running_limits[msg.task_id] = msg.memory_limit

@@ -34,6 +34,13 @@ log = logging.getLogger(__name__)
 _RUN_ID_CHARS = set("abcdefghijklmnopqrstuvwxyz0123456789-")
 
 
+def _replace(path: Path, record: bytes) -> None:
+    """Write a run's summary (JSON) at ``path`` whole: readers never see half of it."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_bytes(msgspec.json.format(record, indent=1))
+    os.replace(tmp, path)
+
+
 class _Writer:
     """One thread doing file writes in the order they are asked for."""
 
@@ -96,10 +103,7 @@ class JobStore:
         return self.root / run_id
 
     def _write(self, record: dict[str, Any], path: Path | None = None) -> None:
-        path = path or self._dir(record["run_id"]) / "run.json"
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(record, indent=1))
-        os.replace(tmp, path)
+        _replace(path or self._dir(record["run_id"]) / "run.json", msgspec.json.encode(record))
 
     def _save(self, record: dict[str, Any]) -> None:
         """Have the writer write ``record`` as it is now (once, however often it changes
@@ -111,10 +115,7 @@ class JobStore:
             self._writer.put(self._write_pending, run_id, self._dir(run_id) / "run.json")
 
     def _write_pending(self, run_id: str, path: Path) -> None:
-        data = self._pending.pop(run_id)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_bytes(msgspec.json.format(data, indent=1))
-        os.replace(tmp, path)
+        _replace(path, self._pending.pop(run_id))
 
     def _append(self, out: IO[str], event: dict[str, Any]) -> None:
         self._writer.put(out.write, json.dumps(event) + "\n")

@@ -87,9 +87,7 @@ class _Node:
     state: str = "idle"
     made: bool = False
     on_worker: bool = False
-    # Upstream nodes it waits for, set when it went on a worker before they were made;
-    # ``waited`` keeps them all until Inputs is given (``waits``: those not made yet).
-    waits: set[str] = field(default_factory=set)
+    # The upstream nodes it lacked when it went on a worker, until Inputs is given.
     waited: set[str] = field(default_factory=set)
     tries: int = 0  # Starts given
     given_up: int = 0  # of those, early starts stopped (not counted as attempts)
@@ -134,7 +132,7 @@ class RunState:
 
     def waiting_for(self, node: str) -> frozenset[str]:
         """The upstream nodes an early-started node on a worker still waits for."""
-        return frozenset(self.nodes[node].waits)
+        return frozenset(d for d in self.nodes[node].waited if not self.nodes[d].made)
 
     def attempts(self, node: str) -> int:
         """Tries that counted (early starts given up do not)."""
@@ -158,8 +156,7 @@ class RunState:
         if n.state != "running":
             return []
         n.on_worker = True
-        n.waits = {d for d in n.deps if not self.nodes[d].made}
-        n.waited = set(n.waits)
+        n.waited = {d for d in n.deps if not self.nodes[d].made}
         return self._schedule()
 
     def object_ready(self, node: str) -> list[Instruction]:
@@ -171,11 +168,9 @@ class RunState:
         out: list[Instruction] = []
         for r in self.readers[node]:
             reader = self.nodes[r]
-            if node in reader.waits:
-                reader.waits.discard(node)
-                if not reader.waits and reader.state == "running":
-                    reader.waited = set()
-                    out.append(Inputs(r))
+            if node in reader.waited and reader.state == "running" and not self.waiting_for(r):
+                reader.waited = set()
+                out.append(Inputs(r))
         return out + self._schedule()
 
     def done(self, node: str) -> list[Instruction]:
@@ -192,7 +187,7 @@ class RunState:
         n = self.nodes[node]
         if n.state != "stopping":
             return []
-        n.state, n.on_worker, n.waits, n.waited = "idle", False, set(), set()
+        n.state, n.on_worker, n.waited = "idle", False, set()
         return self._schedule()
 
     def worker_lost(self, node: str, error: BaseException) -> list[Instruction]:
@@ -200,7 +195,7 @@ class RunState:
         n = self.nodes[node]
         if n.state != "running":
             return []
-        n.state, n.on_worker, n.made, n.waits, n.waited = "idle", False, False, set(), set()
+        n.state, n.on_worker, n.made, n.waited = "idle", False, False, set()
         if self.attempts(node) >= self.max_attempts:
             return self._fail(error)
         out = self._stop_waiting_for(node)
@@ -220,7 +215,7 @@ class RunState:
             return self._fail(error)
         n.doubled = True
         n.tries += 1
-        n.waits, n.waited, n.on_worker = set(), set(), False
+        n.waited, n.on_worker = set(), False
         n.made = False
         return [
             # Early readers waiting for it give their place back: it may need it now.

@@ -36,7 +36,6 @@ from protocol.connection import (
     connect,
     connect_blocking,
     parse_address,
-    recv_frame_blocking,
 )
 from protocol.errors import (
     FaasError,
@@ -47,7 +46,7 @@ from protocol.errors import (
     NotFound,
     PeerVanished,
 )
-from protocol.framing import HEADER, MAX_CONTROL_FRAME, encode
+from protocol.framing import HEADER, MAX_CONTROL_FRAME, encode, recv_frame_blocking
 from protocol.messages import BulkHeader, Error
 from protocol.worker_messages import FetchObject, PeerReply, PeerRequest
 from tests.conftest import ROOT, Cluster

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from protocol.messages import RunFinished
 from scheduler.jobs import JobStore
 
@@ -45,3 +47,25 @@ def test_damaged_or_copied_records_do_not_stop_the_scheduler(tmp_path: Path) -> 
     assert json.loads((runs / "run-a" / "run.json").read_text())["status"] == "failed"
     assert json.loads((runs / "run-c" / "run.json").read_text())["status"] == "failed"
     store.close()
+
+
+def test_a_record_that_cannot_be_written_is_logged_and_the_store_goes_on(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import shutil
+
+    from protocol.messages import TaskEvent
+
+    jobs = JobStore(tmp_path / "runs")
+    jobs.start("run-3", ref="main", namespace="n", project="p")
+    jobs.start("run-4", ref="main", namespace="n", project="p")
+    shutil.rmtree(tmp_path / "runs" / "run-3")  # its directory is gone under it
+    jobs.record(TaskEvent(run_id="run-3", node="a", state="running"))
+    jobs.record(TaskEvent(run_id="run-4", node="a", state="running"))
+    jobs.flush()
+    assert "could not write a run record" in caplog.text
+    jobs.finish("run-4", RunFinished(run_id="run-4", status="success", commit="c"))
+    assert jobs.get("run-4")["status"] == "success"
+    assert json.loads((tmp_path / "runs" / "run-4" / "run.json").read_text())["nodes"]["a"][
+        "state"] == "running"
+    jobs.close()
