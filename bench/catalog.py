@@ -28,7 +28,7 @@ from pathlib import Path
 from sqlalchemy import text
 
 from bench import machine, save
-from store.catalog import Change, VersionedCatalog
+from faas.store.catalog import Change, VersionedCatalog
 
 BATCH = 100
 

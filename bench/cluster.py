@@ -49,7 +49,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import machine, save
-from scheduler.placement import BACKFILL, Fail, Instruction, Lost, Placement, Request, Start
+from faas.scheduler.placement import BACKFILL, Fail, Instruction, Lost, Placement, Request, Start
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "adventureworks"
@@ -343,7 +343,7 @@ def bench_placement(name: str, repeat: int, n_workers: int, levels: int, width: 
 
 
 def run_pipeline(tmp: Path, shm: Path, data: Path, workers: int, repeat: int) -> dict[str, Any]:
-    from faasd.launch import start_daemon, stop_daemon
+    from faas.faasd.launch import start_daemon, stop_daemon
 
     home = tmp / "home"
     home.mkdir()
@@ -353,7 +353,7 @@ def run_pipeline(tmp: Path, shm: Path, data: Path, workers: int, repeat: int) ->
 
     def faas(*args: str) -> tuple[Any, float]:
         t0 = time.perf_counter()
-        p = subprocess.run([sys.executable, "-m", "client.cli", *args], env=env, cwd=ROOT,
+        p = subprocess.run([sys.executable, "-m", "faas.client.cli", *args], env=env, cwd=ROOT,
                            capture_output=True, text=True, timeout=600, check=False)
         wall = time.perf_counter() - t0
         if p.returncode != 0:
@@ -452,14 +452,14 @@ def _code_version() -> dict[str, Any]:
     the placement module as it was imported (others may be editing it)."""
     import hashlib
 
-    import scheduler.placement
+    import faas.scheduler.placement
 
     def git(*args: str) -> str:
         return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True,
                               check=False).stdout
 
     changed = git("status", "--porcelain", "--", "scheduler", "faasd", "protocol", "store", "client")
-    source = Path(scheduler.placement.__file__).read_bytes()
+    source = Path(faas.scheduler.placement.__file__).read_bytes()
     return {"commit": git("rev-parse", "--short", "HEAD").strip(),
             "uncommitted_changes": [line[3:] for line in changed.splitlines()],
             "placement_py_sha256": hashlib.sha256(source).hexdigest()[:16]}

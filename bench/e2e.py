@@ -163,7 +163,7 @@ def run_measured(argv: list[str], env: dict[str, str], daemon: list[int]) -> dic
 
 
 def faas_cmd(*args: str) -> list[str]:
-    return [sys.executable, "-m", "client.cli", *args]
+    return [sys.executable, "-m", "faas.client.cli", *args]
 
 
 def project_copy(tmp: Path) -> Path:

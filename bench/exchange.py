@@ -113,7 +113,7 @@ def load_heap(path: str) -> Any:
 
 
 def child_generate(path: str, nbytes: int, seed: int) -> dict[str, int]:
-    from faasd.runner import write_output
+    from faas.faasd.runner import write_output
 
     table = make_table(nbytes, seed)
     write_output(table, path)
@@ -122,8 +122,8 @@ def child_generate(path: str, nbytes: int, seed: int) -> dict[str, int]:
 
 def child_produce(kind: str, source: str, dest: str) -> dict[str, float]:
     """Load the source table into the heap (not timed), then write it as ``kind`` (timed)."""
-    from faasd.runner import write_output
-    from store.files import write_parquet
+    from faas.faasd.runner import write_output
+    from faas.store.files import write_parquet
 
     table = load_heap(source)
     t0 = time.perf_counter()
@@ -242,7 +242,7 @@ def bench_handoff(shm: Path, disk: Path, repeat: int, nbytes: int) -> dict[str, 
 def serve_peer(root: str, conn: Any) -> None:
     import asyncio
 
-    from faasd.peer import PeerServer
+    from faas.faasd.peer import PeerServer
 
     try:
         import uvloop  # the worker's loop
@@ -303,8 +303,8 @@ def child_transfer(address: str, port: int, dest_dir: str, repeat: int) -> dict[
 
     import pyarrow as pa
 
-    from faasd.objects import ObjectStore
-    from faasd.peer import fetch_object
+    from faas.faasd.objects import ObjectStore
+    from faas.faasd.peer import fetch_object
 
     # The receiving worker's store, as a worker has it: an object deleted when its run
     # ends leaves its pages for the next pull (faasd.objects), unless fetched with no
@@ -528,7 +528,7 @@ def bench_readers(shm: Path, disk: Path, repeat: int, nbytes: int) -> dict[str, 
 
 
 def bench_rerun(tmp: Path, shm: Path, repeat: int, rows: int) -> dict[str, Any]:
-    from faasd.launch import start_daemon, stop_daemon
+    from faas.faasd.launch import start_daemon, stop_daemon
 
     data = tmp / "data"
     subprocess.run([sys.executable, str(EXAMPLE / "generate.py"), "--rows", str(rows), "--out", str(data)],
@@ -555,7 +555,7 @@ def bench_rerun(tmp: Path, shm: Path, repeat: int, rows: int) -> dict[str, Any]:
 
     def faas(*args: str) -> tuple[Any, float]:
         t0 = time.perf_counter()
-        p = subprocess.run([sys.executable, "-m", "client.cli", *args], env=env, cwd=ROOT,
+        p = subprocess.run([sys.executable, "-m", "faas.client.cli", *args], env=env, cwd=ROOT,
                            capture_output=True, text=True, timeout=600, check=False)
         wall = time.perf_counter() - t0
         if p.returncode != 0:

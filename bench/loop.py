@@ -3,7 +3,7 @@
 Measured in one run, alternating the sides:
 - catalog commands (`faas branch ls`, `faas namespace ls`) against the resident local
   daemon vs the same commands against a hand-started cluster on loopback, and the
-  floor: `python -c "import client"`;
+  floor: `python -c "import faas.client"`;
 - `faas submit` of the example at --rows sale rows against the resident daemon: cold
   (`--no-cache`, the environment already built) and warm (unchanged project), vs one
   DuckDB process doing the same work (bench/baseline.py).
@@ -28,7 +28,7 @@ from typing import Any
 
 from bench import machine, save
 from bench.baseline import source_files
-from faasd.launch import start_daemon, stop_daemon
+from faas.faasd.launch import start_daemon, stop_daemon
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "adventureworks"
@@ -46,7 +46,7 @@ def timed(argv: list[str], env: dict[str, str]) -> tuple[float, subprocess.Compl
 
 
 def faas(env: dict[str, str], *args: str) -> tuple[float, subprocess.CompletedProcess[str]]:
-    return timed([sys.executable, "-m", "client.cli", *args], env)
+    return timed([sys.executable, "-m", "faas.client.cli", *args], env)
 
 
 def median(xs: list[float]) -> float:
@@ -101,7 +101,7 @@ def main() -> None:
                 for _ in range(args.repeat):
                     on_local.append(faas(local, *cmd)[0])
                     on_cluster.append(faas(cluster, *cmd)[0])
-                    floor.append(timed([sys.executable, "-c", "import client"], base)[0])
+                    floor.append(timed([sys.executable, "-c", "import faas.client"], base)[0])
                 commands[" ".join(cmd)] = {
                     "local_daemon_s": median(on_local), "cluster_s": median(on_cluster),
                     "ratio": round(median(on_local) / median(on_cluster), 3),

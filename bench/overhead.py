@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 from bench import machine, save
-from faasd.launch import start_daemon, stop_daemon
+from faas.faasd.launch import start_daemon, stop_daemon
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -69,8 +69,8 @@ def baseline_process_start(tmp: Path, repeat: int) -> float:
 
 async def measure(address: str, token: bytes, project: Path, chain: int, repeat: int) -> dict[str, object]:
     sys.path.insert(0, str(ROOT))
-    from client import Client
-    from protocol.messages import TaskEvent
+    from faas.client import Client
+    from faas.protocol.messages import TaskEvent
 
     c = Client(address, token=token)
     first_start: list[float] = []
@@ -120,7 +120,7 @@ def main() -> None:
             csv.write_text("a,b\n" + "".join(f"{i},{i * 2}\n" for i in range(100)))
             env = dict(os.environ, FAAS_CLUSTER=address, FAAS_TOKEN_FILE=str(token_file))
             for cmd in (["namespace", "create", "bench"], ["table", "import", "bench.src", str(csv)]):
-                subprocess.run([sys.executable, "-m", "client.cli", *cmd], env=env, check=True,
+                subprocess.run([sys.executable, "-m", "faas.client.cli", *cmd], env=env, check=True,
                                capture_output=True, cwd=ROOT)
             project = chain_project(tmp / "chain", args.chain)
             figures = asyncio.run(measure(address, token_file.read_text().strip().encode(), project,

@@ -39,12 +39,12 @@ from pathlib import Path
 import pyarrow as pa
 
 from bench import machine, save
-from faasd.launch import start_daemon, stop_daemon
-from protocol.messages import ScanInput, SubmitRun
-from scheduler.plan import Plan
-from scheduler.planning import plan_submission
-from scheduler.project import read_project
-from store import Lakehouse
+from faas.faasd.launch import start_daemon, stop_daemon
+from faas.protocol.messages import ScanInput, SubmitRun
+from faas.scheduler.plan import Plan
+from faas.scheduler.planning import plan_submission
+from faas.scheduler.project import read_project
+from faas.store import Lakehouse
 
 ROOT = Path(__file__).resolve().parents[1]
 NAMESPACE = "bench"
@@ -147,7 +147,7 @@ def _median_ms(fn: Callable[[], object], repeat: int) -> float:
 def measure(
     lh: Lakehouse, address: str, token_file: Path, root: Path, models: int, repeat: int
 ) -> dict[str, float | int]:
-    from client import Client
+    from faas.client import Client
 
     files = generate_project(root, models)
     plan = plan_in_process(lh, files)
@@ -187,7 +187,7 @@ def measure(
 def _cli_ms(address: str, token_file: Path, root: Path, repeat: int) -> float:
     """``faas submit --dry-run --json`` as a user runs it, interpreter start included."""
     env = dict(os.environ, FAAS_CLUSTER=address, FAAS_TOKEN_FILE=str(token_file))
-    cmd = [sys.executable, "-m", "client.cli", "submit", str(root), "--namespace", NAMESPACE,
+    cmd = [sys.executable, "-m", "faas.client.cli", "submit", str(root), "--namespace", NAMESPACE,
            "--ref", "main", "--dry-run", "--json"]
     return _median_ms(
         lambda: subprocess.run(cmd, env=env, cwd=ROOT, check=True, capture_output=True), repeat

@@ -166,7 +166,7 @@ def main() -> None:
         groups = [
             (f"faas {cmd}", [("faas, resident local daemon", 1000 * c["local_daemon_s"]),
                              ("baseline: same command, hand-started cluster", 1000 * c["cluster_s"]),
-                             ("floor: python -c 'import client'", 1000 * r["floor_import_client_s"])])
+                             ("floor: python -c 'import faas.client'", 1000 * r["floor_import_client_s"])])
             for cmd, c in r["commands"].items()
         ]
         sub = r["submit"]

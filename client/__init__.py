@@ -1,5 +1,5 @@
 """The faas client: ``client.Client`` (asyncio) and the ``faas`` command line."""
 
-from client.client import Client, Run, pack_project
+from faas.client.client import Client, Run, pack_project
 
 __all__ = ["Client", "Run", "pack_project"]

@@ -12,7 +12,7 @@ from typing import Any
 
 import typer
 
-from client.cli_common import (
+from faas.client.cli_common import (
     REF_HELP,
     app,
     err,
@@ -24,10 +24,10 @@ from client.cli_common import (
     run,
     table_app,
 )
-from client.client import Client
-from client.progress import view_for
-from protocol.errors import AlreadyExists
-from protocol.messages import LogLine, RunFinished, TaskEvent
+from faas.client.client import Client
+from faas.client.progress import view_for
+from faas.protocol.errors import AlreadyExists
+from faas.protocol.messages import LogLine, RunFinished, TaskEvent
 
 
 @app.command()
@@ -334,9 +334,9 @@ def table_revert(
 
 
 def main() -> None:
-    import client.cli_jobs  # noqa: F401  (registers job)
-    import client.cli_local  # noqa: F401  (registers local)
-    import client.cli_refs  # noqa: F401  (registers branch, tag, log, checkout)
+    import faas.client.cli_jobs  # noqa: F401  (registers job)
+    import faas.client.cli_local  # noqa: F401  (registers local)
+    import faas.client.cli_refs  # noqa: F401  (registers branch, tag, log, checkout)
 
     try:
         app()

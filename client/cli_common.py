@@ -20,8 +20,8 @@ from typing import Any, NoReturn, TypeVar
 
 import typer
 
-from client.client import Client
-from protocol.errors import FaasError, FunctionFailed, PlanInvalid
+from faas.client.client import Client
+from faas.protocol.errors import FaasError, FunctionFailed, PlanInvalid
 
 T = TypeVar("T")
 
@@ -64,7 +64,7 @@ settings = Settings()
 
 def _version(value: bool) -> None:
     if value:
-        from protocol.version import VERSION
+        from faas.protocol.version import VERSION
 
         typer.echo(f"faas {VERSION}")
         raise typer.Exit()
@@ -122,8 +122,8 @@ def fail(message: str) -> NoReturn:
 
 def local_client() -> Client:
     """A client of this home's resident daemon, started (or replaced) if need be."""
-    from client.local import ensure_daemon
-    from protocol.auth import load_token
+    from faas.client.local import ensure_daemon
+    from faas.protocol.auth import load_token
 
     home = home_dir()
     info = ensure_daemon(home, notice=lambda text: err(f"note: {text}"))

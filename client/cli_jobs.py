@@ -9,8 +9,8 @@ from typing import Any
 
 import typer
 
-from client.cli_common import app, group, json_flag, print_json, run
-from client.client import Client
+from faas.client.cli_common import app, group, json_flag, print_json, run
+from faas.client.client import Client
 
 job_app = group("Runs: list, inspect, replay logs, cancel.")
 app.add_typer(job_app, name="job")
@@ -128,7 +128,7 @@ def _print_event(e: dict[str, Any]) -> None:
 
 
 def _follow(run_id: str, as_json: bool) -> None:
-    from protocol.messages import LogLine, RunFinished, TaskEvent
+    from faas.protocol.messages import LogLine, RunFinished, TaskEvent
 
     async def work(c: Client) -> RunFinished:
         followed = await c.follow(run_id)

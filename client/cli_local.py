@@ -7,8 +7,8 @@ from typing import Any
 
 import typer
 
-from client.cli_common import app, err, fail, group, home_dir, json_flag, print_json
-from protocol.errors import FaasError
+from faas.client.cli_common import app, err, fail, group, home_dir, json_flag, print_json
+from faas.protocol.errors import FaasError
 
 local_app = group("The background daemon that commands without --cluster talk to (one per FAAS_HOME).")
 app.add_typer(local_app, name="local")
@@ -23,7 +23,7 @@ def _span(seconds: float) -> str:
 
 def _live(info: dict[str, Any]) -> dict[str, Any]:
     """What the daemon itself says: idle time and runs in flight."""
-    from client.local import ask_daemon
+    from faas.client.local import ask_daemon
 
     try:
         return ask_daemon(home_dir(), info)
@@ -34,7 +34,7 @@ def _live(info: dict[str, Any]) -> dict[str, Any]:
 @local_app.command("status")
 def local_status(as_json: bool = json_flag()) -> None:
     """Is the daemon running: address, pid, uptime, idle timer, version, logs."""
-    from client.local import status
+    from faas.client.local import status
 
     home = home_dir()
     try:
@@ -86,8 +86,8 @@ def local_start(
     port: int = typer.Option(0, "--port", help="the scheduler's port on 127.0.0.1 (0: any free one)"),
 ) -> None:
     """Start the daemon now (commands start it anyway when it is not running)."""
-    from client.local import ensure_daemon, status
-    from protocol.sizes import parse_size
+    from faas.client.local import ensure_daemon, status
+    from faas.protocol.sizes import parse_size
 
     if memory is not None:
         try:
@@ -114,7 +114,7 @@ def local_start(
 @local_app.command("stop")
 def local_stop() -> None:
     """Stop the daemon and its worker (runs in flight are cancelled)."""
-    from client.local import stop_daemon
+    from faas.client.local import stop_daemon
 
     home = home_dir()
     try:

@@ -6,7 +6,7 @@ from typing import Any
 
 import typer
 
-from client.cli_common import (
+from faas.client.cli_common import (
     REF_HELP,
     active_branch,
     app,
@@ -19,8 +19,8 @@ from client.cli_common import (
     set_active_branch,
     tag_app,
 )
-from client.client import Client
-from protocol.errors import InvalidInput, NotFound
+from faas.client.client import Client
+from faas.protocol.errors import InvalidInput, NotFound
 
 DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 

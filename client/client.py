@@ -21,10 +21,10 @@ from typing import Any
 
 import msgspec
 
-from protocol.auth import load_token
-from protocol.connection import Connection, connect
-from protocol.errors import FaasError, FunctionFailed, ProjectError, RunCancelled, from_wire
-from protocol.messages import (
+from faas.protocol.auth import load_token
+from faas.protocol.connection import Connection, connect
+from faas.protocol.errors import FaasError, FunctionFailed, ProjectError, RunCancelled, from_wire
+from faas.protocol.messages import (
     BulkHeader,
     CancelRun,
     ClientReply,

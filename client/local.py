@@ -25,8 +25,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from protocol.errors import FaasError
-from protocol.version import build_id, settings_fingerprint
+from faas.protocol.errors import FaasError
+from faas.protocol.version import build_id, settings_fingerprint
 
 INFO_FILE = "daemon.json"
 LOCK_FILE = "daemon.lock"
@@ -97,7 +97,9 @@ def _is_daemon(pid: int, role: str = "local") -> bool:
         except PermissionError:
             return True
         return True
-    return b"faasd" in cmdline and role.encode() in cmdline
+    # `python -m faas.faasd ROLE` (how faas starts it) or the `faasd` script.
+    daemon = any(a == b"faas.faasd" or a.rsplit(b"/", 1)[-1] == b"faasd" for a in cmdline)
+    return daemon and role.encode() in cmdline
 
 
 def _open_home(home: Path) -> None:
@@ -189,8 +191,8 @@ def ask_daemon(home: Path, info: dict[str, Any], timeout: float = 10.0) -> dict[
     Raises FaasError when it does not answer."""
     import asyncio
 
-    from client.client import Client
-    from protocol.auth import load_token
+    from faas.client.client import Client
+    from faas.protocol.auth import load_token
 
     async def ask() -> dict[str, Any]:
         return await Client(info["address"], token=load_token(home / "token")).info()
@@ -212,7 +214,7 @@ def _runs_in_flight(home: Path, info: dict[str, Any]) -> int:
 
 def _start(home: Path, idle_minutes: float, memory: str | None, port: int) -> dict[str, Any]:
     log = home / "logs" / "daemon.log"
-    args = [sys.executable, "-m", "faasd", "local", "--home", str(home),
+    args = [sys.executable, "-m", "faas.faasd", "local", "--home", str(home),
             "--idle", repr(idle_minutes), "--listen", f"127.0.0.1:{port}"]
     if memory:
         args += ["--memory", memory]

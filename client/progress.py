@@ -8,7 +8,7 @@ import sys
 import time
 from typing import Any, TextIO
 
-from protocol.messages import LogLine, TaskEvent
+from faas.protocol.messages import LogLine, TaskEvent
 
 STATE_STYLE = {
     "queued": "dim", "running": "cyan", "ready": "cyan", "done": "green", "passed": "green", "warning": "yellow",

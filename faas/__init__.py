@@ -123,7 +123,7 @@ def expectation() -> Callable[[F], F]:
 def __getattr__(name: str) -> Any:
     # The client pulls in asyncio and msgspec; only load it when someone asks.
     if name == "Client":
-        from client import Client
+        from faas.client import Client
 
         return Client
     raise AttributeError(f"module 'faas' has no attribute {name!r}")

@@ -11,9 +11,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from protocol import sizes
-from protocol.auth import ensure_token, load_token
-from protocol.errors import FaasError
+from faas.protocol import sizes
+from faas.protocol.auth import ensure_token, load_token
+from faas.protocol.errors import FaasError
 
 log = logging.getLogger("faasd")
 
@@ -38,7 +38,7 @@ CONFIG_HELP = (
 
 
 def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
-    from protocol.version import VERSION
+    from faas.protocol.version import VERSION
 
     p = argparse.ArgumentParser(prog="faasd", description="faas daemons")
     p.add_argument("--version", action="version", version=f"faasd {VERSION}",
@@ -194,14 +194,14 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError:
         pass
     if args.role == "local":
-        from faasd.local import serve
+        from faas.faasd.local import serve
 
         return serve(Path(args.home).expanduser().absolute(), idle=args.idle * 60,
                      memory=str(args.memory) if args.memory else None, listen=args.listen)
     _apply_s3_options(args)
     try:
         if args.role == "scheduler":
-            from scheduler.server import Scheduler
+            from faas.scheduler.server import Scheduler
 
             home = Path(args.home).expanduser()
             token = load_token(args.token_file) if args.token_file else ensure_token(home / "token")
@@ -211,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             asyncio.run(_serve(daemon, "faasd scheduler listening on {d.address}"))
         else:
-            from faasd.worker import Worker
+            from faas.faasd.worker import Worker
 
             if not args.scheduler:
                 raise FaasError("a worker needs its scheduler: pass --scheduler HOST:PORT")

@@ -47,8 +47,8 @@ from pathlib import Path
 import pyarrow as pa
 from pyiceberg.table import Table as IcebergTable
 
-from protocol.messages import ScanInput, ScanPlan
-from store.scan import (
+from faas.protocol.messages import ScanInput, ScanPlan
+from faas.store.scan import (
     check_columns,
     open_metadata,
     parse_filter,

@@ -43,7 +43,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequenc
 from dataclasses import dataclass
 from pathlib import Path
 
-from protocol.errors import EnvironmentFailed
+from faas.protocol.errors import EnvironmentFailed
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ LogSink = Callable[[str], Awaitable[None]]
 LAYOUT_VERSION = 1  # bump when the on-disk layout of an environment changes
 MARKER = "faas-env.json"
 RUNTIME_DIR = "_runtime"
-RUNTIME_PACKAGES = ("faas", "protocol", "faasd", "store")
+RUNTIME_PACKAGES = ("faas",)
 BASE_PACKAGES = ("msgspec", "pyarrow", "pyiceberg", "duckdb")
 PTH_FILE = "_faas_runtime.pth"
 UV_TIMEOUT = 600.0

@@ -18,13 +18,13 @@ def start_daemon(
     args: list[str], marker: str, log: Path, *, cwd: Path | None = None, timeout: float = 60.0,
     env: dict[str, str] | None = None, prefix: list[str] | None = None,
 ) -> tuple[subprocess.Popen[str], str]:
-    """Run ``python -m faasd ARGS`` with stderr to ``log``; return it and its bound address.
+    """Run ``python -m faas.faasd ARGS`` with stderr to ``log``; return it and its bound address.
 
     ``env``: variables added to this process's environment for the daemon. ``prefix``: a
     command that execs the daemon, such as ``ip netns exec NAME``."""
     with open(log, "a") as err:
         proc = subprocess.Popen(
-            [*(prefix or []), sys.executable, "-m", "faasd", *args], cwd=cwd, stdout=subprocess.PIPE,
+            [*(prefix or []), sys.executable, "-m", "faas.faasd", *args], cwd=cwd, stdout=subprocess.PIPE,
             stderr=err, text=True, stdin=subprocess.DEVNULL,
             env={**os.environ, **env} if env else None,
         )

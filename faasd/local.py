@@ -27,9 +27,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from protocol.auth import ensure_token
-from protocol.errors import FaasError
-from protocol.version import build_id, settings_fingerprint
+from faas.protocol.auth import ensure_token
+from faas.protocol.errors import FaasError
+from faas.protocol.version import build_id, settings_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +76,7 @@ class LocalDaemon:
             args += ["--memory", self.memory]
         with await asyncio.to_thread(open, logs / "worker.log", "ab") as err:
             proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "faasd", *args, stdin=asyncio.subprocess.DEVNULL,
+                sys.executable, "-m", "faas.faasd", *args, stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE, stderr=err,
                 preexec_fn=functools.partial(_die_with_parent, os.getpid()),
             )
@@ -113,7 +113,7 @@ class LocalDaemon:
             pass
 
     async def run(self) -> None:
-        from scheduler.server import Scheduler
+        from faas.scheduler.server import Scheduler
 
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):

@@ -35,14 +35,14 @@ from typing import Any, Self
 
 import msgspec
 
-from faasd.objects import hold
-from protocol.connection import (
+from faas.faasd.objects import hold
+from faas.protocol.connection import (
     SEND_TIMEOUT,
     Connection,
     accept,
     connect_blocking,
 )
-from protocol.errors import (
+from faas.protocol.errors import (
     ClosedByUs,
     ConnectionClosed,
     FaasError,
@@ -54,10 +54,10 @@ from protocol.errors import (
     PeerVanished,
     from_wire,
 )
-from protocol.framing import encode, recv_frame_blocking
-from protocol.messages import BulkHeader, Error, error_message
-from protocol.worker_messages import FetchObject, PeerReply, PeerRequest
-from store.failpoints import failpoint
+from faas.protocol.framing import encode, recv_frame_blocking
+from faas.protocol.messages import BulkHeader, Error, error_message
+from faas.protocol.worker_messages import FetchObject, PeerReply, PeerRequest
+from faas.store.failpoints import failpoint
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """Start one function process, stream its output lines, and collect its reply.
 
 Two ways to start it, same behaviour after: a fresh interpreter
-(``python -m faasd.runner FD``), or — with a :class:`faasd.zygote.Zygote` —
+(``python -m faas.faasd.runner FD``), or — with a :class:`faasd.zygote.Zygote` —
 a child forked from the environment's pre-imported zygote, which starts in
 milliseconds instead of an interpreter start plus ``import pyarrow``. Either
 way the function gets a fresh OS process in its own process group, its
@@ -23,12 +23,12 @@ from typing import Any
 
 import msgspec
 
-from faasd.zygote import Zygote
-from faasd.zygote_wire import ZygoteDied, ZygoteStartFailed, describe_exit
-from protocol.errors import FunctionFailed, RunCancelled
-from protocol.framing import encode, read_frame
-from protocol.messages import Error
-from protocol.worker_messages import FunctionReply, FunctionResult, FunctionTask, TaskObjects
+from faas.faasd.zygote import Zygote
+from faas.faasd.zygote_wire import ZygoteDied, ZygoteStartFailed, describe_exit
+from faas.protocol.errors import FunctionFailed, RunCancelled
+from faas.protocol.framing import encode, read_frame
+from faas.protocol.messages import Error
+from faas.protocol.worker_messages import FunctionReply, FunctionResult, FunctionTask, TaskObjects
 
 log = logging.getLogger(__name__)
 
@@ -90,9 +90,9 @@ class FunctionProcess:
     async def _exec(
         self, child: socket.socket
     ) -> tuple[asyncio.StreamReader, asyncio.StreamReader]:
-        """A fresh interpreter: ``python -m faasd.runner FD``."""
+        """A fresh interpreter: ``python -m faas.faasd.runner FD``."""
         self.proc = await asyncio.create_subprocess_exec(
-            self.python, "-m", "faasd.runner", str(child.fileno()),
+            self.python, "-m", "faas.faasd.runner", str(child.fileno()),
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,

@@ -1,4 +1,4 @@
-"""The function process: ``python -m faasd.runner FD``.
+"""The function process: ``python -m faas.faasd.runner FD``.
 
 One fresh process per function per run. It reads one FunctionTask frame from
 the private socket its worker passed as file descriptor FD, loads the
@@ -25,9 +25,9 @@ from typing import Any
 
 import msgspec
 
-from protocol.framing import encode, recv_frame_blocking
-from protocol.messages import Error, InputRead, ObjectInput, ScanInput, node_label
-from protocol.worker_messages import FunctionResult, FunctionTask, TaskObjects
+from faas.protocol.framing import encode, recv_frame_blocking
+from faas.protocol.messages import Error, InputRead, ObjectInput, ScanInput, node_label
+from faas.protocol.worker_messages import FunctionResult, FunctionTask, TaskObjects
 
 _decoder = msgspec.msgpack.Decoder(FunctionTask)
 _objects_decoder = msgspec.msgpack.Decoder(TaskObjects)
@@ -42,7 +42,7 @@ def _objects_from(sock: socket.socket) -> Callable[[], dict[str, str]]:
     frame the worker sends once their upstream functions have made them)."""
 
     def wait() -> dict[str, str]:
-        from protocol.errors import FaasError
+        from faas.protocol.errors import FaasError
 
         try:
             return recv_frame_blocking(sock, _objects_decoder).objects
@@ -90,7 +90,7 @@ def _definition(task: FunctionTask) -> str:
 def describe_failure(task: FunctionTask, exc: BaseException) -> tuple[str, str]:
     """The one line that says what went wrong, in the user's terms (the node, its file and
     line), and the traceback of the user's own frames (project-relative; none of faas's)."""
-    from store.query import SQLError
+    from faas.store.query import SQLError
 
     label = f"{node_label(task.kind)} {task.node!r}"
     project = os.path.realpath(task.project_dir) + os.sep
@@ -159,8 +159,8 @@ def _load_input(inp: ScanInput | ObjectInput, task: FunctionTask, report: _Colum
     if inp.stream:
         return _open_stream(inp, task, report, t0)
     if isinstance(inp, ScanInput):
-        from faasd.columns import scan_cached
-        from protocol.errors import InvalidInput, NotFound
+        from faas.faasd.columns import scan_cached
+        from faas.protocol.errors import InvalidInput, NotFound
 
         try:
             table, stats = scan_cached(inp, Path(task.column_cache) if task.column_cache else None)
@@ -191,7 +191,7 @@ def _mapped(inp: ObjectInput, task: FunctionTask) -> Any:
     nothing is copied (unless the input's filter or columns make a new table)."""
     import pyarrow as pa
 
-    from faasd.objects import hold
+    from faas.faasd.objects import hold
 
     path = task.objects[inp.object_id]
     _held.append(hold(path))
@@ -220,7 +220,7 @@ def _open_stream(
     import pyarrow as pa
 
     if isinstance(inp, ScanInput):
-        from store.scan import open_metadata, scan_table
+        from faas.store.scan import open_metadata, scan_table
 
         reader = scan_table(
             open_metadata(inp.metadata_location), columns=inp.columns, row_filter=inp.filter,
@@ -403,7 +403,7 @@ def run(
         "inputs": report.inputs,
     }
     if task.kind == "sql":
-        from store.query import query_tables
+        from faas.store.query import query_tables
 
         # Parameters are bound as values ($name), never pasted into the query.
         value: Any = query_tables(task.sql, inputs, task.params)
@@ -423,7 +423,7 @@ def run(
     # A stream's batches are computed while they are written: the output phase then
     # holds the user's streaming work too.
     if task.parquet_dir:
-        from store.files import write_parquet_parts
+        from faas.store.files import write_parquet_parts
 
         table = as_arrow(value, task.node)
         files, rows = write_parquet_parts(
@@ -444,7 +444,7 @@ def run(
 def serve_task(sock_fd: int) -> int:
     """Read one task from the socket ``sock_fd``, run it, answer, close; return the exit code.
 
-    The body of ``python -m faasd.runner FD``, and what a child forked by the
+    The body of ``python -m faas.faasd.runner FD``, and what a child forked by the
     zygote (faasd/zygote.py) calls once its stdio, cwd and environment are set.
     """
     started = time.time()

@@ -19,13 +19,13 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
 
-from faasd.envs import Environment, EnvironmentCache, EnvSpec
-from faasd.limits import watch_memory
-from faasd.objects import ObjectStore, holding
-from faasd.peer import fetch_object
-from faasd.process import FunctionProcess
-from faasd.zygote import ZygotePool
-from protocol.errors import (
+from faas.faasd.envs import Environment, EnvironmentCache, EnvSpec
+from faas.faasd.limits import watch_memory
+from faas.faasd.objects import ObjectStore, holding
+from faas.faasd.peer import fetch_object
+from faas.faasd.process import FunctionProcess
+from faas.faasd.zygote import ZygotePool
+from faas.protocol.errors import (
     FaasError,
     FunctionFailed,
     NotFound,
@@ -33,14 +33,14 @@ from protocol.errors import (
     RunCancelled,
     TimedOut,
 )
-from protocol.messages import (
+from faas.protocol.messages import (
     ObjectInfo,
     ObjectInput,
     ScanInput,
     error_message,
     node_label,
 )
-from protocol.worker_messages import (
+from faas.protocol.worker_messages import (
     FunctionResult,
     FunctionTask,
     InputsReady,
@@ -224,7 +224,7 @@ class FunctionTasks:
             return inputs
 
         def plan(i: ScanInput) -> ScanInput:
-            from store.scan import open_metadata, plan_metadata
+            from faas.store.scan import open_metadata, plan_metadata
 
             try:
                 with self._metadata_lock:
@@ -400,7 +400,7 @@ class FunctionTasks:
     def _write_parquet(self, object_path: Path, directory: str, node: str) -> list[str]:
         import pyarrow as pa
 
-        from store.files import write_parquet_parts
+        from faas.store.files import write_parquet_parts
 
         with holding(object_path):
             table = pa.ipc.open_file(pa.memory_map(str(object_path), "r")).read_all()

@@ -24,23 +24,23 @@ from typing import Any, TypeVar
 import msgspec
 import psutil
 
-from faasd.envs import EnvironmentCache
-from faasd.objects import ObjectStore
-from faasd.peer import PeerServer
-from faasd.process import FunctionProcess
-from faasd.tasks import FunctionTasks, freeing
-from faasd.zygote import ZygotePool
-from protocol.connection import Connection, connect
-from protocol.errors import (
+from faas.faasd.envs import EnvironmentCache
+from faas.faasd.objects import ObjectStore
+from faas.faasd.peer import PeerServer
+from faas.faasd.process import FunctionProcess
+from faas.faasd.tasks import FunctionTasks, freeing
+from faas.faasd.zygote import ZygotePool
+from faas.protocol.connection import Connection, connect
+from faas.protocol.errors import (
     FaasError,
 )
-from protocol.framing import encode
-from protocol.messages import (
+from faas.protocol.framing import encode
+from faas.protocol.messages import (
     Error,
     ObjectInfo,
     error_message,
 )
-from protocol.worker_messages import (
+from faas.protocol.worker_messages import (
     CancelTask,
     Heartbeat,
     ImportDone,
@@ -422,7 +422,7 @@ class Worker(FunctionTasks):
 
     async def _import(self, msg: ImportTask) -> None:
         def work() -> ImportDone:
-            from store.files import read_source_files, write_parquet_parts
+            from faas.store.files import read_source_files, write_parquet_parts
 
             table = read_source_files(msg.paths, msg.format)
             files, _ = write_parquet_parts(
@@ -442,8 +442,8 @@ class Worker(FunctionTasks):
         def work() -> tuple[bytes, int]:
             import pyarrow as pa
 
-            from store.query import query_tables
-            from store.scan import scan_metadata
+            from faas.store.query import query_tables
+            from faas.store.scan import scan_metadata
 
             tables = {
                 name: scan_metadata(s.metadata_location, snapshot_id=s.snapshot_id)

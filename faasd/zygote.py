@@ -1,8 +1,8 @@
 """A pre-imported parent process per environment that forks one fresh child per function.
 
-Starting ``python -m faasd.runner`` costs an interpreter start plus ``import
+Starting ``python -m faas.faasd.runner`` costs an interpreter start plus ``import
 pyarrow`` (and pyiceberg, duckdb...) for every function. A zygote pays that
-once per environment: ``<python> -m faasd.zygote_server FD MODULES`` imports what
+once per environment: ``<python> -m faas.faasd.zygote_server FD MODULES`` imports what
 functions need, then waits on a private Unix socket. For each function the
 worker sends three file descriptors (``socket.send_fds``: the task socket,
 the write ends of the stdout and stderr pipes) and a small header (cwd,
@@ -50,7 +50,7 @@ import time
 from collections.abc import Coroutine, Mapping, Sequence
 from typing import Any, Self
 
-from faasd.zygote_wire import (
+from faas.faasd.zygote_wire import (
     DEFAULT_PRELOAD,
     FROM_ZYGOTE,
     JEMALLOC_CONF,
@@ -67,8 +67,8 @@ from faasd.zygote_wire import (
     kill_group,
     kill_zygote,
 )
-from protocol.errors import ClosedByUs, FrameTooLarge, FunctionFailed, MalformedFrame
-from protocol.framing import decode_payload, encode, next_frame
+from faas.protocol.errors import ClosedByUs, FrameTooLarge, FunctionFailed, MalformedFrame
+from faas.protocol.framing import decode_payload, encode, next_frame
 
 log = logging.getLogger("faasd.zygote")
 
@@ -188,7 +188,7 @@ class Zygote:
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             proc = await asyncio.create_subprocess_exec(
-                self.python, "-m", "faasd.zygote_server", str(child.fileno()), ",".join(self.preload),
+                self.python, "-m", "faas.faasd.zygote_server", str(child.fileno()), ",".join(self.preload),
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.DEVNULL,
                 stderr=asyncio.subprocess.PIPE,

@@ -1,4 +1,4 @@
-"""The zygote itself: ``<python> -m faasd.zygote_server FD MODULES``.
+"""The zygote itself: ``<python> -m faas.faasd.zygote_server FD MODULES``.
 
 It imports what every function needs once, then forks a fresh child per function on
 request from its worker (see :mod:`faasd.zygote` for the worker side and the design).
@@ -17,7 +17,7 @@ import time
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
-from faasd.zygote_wire import (
+from faas.faasd.zygote_wire import (
     REQUIRED,
     TO_ZYGOTE,
     Exited,
@@ -28,7 +28,7 @@ from faasd.zygote_wire import (
     ZygoteMessage,
     kill_group,
 )
-from protocol.framing import decode_payload, encode, next_frame
+from faas.protocol.framing import decode_payload, encode, next_frame
 
 log = logging.getLogger("faasd.zygote")
 
@@ -193,7 +193,7 @@ class _Server:
                 os.environ.clear()
                 os.environ.update(req.env)
             _become_runner(task_fd)
-            from faasd import runner
+            from faas.faasd import runner
 
             code = runner.serve_task(task_fd)
         except SystemExit as exc:
@@ -248,10 +248,10 @@ class _Server:
 
 
 def _become_runner(task_fd: int) -> None:
-    """Make the forked child look like ``python -m faasd.runner FD`` started in its cwd."""
+    """Make the forked child look like ``python -m faas.faasd.runner FD`` started in its cwd."""
     import importlib
 
-    from faasd import runner
+    from faas.faasd import runner
 
     sys.argv = [runner.__file__ or "faasd/runner.py", str(task_fd)]
     sys.path[0] = os.getcwd()  # `-m` puts the start directory first

@@ -13,13 +13,13 @@ import signal
 
 import msgspec
 
-from protocol.errors import EnvironmentFailed, FunctionFailed
+from faas.protocol.errors import EnvironmentFailed, FunctionFailed
 
 log = logging.getLogger("faasd.zygote")
 
 # Imported by every zygote; it cannot serve without them.
 
-REQUIRED = ("pyarrow", "pyarrow.ipc", "msgspec", "faasd.runner")
+REQUIRED = ("pyarrow", "pyarrow.ipc", "msgspec", "faas.faasd.runner")
 # Imported when they import cleanly; a failure is logged and reported in Ready.
 # Measured with pyarrow 26 / pyiceberg 0.12 / duckdb 2.0 on Python 3.11: the
 # required set costs ~70 ms in-process, these ~360 ms more (store.scan, which
@@ -28,8 +28,8 @@ DEFAULT_PRELOAD = (
     "pyarrow.compute",
     "faas",
     "duckdb",
-    "store.scan",
-    "store.query",
+    "faas.store.scan",
+    "faas.store.query",
     "pyiceberg.io.pyarrow",
 )
 

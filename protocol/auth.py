@@ -8,7 +8,7 @@ import os
 import secrets
 from pathlib import Path
 
-from protocol.errors import InvalidInput, NotFound
+from faas.protocol.errors import InvalidInput, NotFound
 
 TOKEN_BYTES = 32
 

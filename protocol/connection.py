@@ -15,22 +15,22 @@ from typing import Any, Generic, TypeVar
 
 import msgspec
 
-from protocol import auth
-from protocol.errors import (
+from faas.protocol import auth
+from faas.protocol.errors import (
     ClosedByUs,
     FaasError,
     HandshakeFailed,
     MalformedFrame,
     PeerVanished,
 )
-from protocol.framing import (
+from faas.protocol.framing import (
     MAX_CONTROL_FRAME,
     MAX_HANDSHAKE_FRAME,
     encode,
     read_frame,
     recv_frame_blocking,
 )
-from protocol.messages import PROTOCOL_VERSION, Auth, Error, Handshake, Hello, Welcome
+from faas.protocol.messages import PROTOCOL_VERSION, Auth, Error, Handshake, Hello, Welcome
 
 log = logging.getLogger(__name__)
 
@@ -251,7 +251,7 @@ async def _abort(writer: asyncio.StreamWriter) -> None:
 def parse_address(address: str) -> tuple[str, int]:
     host, sep, port = address.rpartition(":")
     if not sep or not port.isdigit():
-        from protocol.errors import InvalidInput
+        from faas.protocol.errors import InvalidInput
 
         raise InvalidInput(f"address {address!r} is not HOST:PORT")
     return host.strip("[]") or "127.0.0.1", int(port)

@@ -135,7 +135,7 @@ class ExpectationFailed(FaasError):
 
 class OutOfMemory(FaasError):
     def __init__(self, what: str, used: int, limit: int) -> None:
-        from protocol.sizes import format_size
+        from faas.protocol.sizes import format_size
 
         super().__init__(
             f"{what} used {format_size(used)}, over its limit of {format_size(limit)}, and was stopped"

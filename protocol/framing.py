@@ -15,7 +15,7 @@ from typing import Any, Protocol, TypeVar
 
 import msgspec
 
-from protocol.errors import (
+from faas.protocol.errors import (
     ConnectionClosed,
     FrameTooLarge,
     FrameTruncated,

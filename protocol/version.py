@@ -14,8 +14,10 @@ import os
 from pathlib import Path
 
 VERSION = "0.1.0"
-PACKAGES = ("faas", "protocol", "scheduler", "store", "faasd", "client")
-_ROOT = Path(__file__).resolve().parents[1]
+# The faas package itself, then its subpackages.
+PACKAGES = ("", "protocol", "scheduler", "store", "faasd", "client")
+_ROOT = Path(__file__).parents[1]  # the faas package (not resolved: in a checkout the
+# subpackages are links from faas/ to the top-level folders)
 
 
 def build_id() -> str:
@@ -29,7 +31,7 @@ def build_id() -> str:
         for entry in entries:
             if entry.name.endswith(".py"):
                 st = entry.stat()
-                h.update(f"{package}/{entry.name}:{st.st_size}:{st.st_mtime_ns};".encode())
+                h.update(f"{package or 'faas'}/{entry.name}:{st.st_size}:{st.st_mtime_ns};".encode())
     return f"{VERSION}+{h.hexdigest()[:12]}"
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import msgspec
 
-from protocol.messages import (
+from faas.protocol.messages import (
     BulkHeader,
     Error,
     InputRead,

@@ -22,9 +22,9 @@ from collections.abc import Callable
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, TypeVar
 
-from protocol.errors import InvalidInput
-from scheduler.project import Project, read_project
-from store.lakehouse import Recent
+from faas.protocol.errors import InvalidInput
+from faas.scheduler.project import Project, read_project
+from faas.store.lakehouse import Recent
 
 log = logging.getLogger(__name__)
 
@@ -45,11 +45,11 @@ def project_digest(files: dict[str, str]) -> str:
 
 def _warm() -> None:
     """What the helper imports before its first request (the query parser's DuckDB)."""
-    import store.query  # noqa: F401
+    import faas.store.query  # noqa: F401
 
 
 def _tables(sql: str) -> list[str]:
-    from store.query import referenced_tables
+    from faas.store.query import referenced_tables
 
     return referenced_tables(sql)
 

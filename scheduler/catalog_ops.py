@@ -9,8 +9,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from protocol.errors import InvalidInput
-from protocol.messages import (
+from faas.protocol.errors import InvalidInput
+from faas.protocol.messages import (
     CreateNamespace,
     CreateRef,
     DeleteRef,

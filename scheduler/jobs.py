@@ -26,8 +26,8 @@ from typing import IO, Any
 
 import msgspec
 
-from protocol.errors import InvalidInput, NotFound
-from protocol.messages import Error, LogLine, RunFinished, TaskEvent
+from faas.protocol.errors import InvalidInput, NotFound
+from faas.protocol.messages import Error, LogLine, RunFinished, TaskEvent
 
 log = logging.getLogger(__name__)
 

@@ -119,7 +119,7 @@ Instruction = Start | Fail | Lost
 
 
 def _size(n: int) -> str:
-    from protocol.sizes import format_size
+    from faas.protocol.sizes import format_size
 
     return format_size(n)
 

@@ -11,9 +11,9 @@ from typing import Any
 import msgspec
 import pyarrow as pa
 
-from protocol.errors import FaasError, PlanInvalid
-from protocol.messages import ObjectInput, ParamValue, ScanInput
-from scheduler.project import ModelSpec, Project
+from faas.protocol.errors import FaasError, PlanInvalid
+from faas.protocol.messages import ObjectInput, ParamValue, ScanInput
+from faas.scheduler.project import ModelSpec, Project
 
 
 @dataclass(frozen=True)
@@ -216,7 +216,7 @@ def model_input_problems(
     runs, wherever the upstream's columns are known without running it: a SQL model's
     SELECT list (bound over its inputs' schemas), or an output published from the same
     cache key. (Declared columns, @faas.model(columns=...), are checked by build_plan.)"""
-    from store.query import result_columns
+    from faas.store.query import result_columns
 
     published = published or {}
     known: dict[str, pa.Schema | None] = {}
@@ -277,8 +277,8 @@ def build_plan(
     ``python_versions``: what the registered workers offer; None skips that check.
     ``salt``: makes output object ids unique to one run (see assign_cache_keys).
     """
-    from store.query import check_predicate
-    from store.scan import check_filter
+    from faas.store.query import check_predicate
+    from faas.store.scan import check_filter
 
     problems: list[str] = list(project.problems)
     by_name = {m.name: m for m in project.models if not m.is_expectation}

@@ -5,9 +5,9 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from protocol.errors import InvalidInput, NotFound, PlanInvalid
-from protocol.messages import SubmitRun
-from scheduler.plan import (
+from faas.protocol.errors import InvalidInput, NotFound, PlanInvalid
+from faas.protocol.messages import SubmitRun
+from faas.scheduler.plan import (
     CACHE_KEY_PROPERTY,
     EXACT_PROPERTY,
     Plan,
@@ -15,8 +15,8 @@ from scheduler.plan import (
     build_plan,
     model_input_problems,
 )
-from scheduler.project import Project, read_project
-from store.transaction import load_table, missing_namespace, table_info
+from faas.scheduler.project import Project, read_project
+from faas.store.transaction import load_table, missing_namespace, table_info
 
 
 def plan_submission(

@@ -14,9 +14,9 @@ import tomllib
 from dataclasses import dataclass, field
 from typing import Any
 
-from protocol.errors import FaasError, PlanInvalid
-from protocol.messages import node_label
-from protocol.sizes import parse_size
+from faas.protocol.errors import FaasError, PlanInvalid
+from faas.protocol.messages import node_label
+from faas.protocol.sizes import parse_size
 
 MATERIALIZE_MODES = (None, "replace", "append")
 
@@ -363,7 +363,7 @@ def read_sql_model(path: str, text: str, problems: list[str]) -> ModelSpec | Non
     Options come from header comments: ``-- faas: materialize=replace memory=2GiB``.
     ``$name`` in the SQL is a run parameter, bound as a value when the query runs.
     """
-    from store.query import referenced_tables, sql_parameters
+    from faas.store.query import referenced_tables, sql_parameters
 
     name = path.rsplit("/", 1)[-1][: -len(".sql")]
     module = path[: -len(".sql")].replace("/", ".")

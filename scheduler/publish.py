@@ -9,15 +9,15 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
-from protocol.errors import InvalidInput, NotFound
-from protocol.worker_messages import (
+from faas.protocol.errors import InvalidInput, NotFound
+from faas.protocol.worker_messages import (
     TaskDone,
 )
-from scheduler.plan import CACHE_KEY_PROPERTY, EXACT_PROPERTY, Plan, PlanNode
-from store.files import iceberg_schema
+from faas.scheduler.plan import CACHE_KEY_PROPERTY, EXACT_PROPERTY, Plan, PlanNode
+from faas.store.files import iceberg_schema
 
 if TYPE_CHECKING:
-    from scheduler.run import RunHost
+    from faas.scheduler.run import RunHost
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
-from protocol.errors import (
+from faas.protocol.errors import (
     ExpectationFailed,
     FaasError,
     OutOfMemory,
@@ -17,7 +17,7 @@ from protocol.errors import (
     RunCancelled,
     from_wire,
 )
-from protocol.messages import (
+from faas.protocol.messages import (
     LogLine,
     Materialize,
     ObjectInfo,
@@ -27,8 +27,8 @@ from protocol.messages import (
     TaskEvent,
     error_message,
 )
-from protocol.sizes import parse_size
-from protocol.worker_messages import (
+from faas.protocol.sizes import parse_size
+from faas.protocol.worker_messages import (
     CancelTask,
     InputsReady,
     ObjectReady,
@@ -40,14 +40,14 @@ from protocol.worker_messages import (
     TaskLog,
     TaskStarted,
 )
-from scheduler.placement import Request
-from scheduler.plan import Plan, PlanNode, decoded_width
-from scheduler.publish import Publishing
-from scheduler.run_state import Fail, Inputs, Instruction, RunState, Say, Start, Stop
-from store.refs import run_branch_name
+from faas.scheduler.placement import Request
+from faas.scheduler.plan import Plan, PlanNode, decoded_width
+from faas.scheduler.publish import Publishing
+from faas.scheduler.run_state import Fail, Inputs, Instruction, RunState, Say, Start, Stop
+from faas.store.refs import run_branch_name
 
 if TYPE_CHECKING:
-    from scheduler.server import WorkerHandle
+    from faas.scheduler.server import WorkerHandle
 
 log = logging.getLogger(__name__)
 

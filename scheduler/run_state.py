@@ -303,7 +303,7 @@ class RunState:
 
 
 def _size(n: int) -> str:
-    from protocol.sizes import format_size
+    from faas.protocol.sizes import format_size
 
     return format_size(n)
 

@@ -10,9 +10,9 @@ import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
-from protocol.connection import Connection
-from protocol.errors import ConnectionClosed, FaasError, InvalidInput
-from protocol.messages import (
+from faas.protocol.connection import Connection
+from faas.protocol.errors import ConnectionClosed, FaasError, InvalidInput
+from faas.protocol.messages import (
     Error,
     FollowJob,
     Ok,
@@ -21,14 +21,14 @@ from protocol.messages import (
     SubmitRun,
     error_message,
 )
-from scheduler.analysis import Analyzer
-from scheduler.jobs import JobStore
-from scheduler.planning import plan_submission
-from scheduler.run import RunCoordinator, RunHost
-from store.refs import run_branch_name
+from faas.scheduler.analysis import Analyzer
+from faas.scheduler.jobs import JobStore
+from faas.scheduler.planning import plan_submission
+from faas.scheduler.run import RunCoordinator, RunHost
+from faas.store.refs import run_branch_name
 
 if TYPE_CHECKING:
-    from scheduler.server import WorkerHandle
+    from faas.scheduler.server import WorkerHandle
 
 log = logging.getLogger(__name__)
 

@@ -21,8 +21,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
 
-from protocol.connection import Connection, accept
-from protocol.errors import (
+from faas.protocol.connection import Connection, accept
+from faas.protocol.errors import (
     ClosedByUs,
     ConnectionClosed,
     FaasError,
@@ -34,7 +34,7 @@ from protocol.errors import (
     PeerVanished,
     from_wire,
 )
-from protocol.messages import (
+from faas.protocol.messages import (
     BulkHeader,
     CancelRun,
     ClientRequest,
@@ -53,8 +53,8 @@ from protocol.messages import (
     SubmitRun,
     error_message,
 )
-from protocol.version import build_id
-from protocol.worker_messages import (
+from faas.protocol.version import build_id
+from faas.protocol.worker_messages import (
     Heartbeat,
     ImportDone,
     ImportTask,
@@ -65,14 +65,14 @@ from protocol.worker_messages import (
     TaskFailed,
     WorkerToScheduler,
 )
-from scheduler import catalog_ops
-from scheduler.analysis import Analyzer
-from scheduler.jobs import JobStore
-from scheduler.placement import Fail, Instruction, Lost, Placement, Request, Start
-from scheduler.run import RunCoordinator
-from scheduler.runs import RunRequests
-from store.refs import run_branch_name
-from store.transaction import missing_namespace
+from faas.scheduler import catalog_ops
+from faas.scheduler.analysis import Analyzer
+from faas.scheduler.jobs import JobStore
+from faas.scheduler.placement import Fail, Instruction, Lost, Placement, Request, Start
+from faas.scheduler.run import RunCoordinator
+from faas.scheduler.runs import RunRequests
+from faas.store.refs import run_branch_name
+from faas.store.transaction import missing_namespace
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +149,7 @@ class Scheduler(RunRequests):
         if self.status != "new":
             return self.address
         self.status = "starting"
-        from store import Lakehouse
+        from faas.store import Lakehouse
 
         self.home.mkdir(parents=True, exist_ok=True)
         self.jobs = JobStore(self.home / "runs")
@@ -561,7 +561,7 @@ class Scheduler(RunRequests):
             )
         task_id = f"query-{uuid.uuid4().hex[:12]}"
         done, data = await self._worker_task(QueryTask(task_id=task_id, sql=request.sql, tables=tables))
-        from protocol.framing import encode
+        from faas.protocol.framing import encode
 
         await conn.send_raw(encode(BulkHeader(nbytes=len(data), rows=done.rows)), data)
 
@@ -579,7 +579,7 @@ __all__ = ["Scheduler", "WorkerHandle", "RunFinished"]
 
 
 if TYPE_CHECKING:
-    from scheduler.run import RunHost
+    from faas.scheduler.run import RunHost
 
     def _hosts_runs(scheduler: Scheduler) -> RunHost:
         return scheduler  # mypy checks here that a Scheduler is all a run needs

@@ -15,20 +15,20 @@ import importlib
 from typing import Any
 
 _WHERE = {
-    "Change": "store.catalog",
-    "CommitInfo": "store.catalog",
-    "VersionedCatalog": "store.catalog",
-    "KeyDiff": "store.merge",
-    "MergeResult": "store.merge",
-    "RefInfo": "store.refs",
-    "TableDiff": "store.lakehouse",
-    "write_parquet": "store.files",
-    "read_source_files": "store.importer",
-    "Lakehouse": "store.lakehouse",
-    "query_tables": "store.query",
-    "scan_metadata": "store.scan",
-    "TableInfo": "store.transaction",
-    "Transaction": "store.transaction",
+    "Change": "faas.store.catalog",
+    "CommitInfo": "faas.store.catalog",
+    "VersionedCatalog": "faas.store.catalog",
+    "KeyDiff": "faas.store.merge",
+    "MergeResult": "faas.store.merge",
+    "RefInfo": "faas.store.refs",
+    "TableDiff": "faas.store.lakehouse",
+    "write_parquet": "faas.store.files",
+    "read_source_files": "faas.store.importer",
+    "Lakehouse": "faas.store.lakehouse",
+    "query_tables": "faas.store.query",
+    "scan_metadata": "faas.store.scan",
+    "TableInfo": "faas.store.transaction",
+    "Transaction": "faas.store.transaction",
 }
 
 __all__ = sorted(_WHERE)
@@ -36,5 +36,5 @@ __all__ = sorted(_WHERE)
 
 def __getattr__(name: str) -> Any:
     if name not in _WHERE:
-        raise AttributeError(f"module 'store' has no attribute {name!r}")
+        raise AttributeError(f"module 'faas.store' has no attribute {name!r}")
     return getattr(importlib.import_module(_WHERE[name]), name)

@@ -39,11 +39,11 @@ from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError
 from sqlalchemy.pool import StaticPool
 
-from protocol.errors import CommitConflict, InvalidInput, NotFound
-from store.failpoints import failpoint
-from store.merge import KeyDiff, MergeMixin, MergeResult
-from store.refs import RefInfo, RefsMixin
-from store.schema import (
+from faas.protocol.errors import CommitConflict, InvalidInput, NotFound
+from faas.store.failpoints import failpoint
+from faas.store.merge import KeyDiff, MergeMixin, MergeResult
+from faas.store.refs import RefInfo, RefsMixin
+from faas.store.schema import (
     CHANGE_KINDS,
     MAX_AUTHOR,
     NAMESPACE_PRESENT,
@@ -60,11 +60,11 @@ from store.schema import (
     require_commit,
     results,
 )
-from store.schema import check_changes as _check_changes
-from store.schema import commit_hash as _commit_hash
-from store.schema import commit_info as _commit_info
-from store.schema import first_parent_chain as _first_parent_chain
-from store.schema import metadata as _metadata
+from faas.store.schema import check_changes as _check_changes
+from faas.store.schema import commit_hash as _commit_hash
+from faas.store.schema import commit_info as _commit_info
+from faas.store.schema import first_parent_chain as _first_parent_chain
+from faas.store.schema import metadata as _metadata
 
 __all__ = [
     "CHANGE_KINDS",

@@ -16,9 +16,9 @@ from urllib.parse import urlparse
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from protocol.errors import InvalidInput
-from store import warehouse
-from store.importer import read_source_files
+from faas.protocol.errors import InvalidInput
+from faas.store import warehouse
+from faas.store.importer import read_source_files
 
 __all__ = [
     "iceberg_schema", "read_source_files", "to_iceberg_arrow", "write_parquet", "write_parquet_parts",

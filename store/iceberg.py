@@ -34,8 +34,8 @@ from pyiceberg.table.update import AssertCreate, TableRequirement, TableUpdate
 from pyiceberg.typedef import EMPTY_DICT, Identifier, Properties
 from pyiceberg.view import View
 
-from store.catalog import NAMESPACE_PRESENT, Change, ChangeKind, VersionedCatalog
-from store.warehouse import storage_errors
+from faas.store.catalog import NAMESPACE_PRESENT, Change, ChangeKind, VersionedCatalog
+from faas.store.warehouse import storage_errors
 
 if TYPE_CHECKING:
     import pyarrow as pa

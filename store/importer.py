@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from protocol.errors import InvalidInput, NotFound
+from faas.protocol.errors import InvalidInput, NotFound
 
 logger = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from protocol.errors import InvalidInput
+from faas.protocol.errors import InvalidInput
 
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # Each part of a key fits the catalog's key column on every backend.

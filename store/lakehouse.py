@@ -21,15 +21,15 @@ from typing import Any, Literal, Self
 
 import pyarrow as pa
 
-from protocol.errors import AlreadyExists, CommitConflict, InvalidInput, NotFound
-from store import warehouse as storage
-from store.catalog import NAMESPACE_PRESENT, Change, ChangeKind, VersionedCatalog
-from store.iceberg import CommitCatalog
-from store.importer import expand_paths, read_files
-from store.keys import check_namespace, split_key
-from store.query import query_tables, referenced_tables
-from store.scan import scan_table
-from store.transaction import (
+from faas.protocol.errors import AlreadyExists, CommitConflict, InvalidInput, NotFound
+from faas.store import warehouse as storage
+from faas.store.catalog import NAMESPACE_PRESENT, Change, ChangeKind, VersionedCatalog
+from faas.store.iceberg import CommitCatalog
+from faas.store.importer import expand_paths, read_files
+from faas.store.keys import check_namespace, split_key
+from faas.store.query import query_tables, referenced_tables
+from faas.store.scan import scan_table
+from faas.store.transaction import (
     TableInfo,
     Transaction,
     WriteMode,

@@ -20,9 +20,9 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import or_, select, update
 
-from protocol.errors import CommitConflict, InvalidInput, MergeConflict
-from store.failpoints import failpoint
-from store.schema import (
+from faas.protocol.errors import CommitConflict, InvalidInput, MergeConflict
+from faas.store.failpoints import failpoint
+from faas.store.schema import (
     Change,
     ChangeKind,
     ancestry,

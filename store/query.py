@@ -17,7 +17,7 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
-from protocol.errors import InvalidInput, NotFound
+from faas.protocol.errors import InvalidInput, NotFound
 
 logger = logging.getLogger(__name__)
 

@@ -21,9 +21,9 @@ from typing import TYPE_CHECKING, Literal
 from sqlalchemy import delete, insert, select
 from sqlalchemy.exc import IntegrityError
 
-from protocol.errors import AlreadyExists, CommitConflict, InvalidInput, NotFound
-from store.failpoints import failpoint
-from store.schema import CommitInfo, commit_info, commits, has_prefix, refs
+from faas.protocol.errors import AlreadyExists, CommitConflict, InvalidInput, NotFound
+from faas.store.failpoints import failpoint
+from faas.store.schema import CommitInfo, commit_info, commits, has_prefix, refs
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine

@@ -30,11 +30,11 @@ from pyiceberg.table import DataScan, StaticTable
 from pyiceberg.table import Table as IcebergTable
 from pyparsing import ParseBaseException
 
-from protocol.errors import InvalidInput, NotFound
-from store.warehouse import filesystem, io_properties, storage_errors
+from faas.protocol.errors import InvalidInput, NotFound
+from faas.store.warehouse import filesystem, io_properties, storage_errors
 
 if TYPE_CHECKING:
-    from protocol.messages import ScanPlan
+    from faas.protocol.messages import ScanPlan
 
 logger = logging.getLogger(__name__)
 
@@ -262,8 +262,8 @@ def plan_metadata(
     a scan only pyiceberg reads right."""
     import pickle
 
-    from protocol.errors import FaasError
-    from protocol.messages import ScanPlan
+    from faas.protocol.errors import FaasError
+    from faas.protocol.messages import ScanPlan
 
     try:
         table = table or open_metadata(metadata_location, properties)

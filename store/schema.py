@@ -41,7 +41,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Connection
 from sqlalchemy.sql.selectable import CTE
 
-from protocol.errors import InvalidInput, NotFound
+from faas.protocol.errors import InvalidInput, NotFound
 
 ChangeKind = Literal["table", "namespace"]
 CHANGE_KINDS: frozenset[str] = frozenset({"table", "namespace"})

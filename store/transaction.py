@@ -28,16 +28,16 @@ from pyiceberg.table.refs import MAIN_BRANCH
 from pyiceberg.table.snapshots import Operation
 from pyiceberg.table.update.snapshot import _OverwriteFiles
 
-from protocol.errors import CommitConflict, InvalidInput, NotFound, StorageError
-from store.catalog import Change, ChangeKind
-from store.failpoints import failpoint
-from store.files import iceberg_schema, to_iceberg_arrow
-from store.iceberg import CommitCatalog, new_table_location
-from store.keys import split_key
-from store.warehouse import describe
+from faas.protocol.errors import CommitConflict, InvalidInput, NotFound, StorageError
+from faas.store.catalog import Change, ChangeKind
+from faas.store.failpoints import failpoint
+from faas.store.files import iceberg_schema, to_iceberg_arrow
+from faas.store.iceberg import CommitCatalog, new_table_location
+from faas.store.keys import split_key
+from faas.store.warehouse import describe
 
 if TYPE_CHECKING:
-    from store.lakehouse import Lakehouse
+    from faas.store.lakehouse import Lakehouse
 
 logger = logging.getLogger(__name__)
 

@@ -31,7 +31,7 @@ from urllib.parse import urlparse
 
 import pyarrow.fs as pafs
 
-from protocol.errors import FaasError, StorageError
+from faas.protocol.errors import FaasError, StorageError
 
 logger = logging.getLogger(__name__)
 

@@ -17,13 +17,13 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import pytest
 
-from faasd.launch import start_daemon as _start_daemon
-from faasd.launch import stop_daemon
+from faas.faasd.launch import start_daemon as _start_daemon
+from faas.faasd.launch import stop_daemon
 from tests.pg import postgres_server, postgres_url  # noqa: F401  (fixtures)
 
 if TYPE_CHECKING:
-    from store.catalog import VersionedCatalog
-    from store.lakehouse import Lakehouse
+    from faas.store.catalog import VersionedCatalog
+    from faas.store.lakehouse import Lakehouse
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -61,7 +61,7 @@ class FaasCli:
              env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
         """Run ``faas ARGS``; with ``check``, a failure raises with its output."""
         proc = subprocess.run(
-            [sys.executable, "-m", "client.cli", *args], env=env or self.env(), cwd=ROOT,
+            [sys.executable, "-m", "faas.client.cli", *args], env=env or self.env(), cwd=ROOT,
             capture_output=True, text=True, timeout=timeout,
         )
         if check and proc.returncode != 0:
@@ -184,7 +184,7 @@ def catalog_uri(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 @pytest.fixture
 def catalog(catalog_uri: str) -> Iterator[VersionedCatalog]:
     """A catalog whose main holds namespace ``ns`` and table ``ns.t`` (at location ``t1``)."""
-    from store.catalog import ROOT_COMMIT, Change, VersionedCatalog
+    from faas.store.catalog import ROOT_COMMIT, Change, VersionedCatalog
 
     vc = VersionedCatalog(catalog_uri)
     try:
@@ -202,7 +202,7 @@ OpenLake = Callable[..., "Lakehouse"]
 def open_lake(tmp_path: Path) -> Iterator[OpenLake]:
     """Opens the test's lakehouse (under its directory) with the namespaces named;
     ``options`` are Lakehouse's (warehouse, catalog). All are closed after the test."""
-    from store.lakehouse import Lakehouse
+    from faas.store.lakehouse import Lakehouse
 
     opened: list[Lakehouse] = []
 
@@ -309,7 +309,8 @@ def faasd_processes() -> list[tuple[int, str]]:
     found = []
     for p in psutil.process_iter(["cmdline", "status"]):
         cmd = p.info["cmdline"] or []
-        if "faasd" in cmd and p.info["status"] != psutil.STATUS_ZOMBIE:
+        daemon = any(a == "faas.faasd" or a.rsplit("/", 1)[-1] == "faasd" for a in cmd)
+        if daemon and p.info["status"] != psutil.STATUS_ZOMBIE:
             found.append((p.pid, " ".join(cmd)))
     return found
 

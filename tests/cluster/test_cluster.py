@@ -107,7 +107,7 @@ def test_chaos_kill_a_random_worker_during_each_of_ten_runs(
     for i in range(10):
         head = _log_head(c)
         run = subprocess.Popen(
-            [sys.executable, "-m", "client.cli", "submit", str(EXAMPLE), "-n", "adventure",
+            [sys.executable, "-m", "faas.client.cli", "submit", str(EXAMPLE), "-n", "adventure",
              "--json", "--no-cache"],
             env=c.env(), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )

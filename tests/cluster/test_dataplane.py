@@ -488,7 +488,7 @@ def slow(t=faas.Model("territories"), gate=faas.Parameter("gate")):
     _submit(cluster, project, "--param", f"gate={first}")
     # Same `kept`, a new `slow`: the run keeps `kept` as published and waits in `slow`.
     run = subprocess.Popen(
-        [sys.executable, "-m", "client.cli", "submit", str(project), "-n", "adventure",
+        [sys.executable, "-m", "faas.client.cli", "submit", str(project), "-n", "adventure",
          "--param", f"gate={second}"],
         env=cluster.env(), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )

@@ -150,7 +150,7 @@ def test_an_upstream_made_again_elsewhere_gets_the_place_its_early_reader_held(
     import_territories(c, example_data)
     project = _project(tmp_path, sleep=4, memory="2GiB", memory_join="2GiB")
     submit = subprocess.Popen(
-        [sys.executable, "-m", "client.cli", "submit", str(project), "-n", "adventure", "--json"],
+        [sys.executable, "-m", "faas.client.cli", "submit", str(project), "-n", "adventure", "--json"],
         env=c.env(), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     def both_running() -> dict[str, Any] | None:

@@ -78,7 +78,7 @@ def test_a_worker_that_goes_silent_is_lost_and_its_run_fails(
     ))
     before = cluster.json("log", "main", "-n", "100")
     submit = subprocess.Popen(
-        [sys.executable, "-m", "client.cli", "submit", str(project), "-n", "adventure"],
+        [sys.executable, "-m", "faas.client.cli", "submit", str(project), "-n", "adventure"],
         env=cluster.env(), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     wait_until(lambda: pid_file.exists() and pid_file.read_text(), "the function to start", timeout=60)

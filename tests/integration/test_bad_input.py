@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from protocol.connection import parse_address
+from faas.protocol.connection import parse_address
 from tests.conftest import Cluster, one_line_error
 
 pytestmark = pytest.mark.timeout(180)
@@ -93,7 +93,7 @@ def test_unknown_cluster_address(tmp_path: Path) -> None:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     proc = subprocess.run(
-        [sys.executable, "-m", "client.cli", "--cluster", f"127.0.0.1:{port}", "--token-file",
+        [sys.executable, "-m", "faas.client.cli", "--cluster", f"127.0.0.1:{port}", "--token-file",
          str(token), "namespace", "ls"],
         capture_output=True, text=True, cwd=ROOT, timeout=60,
     )
@@ -126,9 +126,9 @@ def test_garbage_to_scheduler(cluster: Cluster, garbage: bytes) -> None:
 def test_malformed_frame_after_handshake_gets_a_typed_error(cluster: Cluster) -> None:
     import msgspec
 
-    from protocol.auth import load_token
-    from protocol.connection import connect
-    from protocol.messages import ClientReply, Error, ListNamespaces, Ok
+    from faas.protocol.auth import load_token
+    from faas.protocol.connection import connect
+    from faas.protocol.messages import ClientReply, Error, ListNamespaces, Ok
 
     async def go() -> None:
         conn = await connect(

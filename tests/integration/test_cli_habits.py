@@ -21,18 +21,18 @@ import pytest
 import typer
 from click.testing import CliRunner
 
-from client.cli import app, main  # noqa: F401  (main registers every command group)
-from faasd.__main__ import _parser
-from protocol.version import VERSION
+from faas.client.cli import app, main  # noqa: F401  (main registers every command group)
+from faas.faasd.__main__ import _parser
+from faas.protocol.version import VERSION
 from tests.conftest import ROOT, Cluster, import_example, write_project
 
 pytestmark = pytest.mark.timeout(300)
 
 
 def _faas_tree() -> click.Command:
-    import client.cli_jobs  # noqa: F401
-    import client.cli_local  # noqa: F401
-    import client.cli_refs  # noqa: F401
+    import faas.client.cli_jobs  # noqa: F401
+    import faas.client.cli_local  # noqa: F401
+    import faas.client.cli_refs  # noqa: F401
 
     return typer.main.get_command(app)
 
@@ -77,12 +77,12 @@ def test_every_faasd_option_is_documented_in_one_style() -> None:
 
 
 def test_version_of_both_commands() -> None:
-    for module, name in (("client.cli", "faas"), ("faasd", "faasd")):
+    for module, name in (("faas.client.cli", "faas"), ("faas.faasd", "faasd")):
         proc = subprocess.run([sys.executable, "-m", module, "--version"], cwd=ROOT,
                               capture_output=True, text=True, timeout=60)
         assert proc.returncode == 0, proc.stderr
         assert proc.stdout.strip() == f"{name} {VERSION}"
-    proc = subprocess.run([sys.executable, "-m", "client.cli", "-h"], cwd=ROOT,
+    proc = subprocess.run([sys.executable, "-m", "faas.client.cli", "-h"], cwd=ROOT,
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0 and "Commands" in proc.stdout
 

@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
-from client.client import Client
-from protocol.errors import FunctionFailed
-from protocol.messages import LogLine, TaskEvent
+from faas.client.client import Client
+from faas.protocol.errors import FunctionFailed
+from faas.protocol.messages import LogLine, TaskEvent
 from tests.conftest import (
     EXAMPLE,
     ROOT,
@@ -211,7 +211,7 @@ def test_ctrl_c_on_follow_stops_following_not_the_run(
     project = write_project(tmp_path, SLOW)
     run_id = cluster.faas("submit", str(project), "-n", "adventure", "-d", check=True).stdout.strip()
     with subprocess.Popen(
-        [sys.executable, "-m", "client.cli", "job", "logs", run_id, "--follow"],
+        [sys.executable, "-m", "faas.client.cli", "job", "logs", run_id, "--follow"],
         env=cluster.env(), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         preexec_fn=as_from_a_terminal,
     ) as follow:

@@ -57,7 +57,7 @@ def _start_forever(c: Cluster, tmp: Path) -> tuple[subprocess.Popen[str], str, i
     pid_file = tmp / "pid"
     project = write_project(tmp, FOREVER.format(pid_file=str(pid_file)))
     submit = subprocess.Popen(
-        [sys.executable, "-m", "client.cli", "submit", str(project), "-n", "adventure"],
+        [sys.executable, "-m", "faas.client.cli", "submit", str(project), "-n", "adventure"],
         env=c.env(), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     wait_until(lambda: pid_file.exists() and pid_file.read_text(), "the function to start", timeout=60)

@@ -126,7 +126,7 @@ def test_ctrl_c_cancels_the_run(cluster: Cluster, example_data: Path, tmp_path: 
         "    while True:\n        time.sleep(0.1)\n"
     ))
     submit = subprocess.Popen(
-        [sys.executable, "-m", "client.cli", "submit", str(project), "-n", "adventure"],
+        [sys.executable, "-m", "faas.client.cli", "submit", str(project), "-n", "adventure"],
         env=cluster.env(), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         preexec_fn=as_from_a_terminal,
     )
@@ -154,7 +154,7 @@ def test_ctrl_c_cancels_the_run(cluster: Cluster, example_data: Path, tmp_path: 
 def test_resident_memory_counts_descendants_and_bounds_private_memory() -> None:
     """The watcher's cheap reading (statm of the whole tree) is never below what it bounds
     (the tree's unique pages), so a process under it is under its limit."""
-    from faasd.limits import private_bytes, resident_bytes
+    from faas.faasd.limits import private_bytes, resident_bytes
 
     grandchild = "x = bytearray(64 << 20); import time; time.sleep(60)"
     child = subprocess.Popen([sys.executable, "-c", (

@@ -41,7 +41,7 @@ def test_the_second_command_reuses_the_first_commands_daemon(local: LocalHome) -
 def test_commands_started_at_once_share_one_daemon(local: LocalHome) -> None:
     procs = [
         subprocess.Popen(
-            [sys.executable, "-m", "client.cli", "namespace", "ls"], env=local.env(), cwd=ROOT,
+            [sys.executable, "-m", "faas.client.cli", "namespace", "ls"], env=local.env(), cwd=ROOT,
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )
         for _ in range(4)
@@ -157,7 +157,7 @@ def test_ctrl_c_cancels_the_run_but_never_the_daemon(local: LocalHome, example_d
     daemon = local.info()
     # A terminal sends SIGINT to its foreground process group: the CLI's, not the daemon's.
     with subprocess.Popen(
-        [sys.executable, "-m", "client.cli", "submit", str(project), "-n", "adventure"],
+        [sys.executable, "-m", "faas.client.cli", "submit", str(project), "-n", "adventure"],
         env=local.env(), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         preexec_fn=as_from_a_terminal,
         process_group=0,

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from client.client import Client
+from faas.client.client import Client
 from tests.conftest import Cluster, import_territories, write_project
 
 pytestmark = pytest.mark.timeout(300)
@@ -115,8 +115,8 @@ def test_a_project_deeper_than_the_parser_goes_is_one_error_and_the_next_one_pla
 def test_a_parser_process_that_dies_is_one_error_and_is_replaced() -> None:
     import os
 
-    from protocol.errors import InvalidInput
-    from scheduler.analysis import Analyzer, _tables
+    from faas.protocol.errors import InvalidInput
+    from faas.scheduler.analysis import Analyzer, _tables
 
     async def scenario() -> None:
         analyzer = Analyzer()

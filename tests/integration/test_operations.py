@@ -54,7 +54,7 @@ def test_a_bad_config_file_is_one_clear_line(tmp_path: Path, text: str, needle: 
     config = tmp_path / "faasd.toml"
     config.write_text(text)
     proc = subprocess.run(
-        [sys.executable, "-m", "faasd", "worker", "--config", str(config)],
+        [sys.executable, "-m", "faas.faasd", "worker", "--config", str(config)],
         cwd=ROOT, capture_output=True, text=True, timeout=60,
     )
     assert proc.returncode == 2
@@ -78,7 +78,7 @@ def test_sigterm_lets_running_functions_finish_then_releases_shared_memory(
         "    print('started', flush=True)\n    time.sleep(4)\n    return t\n"
     )
     run = subprocess.Popen(
-        [sys.executable, "-m", "client.cli", "submit", str(project), "-n", "adventure", "--json"],
+        [sys.executable, "-m", "faas.client.cli", "submit", str(project), "-n", "adventure", "--json"],
         env=bare.env(), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     wait_until(lambda: bare.json("info")["workers"][0]["functions"], "the function to start", timeout=60, every=0.1)

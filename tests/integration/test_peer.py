@@ -27,17 +27,17 @@ import pyarrow as pa
 import pytest
 import uvloop
 
-from faasd.objects import ObjectStore
-from faasd.peer import PeerServer, fetch_object
-from protocol.auth import load_token
-from protocol.connection import (
+from faas.faasd.objects import ObjectStore
+from faas.faasd.peer import PeerServer, fetch_object
+from faas.protocol.auth import load_token
+from faas.protocol.connection import (
     Connection,
     accept,
     connect,
     connect_blocking,
     parse_address,
 )
-from protocol.errors import (
+from faas.protocol.errors import (
     FaasError,
     FrameTooLarge,
     HandshakeFailed,
@@ -46,9 +46,9 @@ from protocol.errors import (
     NotFound,
     PeerVanished,
 )
-from protocol.framing import HEADER, MAX_CONTROL_FRAME, encode, recv_frame_blocking
-from protocol.messages import BulkHeader, Error
-from protocol.worker_messages import FetchObject, PeerReply, PeerRequest
+from faas.protocol.framing import HEADER, MAX_CONTROL_FRAME, encode, recv_frame_blocking
+from faas.protocol.messages import BulkHeader, Error
+from faas.protocol.worker_messages import FetchObject, PeerReply, PeerRequest
 from tests.conftest import ROOT, Cluster
 
 pytestmark = pytest.mark.timeout(120)
@@ -359,7 +359,7 @@ _SUBPROCESS_SERVER = """
 import asyncio, sys
 from pathlib import Path
 import uvloop
-from faasd.peer import PeerServer
+from faas.faasd.peer import PeerServer
 
 root = Path(sys.argv[1])
 

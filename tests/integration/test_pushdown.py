@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from store import Lakehouse, TableInfo
+from faas.store import Lakehouse, TableInfo
 from tests.conftest import ROOT, Cluster
 
 pytestmark = [
@@ -40,7 +40,7 @@ PART_ROWS = 50_000
 SCAN_CHILD = r"""
 import json, sys
 import pyarrow as pa
-from store.scan import scan_metadata
+from faas.store.scan import scan_metadata
 
 def rchar():
     with open("/proc/self/io") as f:

@@ -122,7 +122,7 @@ def test_the_cluster_setup_is_accurate_and_runs_on_loopback(
     import shlex
     import tomllib
 
-    from faasd.__main__ import _parser, _settings
+    from faas.faasd.__main__ import _parser, _settings
     from tests.conftest import SOURCE_TABLES, start_daemon, stop_daemon
 
     shell, toml = _cluster_blocks((ROOT / "README.md").read_text())

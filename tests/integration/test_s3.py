@@ -25,12 +25,12 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pytest
 
-from faasd.columns import scan_cached
-from faasd.launch import stop_daemon
-from protocol.errors import StorageError
-from protocol.messages import ScanInput
-from store import Lakehouse, scan_metadata, write_parquet
-from store.warehouse import io_properties
+from faas.faasd.columns import scan_cached
+from faas.faasd.launch import stop_daemon
+from faas.protocol.errors import StorageError
+from faas.protocol.messages import ScanInput
+from faas.store import Lakehouse, scan_metadata, write_parquet
+from faas.store.warehouse import io_properties
 from tests.conftest import (
     EXAMPLE,
     ROOT,
@@ -430,7 +430,7 @@ def test_bad_credentials_are_one_line(
         [
             sys.executable,
             "-m",
-            "faasd",
+            "faas.faasd",
             "--log-level",
             "WARNING",
             "scheduler",
@@ -455,7 +455,7 @@ def test_scheduler_names_a_missing_bucket_in_one_line(s3: S3Server, tmp_path: Pa
         [
             sys.executable,
             "-m",
-            "faasd",
+            "faas.faasd",
             "--log-level",
             "WARNING",
             "scheduler",

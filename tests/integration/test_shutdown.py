@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from faasd.launch import stop_daemon
+from faas.faasd.launch import stop_daemon
 from tests.conftest import import_territories, scheduler_only, wait_until, write_project
 
 pytestmark = pytest.mark.timeout(240)
@@ -44,7 +44,7 @@ def test_a_scheduler_closed_while_a_run_publishes_records_the_run_as_it_ended(
         assert c.scheduler.returncode == 0, log.read_text()[-2000:]
         record = json.loads((c.home / "runs" / run_id / "run.json").read_text())
 
-    from store import Lakehouse
+    from faas.store import Lakehouse
 
     with Lakehouse(c.home) as lh:
         _, head = lh.catalog.resolve("main")

@@ -6,8 +6,8 @@ import io
 
 from rich.console import Console
 
-from client.progress import LiveView, PlainView
-from protocol.messages import LogLine, TaskEvent
+from faas.client.progress import LiveView, PlainView
+from faas.protocol.messages import LogLine, TaskEvent
 
 EVENTS = [
     TaskEvent(run_id="r", node="a", state="queued"),

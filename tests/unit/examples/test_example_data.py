@@ -26,7 +26,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pytest
 
-from faasd.runner import as_arrow
+from faas.faasd.runner import as_arrow
 from tests.conftest import ROOT
 
 EXAMPLE = ROOT / "examples" / "adventureworks"

@@ -13,11 +13,11 @@ import pytest
 from pyiceberg.schema import Schema
 from pyiceberg.table import StaticTable
 
-from faasd.columns import ScanStats, normalize_filter, scan_cached
-from protocol.errors import InvalidInput, NotFound
-from protocol.messages import ScanInput
-from store import Lakehouse, TableInfo, scan_metadata
-from store.scan import plan_metadata, read_plan
+from faas.faasd.columns import ScanStats, normalize_filter, scan_cached
+from faas.protocol.errors import InvalidInput, NotFound
+from faas.protocol.messages import ScanInput
+from faas.store import Lakehouse, TableInfo, scan_metadata
+from faas.store.scan import plan_metadata, read_plan
 from tests.conftest import OpenLake
 
 pytestmark = pytest.mark.timeout(60)
@@ -461,7 +461,7 @@ def test_alignment_check_sees_a_reordered_scan(
 def added(lake: Lakehouse) -> TableInfo:
     """The same rows as ``info``'s table, registered as a worker's Parquet files are
     (add_files: no field ids in the files, a name mapping in the table), which Arrow reads."""
-    from store.files import write_parquet
+    from faas.store.files import write_parquet
 
     transaction = lake.begin()
     location = transaction.data_location("cc.added")

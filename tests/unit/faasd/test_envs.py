@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from faasd.envs import MARKER, Environment, EnvironmentCache, EnvSpec, _uv_bin, _uv_environ
-from protocol.errors import EnvironmentFailed
+from faas.faasd.envs import MARKER, Environment, EnvironmentCache, EnvSpec, _uv_bin, _uv_environ
+from faas.protocol.errors import EnvironmentFailed
 
 pytestmark = [pytest.mark.timeout(60), pytest.mark.package_index]
 
@@ -95,7 +95,7 @@ def test_build_then_cached_after_restart(tmp_path: Path) -> None:
     assert marker["key"] == env.key and marker["pins"] == ["six==1.16.0"]
 
     out = run_in(env.python, (
-        "import six, faas, faasd.runner, pyarrow, msgspec, duckdb, store.scan, store.query, sys\n"
+        "import six, faas, faas.faasd.runner, pyarrow, msgspec, duckdb, faas.store.scan, faas.store.query, sys\n"
         "print(six.__version__, pyarrow.__version__, sys.prefix)"
     ), tmp_path)
     assert out.split() == ["1.16.0", version("pyarrow"), str(env.path)]
@@ -209,7 +209,7 @@ def test_other_python_version_gets_the_base_packages_installed(tmp_path: Path) -
     env = asyncio.run(cache.ensure(EnvSpec.of(minor, {"six": "1.17.0"})))
     assert cache.installs == 1 and not env.cached
     out = run_in(env.python, (
-        "import sys, six, faas, faasd.runner, msgspec, pyarrow, duckdb, store.scan, store.query\n"
+        "import sys, six, faas, faas.faasd.runner, msgspec, pyarrow, duckdb, faas.store.scan, faas.store.query\n"
         "print('%d.%d' % sys.version_info[:2], six.__version__, pyarrow.__version__, msgspec.__version__)"
     ), tmp_path)
     assert out.split() == [minor, "1.17.0", version("pyarrow"), version("msgspec")]

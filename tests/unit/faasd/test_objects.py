@@ -17,8 +17,8 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from faasd import objects
-from faasd.objects import SHM_RESERVE, ObjectStore
+from faas.faasd import objects
+from faas.faasd.objects import SHM_RESERVE, ObjectStore
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.timeout(60)
@@ -522,7 +522,7 @@ def test_an_object_a_process_holds_is_deleted_and_its_pages_not_reused(tmp_path:
 READER = """
 import sys
 import pyarrow as pa
-from faasd.objects import hold
+from faas.faasd.objects import hold
 path = sys.argv[1]
 fd = hold(path)
 table = pa.ipc.open_file(pa.memory_map(path, "r")).read_all()
@@ -536,7 +536,7 @@ def test_a_reader_that_exits_lets_the_pages_be_reused(tmp_path: Path) -> None:
     store = make_store(tmp_path, 256 * MiB)
     add_object(store, "a", "run-1", nbytes=8 * MiB, cacheable=False)
     subprocess.run(
-        [sys.executable, "-c", "import sys; from faasd.objects import hold; hold(sys.argv[1])",
+        [sys.executable, "-c", "import sys; from faas.faasd.objects import hold; hold(sys.argv[1])",
          str(store.path("a"))],
         check=True, cwd=REPO, timeout=30,
     )

@@ -11,7 +11,7 @@ import duckdb
 import pyarrow as pa
 import pytest
 
-from faasd.runner import as_arrow, write_output
+from faas.faasd.runner import as_arrow, write_output
 
 
 def test_arrow_table_passes_through() -> None:
@@ -85,8 +85,8 @@ def test_a_mapped_input_is_held_until_the_process_ends(tmp_path: Path) -> None:
     import os
     from types import SimpleNamespace
 
-    from faasd import runner
-    from protocol.messages import ObjectInput
+    from faas.faasd import runner
+    from faas.protocol.messages import ObjectInput
 
     path = tmp_path / "o.arrow"
     write_output(pa.table({"x": [1, 2, 3]}), str(path))
@@ -105,8 +105,8 @@ def test_a_mapped_input_is_held_until_the_process_ends(tmp_path: Path) -> None:
 
 
 def _two_inputs(tmp_path: Path) -> tuple[Any, dict[str, str]]:
-    from protocol.messages import ObjectInput
-    from protocol.worker_messages import FunctionTask
+    from faas.protocol.messages import ObjectInput
+    from faas.protocol.worker_messages import FunctionTask
 
     (tmp_path / "models.py").write_text(
         "def f(first, second):\n"
@@ -132,7 +132,7 @@ def test_waiting_inputs_are_loaded_after_the_others_once_their_paths_come(
     paths; the function still gets its parameters as declared."""
     import sys
 
-    from faasd import runner
+    from faas.faasd import runner
 
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.setattr(runner, "limit_threads", lambda n: None)  # this process's pools stay
@@ -164,7 +164,7 @@ def test_inputs_that_never_come_are_a_clear_error(
     """The worker goes away while the function waits: one line, naming the model."""
     import socket as socket_
 
-    from faasd import runner
+    from faas.faasd import runner
 
     monkeypatch.setattr(runner, "limit_threads", lambda n: None)
     task, _ = _two_inputs(tmp_path)

@@ -23,11 +23,11 @@ import psutil
 import pyarrow as pa
 import pytest
 
-from faasd.process import FunctionProcess
-from faasd.zygote import Zygote, ZygotePool
-from faasd.zygote_wire import ZygoteDied
-from protocol.errors import ClosedByUs, FunctionFailed, RunCancelled
-from protocol.worker_messages import FunctionResult, FunctionTask
+from faas.faasd.process import FunctionProcess
+from faas.faasd.zygote import Zygote, ZygotePool
+from faas.faasd.zygote_wire import ZygoteDied
+from faas.protocol.errors import ClosedByUs, FunctionFailed, RunCancelled
+from faas.protocol.worker_messages import FunctionResult, FunctionTask
 from tests.conftest import ROOT, wait_until
 
 pytestmark = pytest.mark.timeout(60)
@@ -243,7 +243,7 @@ def test_zygote_is_single_threaded_and_children_run_arrow(project: Path) -> None
     async def go() -> None:
         async with Zygote() as z:
             assert z.ready is not None
-            assert "pyarrow" in z.ready.preloaded and "faasd.runner" in z.ready.preloaded
+            assert "pyarrow" in z.ready.preloaded and "faas.faasd.runner" in z.ready.preloaded
             if sys.platform.startswith("linux"):
                 assert z.ready.threads == 1
             for _ in range(2):
@@ -470,9 +470,9 @@ def test_worker_death_takes_the_zygote_and_children_with_it(project: Path, tmp_p
     script.write_text(textwrap.dedent(f'''
         import asyncio, os, sys
         sys.path.insert(0, {str(ROOT)!r})
-        from faasd.process import FunctionProcess
-        from faasd.zygote import Zygote
-        from protocol.worker_messages import FunctionTask
+        from faas.faasd.process import FunctionProcess
+        from faas.faasd.zygote import Zygote
+        from faas.protocol.worker_messages import FunctionTask
 
         async def main():
             z = Zygote()

@@ -17,9 +17,9 @@ from typing import Any
 import msgspec
 import pytest
 
-from protocol import auth
-from protocol.connection import HANDSHAKE_TIMEOUT, Connection, accept, connect
-from protocol.errors import (
+from faas.protocol import auth
+from faas.protocol.connection import HANDSHAKE_TIMEOUT, Connection, accept, connect
+from faas.protocol.errors import (
     ClosedByUs,
     ConnectionClosed,
     FrameTooLarge,
@@ -27,8 +27,8 @@ from protocol.errors import (
     MalformedFrame,
     PeerVanished,
 )
-from protocol.framing import MAX_HANDSHAKE_FRAME, encode, read_frame
-from protocol.messages import (
+from faas.protocol.framing import MAX_HANDSHAKE_FRAME, encode, read_frame
+from faas.protocol.messages import (
     PROTOCOL_VERSION,
     Auth,
     BulkHeader,
@@ -688,8 +688,8 @@ def test_clean_close_by_peer_is_connection_closed() -> None:
 def test_a_frame_that_is_not_utf8_before_auth_is_a_malformed_frame() -> None:
     """A string field that is not UTF-8 is refused like any other malformed frame: a typed
     error and a closed connection, not a UnicodeDecodeError."""
-    from protocol.errors import MalformedFrame
-    from protocol.framing import HEADER
+    from faas.protocol.errors import MalformedFrame
+    from faas.protocol.framing import HEADER
 
     payload = b"\x81\xa2op\xa4\xff\xfe\xfd\xfc"  # {"op": <4 bytes that are not UTF-8>}
 

@@ -12,8 +12,8 @@ from typing import Any
 import msgspec
 import pytest
 
-from protocol import auth, errors
-from protocol.errors import (
+from faas.protocol import auth, errors
+from faas.protocol.errors import (
     ConnectionClosed,
     FaasError,
     FrameTooLarge,
@@ -27,7 +27,7 @@ from protocol.errors import (
     RemoteError,
     from_wire,
 )
-from protocol.framing import (
+from faas.protocol.framing import (
     HEADER,
     MAX_CONTROL_FRAME,
     MAX_HANDSHAKE_FRAME,
@@ -35,7 +35,7 @@ from protocol.framing import (
     read_frame,
     read_payload,
 )
-from protocol.messages import (
+from faas.protocol.messages import (
     Auth,
     BulkHeader,
     ClientReply,
@@ -56,7 +56,7 @@ from protocol.messages import (
     Welcome,
     error_message,
 )
-from protocol.worker_messages import (
+from faas.protocol.worker_messages import (
     FunctionReply,
     FunctionResult,
     FunctionTask,

@@ -12,8 +12,8 @@ import msgspec
 import pyarrow as pa
 import pytest
 
-from protocol.messages import ObjectInput, ScanInput
-from scheduler.plan import (
+from faas.protocol.messages import ObjectInput, ScanInput
+from faas.scheduler.plan import (
     CACHE_KEY_PROPERTY,
     Plan,
     PlanNode,
@@ -22,7 +22,7 @@ from scheduler.plan import (
     build_plan,
     cache_key,
 )
-from scheduler.project import read_project
+from faas.scheduler.project import read_project
 from tests.unit.scheduler.test_planner import src
 
 pytestmark = pytest.mark.timeout(30)

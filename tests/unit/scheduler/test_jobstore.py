@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from protocol.messages import RunFinished
-from scheduler.jobs import JobStore
+from faas.protocol.messages import RunFinished
+from faas.scheduler.jobs import JobStore
 
 
 def test_a_second_scheduler_on_the_home_leaves_running_runs_alone(tmp_path: Path) -> None:
@@ -54,7 +54,7 @@ def test_a_record_that_cannot_be_written_is_logged_and_the_store_goes_on(
 ) -> None:
     import shutil
 
-    from protocol.messages import TaskEvent
+    from faas.protocol.messages import TaskEvent
 
     jobs = JobStore(tmp_path / "runs")
     jobs.start("run-3", ref="main", namespace="n", project="p")

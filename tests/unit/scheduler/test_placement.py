@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from scheduler.placement import BACKFILL, Fail, Lost, Placement, Request, Start
+from faas.scheduler.placement import BACKFILL, Fail, Lost, Placement, Request, Start
 
 GiB = 2**30
 

@@ -16,10 +16,10 @@ import pyarrow as pa
 import pytest
 
 import faas
-from protocol.errors import PlanInvalid
-from protocol.messages import ObjectInput, ScanInput
-from scheduler.plan import Plan, SourceTable, build_plan
-from scheduler.project import Project, read_project
+from faas.protocol.errors import PlanInvalid
+from faas.protocol.messages import ObjectInput, ScanInput
+from faas.scheduler.plan import Plan, SourceTable, build_plan
+from faas.scheduler.project import Project, read_project
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.timeout(30)

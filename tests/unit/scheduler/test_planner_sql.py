@@ -5,9 +5,9 @@ from __future__ import annotations
 import pyarrow as pa
 import pytest
 
-from protocol.errors import PlanInvalid
-from scheduler.plan import SourceTable, build_plan
-from scheduler.project import read_project
+from faas.protocol.errors import PlanInvalid
+from faas.scheduler.plan import SourceTable, build_plan
+from faas.scheduler.project import read_project
 
 TOML = """
 [parameters.limit]

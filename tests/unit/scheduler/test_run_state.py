@@ -7,8 +7,8 @@ import random
 
 import pytest
 
-from protocol.errors import FunctionFailed, OutOfMemory, PeerVanished
-from scheduler.run_state import Fail, Inputs, RunState, Say, Start, Stop
+from faas.protocol.errors import FunctionFailed, OutOfMemory, PeerVanished
+from faas.scheduler.run_state import Fail, Inputs, RunState, Say, Start, Stop
 
 GiB = 2**30
 

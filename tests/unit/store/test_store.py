@@ -9,8 +9,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from protocol.errors import AlreadyExists, CommitConflict, InvalidInput, NotFound
-from store import Lakehouse, TableInfo, scan_metadata, write_parquet
+from faas.protocol.errors import AlreadyExists, CommitConflict, InvalidInput, NotFound
+from faas.store import Lakehouse, TableInfo, scan_metadata, write_parquet
 from tests.conftest import OpenLake
 
 pytestmark = pytest.mark.timeout(60)
@@ -602,7 +602,7 @@ def test_unsigned_integers_widen_and_unsupported_types_are_invalid(lake: Lakehou
 
 
 def test_worker_side_import_with_read_source_files(lake: Lakehouse, tmp_path: Path) -> None:
-    from store import read_source_files
+    from faas.store import read_source_files
 
     (tmp_path / "a.csv").write_text("id,name\n1,x\n")
     (tmp_path / "b.csv").write_text("id,name\n2,y\n")
@@ -632,8 +632,8 @@ def test_explicit_warehouse_and_catalog(tmp_path: Path) -> None:
 def _pyiceberg_scan(lake: Lakehouse, key: str, columns: list[str], row_filter: str | None
                     ) -> pa.Table:
     """The same scan done by pyiceberg alone, the reference for the multi-threaded reader."""
-    from store.scan import parse_filter
-    from store.transaction import load_table
+    from faas.store.scan import parse_filter
+    from faas.store.transaction import load_table
 
     table = load_table(lake.view("main"), key)
     expression = parse_filter(row_filter, table.schema(), key)
@@ -655,7 +655,7 @@ def test_a_scan_of_files_of_different_types_reads_as_pyiceberg_does(
     transaction.write("sales.prices", exact)
     transaction.publish("prices")
     # As a model's appended output arrives: a Parquet file of its own types, then added.
-    from store.files import write_parquet
+    from faas.store.files import write_parquet
 
     transaction = lake.begin()
     written = write_parquet(narrow, transaction.data_location("sales.prices"), "narrow.parquet")
@@ -673,7 +673,7 @@ def test_parquet_parts_keep_order_and_a_failed_stream_leaves_no_file(
 ) -> None:
     import pyarrow.parquet as pq
 
-    from store import files
+    from faas.store import files
 
     monkeypatch.setattr(files, "PART_ROWS", 3)
     schema = pa.schema({"n": pa.int64()})

@@ -9,10 +9,10 @@ from typing import Any
 import pyarrow as pa
 import pytest
 
-from protocol.errors import AlreadyExists, CommitConflict, InvalidInput, NotFound
-from store.catalog import Change, VersionedCatalog
-from store.lakehouse import Lakehouse
-from store.refs import RefInfo
+from faas.protocol.errors import AlreadyExists, CommitConflict, InvalidInput, NotFound
+from faas.store.catalog import Change, VersionedCatalog
+from faas.store.lakehouse import Lakehouse
+from faas.store.refs import RefInfo
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -338,7 +338,7 @@ def _publish_on(lake: Lakehouse, ref: str) -> None:
 
 
 def test_namespace_prefix_is_case_sensitive(catalog_uri: str) -> None:
-    from store.catalog import Change, VersionedCatalog
+    from faas.store.catalog import Change, VersionedCatalog
 
     cat = VersionedCatalog(catalog_uri)
     cat.commit("main", cat.head("main"), [
@@ -350,9 +350,9 @@ def test_namespace_prefix_is_case_sensitive(catalog_uri: str) -> None:
 
 
 def test_overlong_names_are_refused_before_the_database(catalog_uri: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    from protocol.errors import InvalidInput
-    from store.catalog import Change, VersionedCatalog
-    from store.keys import split_key
+    from faas.protocol.errors import InvalidInput
+    from faas.store.catalog import Change, VersionedCatalog
+    from faas.store.keys import split_key
 
     with pytest.raises(InvalidInput, match="over 255 characters"):
         split_key("ns." + "t" * 300)

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from protocol.errors import CommitConflict, InvalidInput, NotFound
-from store.catalog import ROOT_COMMIT, Change, VersionedCatalog
+from faas.protocol.errors import CommitConflict, InvalidInput, NotFound
+from faas.store.catalog import ROOT_COMMIT, Change, VersionedCatalog
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from store.lakehouse import Lakehouse
+from faas.store.lakehouse import Lakehouse
 from tests.conftest import ROOT, OpenLake
 
 pytestmark = pytest.mark.timeout(180)
@@ -30,8 +30,8 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from protocol.errors import CommitConflict
-from store.lakehouse import Lakehouse
+from faas.protocol.errors import CommitConflict
+from faas.store.lakehouse import Lakehouse
 
 home, uri, key, writer, commits, go = sys.argv[1:7]
 lake = Lakehouse(home, catalog=uri)

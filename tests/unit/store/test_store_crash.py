@@ -22,10 +22,10 @@ import pyarrow as pa
 import pytest
 from sqlalchemy import func, select
 
-from store.catalog import Change, VersionedCatalog
-from store.failpoints import ENV_VAR, EXIT_CODE, FAILPOINTS
-from store.lakehouse import Lakehouse
-from store.schema import commit_changes, commits
+from faas.store.catalog import Change, VersionedCatalog
+from faas.store.failpoints import ENV_VAR, EXIT_CODE, FAILPOINTS
+from faas.store.lakehouse import Lakehouse
+from faas.store.schema import commit_changes, commits
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.timeout(120)
@@ -35,10 +35,10 @@ pytestmark = pytest.mark.timeout(120)
 CHILD = """
 import sys
 operation, home, uri, code = sys.argv[1:5]
-from store.catalog import Change, VersionedCatalog
+from faas.store.catalog import Change, VersionedCatalog
 if operation == "transaction":
     import pyarrow as pa
-    from store.lakehouse import Lakehouse
+    from faas.store.lakehouse import Lakehouse
     lake = Lakehouse(home, catalog=uri)
     vc = lake.catalog
 else:
@@ -217,6 +217,6 @@ def test_crash_leaves_before_or_after(
 
 
 def test_failpoint_without_the_variable_is_free() -> None:
-    from store.failpoints import failpoint
+    from faas.store.failpoints import failpoint
 
     failpoint("commit.before_insert")  # returns: the variable is not set

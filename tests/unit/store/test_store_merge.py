@@ -10,11 +10,11 @@ import pyarrow as pa
 import pytest
 from sqlalchemy import insert, update
 
-from protocol.errors import CommitConflict, InvalidInput, MergeConflict, NotFound
-from store.catalog import ROOT_COMMIT, Change, VersionedCatalog
-from store.lakehouse import Lakehouse, TableDiff
-from store.merge import KeyDiff, MergeResult
-from store.schema import commit_changes, commits, refs
+from faas.protocol.errors import CommitConflict, InvalidInput, MergeConflict, NotFound
+from faas.store.catalog import ROOT_COMMIT, Change, VersionedCatalog
+from faas.store.lakehouse import Lakehouse, TableDiff
+from faas.store.merge import KeyDiff, MergeResult
+from faas.store.schema import commit_changes, commits, refs
 from tests.conftest import OpenLake
 
 pytestmark = pytest.mark.timeout(90)

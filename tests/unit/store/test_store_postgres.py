@@ -16,9 +16,9 @@ import pyarrow as pa
 import pytest
 from psycopg import sql
 
-from protocol.errors import CommitConflict, InvalidInput, NotFound
-from store import Lakehouse
-from store.catalog import ROOT_COMMIT, Change, VersionedCatalog
+from faas.protocol.errors import CommitConflict, InvalidInput, NotFound
+from faas.store import Lakehouse
+from faas.store.catalog import ROOT_COMMIT, Change, VersionedCatalog
 from tests.conftest import OpenLake
 from tests.pg import PostgresServer
 

@@ -8,9 +8,9 @@ import duckdb
 import pyarrow as pa
 import pytest
 
-from protocol.errors import InvalidInput, NotFound
-from store import Lakehouse, query_tables
-from store.query import referenced_tables
+from faas.protocol.errors import InvalidInput, NotFound
+from faas.store import Lakehouse, query_tables
+from faas.store.query import referenced_tables
 from tests.conftest import OpenLake
 
 pytestmark = pytest.mark.timeout(60)
