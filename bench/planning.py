@@ -148,13 +148,14 @@ def measure(
     lh: Lakehouse, address: str, token_file: Path, root: Path, models: int, repeat: int
 ) -> dict[str, float | int]:
     from faas.client import Client
+    from faas.protocol.replies import PlannedNode
 
     files = generate_project(root, models)
     plan = plan_in_process(lh, files)
     inputs = [i for n in plan.nodes.values() for i in n.inputs]
     scans = [i for i in inputs if isinstance(i, ScanInput)]
 
-    async def round_trip() -> list[dict[str, object]]:
+    async def round_trip() -> list[PlannedNode]:
         client = Client(address, token_file=str(token_file))
         return await client.plan(root, namespace=NAMESPACE, ref="main")
 

@@ -28,6 +28,7 @@ from faas.client.client import Client
 from faas.client.progress import view_for
 from faas.protocol.errors import AlreadyExists
 from faas.protocol.messages import LogLine, RunFinished, TaskEvent
+from faas.protocol.replies import PlannedNode
 
 
 @app.command()
@@ -51,7 +52,7 @@ def submit(
     ref = ref_or_active(ref)
     params = parse_params(param)
 
-    async def work(c: Client) -> RunFinished | list[dict[str, Any]] | str:
+    async def work(c: Client) -> RunFinished | list[PlannedNode] | str:
         if dry_run:
             return await c.plan(project, namespace=namespace, ref=ref, params=params)
         submitted = await c.submit(
@@ -131,28 +132,28 @@ def query(
     _print_table(table, limit)
 
 
-def print_plan(nodes: list[dict[str, Any]], ref: str, namespace: str) -> None:
+def print_plan(nodes: list[PlannedNode], ref: str, namespace: str) -> None:
     """The plan as text: the DAG by levels, then each node with what it reads and writes."""
     typer.echo(f"plan at {ref}, namespace {namespace}: {len(nodes)} nodes (nothing was run)")
     levels: dict[int, list[str]] = {}
     for n in nodes:
-        levels.setdefault(int(n["level"]), []).append(n["name"])
+        levels.setdefault(n.level, []).append(n.name)
     for level, names in sorted(levels.items()):
         typer.echo(f"  {'    ' * level}{'└─ ' if level else ''}{', '.join(names)}")
     for n in nodes:
-        env = f"python {n['python'] or 'default'}" + (
-            f" + {', '.join(f'{k}=={v}' for k, v in n['pip'].items())}" if n["pip"] else ""
+        env = f"python {n.python or 'default'}" + (
+            f" + {', '.join(f'{k}=={v}' for k, v in n.pip.items())}" if n.pip else ""
         )
-        out = "expectation" if n["kind"] == "expectation" else (
-            f"-> {n['output']} ({n['materialize'] or 'in memory only'})"
+        out = "expectation" if n.kind == "expectation" else (
+            f"-> {n.output} ({n.materialize or 'in memory only'})"
         )
-        typer.echo(f"\n{n['name']} [{n['kind']}, {env}] {out}   {n['where']}")
-        for i in n["inputs"]:
-            what = f"table {i['from']}@{i['snapshot_id']}" if i["source"] == "table" else f"model {i['from']}"
-            cols = ", ".join(i["columns"]) if i["columns"] else "all columns"
-            filt = f" where {i['filter']}" if i["filter"] else ""
-            typer.echo(f"    {i['param']} <- {what}: {cols}{filt}")
-        for name, value in n["params"].items():
+        typer.echo(f"\n{n.name} [{n.kind}, {env}] {out}   {n.where}")
+        for i in n.inputs:
+            what = f"table {i.from_}@{i.snapshot_id}" if i.source == "table" else f"model {i.from_}"
+            cols = ", ".join(i.columns) if i.columns else "all columns"
+            filt = f" where {i.filter}" if i.filter else ""
+            typer.echo(f"    {i.param} <- {what}: {cols}{filt}")
+        for name, value in n.params.items():
             typer.echo(f"    {name} = {value!r}")
 
 
@@ -197,10 +198,10 @@ def table_get(
     if as_json:
         print_json(info)
         return
-    typer.echo(f"{info['key']}: {info['rows']} rows, {info['files']} files, {info['bytes']} bytes")
-    typer.echo(f"snapshot {info['snapshot_id']}\nmetadata {info['metadata_location']}")
-    for f in info["schema"]:
-        typer.echo(f"  {f['name']}: {f['type']}")
+    typer.echo(f"{info.key}: {info.rows} rows, {info.files} files, {info.bytes} bytes")
+    typer.echo(f"snapshot {info.snapshot_id}\nmetadata {info.metadata_location}")
+    for f in info.schema:
+        typer.echo(f"  {f.name}: {f.type}")
 
 
 @table_app.command("import")
@@ -224,7 +225,7 @@ def table_import(
     if as_json:
         print_json(info)
     else:
-        typer.echo(f"imported {info['key']}: {info['rows']} rows")
+        typer.echo(f"imported {info.key}: {info.rows} rows")
 
 
 @namespace_app.command("ls")
@@ -272,19 +273,19 @@ def info(as_json: bool = json_flag()) -> None:
     if as_json:
         print_json(data)
         return
-    typer.echo(f"scheduler {data['scheduler']}")
-    for w in data["workers"]:
+    typer.echo(f"scheduler {data.scheduler}")
+    for w in data.workers:
         typer.echo(
-            f"  worker {w['worker_id']} on {w['host_id']}"
-            + (" (draining: finishing its functions, taking no new ones)" if w.get("draining") else "")
-            + f": {w['memory_available'] / 2**30:.1f} of "
-            f"{w['memory_total'] / 2**30:.1f} GiB free, {w['memory_reserved'] / 2**30:.1f} GiB "
-            f"reserved, {w['cpus_reserved']} of {w['cpus']} cores reserved, "
-            f"{w['shm_bytes'] / 2**30:.2f} GiB of objects in use, python "
-            f"{', '.join(w['python_versions'])}"
+            f"  worker {w.worker_id} on {w.host_id}"
+            + (" (draining: finishing its functions, taking no new ones)" if w.draining else "")
+            + f": {w.memory_available / 2**30:.1f} of "
+            f"{w.memory_total / 2**30:.1f} GiB free, {w.memory_reserved / 2**30:.1f} GiB "
+            f"reserved, {w.cpus_reserved} of {w.cpus} cores reserved, "
+            f"{w.shm_bytes / 2**30:.2f} GiB of objects in use, python "
+            f"{', '.join(w.python_versions)}"
         )
-        for f in w["functions"]:
-            typer.echo(f"    running {f['node']}" + (f" of {f['run_id']}" if f["run_id"] else ""))
+        for f in w.functions:
+            typer.echo(f"    running {f.node}" + (f" of {f.run_id}" if f.run_id else ""))
 
 
 @namespace_app.command("rm")
@@ -298,7 +299,7 @@ def namespace_rm(
     if as_json:
         print_json(out)
     else:
-        typer.echo(f"dropped namespace {name} at {out['commit'][:12]}")
+        typer.echo(f"dropped namespace {name} at {out.commit[:12]}")
 
 
 @table_app.command("rm")
@@ -312,7 +313,7 @@ def table_rm(
     if as_json:
         print_json(out)
     else:
-        typer.echo(f"dropped {key} at {out['commit'][:12]}")
+        typer.echo(f"dropped {key} at {out.commit[:12]}")
 
 
 @table_app.command("revert")
@@ -327,10 +328,10 @@ def table_revert(
     out = run(lambda c: c.revert_table(key, branch=branch, to_ref=to))
     if as_json:
         print_json(out)
-    elif not out["changed"]:
+    elif not out.changed:
         typer.echo(f"{key} on {branch} is already as at {to}: nothing to revert")
     else:
-        typer.echo(f"reverted {key} on {branch} to its state at {to} ({out['commit'][:12]})")
+        typer.echo(f"reverted {key} on {branch} to its state at {to} ({out.commit[:12]})")
 
 
 def main() -> None:

@@ -173,7 +173,14 @@ def run(work: Callable[[Client], Awaitable[T]]) -> T:
 
 
 def print_json(data: Any) -> None:
-    typer.echo(json.dumps(data, indent=2, default=str))
+    """``data`` as JSON; a reply's fields (not its message tag) for a reply."""
+    import msgspec
+
+    plain = msgspec.to_builtins(data)
+    for item in plain if isinstance(plain, list) else [plain]:
+        if isinstance(item, dict):
+            item.pop("op", None)
+    typer.echo(json.dumps(plain, indent=2, default=str))
 
 
 def parse_params(pairs: list[str]) -> dict[str, str]:

@@ -5,12 +5,13 @@ from __future__ import annotations
 import datetime as dt
 import json
 import sys
-from typing import Any
 
+import msgspec
 import typer
 
 from faas.client.cli_common import app, group, json_flag, print_json, run
 from faas.client.client import Client
+from faas.protocol.replies import JobEvent, NodeRecord
 
 job_app = group("Runs: list, inspect, replay logs, cancel.")
 app.add_typer(job_app, name="job")
@@ -31,9 +32,9 @@ def job_ls(
         print_json(jobs)
         return
     for j in jobs:
-        secs = f"{j['finished'] - j['started']:.1f}s" if j["finished"] else "running"
-        typer.echo(f"{j['run_id']}  {j['status']:<9} {_when(j['started'])}  {secs:>8}  "
-                   f"{j['namespace']}@{j['ref']}")
+        secs = f"{j.finished - (j.started or j.finished):.1f}s" if j.finished else "running"
+        typer.echo(f"{j.run_id}  {j.status:<9} {_when(j.started)}  {secs:>8}  "
+                   f"{j.namespace}@{j.ref}")
 
 
 @job_app.command("get")
@@ -43,15 +44,15 @@ def job_get(run_id: str, as_json: bool = json_flag()) -> None:
     if as_json:
         print_json(j)
         return
-    typer.echo(f"{j['run_id']}: {j['status']} (namespace {j['namespace']}, ref {j['ref']})")
-    typer.echo(f"started {_when(j['started'])}, finished {_when(j['finished'])}")
-    if j.get("commit"):
-        typer.echo(f"commit {j['commit'][:12]}: {', '.join(j['tables'])}")
-    if j.get("error"):
-        typer.echo(f"error: {j['error']}")
-    for name, node in j["nodes"].items():
-        typer.echo(f"  {name}: {node.get('state')}" + (f" ({node['error']})" if node.get("error") else ""))
-    timed = {name: node for name, node in j["nodes"].items() if node.get("phases")}
+    typer.echo(f"{j.run_id}: {j.status} (namespace {j.namespace}, ref {j.ref})")
+    typer.echo(f"started {_when(j.started)}, finished {_when(j.finished)}")
+    if j.commit:
+        typer.echo(f"commit {j.commit[:12]}: {', '.join(j.tables)}")
+    if j.error:
+        typer.echo(f"error: {j.error}")
+    for name, node in j.nodes.items():
+        typer.echo(f"  {name}: {node.state}" + (f" ({node.error})" if node.error else ""))
+    timed = {name: node for name, node in j.nodes.items() if node.phases}
     if timed:
         typer.echo("")
         _print_phases(timed, color=sys.stdout.isatty())
@@ -66,27 +67,27 @@ _ANSI = {"q": 90, "e": 35, "s": 33, "i": 34, "w": 37, "c": 32, "o": 36, "p": 31,
 BAR_WIDTH = 40
 
 
-def _print_phases(nodes: dict[str, dict[str, Any]], *, color: bool) -> None:
+def _print_phases(nodes: dict[str, NodeRecord], *, color: bool) -> None:
     """Seconds per phase per function, then how each input was read, then a bar each."""
     width = max(len(n) for n in nodes)
     head = "".join(f"{p[:9]:>10}" for p, _ in PHASES)
     typer.echo(f"{'seconds':<{width}}{head}{'total':>10}")
     totals = {}
     for name, node in nodes.items():
-        ph = node["phases"]
+        ph = node.phases
         totals[name] = sum(ph.get(p, 0.0) for p, _ in PHASES)
         cells = "".join(f"{ph[p]:>10.3f}" if p in ph else f"{'-':>10}" for p, _ in PHASES)
         typer.echo(f"{name:<{width}}{cells}{totals[name]:>10.3f}")
     for name, node in nodes.items():
-        for i in node.get("inputs") or []:
-            typer.echo(f"  {name}.{i['param']} <- {i['source']} {i['name']}: {i['rows']:,} rows, "
-                       f"{i['nbytes'] / 2**20:,.1f} MiB in {i['seconds']:.3f}s")
+        for i in node.inputs:
+            typer.echo(f"  {name}.{i.param} <- {i.source} {i.name}: {i.rows:,} rows, "
+                       f"{i.nbytes / 2**20:,.1f} MiB in {i.seconds:.3f}s")
     longest = max(totals.values()) or 1.0
     typer.echo("")
     for name, node in nodes.items():
         bar = ""
         for phase, letter in PHASES:
-            cells = round(BAR_WIDTH * node["phases"].get(phase, 0.0) / longest)
+            cells = round(BAR_WIDTH * node.phases.get(phase, 0.0) / longest)
             if cells:
                 bar += f"\x1b[{_ANSI[letter]}m{letter * cells}\x1b[0m" if color else letter * cells
         typer.echo(f"{name:<{width}} |{bar}")
@@ -107,7 +108,7 @@ def job_logs(
     if follow:
         _follow(run_id, as_json)
         return
-    events: list[dict[str, Any]] = run(lambda c: c.job_logs(run_id))
+    events = run(lambda c: c.job_logs(run_id))
     if as_json:
         print_json(events)
         return
@@ -115,16 +116,15 @@ def job_logs(
         _print_event(e)
 
 
-def _print_event(e: dict[str, Any]) -> None:
-    stamp = dt.datetime.fromtimestamp(e["t"]).strftime("%H:%M:%S") if e.get("t") else "--:--:--"
-    if "line" in e:
-        typer.echo(f"{stamp} [{e['node']}] {e['line']}")
-    elif e["state"] != "queued":
-        state = e["state"]
-        if e.get("passed") is not None and state in ("done", "warning"):  # an expectation
-            typer.echo(f"{stamp} {e['node']}: {'passed' if e['passed'] else 'failed'}")
+def _print_event(e: JobEvent) -> None:
+    stamp = dt.datetime.fromtimestamp(e.t).strftime("%H:%M:%S") if e.t else "--:--:--"
+    if e.line is not None:
+        typer.echo(f"{stamp} [{e.node}] {e.line}")
+    elif e.state != "queued":
+        if e.passed is not None and e.state in ("done", "warning"):  # an expectation
+            typer.echo(f"{stamp} {e.node}: {'passed' if e.passed else 'failed'}")
             return
-        typer.echo(f"{stamp} {e['node']}: {state}" + (f": {e['error']}" if e.get("error") else ""))
+        typer.echo(f"{stamp} {e.node}: {e.state}" + (f": {e.error}" if e.error else ""))
 
 
 def _follow(run_id: str, as_json: bool) -> None:
@@ -134,16 +134,14 @@ def _follow(run_id: str, as_json: bool) -> None:
         followed = await c.follow(run_id)
         async for ev in followed:
             if isinstance(ev, LogLine):
-                e: dict[str, Any] = {"t": ev.time, "node": ev.node, "stream": ev.stream,
-                                     "line": ev.line}
+                e = JobEvent(t=ev.time, node=ev.node, stream=ev.stream, line=ev.line)
             elif isinstance(ev, TaskEvent):
-                e = {"t": ev.time, "node": ev.node, "state": ev.state, "error": ev.error}
-                if ev.passed is not None:
-                    e["passed"] = ev.passed
+                e = JobEvent(t=ev.time, node=ev.node, state=ev.state, worker=ev.worker,
+                             error=ev.error, passed=ev.passed)
             else:
                 continue
             if as_json:
-                typer.echo(json.dumps(e))
+                typer.echo(msgspec.json.encode(e).decode())
             else:
                 _print_event(e)
         return await followed.wait()  # raises the run's error

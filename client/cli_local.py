@@ -9,6 +9,7 @@ import typer
 
 from faas.client.cli_common import app, err, fail, group, home_dir, json_flag, print_json
 from faas.protocol.errors import FaasError
+from faas.protocol.replies import Cluster
 
 local_app = group("The background daemon that commands without --cluster talk to (one per FAAS_HOME).")
 app.add_typer(local_app, name="local")
@@ -21,14 +22,14 @@ def _span(seconds: float) -> str:
     return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s" if m else f"{s}s"
 
 
-def _live(info: dict[str, Any]) -> dict[str, Any]:
-    """What the daemon itself says: idle time and runs in flight."""
+def _live(info: dict[str, Any]) -> Cluster | str:
+    """What the daemon itself says (idle time, runs in flight), or why it did not."""
     from faas.client.local import ask_daemon
 
     try:
         return ask_daemon(home_dir(), info)
     except FaasError as exc:
-        return {"error": str(exc)}
+        return str(exc)
 
 
 @local_app.command("status")
@@ -48,16 +49,17 @@ def local_status(as_json: bool = json_flag()) -> None:
             typer.echo(f"no local faas daemon is running for {home} (the next command starts one)")
         raise typer.Exit(1)
     live = _live(info)
+    said = live if isinstance(live, Cluster) else None
     out = {
         "running": True, "home": str(home), "address": info["address"], "pid": info["pid"],
         "worker_pid": info.get("worker_pid"), "version": info["version"],
         "uptime_seconds": round(time.time() - info.get("started", time.time()), 1),
-        "idle_seconds": round(live.get("idle_seconds", 0.0), 1),
-        "idle_limit_seconds": info.get("idle_seconds"), "runs": live.get("runs", 0),
-        "workers": len(live.get("workers", [])), "logs": info.get("logs"),
+        "idle_seconds": round(said.idle_seconds, 1) if said else 0.0,
+        "idle_limit_seconds": info.get("idle_seconds"), "runs": said.runs if said else 0,
+        "workers": len(said.workers) if said else 0, "logs": info.get("logs"),
     }
-    if "error" in live:
-        out["error"] = live["error"]
+    if said is None:
+        out["error"] = live
     if as_json:
         print_json(out)
         return

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import typer
 
 from faas.client.cli_common import (
@@ -21,6 +19,7 @@ from faas.client.cli_common import (
 )
 from faas.client.client import Client
 from faas.protocol.errors import InvalidInput, NotFound
+from faas.protocol.replies import Ref
 
 DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
@@ -36,13 +35,13 @@ def parse_duration(text: str) -> float:
         raise typer.BadParameter(f"{text!r} is not a duration like 12h or 7d") from None
 
 
-def _show_refs(refs: list[dict[str, Any]], as_json: bool, active: str | None = None) -> None:
+def _show_refs(refs: list[Ref], as_json: bool, active: str | None = None) -> None:
     if as_json:
         print_json(refs)
         return
     for r in refs:
-        mark = "*" if r["name"] == active else " "
-        typer.echo(f"{mark} {r['name']:<30} {r['head'][:12]}  {r['message']}")
+        mark = "*" if r.name == active else " "
+        typer.echo(f"{mark} {r.name:<30} {r.head[:12]}  {r.message}")
 
 
 @branch_app.command("ls")
@@ -65,7 +64,7 @@ def branch_create(
     if as_json:
         print_json(ref)
     else:
-        typer.echo(f"created branch {name} at {ref['head'][:12]}")
+        typer.echo(f"created branch {name} at {ref.head[:12]}")
 
 
 @branch_app.command("rm")
@@ -93,13 +92,12 @@ def branch_merge(
     out = run(lambda c: c.merge(source, target, message=message, fast_forward=ff))
     if as_json:
         print_json(out)
-    elif not out["changes"] and not out["fast_forward"]:
+    elif not out.changes and not out.fast_forward:
         typer.echo(f"{target} already contains {source}")
     else:
-        how = "fast-forwarded" if out["fast_forward"] else "merged"
+        how = "fast-forwarded" if out.fast_forward else "merged"
         typer.echo(
-            f"{how} {source} into {target} at {out['commit'][:12]} "
-            f"({len(out['changes'])} changes)"
+            f"{how} {source} into {target} at {out.commit[:12]} ({len(out.changes)} changes)"
         )
 
 
@@ -118,12 +116,12 @@ def branch_diff(
     if not diffs:
         typer.echo(f"no differences between {ref_a} and {target}")
     for d in diffs:
-        if d["kind"] == "namespace":
-            typer.echo(f"{d['status']:<8} namespace {d['key']}")
+        if d.kind == "namespace":
+            typer.echo(f"{d.status:<8} namespace {d.key}")
             continue
         typer.echo(
-            f"{d['status']:<8} {d['key']}  snapshot {d['old_snapshot_id']} -> {d['new_snapshot_id']}, "
-            f"rows {d['old_rows']} -> {d['new_rows']}"
+            f"{d.status:<8} {d.key}  snapshot {d.old_snapshot_id} -> {d.new_snapshot_id}, "
+            f"rows {d.old_rows} -> {d.new_rows}"
         )
 
 
@@ -152,13 +150,13 @@ def checkout(
 ) -> None:
     """Make a branch the default ref of every command (kept in FAAS_HOME)."""
 
-    async def work(c: Client) -> dict[str, Any]:
+    async def work(c: Client) -> Ref:
         if create:
             return await c.create_branch(name, active_branch())
         for b in await c.branches(include_runs=True):
-            if b["name"] == name:
+            if b.name == name:
                 return b
-        if any(t["name"] == name for t in await c.tags()):
+        if any(t.name == name for t in await c.tags()):
             raise InvalidInput(f"{name!r} is a tag: read it with --ref {name}, or branch from it")
         raise NotFound(f"no branch {name!r}: create it with 'faas checkout -b {name}'")
 
@@ -167,7 +165,7 @@ def checkout(
     if as_json:
         print_json(ref)
     else:
-        typer.echo(f"on branch {name} ({ref['head'][:12]})")
+        typer.echo(f"on branch {name} ({ref.head[:12]})")
 
 
 @tag_app.command("ls")
@@ -187,7 +185,7 @@ def tag_create(
     if as_json:
         print_json(ref)
     else:
-        typer.echo(f"tagged {ref['head'][:12]} as {name}")
+        typer.echo(f"tagged {ref.head[:12]} as {name}")
 
 
 @tag_app.command("rm")
@@ -212,7 +210,7 @@ def log_(
         print_json(commits)
         return
     for c in commits:
-        props = " ".join(f"{k}={v}" for k, v in sorted(c["properties"].items()))
-        merge = " (merge)" if len(c["parents"]) > 1 else ""
-        typer.echo(f"{c['hash'][:12]} {c['created_at'][:19]} {c['author']}: {c['message']}{merge}"
+        props = " ".join(f"{k}={v}" for k, v in sorted(c.properties.items()))
+        merge = " (merge)" if len(c.parents) > 1 else ""
+        typer.echo(f"{c.hash[:12]} {c.created_at[:19]} {c.author}: {c.message}{merge}"
                    + (f"  [{props}]" if props else ""))

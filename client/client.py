@@ -17,7 +17,7 @@ import os
 import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 
@@ -27,7 +27,6 @@ from faas.protocol.errors import FaasError, FunctionFailed, ProjectError, RunCan
 from faas.protocol.messages import (
     BulkHeader,
     CancelRun,
-    ClientReply,
     ClusterInfo,
     CreateNamespace,
     CreateRef,
@@ -36,9 +35,11 @@ from faas.protocol.messages import (
     DropNamespace,
     DropTable,
     Error,
+    FileFormat,
     FollowJob,
     GetJob,
     GetTable,
+    ImportMode,
     ImportTable,
     JobLogs,
     ListJobs,
@@ -47,7 +48,6 @@ from faas.protocol.messages import (
     ListTables,
     Log,
     Merge,
-    Ok,
     PruneRuns,
     Query,
     RevertTable,
@@ -55,8 +55,38 @@ from faas.protocol.messages import (
     RunFinished,
     SubmitRun,
 )
+from faas.protocol.replies import (
+    Cancelled,
+    ClientReply,
+    Cluster,
+    Commit,
+    Commits,
+    Differences,
+    Imported,
+    Job,
+    JobEvent,
+    JobEvents,
+    JobRecord,
+    Jobs,
+    JobSummary,
+    KeyDifference,
+    Merged,
+    NamespaceChanged,
+    Namespaces,
+    PlanDescription,
+    PlannedNode,
+    Pruned,
+    Ref,
+    RefDeleted,
+    Refs,
+    Table,
+    TableDropped,
+    TableReverted,
+    Tables,
+)
 
 _decoder = msgspec.msgpack.Decoder(ClientReply)
+R = TypeVar("R")
 
 PROJECT_SUFFIXES = (".py", ".sql")
 PROJECT_FILES = ("faas_project.toml",)
@@ -187,18 +217,19 @@ class Client:
             expect_role="scheduler",
         )
 
-    async def _call(self, request: Any) -> Any:
+    async def _call(self, request: Any, expect: type[R]) -> R:
+        """Send ``request`` on a connection of its own; its reply, of type ``expect``."""
         conn = await self._connect()
         try:
             await conn.send(request)
             reply = await conn.recv()
             if isinstance(reply, Error):
                 _raise(reply)
-            if isinstance(reply, BulkHeader):
-                return reply, await conn.recv_bulk(reply.nbytes)
-            if not isinstance(reply, Ok):
-                raise FaasError(f"unexpected reply {type(reply).__name__}")
-            return reply.data
+            if not isinstance(reply, expect):
+                raise FaasError(
+                    f"unexpected reply {type(reply).__name__} to {type(request).__name__}"
+                )
+            return reply
         finally:
             await conn.aclose()
 
@@ -258,114 +289,125 @@ class Client:
     async def plan(
         self, project: str | Path, *, namespace: str, ref: str = "main",
         params: dict[str, str] | None = None,
-    ) -> list[dict[str, Any]]:
+    ) -> list[PlannedNode]:
         """The plan the scheduler would run, without running anything."""
-        data = await self._call(
+        reply = await self._call(
             SubmitRun(files=await asyncio.to_thread(pack_project, project), namespace=namespace, ref=ref,
-                      params=dict(params or {}), dry_run=True)
+                      params=dict(params or {}), dry_run=True),
+            PlanDescription,
         )
-        return data["plan"]
+        return reply.plan
 
     # -- catalog -------------------------------------------------------------------
 
     async def namespaces(self, ref: str = "main") -> list[str]:
-        return await self._call(ListNamespaces(ref=ref))
+        return (await self._call(ListNamespaces(ref=ref), Namespaces)).names
 
-    async def create_namespace(self, name: str, ref: str = "main") -> None:
-        await self._call(CreateNamespace(name=name, ref=ref))
+    async def create_namespace(self, name: str, ref: str = "main") -> NamespaceChanged:
+        return await self._call(CreateNamespace(name=name, ref=ref), NamespaceChanged)
 
     async def tables(self, namespace: str | None = None, ref: str = "main") -> list[str]:
-        return await self._call(ListTables(namespace=namespace, ref=ref))
+        return (await self._call(ListTables(namespace=namespace, ref=ref), Tables)).keys
 
-    async def table(self, key: str, ref: str = "main") -> dict[str, Any]:
-        return await self._call(GetTable(key=key, ref=ref))
+    async def table(self, key: str, ref: str = "main") -> Table:
+        return await self._call(GetTable(key=key, ref=ref), Table)
 
     async def import_table(
-        self, key: str, paths: list[str], *, ref: str = "main", mode: str = "replace",
-        format: str | None = None,
-    ) -> dict[str, Any]:
+        self, key: str, paths: list[str], *, ref: str = "main", mode: ImportMode = "replace",
+        format: FileFormat | None = None,
+    ) -> Imported:
         """Import CSV/Parquet files (paths or globs, readable by the workers) as a table;
         ``format`` (csv, tsv, parquet) for files whose suffix does not say."""
         resolved = await asyncio.to_thread(
             lambda: [str(Path(p).expanduser().resolve()) if "://" not in p else p for p in paths]
         )
         return await self._call(
-            ImportTable(key=key, paths=resolved, ref=ref, mode=mode, format=format)
+            ImportTable(key=key, paths=resolved, ref=ref, mode=mode, format=format), Imported
         )
 
     async def query(self, sql: str, *, namespace: str | None = None, ref: str = "main") -> Any:
         """Run SQL over the tables at ``ref``; returns a pyarrow Table."""
         import pyarrow as pa
 
-        _, data = await self._call(Query(sql=sql, namespace=namespace, ref=ref))
+        conn = await self._connect()
+        try:
+            await conn.send(Query(sql=sql, namespace=namespace, ref=ref))
+            reply = await conn.recv()
+            if isinstance(reply, Error):
+                _raise(reply)
+            if not isinstance(reply, BulkHeader):
+                raise FaasError(f"unexpected reply {type(reply).__name__} to Query")
+            data = await conn.recv_bulk(reply.nbytes)
+        finally:
+            await conn.aclose()
         return pa.ipc.open_stream(pa.py_buffer(data)).read_all()
 
-    async def info(self) -> dict[str, Any]:
-        return await self._call(ClusterInfo())
+    async def info(self) -> Cluster:
+        return await self._call(ClusterInfo(), Cluster)
 
-    async def drop_namespace(self, name: str, ref: str = "main") -> dict[str, Any]:
-        return await self._call(DropNamespace(name=name, ref=ref))
+    async def drop_namespace(self, name: str, ref: str = "main") -> NamespaceChanged:
+        return await self._call(DropNamespace(name=name, ref=ref), NamespaceChanged)
 
-    async def drop_table(self, key: str, ref: str = "main") -> dict[str, Any]:
-        return await self._call(DropTable(key=key, ref=ref))
+    async def drop_table(self, key: str, ref: str = "main") -> TableDropped:
+        return await self._call(DropTable(key=key, ref=ref), TableDropped)
 
-    async def revert_table(self, key: str, *, branch: str, to_ref: str) -> dict[str, Any]:
+    async def revert_table(self, key: str, *, branch: str, to_ref: str) -> TableReverted:
         """Make ``key`` on ``branch`` what it is at ``to_ref``, in one commit."""
-        return await self._call(RevertTable(key=key, branch=branch, to_ref=to_ref))
+        return await self._call(RevertTable(key=key, branch=branch, to_ref=to_ref), TableReverted)
 
     # -- branches, tags, history ---------------------------------------------------
 
-    async def branches(self, *, include_runs: bool = False) -> list[dict[str, Any]]:
-        return await self._call(ListRefs(kind="branch", include_runs=include_runs))
+    async def branches(self, *, include_runs: bool = False) -> list[Ref]:
+        return (await self._call(ListRefs(kind="branch", include_runs=include_runs), Refs)).refs
 
-    async def create_branch(self, name: str, from_ref: str = "main") -> dict[str, Any]:
-        return await self._call(CreateRef(kind="branch", name=name, from_ref=from_ref))
+    async def create_branch(self, name: str, from_ref: str = "main") -> Ref:
+        return await self._call(CreateRef(kind="branch", name=name, from_ref=from_ref), Ref)
 
-    async def delete_branch(self, name: str) -> None:
-        await self._call(DeleteRef(kind="branch", name=name))
+    async def delete_branch(self, name: str) -> RefDeleted:
+        return await self._call(DeleteRef(kind="branch", name=name), RefDeleted)
 
-    async def tags(self) -> list[dict[str, Any]]:
-        return await self._call(ListRefs(kind="tag"))
+    async def tags(self) -> list[Ref]:
+        return (await self._call(ListRefs(kind="tag"), Refs)).refs
 
-    async def create_tag(self, name: str, from_ref: str = "main") -> dict[str, Any]:
-        return await self._call(CreateRef(kind="tag", name=name, from_ref=from_ref))
+    async def create_tag(self, name: str, from_ref: str = "main") -> Ref:
+        return await self._call(CreateRef(kind="tag", name=name, from_ref=from_ref), Ref)
 
-    async def delete_tag(self, name: str) -> None:
-        await self._call(DeleteRef(kind="tag", name=name))
+    async def delete_tag(self, name: str) -> RefDeleted:
+        return await self._call(DeleteRef(kind="tag", name=name), RefDeleted)
 
     async def merge(
         self, source: str, into: str = "main", *, message: str | None = None,
         fast_forward: bool = False,
-    ) -> dict[str, Any]:
+    ) -> Merged:
         """Merge ``source`` into branch ``into``: one commit, or a conflict and nothing written."""
         return await self._call(
-            Merge(source=source, into=into, message=message, fast_forward=fast_forward)
+            Merge(source=source, into=into, message=message, fast_forward=fast_forward), Merged
         )
 
-    async def diff(self, from_ref: str, to_ref: str) -> list[dict[str, Any]]:
+    async def diff(self, from_ref: str, to_ref: str) -> list[KeyDifference]:
         """Tables and namespaces that differ going from ``from_ref`` to ``to_ref``."""
-        return await self._call(Diff(from_ref=from_ref, to_ref=to_ref))
+        return (await self._call(Diff(from_ref=from_ref, to_ref=to_ref), Differences)).changes
 
-    async def log(self, ref: str = "main", n: int = 20) -> list[dict[str, Any]]:
-        return await self._call(Log(ref=ref, n=n))
+    async def log(self, ref: str = "main", n: int = 20) -> list[Commit]:
+        return (await self._call(Log(ref=ref, n=n), Commits)).commits
 
     # -- runs, past and present ---------------------------------------------------
 
-    async def jobs(self, limit: int = 20) -> list[dict[str, Any]]:
+    async def jobs(self, limit: int = 20) -> list[JobSummary]:
         """Recent runs, newest first."""
-        return await self._call(ListJobs(limit=limit))
+        return (await self._call(ListJobs(limit=limit), Jobs)).runs
 
-    async def job(self, run_id: str) -> dict[str, Any]:
-        return await self._call(GetJob(run_id=run_id))
+    async def job(self, run_id: str) -> JobRecord:
+        return (await self._call(GetJob(run_id=run_id), Job)).job
 
-    async def job_logs(self, run_id: str) -> list[dict[str, Any]]:
+    async def job_logs(self, run_id: str) -> list[JobEvent]:
         """Every event and output line of a run, in order (also while it runs)."""
-        return await self._call(JobLogs(run_id=run_id))
+        return (await self._call(JobLogs(run_id=run_id), JobEvents)).events
 
-    async def cancel_run(self, run_id: str) -> dict[str, Any]:
+    async def cancel_run(self, run_id: str) -> Cancelled:
         """Cancel a running run: its function processes are stopped, nothing is published."""
-        return await self._call(CancelRun(run_id=run_id))
+        return await self._call(CancelRun(run_id=run_id), Cancelled)
 
     async def prune_runs(self, *, older_than: float | None = None) -> list[str]:
         """Delete the transaction branches of finished runs; returns their names."""
-        return await self._call(PruneRuns(older_than=older_than))
+        return (await self._call(PruneRuns(older_than=older_than), Pruned)).branches

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from faas.protocol.errors import FaasError
+from faas.protocol.replies import Cluster
 from faas.protocol.version import build_id, settings_fingerprint
 
 INFO_FILE = "daemon.json"
@@ -185,7 +186,7 @@ def ensure_daemon(
                       memory, port)
 
 
-def ask_daemon(home: Path, info: dict[str, Any], timeout: float = 10.0) -> dict[str, Any]:
+def ask_daemon(home: Path, info: dict[str, Any], timeout: float = 10.0) -> Cluster:
     """What a live daemon says of itself (its cluster info: runs, idle time, workers).
 
     Raises FaasError when it does not answer."""
@@ -194,7 +195,7 @@ def ask_daemon(home: Path, info: dict[str, Any], timeout: float = 10.0) -> dict[
     from faas.client.client import Client
     from faas.protocol.auth import load_token
 
-    async def ask() -> dict[str, Any]:
+    async def ask() -> Cluster:
         return await Client(info["address"], token=load_token(home / "token")).info()
 
     try:
@@ -207,7 +208,7 @@ def ask_daemon(home: Path, info: dict[str, Any], timeout: float = 10.0) -> dict[
 def _runs_in_flight(home: Path, info: dict[str, Any]) -> int:
     """How many runs a live daemon has going; 0 when it cannot say."""
     try:
-        return int(ask_daemon(home, info).get("runs", 0))
+        return ask_daemon(home, info).runs
     except (FaasError, OSError, ValueError):
         return 0
 

@@ -30,7 +30,7 @@ from faas.protocol.framing import (
     read_frame,
     recv_frame_blocking,
 )
-from faas.protocol.messages import PROTOCOL_VERSION, Auth, Error, Handshake, Hello, Welcome
+from faas.protocol.messages import PROTOCOL_VERSION, Auth, Error, Handshake, Hello, Role, Welcome
 
 log = logging.getLogger(__name__)
 
@@ -163,7 +163,7 @@ def _check_reply(msg: Any, kind: type) -> Any:
 
 
 def _auth_frame(
-    address: str, hello: Hello, nonce: bytes, *, token: bytes, role: str, host_id: str
+    address: str, hello: Hello, nonce: bytes, *, token: bytes, role: Role, host_id: str
 ) -> bytes:
     """The Auth frame answering ``hello``, after checking the server's protocol version."""
     if hello.version != PROTOCOL_VERSION:
@@ -183,7 +183,7 @@ def _auth_frame(
 
 def _check_welcome(
     address: str, hello: Hello, welcome: Welcome, nonce: bytes, *, token: bytes,
-    expect_role: str | None,
+    expect_role: Role | None,
 ) -> None:
     if not auth.verify(token, nonce, hello.role, hello.host_id, welcome.proof):
         raise HandshakeFailed(f"{address} did not prove the cluster token")
@@ -197,9 +197,9 @@ async def accept(
     decoder: msgspec.msgpack.Decoder[T],
     *,
     token: bytes,
-    role: str,
+    role: Role,
     host_id: str,
-    allowed_roles: tuple[str, ...],
+    allowed_roles: tuple[Role, ...],
 ) -> Connection[T]:
     """Server side of the handshake. On any failure the socket is closed and the error raised.
 
@@ -262,10 +262,10 @@ async def connect(
     decoder: msgspec.msgpack.Decoder[T],
     *,
     token: bytes,
-    role: str,
+    role: Role,
     host_id: str,
     timeout: float = HANDSHAKE_TIMEOUT,
-    expect_role: str | None = None,
+    expect_role: Role | None = None,
 ) -> Connection[T]:
     """Open a connection to ``HOST:PORT`` and authenticate both ways.
 
@@ -305,9 +305,9 @@ def connect_blocking(
     address: str,
     *,
     token: bytes,
-    role: str,
+    role: Role,
     host_id: str,
-    expect_role: str | None = None,
+    expect_role: Role | None = None,
     timeout: float = HANDSHAKE_TIMEOUT,
 ) -> tuple[socket.socket, str]:
     """The blocking twin of :func:`connect`: a plain socket, authenticated both ways.

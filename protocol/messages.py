@@ -3,7 +3,8 @@ tagged union per channel (the worker's channels are in :mod:`protocol.worker_mes
 
 Channels:
 - handshake (any peer): Hello → Auth → Welcome
-- client ↔ scheduler: ClientRequest / ClientReply
+- client ↔ scheduler: ClientRequest here; the replies, one type per request, are in
+  :mod:`faas.protocol.replies` (ClientReply)
 
 Evolution rule: new fields get defaults, a field's type never changes.
 Tags are the class names; the tag field is ``op``.
@@ -11,7 +12,7 @@ Tags are the class names; the tag field is ``op``.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 import msgspec
 
@@ -33,12 +34,6 @@ class Error(Message, frozen=True):
     detail: str = ""
 
 
-class Ok(Message, frozen=True):
-    """A reply that carries plain data (JSON-shaped)."""
-
-    data: Any = None
-
-
 class BulkHeader(Message, frozen=True):
     """Announces ``nbytes`` of raw bytes (an Arrow IPC stream) right after this frame."""
 
@@ -47,6 +42,17 @@ class BulkHeader(Message, frozen=True):
 
 
 ParamValue = str | int | float | bool
+
+# The values some fields may take, checked by msgspec when a message is decoded.
+RefKind = Literal["branch", "tag"]
+ImportMode = Literal["replace", "append"]
+FileFormat = Literal["csv", "tsv", "parquet"]
+Stream = Literal["stdout", "stderr"]
+# A node's states, as TaskEvent reports them ("warning": an expectation failed, not strict).
+TaskState = Literal[
+    "queued", "ready", "running", "retrying", "done", "warning", "failed", "cancelled"
+]
+RunOutcome = Literal["success", "failed", "cancelled"]
 
 NODE_LABELS = {"python": "model", "sql": "SQL model", "expectation": "expectation"}
 
@@ -75,7 +81,7 @@ class Hello(Message, frozen=True):
     """First frame, sent by the accepting side."""
 
     version: int
-    role: str
+    role: Role
     host_id: str
     nonce: bytes
 
@@ -84,7 +90,7 @@ class Auth(Message, frozen=True):
     """The connecting side proves it holds the cluster token."""
 
     version: int
-    role: str
+    role: Role
     host_id: str
     proof: bytes
     nonce: bytes
@@ -106,7 +112,7 @@ class InputRead(msgspec.Struct, frozen=True, kw_only=True):
     """How one input of a function was read: a source scan or an upstream object mapped."""
 
     param: str
-    source: str  # "scan" | "object"
+    source: Literal["scan", "object"]
     name: str  # the table key, or the upstream node
     seconds: float
     rows: int = 0
@@ -165,7 +171,7 @@ class Materialize(msgspec.Struct, frozen=True, kw_only=True):
 
     key: str
     directory: str
-    mode: str = "replace"
+    mode: ImportMode = "replace"
     # Nothing of the run reads this output: the function process writes the Parquet
     # files itself as its rows come, on all cores, and no object is kept.
     direct: bool = False
@@ -222,9 +228,9 @@ class ImportTable(Message, frozen=True):
     key: str
     paths: list[str]
     ref: str = "main"
-    mode: str = "replace"
-    # csv, tsv or parquet; None: from each file's suffix.
-    format: str | None = None
+    mode: ImportMode = "replace"
+    # None: from each file's suffix.
+    format: FileFormat | None = None
 
 
 class Query(Message, frozen=True):
@@ -238,18 +244,18 @@ class ClusterInfo(Message, frozen=True):
 
 
 class ListRefs(Message, frozen=True):
-    kind: str = "branch"  # "branch" | "tag"
+    kind: RefKind = "branch"
     include_runs: bool = False
 
 
 class CreateRef(Message, frozen=True):
-    kind: str
+    kind: RefKind
     name: str
     from_ref: str = "main"
 
 
 class DeleteRef(Message, frozen=True):
-    kind: str
+    kind: RefKind
     name: str
 
 
@@ -323,7 +329,7 @@ class TaskEvent(Message, frozen=True):
 
     run_id: str
     node: str
-    state: str
+    state: TaskState
     worker: str = ""
     time: float = 0.0
     rows: int = 0
@@ -352,14 +358,14 @@ class TaskEvent(Message, frozen=True):
 class LogLine(Message, frozen=True):
     run_id: str
     node: str
-    stream: str
+    stream: Stream
     line: str
     time: float = 0.0
 
 
 class RunFinished(Message, frozen=True):
     run_id: str
-    status: str  # "success" | "failed" | "cancelled"
+    status: RunOutcome
     commit: str = ""
     tables: list[str] = []
     error: Error | None = None
@@ -393,4 +399,3 @@ ClientRequest = (
     | CancelRun
     | FollowJob
 )
-ClientReply = RunAccepted | TaskEvent | LogLine | RunFinished | Ok | BulkHeader | Error

@@ -24,6 +24,7 @@ from faas.protocol.messages import (
     ObjectInput,
     ParamValue,
     ScanInput,
+    Stream,
 )
 
 # -- worker ↔ scheduler -------------------------------------------------------
@@ -69,7 +70,7 @@ class TaskStarted(Message, frozen=True):
 
 class TaskLog(Message, frozen=True):
     task_id: str
-    stream: str
+    stream: Stream
     line: str
     time: float = 0.0
 

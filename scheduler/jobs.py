@@ -20,7 +20,7 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import IO, Any
 
@@ -28,6 +28,7 @@ import msgspec
 
 from faas.protocol.errors import InvalidInput, NotFound
 from faas.protocol.messages import Error, LogLine, RunFinished, TaskEvent
+from faas.protocol.replies import JobEvent, JobRecord, JobSummary, NodeRecord, RunStatus
 
 log = logging.getLogger(__name__)
 
@@ -77,8 +78,8 @@ class JobStore:
     def __init__(self, root: Path) -> None:
         self.root = root
         self.root.mkdir(parents=True, exist_ok=True)
-        self._records: dict[str, dict[str, Any]] = {}
-        self._logs: dict[str, IO[str]] = {}
+        self._records: dict[str, JobRecord] = {}
+        self._logs: dict[str, IO[bytes]] = {}
         # The latest summary of a run not written yet (the writer takes it when it comes to it).
         self._pending: dict[str, bytes] = {}
         self._writer = _Writer()
@@ -102,13 +103,10 @@ class JobStore:
             raise InvalidInput(f"{run_id!r} is not a run id (like run-20260101-120000-ab12cd)")
         return self.root / run_id
 
-    def _write(self, record: dict[str, Any], path: Path | None = None) -> None:
-        _replace(path or self._dir(record["run_id"]) / "run.json", msgspec.json.encode(record))
-
-    def _save(self, record: dict[str, Any]) -> None:
+    def _save(self, record: JobRecord) -> None:
         """Have the writer write ``record`` as it is now (once, however often it changes
         before the writer gets to it)."""
-        run_id = record["run_id"]
+        run_id = record.run_id
         first = run_id not in self._pending
         self._pending[run_id] = msgspec.json.encode(record)
         if first:
@@ -117,10 +115,11 @@ class JobStore:
     def _write_pending(self, run_id: str, path: Path) -> None:
         _replace(path, self._pending.pop(run_id))
 
-    def _append(self, out: IO[str], event: dict[str, Any]) -> None:
-        self._writer.put(out.write, json.dumps(event) + "\n")
+    def _append(self, out: IO[bytes], event: JobEvent) -> None:
+        self._writer.put(out.write, msgspec.json.encode(event) + b"\n")
 
     def _fail_interrupted(self) -> None:
+        # Plain JSON, not JobRecord: a record of any shape left running is marked failed.
         for path in self.root.glob("*/run.json"):
             try:
                 record = json.loads(path.read_text())
@@ -129,22 +128,23 @@ class JobStore:
             if isinstance(record, dict) and record.get("status") == "running":
                 record.update(status="failed", finished=time.time(),
                               error="the scheduler stopped while the run was in flight")
-                self._write(record, path)
+                _replace(path, msgspec.json.encode(record))
                 log.info("run %s was in flight when the scheduler stopped: marked failed",
                          path.parent.name)
 
     # -- recording -------------------------------------------------------------
 
-    def start(self, run_id: str, **meta: Any) -> None:
+    def start(self, run_id: str, *, ref: str, namespace: str, project: str,
+              nodes: Iterable[str] = ()) -> None:
         d = self._dir(run_id)
         d.mkdir(parents=True, exist_ok=True)
-        record = {"run_id": run_id, "status": "running", "started": time.time(), "finished": None,
-                  "error": None, "commit": None, "tables": [], "branch": None, "nodes": {}, **meta}
+        record = JobRecord(run_id=run_id, started=time.time(), ref=ref, namespace=namespace,
+                           project=project, nodes={n: NodeRecord() for n in nodes})
         self._records[run_id] = record
-        self._logs[run_id] = open(d / "events.jsonl", "a", buffering=1)
+        self._logs[run_id] = open(d / "events.jsonl", "ab", buffering=0)
         # Written at once (once per run, nothing of it pending): `faas job ls` in another
         # process sees the run from the moment it is accepted.
-        self._write(record)
+        _replace(d / "run.json", msgspec.json.encode(record))
 
     def record(self, msg: Any) -> None:
         """Keep one event or output line of a running run."""
@@ -153,43 +153,40 @@ class JobStore:
         if out is None:
             return
         if isinstance(msg, LogLine):
-            self._append(out, {"t": msg.time, "node": msg.node, "stream": msg.stream,
-                               "line": msg.line})
+            self._append(out, JobEvent(t=msg.time, node=msg.node, stream=msg.stream, line=msg.line))
         elif isinstance(msg, TaskEvent):
-            event = {"t": msg.time, "node": msg.node, "state": msg.state, "worker": msg.worker,
-                     "error": msg.error}
-            if msg.passed is not None:
-                event["passed"] = msg.passed
-            self._append(out, event)
+            self._append(out, JobEvent(t=msg.time, node=msg.node, state=msg.state,
+                                       worker=msg.worker, error=msg.error, passed=msg.passed))
             record = self._records[run_id]
-            record["nodes"][msg.node] = {
+            record.nodes[msg.node] = NodeRecord(
                 # Absent values are JSON nulls, never empty strings.
-                "state": msg.shown, "worker": msg.worker or None, "rows": msg.rows,
-                "error": msg.error or None,
-                "cached": msg.cached, "columns_cached": msg.columns_cached,
-                "columns_read": msg.columns_read,
-                "phases": {k: round(v, 6) for k, v in msg.phases.items()},
-                "inputs": [msgspec.to_builtins(i) for i in msg.inputs],
-            }
+                state=msg.shown, worker=msg.worker or None, rows=msg.rows,
+                error=msg.error or None, cached=msg.cached, columns_cached=msg.columns_cached,
+                columns_read=msg.columns_read,
+                phases={k: round(v, 6) for k, v in msg.phases.items()}, inputs=msg.inputs,
+            )
             if msg.state != "queued":
                 self._save(record)
 
-    def finish(self, run_id: str, result: RunFinished | None, status: str = "") -> None:
+    def finish(self, run_id: str, result: RunFinished | None, status: RunStatus = "failed") -> None:
         record = self._records.pop(run_id, None)
         out = self._logs.pop(run_id, None)
         if out is not None:
             self._writer.put(out.close)
         if record is None:
             return
-        record["finished"] = time.time()
+        record.finished = time.time()
         if result is not None:
-            record.update(status=result.status, commit=result.commit or None,
-                          tables=result.tables, branch=result.branch or None, seconds=result.seconds,
-                          error=result.error.message if result.error else None,
-                          error_kind=result.error.kind if result.error else None)
+            record.status = result.status
+            record.commit = result.commit or None
+            record.tables = result.tables
+            record.branch = result.branch or None
+            record.seconds = result.seconds
+            record.error = result.error.message if result.error else None
+            record.error_kind = result.error.kind if result.error else None
         else:
-            record.update(status=status or "failed",
-                          error="the scheduler stopped while the run was in flight")
+            record.status = status
+            record.error = "the scheduler stopped while the run was in flight"
         self._save(record)
 
     def flush(self) -> None:
@@ -204,43 +201,51 @@ class JobStore:
 
     # -- reading ---------------------------------------------------------------
 
-    def get(self, run_id: str) -> dict[str, Any]:
+    def get(self, run_id: str) -> JobRecord:
+        """A run's summary (a copy: a running run's record goes on changing).
+
+        Raises:
+            NotFound: no such run. InvalidInput: not a run id, or its record is unreadable.
+        """
         if run_id in self._records:
-            return dict(self._records[run_id])
+            return msgspec.structs.replace(self._records[run_id])
         self.flush()
         path = self._dir(run_id) / "run.json"
         try:
-            return json.loads(path.read_text())  # type: ignore[no-any-return]
+            return _read_record(path)
         except FileNotFoundError:
             raise NotFound(f"no run {run_id!r} (see 'faas job ls')") from None
+        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+            raise InvalidInput(f"the record of run {run_id!r} ({path}) is unreadable: {exc}") from None
 
-    def recent(self, limit: int = 20) -> list[dict[str, Any]]:
+    def recent(self, limit: int = 20) -> list[JobSummary]:
         """The ``limit`` runs started last, newest first (their summaries)."""
         records = []
         self.flush()
         for path in self.root.glob("*/run.json"):
             try:
-                records.append(json.loads(path.read_text()))
-            except (OSError, ValueError):
+                records.append(_read_record(path))
+            except (OSError, msgspec.ValidationError, msgspec.DecodeError):
                 continue
-        records.sort(key=lambda r: r.get("started") or 0, reverse=True)
+        records.sort(key=lambda r: r.started or 0, reverse=True)
         return [
-            {k: r.get(k) for k in ("run_id", "status", "started", "finished", "ref", "namespace",
-                                   "project", "commit", "error")}
+            JobSummary(run_id=r.run_id, status=r.status, started=r.started, finished=r.finished,
+                       ref=r.ref, namespace=r.namespace, project=r.project, commit=r.commit,
+                       error=r.error)
             for r in records[:limit]
         ]
 
-    def events(self, run_id: str) -> list[dict[str, Any]]:
+    def events(self, run_id: str) -> list[JobEvent]:
         self.get(run_id)  # NotFound for unknown runs
         self.flush()
         path = self._dir(run_id) / "events.jsonl"
         if not path.exists():
             return []
         out = []
-        for line in path.read_text().splitlines():
+        for line in path.read_bytes().splitlines():
             try:
-                out.append(json.loads(line))
-            except ValueError:
+                out.append(_EVENT.decode(line))
+            except (msgspec.ValidationError, msgspec.DecodeError):
                 continue  # a line cut short by a crash
         return out
 
@@ -248,23 +253,32 @@ class JobStore:
         """A run's recorded events and output lines, as the messages they were."""
         out: list[LogLine | TaskEvent] = []
         for e in self.events(run_id):
-            if "line" in e:
-                out.append(LogLine(run_id=run_id, node=e["node"], stream=e.get("stream", "stdout"),
-                                   line=e["line"], time=e.get("t") or 0.0))
-            elif "state" in e:
-                out.append(TaskEvent(run_id=run_id, node=e["node"], state=e["state"],
-                                     worker=e.get("worker") or "", time=e.get("t") or 0.0,
-                                     error=e.get("error") or "", passed=e.get("passed")))
+            if e.line is not None:
+                out.append(LogLine(run_id=run_id, node=e.node, stream=e.stream or "stdout",
+                                   line=e.line, time=e.t))
+            elif e.state is not None:
+                out.append(TaskEvent(run_id=run_id, node=e.node, state=e.state,
+                                     worker=e.worker or "", time=e.t, error=e.error or "",
+                                     passed=e.passed))
         return out
 
     def outcome(self, run_id: str) -> RunFinished:
         """How a finished run ended, as the message its client was sent."""
         r = self.get(run_id)
         error = None
-        if r.get("error"):
-            error = Error(kind=r.get("error_kind") or "FaasError", message=r["error"])
+        if r.error:
+            error = Error(kind=r.error_kind or "FaasError", message=r.error)
+        assert r.status != "running", run_id
         return RunFinished(
-            run_id=run_id, status=r["status"], commit=r.get("commit") or "",
-            tables=r.get("tables") or [], error=error, branch=r.get("branch") or "",
-            seconds=r.get("seconds") or ((r.get("finished") or 0) - (r.get("started") or 0)),
+            run_id=run_id, status=r.status, commit=r.commit or "", tables=r.tables, error=error,
+            branch=r.branch or "",
+            seconds=r.seconds or ((r.finished or 0) - (r.started or 0)),
         )
+
+
+_EVENT = msgspec.json.Decoder(JobEvent)
+_RECORD = msgspec.json.Decoder(JobRecord)
+
+
+def _read_record(path: Path) -> JobRecord:
+    return _RECORD.decode(path.read_bytes())

@@ -6,13 +6,14 @@ import hashlib
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 import pyarrow as pa
 
 from faas.protocol.errors import FaasError, PlanInvalid
 from faas.protocol.messages import ObjectInput, ParamValue, ScanInput
+from faas.protocol.replies import NodeKind, PlannedInput, PlannedNode
 from faas.scheduler.project import ModelSpec, Project
 
 
@@ -73,39 +74,38 @@ class Plan:
             depth[name] = 1 + max(depth[d] for d in deps) if deps else 0
         return depth
 
-    def describe(self) -> list[dict[str, object]]:
+    def describe(self) -> list[PlannedNode]:
+        """The plan as a dry run shows it, nodes in ``order``."""
         depth = self.depth()
         out = []
         for name in self.order:
             n = self.nodes[name]
-            out.append(
-                {
-                    "name": name,
-                    "kind": n.spec.kind,
-                    "level": depth[name],
-                    "where": n.spec.where,
-                    "output": None if n.spec.is_expectation else n.key,
-                    "materialize": n.spec.materialize,
-                    "python": n.spec.python,
-                    "pip": n.spec.pip,
-                    "memory": n.spec.memory,
-                    "cpus": n.spec.cpus,
-                    "params": n.params,
-                    "depends_on": n.deps,
-                    "cache_key": n.cache_key,
-                    "inputs": [
-                        {
-                            "param": i.param,
-                            "from": i.key if isinstance(i, ScanInput) else i.node,
-                            "source": "table" if isinstance(i, ScanInput) else "model",
-                            "snapshot_id": i.snapshot_id if isinstance(i, ScanInput) else None,
-                            "columns": i.columns,
-                            "filter": i.filter,
-                        }
-                        for i in n.inputs
-                    ],
-                }
-            )
+            out.append(PlannedNode(
+                name=name,
+                kind=cast(NodeKind, n.spec.kind),
+                level=depth[name],
+                where=n.spec.where,
+                output=None if n.spec.is_expectation else n.key,
+                materialize=n.spec.materialize,
+                python=n.spec.python,
+                pip=n.spec.pip,
+                memory=n.spec.memory,
+                cpus=n.spec.cpus,
+                params=n.params,
+                depends_on=n.deps,
+                cache_key=n.cache_key,
+                inputs=[
+                    PlannedInput(
+                        param=i.param,
+                        from_=i.key if isinstance(i, ScanInput) else i.node,
+                        source="table" if isinstance(i, ScanInput) else "model",
+                        snapshot_id=i.snapshot_id if isinstance(i, ScanInput) else None,
+                        columns=i.columns,
+                        filter=i.filter,
+                    )
+                    for i in n.inputs
+                ],
+            ))
         return out
 
 

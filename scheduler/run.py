@@ -7,7 +7,7 @@ import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
 
 from faas.protocol.errors import (
     ExpectationFailed,
@@ -18,6 +18,7 @@ from faas.protocol.errors import (
     from_wire,
 )
 from faas.protocol.messages import (
+    ImportMode,
     LogLine,
     Materialize,
     ObjectInfo,
@@ -25,6 +26,7 @@ from faas.protocol.messages import (
     RunFinished,
     ScanInput,
     TaskEvent,
+    TaskState,
     error_message,
 )
 from faas.protocol.sizes import parse_size
@@ -138,7 +140,7 @@ class RunCoordinator(Publishing):
         self.trying: dict[str, tuple[WorkerHandle, str, int, list[str]]] = {}
         self.delivering: dict[str, asyncio.Task[None]] = {}
 
-    async def _event(self, node: str, state: str, **kw: Any) -> None:
+    async def _event(self, node: str, state: TaskState, **kw: Any) -> None:
         await self.emit(TaskEvent(run_id=self.run_id, node=node, state=state, time=time.time(), **kw))
 
     async def execute(self) -> RunFinished:
@@ -463,7 +465,9 @@ class RunCoordinator(Publishing):
                 await self.scheduler.store_call(tx.data_location, node.key)
             )
             materialize = Materialize(
-                key=node.key, directory=directory, mode=node.spec.materialize or "replace",
+                key=node.key, directory=directory,
+                # checked when the project was read (project.MATERIALIZE_MODES)
+                mode=cast(ImportMode, node.spec.materialize or "replace"),
                 direct=not self._consumers(node),
             )
         queue = self.scheduler.watch_task(task_id, worker)

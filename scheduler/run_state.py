@@ -33,6 +33,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from faas.protocol.messages import TaskState
+
 MAX_ATTEMPTS = 4
 
 
@@ -66,7 +68,7 @@ class Say:
     """An event for the run's record and its client."""
 
     node: str
-    state: str
+    state: TaskState
     error: str = ""
 
 

@@ -15,12 +15,12 @@ from faas.protocol.errors import ConnectionClosed, FaasError, InvalidInput
 from faas.protocol.messages import (
     Error,
     FollowJob,
-    Ok,
     RunAccepted,
     RunFinished,
     SubmitRun,
     error_message,
 )
+from faas.protocol.replies import Cancelled, PlanDescription
 from faas.scheduler.analysis import Analyzer
 from faas.scheduler.jobs import JobStore
 from faas.scheduler.planning import plan_submission
@@ -52,17 +52,17 @@ class RunRequests:
 
         def background(self, coro: Any) -> None: ...
 
-    async def _cancel_run(self, run_id: str) -> dict[str, Any]:
+    async def _cancel_run(self, run_id: str) -> Cancelled:
         assert self.jobs is not None
         run = self.runs.get(run_id)
         if run is None or run.done():
-            status = self.jobs.get(run_id)["status"]  # NotFound for unknown runs
+            status = self.jobs.get(run_id).status  # NotFound for unknown runs
             raise InvalidInput(f"run {run_id!r} is not running (it is {status})")
         if self.coordinators[run_id].publishing:
             raise InvalidInput(f"run {run_id!r} is publishing its outputs; it can no longer be cancelled")
         run.cancel()
         await asyncio.gather(run, return_exceptions=True)
-        return {"run_id": run_id, "status": "cancelled"}
+        return Cancelled(run_id=run_id)
 
     async def _submit(self, conn: Connection[Any], request: SubmitRun) -> None:
         # Read here, on the event loop: the worker table changes only on this thread.
@@ -72,7 +72,7 @@ class RunRequests:
             plan_submission, self.lakehouse, request, versions or None, project
         )
         if request.dry_run:
-            await conn.send(Ok(data={"plan": plan.describe()}))
+            await conn.send(PlanDescription(plan=plan.describe()))
             return
         run_id = f"run-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
         log.info("run %s accepted: %d models, ref %s%s", run_id, len(plan.order), request.ref,
@@ -80,7 +80,7 @@ class RunRequests:
         jobs = self.jobs
         assert jobs is not None
         jobs.start(run_id, ref=request.ref, namespace=request.namespace,
-                   project=request.project_dir, nodes={n: {"state": "queued"} for n in plan.order})
+                   project=request.project_dir, nodes=plan.order)
         followers = self.followers[run_id] = set()
         attached = None if request.detach else conn
 
@@ -170,7 +170,7 @@ class RunRequests:
             live = asyncio.Queue()
             self.followers[request.run_id].add(live)
         try:
-            await conn.send(RunAccepted(run_id=request.run_id, nodes=list(record["nodes"])))
+            await conn.send(RunAccepted(run_id=request.run_id, nodes=list(record.nodes)))
             for msg in backlog:
                 await conn.send(msg)
             if live is None:

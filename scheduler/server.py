@@ -46,12 +46,20 @@ from faas.protocol.messages import (
     JobLogs,
     ListJobs,
     ObjectInfo,
-    Ok,
     Query,
     RunFinished,
     ScanInput,
     SubmitRun,
     error_message,
+)
+from faas.protocol.replies import (
+    Cluster,
+    Imported,
+    Job,
+    JobEvents,
+    Jobs,
+    RunningFunction,
+    WorkerInfo,
 )
 from faas.protocol.version import build_id
 from faas.protocol.worker_messages import (
@@ -89,6 +97,10 @@ WORKER_DEADLINE = 10 * HEARTBEAT_INTERVAL
 
 @dataclass
 class WorkerHandle:
+    """A registered worker's connection and what it said of itself that placement does
+    not use. Its memory, cores and reservations are placement's (``placement.workers``); the
+    tasks it runs are the scheduler's watch table (``Scheduler.watched``)."""
+
     worker_id: str
     host_id: str
     conn: Connection[Any]
@@ -97,8 +109,15 @@ class WorkerHandle:
     data_address: str = ""
     env_builds: int = 0
     last_seen: float = field(default_factory=time.monotonic)
-    tasks: set[str] = field(default_factory=set)
     data_spilled: int = 0
+
+
+@dataclass
+class Watched:
+    """A task sent to a worker, and where what the worker says of it goes."""
+
+    worker: WorkerHandle
+    queue: asyncio.Queue[Any]
 
 
 class Scheduler(RunRequests):
@@ -124,7 +143,8 @@ class Scheduler(RunRequests):
         self.jobs: JobStore | None = None
         self.workers: dict[str, WorkerHandle] = {}
         self.worker_joined = asyncio.Condition()
-        self.task_queues: dict[str, asyncio.Queue[Any]] = {}
+        # Every task a worker runs for us, by task id: the one record of what runs where.
+        self.watched: dict[str, Watched] = {}
         self.runs: dict[str, asyncio.Task[RunFinished]] = {}
         # Who runs what, and where every object is (the cache index).
         self.placement = Placement()
@@ -303,21 +323,24 @@ class Scheduler(RunRequests):
                 del self.workers[handle.worker_id]
                 self._apply(self.placement.worker_lost(handle.worker_id))
             lost = Error(kind="PeerVanished", message=f"worker {handle.worker_id} was lost")
-            for task_id in list(handle.tasks):
+            for task_id in self.tasks_on(handle):
                 self._route(task_id, TaskFailed(task_id=task_id, error=lost))
 
     def _route(self, task_id: str, msg: Any) -> None:
-        queue = self.task_queues.get(task_id)
-        if queue is not None:
-            queue.put_nowait(msg)
+        watched = self.watched.get(task_id)
+        if watched is not None:
+            watched.queue.put_nowait(msg)
         else:
             log.debug("message for finished task %s dropped", task_id)
 
     def watch_task(self, task_id: str, worker: WorkerHandle) -> asyncio.Queue[Any]:
         queue: asyncio.Queue[Any] = asyncio.Queue()
-        self.task_queues[task_id] = queue
-        worker.tasks.add(task_id)
+        self.watched[task_id] = Watched(worker, queue)
         return queue
+
+    def tasks_on(self, worker: WorkerHandle) -> list[str]:
+        """The ids of the tasks ``worker`` (this connection of it) runs, sorted."""
+        return sorted(t for t, w in self.watched.items() if w.worker is worker)
 
     def fail_task(self, task_id: str, kind: str, message: str) -> None:
         """End a watched task from the scheduler's side, as if its worker had said so."""
@@ -340,9 +363,7 @@ class Scheduler(RunRequests):
         self.placement.grow(task_id, extra)
 
     def unwatch_task(self, task_id: str) -> None:
-        self.task_queues.pop(task_id, None)
-        for w in self.workers.values():
-            w.tasks.discard(task_id)
+        self.watched.pop(task_id, None)
 
     # -- placement ---------------------------------------------------------------
 
@@ -451,7 +472,7 @@ class Scheduler(RunRequests):
                     case FollowJob():
                         await self._follow(conn, request)
                     case _:
-                        await conn.send(Ok(data=await self._catalog_op(request)))
+                        await conn.send(await self._catalog_op(request))
             except (ConnectionClosed, PeerVanished):
                 raise
             except FaasError as exc:
@@ -461,45 +482,21 @@ class Scheduler(RunRequests):
                 await conn.send(Error(kind="FaasError", message=f"internal error: {exc!r}"))
 
     async def _catalog_op(self, request: Any) -> Any:
+        """The reply to a request that is neither a run, a follow nor a query."""
         assert self.jobs is not None
         match request:
             case ListJobs(limit=limit):
-                return self.jobs.recent(limit)
+                return Jobs(runs=self.jobs.recent(limit))
             case GetJob(run_id=run_id):
-                return self.jobs.get(run_id)
+                return Job(job=self.jobs.get(run_id))
             case JobLogs(run_id=run_id):
-                return self.jobs.events(run_id)
+                return JobEvents(events=self.jobs.events(run_id))
             case CancelRun(run_id=run_id):
                 return await self._cancel_run(run_id)
             case ImportTable():
                 return await self._import(request)
             case ClusterInfo():
-                return {
-                    "scheduler": self.address,
-                    "version": build_id(),
-                    "pid": os.getpid(),
-                    "started": self.started,
-                    "runs": len(self.runs),
-                    "idle_seconds": self.idle_for(asking=1),
-                    "workers": [
-                        {
-                            "worker_id": w.worker_id, "host_id": w.host_id,
-                            "memory_total": self.placement.workers[w.worker_id].memory_total,
-                            "memory_available": self.placement.workers[w.worker_id].memory_available,
-                            "python_versions": w.python_versions, "running": len(w.tasks),
-                            "env_builds": w.env_builds,
-                            "memory_reserved": self.placement.workers[w.worker_id].reserved,
-                            "cpus": self.placement.workers[w.worker_id].cpus,
-                            "cpus_reserved": self.placement.workers[w.worker_id].cpus_reserved,
-                            "shm_bytes": self.placement.workers[w.worker_id].shm_bytes,
-                            "cache_bytes": self.placement.workers[w.worker_id].cache_bytes,
-                            "draining": self.placement.workers[w.worker_id].draining,
-                            "spilled_bytes": w.data_spilled,
-                            "functions": [_describe_task(t) for t in sorted(w.tasks)],
-                        }
-                        for w in self.workers.values()
-                    ],
-                }
+                return self._cluster()
         running = [run_branch_name(run_id) for run_id in self.runs]
         return await self.store_call(catalog_ops.handle, self.lakehouse, request, running)
 
@@ -516,7 +513,26 @@ class Scheduler(RunRequests):
             raise from_wire(reply.error.kind, reply.error.message, reply.error.detail)
         return reply
 
-    async def _import(self, request: ImportTable) -> Any:
+    def _cluster(self) -> Cluster:
+        workers = []
+        for w in self.workers.values():
+            state = self.placement.workers[w.worker_id]
+            tasks = self.tasks_on(w)
+            workers.append(WorkerInfo(
+                worker_id=w.worker_id, host_id=w.host_id, memory_total=state.memory_total,
+                memory_available=state.memory_available, memory_reserved=state.reserved,
+                cpus=state.cpus, cpus_reserved=state.cpus_reserved, shm_bytes=state.shm_bytes,
+                cache_bytes=state.cache_bytes, draining=state.draining,
+                spilled_bytes=w.data_spilled, python_versions=w.python_versions,
+                running=len(tasks), env_builds=w.env_builds,
+                functions=[_describe_task(t) for t in tasks],
+            ))
+        return Cluster(
+            scheduler=self.address, version=build_id(), pid=os.getpid(), started=self.started,
+            runs=len(self.runs), idle_seconds=self.idle_for(asking=1), workers=workers,
+        )
+
+    async def _import(self, request: ImportTable) -> Imported:
         lh = self.lakehouse
         namespace = request.key.rpartition(".")[0]
         if not namespace:
@@ -539,9 +555,8 @@ class Scheduler(RunRequests):
             return str(tx.publish(f"import {request.key} from {len(request.paths)} files"))
 
         commit_hash = await self.store_call(commit)
-        info = catalog_ops.describe_table(await self.store_call(lh.table_info, request.key, request.ref))
-        info["commit"] = commit_hash
-        return info
+        info = await self.store_call(lh.table_info, request.key, request.ref)
+        return Imported(**catalog_ops.table_fields(info), commit=commit_hash)
 
     async def _query(self, conn: Connection[Any], request: Query) -> None:
         names = await self.analysis.tables(request.sql)
@@ -567,12 +582,12 @@ class Scheduler(RunRequests):
 
     # -- runs ------------------------------------------------------------------
 
-def _describe_task(task_id: str) -> dict[str, str]:
+def _describe_task(task_id: str) -> RunningFunction:
     """What a worker is running, from its task id (``run:node:attempt``, or a helper task)."""
     run_id, sep, rest = task_id.partition(":")
     if not sep:
-        return {"task_id": task_id, "run_id": "", "node": task_id}
-    return {"task_id": task_id, "run_id": run_id, "node": rest.rpartition(":")[0]}
+        return RunningFunction(task_id=task_id, run_id="", node=task_id)
+    return RunningFunction(task_id=task_id, run_id=run_id, node=rest.rpartition(":")[0])
 
 
 __all__ = ["Scheduler", "WorkerHandle", "RunFinished"]

@@ -54,6 +54,11 @@ class RefInfo:
     commit: CommitInfo
 
 
+def _now() -> datetime:
+    """The time ages are measured to (a function, so tests can set the clock)."""
+    return datetime.now(UTC)
+
+
 def check_ref_name(name: str) -> str:
     """Return ``name`` if it can name a branch or tag.
 
@@ -205,7 +210,7 @@ class RefsMixin:
         moves while being pruned is kept.
         """
         kept = {k if k.startswith(RUN_PREFIX) else run_branch_name(k) for k in keep}
-        now = datetime.now(UTC)
+        now = _now()
         deleted: list[str] = []
         for info in self._list_refs(
             (refs.c.kind == "branch") & has_prefix(refs.c.name, RUN_PREFIX)

@@ -128,7 +128,8 @@ def test_malformed_frame_after_handshake_gets_a_typed_error(cluster: Cluster) ->
 
     from faas.protocol.auth import load_token
     from faas.protocol.connection import connect
-    from faas.protocol.messages import ClientReply, Error, ListNamespaces, Ok
+    from faas.protocol.messages import Error, ListNamespaces
+    from faas.protocol.replies import ClientReply, Namespaces
 
     async def go() -> None:
         conn = await connect(
@@ -139,7 +140,7 @@ def test_malformed_frame_after_handshake_gets_a_typed_error(cluster: Cluster) ->
         reply = await conn.recv(timeout=10)
         assert isinstance(reply, Error) and reply.kind == "MalformedFrame"
         await conn.send(ListNamespaces())  # the same connection goes on
-        assert isinstance(await conn.recv(timeout=10), Ok)
+        assert isinstance(await conn.recv(timeout=10), Namespaces)
         await conn.aclose()
 
     asyncio.run(go())

@@ -236,7 +236,7 @@ def test_the_client_detaches_follows_and_cancels(
         c = Client(cluster.address, token_file=str(cluster.token_file))
         run = await c.submit(slow, namespace="adventure", detach=True)
         assert run.nodes == ["slow"]
-        assert [j["status"] for j in await c.jobs() if j["run_id"] == run.run_id] == ["running"]
+        assert [j.status for j in await c.jobs() if j.run_id == run.run_id] == ["running"]
         events = [ev async for ev in run]  # iterating a detached run follows it
         assert [ev.line for ev in events if isinstance(ev, LogLine)] == [
             "before the pause", "after the pause"]

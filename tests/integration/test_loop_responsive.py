@@ -54,7 +54,7 @@ async def _latencies_while(cluster: Cluster, work: asyncio.Future[object]) -> li
         t0 = time.perf_counter()
         info = await client.info()
         took.append(time.perf_counter() - t0)
-        assert info["workers"], "the worker was declared lost"
+        assert info.workers, "the worker was declared lost"
         await asyncio.sleep(0.02)
     await work
     return took

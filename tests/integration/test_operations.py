@@ -6,7 +6,6 @@ import json
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -72,10 +71,13 @@ def test_sigterm_lets_running_functions_finish_then_releases_shared_memory(
     bare.faas("table", "import", "adventure.territories", str(example_data / "territories.csv"), check=True)
     project = tmp_path / "slow"
     project.mkdir()
+    release = tmp_path / "release"  # the function runs until the test has seen the drain
     (project / "models.py").write_text(
-        "import time\nimport faas\n\n@faas.model(materialize='replace')\n"
+        "import os, time\nimport faas\n\n@faas.model(materialize='replace')\n"
         "def slow(t=faas.Model('territories')):\n"
-        "    print('started', flush=True)\n    time.sleep(4)\n    return t\n"
+        "    print('started', flush=True)\n"
+        f"    while not os.path.exists({str(release)!r}):\n        time.sleep(0.05)\n"
+        "    return t\n"
     )
     run = subprocess.Popen(
         [sys.executable, "-m", "faas.client.cli", "submit", str(project), "-n", "adventure", "--json"],
@@ -83,12 +85,13 @@ def test_sigterm_lets_running_functions_finish_then_releases_shared_memory(
     )
     wait_until(lambda: bare.json("info")["workers"][0]["functions"], "the function to start", timeout=60, every=0.1)
     worker.send_signal(signal.SIGTERM)
-    time.sleep(1.0)
-    # Draining: the worker says so and finishes what it runs.
-    workers = bare.json("info")["workers"]
-    assert workers and workers[0]["draining"] is True
+    # Draining: the worker says so (in its next heartbeat) and finishes what it runs.
+    wait_until(lambda: bare.json("info")["workers"][0]["draining"], "the worker to say it drains",
+               timeout=60, every=0.1)
     assert "(draining: finishing its functions, taking no new ones)" in bare.faas(
         "info", check=True).stdout
+    assert run.poll() is None  # its function still runs
+    release.touch()
     out, err = run.communicate(timeout=120)
     assert run.returncode == 0, err
     assert json.loads(out)["status"] == "success"

@@ -32,16 +32,15 @@ from faas.protocol.messages import (
     PROTOCOL_VERSION,
     Auth,
     BulkHeader,
-    ClientReply,
     ClientRequest,
     Error,
     Handshake,
     Hello,
     ListTables,
-    Ok,
     Query,
     Welcome,
 )
+from faas.protocol.replies import ClientReply, Namespaces, Tables
 
 TOKEN = b"a" * 64
 OTHER_TOKEN = b"b" * 64
@@ -185,9 +184,9 @@ def test_handshake_succeeds_both_ways_and_messages_flow() -> None:
     async def serve(conn: Connection[Any], acc: Accepted) -> None:
         msg = await conn.recv(timeout=3)
         acc.received.append(msg)
-        await conn.send(Ok(data={"echo": msg.namespace}))
+        await conn.send(Tables(keys=[f"{msg.namespace}.echo"]))
         acc.received.append(await conn.recv(timeout=3))
-        await conn.send(Ok(data="bye"))
+        await conn.send(Namespaces(names=["bye"]))
 
     async def go() -> None:
         async with faas_server(serve=serve) as (address, outcomes):
@@ -201,9 +200,9 @@ def test_handshake_succeeds_both_ways_and_messages_flow() -> None:
                 assert acc.conn.peer_host == "laptop-1"
 
                 await conn.send(ListTables(namespace="sales"))
-                assert await conn.recv(timeout=3) == Ok(data={"echo": "sales"})
+                assert await conn.recv(timeout=3) == Tables(keys=["sales.echo"])
                 await conn.send(Query(sql="select 1"))
-                assert await conn.recv(timeout=3) == Ok(data="bye")
+                assert await conn.recv(timeout=3) == Namespaces(names=["bye"])
                 await asyncio.wait_for(acc.done.wait(), 3)
                 assert acc.error is None
                 assert acc.received == [ListTables(namespace="sales"), Query(sql="select 1")]
@@ -235,7 +234,7 @@ def test_bulk_bytes_follow_their_header() -> None:
     async def serve(conn: Connection[Any], acc: Accepted) -> None:
         await conn.recv(timeout=3)
         await conn.send_raw(encode(BulkHeader(nbytes=len(blob), rows=1000)), blob)
-        await conn.send(Ok(data="after"))
+        await conn.send(Namespaces(names=["after"]))
 
     async def go() -> None:
         async with faas_server(serve=serve) as (address, _):
@@ -245,7 +244,7 @@ def test_bulk_bytes_follow_their_header() -> None:
                 header = await conn.recv(timeout=3)
                 assert header == BulkHeader(nbytes=len(blob), rows=1000)
                 assert await conn.recv_bulk(header.nbytes, timeout=3) == blob
-                assert await conn.recv(timeout=3) == Ok(data="after")
+                assert await conn.recv(timeout=3) == Namespaces(names=["after"])
             finally:
                 await conn.aclose()
 
@@ -380,7 +379,7 @@ def test_client_that_hangs_up_before_auth_is_refused() -> None:
 def test_server_keeps_accepting_after_bad_clients() -> None:
     async def serve(conn: Connection[Any], acc: Accepted) -> None:
         acc.received.append(await conn.recv(timeout=3))
-        await conn.send(Ok(data=1))
+        await conn.send(Namespaces(names=["one"]))
 
     async def go() -> None:
         async with faas_server(serve=serve) as (address, outcomes):
@@ -397,7 +396,7 @@ def test_server_keeps_accepting_after_bad_clients() -> None:
             conn = await client(address)
             try:
                 await conn.send(ListTables())
-                assert await conn.recv(timeout=3) == Ok(data=1)
+                assert await conn.recv(timeout=3) == Namespaces(names=["one"])
             finally:
                 await conn.aclose()
             acc = await outcomes.get()
@@ -637,7 +636,7 @@ def test_malformed_frame_after_handshake_keeps_the_connection() -> None:
             except MalformedFrame as exc:
                 acc.received.append(exc)
                 await conn.send(Error(kind="MalformedFrame", message=str(exc)))
-        await conn.send(Ok(data="still here"))
+        await conn.send(Namespaces(names=["still here"]))
 
     async def go() -> None:
         async with connected_pair(serve) as (conn, acc):
@@ -645,7 +644,7 @@ def test_malformed_frame_after_handshake_keeps_the_connection() -> None:
             reply = await conn.recv(timeout=3)
             assert isinstance(reply, Error) and reply.kind == "MalformedFrame"
             await conn.send(ListTables(namespace="n"))
-            assert await conn.recv(timeout=3) == Ok(data="still here")
+            assert await conn.recv(timeout=3) == Namespaces(names=["still here"])
             assert isinstance(acc.received[0], MalformedFrame)
             assert acc.received[1] == ListTables(namespace="n")
 
@@ -709,7 +708,7 @@ def test_a_frame_that_is_not_utf8_before_auth_is_a_malformed_frame() -> None:
 def test_a_send_cancelled_while_the_peer_is_slow_leaves_the_connection_in_step() -> None:
     """The frame is in the transport once written: a cancel while waiting for the drain
     (a run stopping a function) must not drop the connection (a healthy worker)."""
-    big = Ok(data="x" * (8 << 20))  # far more than the socket buffers: the drain waits
+    big = Namespaces(names=["x" * (8 << 20)])  # far more than the socket buffers: the drain waits
 
     async def go() -> None:
         a, b = socket.socketpair()
@@ -728,8 +727,8 @@ def test_a_send_cancelled_while_the_peer_is_slow_leaves_the_connection_in_step()
                 await sending
             assert not ours.closed
             assert await theirs.recv(timeout=10) == big  # whole, in step
-            await ours.send(Ok(data="after"))
-            assert await theirs.recv(timeout=10) == Ok(data="after")
+            await ours.send(Namespaces(names=["after"]))
+            assert await theirs.recv(timeout=10) == Namespaces(names=["after"])
         finally:
             ours.close()
             theirs.close()

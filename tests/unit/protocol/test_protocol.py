@@ -31,6 +31,7 @@ from faas.protocol.framing import (
     HEADER,
     MAX_CONTROL_FRAME,
     MAX_HANDSHAKE_FRAME,
+    decode_payload,
     encode,
     read_frame,
     read_payload,
@@ -38,23 +39,35 @@ from faas.protocol.framing import (
 from faas.protocol.messages import (
     Auth,
     BulkHeader,
-    ClientReply,
     ClientRequest,
     Error,
     Handshake,
     Hello,
+    ImportTable,
+    InputRead,
+    ListRefs,
     ListTables,
     LogLine,
     Materialize,
     ObjectInfo,
     ObjectInput,
-    Ok,
     RunFinished,
     ScanInput,
     SubmitRun,
     TaskEvent,
     Welcome,
     error_message,
+)
+from faas.protocol.replies import (
+    ClientReply,
+    Column,
+    Job,
+    JobRecord,
+    NodeRecord,
+    PlanDescription,
+    PlannedInput,
+    PlannedNode,
+    Table,
 )
 from faas.protocol.worker_messages import (
     FunctionReply,
@@ -126,7 +139,22 @@ CHANNEL_MESSAGES: list[tuple[str, Any, Any]] = [
         error=Error(kind="FunctionFailed", message="boom", detail="Traceback ..."), seconds=1.5,
     )),
     ("ClientReply", ClientReply, BulkHeader(nbytes=1 << 40, rows=3)),
-    ("ClientReply", ClientReply, Ok(data={"tables": ["a", "b"], "n": 2, "nested": [1, None, 2.5]})),
+    ("ClientReply", ClientReply, Table(
+        key="sales.x", metadata_location="/lake/x/metadata/v2.json", snapshot_id=None, rows=3,
+        files=1, bytes=1234, schema=[Column(name="a", type="long")],
+    )),
+    ("ClientReply", ClientReply, Job(job=JobRecord(
+        run_id="r1", status="success", started=1.0, finished=2.5, ref="main", tables=["sales.x"],
+        nodes={"x": NodeRecord(state="done", rows=3, phases={"code": 0.25}, inputs=[
+            InputRead(param="t", source="scan", name="sales.t", seconds=0.1, rows=3, nbytes=99),
+        ])},
+    ))),
+    ("ClientReply", ClientReply, PlanDescription(plan=[PlannedNode(
+        name="x", kind="python", level=0, where="m.py:3", output="sales.x", materialize="replace",
+        python=None, pip={}, memory=None, cpus=None, params={"day": "2024-01-01"}, depends_on=[],
+        cache_key="k", inputs=[PlannedInput(param="t", from_="sales.t", source="table",
+                                            snapshot_id=7, columns=["a"], filter=None)],
+    )])),
     ("WorkerToScheduler", WorkerToScheduler, TaskDone(
         task_id="t1",
         output=ObjectInfo(object_id="o1", path="/dev/shm/o1.arrow", rows=10, nbytes=1234, schema=b"\x00\xff"),
@@ -636,3 +664,25 @@ def test_auth_messages_are_handshake_messages() -> None:
         Error(kind="HandshakeFailed", message="no"),
     ):
         assert read(BytesReader(encode(msg)), decoder) == msg
+
+
+@pytest.mark.parametrize("request_, field", [
+    (ListRefs(kind="branch"), "kind"),
+    (ImportTable(key="s.t", paths=["a.csv"]), "mode"),
+    (ImportTable(key="s.t", paths=["a.csv"], format="csv"), "format"),
+])
+def test_a_value_outside_a_fields_set_is_a_malformed_frame(request_: Any, field: str) -> None:
+    """Literal fields are checked when a message is decoded: the one-line error names the
+    field, and the frame is refused as a whole."""
+    raw = msgspec.msgpack.decode(encode(request_)[4:])
+    raw[field] = "nonsense"
+    frame = msgspec.msgpack.encode(raw)
+    with pytest.raises(MalformedFrame, match=field):
+        decode_payload(frame, msgspec.msgpack.Decoder(ClientRequest))
+
+
+def test_the_plan_reply_names_the_input_field_from() -> None:
+    """``--json`` prints a planned input's source as "from" (a Python keyword)."""
+    node = PlannedInput(param="t", from_="sales.t", source="table", snapshot_id=1, columns=None,
+                        filter=None)
+    assert msgspec.to_builtins(node)["from"] == "sales.t"

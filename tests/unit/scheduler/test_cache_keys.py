@@ -185,7 +185,7 @@ def test_assign_cache_keys_again_is_idempotent() -> None:
 
 def test_describe_carries_cache_key() -> None:
     p = make_plan(salt="s")
-    described = p.describe()
+    described = msgspec.to_builtins(p.describe())
     assert [d["name"] for d in described] == p.order
     for d in described:
         node = p.nodes[str(d["name"])]

@@ -15,12 +15,12 @@ def test_a_second_scheduler_on_the_home_leaves_running_runs_alone(tmp_path: Path
     first = JobStore(tmp_path / "runs")
     first.start("run-1", ref="main", namespace="n", project="p")
     second = JobStore(tmp_path / "runs")  # e.g. `faas job ls` while `faas submit` runs
-    assert second.get("run-1")["status"] == "running"
+    assert second.get("run-1").status == "running"
     second.close()
     first.finish("run-1", RunFinished(run_id="run-1", status="success", commit="c"))
     first.close()
     third = JobStore(tmp_path / "runs")
-    assert third.get("run-1")["status"] == "success"
+    assert third.get("run-1").status == "success"
     third.close()
 
 
@@ -31,7 +31,7 @@ def test_runs_cut_off_by_a_stop_are_marked_failed_by_the_next_owner(tmp_path: Pa
         handle.close()
     second = JobStore(tmp_path / "runs")
     record = second.get("run-2")
-    assert record["status"] == "failed" and "scheduler stopped" in record["error"]
+    assert record.status == "failed" and "scheduler stopped" in (record.error or "")
     second.close()
 
 
@@ -57,15 +57,15 @@ def test_a_record_that_cannot_be_written_is_logged_and_the_store_goes_on(
     from faas.protocol.messages import TaskEvent
 
     jobs = JobStore(tmp_path / "runs")
-    jobs.start("run-3", ref="main", namespace="n", project="p")
-    jobs.start("run-4", ref="main", namespace="n", project="p")
+    jobs.start("run-3", ref="main", namespace="n", project="p", nodes=["a"])
+    jobs.start("run-4", ref="main", namespace="n", project="p", nodes=["a"])
     shutil.rmtree(tmp_path / "runs" / "run-3")  # its directory is gone under it
     jobs.record(TaskEvent(run_id="run-3", node="a", state="running"))
     jobs.record(TaskEvent(run_id="run-4", node="a", state="running"))
     jobs.flush()
     assert "could not write a run record" in caplog.text
     jobs.finish("run-4", RunFinished(run_id="run-4", status="success", commit="c"))
-    assert jobs.get("run-4")["status"] == "success"
+    assert jobs.get("run-4").status == "success"
     assert json.loads((tmp_path / "runs" / "run-4" / "run.json").read_text())["nodes"]["a"][
         "state"] == "running"
     jobs.close()

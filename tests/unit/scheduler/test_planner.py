@@ -12,6 +12,7 @@ import textwrap
 from collections.abc import Callable
 from pathlib import Path
 
+import msgspec
 import pyarrow as pa
 import pytest
 
@@ -207,7 +208,7 @@ def test_example_plan_orders_and_resolves_inputs() -> None:
 
 def test_example_describe_is_json() -> None:
     p = build_plan(read_project(example_files()), "adventure", "main", {}, adventure_catalog())
-    described = p.describe()
+    described = msgspec.to_builtins(p.describe())
     assert json.loads(json.dumps(described)) == described
     assert [d["name"] for d in described] == p.order
     fact = next(d for d in described if d["name"] == "fact_sale")
@@ -1070,7 +1071,7 @@ def test_describe_fields_for_every_kind_of_input() -> None:
             pass
         """)
     p = plan({"m.py": text}, {"raw.t": ["a"]}, namespace="out", ref="dev", params={"y": "7"})
-    described = p.describe()
+    described = msgspec.to_builtins(p.describe())
     assert json.loads(json.dumps(described)) == described
     snap = p.nodes["up"].inputs[0].snapshot_id  # type: ignore[union-attr]
     assert described == [
@@ -1150,7 +1151,7 @@ def test_declared_cores_reach_the_plan_and_bad_ones_are_problems() -> None:
         ''')
     p = plan({"models.py": good}, {"ns.t": ["a"]})
     assert p.nodes["heavy"].spec.cpus == 4
-    assert [n["cpus"] for n in p.describe() if n["name"] == "heavy"] == [4]
+    assert [n.cpus for n in p.describe() if n.name == "heavy"] == [4]
     for bad in ("0", "2.5", "True", "'4'"):
         text = good.replace("cpus=4", f"cpus={bad}")
         problem = only(read_problems({"models.py": text}), "cpus")

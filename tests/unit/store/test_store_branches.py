@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import time
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +10,7 @@ import pyarrow as pa
 import pytest
 
 from faas.protocol.errors import AlreadyExists, CommitConflict, InvalidInput, NotFound
+from faas.store import refs as refs_module
 from faas.store.catalog import Change, VersionedCatalog
 from faas.store.lakehouse import Lakehouse
 from faas.store.refs import RefInfo
@@ -283,13 +284,20 @@ def test_prune_run_branches_keeps_runs_in_flight(catalog: VersionedCatalog) -> N
     assert catalog.prune_run_branches() == []
 
 
-def test_prune_run_branches_older_than(catalog: VersionedCatalog) -> None:
+def test_prune_run_branches_older_than(
+    catalog: VersionedCatalog, monkeypatch: pytest.MonkeyPatch
+) -> None:
     catalog.create_run_branch("old", "main")
-    time.sleep(0.3)
     catalog.create_run_branch("new", "main")
     catalog.commit("run/new", catalog.head("main"), [], "fresh commit on the run branch")
-    assert catalog.prune_run_branches(older_than=3600) == []
-    assert catalog.prune_run_branches(older_than=0.2) == ["run/old"]
+    made = {b.name: b.commit.created_at for b in catalog.branches(include_runs=True)}
+    assert made["run/old"] < made["run/new"]
+    # The clock stands an hour after the newer head: "old" is older than that by the gap.
+    now = made["run/new"] + timedelta(hours=1)
+    monkeypatch.setattr(refs_module, "_now", lambda: now)
+    gap = (made["run/new"] - made["run/old"]).total_seconds()
+    assert catalog.prune_run_branches(older_than=3600 + gap + 1) == []
+    assert catalog.prune_run_branches(older_than=3600 + gap / 2) == ["run/old"]
     assert [b.name for b in catalog.branches(include_runs=True)] == ["main", "run/new"]
 
 
