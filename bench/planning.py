@@ -41,9 +41,9 @@ import pyarrow as pa
 from bench import machine, save
 from faas.faasd.launch import start_daemon, stop_daemon
 from faas.protocol.messages import ScanInput, SubmitRun
-from faas.scheduler.plan import Plan
-from faas.scheduler.planning import plan_submission
-from faas.scheduler.project import read_project
+from faas.scheduler.dag import Plan
+from faas.scheduler.planner import plan_submission
+from faas.scheduler.reader import read_project
 from faas.store import Lakehouse
 
 ROOT = Path(__file__).resolve().parents[1]

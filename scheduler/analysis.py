@@ -23,7 +23,7 @@ from concurrent.futures.process import BrokenProcessPool
 from typing import Any, TypeVar
 
 from faas.protocol.errors import InvalidInput
-from faas.scheduler.project import Project, read_project
+from faas.scheduler.reader import Project, read_project
 from faas.store.lakehouse import Recent
 
 log = logging.getLogger(__name__)

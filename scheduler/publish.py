@@ -13,7 +13,7 @@ from faas.protocol.errors import InvalidInput, NotFound
 from faas.protocol.worker_messages import (
     TaskDone,
 )
-from faas.scheduler.plan import CACHE_KEY_PROPERTY, EXACT_PROPERTY, Plan, PlanNode
+from faas.scheduler.dag import CACHE_KEY_PROPERTY, EXACT_PROPERTY, Plan, PlanNode
 from faas.store.files import iceberg_schema
 
 if TYPE_CHECKING:

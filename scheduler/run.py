@@ -42,8 +42,8 @@ from faas.protocol.worker_messages import (
     TaskLog,
     TaskStarted,
 )
+from faas.scheduler.dag import Plan, PlanNode, decoded_width
 from faas.scheduler.placement import Request
-from faas.scheduler.plan import Plan, PlanNode, decoded_width
 from faas.scheduler.publish import Publishing
 from faas.scheduler.run_state import Fail, Inputs, Instruction, RunState, Say, Start, Stop
 from faas.store.refs import run_branch_name

@@ -23,7 +23,7 @@ from faas.protocol.messages import (
 from faas.protocol.replies import Cancelled, PlanDescription
 from faas.scheduler.analysis import Analyzer
 from faas.scheduler.jobs import JobStore
-from faas.scheduler.planning import plan_submission
+from faas.scheduler.planner import plan_submission
 from faas.scheduler.run import RunCoordinator, RunHost
 from faas.store.refs import run_branch_name
 

@@ -1,4 +1,4 @@
-"""Cache keys (scheduler/plan.py) and code hashes (scheduler/project.py), as pure functions.
+"""Cache keys (scheduler/dag.py) and code hashes (scheduler/reader.py), as pure functions.
 
 Projects are in-memory files; the catalog is a fake ``lookup`` whose snapshot ids
 the tests choose.
@@ -13,7 +13,7 @@ import pyarrow as pa
 import pytest
 
 from faas.protocol.messages import ObjectInput, ScanInput
-from faas.scheduler.plan import (
+from faas.scheduler.dag import (
     CACHE_KEY_PROPERTY,
     Plan,
     PlanNode,
@@ -22,7 +22,7 @@ from faas.scheduler.plan import (
     build_plan,
     cache_key,
 )
-from faas.scheduler.project import read_project
+from faas.scheduler.reader import read_project
 from tests.unit.scheduler.test_planner import src
 
 pytestmark = pytest.mark.timeout(30)

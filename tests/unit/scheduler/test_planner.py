@@ -19,8 +19,8 @@ import pytest
 import faas
 from faas.protocol.errors import PlanInvalid
 from faas.protocol.messages import ObjectInput, ScanInput
-from faas.scheduler.plan import Plan, SourceTable, build_plan
-from faas.scheduler.project import Project, read_project
+from faas.scheduler.dag import Plan, SourceTable, build_plan
+from faas.scheduler.reader import Project, read_project
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.timeout(30)

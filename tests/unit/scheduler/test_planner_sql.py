@@ -6,8 +6,8 @@ import pyarrow as pa
 import pytest
 
 from faas.protocol.errors import PlanInvalid
-from faas.scheduler.plan import SourceTable, build_plan
-from faas.scheduler.project import read_project
+from faas.scheduler.dag import SourceTable, build_plan
+from faas.scheduler.reader import read_project
 
 TOML = """
 [parameters.limit]

@@ -7,7 +7,7 @@ from typing import Any
 
 from faas.protocol.errors import InvalidInput, NotFound, PlanInvalid
 from faas.protocol.messages import SubmitRun
-from faas.scheduler.plan import (
+from faas.scheduler.dag import (
     CACHE_KEY_PROPERTY,
     EXACT_PROPERTY,
     Plan,
@@ -15,7 +15,7 @@ from faas.scheduler.plan import (
     build_plan,
     model_input_problems,
 )
-from faas.scheduler.project import Project, read_project
+from faas.scheduler.reader import Project, read_project
 from faas.store.transaction import load_table, missing_namespace, table_info
 
 

@@ -14,7 +14,7 @@ import pyarrow as pa
 from faas.protocol.errors import FaasError, PlanInvalid
 from faas.protocol.messages import ObjectInput, ParamValue, ScanInput
 from faas.protocol.replies import NodeKind, PlannedInput, PlannedNode
-from faas.scheduler.project import ModelSpec, Project
+from faas.scheduler.reader import ModelSpec, Project
 
 
 @dataclass(frozen=True)
