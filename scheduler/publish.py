@@ -17,7 +17,7 @@ from faas.scheduler.dag import CACHE_KEY_PROPERTY, EXACT_PROPERTY, Plan, PlanNod
 from faas.store.files import iceberg_schema
 
 if TYPE_CHECKING:
-    from faas.scheduler.run import RunHost
+    from faas.scheduler.run_host import RunHost
 
 log = logging.getLogger(__name__)
 

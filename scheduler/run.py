@@ -6,8 +6,8 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, cast
 
 from faas.protocol.errors import (
     ExpectationFailed,
@@ -45,6 +45,7 @@ from faas.protocol.worker_messages import (
 from faas.scheduler.dag import Plan, PlanNode, decoded_width
 from faas.scheduler.placement import Request
 from faas.scheduler.publish import Publishing
+from faas.scheduler.run_host import RunHost
 from faas.scheduler.run_state import Fail, Inputs, Instruction, RunState, Say, Start, Stop
 from faas.store.refs import run_branch_name
 
@@ -53,36 +54,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
-
 Emit = Callable[[Any], Awaitable[None]]
 
 # What any function process needs before it touches data (interpreter, pyarrow, buffers).
 BASE_RESERVATION = 512 * 2**20
 # The kind of durable result an expectation leaves in the catalog (see Catalog.recall).
 VERDICT = "verdict"
-
-
-class RunHost(Protocol):
-    """What a run needs of the scheduler that hosts it, and nothing more."""
-
-    @property
-    def lakehouse(self) -> Any: ...
-    @property
-    def workers(self) -> Mapping[str, WorkerHandle]: ...
-
-    async def store_call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T: ...
-    async def place(self, request: Request) -> WorkerHandle: ...
-    def release(self, request_id: str, output: ObjectInfo | None = None, new: bool = False) -> None: ...
-    def fits_now(self, request: Request) -> bool: ...
-    def largest_memory(self) -> int: ...
-    def grow(self, task_id: str, extra: int) -> None: ...
-    def stored(self, worker_id: str, object_id: str, info: ObjectInfo) -> None: ...
-    def holders(self, object_id: str) -> dict[str, Any]: ...
-    def watch_task(self, task_id: str, worker: WorkerHandle) -> asyncio.Queue[Any]: ...
-    def unwatch_task(self, task_id: str) -> None: ...
-    def fail_task(self, task_id: str, kind: str, message: str) -> None: ...
-    def background(self, coro: Any) -> None: ...
 
 
 class RunCoordinator(Publishing):

@@ -24,7 +24,8 @@ from faas.protocol.replies import Cancelled, PlanDescription
 from faas.scheduler.analysis import Analyzer
 from faas.scheduler.jobs import JobStore
 from faas.scheduler.planner import plan_submission
-from faas.scheduler.run import RunCoordinator, RunHost
+from faas.scheduler.run import RunCoordinator
+from faas.scheduler.run_host import RunHost
 from faas.store.refs import run_branch_name
 
 if TYPE_CHECKING:

@@ -594,7 +594,7 @@ __all__ = ["Scheduler", "WorkerHandle", "RunFinished"]
 
 
 if TYPE_CHECKING:
-    from faas.scheduler.run import RunHost
+    from faas.scheduler.run_host import RunHost
 
     def _hosts_runs(scheduler: Scheduler) -> RunHost:
         return scheduler  # mypy checks here that a Scheduler is all a run needs
