@@ -266,9 +266,11 @@ class NodeRecord(msgspec.Struct, kw_only=True):
     inputs: list[InputRead] = []
 
 
-class JobSummary(msgspec.Struct, frozen=True, kw_only=True):
+class JobSummary(msgspec.Struct, kw_only=True):
+    """A run as ``faas job ls`` lists it."""
+
     run_id: str
-    status: RunStatus
+    status: RunStatus = "running"
     started: float | None = None
     finished: float | None = None
     ref: str | None = None
@@ -284,19 +286,10 @@ class Jobs(Message, frozen=True):
     runs: list[JobSummary]
 
 
-class JobRecord(msgspec.Struct, kw_only=True):
+class JobRecord(JobSummary, kw_only=True):
     """A run's summary as the scheduler keeps it (``runs/<run id>/run.json``)."""
 
-    run_id: str
-    status: RunStatus = "running"
-    started: float | None = None
-    finished: float | None = None
-    ref: str | None = None
-    namespace: str | None = None
-    project: str | None = None
-    error: str | None = None
     error_kind: str | None = None
-    commit: str | None = None
     tables: list[str] = []
     branch: str | None = None
     seconds: float | None = None

@@ -229,9 +229,7 @@ class JobStore:
                 continue
         records.sort(key=lambda r: r.started or 0, reverse=True)
         return [
-            JobSummary(run_id=r.run_id, status=r.status, started=r.started, finished=r.finished,
-                       ref=r.ref, namespace=r.namespace, project=r.project, commit=r.commit,
-                       error=r.error)
+            JobSummary(**{f: getattr(r, f) for f in JobSummary.__struct_fields__})
             for r in records[:limit]
         ]
 

@@ -7,7 +7,6 @@ import asyncio
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -148,17 +147,25 @@ def test_a_new_branch_reruns_exactly_the_models_that_read_a_reimported_table(
 # -- detached runs ---------------------------------------------------------------------
 
 SLOW = '''
-import time
+import os, time
 import faas
 
 
 @faas.model(materialize="replace")
 def slow(t=faas.Model("territories")):
     print("before the pause", flush=True)
-    time.sleep(4)
+    while not os.path.exists(RELEASE):
+        time.sleep(0.05)
     print("after the pause", flush=True)
     return t
 '''
+
+
+def slow_project(tmp: Path, name: str = "slow") -> tuple[Path, Path]:
+    """A project whose one model pauses until a release file exists; the project and
+    that file (the test decides when the run goes on, no sleep does)."""
+    release = tmp / f"{name}.release"
+    return write_project(tmp, f"RELEASE = {str(release)!r}\n" + SLOW, name), release
 
 BROKEN = '''
 import faas
@@ -174,15 +181,23 @@ def test_a_detached_run_goes_on_and_is_followed_live(
     cluster: Cluster, example_data: Path, tmp_path: Path
 ) -> None:
     import_territories(cluster, example_data)
-    project = write_project(tmp_path, SLOW)
-    t0 = time.monotonic()
+    project, release = slow_project(tmp_path)
     proc = cluster.faas("submit", str(project), "-n", "adventure", "--detach", check=True)
     run_id = proc.stdout.strip()
     assert run_id.startswith("run-") and f"faas job logs {run_id} --follow" in proc.stderr
-    assert time.monotonic() - t0 < 30  # did not wait for the run (a bound, not a benchmark)
+    # The command returned while its run goes on (the run waits for the release file).
     assert [j["status"] for j in cluster.json("job", "ls") if j["run_id"] == run_id] == ["running"]
-    followed = cluster.faas("job", "logs", run_id, "--follow", check=True)
-    lines = followed.stdout.splitlines()
+    with subprocess.Popen(
+        [sys.executable, "-m", "faas.client.cli", "job", "logs", run_id, "--follow"],
+        env=cluster.env(), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    ) as follow:
+        assert follow.stdout is not None
+        while "before the pause" not in follow.stdout.readline():
+            pass
+        release.touch()  # the rest comes live, to a follower already following
+        rest, err = follow.communicate(timeout=60)
+    assert follow.returncode == 0, err
+    lines = ["[slow] before the pause", *rest.splitlines()]
     assert any("[slow] before the pause" in line for line in lines)
     assert any("[slow] after the pause" in line for line in lines)
     assert lines[-1].startswith(f"run {run_id} succeeded")
@@ -208,7 +223,7 @@ def test_ctrl_c_on_follow_stops_following_not_the_run(
     cluster: Cluster, example_data: Path, tmp_path: Path
 ) -> None:
     import_territories(cluster, example_data)
-    project = write_project(tmp_path, SLOW)
+    project, release = slow_project(tmp_path)
     run_id = cluster.faas("submit", str(project), "-n", "adventure", "-d", check=True).stdout.strip()
     with subprocess.Popen(
         [sys.executable, "-m", "faas.client.cli", "job", "logs", run_id, "--follow"],
@@ -221,6 +236,8 @@ def test_ctrl_c_on_follow_stops_following_not_the_run(
         follow.send_signal(signal.SIGINT)
         follow.communicate(timeout=30)
     assert follow.returncode == 130
+    assert cluster.json("job", "get", run_id)["status"] == "running"
+    release.touch()
     done = cluster.faas("job", "logs", run_id, "--follow", check=True)
     assert f"run {run_id} succeeded" in done.stdout
 
@@ -229,7 +246,8 @@ def test_the_client_detaches_follows_and_cancels(
     cluster: Cluster, example_data: Path, tmp_path: Path
 ) -> None:
     import_territories(cluster, example_data)
-    slow = write_project(tmp_path, SLOW, "slow")
+    slow, release = slow_project(tmp_path)
+    never, _ = slow_project(tmp_path, "never")  # released by nothing: only a cancel ends it
     broken = write_project(tmp_path, BROKEN, "broken")
 
     async def scenario() -> None:
@@ -237,7 +255,11 @@ def test_the_client_detaches_follows_and_cancels(
         run = await c.submit(slow, namespace="adventure", detach=True)
         assert run.nodes == ["slow"]
         assert [j.status for j in await c.jobs() if j.run_id == run.run_id] == ["running"]
-        events = [ev async for ev in run]  # iterating a detached run follows it
+        events = []
+        async for ev in run:  # iterating a detached run follows it
+            events.append(ev)
+            if isinstance(ev, LogLine) and ev.line == "before the pause":
+                release.touch()
         assert [ev.line for ev in events if isinstance(ev, LogLine)] == [
             "before the pause", "after the pause"]
         assert [ev.state for ev in events if isinstance(ev, TaskEvent)][-1] == "done"
@@ -247,7 +269,7 @@ def test_the_client_detaches_follows_and_cancels(
         with pytest.raises(FunctionFailed, match="no territories for you"):
             await (await c.follow(failing.run_id)).wait()
 
-        doomed = await c.submit(slow, namespace="adventure", detach=True)
+        doomed = await c.submit(never, namespace="adventure", detach=True)
         await doomed.cancel()
         assert (await (await c.follow(doomed.run_id)).result()).status == "cancelled"
 

@@ -225,7 +225,11 @@ def test_a_home_that_cannot_be_written_is_one_line(tmp_path: Path) -> None:
 def test_a_daemon_of_another_version_with_runs_in_flight_is_kept(
     local: LocalHome, example_data: Path
 ) -> None:
-    project, marker = _marked_project(local, example_data, "time.sleep(3)")
+    release = local.home.parent / "release"  # the run goes on until the test says so
+    project, marker = _marked_project(
+        local, example_data,
+        f"while not __import__('os').path.exists({str(release)!r}): time.sleep(0.05)",
+    )
     run_id = local.faas("submit", str(project), "-n", "adventure", "-d", check=True).stdout.strip()
     wait_until(marker.exists, "the function to start", timeout=120)
     old = local.info()
@@ -233,6 +237,7 @@ def test_a_daemon_of_another_version_with_runs_in_flight_is_kept(
     line = one_line_error(local.faas("namespace", "ls"), "1 run(s) in flight", "faas local stop")
     assert "0.0.1" in line and _alive(old["pid"])
     (local.home / "daemon.json").write_text(json.dumps(old))
+    release.touch()
     followed = local.faas("job", "logs", run_id, "--follow")
     assert followed.returncode == 0 and "succeeded" in followed.stdout
 

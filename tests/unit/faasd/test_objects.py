@@ -7,10 +7,7 @@ the async methods run with ``asyncio.run``. No daemons.
 from __future__ import annotations
 
 import asyncio
-import os
 import shutil
-import subprocess
-import sys
 import threading
 from pathlib import Path
 
@@ -18,69 +15,19 @@ import pyarrow as pa
 import pytest
 
 from faas.faasd import objects
-from faas.faasd.objects import SHM_RESERVE, ObjectStore
-from tests.conftest import ROOT
+from faas.faasd.objects import SHM_RESERVE
+from tests.unit.faasd.objects_helpers import (
+    MiB,
+    add_object,
+    column_name,
+    make_store,
+    read_table,
+    size,
+    spill_file,
+    write_column,
+)
 
 pytestmark = pytest.mark.timeout(60)
-
-MiB = 2**20
-REPO = ROOT
-
-
-# --------------------------------------------------------------------------- helpers
-
-
-def make_store(tmp_path: Path, budget: int, spill_budget: int | None = None) -> ObjectStore:
-    return ObjectStore(tmp_path / "shm", tmp_path / "spill", budget, spill_budget)
-
-
-def table_of(nbytes: int, seed: int) -> pa.Table:
-    n = nbytes // 8
-    return pa.table({"x": pa.array(range(seed * n, (seed + 1) * n), pa.int64())})
-
-
-def write_object(store: ObjectStore, name: str, nbytes: int = MiB, seed: int = 0) -> pa.Table:
-    """Write an Arrow IPC file of about ``nbytes`` where the store expects object ``name``."""
-    table = table_of(nbytes, seed)
-    with pa.ipc.new_file(str(store.path(name)), table.schema) as writer:
-        writer.write_table(table)
-    return table
-
-
-def add_object(
-    store: ObjectStore, name: str, run_id: str | None, nbytes: int = MiB, seed: int = 0,
-    cacheable: bool = True,
-) -> pa.Table:
-    table = write_object(store, name, nbytes, seed)
-    store.add(
-        name, run_id, rows=table.num_rows, schema=table.schema.serialize().to_pybytes(),
-        cacheable=cacheable,
-    )
-    return table
-
-
-def read_table(path: Path) -> pa.Table:
-    with pa.memory_map(str(path)) as source:
-        # Copy out of the map so nothing refers to it once it is closed.
-        return pa.ipc.open_file(source).read_all().combine_chunks()
-
-
-def size(path: Path) -> int:
-    return path.stat().st_size
-
-
-def spill_file(store: ObjectStore, name: str) -> Path:
-    return store.spill_dir / f"{name}.arrow"
-
-
-def column_name(i: int) -> str:
-    return f"col-{i:032x}.arrow"
-
-
-def write_column(store: ObjectStore, name: str, nbytes: int = MiB) -> int:
-    path = store.columns_dir / name
-    path.write_bytes(b"\0" * nbytes)
-    return nbytes
 
 
 # --------------------------------------------------------------------------- add, locate, use, pin
@@ -453,154 +400,3 @@ def test_budget_is_zero_when_less_than_the_reserve_is_free(
     store = make_store(tmp_path, 8 * MiB, spill_budget=16 * MiB)
     assert store.budget == 0
     assert store.spill_budget == 16 * MiB
-
-
-
-# --------------------------------------------------------------------------- free pages
-
-
-def release(store: ObjectStore, run_id: str) -> None:
-    asyncio.run(store.release(run_id))
-
-
-def test_a_deleted_object_nobody_holds_keeps_its_pages_for_the_next_claim(tmp_path: Path) -> None:
-    store = make_store(tmp_path, 256 * MiB)
-    add_object(store, "a", "run-1", nbytes=8 * MiB, cacheable=False)
-    release(store, "run-1")
-
-    assert not store.path("a").exists() and "a" not in store.entries
-    (kept,) = store.free
-    assert kept.parent == store.free_dir and kept.exists()
-    assert store.free_bytes >= 8 * MiB and store.shm_bytes == store.free_bytes
-    assert store.stats()["free_bytes"] == store.free_bytes
-
-    dest = tmp_path / "new.part"
-    assert store.claim(dest, 4 * MiB)
-    assert dest.exists() and not kept.exists()
-    assert store.free_bytes == 0 and store.shm_bytes == 0
-    assert not store.claim(tmp_path / "other.part", 4 * MiB)
-
-
-def test_claim_picks_the_smallest_file_that_holds_the_object_else_the_largest(tmp_path: Path) -> None:
-    store = make_store(tmp_path, 512 * MiB)
-    for name, mib in (("s", 6), ("m", 12), ("l", 24)):
-        add_object(store, name, "run-1", nbytes=mib * MiB, cacheable=False)
-    release(store, "run-1")
-    sizes = sorted(store.free.values())
-    assert len(sizes) == 3
-
-    assert store.claim(tmp_path / "one", 10 * MiB)  # the 12 MiB file
-    assert sorted(store.free.values()) == [sizes[0], sizes[2]]
-    assert store.claim(tmp_path / "two", 100 * MiB)  # none holds it: the largest
-    assert list(store.free.values()) == [sizes[0]]
-
-
-def test_an_object_a_process_holds_is_deleted_and_its_pages_not_reused(tmp_path: Path) -> None:
-    """A reader in another process (as a function process maps its inputs) holds the
-    object: deleting it unlinks the file, and the reader's bytes stay what they were."""
-    store = make_store(tmp_path, 256 * MiB)
-    table = add_object(store, "a", "run-1", nbytes=8 * MiB, seed=3, cacheable=False)
-    reader = subprocess.Popen(
-        [sys.executable, "-c", READER, str(store.path("a"))],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=REPO,
-    )
-    try:
-        assert reader.stdout is not None and reader.stdin is not None
-        assert reader.stdout.readline().strip() == "holding"
-        release(store, "run-1")
-        assert not store.path("a").exists()
-        assert store.free == {}  # a reader holds it: not kept
-        # New bytes in new pages do not reach the reader's mapping.
-        add_object(store, "b", "run-2", nbytes=8 * MiB, seed=4)
-        out, _ = reader.communicate("go\n", timeout=30)
-    finally:
-        if reader.poll() is None:
-            reader.kill()
-    assert out.split() == [str(table.column("x")[0].as_py()), str(table.num_rows)]
-
-
-READER = """
-import sys
-import pyarrow as pa
-from faas.faasd.objects import hold
-path = sys.argv[1]
-fd = hold(path)
-table = pa.ipc.open_file(pa.memory_map(path, "r")).read_all()
-print("holding", flush=True)
-sys.stdin.readline()
-print(table.column("x")[0].as_py(), table.num_rows)
-"""
-
-
-def test_a_reader_that_exits_lets_the_pages_be_reused(tmp_path: Path) -> None:
-    store = make_store(tmp_path, 256 * MiB)
-    add_object(store, "a", "run-1", nbytes=8 * MiB, cacheable=False)
-    subprocess.run(
-        [sys.executable, "-c", "import sys; from faas.faasd.objects import hold; hold(sys.argv[1])",
-         str(store.path("a"))],
-        check=True, cwd=REPO, timeout=30,
-    )
-    release(store, "run-1")
-    assert len(store.free) == 1
-
-
-def test_hold_refuses_an_object_deleted_or_replaced_before_it_locks(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    store = make_store(tmp_path, 256 * MiB)
-    add_object(store, "a", "run-1", nbytes=8 * MiB, cacheable=False)
-    path = store.path("a")
-    with objects.holding(path) as fd:  # a held object reads as usual
-        assert os.fstat(fd).st_size == path.stat().st_size
-    release(store, "run-1")
-    with pytest.raises(FileNotFoundError):
-        objects.hold(path)
-
-    # Replaced between the open and the lock (its old pages may be reused already).
-    write_object(store, "b", nbytes=MiB, seed=1)
-    other = tmp_path / "other.arrow"
-    shutil.copy(store.path("b"), other)
-    real_flock = objects.fcntl.flock
-
-    def swap_then_lock(fd: int, op: int) -> None:
-        os.replace(other, store.path("b"))
-        real_flock(fd, op)
-
-    monkeypatch.setattr(objects.fcntl, "flock", swap_then_lock)
-    with pytest.raises(FileNotFoundError, match="replaced"):
-        objects.hold(store.path("b"))
-
-
-def test_free_pages_are_given_back_before_any_object_is_spilled(tmp_path: Path) -> None:
-    store = make_store(tmp_path, 64 * MiB)
-    add_object(store, "gone", "run-1", nbytes=8 * MiB, cacheable=False)
-    add_object(store, "kept", "run-2", nbytes=8 * MiB)
-    release(store, "run-1")
-    release(store, "run-2")
-    assert store.free and not store.entries["kept"].spilled
-
-    asyncio.run(store.make_room(48 * MiB))  # room for 48 MiB: the free pages must go
-    assert store.free == {} and not any(store.free_dir.iterdir())
-    assert not store.entries["kept"].spilled and store.path("kept").exists()
-
-
-def test_free_pages_stay_under_a_share_of_the_budget(tmp_path: Path) -> None:
-    store = make_store(tmp_path, 64 * MiB)  # at most 16 MiB kept
-    for i in range(3):
-        add_object(store, f"o{i}", f"run-{i}", nbytes=7 * MiB, seed=i, cacheable=False)
-        release(store, f"run-{i}")
-        assert store.free_bytes <= 16 * MiB
-    assert len(store.free) == 2 and len(list(store.free_dir.iterdir())) == 2
-    add_object(store, "small", "run-9", nbytes=MiB, cacheable=False)
-    add_object(store, "huge", "run-9", nbytes=20 * MiB, cacheable=False)
-    release(store, "run-9")  # too small to be worth keeping; larger than the share
-    assert len(store.free) == 2
-
-
-def test_a_new_store_drops_free_pages_an_earlier_worker_left(tmp_path: Path) -> None:
-    store = make_store(tmp_path, 256 * MiB)
-    add_object(store, "a", "run-1", nbytes=8 * MiB, cacheable=False)
-    release(store, "run-1")
-    assert any(store.free_dir.iterdir())
-    again = make_store(tmp_path, 256 * MiB)
-    assert again.free == {} and not any(again.free_dir.iterdir())

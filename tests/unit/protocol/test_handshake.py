@@ -1,4 +1,4 @@
-"""The handshake and Connection over real sockets on 127.0.0.1 port 0.
+"""The handshake over real sockets on 127.0.0.1 port 0 (Connection after it: test_connection.py).
 
 Every test is bounded by ``run(..., timeout)``, well under the 10 s handshake
 deadline, so a side that waits for bytes that never come fails the test instead
@@ -8,174 +8,40 @@ of passing late.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import Callable
 from typing import Any
 
-import msgspec
 import pytest
 
 from faas.protocol import auth
-from faas.protocol.connection import HANDSHAKE_TIMEOUT, Connection, accept, connect
-from faas.protocol.errors import (
-    ClosedByUs,
-    ConnectionClosed,
-    FrameTooLarge,
-    HandshakeFailed,
-    MalformedFrame,
-    PeerVanished,
-)
+from faas.protocol.connection import HANDSHAKE_TIMEOUT, Connection
+from faas.protocol.errors import ConnectionClosed, FrameTooLarge, HandshakeFailed, PeerVanished
 from faas.protocol.framing import MAX_HANDSHAKE_FRAME, encode, read_frame
 from faas.protocol.messages import (
     PROTOCOL_VERSION,
     Auth,
     BulkHeader,
-    ClientRequest,
     Error,
-    Handshake,
     Hello,
     ListTables,
     Query,
     Welcome,
 )
-from faas.protocol.replies import ClientReply, Namespaces, Tables
-
-TOKEN = b"a" * 64
-OTHER_TOKEN = b"b" * 64
-REQUESTS = msgspec.msgpack.Decoder(ClientRequest)
-REPLIES = msgspec.msgpack.Decoder(ClientReply)
-HANDSHAKE = msgspec.msgpack.Decoder(Handshake)
-
-
-def run(coro: Coroutine[Any, Any, Any], timeout: float = 5.0) -> Any:
-    return asyncio.run(asyncio.wait_for(coro, timeout))
-
-
-class RecordingReader:
-    """Wraps the server's StreamReader to record every ``readexactly`` it is asked for."""
-
-    def __init__(self, inner: asyncio.StreamReader) -> None:
-        self.inner = inner
-        self.requests: list[int] = []
-
-    async def readexactly(self, n: int) -> bytes:
-        self.requests.append(n)
-        return await self.inner.readexactly(n)
-
-
-class Accepted:
-    """What the server side of one connection ended with."""
-
-    def __init__(self) -> None:
-        self.conn: Connection[Any] | None = None
-        self.error: BaseException | None = None
-        self.writer: asyncio.StreamWriter | None = None
-        self.reader: RecordingReader | None = None
-        self.received: list[Any] = []
-        self.done = asyncio.Event()
-
-
-ServeFn = Callable[[Connection[Any], Accepted], Awaitable[None]]
-
-
-@contextlib.asynccontextmanager
-async def faas_server(
-    *,
-    token: bytes = TOKEN,
-    role: str = "scheduler",
-    host_id: str = "sched-1",
-    allowed_roles: tuple[str, ...] = ("client",),
-    serve: ServeFn | None = None,
-) -> AsyncIterator[tuple[str, asyncio.Queue[Accepted]]]:
-    """A server running ``accept``; each connection's outcome is put on the queue."""
-    outcomes: asyncio.Queue[Accepted] = asyncio.Queue()
-
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        acc = Accepted()
-        acc.writer = writer
-        acc.reader = RecordingReader(reader)
-        try:
-            acc.conn = await accept(
-                acc.reader,  # type: ignore[arg-type]
-                writer,
-                REQUESTS,
-                token=token,
-                role=role,
-                host_id=host_id,
-                allowed_roles=allowed_roles,
-            )
-        except BaseException as exc:  # noqa: BLE001 - recorded for the test to assert on
-            acc.error = exc
-            acc.done.set()
-            await outcomes.put(acc)
-            return
-        await outcomes.put(acc)
-        try:
-            if serve is not None:
-                await serve(acc.conn, acc)
-        except BaseException as exc:  # noqa: BLE001
-            acc.error = exc
-        finally:
-            await acc.conn.aclose()
-            acc.done.set()
-
-    server = await asyncio.start_server(handle, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    try:
-        yield f"127.0.0.1:{port}", outcomes
-    finally:
-        server.close()
-        await server.wait_closed()
-
-
-@contextlib.asynccontextmanager
-async def raw_server(
-    handle: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]],
-) -> AsyncIterator[str]:
-    """A server that is not faas (or a faas imitation that misbehaves)."""
-
-    async def wrapped(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            await handle(reader, writer)
-        except (OSError, asyncio.IncompleteReadError):
-            pass
-        finally:
-            writer.close()
-
-    server = await asyncio.start_server(wrapped, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    try:
-        yield f"127.0.0.1:{port}"
-    finally:
-        server.close()
-        await server.wait_closed()
-
-
-@contextlib.asynccontextmanager
-async def raw_client(address: str) -> AsyncIterator[tuple[asyncio.StreamReader, asyncio.StreamWriter]]:
-    host, port = address.rsplit(":", 1)
-    reader, writer = await asyncio.open_connection(host, int(port))
-    try:
-        yield reader, writer
-    finally:
-        writer.close()
-        with contextlib.suppress(OSError):
-            await writer.wait_closed()
-
-
-async def read_until_closed(reader: asyncio.StreamReader) -> bytes:
-    """Everything the peer still sends before it closes (a reset counts as closed)."""
-    try:
-        return await reader.read()
-    except ConnectionResetError:
-        return b""
-
-
-async def client(address: str, *, token: bytes = TOKEN, role: str = "client", **kw: Any) -> Connection[Any]:
-    return await connect(address, REPLIES, token=token, role=role, host_id="laptop-1", **kw)
-
+from faas.protocol.replies import Namespaces, Tables
+from tests.unit.protocol.handshake_helpers import (
+    HANDSHAKE,
+    OTHER_TOKEN,
+    TOKEN,
+    Accepted,
+    client,
+    faas_server,
+    raw_client,
+    raw_server,
+    read_until_closed,
+    run,
+)
 
 # -- success ------------------------------------------------------------------
 
@@ -405,6 +271,27 @@ def test_server_keeps_accepting_after_bad_clients() -> None:
     run(go())
 
 
+def test_a_frame_that_is_not_utf8_before_auth_is_a_malformed_frame() -> None:
+    """A string field that is not UTF-8 is refused like any other malformed frame: a typed
+    error and a closed connection, not a UnicodeDecodeError."""
+    from faas.protocol.errors import MalformedFrame
+    from faas.protocol.framing import HEADER
+
+    payload = b"\x81\xa2op\xa4\xff\xfe\xfd\xfc"  # {"op": <4 bytes that are not UTF-8>}
+
+    async def go() -> None:
+        async with faas_server() as (address, outcomes), raw_client(address) as (reader, writer):
+            assert isinstance(await read_frame(reader, HANDSHAKE), Hello)
+            writer.write(HEADER.pack(len(payload)) + payload)
+            await writer.drain()
+            await read_until_closed(reader)
+            acc = await outcomes.get()
+            assert isinstance(acc.error, HandshakeFailed)
+            assert isinstance(acc.error.__cause__, MalformedFrame), repr(acc.error.__cause__)
+
+    run(go(), timeout=5)
+
+
 # -- the client meets a server that is not (a good) faas ------------------------
 
 
@@ -533,204 +420,3 @@ def test_connect_timeout_bounds_the_whole_handshake() -> None:
 
     assert HANDSHAKE_TIMEOUT > 3
     run(go(), timeout=3)
-
-
-# -- Connection after the handshake ---------------------------------------------
-
-
-@contextlib.asynccontextmanager
-async def connected_pair(
-    serve: ServeFn | None = None,
-) -> AsyncIterator[tuple[Connection[Any], Accepted]]:
-    async with faas_server(serve=serve) as (address, outcomes):
-        conn = await client(address)
-        try:
-            acc = await outcomes.get()
-            assert acc.conn is not None
-            yield conn, acc
-        finally:
-            await conn.aclose()
-
-
-async def _stay_silent(conn: Connection[Any], acc: Accepted) -> None:
-    with contextlib.suppress(ConnectionClosed, PeerVanished):
-        await conn.recv(timeout=4)
-
-
-def test_recv_timeout_on_a_silent_peer_is_peer_vanished() -> None:
-    async def go() -> None:
-        async with connected_pair(_stay_silent) as (conn, _):
-            with pytest.raises(PeerVanished) as info:
-                await conn.recv(timeout=0.2)
-            assert "0.2" in str(info.value)
-            assert conn.closed
-            with pytest.raises(ClosedByUs):
-                await conn.recv(timeout=0.2)
-
-    run(go())
-
-
-def test_send_after_close_is_closed_by_us() -> None:
-    async def go() -> None:
-        async with connected_pair(_stay_silent) as (conn, _):
-            conn.close()
-            conn.close()  # twice is fine
-            assert conn.closed
-            with pytest.raises(ClosedByUs):
-                await conn.send(ListTables())
-            with pytest.raises(ClosedByUs):
-                await conn.send_raw(b"x")
-            with pytest.raises(ClosedByUs):
-                await conn.recv()
-            await conn.aclose()  # and aclose after close
-
-    run(go())
-
-
-def test_recv_bulk_after_close_is_closed_by_us() -> None:
-    async def go() -> None:
-        async with connected_pair(_stay_silent) as (conn, _):
-            conn.close()
-            with pytest.raises(ClosedByUs):
-                await conn.recv_bulk(10, timeout=1)
-
-    run(go())
-
-
-def test_recv_bulk_cut_short_is_peer_vanished() -> None:
-    async def serve(conn: Connection[Any], acc: Accepted) -> None:
-        await conn.send_raw(encode(BulkHeader(nbytes=1000)), b"x" * 10)
-
-    async def go() -> None:
-        async with connected_pair(serve) as (conn, acc):
-            header = await conn.recv(timeout=3)
-            assert header == BulkHeader(nbytes=1000)
-            with pytest.raises(PeerVanished) as info:
-                await conn.recv_bulk(header.nbytes, timeout=3)
-            assert "10 of 1000" in str(info.value)
-            assert conn.closed
-
-    run(go())
-
-
-def test_recv_bulk_timeout_on_a_silent_peer_is_peer_vanished() -> None:
-    async def serve(conn: Connection[Any], acc: Accepted) -> None:
-        await conn.send_raw(encode(BulkHeader(nbytes=1000)), b"x" * 10)
-        await _stay_silent(conn, acc)
-
-    async def go() -> None:
-        async with connected_pair(serve) as (conn, _):
-            header = await conn.recv(timeout=3)
-            with pytest.raises(PeerVanished):
-                await conn.recv_bulk(header.nbytes, timeout=0.2)
-            assert conn.closed
-
-    run(go())
-
-
-def test_malformed_frame_after_handshake_keeps_the_connection() -> None:
-    async def serve(conn: Connection[Any], acc: Accepted) -> None:
-        for _ in range(2):
-            try:
-                acc.received.append(await conn.recv(timeout=3))
-            except MalformedFrame as exc:
-                acc.received.append(exc)
-                await conn.send(Error(kind="MalformedFrame", message=str(exc)))
-        await conn.send(Namespaces(names=["still here"]))
-
-    async def go() -> None:
-        async with connected_pair(serve) as (conn, acc):
-            await conn.send_raw(b"\x00\x00\x00\x05hello")
-            reply = await conn.recv(timeout=3)
-            assert isinstance(reply, Error) and reply.kind == "MalformedFrame"
-            await conn.send(ListTables(namespace="n"))
-            assert await conn.recv(timeout=3) == Namespaces(names=["still here"])
-            assert isinstance(acc.received[0], MalformedFrame)
-            assert acc.received[1] == ListTables(namespace="n")
-
-    run(go())
-
-
-def test_oversize_frame_after_handshake_closes_the_connection() -> None:
-    async def serve(conn: Connection[Any], acc: Accepted) -> None:
-        conn.max_frame = 1024
-        try:
-            await conn.recv(timeout=3)
-        except FrameTooLarge as exc:
-            acc.received.append(exc)
-            acc.received.append(conn.closed)
-
-    async def go() -> None:
-        async with connected_pair(serve) as (conn, acc):
-            await conn.send_raw(b"\x00\x00\x08\x00")  # announces 2048 bytes, sends none
-            await asyncio.wait_for(acc.done.wait(), 3)
-            exc, closed = acc.received
-            assert isinstance(exc, FrameTooLarge) and (exc.size, exc.limit) == (2048, 1024)
-            assert closed
-
-    run(go())
-
-
-def test_clean_close_by_peer_is_connection_closed() -> None:
-    async def serve(conn: Connection[Any], acc: Accepted) -> None:
-        return  # the fixture closes it
-
-    async def go() -> None:
-        async with connected_pair(serve) as (conn, _):
-            with pytest.raises(ConnectionClosed):
-                await conn.recv(timeout=3)
-            assert conn.closed
-
-    run(go())
-
-
-def test_a_frame_that_is_not_utf8_before_auth_is_a_malformed_frame() -> None:
-    """A string field that is not UTF-8 is refused like any other malformed frame: a typed
-    error and a closed connection, not a UnicodeDecodeError."""
-    from faas.protocol.errors import MalformedFrame
-    from faas.protocol.framing import HEADER
-
-    payload = b"\x81\xa2op\xa4\xff\xfe\xfd\xfc"  # {"op": <4 bytes that are not UTF-8>}
-
-    async def go() -> None:
-        async with faas_server() as (address, outcomes), raw_client(address) as (reader, writer):
-            assert isinstance(await read_frame(reader, HANDSHAKE), Hello)
-            writer.write(HEADER.pack(len(payload)) + payload)
-            await writer.drain()
-            await read_until_closed(reader)
-            acc = await outcomes.get()
-            assert isinstance(acc.error, HandshakeFailed)
-            assert isinstance(acc.error.__cause__, MalformedFrame), repr(acc.error.__cause__)
-
-    run(go(), timeout=5)
-
-
-def test_a_send_cancelled_while_the_peer_is_slow_leaves_the_connection_in_step() -> None:
-    """The frame is in the transport once written: a cancel while waiting for the drain
-    (a run stopping a function) must not drop the connection (a healthy worker)."""
-    big = Namespaces(names=["x" * (8 << 20)])  # far more than the socket buffers: the drain waits
-
-    async def go() -> None:
-        a, b = socket.socketpair()
-        reader_a, writer_a = await asyncio.open_connection(sock=a)
-        # A small buffer on the reading side: it stops reading until recv asks.
-        reader_b, writer_b = await asyncio.open_connection(sock=b, limit=2**14)
-        decoder = msgspec.msgpack.Decoder(ClientReply)
-        ours = Connection(reader_a, writer_a, decoder)
-        theirs = Connection(reader_b, writer_b, decoder, max_frame=2**25)
-        try:
-            sending = asyncio.create_task(ours.send(big))
-            await asyncio.sleep(0.05)  # written, and waiting for the peer to read
-            assert not sending.done()
-            sending.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await sending
-            assert not ours.closed
-            assert await theirs.recv(timeout=10) == big  # whole, in step
-            await ours.send(Namespaces(names=["after"]))
-            assert await theirs.recv(timeout=10) == Namespaces(names=["after"])
-        finally:
-            ours.close()
-            theirs.close()
-
-    asyncio.run(go())
