@@ -156,17 +156,18 @@ def test_resident_memory_counts_descendants_and_bounds_private_memory() -> None:
     (the tree's unique pages), so a process under it is under its limit."""
     from faas.faasd.limits import private_bytes, resident_bytes
 
-    grandchild = "x = bytearray(64 << 20); import time; time.sleep(60)"
+    # bytes * n writes every byte (a zeroed bytearray may stay untouched, not resident).
+    grandchild = "x = b'x' * (64 << 20); import time; time.sleep(60)"
     child = subprocess.Popen([sys.executable, "-c", (
         "import subprocess, sys, time\n"
         f"subprocess.Popen([sys.executable, '-c', {grandchild!r}])\n"
         "time.sleep(60)\n"
     )])
     try:
-        deadline = time.monotonic() + 30
-        while resident_bytes(child.pid) < 64 << 20:  # the grandchild's pages are counted
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+        # Once the grandchild holds its 64 MiB, the tree's unique pages count them...
+        wait_until(lambda: private_bytes(psutil.Process(child.pid)) >= 64 << 20,
+                   "the grandchild to hold 64 MiB", timeout=30)
+        # ...and the cheap reading is never below that.
         assert resident_bytes(child.pid) >= private_bytes(psutil.Process(child.pid)) >= 64 << 20
     finally:
         for p in psutil.Process(child.pid).children(recursive=True):
