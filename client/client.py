@@ -402,7 +402,13 @@ class Client:
 
     async def job_logs(self, run_id: str) -> list[JobEvent]:
         """Every event and output line of a run, in order (also while it runs)."""
-        return (await self._call(JobLogs(run_id=run_id), JobEvents)).events
+        events: list[JobEvent] = []
+        offset: int | None = 0
+        while offset is not None:  # a page at a time: a run may print more than a frame holds
+            page = await self._call(JobLogs(run_id=run_id, offset=offset), JobEvents)
+            events += page.events
+            offset = page.next_offset
+        return events
 
     async def cancel_run(self, run_id: str) -> Cancelled:
         """Cancel a running run: its function processes are stopped, nothing is published."""

@@ -60,6 +60,9 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
     s.add_argument("--catalog", default=None, help="catalog URI (default: sqlite:///HOME/catalog.db)")
     s.add_argument("--token-file", default=None, help="cluster token (default: HOME/token, created)")
     s.add_argument("--host-id", default=None, help="identity of this host (default: hostname)")
+    s.add_argument("--run-log-limit", type=parse_size, default=None, metavar="SIZE",
+                   help="output a run may print before its later lines are dropped "
+                        "(default 16MiB)")
     w = sub.add_parser("worker", help="run a worker on this host")
     w.add_argument("--config", default=None, metavar="FILE", help=CONFIG_HELP)
     w.add_argument("--scheduler", default=None, help="scheduler HOST:PORT (required)")
@@ -208,6 +211,7 @@ def main(argv: list[str] | None = None) -> int:
             daemon: Any = Scheduler(
                 home=home, token=token, listen=args.listen, warehouse=args.warehouse,
                 catalog=args.catalog, host_id=args.host_id,
+                **({"run_log_limit": args.run_log_limit} if args.run_log_limit else {}),
             )
             asyncio.run(_serve(daemon, "faasd scheduler listening on {d.address}"))
         else:

@@ -305,7 +305,10 @@ class GetJob(Message, frozen=True):
 
 
 class JobLogs(Message, frozen=True):
+    """A page of a run's events, from ``offset`` (where the last page said to go on)."""
+
     run_id: str
+    offset: int = 0
 
 
 class FollowJob(Message, frozen=True):

@@ -315,7 +315,10 @@ class JobEvent(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
 
 
 class JobEvents(Message, frozen=True):
+    """One page of a run's events: ask again from ``next_offset`` until it is None."""
+
     events: list[JobEvent]
+    next_offset: int | None = None
 
 
 class Cancelled(Message, frozen=True):

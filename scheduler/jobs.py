@@ -29,10 +29,41 @@ import msgspec
 from faas.protocol.errors import InvalidInput, NotFound
 from faas.protocol.messages import Error, LogLine, RunFinished, TaskEvent
 from faas.protocol.replies import JobEvent, JobRecord, JobSummary, NodeRecord, RunStatus
+from faas.protocol.sizes import format_size
 
 log = logging.getLogger(__name__)
 
 _RUN_ID_CHARS = set("abcdefghijklmnopqrstuvwxyz0123456789-")
+# A page of `faas job logs`: well under the largest frame (protocol.sizes).
+PAGE_BYTES = 4 * 2**20
+# What a run may print before its later lines are dropped (faasd scheduler --run-log-limit).
+RUN_LOG_LIMIT = 16 * 2**20
+
+
+class LogBudget:
+    """The output a run may still print. Past its limit a run gets one line saying so, on
+    its record and to its clients alike, and its later lines are dropped."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.left = limit
+        self.dropped = 0
+
+    def admit(self, msg: LogLine) -> LogLine | None:
+        """``msg``, the line saying the limit was reached, or None (dropped)."""
+        if self.dropped:
+            self.dropped += 1
+            return None
+        size = len(msg.line.encode()) + 1
+        if size <= self.left:
+            self.left -= size
+            return msg
+        self.dropped = 1
+        return LogLine(
+            run_id=msg.run_id, node=msg.node, stream="stderr", time=msg.time,
+            line=f"[faas] this run printed more than {format_size(self.limit)}: its later output "
+                 "is dropped (faasd scheduler --run-log-limit sets the limit)",
+        )
 
 
 def _replace(path: Path, record: bytes) -> None:
@@ -234,18 +265,38 @@ class JobStore:
         ]
 
     def events(self, run_id: str) -> list[JobEvent]:
+        """Every event and output line of a run, in order."""
+        out: list[JobEvent] = []
+        offset: int | None = 0
+        while offset is not None:
+            page, offset = self.page(run_id, offset)
+            out += page
+        return out
+
+    def page(self, run_id: str, offset: int = 0,
+             max_bytes: int = PAGE_BYTES) -> tuple[list[JobEvent], int | None]:
+        """A run's events from byte ``offset`` of its event file, about ``max_bytes`` of
+        them (at least one), and where the next page starts (None: that was the last)."""
         self.get(run_id)  # NotFound for unknown runs
         self.flush()
         path = self._dir(run_id) / "events.jsonl"
-        if not path.exists():
-            return []
-        out = []
-        for line in path.read_bytes().splitlines():
-            try:
-                out.append(_EVENT.decode(line))
-            except (msgspec.ValidationError, msgspec.DecodeError):
-                continue  # a line cut short by a crash
-        return out
+        out: list[JobEvent] = []
+        try:
+            f = path.open("rb")
+        except FileNotFoundError:
+            return out, None
+        with f:
+            f.seek(max(0, offset))
+            taken = 0
+            for line in f:
+                if taken and taken + len(line) > max_bytes:
+                    return out, offset + taken
+                taken += len(line)
+                try:
+                    out.append(_EVENT.decode(line))
+                except (msgspec.ValidationError, msgspec.DecodeError):
+                    continue  # a line cut short by a crash
+        return out, None
 
     def replay(self, run_id: str) -> list[LogLine | TaskEvent]:
         """A run's recorded events and output lines, as the messages they were."""

@@ -15,6 +15,7 @@ from faas.protocol.errors import ConnectionClosed, FaasError, InvalidInput
 from faas.protocol.messages import (
     Error,
     FollowJob,
+    LogLine,
     RunAccepted,
     RunFinished,
     SubmitRun,
@@ -22,7 +23,7 @@ from faas.protocol.messages import (
 )
 from faas.protocol.replies import Cancelled, PlanDescription
 from faas.scheduler.analysis import Analyzer
-from faas.scheduler.jobs import JobStore
+from faas.scheduler.jobs import JobStore, LogBudget
 from faas.scheduler.planner import plan_submission
 from faas.scheduler.run import RunCoordinator
 from faas.scheduler.run_host import RunHost
@@ -47,6 +48,7 @@ class RunRequests:
     coordinators: dict[str, RunCoordinator]
     followers: dict[str, set[asyncio.Queue[Any]]]
     last_active: float
+    run_log_limit: int
 
     if TYPE_CHECKING:
         async def store_call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T: ...
@@ -85,7 +87,11 @@ class RunRequests:
         followers = self.followers[run_id] = set()
         attached = None if request.detach else conn
 
+        budget = LogBudget(self.run_log_limit)
+
         async def emit(msg: Any) -> None:
+            if isinstance(msg, LogLine) and (msg := budget.admit(msg)) is None:
+                return
             jobs.record(msg)
             for queue in followers:
                 queue.put_nowait(msg)

@@ -75,7 +75,7 @@ from faas.protocol.worker_messages import (
 )
 from faas.scheduler import catalog_ops
 from faas.scheduler.analysis import Analyzer
-from faas.scheduler.jobs import JobStore
+from faas.scheduler.jobs import RUN_LOG_LIMIT, JobStore
 from faas.scheduler.placement import Fail, Instruction, Lost, Placement, Request, Start
 from faas.scheduler.run import RunCoordinator
 from faas.scheduler.runs import RunRequests
@@ -130,6 +130,7 @@ class Scheduler(RunRequests):
         warehouse: str | None = None,
         catalog: str | None = None,
         host_id: str | None = None,
+        run_log_limit: int = RUN_LOG_LIMIT,
     ) -> None:
         self.home = Path(home).expanduser()
         self.token = token
@@ -137,6 +138,7 @@ class Scheduler(RunRequests):
         self.warehouse = warehouse
         self.catalog = catalog
         self.host_id = host_id or socket.gethostname()
+        self.run_log_limit = run_log_limit
         self.status = "new"
         self.address = ""
         self.lakehouse: Any = None
@@ -489,8 +491,9 @@ class Scheduler(RunRequests):
                 return Jobs(runs=self.jobs.recent(limit))
             case GetJob(run_id=run_id):
                 return Job(job=self.jobs.get(run_id))
-            case JobLogs(run_id=run_id):
-                return JobEvents(events=self.jobs.events(run_id))
+            case JobLogs(run_id=run_id, offset=offset):
+                events, next_offset = self.jobs.page(run_id, offset)
+                return JobEvents(events=events, next_offset=next_offset)
             case CancelRun(run_id=run_id):
                 return await self._cancel_run(run_id)
             case ImportTable():

@@ -37,6 +37,18 @@ def chatty(t=faas.Model("territories")):
     return t
 '''
 
+LOUD = '''
+import faas
+
+
+@faas.model(materialize="replace")
+def loud(t=faas.Model("territories")):
+    line = "x" * 999
+    for i in range(30_000):  # 30 MB of prints
+        print(f"{i:06d} {line}")
+    return t
+'''
+
 FOREVER = '''
 import os, time
 import faas
@@ -175,3 +187,24 @@ def test_a_scheduler_restart_marks_in_flight_runs_failed(
         assert again.returncode == 0, again.stderr
     finally:
         stop_daemon(sched)
+
+
+def test_thirty_megabytes_of_prints_leave_the_run_and_its_logs_working(
+    cluster: Cluster, example_data: Path, tmp_path: Path
+) -> None:
+    import_territories(cluster, example_data)
+    project = write_project(tmp_path, LOUD)
+    proc = cluster.faas("submit", str(project), "-n", "adventure", "--json")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = json.loads(proc.stdout)
+    marker = "[faas] this run printed more than 16 MiB"
+    # The run's own client got the lines up to the limit, then one line saying so.
+    assert out["status"] == "success" and out["logs"][-1]["line"].startswith(marker)
+    events = cluster.json("job", "logs", out["run_id"])  # several pages: more than a frame
+    lines = [e["line"] for e in events if "line" in e]
+    assert lines[0].startswith("000000 ") and lines[-1].startswith(marker)
+    assert len(lines) == len(out["logs"]) and 15_000 < len(lines) < 30_000
+    assert sum(len(line) + 1 for line in lines[:-1]) <= 16 * 2**20
+    assert [e["state"] for e in events if "state" in e][-1] == "done"
+    text = cluster.faas("job", "logs", out["run_id"], check=True).stdout
+    assert marker in text

@@ -69,3 +69,34 @@ def test_a_record_that_cannot_be_written_is_logged_and_the_store_goes_on(
     assert json.loads((tmp_path / "runs" / "run-4" / "run.json").read_text())["nodes"]["a"][
         "state"] == "running"
     jobs.close()
+
+
+def test_pages_of_events_join_up_to_every_event_once(tmp_path: Path) -> None:
+    from faas.protocol.messages import LogLine
+
+    jobs = JobStore(tmp_path / "runs")
+    jobs.start("run-5", ref="main", namespace="n", project="p", nodes=["a"])
+    for i in range(100):
+        jobs.record(LogLine(run_id="run-5", node="a", stream="stdout", line=f"{i:03d}" + "x" * 97))
+    pages, offset = [], 0
+    while offset is not None:
+        page, offset = jobs.page("run-5", offset, max_bytes=1000)
+        assert page, "every page has at least one event"
+        pages.append(page)
+    assert len(pages) > 10
+    assert [e.line for page in pages for e in page] == [e.line for e in jobs.events("run-5")]
+    assert [e.line[:3] for e in jobs.events("run-5")] == [f"{i:03d}" for i in range(100)]
+    jobs.close()
+
+
+def test_a_log_budget_passes_lines_up_to_its_limit_then_says_so_once() -> None:
+    from faas.protocol.messages import LogLine
+    from faas.scheduler.jobs import LogBudget
+
+    budget = LogBudget(25)
+    line = LogLine(run_id="r", node="a", stream="stdout", line="x" * 9)  # 10 bytes with \n
+    assert budget.admit(line) is line and budget.admit(line) is line
+    marker = budget.admit(line)
+    assert marker is not None and marker.stream == "stderr" and "more than 25 B" in marker.line
+    assert budget.admit(line) is None and budget.admit(line) is None
+    assert budget.dropped == 3
