@@ -226,6 +226,25 @@ def test_worker_side_import_with_read_source_files(lake: Lakehouse, tmp_path: Pa
     ]
 
 
+def test_ten_thousand_column_csvs_are_unified_column_by_column(tmp_path: Path) -> None:
+    """Wide files (once a minute of quadratic work per import) keep every column, in order,
+    with the columns one file lacks filled with nulls."""
+    from faas.store import read_source_files
+
+    n = 10_000
+    names = [f"c{i}" for i in range(n)]
+    (tmp_path / "a.csv").write_text(",".join(names) + "\n" + ",".join(map(str, range(n))) + "\n")
+    # The second file lacks the last column and has text where the first has numbers.
+    (tmp_path / "b.csv").write_text(
+        ",".join(names[:-1]) + "\n" + "x," + ",".join(map(str, range(1, n - 1))) + "\n"
+    )
+    table = read_source_files(str(tmp_path / "*.csv"))
+    assert table.column_names == names and table.num_rows == 2
+    assert table.column("c0").to_pylist() == ["0", "x"]  # read again as text, to match
+    assert table.column(f"c{n - 1}").to_pylist() == [n - 1, None]
+    assert table.column("c5000").to_pylist() == [5000, 5000]
+
+
 def test_explicit_warehouse_and_catalog(tmp_path: Path) -> None:
     warehouse = tmp_path / "elsewhere"
     catalog = f"sqlite:///{tmp_path}/meta/cat.db"
