@@ -63,6 +63,8 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
     s.add_argument("--run-log-limit", type=parse_size, default=None, metavar="SIZE",
                    help="output a run may print before its later lines are dropped "
                         "(default 16MiB)")
+    s.add_argument("--client-idle-timeout", type=float, default=None, metavar="SECONDS",
+                   help="close a client connection that sends nothing for this long (default 300)")
     w = sub.add_parser("worker", help="run a worker on this host")
     w.add_argument("--config", default=None, metavar="FILE", help=CONFIG_HELP)
     w.add_argument("--scheduler", default=None, help="scheduler HOST:PORT (required)")
@@ -212,6 +214,8 @@ def main(argv: list[str] | None = None) -> int:
                 home=home, token=token, listen=args.listen, warehouse=args.warehouse,
                 catalog=args.catalog, host_id=args.host_id,
                 **({"run_log_limit": args.run_log_limit} if args.run_log_limit else {}),
+                **({"client_idle_timeout": args.client_idle_timeout}
+                   if args.client_idle_timeout else {}),
             )
             asyncio.run(_serve(daemon, "faasd scheduler listening on {d.address}"))
         else:

@@ -39,6 +39,7 @@ from faas.faasd.objects import hold
 from faas.protocol.connection import (
     SEND_TIMEOUT,
     Connection,
+    RefusalLog,
     accept,
     connect_blocking,
 )
@@ -91,6 +92,7 @@ class PeerServer:
         self.status = "new"
         self._server: asyncio.Server | None = None
         self._connections: set[asyncio.Task[Any]] = set()
+        self._refusals = RefusalLog(log, "peer server")
 
     async def start(self) -> str:
         if self.status != "new":
@@ -157,7 +159,7 @@ class PeerServer:
                 host_id=self.host_id, allowed_roles=("worker", "peer", "scheduler"),
             )
         except HandshakeFailed as exc:
-            log.warning("peer server refused %s: %s", writer.get_extra_info("peername"), exc)
+            self._refusals.refused(writer.get_extra_info("peername"), exc)
             return
         try:
             while True:

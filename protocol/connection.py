@@ -151,6 +151,36 @@ async def _expect(
     return _check_reply(msg, kind)
 
 
+class RefusalLog:
+    """Logs refused connections without letting a flood of them flood the log: the first
+    ``burst`` in each ``window`` seconds are logged one by one, the rest counted and
+    summed up in one line when the next window starts."""
+
+    def __init__(self, logger: logging.Logger, what: str, *, burst: int = 10,
+                 window: float = 60.0, clock: Any = time.monotonic) -> None:
+        self.logger = logger
+        self.what = what
+        self.burst = burst
+        self.window = window
+        self.clock = clock
+        self._start = clock()
+        self._logged = 0
+        self._suppressed = 0
+
+    def refused(self, peer: object, reason: object) -> None:
+        now = self.clock()
+        if now - self._start >= self.window:
+            if self._suppressed:
+                self.logger.warning("%s refused %d more connections in the last %.0f s (not logged "
+                                    "one by one)", self.what, self._suppressed, now - self._start)
+            self._start, self._logged, self._suppressed = now, 0, 0
+        if self._logged < self.burst:
+            self._logged += 1
+            self.logger.warning("%s refused connection from %s: %s", self.what, peer, reason)
+        else:
+            self._suppressed += 1
+
+
 def _check_reply(msg: Any, kind: type) -> Any:
     if isinstance(msg, Error):
         raise HandshakeFailed(msg.message)

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
 
-from faas.protocol.connection import Connection, accept
+from faas.protocol.connection import Connection, RefusalLog, accept
 from faas.protocol.errors import (
     ClosedByUs,
     ConnectionClosed,
@@ -93,6 +93,8 @@ WORKER_WAIT = 30.0
 HEARTBEAT_INTERVAL = 1.0
 # A worker not heard from for this long is lost; its tasks fail.
 WORKER_DEADLINE = 10 * HEARTBEAT_INTERVAL
+# Clients open a connection per call: one idle this long is closed (--client-idle-timeout).
+CLIENT_IDLE_TIMEOUT = 300.0
 
 
 @dataclass
@@ -131,6 +133,7 @@ class Scheduler(RunRequests):
         catalog: str | None = None,
         host_id: str | None = None,
         run_log_limit: int = RUN_LOG_LIMIT,
+        client_idle_timeout: float = CLIENT_IDLE_TIMEOUT,
     ) -> None:
         self.home = Path(home).expanduser()
         self.token = token
@@ -139,6 +142,8 @@ class Scheduler(RunRequests):
         self.catalog = catalog
         self.host_id = host_id or socket.gethostname()
         self.run_log_limit = run_log_limit
+        # A client connection that sends no request for this long is closed.
+        self.client_idle_timeout = client_idle_timeout
         self.status = "new"
         self.address = ""
         self.lakehouse: Any = None
@@ -163,6 +168,7 @@ class Scheduler(RunRequests):
         # Projects and query SQL are parsed in a helper process, never on the loop.
         self.analysis = Analyzer()
         self._connections: set[asyncio.Task[Any]] = set()
+        self._refusals = RefusalLog(log, "scheduler")
         self._background: set[asyncio.Task[Any]] = set()
 
     # -- lifecycle -------------------------------------------------------------
@@ -246,7 +252,7 @@ class Scheduler(RunRequests):
                     host_id=self.host_id, allowed_roles=("client", "worker"),
                 )
             except HandshakeFailed as exc:
-                log.warning("refused connection from %s: %s", writer.get_extra_info("peername"), exc)
+                self._refusals.refused(writer.get_extra_info("peername"), exc)
                 return
             if conn.peer_role == "worker":
                 conn.decoder = _worker_decoder
@@ -460,7 +466,8 @@ class Scheduler(RunRequests):
     async def _serve_client(self, conn: Connection[Any]) -> None:
         while True:
             try:
-                request = await conn.recv()
+                # Idle for too long: PeerVanished, and the connection is closed.
+                request = await conn.recv(timeout=self.client_idle_timeout)
             except MalformedFrame as exc:
                 await conn.send(error_message(exc))
                 continue

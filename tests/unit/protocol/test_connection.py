@@ -202,3 +202,24 @@ def test_a_send_cancelled_while_the_peer_is_slow_leaves_the_connection_in_step()
             theirs.close()
 
     asyncio.run(go())
+
+
+def test_refused_connections_are_logged_a_burst_at_a_time(caplog: pytest.LogCaptureFixture) -> None:
+    """A flood of bad connections costs a few lines a minute, not a line each."""
+    import logging
+
+    from faas.protocol.connection import RefusalLog
+
+    now = [0.0]
+    refusals = RefusalLog(logging.getLogger("test.refusals"), "scheduler", burst=3,
+                          window=60.0, clock=lambda: now[0])
+    with caplog.at_level(logging.WARNING, logger="test.refusals"):
+        for i in range(100):
+            refusals.refused(("10.0.0.1", 1000 + i), "not a faas peer")
+        assert len(caplog.records) == 3
+        assert "refused connection from ('10.0.0.1', 1000): not a faas peer" in caplog.text
+        now[0] = 61.0
+        refusals.refused(("10.0.0.2", 1), "bad token")
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 5
+    assert "scheduler refused 97 more connections" in lines[3] and "10.0.0.2" in lines[4]
