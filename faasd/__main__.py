@@ -88,6 +88,9 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
                    help="where function environments are cached (default ~/.cache/faas/envs)")
     w.add_argument("--python", action="append", default=[], metavar="PATH",
                    help="another interpreter to offer functions (repeatable)")
+    w.add_argument("--function-timeout", type=float, default=None, metavar="SECONDS",
+                   help="stop a function that runs this long when its model sets no timeout "
+                        "(default 3600; 0: never)")
     w.add_argument("--grace", type=float, default=30.0, metavar="SECONDS",
                    help="on SIGTERM, how long running functions may take to finish before "
                         "they are stopped (default 30)")
@@ -230,6 +233,8 @@ def main(argv: list[str] | None = None) -> int:
                 memory=args.memory, shm_dir=args.shm_dir, listen=args.listen,
                 env_dir=args.env_dir, pythons=args.python, object_memory=args.object_memory,
                 spill_dir=args.spill_dir, cpus=args.cpus,
+                **({} if args.function_timeout is None
+                   else {"function_timeout": args.function_timeout}),
             )
             asyncio.run(
                 _serve(

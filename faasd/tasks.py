@@ -82,6 +82,8 @@ class FunctionTasks:
     token: bytes
     memory: int
     cpus: int
+    # Seconds a function may run when its model names no timeout (None: no limit).
+    function_timeout: float | None
     cpus_reserved: dict[str, int]
     work_root: Path
     objects: ObjectStore | None
@@ -363,7 +365,8 @@ class FunctionTasks:
                 watchers.append(asyncio.create_task(watch_memory(pid, limit, stop)))
 
         what = f"{node_label(msg.kind)} {msg.node!r}"
-        deadline = asyncio.timeout(msg.timeout or None)
+        timeout = msg.timeout or self.function_timeout
+        deadline = asyncio.timeout(timeout)
 
         async def waited() -> dict[str, str]:
             # Time spent waiting for upstream functions is not the function's own: the
@@ -382,8 +385,9 @@ class FunctionTasks:
             async with deadline:
                 return await proc.run(on_line, on_start, waited() if msg.waiting else None)
         except TimeoutError:
+            whose = "" if msg.timeout else " (the worker's default: faasd worker --function-timeout)"
             raise TimedOut(
-                f"{what} ran past its timeout of {msg.timeout:g}s and was stopped"
+                f"{what} ran past its timeout of {timeout:g}s{whose} and was stopped"
             ) from None
         except FunctionFailed:
             if over:

@@ -67,6 +67,9 @@ def default_env_dir() -> str:
 
 
 OWNER_LOCK = ".owner.lock"
+# How long a function may run when its model names no timeout (faasd worker
+# --function-timeout; 0 there: no limit).
+FUNCTION_TIMEOUT = 3600.0
 
 
 def _hold(path: Path) -> int:
@@ -119,8 +122,10 @@ class Worker(FunctionTasks):
         object_memory: int | None = None,
         spill_dir: str | None = None,
         cpus: int | None = None,
+        function_timeout: float | None = FUNCTION_TIMEOUT,
     ) -> None:
         self.scheduler = scheduler
+        self.function_timeout = function_timeout or None
         self.token = token
         self.host_id = host_id or socket.gethostname()
         self.worker_id = f"w-{uuid.uuid4().hex[:8]}"

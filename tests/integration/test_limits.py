@@ -21,6 +21,7 @@ from tests.conftest import (
     Cluster,
     as_from_a_terminal,
     import_territories,
+    scheduler_only,
     wait_until,
     write_project,
 )
@@ -91,6 +92,25 @@ def test_timeout_stops_the_function(cluster: Cluster, example_data: Path, tmp_pa
     assert time.monotonic() - t0 < 60
     assert cluster.json("log", "main", "-n", "100") == before
     assert cluster.alive()
+
+
+def test_a_model_without_a_timeout_gets_the_workers_default(
+    example_data: Path, tmp_path: Path
+) -> None:
+    with scheduler_only(tmp_path) as bare:
+        bare.add_worker(tmp_path, "strict", "--function-timeout", "1.5")
+        bare.wait_workers(1)
+        before = _setup(bare, example_data)
+        project = write_project(tmp_path, (
+            "import time\nimport faas\n\n@faas.model(materialize='replace')\n"
+            "def slow(t=faas.Model('territories')):\n    time.sleep(120)\n    return t\n"
+        ))
+        proc = bare.faas("submit", str(project), "-n", "adventure")
+        assert proc.returncode == 1
+        assert ("error: model 'slow' ran past its timeout of 1.5s (the worker's default: faasd "
+                "worker --function-timeout) and was stopped") in proc.stderr
+        assert bare.json("log", "main", "-n", "100") == before
+        assert bare.alive()
 
 
 def test_timeout_must_be_a_number(cluster: Cluster, example_data: Path, tmp_path: Path) -> None:
