@@ -122,10 +122,14 @@ def query(
     ref: str | None = typer.Option(None, "--ref", help=REF_HELP),
     as_json: bool = json_flag(),
     limit: int = typer.Option(50, "--limit", help="rows to print (tables only)"),
+    timeout: float | None = typer.Option(
+        None, "--timeout", help="stop the query after this many seconds (default: the "
+        "scheduler's, 300)", min=0.001,
+    ),
 ) -> None:
     """Run SQL over the tables at a ref."""
     ref = ref_or_active(ref)
-    table = run(lambda c: c.query(sql, namespace=namespace, ref=ref))
+    table = run(lambda c: c.query(sql, namespace=namespace, ref=ref, timeout=timeout))
     if as_json:
         print_json(table.to_pylist())
         return

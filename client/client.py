@@ -325,13 +325,17 @@ class Client:
             ImportTable(key=key, paths=resolved, ref=ref, mode=mode, format=format), Imported
         )
 
-    async def query(self, sql: str, *, namespace: str | None = None, ref: str = "main") -> Any:
-        """Run SQL over the tables at ``ref``; returns a pyarrow Table."""
+    async def query(
+        self, sql: str, *, namespace: str | None = None, ref: str = "main",
+        timeout: float | None = None,
+    ) -> Any:
+        """Run SQL over the tables at ``ref``; returns a pyarrow Table. It is stopped after
+        ``timeout`` seconds (default: the scheduler's, 300 unless set otherwise)."""
         import pyarrow as pa
 
         conn = await self._connect()
         try:
-            await conn.send(Query(sql=sql, namespace=namespace, ref=ref))
+            await conn.send(Query(sql=sql, namespace=namespace, ref=ref, timeout=timeout))
             reply = await conn.recv()
             if isinstance(reply, Error):
                 _raise(reply)

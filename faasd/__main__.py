@@ -65,6 +65,11 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
                         "(default 16MiB)")
     s.add_argument("--client-idle-timeout", type=float, default=None, metavar="SECONDS",
                    help="close a client connection that sends nothing for this long (default 300)")
+    s.add_argument("--query-timeout", type=float, default=None, metavar="SECONDS",
+                   help="stop a query that runs this long, unless it asks for another bound "
+                        "(default 300)")
+    s.add_argument("--query-result-limit", type=parse_size, default=None, metavar="SIZE",
+                   help="the largest result a query may return, in Arrow bytes (default 1GiB)")
     w = sub.add_parser("worker", help="run a worker on this host")
     w.add_argument("--config", default=None, metavar="FILE", help=CONFIG_HELP)
     w.add_argument("--scheduler", default=None, help="scheduler HOST:PORT (required)")
@@ -219,6 +224,9 @@ def main(argv: list[str] | None = None) -> int:
                 **({"run_log_limit": args.run_log_limit} if args.run_log_limit else {}),
                 **({"client_idle_timeout": args.client_idle_timeout}
                    if args.client_idle_timeout else {}),
+                **({"query_timeout": args.query_timeout} if args.query_timeout else {}),
+                **({"query_result_limit": args.query_result_limit}
+                   if args.query_result_limit else {}),
             )
             asyncio.run(_serve(daemon, "faasd scheduler listening on {d.address}"))
         else:

@@ -28,6 +28,7 @@ from faas.faasd.envs import EnvironmentCache
 from faas.faasd.objects import ObjectStore
 from faas.faasd.peer import PeerServer
 from faas.faasd.process import FunctionProcess
+from faas.faasd.queries import Query, QueryStopped
 from faas.faasd.tasks import FunctionTasks, freeing
 from faas.faasd.zygote import ZygotePool
 from faas.protocol.connection import Connection, connect
@@ -169,6 +170,8 @@ class Worker(FunctionTasks):
         self.jobs: set[asyncio.Task[None]] = set()
         # The job of each task, from the moment it arrives (environment builds included).
         self.task_jobs: dict[str, asyncio.Task[None]] = {}
+        # Queries running for the scheduler, by task id (CancelTask stops one).
+        self.queries: dict[str, Query] = {}
         self.registered = asyncio.Event()
         self._main: asyncio.Task[None] | None = None
         self._locks: list[int] = []
@@ -369,7 +372,9 @@ class Worker(FunctionTasks):
                     waiting.set_result(msg)
             case CancelTask(task_id=task_id):
                 proc = self.processes.get(task_id)
-                if proc:
+                if task_id in self.queries:
+                    self.queries[task_id].stop()
+                elif proc:
                     proc.cancel()
                 elif task_id in self.task_jobs:
                     self.task_jobs[task_id].cancel()  # still building its environment
@@ -444,27 +449,17 @@ class Worker(FunctionTasks):
             await self._send(TaskFailed(task_id=msg.task_id, error=error_message(exc)))
 
     async def _query(self, msg: QueryTask) -> None:
-        def work() -> tuple[bytes, int]:
-            import pyarrow as pa
-
-            from faas.store.query import query_tables
-            from faas.store.scan import scan_metadata
-
-            tables = {
-                name: scan_metadata(s.metadata_location, snapshot_id=s.snapshot_id)
-                for name, s in msg.tables.items()
-            }
-            result = query_tables(msg.sql, tables)
-            sink = pa.BufferOutputStream()
-            with pa.ipc.new_stream(sink, result.schema) as writer:
-                writer.write_table(result)
-            return sink.getvalue().to_pybytes(), result.num_rows
-
+        query = self.queries[msg.task_id] = Query(msg)
         try:
-            data, rows = await asyncio.to_thread(freeing(work))
+            data, rows = await asyncio.to_thread(freeing(query.run))
+        except QueryStopped:
+            log.info("query %s stopped", msg.task_id)
+            return
         except Exception as exc:  # noqa: BLE001 - reported to the scheduler
             await self._send(TaskFailed(task_id=msg.task_id, error=error_message(exc)))
             return
+        finally:
+            self.queries.pop(msg.task_id, None)
         if self.conn is not None:
             header = encode(QueryDone(task_id=msg.task_id, nbytes=len(data), rows=rows))
             try:

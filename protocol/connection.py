@@ -108,6 +108,10 @@ class Connection(Generic[T]):
             self.close()
             raise
 
+    def hung_up(self) -> bool:
+        """Has the peer closed its side (with nothing left unread)? Reads nothing."""
+        return self._closed or self.reader.at_eof()
+
     async def recv_bulk(self, nbytes: int, *, timeout: float | None = None) -> bytes:
         """Read the raw bytes announced by a header frame."""
         if self._closed:

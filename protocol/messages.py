@@ -237,6 +237,8 @@ class Query(Message, frozen=True):
     sql: str
     namespace: str | None = None
     ref: str = "main"
+    # Seconds the query may run; None: the scheduler's default (--query-timeout).
+    timeout: float | None = None
 
 
 class ClusterInfo(Message, frozen=True):

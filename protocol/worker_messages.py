@@ -201,6 +201,8 @@ class QueryTask(Message, frozen=True):
     sql: str
     # SQL table name as written in the query → the table's scan input.
     tables: dict[str, ScanInput]
+    # The most bytes (Arrow) its result may have; 0: no limit.
+    max_result_bytes: int = 0
 
 
 WorkerToScheduler = (

@@ -12,7 +12,6 @@ import logging
 import os
 import socket
 import time
-import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -27,15 +26,11 @@ from faas.protocol.errors import (
     ConnectionClosed,
     FaasError,
     HandshakeFailed,
-    InvalidInput,
     MalformedFrame,
-    NotFound,
     NoWorkers,
     PeerVanished,
-    from_wire,
 )
 from faas.protocol.messages import (
-    BulkHeader,
     CancelRun,
     ClientRequest,
     ClusterInfo,
@@ -48,13 +43,11 @@ from faas.protocol.messages import (
     ObjectInfo,
     Query,
     RunFinished,
-    ScanInput,
     SubmitRun,
     error_message,
 )
 from faas.protocol.replies import (
     Cluster,
-    Imported,
     Job,
     JobEvents,
     Jobs,
@@ -64,10 +57,7 @@ from faas.protocol.replies import (
 from faas.protocol.version import build_id
 from faas.protocol.worker_messages import (
     Heartbeat,
-    ImportDone,
-    ImportTask,
     QueryDone,
-    QueryTask,
     Register,
     Registered,
     TaskFailed,
@@ -75,12 +65,12 @@ from faas.protocol.worker_messages import (
 )
 from faas.scheduler import catalog_ops
 from faas.scheduler.analysis import Analyzer
+from faas.scheduler.helper_tasks import QUERY_RESULT_LIMIT, QUERY_TIMEOUT, HelperTasks
 from faas.scheduler.jobs import RUN_LOG_LIMIT, JobStore
 from faas.scheduler.placement import Fail, Instruction, Lost, Placement, Request, Start
 from faas.scheduler.run import RunCoordinator
 from faas.scheduler.runs import RunRequests
 from faas.store.refs import run_branch_name
-from faas.store.transaction import missing_namespace
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +112,7 @@ class Watched:
     queue: asyncio.Queue[Any]
 
 
-class Scheduler(RunRequests):
+class Scheduler(RunRequests, HelperTasks):
     def __init__(
         self,
         *,
@@ -134,6 +124,8 @@ class Scheduler(RunRequests):
         host_id: str | None = None,
         run_log_limit: int = RUN_LOG_LIMIT,
         client_idle_timeout: float = CLIENT_IDLE_TIMEOUT,
+        query_timeout: float = QUERY_TIMEOUT,
+        query_result_limit: int = QUERY_RESULT_LIMIT,
     ) -> None:
         self.home = Path(home).expanduser()
         self.token = token
@@ -144,6 +136,8 @@ class Scheduler(RunRequests):
         self.run_log_limit = run_log_limit
         # A client connection that sends no request for this long is closed.
         self.client_idle_timeout = client_idle_timeout
+        self.query_timeout = query_timeout
+        self.query_result_limit = query_result_limit
         self.status = "new"
         self.address = ""
         self.lakehouse: Any = None
@@ -510,19 +504,6 @@ class Scheduler(RunRequests):
         running = [run_branch_name(run_id) for run_id in self.runs]
         return await self.store_call(catalog_ops.handle, self.lakehouse, request, running)
 
-    async def _worker_task(self, msg: Any) -> Any:
-        """Send a catalog helper task to some worker and wait for its one answer."""
-        worker = await self.choose_worker()
-        queue = self.watch_task(msg.task_id, worker)
-        try:
-            await worker.conn.send(msg)
-            reply = await queue.get()
-        finally:
-            self.unwatch_task(msg.task_id)
-        if isinstance(reply, TaskFailed):
-            raise from_wire(reply.error.kind, reply.error.message, reply.error.detail)
-        return reply
-
     def _cluster(self) -> Cluster:
         workers = []
         for w in self.workers.values():
@@ -541,56 +522,6 @@ class Scheduler(RunRequests):
             scheduler=self.address, version=build_id(), pid=os.getpid(), started=self.started,
             runs=len(self.runs), idle_seconds=self.idle_for(asking=1), workers=workers,
         )
-
-    async def _import(self, request: ImportTable) -> Imported:
-        lh = self.lakehouse
-        namespace = request.key.rpartition(".")[0]
-        if not namespace:
-            raise InvalidInput(f"table {request.key!r} needs a namespace: use NAMESPACE.TABLE")
-        if namespace not in await self.store_call(lh.namespaces, request.ref):
-            raise missing_namespace(namespace, request.ref)
-        tx = await self.store_call(lh.begin, request.ref)
-        directory = await self.store_call(tx.data_location, request.key)
-        task_id = f"import-{uuid.uuid4().hex[:12]}"
-        done: ImportDone = await self._worker_task(
-            ImportTask(task_id=task_id, key=request.key, paths=request.paths, directory=directory,
-                       format=request.format)
-        )
-        import pyarrow as pa
-
-        schema = pa.ipc.read_schema(pa.py_buffer(done.schema))
-
-        def commit() -> str:
-            tx.add_files(request.key, done.files, schema, request.mode)
-            return str(tx.publish(f"import {request.key} from {len(request.paths)} files"))
-
-        commit_hash = await self.store_call(commit)
-        info = await self.store_call(lh.table_info, request.key, request.ref)
-        return Imported(**catalog_ops.table_fields(info), commit=commit_hash)
-
-    async def _query(self, conn: Connection[Any], request: Query) -> None:
-        names = await self.analysis.tables(request.sql)
-        # The ref is checked even when the SQL reads no table: a typo must not pass.
-        await self.store_call(self.lakehouse.catalog.resolve, request.ref)
-        tables: dict[str, ScanInput] = {}
-        for name in names:
-            if "." not in name and not request.namespace:
-                raise NotFound(
-                    f"table {name!r} has no namespace: write NAMESPACE.{name} or pass --namespace"
-                )
-            key = name if "." in name else f"{request.namespace}.{name}"
-            info = await self.store_call(self.lakehouse.table_info, key, request.ref)
-            tables[name] = ScanInput(
-                param=name, key=key, metadata_location=info.metadata_location,
-                snapshot_id=info.snapshot_id,
-            )
-        task_id = f"query-{uuid.uuid4().hex[:12]}"
-        done, data = await self._worker_task(QueryTask(task_id=task_id, sql=request.sql, tables=tables))
-        from faas.protocol.framing import encode
-
-        await conn.send_raw(encode(BulkHeader(nbytes=len(data), rows=done.rows)), data)
-
-    # -- runs ------------------------------------------------------------------
 
 def _describe_task(task_id: str) -> RunningFunction:
     """What a worker is running, from its task id (``run:node:attempt``, or a helper task)."""

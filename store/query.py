@@ -11,7 +11,7 @@ import json
 import logging
 import re
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import duckdb
@@ -116,7 +116,8 @@ def sql_parameters(sql: str) -> list[str]:
 
 
 def query_tables(
-    sql: str, tables: Mapping[str, pa.Table], params: Mapping[str, Any] | None = None
+    sql: str, tables: Mapping[str, pa.Table], params: Mapping[str, Any] | None = None,
+    *, connected: Callable[[duckdb.DuckDBPyConnection], None] | None = None,
 ) -> pa.Table:
     """Run ``sql`` in a fresh in-memory DuckDB over the given Arrow tables.
 
@@ -130,9 +131,12 @@ def query_tables(
         NotFound: the SQL reads a table that is not in ``tables``.
 
     ``params`` are bound to the SQL's ``$name`` parameters as values, never
-    pasted into the text.
+    pasted into the text. ``connected`` is handed the connection before the query runs
+    (to interrupt it from another thread).
     """
     with duckdb.connect(":memory:") as con:
+        if connected is not None:
+            connected(con)
         # Parsed on the connection that runs it: a second DuckDB database alive in the
         # same process beside this one has crashed function processes.
         names = referenced_tables(sql, con)

@@ -9,7 +9,7 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -120,16 +120,19 @@ class Cluster(FaasCli):
 
 @contextmanager
 def scheduler_only(
-    tmp: Path, listen: str = "127.0.0.1:0", env: dict[str, str] | None = None
+    tmp: Path, listen: str = "127.0.0.1:0", env: dict[str, str] | None = None,
+    args: Sequence[str] = (),
 ) -> Iterator[Cluster]:
-    """A scheduler (``env``: its environment) and no worker yet: tests add workers as
-    hosts of their own; every daemon started for the cluster is stopped at the end."""
+    """A scheduler (``env``: its environment; ``args``: more flags) and no worker yet: tests
+    add workers as hosts of their own; every daemon started for the cluster is stopped at
+    the end."""
     home = tmp / "home"
     home.mkdir()
     token_file = home / "token"
     token_file.write_text("test-cluster-token-" + os.urandom(8).hex() + "\n")
     sched, address = start_daemon(
-        ["scheduler", "--listen", listen, "--home", str(home), "--token-file", str(token_file)],
+        ["scheduler", "--listen", listen, "--home", str(home), "--token-file", str(token_file),
+         *args],
         "faasd scheduler listening on", tmp / "scheduler.log", env=env,
     )
     port = address.rpartition(":")[2]

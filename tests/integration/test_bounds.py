@@ -1,8 +1,12 @@
-"""Bounds a daemon keeps whatever its peers do: idle client connections are closed."""
+"""Bounds a daemon keeps whatever its peers do: idle client connections are closed;
+queries stop at their timeout, when their client goes, and past the result size."""
 
 from __future__ import annotations
 
 import asyncio
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import msgspec
@@ -13,6 +17,13 @@ from faas.protocol.errors import ConnectionClosed
 from faas.protocol.messages import ListNamespaces
 from faas.protocol.replies import ClientReply, Namespaces
 from faas.scheduler.server import Scheduler
+from tests.conftest import (
+    ROOT,
+    import_territories,
+    one_line_error,
+    scheduler_only,
+    wait_until,
+)
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -39,3 +50,43 @@ def test_an_idle_client_connection_is_closed_and_the_scheduler_goes_on(tmp_path:
             await busy.aclose()
 
     asyncio.run(go())
+
+
+# Ten billion products: far longer than any test waits, unless it is stopped.
+ENDLESS = "SELECT sum(a.range * b.range) AS s FROM range(100000) a, range(100000) b"
+
+
+def test_queries_stop_at_their_timeout_when_their_client_goes_and_past_their_size(
+    tmp_path: Path, example_data: Path
+) -> None:
+    with scheduler_only(tmp_path, args=["--query-result-limit", "64KiB"]) as c:
+        c.add_worker(tmp_path, "w")
+        c.wait_workers(1)
+        worker_log = tmp_path / "w.log"
+
+        def stopped() -> int:
+            return len(re.findall(r"query query-\w+ stopped", worker_log.read_text()))
+        import_territories(c, example_data)
+
+        proc = c.faas("query", ENDLESS, "--timeout", "1")
+        line = one_line_error(proc, "ran past its timeout of 1s and was stopped")
+        assert "faas query --timeout" in line
+        wait_until(lambda: stopped() == 1, "the worker to stop it")
+
+        # A client killed mid-query: the scheduler sees it go and the worker stops the query.
+        client = subprocess.Popen(
+            [sys.executable, "-m", "faas.client.cli", "query", ENDLESS], env=c.env(), cwd=ROOT,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        wait_until(lambda: c.json("info")["workers"][0]["functions"], "the query to start")
+        client.kill()
+        client.wait()
+        wait_until(lambda: stopped() == 2, "the worker to stop it")
+        wait_until(lambda: not c.json("info")["workers"][0]["functions"], "the worker to be idle")
+
+        # Past the result limit: one line with a hint; a small answer still comes.
+        big = c.faas("query", "SELECT * FROM range(100000)")
+        assert "add a LIMIT, or aggregate" in one_line_error(big, "more than the 64 KiB")
+        rows = c.json("query", "SELECT count(*) AS n FROM territories", "-n", "adventure")
+        assert rows == [{"n": 10}]
+        assert c.alive()

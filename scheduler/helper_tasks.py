@@ -1,0 +1,153 @@
+"""Catalog requests a worker does the work of: importing files and running queries.
+
+The scheduler sends one task to the worker with the most free memory and waits for its
+one answer. A query is bounded: it stops (on the worker too) when it runs past its time,
+when its client hangs up, or when its result would be larger than a query may return.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from faas.protocol.connection import Connection
+from faas.protocol.errors import ConnectionClosed, InvalidInput, NotFound, TimedOut, from_wire
+from faas.protocol.framing import encode
+from faas.protocol.messages import BulkHeader, ImportTable, Query, ScanInput
+from faas.protocol.replies import Imported
+from faas.protocol.worker_messages import (
+    CancelTask,
+    ImportDone,
+    ImportTask,
+    QueryDone,
+    QueryTask,
+    TaskFailed,
+)
+from faas.scheduler import catalog_ops
+from faas.scheduler.analysis import Analyzer
+from faas.store.transaction import missing_namespace
+
+if TYPE_CHECKING:
+    from faas.scheduler.server import WorkerHandle
+
+T = TypeVar("T")
+
+# Seconds a query may run unless it asks for another bound (--query-timeout).
+QUERY_TIMEOUT = 300.0
+# The most bytes (Arrow, in memory) a query's result may have (--query-result-limit).
+QUERY_RESULT_LIMIT = 1 << 30
+# How often a running query looks whether its client is still there.
+HANGUP_POLL = 0.25
+
+
+class HelperTasks:
+    """Imports and queries, run on a worker. The scheduler provides its state."""
+
+    analysis: Analyzer
+    lakehouse: Any
+    query_timeout: float
+    query_result_limit: int
+
+    if TYPE_CHECKING:
+        async def store_call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T: ...
+
+        async def choose_worker(self) -> WorkerHandle: ...
+
+        def watch_task(self, task_id: str, worker: WorkerHandle) -> asyncio.Queue[Any]: ...
+
+        def unwatch_task(self, task_id: str) -> None: ...
+
+        def background(self, coro: Any) -> None: ...
+
+    async def _worker_task(self, msg: Any) -> Any:
+        """Send a helper task to some worker and wait for its one answer. Cancelled, it
+        tells the worker to stop the task."""
+        worker = await self.choose_worker()
+        queue = self.watch_task(msg.task_id, worker)
+        try:
+            await worker.conn.send(msg)
+            reply = await queue.get()
+        except asyncio.CancelledError:
+            self.background(_quietly(worker.conn.send(CancelTask(task_id=msg.task_id))))
+            raise
+        finally:
+            self.unwatch_task(msg.task_id)
+        if isinstance(reply, TaskFailed):
+            raise from_wire(reply.error.kind, reply.error.message, reply.error.detail)
+        return reply
+
+    async def _import(self, request: ImportTable) -> Imported:
+        lh = self.lakehouse
+        namespace = request.key.rpartition(".")[0]
+        if not namespace:
+            raise InvalidInput(f"table {request.key!r} needs a namespace: use NAMESPACE.TABLE")
+        if namespace not in await self.store_call(lh.namespaces, request.ref):
+            raise missing_namespace(namespace, request.ref)
+        tx = await self.store_call(lh.begin, request.ref)
+        directory = await self.store_call(tx.data_location, request.key)
+        task_id = f"import-{uuid.uuid4().hex[:12]}"
+        done: ImportDone = await self._worker_task(
+            ImportTask(task_id=task_id, key=request.key, paths=request.paths, directory=directory,
+                       format=request.format)
+        )
+        import pyarrow as pa
+
+        schema = pa.ipc.read_schema(pa.py_buffer(done.schema))
+
+        def commit() -> str:
+            tx.add_files(request.key, done.files, schema, request.mode)
+            return str(tx.publish(f"import {request.key} from {len(request.paths)} files"))
+
+        commit_hash = await self.store_call(commit)
+        info = await self.store_call(lh.table_info, request.key, request.ref)
+        return Imported(**catalog_ops.table_fields(info), commit=commit_hash)
+
+    async def _query(self, conn: Connection[Any], request: Query) -> None:
+        names = await self.analysis.tables(request.sql)
+        # The ref is checked even when the SQL reads no table: a typo must not pass.
+        await self.store_call(self.lakehouse.catalog.resolve, request.ref)
+        tables: dict[str, ScanInput] = {}
+        for name in names:
+            if "." not in name and not request.namespace:
+                raise NotFound(
+                    f"table {name!r} has no namespace: write NAMESPACE.{name} or pass --namespace"
+                )
+            key = name if "." in name else f"{request.namespace}.{name}"
+            info = await self.store_call(self.lakehouse.table_info, key, request.ref)
+            tables[name] = ScanInput(
+                param=name, key=key, metadata_location=info.metadata_location,
+                snapshot_id=info.snapshot_id,
+            )
+        timeout = request.timeout or self.query_timeout
+        work = asyncio.ensure_future(self._worker_task(QueryTask(
+            task_id=f"query-{uuid.uuid4().hex[:12]}", sql=request.sql, tables=tables,
+            max_result_bytes=self.query_result_limit,
+        )))
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        try:
+            # Until it ends, runs out of time, or its client hangs up (seen without reading
+            # from the connection, which stays in step for the next request).
+            while not work.done() and not conn.hung_up() and loop.time() < deadline:
+                await asyncio.wait({work}, timeout=min(HANGUP_POLL, deadline - loop.time()))
+        finally:
+            if not work.done():
+                work.cancel()  # the worker is told to stop it
+                await asyncio.gather(work, return_exceptions=True)
+        if work.cancelled():
+            if conn.hung_up():
+                raise ConnectionClosed("the client went away during its query")
+            raise TimedOut(f"the query ran past its timeout of {timeout:g}s and was stopped "
+                           "(faas query --timeout sets another)")
+        done: QueryDone
+        done, data = work.result()
+        await conn.send_raw(encode(BulkHeader(nbytes=len(data), rows=done.rows)), data)
+
+
+async def _quietly(send: Any) -> None:
+    try:
+        await send
+    except Exception:  # noqa: BLE001 - a worker gone meanwhile has nothing to stop
+        pass
