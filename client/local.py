@@ -105,8 +105,8 @@ def _is_daemon(pid: int, role: str = "local") -> bool:
 
 def _open_home(home: Path) -> None:
     try:
-        home.mkdir(parents=True, exist_ok=True)
-        (home / "logs").mkdir(exist_ok=True)
+        home.mkdir(mode=0o700, parents=True, exist_ok=True)
+        (home / "logs").mkdir(mode=0o700, exist_ok=True)
         probe = home / f".write-test.{os.getpid()}"
         probe.write_bytes(b"")
         probe.unlink()

@@ -187,6 +187,10 @@ async def _serve(daemon: Any, ready: str, grace: float = 0.0) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Everything a daemon creates (home, catalog, warehouse, logs, run records, objects,
+    # environments) is its user's alone: files 0600, directories 0700. Its functions run
+    # as that user and inherit the mask.
+    os.umask(0o077)
     parser, roles = _parser()
     args = parser.parse_args(argv)
     if getattr(args, "config", None):

@@ -1,5 +1,6 @@
 """Bounds a daemon keeps whatever its peers do: idle client connections are closed;
-queries stop at their timeout, when their client goes, and past the result size."""
+queries stop at their timeout, when their client goes, and past the result size; what a
+daemon creates only its user can read."""
 
 from __future__ import annotations
 
@@ -18,7 +19,10 @@ from faas.protocol.messages import ListNamespaces
 from faas.protocol.replies import ClientReply, Namespaces
 from faas.scheduler.server import Scheduler
 from tests.conftest import (
+    EXAMPLE,
     ROOT,
+    Cluster,
+    import_example,
     import_territories,
     one_line_error,
     scheduler_only,
@@ -90,3 +94,18 @@ def test_queries_stop_at_their_timeout_when_their_client_goes_and_past_their_siz
         rows = c.json("query", "SELECT count(*) AS n FROM territories", "-n", "adventure")
         assert rows == [{"n": 10}]
         assert c.alive()
+
+
+def test_what_the_daemons_create_is_their_users_alone(
+    cluster: Cluster, example_data: Path, tmp_path: Path
+) -> None:
+    """Catalog, warehouse, run records, logs, objects, environments: files 0600, directories
+    0700 (the test made the home and the token; the daemons made everything else)."""
+    import_example(cluster, example_data)
+    cluster.faas("submit", str(EXAMPLE), "-n", "adventure", check=True)
+    made = [p for root in (cluster.home, cluster.shm_dir, tmp_path / "envs", tmp_path / "spill")
+            for p in [root, *root.rglob("*")]
+            if p.exists() and not p.is_symlink() and p not in (cluster.home, cluster.home / "token")]
+    assert len(made) > 20
+    assert [p for p in made if p.stat().st_mode & 0o077] == []
+    assert any(p.suffix == ".arrow" for p in made) and any(p.suffix == ".parquet" for p in made)
