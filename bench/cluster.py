@@ -374,7 +374,7 @@ def run_pipeline(tmp: Path, shm: Path, data: Path, workers: int, repeat: int) ->
                 ["worker", "--scheduler", address, "--token-file", str(token_file),
                  "--host-id", f"bench-host-{i}", "--memory", "6GiB",
                  "--shm-dir", str(shm / f"w{i}"), "--spill-dir", str(tmp / f"spill-{i}"),
-                 "--env-dir", str(tmp.parent / "envs")],
+                 "--env-dir", str(tmp.parent / "envs"), "--import-root", "/"],
                 "faasd worker", tmp / f"worker-{i}.log", cwd=ROOT,
             )
             procs.append(proc)

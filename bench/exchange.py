@@ -427,7 +427,7 @@ def bench_rerun(tmp: Path, shm: Path, repeat: int, rows: int) -> dict[str, Any]:
     try:
         worker, _ = start_daemon(
             ["worker", "--scheduler", address, "--token-file", str(token_file),
-             "--shm-dir", str(shm / "worker"), "--env-dir", str(tmp / "envs")],
+             "--shm-dir", str(shm / "worker"), "--env-dir", str(tmp / "envs"), "--import-root", "/"],
             "faasd worker", tmp / "worker.log", cwd=ROOT,
         )
     except BaseException:

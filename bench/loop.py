@@ -82,7 +82,7 @@ def main() -> None:
                 cwd=ROOT)
             procs.append(sched)
             worker, _ = start_daemon(
-                ["worker", "--scheduler", address, "--token-file", str(token)],
+                ["worker", "--scheduler", address, "--token-file", str(token), "--import-root", "/"],
                 "faasd worker", tmp / "worker.log", cwd=ROOT)
             procs.append(worker)
             cluster = dict(base, FAAS_HOME=str(home), FAAS_CLUSTER=address,

@@ -112,7 +112,8 @@ def main() -> None:
             "faasd scheduler listening on", tmp / "scheduler.log",
         )
         worker, _ = start_daemon(
-            ["worker", "--scheduler", address, "--token-file", str(token_file), "--shm-dir", str(tmp / "shm")],
+            ["worker", "--scheduler", address, "--token-file", str(token_file), "--shm-dir", str(tmp / "shm"),
+             "--import-root", "/"],
             "faasd worker", tmp / "worker.log",
         )
         try:

@@ -221,7 +221,7 @@ def main() -> None:
         try:
             worker, _ = start_daemon(
                 ["worker", "--scheduler", address, "--token-file", str(token_file),
-                 "--shm-dir", str(tmp / "shm")],
+                 "--shm-dir", str(tmp / "shm"), "--import-root", "/"],
                 "faasd worker", tmp / "worker.log",
             )
             try:

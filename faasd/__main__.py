@@ -93,6 +93,9 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
                    help="where function environments are cached (default ~/.cache/faas/envs)")
     w.add_argument("--python", action="append", default=[], metavar="PATH",
                    help="another interpreter to offer functions (repeatable)")
+    w.add_argument("--import-root", action="append", default=[], metavar="DIR",
+                   help="a directory `faas table import` may read files from (repeatable; "
+                        "none: no local files)")
     w.add_argument("--function-timeout", type=float, default=None, metavar="SECONDS",
                    help="stop a function that runs this long when its model sets no timeout "
                         "(default 3600; 0: never)")
@@ -247,6 +250,7 @@ def main(argv: list[str] | None = None) -> int:
                 spill_dir=args.spill_dir, cpus=args.cpus,
                 **({} if args.function_timeout is None
                    else {"function_timeout": args.function_timeout}),
+                import_roots=args.import_root,
             )
             asyncio.run(
                 _serve(

@@ -124,8 +124,11 @@ class Worker(FunctionTasks):
         spill_dir: str | None = None,
         cpus: int | None = None,
         function_timeout: float | None = FUNCTION_TIMEOUT,
+        import_roots: Sequence[str] = (),
     ) -> None:
         self.scheduler = scheduler
+        # The directories `faas table import` may read files from (none: no local files).
+        self.import_roots = list(import_roots)
         self.function_timeout = function_timeout or None
         self.token = token
         self.host_id = host_id or socket.gethostname()
@@ -434,7 +437,7 @@ class Worker(FunctionTasks):
         def work() -> ImportDone:
             from faas.store.files import read_source_files, write_parquet_parts
 
-            table = read_source_files(msg.paths, msg.format)
+            table = read_source_files(msg.paths, msg.format, roots=self.import_roots)
             files, _ = write_parquet_parts(
                 table, msg.directory, f"import-{uuid.uuid4().hex[:8]}", threads=self.cpus
             )

@@ -37,31 +37,42 @@ _SUFFIXES: list[tuple[str, FileFormat]] = [
 ]
 
 
-def read_source_files(paths: Sequence[str] | str, format: str | None = None) -> pa.Table:
+def read_source_files(
+    paths: Sequence[str] | str, format: str | None = None, roots: Sequence[str] | None = None,
+) -> pa.Table:
     """Expand ``paths`` (globs allowed) and read them into one table; workers use this.
+    ``roots``: the directories files may be read from (None: anywhere).
 
     Raises:
         NotFound: a path or glob matches nothing.
-        InvalidInput: a file does not parse, or the files' columns cannot be combined.
+        InvalidInput: a file does not parse, or the files' columns cannot be combined, or
+            a path is outside ``roots``.
     """
-    return read_files(expand_paths(paths), format)
+    return read_files(expand_paths(paths, roots), format)
 
 
-def expand_paths(paths: Sequence[str] | str) -> list[str]:
+def expand_paths(paths: Sequence[str] | str, roots: Sequence[str] | None = None) -> list[str]:
     """Expand globs (each sorted) and check that every file exists; keeps order, drops repeats.
+    With ``roots``, every path, and every file a glob matches, must be under one of them
+    (symbolic links followed); one that is not is refused before anything says whether it
+    exists.
 
     Raises:
         NotFound: a pattern matches nothing, or a named file does not exist.
-        InvalidInput: no paths were given, or a path is a directory.
+        InvalidInput: no paths were given, a path is a directory, or outside ``roots``.
     """
     patterns = [paths] if isinstance(paths, str) else list(paths)
     if not patterns:
         raise InvalidInput("no files given to import")
+    allowed = None if roots is None else [os.path.realpath(r) for r in roots]
     files: list[str] = []
     for pattern in patterns:
         local = pattern.removeprefix("file://")
+        _check_root(pattern, os.path.expanduser(local), allowed)
         if glob.has_magic(local):
             matches = sorted(p for p in glob.glob(os.path.expanduser(local)) if os.path.isfile(p))
+            for match in matches:
+                _check_root(pattern, match, allowed)
             if not matches:
                 raise NotFound(f"no files match {pattern!r}")
         else:
@@ -76,6 +87,18 @@ def expand_paths(paths: Sequence[str] | str) -> list[str]:
             matches = [path]
         files.extend(m for m in matches if m not in files)
     return files
+
+
+def _check_root(pattern: str, path: str, roots: list[str] | None) -> None:
+    """Refuse ``path`` unless it is under one of ``roots`` (None: anywhere)."""
+    if roots is None:
+        return
+    real = os.path.realpath(path)
+    if not any(os.path.commonpath([real, root]) == root for root in roots):
+        raise InvalidInput(
+            f"cannot import {pattern!r}: this worker imports only files under its import "
+            "roots (faasd worker --import-root DIR)"
+        )
 
 
 def detect_format(path: str, format: str | None = None) -> FileFormat:

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -34,6 +35,8 @@ def start_daemon(
 ) -> tuple[subprocess.Popen[str], str]:
     return _start_daemon(args, marker, log, cwd=ROOT, env=env, prefix=prefix)
 EXAMPLE = ROOT / "examples" / "adventureworks"
+# Where test workers may import files from: the tests' temporary files and the checkout.
+IMPORT_ROOTS = ("--import-root", tempfile.gettempdir(), "--import-root", str(ROOT))
 SOURCE_TABLES = ("product", "product_category", "product_subcategory", "sale", "territories")
 
 
@@ -98,6 +101,7 @@ class Cluster(FaasCli):
         shm = tmp / f"shm-{name}"
         proc, address = start_daemon(
             ["worker", "--scheduler", self.address, "--token-file", str(self.token_file),
+             *IMPORT_ROOTS,
              "--shm-dir", str(shm), "--env-dir", str(tmp / "envs"),
              "--spill-dir", str(tmp / f"spill-{name}"), *args],
             "faasd worker", tmp / f"{name}.log", env=env,
@@ -160,6 +164,7 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
     try:
         worker, data_address = start_daemon(
             ["worker", "--scheduler", address, "--token-file", str(token_file), "--shm-dir", str(shm),
+             *IMPORT_ROOTS,
              "--env-dir", str(tmp_path / "envs"), "--spill-dir", str(tmp_path / "spill")],
             "faasd worker", tmp_path / "worker.log",
         )

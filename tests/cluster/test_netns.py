@@ -21,6 +21,7 @@ import pytest
 
 from tests.cluster.test_dataplane import FAN_OUT, _lines
 from tests.conftest import (
+    IMPORT_ROOTS,
     Cluster,
     import_territories,
     scheduler_only,
@@ -98,7 +99,7 @@ def _run_across_namespaces(
             ["worker", "--scheduler", f"{gateway}:{port}", "--listen", f"{own}:0",
              "--host-id", ns, "--memory", "3GiB", "--token-file", str(c.token_file),
              "--shm-dir", str(tmp_path / f"shm-{ns}"), "--spill-dir", str(tmp_path / f"spill-{ns}"),
-             "--env-dir", str(tmp_path / "envs")],
+             "--env-dir", str(tmp_path / "envs"), *IMPORT_ROOTS],
             "faasd worker", tmp_path / f"{ns}.log",
             prefix=["ip", "netns", "exec", ns],
         )

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -26,6 +27,7 @@ from tests.conftest import (
     import_territories,
     one_line_error,
     scheduler_only,
+    start_daemon,
     wait_until,
 )
 
@@ -109,3 +111,23 @@ def test_what_the_daemons_create_is_their_users_alone(
     assert len(made) > 20
     assert [p for p in made if p.stat().st_mode & 0o077] == []
     assert any(p.suffix == ".arrow" for p in made) and any(p.suffix == ".parquet" for p in made)
+
+
+def test_a_worker_imports_only_under_its_import_roots(tmp_path: Path, example_data: Path) -> None:
+    with scheduler_only(tmp_path) as c:
+        worker, _ = start_daemon(
+            ["worker", "--scheduler", c.address, "--token-file", str(c.token_file),
+             "--shm-dir", str(tmp_path / "shm"), "--import-root", str(tmp_path / "allowed")],
+            "faasd worker", tmp_path / "worker.log",
+        )
+        c.workers.append(worker)
+        c.wait_workers(1)
+        (tmp_path / "allowed").mkdir()
+        shutil.copy(example_data / "territories.csv", tmp_path / "allowed")
+        c.faas("namespace", "create", "adventure", check=True)
+        for path in (example_data / "territories.csv", example_data / "no-such.csv"):
+            proc = c.faas("table", "import", "adventure.t", str(path))
+            one_line_error(proc, "only files under its import roots", "--import-root")
+        c.faas("table", "import", "adventure.t", str(tmp_path / "allowed" / "territories.csv"),
+               check=True)
+        assert c.json("table", "get", "adventure.t")["rows"] == 10

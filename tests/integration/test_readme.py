@@ -148,6 +148,7 @@ def test_the_cluster_setup_is_accurate_and_runs_on_loopback(
             toml.replace("sched-host:8470", address).replace("/etc/faas/token", str(home / "token"))
             .replace('"10.0.0.12:0"', '"127.0.0.1:0"').replace('"16GiB"', '"4GiB"')
             .replace('s3-endpoint = "http://minio:9000"\n', "")
+            .replace('"/srv/data"', json.dumps(str(example_data)))
         )
         worker, _ = start_daemon(["worker", "--config", str(config), "--shm-dir", str(tmp_path / "shm")],
                                  "faasd worker", tmp_path / "worker.log")

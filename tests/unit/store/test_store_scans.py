@@ -245,6 +245,31 @@ def test_ten_thousand_column_csvs_are_unified_column_by_column(tmp_path: Path) -
     assert table.column("c5000").to_pylist() == [5000, 5000]
 
 
+def test_imports_read_only_under_their_roots_and_say_nothing_of_the_rest(
+    tmp_path: Path,
+) -> None:
+    from faas.protocol.errors import InvalidInput
+    from faas.store.importer import expand_paths
+
+    root, elsewhere = tmp_path / "data", tmp_path / "private"
+    root.mkdir()
+    elsewhere.mkdir()
+    (root / "a.csv").write_text("x\n1\n")
+    (elsewhere / "secret.csv").write_text("x\n2\n")
+    (root / "link.csv").symlink_to(elsewhere / "secret.csv")
+    roots = [str(root)]
+    assert expand_paths([str(root / "a.csv")], roots) == [str(root / "a.csv")]
+    refused = []
+    for path in (elsewhere / "secret.csv", elsewhere / "missing.csv", root / "link.csv",
+                 root / ".." / "private" / "secret.csv", root / "*.csv"):
+        with pytest.raises(InvalidInput, match="only files under its import roots") as info:
+            expand_paths([str(path)], roots)
+        refused.append(str(info.value).replace(str(path), "PATH"))
+    # An existing file and a missing one get the same answer: nothing says which exists.
+    assert refused[0] == refused[1]
+    assert expand_paths([str(elsewhere / "secret.csv")]) == [str(elsewhere / "secret.csv")]
+
+
 def test_explicit_warehouse_and_catalog(tmp_path: Path) -> None:
     warehouse = tmp_path / "elsewhere"
     catalog = f"sqlite:///{tmp_path}/meta/cat.db"
