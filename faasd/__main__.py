@@ -68,6 +68,8 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
     s.add_argument("--query-timeout", type=float, default=None, metavar="SECONDS",
                    help="stop a query that runs this long, unless it asks for another bound "
                         "(default 300)")
+    s.add_argument("--worker-wait", type=float, default=None, metavar="SECONDS",
+                   help="how long work waits for a worker while none is registered (default 30)")
     s.add_argument("--query-result-limit", type=parse_size, default=None, metavar="SIZE",
                    help="the largest result a query may return, in Arrow bytes (default 1GiB)")
     w = sub.add_parser("worker", help="run a worker on this host")
@@ -232,6 +234,7 @@ def main(argv: list[str] | None = None) -> int:
                 **({"client_idle_timeout": args.client_idle_timeout}
                    if args.client_idle_timeout else {}),
                 **({"query_timeout": args.query_timeout} if args.query_timeout else {}),
+                **({"worker_wait": args.worker_wait} if args.worker_wait else {}),
                 **({"query_result_limit": args.query_result_limit}
                    if args.query_result_limit else {}),
             )

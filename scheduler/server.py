@@ -126,6 +126,7 @@ class Scheduler(RunRequests, HelperTasks):
         client_idle_timeout: float = CLIENT_IDLE_TIMEOUT,
         query_timeout: float = QUERY_TIMEOUT,
         query_result_limit: int = QUERY_RESULT_LIMIT,
+        worker_wait: float = WORKER_WAIT,
     ) -> None:
         self.home = Path(home).expanduser()
         self.token = token
@@ -138,6 +139,8 @@ class Scheduler(RunRequests, HelperTasks):
         self.client_idle_timeout = client_idle_timeout
         self.query_timeout = query_timeout
         self.query_result_limit = query_result_limit
+        # How long work waits for a worker while none is registered (--worker-wait).
+        self.worker_wait = worker_wait
         self.status = "new"
         self.address = ""
         self.lakehouse: Any = None
@@ -394,7 +397,7 @@ class Scheduler(RunRequests, HelperTasks):
     async def place(self, request: Request) -> WorkerHandle:
         """Wait until the placement puts ``request`` on a worker; that worker's handle.
 
-        With no worker registered at all it waits WORKER_WAIT for one, then fails."""
+        With no worker registered at all it waits ``worker_wait`` for one, then fails."""
         while True:
             fut: asyncio.Future[str] = asyncio.get_running_loop().create_future()
             self._placing[request.request_id] = fut
@@ -404,10 +407,10 @@ class Scheduler(RunRequests, HelperTasks):
                     if self.workers:
                         await asyncio.wait({fut})
                         continue
-                    done, _ = await asyncio.wait({fut}, timeout=WORKER_WAIT)
+                    done, _ = await asyncio.wait({fut}, timeout=self.worker_wait)
                     if not done and not self.workers:
                         raise NoWorkers(
-                            f"no worker registered within {WORKER_WAIT:.0f}s: start one with "
+                            f"no worker registered within {self.worker_wait:g}s: start one with "
                             f"'faasd worker --scheduler {self.address}'"
                         )
                 worker_id = fut.result()
@@ -431,11 +434,11 @@ class Scheduler(RunRequests, HelperTasks):
         async with self.worker_joined:
             try:
                 await asyncio.wait_for(
-                    self.worker_joined.wait_for(lambda: bool(self.workers)), WORKER_WAIT
+                    self.worker_joined.wait_for(lambda: bool(self.workers)), self.worker_wait
                 )
             except TimeoutError:
                 raise NoWorkers(
-                    f"no worker registered within {WORKER_WAIT:.0f}s: start one with "
+                    f"no worker registered within {self.worker_wait:g}s: start one with "
                     f"'faasd worker --scheduler {self.address}'"
                 ) from None
         shm = self.placement.host_shm()

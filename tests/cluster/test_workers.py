@@ -67,8 +67,16 @@ def test_two_workers_on_one_host_keep_objects_with_their_maker(
 
 
 def test_a_worker_that_goes_silent_is_lost_and_its_run_fails(
-    cluster: Cluster, example_data: Path, tmp_path: Path
+    example_data: Path, tmp_path: Path
 ) -> None:
+    # Its run would wait for another worker (--worker-wait): there is none to wait for.
+    with scheduler_only(tmp_path, args=["--worker-wait", "2"]) as cluster:
+        cluster.add_worker(tmp_path, "silent")
+        cluster.wait_workers(1)
+        _goes_silent(cluster, example_data, tmp_path)
+
+
+def _goes_silent(cluster: Cluster, example_data: Path, tmp_path: Path) -> None:
     pid_file = tmp_path / "pid"
     project = _setup(cluster, example_data, tmp_path, (
         "import os, time\nimport faas\n\n@faas.model(materialize='replace')\n"
