@@ -42,7 +42,10 @@ def clone(tmp_path: Path) -> Iterator[tuple[Path, dict[str, str]]]:
     root = tmp_path / "faas"
     for rel in filter(None, listed):
         source = ROOT / rel
-        if source.is_file():
+        if source.is_symlink():  # faas/store -> ../store and the others, as a clone has them
+            (root / rel).parent.mkdir(parents=True, exist_ok=True)
+            (root / rel).symlink_to(os.readlink(source))
+        elif source.is_file():
             (root / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, root / rel)
     (root / ".venv").symlink_to(ROOT / ".venv")
