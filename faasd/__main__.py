@@ -146,6 +146,12 @@ def _settings(path: str, role: str, sub: argparse.ArgumentParser) -> dict[str, A
     return settings
 
 
+def _given(args: argparse.Namespace, *names: str) -> dict[str, Any]:
+    """The settings among ``names`` given a value (the daemon's own defaults stand for
+    the rest)."""
+    return {name: getattr(args, name) for name in names if getattr(args, name)}
+
+
 def _s3_options(p: argparse.ArgumentParser) -> None:
     # Options for the S3 warehouse; credentials come only from the AWS SDK's usual
     # places (environment, profile, instance role), never from the command line.
@@ -230,13 +236,8 @@ def main(argv: list[str] | None = None) -> int:
             daemon: Any = Scheduler(
                 home=home, token=token, listen=args.listen, warehouse=args.warehouse,
                 catalog=args.catalog, host_id=args.host_id,
-                **({"run_log_limit": args.run_log_limit} if args.run_log_limit else {}),
-                **({"client_idle_timeout": args.client_idle_timeout}
-                   if args.client_idle_timeout else {}),
-                **({"query_timeout": args.query_timeout} if args.query_timeout else {}),
-                **({"worker_wait": args.worker_wait} if args.worker_wait else {}),
-                **({"query_result_limit": args.query_result_limit}
-                   if args.query_result_limit else {}),
+                **_given(args, "run_log_limit", "client_idle_timeout", "query_timeout",
+                         "worker_wait", "query_result_limit"),
             )
             asyncio.run(_serve(daemon, "faasd scheduler listening on {d.address}"))
         else:

@@ -100,3 +100,16 @@ def test_a_log_budget_passes_lines_up_to_its_limit_then_says_so_once() -> None:
     assert marker is not None and marker.stream == "stderr" and "more than 25 B" in marker.line
     assert budget.admit(line) is None and budget.admit(line) is None
     assert budget.dropped == 3
+
+
+def test_an_unreadable_run_record_is_one_clear_error_naming_it(tmp_path: Path) -> None:
+    from faas.protocol.errors import InvalidInput
+
+    runs = tmp_path / "runs"
+    (runs / "run-d").mkdir(parents=True)
+    (runs / "run-d" / "run.json").write_text(json.dumps({"run_id": "run-d", "status": "lost"}))
+    jobs = JobStore(runs)
+    with pytest.raises(InvalidInput, match="the record of run 'run-d' .* is unreadable"):
+        jobs.get("run-d")
+    assert jobs.recent() == []  # listing skips it and goes on
+    jobs.close()
