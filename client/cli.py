@@ -151,7 +151,8 @@ def print_plan(nodes: list[PlannedNode], ref: str, namespace: str) -> None:
         out = "expectation" if n.kind == "expectation" else (
             f"-> {n.output} ({n.materialize or 'in memory only'})"
         )
-        typer.echo(f"\n{n.name} [{n.kind}, {env}] {out}   {n.where}")
+        net = ", internet access" if n.internet_access else ""
+        typer.echo(f"\n{n.name} [{n.kind}, {env}{net}] {out}   {n.where}")
         for i in n.inputs:
             what = f"table {i.from_}@{i.snapshot_id}" if i.source == "table" else f"model {i.from_}"
             cols = ", ".join(i.columns) if i.columns else "all columns"
@@ -282,6 +283,7 @@ def info(as_json: bool = json_flag()) -> None:
         typer.echo(
             f"  worker {w.worker_id} on {w.host_id}"
             + (" (draining: finishing its functions, taking no new ones)" if w.draining else "")
+            + (" (NO SANDBOX: --isolation none)" if w.isolation == "none" else "")
             + f": {w.memory_available / 2**30:.1f} of "
             f"{w.memory_total / 2**30:.1f} GiB free, {w.memory_reserved / 2**30:.1f} GiB "
             f"reserved, {w.cpus_reserved} of {w.cpus} cores reserved, "

@@ -69,6 +69,7 @@ def model(
     timeout: float | None = None,
     cache: bool = True,
     cpus: int | None = None,
+    internet_access: bool = False,
 ) -> Callable[[F], F]:
     """Mark a function as a model: its return value is a table named ``name`` (default: the
     function name), kept in memory for downstream models and, with ``materialize``,
@@ -79,7 +80,8 @@ def model(
     ``cpus`` reserves that many of a worker's cores: the function waits for them, and
     DuckDB, Arrow, Polars and BLAS inside it use that many threads. Without it the
     function reserves none and its engines use the cores no other function reserved.
-    ``timeout`` (seconds) stops a function that runs longer. ``cache=False`` runs it every
+    ``timeout`` (seconds) stops a function that runs longer. A function has no network
+    unless ``internet_access=True`` (the plan shows which have it). ``cache=False`` runs it every
     time, for functions whose output changes without their code or inputs changing (the
     time, randomness, an outside service): what reads it runs every time too."""
     if materialize not in MATERIALIZE_MODES:
@@ -94,6 +96,7 @@ def model(
             "timeout": timeout,
             "cache": cache,
             "cpus": cpus,
+            "internet_access": internet_access,
         }
         return fn
 

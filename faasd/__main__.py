@@ -98,6 +98,12 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
     w.add_argument("--import-root", action="append", default=[], metavar="DIR",
                    help="a directory `faas table import` may read files from (repeatable; "
                         "none: no local files)")
+    w.add_argument("--isolation", choices=("sandbox", "none"), default="sandbox",
+                   help="run each function in a sandbox (default; the worker refuses to start "
+                        "where one cannot be built) or in none (logged as a warning)")
+    w.add_argument("--private", action="append", default=[], metavar="PATH",
+                   help="a path functions never see, even inside a directory their sandbox "
+                        "shows (repeatable; the token file always is)")
     w.add_argument("--function-timeout", type=float, default=None, metavar="SECONDS",
                    help="stop a function that runs this long when its model sets no timeout "
                         "(default 3600; 0: never)")
@@ -254,7 +260,8 @@ def main(argv: list[str] | None = None) -> int:
                 spill_dir=args.spill_dir, cpus=args.cpus,
                 **({} if args.function_timeout is None
                    else {"function_timeout": args.function_timeout}),
-                import_roots=args.import_root,
+                import_roots=args.import_root, isolation=args.isolation,
+                private_paths=[args.token_file, *args.private],
             )
             asyncio.run(
                 _serve(

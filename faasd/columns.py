@@ -195,6 +195,26 @@ def _scan_planned(
     return _zipped(pieces, columns), stats
 
 
+def prefetch(
+    inp: ScanInput, cache_dir: Path, properties: dict[str, str] | None = None
+) -> tuple[list[Path], ScanStats] | None:
+    """Make every column of a planned scan a cache entry (written here, by the worker:
+    function processes only ever read entries); return the entries and what was read.
+
+    None when the scan has no plan Arrow can read, or the files are not what the plan
+    says: the function then scans storage itself. An entry that could not be written
+    (a full disk) is left out: the function reads that column from storage."""
+    plan = inp.plan
+    if plan is None or inp.stream or not plan.columns:
+        return None
+    scanned = _scan_planned(inp, plan, cache_dir, properties)
+    if scanned is None:
+        return None
+    scope = [plan.table_uuid, plan.snapshot_id, normalize_filter(inp.filter)]
+    entries = [cache_dir / f"{entry_name(scope, plan.fields[c])}{ENTRY_SUFFIX}" for c in plan.columns]
+    return [e for e in entries if e.exists()], scanned[1]
+
+
 def normalize_filter(row_filter: str | None) -> str:
     """``row_filter`` with whitespace that cannot change its meaning removed."""
     if not row_filter:

@@ -4,6 +4,8 @@ Memory is the process tree's unique set size: pages only it holds. Pages it
 shares with other processes (an input object several functions map, the
 pre-imported parent's pages) are not counted against it; a mapped input no
 other process maps is, so the scheduler puts mapped inputs into the limit.
+A sandboxed function's scratch directory (its ``/tmp``, a tmpfs: memory too)
+counts as well (:class:`Scratch`).
 """
 
 from __future__ import annotations
@@ -75,11 +77,59 @@ def resident_bytes(pid: int) -> int:
     return total
 
 
+class Scratch:
+    """The bytes in a sandboxed function's ``/tmp``: a tmpfs of ``size`` bytes in its own
+    mount namespace (faasd/sandbox.py), found through ``/proc/PID/root`` of a process
+    of the sandbox. The descriptor kept on it outlives the sandbox, so what it held
+    when the function ended can still be read then."""
+
+    def __init__(self, pid: int, size: int) -> None:
+        self.pid = pid
+        self.blocks = -(-size // _PAGE)
+        self.fd: int | None = None
+
+    def used(self) -> int:
+        if self.fd is None:
+            self._find()
+            if self.fd is None:
+                return 0
+        try:
+            st = os.fstatvfs(self.fd)
+        except OSError:
+            return 0
+        return (st.f_blocks - st.f_bfree) * st.f_frsize
+
+    def full(self) -> bool:
+        """Whether it was (nearly) filled: the sandbox refuses writes past its size."""
+        return self.used() >= (self.blocks - 1) * _PAGE
+
+    def _find(self) -> None:
+        # The sandboxed process is a child of the one the worker started (faasd.sandbox);
+        # until it has built its root, its /tmp is another filesystem, of another size.
+        for p in _tree(self.pid)[1:]:
+            try:
+                fd = os.open(f"/proc/{p}/root/tmp", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            except OSError:
+                continue
+            st = os.fstatvfs(fd)
+            if st.f_blocks * st.f_frsize == self.blocks * _PAGE and st.f_frsize == _PAGE:
+                self.fd = fd
+                return
+            os.close(fd)
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
 async def watch_memory(
-    pid: int, limit: Callable[[], int], on_exceed: Callable[[int], None]
+    pid: int, limit: Callable[[], int], on_exceed: Callable[[int], None],
+    scratch: Scratch | None = None,
 ) -> None:
     """Poll until the process ends; call ``on_exceed(used)`` once if it passes ``limit()``
-    (asked at each poll: the limit may grow; 0 is none)."""
+    (asked at each poll: the limit may grow; 0 is none). ``scratch``: its sandbox's
+    scratch directory, whose bytes count too."""
     try:
         proc = psutil.Process(pid)
     except psutil.NoSuchProcess:
@@ -88,12 +138,13 @@ async def watch_memory(
         now = limit()
         # Resident memory bounds the private memory from above and costs microseconds: the
         # page maps are read only when it passes the limit.
-        used = resident_bytes(pid)
+        written = scratch.used() if scratch is not None else 0
+        used = resident_bytes(pid) + written
         if now and used > now:
             try:
                 # Reading smaps of a process with gigabytes mapped takes tens of
                 # milliseconds: not on the worker's event loop.
-                used = await asyncio.to_thread(private_bytes, proc)
+                used = await asyncio.to_thread(private_bytes, proc) + written
             except psutil.NoSuchProcess:
                 return
             if used > now:

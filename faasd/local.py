@@ -72,7 +72,8 @@ class LocalDaemon:
         # A short grace: by the time it is stopped its runs are already cancelled.
         # Embedded, the daemon is its user's own: it imports any file its user can read.
         args = ["worker", "--scheduler", self.scheduler.address,
-                "--token-file", str(self.home / "token"), "--grace", "5", "--import-root", "/"]
+                "--token-file", str(self.home / "token"), "--grace", "5", "--import-root", "/",
+                "--private", str(self.home)]
         if self.memory:
             args += ["--memory", self.memory]
         with await asyncio.to_thread(open, logs / "worker.log", "ab") as err:

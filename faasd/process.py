@@ -23,6 +23,7 @@ from typing import Any
 
 import msgspec
 
+from faas.faasd.sandbox import SandboxSpec
 from faas.faasd.zygote import Zygote
 from faas.faasd.zygote_wire import ZygoteDied, ZygoteStartFailed, describe_exit
 from faas.protocol.errors import FunctionFailed, RunCancelled
@@ -51,8 +52,13 @@ class FunctionProcess:
         python: str | None = None,
         cwd: str | None = None,
         zygote: Zygote | None = None,
+        env: dict[str, str] | None = None,
+        sandbox: SandboxSpec | None = None,
     ):
         self.task = task
+        # The function's whole environment (None: this process's); its sandbox (None: none).
+        self.environ = env
+        self.sandbox = sandbox
         self.python = python or (zygote.python if zygote is not None else sys.executable)
         self.cwd = cwd
         self.zygote = zygote
@@ -68,7 +74,7 @@ class FunctionProcess:
         return self._forked_pid
 
     def _env(self) -> dict[str, str]:
-        env = dict(os.environ)
+        env = dict(os.environ if self.environ is None else self.environ)
         env["PYTHONUNBUFFERED"] = "1"
         env["FAAS_RUN_ID"] = self.task.run_id
         env["FAAS_MODEL"] = self.task.node
@@ -91,8 +97,9 @@ class FunctionProcess:
         self, child: socket.socket
     ) -> tuple[asyncio.StreamReader, asyncio.StreamReader]:
         """A fresh interpreter: ``python -m faas.faasd.runner FD``."""
+        sandbox = [] if self.sandbox is None else [msgspec.json.encode(self.sandbox).decode()]
         self.proc = await asyncio.create_subprocess_exec(
-            self.python, "-m", "faas.faasd.runner", str(child.fileno()),
+            self.python, "-m", "faas.faasd.runner", str(child.fileno()), *sandbox,
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
@@ -114,7 +121,7 @@ class FunctionProcess:
         try:
             self._forked_pid = await zygote.spawn(
                 child.fileno(), out_w, err_w, cwd=self.cwd, env=self._env(),
-                label=f"faas:{self.task.node}",
+                label=f"faas:{self.task.node}", sandbox=self.sandbox,
             )
         except BaseException:
             os.close(out_r)

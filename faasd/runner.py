@@ -478,8 +478,16 @@ def serve_task(sock_fd: int) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``python -m faas.faasd.runner FD [SANDBOX]``: SANDBOX is the JSON of a
+    :class:`faasd.sandbox.SandboxSpec`, entered before anything is read."""
     argv = sys.argv[1:] if argv is None else argv
-    return serve_task(int(argv[0]))
+    fd = int(argv[0])
+    if len(argv) > 1:
+        from faas.faasd import sandbox
+
+        spec = msgspec.json.decode(argv[1], type=sandbox.SandboxSpec)
+        sandbox.enter(spec, keep_fds=(fd,))
+    return serve_task(fd)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ Parquet files (``Worker`` mixes this in)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import shutil
@@ -20,10 +21,11 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import msgspec
 
 from faas.faasd.envs import Environment, EnvironmentCache, EnvSpec
-from faas.faasd.limits import watch_memory
+from faas.faasd.limits import Scratch, watch_memory
 from faas.faasd.objects import ObjectStore, holding
 from faas.faasd.peer import fetch_object
 from faas.faasd.process import FunctionProcess
+from faas.faasd.taskbox import TaskBox, function_environ, sandbox_spec
 from faas.faasd.zygote import ZygotePool
 from faas.protocol.errors import (
     FaasError,
@@ -90,6 +92,14 @@ class FunctionTasks:
     envs: EnvironmentCache
     zygotes: ZygotePool
     processes: dict[str, FunctionProcess]
+    # Each task's own directory (faasd.taskbox), by task id.
+    boxes: dict[str, TaskBox]
+    # "sandbox" (faasd.sandbox) or "none": how function processes are isolated.
+    isolation: str
+    # What functions never see (the worker's token, its work and shared-memory roots).
+    private_paths: list[str]
+    shm_root: Path
+    object_memory: int
     running_limits: dict[str, int]
     inputs_ready: dict[str, asyncio.Future[InputsReady]]
     released: OrderedDict[str, None]
@@ -131,35 +141,50 @@ class FunctionTasks:
                     await self._send(await self._cached_done(msg, t0))
                     return
             project = self._project_dir(msg.run_id, msg.files)
-            output = self.store.path(msg.output_id)
+            box = self.boxes[msg.task_id] = TaskBox(self.shm_root / "tasks" / msg.task_id)
             direct = msg.materialize is not None and msg.materialize.direct
             objects = {
-                i.object_id: str(await self._input_path(msg, i.object_id))
+                i.object_id: str(box.link_in(await self._input_path(msg, i.object_id)))
                 for i in msg.inputs
                 if isinstance(i, ObjectInput) and i.object_id not in msg.waiting
             }
-            inputs = await self._planned(msg.inputs)
+            inputs, prefetched = await self._prefetched(msg, box)
             task = FunctionTask(
                 run_id=msg.run_id, node=msg.node, project_dir=str(project), module=msg.module,
                 function=msg.function, inputs=inputs, objects=objects,
-                output_path=str(output), params=msg.params, kind=msg.kind, sql=msg.sql,
-                column_cache=str(self.store.columns_dir) if msg.use_cache else "",
-                parquet_dir=msg.materialize.directory if direct else "",  # type: ignore[union-attr]
+                output_path=str(box.outbox / self.store.path(msg.output_id).name), params=msg.params, kind=msg.kind, sql=msg.sql,
+                column_cache=str(box.inbox) if msg.use_cache else "",
+                parquet_dir=box.parquet_dir(msg.materialize.directory) if direct else "",  # type: ignore[union-attr]
                 parquet_stem=f"{msg.node}-{uuid.uuid4().hex[:8]}", threads=self._threads(msg),
                 waiting=msg.waiting,
             )
+            # The scans the function reads from storage itself: streamed, unplanned, uncached.
+            self_scans = [
+                i for i in inputs if isinstance(i, ScanInput) and i.key not in prefetched
+            ]
             t_env = time.perf_counter()
             env = await self._environment(msg)
             phases = {"environment": time.perf_counter() - t_env}
             proc = FunctionProcess(
-                task, python=env.python, cwd=str(project), zygote=self.zygotes.get(env.python)
+                task, python=env.python, cwd=str(project), zygote=self.zygotes.get(env.python),
+                env=function_environ(storage=bool(self_scans)),
+                sandbox=None if self.isolation == "none" else sandbox_spec(
+                    box=box, project=project, self_scans=self_scans,
+                    scratch=msg.memory_limit or self.memory, file_size=self.object_memory,
+                    network=msg.internet_access, hide=self.private_paths,
+                ),
             )
             self.processes[msg.task_id] = proc
             spawned = time.time()
             result = await self._run_limited(msg, proc, env)
             phases["process_start"] = max(0.0, result.started - spawned) if result.started else 0.0
             phases.update(result.phases)
-            self.store.add_columns(result.column_entries)
+            # Columns the worker read for it count as read, not as found in the cache.
+            read = [c for key in prefetched for c in prefetched[key]]
+            result = msgspec.structs.replace(
+                result, columns_read=read + result.columns_read,
+                columns_cached=[c for c in result.columns_cached if c not in set(read)],
+            )
             pin = None if msg.run_id in self.released else msg.run_id
             columns: dict[str, Any] = {
                 "columns_cached": result.columns_cached, "columns_read": result.columns_read,
@@ -172,11 +197,17 @@ class FunctionTasks:
                 ))
                 return
             if direct:  # written as Parquet by the function: no object to keep
+                files = await asyncio.to_thread(
+                    box.publish_parquet, result.files, msg.materialize.directory,  # type: ignore[union-attr]
+                )
                 await self._send(TaskDone(
-                    task_id=msg.task_id, files=result.files, rows=result.rows,
+                    task_id=msg.task_id, files=files, rows=result.rows,
                     schema=result.schema, seconds=time.perf_counter() - t0, **columns,
                 ))
                 return
+            # Into the store: from now on only ever bound read-only.
+            output = self.store.path(msg.output_id)
+            os.replace(box.outbox / output.name, output)
             self.store.add(
                 msg.output_id, pin, rows=result.rows, schema=result.schema,
                 cacheable=msg.use_cache,
@@ -207,6 +238,9 @@ class FunctionTasks:
             self.processes.pop(msg.task_id, None)
             self.cpus_reserved.pop(msg.task_id, None)
             self.inputs_ready.pop(msg.task_id, None)
+            box = self.boxes.pop(msg.task_id, None)
+            if box is not None:
+                box.close()
 
     def _threads(self, msg: RunTask) -> int:
         """The function's thread budget: the cores it reserved, else those nobody has."""
@@ -215,15 +249,20 @@ class FunctionTasks:
             return msg.cpus
         return max(1, self.cpus - sum(self.cpus_reserved.values()))
 
-    async def _planned(
-        self, inputs: list[ScanInput | ObjectInput]
-    ) -> list[ScanInput | ObjectInput]:
+    async def _prefetched(
+        self, msg: RunTask, box: TaskBox
+    ) -> tuple[list[ScanInput | ObjectInput], dict[str, list[str]]]:
         """The inputs with every source scan that Arrow can read planned here (files,
         types, filter), from metadata this worker keeps: the function process then reads
-        no metadata. A scan that cannot be planned is left to the function, which plans it
-        or reports what is wrong with it."""
+        no metadata. With the cache, the planned scans' columns are then made cache
+        entries here and linked into the task's ``in/``: the function maps them and reads
+        nothing from storage. Also: the columns read now ("table.column"), by scan key.
+        A scan that cannot be planned is left to the function, which plans it or reports
+        what is wrong with it."""
+        inputs = msg.inputs
         if not any(isinstance(i, ScanInput) and not i.stream and i.columns != [] for i in inputs):
-            return inputs
+            return inputs, {}
+        cache = self.store.columns_dir if msg.use_cache else None
 
         def plan(i: ScanInput) -> ScanInput:
             from faas.store.scan import open_metadata, plan_metadata
@@ -245,13 +284,28 @@ class FunctionTasks:
                 return i
             return i if found is None else msgspec.structs.replace(i, plan=found)
 
-        def work() -> list[ScanInput | ObjectInput]:
-            return [
-                plan(i) if isinstance(i, ScanInput) and not i.stream and i.columns != [] else i
-                for i in inputs
-            ]
+        def work() -> tuple[list[ScanInput | ObjectInput], dict[str, list[str]], dict[str, int]]:
+            from faas.faasd.columns import prefetch
 
-        return await asyncio.to_thread(work)
+            planned: list[ScanInput | ObjectInput] = []
+            read: dict[str, list[str]] = {}
+            written: dict[str, int] = {}
+            for i in inputs:
+                if isinstance(i, ScanInput) and not i.stream and i.columns != []:
+                    i = plan(i)
+                    done = prefetch(i, cache) if cache is not None else None
+                    if done is not None:
+                        entries, stats = done
+                        for entry in entries:
+                            box.link_in(entry)
+                        read[i.key] = [f"{i.key}.{c}" for c in stats.columns_read]
+                        written.update(dict(stats.new_entries))
+                planned.append(i)
+            return planned, read, written
+
+        planned, read, written = await asyncio.to_thread(freeing(work))
+        self.store.add_columns(written)
+        return planned, read
 
     async def _cached_done(self, msg: RunTask, t0: float) -> TaskDone:
         """The answer for an output this worker already holds: nothing runs."""
@@ -276,8 +330,10 @@ class FunctionTasks:
         if ready.memory_limit and msg.task_id in self.running_limits:
             self.running_limits[msg.task_id] = ready.memory_limit
             await self._make_room()
+        box = self.boxes[msg.task_id]
         return {
-            oid: str(await self._input_path(msg, oid, ready.sources)) for oid in msg.waiting
+            oid: str(box.link_in(await self._input_path(msg, oid, ready.sources)))
+            for oid in msg.waiting
         }
 
     async def _make_room(self) -> None:
@@ -341,7 +397,7 @@ class FunctionTasks:
         """Run the process under its memory limit and timeout, streaming its lines."""
         over: list[int] = []
         watchers: list[asyncio.Task[None]] = []
-        pids: list[int] = []
+        scratch: list[Scratch] = []
         # Unpinned cache gives way to the memory this function was promised.
         self.running_limits[msg.task_id] = msg.memory_limit
         await self._make_room()
@@ -353,7 +409,8 @@ class FunctionTasks:
             await self._send(TaskLog(task_id=msg.task_id, stream=stream, line=line, time=time.time()))
 
         async def on_start(pid: int) -> None:
-            pids.append(pid)
+            if proc.sandbox is not None:
+                scratch.append(Scratch(pid, proc.sandbox.scratch))
             how = "base" if env.path is None else ("cached" if env.cached else "built")
             await self._send(TaskStarted(task_id=msg.task_id, pid=pid, env=how))
             if msg.memory_limit:
@@ -362,7 +419,9 @@ class FunctionTasks:
                     over.append(used)
                     proc.kill()
 
-                watchers.append(asyncio.create_task(watch_memory(pid, limit, stop)))
+                watchers.append(asyncio.create_task(
+                    watch_memory(pid, limit, stop, scratch[0] if scratch else None)
+                ))
 
         what = f"{node_label(msg.kind)} {msg.node!r}"
         timeout = msg.timeout or self.function_timeout
@@ -378,8 +437,9 @@ class FunctionTasks:
             try:
                 return await self._waited(msg)
             finally:
-                if left is not None:
-                    deadline.reschedule(loop.time() + max(left, 0.0))
+                if left is not None and not deadline.expired():
+                    with contextlib.suppress(RuntimeError):  # the run ended meanwhile
+                        deadline.reschedule(loop.time() + max(left, 0.0))
 
         try:
             async with deadline:
@@ -392,14 +452,17 @@ class FunctionTasks:
         except FunctionFailed:
             if over:
                 raise OutOfMemory(what, over[0], limit()) from None
+            if msg.memory_limit and scratch and scratch[0].full():
+                # Its scratch directory filled up to the reservation: the writes that
+                # failed there are the memory error, whatever the function made of them.
+                raise OutOfMemory(what, scratch[0].used(), limit()) from None
             raise
         finally:
             for w in watchers:
                 w.cancel()
+            for s in scratch:
+                s.close()
             self.running_limits.pop(msg.task_id, None)
-            for pid in pids:
-                self.store.sweep(pid)
-            self.store.adopt_columns()
 
     def _write_parquet(self, object_path: Path, directory: str, node: str) -> list[str]:
         import pyarrow as pa

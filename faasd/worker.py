@@ -29,6 +29,8 @@ from faas.faasd.objects import ObjectStore
 from faas.faasd.peer import PeerServer
 from faas.faasd.process import FunctionProcess
 from faas.faasd.queries import Query, QueryStopped
+from faas.faasd.sandbox import sandbox_unavailable
+from faas.faasd.taskbox import TaskBox, base_environ
 from faas.faasd.tasks import FunctionTasks, freeing
 from faas.faasd.zygote import ZygotePool
 from faas.protocol.connection import Connection, connect
@@ -71,6 +73,8 @@ OWNER_LOCK = ".owner.lock"
 # How long a function may run when its model names no timeout (faasd worker
 # --function-timeout; 0 there: no limit).
 FUNCTION_TIMEOUT = 3600.0
+# How function processes are isolated (faasd worker --isolation).
+ISOLATION = ("sandbox", "none")
 
 
 def _hold(path: Path) -> int:
@@ -125,8 +129,13 @@ class Worker(FunctionTasks):
         cpus: int | None = None,
         function_timeout: float | None = FUNCTION_TIMEOUT,
         import_roots: Sequence[str] = (),
+        isolation: str = "sandbox",
+        private_paths: Sequence[str] = (),
     ) -> None:
         self.scheduler = scheduler
+        if isolation not in ISOLATION:
+            raise FaasError(f"unknown isolation {isolation!r}: expected one of {', '.join(ISOLATION)}")
+        self.isolation = isolation
         # The directories `faas table import` may read files from (none: no local files).
         self.import_roots = list(import_roots)
         self.function_timeout = function_timeout or None
@@ -163,8 +172,14 @@ class Worker(FunctionTasks):
             Path(env_dir or default_env_dir()).expanduser(), extra_interpreters=pythons
         )
         self.python_versions: list[str] = []
-        # One pre-imported parent per environment: each function is a fork of it.
-        self.zygotes = ZygotePool()
+        # What functions never see, even inside a directory their sandbox shows.
+        self.private_paths = [
+            str(Path(p).expanduser().absolute()) for p in private_paths
+        ] + [str(self.work_root), str(self.shm_root), str(self.spill_root)]
+        self.boxes: dict[str, TaskBox] = {}
+        # One pre-imported parent per environment: each function is a fork of it. It has
+        # none of the worker's environment: a function could read the parent's.
+        self.zygotes = ZygotePool(env=base_environ())
         self.peer = PeerServer(token=token, host_id=self.host_id, listen=listen, locate=self._locate)
         self.status = "new"
         self.draining = False
@@ -185,6 +200,20 @@ class Worker(FunctionTasks):
         if self.status != "new":
             return
         self.status = "starting"
+        if self.isolation == "sandbox":
+            why = await sandbox_unavailable()
+            if why is not None:
+                self.status = "new"
+                raise FaasError(
+                    f"cannot build function sandboxes on this host: {why}. Start the worker "
+                    "with --isolation none to run functions without one (the README's "
+                    "Security model says what that gives up)"
+                )
+        else:
+            log.warning(
+                "functions run without a sandbox (--isolation none): each can read and write "
+                "whatever this worker's user can, its token and other runs' data included"
+            )
         for root in (self.shm_root, self.spill_root):
             root.mkdir(parents=True, exist_ok=True)
             # Held while this worker lives: a directory whose lock is free lost its worker.
@@ -278,6 +307,7 @@ class Worker(FunctionTasks):
         vm = psutil.virtual_memory()
         await self.conn.send(
             Register(
+                isolation=self.isolation,
                 worker_id=self.worker_id,
                 host_id=self.host_id,
                 memory_total=self.memory,

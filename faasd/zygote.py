@@ -50,6 +50,7 @@ import time
 from collections.abc import Coroutine, Mapping, Sequence
 from typing import Any, Self
 
+from faas.faasd.sandbox import SandboxSpec
 from faas.faasd.zygote_wire import (
     DEFAULT_PRELOAD,
     FROM_ZYGOTE,
@@ -433,6 +434,7 @@ class Zygote:
         cwd: str | None = None,
         env: Mapping[str, str] | None = None,
         label: str = "",
+        sandbox: SandboxSpec | None = None,
     ) -> int:
         """Fork a function process serving the task socket ``task_fd``; return its pid.
 
@@ -445,7 +447,8 @@ class Zygote:
         fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._pending[req] = fut
         frame = encode(
-            Spawn(req=req, cwd=cwd, env=dict(env) if env is not None else None, label=label)
+            Spawn(req=req, cwd=cwd, env=dict(env) if env is not None else None, label=label,
+                  sandbox=sandbox)
         )
         try:
             async with self._send_lock:

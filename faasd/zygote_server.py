@@ -26,6 +26,7 @@ from faas.faasd.zygote_wire import (
     Spawned,
     SpawnFailed,
     ZygoteMessage,
+    describe_exit,
     kill_group,
 )
 from faas.protocol.framing import decode_payload, encode, next_frame
@@ -84,6 +85,8 @@ class _Server:
         self.children: set[int] = set()
         self.buf = bytearray()
         self.fds: collections.deque[int] = collections.deque()
+        # A sandboxed child forked ahead of its request (pid, socket), once one was asked for.
+        self.spare: tuple[int, socket.socket] | None = None
         self.libc = _libc()
         self.stdout_encoding = (sys.stdout.encoding, sys.stdout.errors)
         self.stderr_encoding = (sys.stderr.encoding, sys.stderr.errors)
@@ -143,50 +146,164 @@ class _Server:
             if pid == 0:
                 return
             self.children.discard(pid)
+            if self.spare is not None and self.spare[0] == pid:  # died unused
+                log.warning("the spare function process %d %s", pid,
+                            describe_exit(os.waitstatus_to_exitcode(status)))
+                self.spare[1].close()
+                self.spare = None
+                continue
             self.send(Exited(pid=pid, code=os.waitstatus_to_exitcode(status)))
 
     def spawn(self, req: Spawn) -> None:
         if len(self.fds) < 3:
             raise RuntimeError(f"spawn request {req.req} came with {len(self.fds)} fds, not 3")
         fds = (self.fds.popleft(), self.fds.popleft(), self.fds.popleft())
+        sandboxed = req.sandbox is not None and not req.sandbox.network
+        if sandboxed and self.spare is not None and self._hand_over(req, fds):
+            pid = self.spare[0]
+            self.spare = None
+        else:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            try:
+                pid = os.fork()
+            except OSError as exc:
+                for fd in fds:
+                    os.close(fd)
+                self.send(SpawnFailed(req=req.req, message=f"fork failed: {exc}"))
+                return
+            if pid == 0:
+                self.child(req, *fds)
+            self.children.add(pid)
+            for fd in fds:
+                os.close(fd)
+        self.send(Spawned(req=req.req, pid=pid))
+        if sandboxed:
+            self._fork_spare()
+
+    def _hand_over(self, req: Spawn, fds: tuple[int, int, int]) -> bool:
+        """Give the request to the spare sandboxed process; False if it is gone."""
+        assert self.spare is not None
+        pid, sock = self.spare
+        try:
+            socket.send_fds(sock, [encode(req)], list(fds))
+        except OSError as exc:
+            log.warning("the spare function process %d is gone (%s); forking one", pid, exc)
+            sock.close()
+            self.spare = None
+            return False
+        sock.close()
+        for fd in fds:
+            os.close(fd)
+        return True
+
+    def _fork_spare(self) -> None:
+        """Fork the next sandboxed function process ahead of its request: it builds the
+        part of its sandbox every function shares (faasd.sandbox.prepare) while nothing
+        waits for it, then waits for a request on a private socket."""
+        if self.spare is not None:
+            return
+        from faas.faasd import sandbox
+
+        sandbox.python_paths()  # found once, here; every spare inherits them
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         sys.stdout.flush()
         sys.stderr.flush()
         try:
             pid = os.fork()
         except OSError as exc:
-            for fd in fds:
-                os.close(fd)
-            self.send(SpawnFailed(req=req.req, message=f"fork failed: {exc}"))
+            log.warning("cannot fork a spare function process: %s", exc)
+            ours.close()
+            theirs.close()
             return
         if pid == 0:
-            self.child(req, *fds)
+            ours.close()
+            self._spare_child(theirs)
+        theirs.close()
         self.children.add(pid)
-        for fd in fds:
-            os.close(fd)
-        self.send(Spawned(req=req.req, pid=pid))
+        self.spare = (pid, ours)
+
+    def _spare_child(self, sock: socket.socket) -> NoReturn:
+        code = 70
+        try:
+            self._detach()
+            from faas.faasd import sandbox
+
+            sandbox.prepare(keep_fds=(sock.fileno(),))
+            # Process 1 of the new sandbox: wait for the request.
+            buf = bytearray()
+            fds: list[int] = []
+            payload = None
+            while payload is None:
+                data, got, _, _ = socket.recv_fds(sock, 65536, 3)
+                fds += got
+                if not data:
+                    os._exit(0)  # the zygote closed: never used
+                buf += data
+                payload = next_frame(buf)
+            sock.close()
+            req = decode_payload(payload, TO_ZYGOTE)
+            self._serve(req, fds[0], fds[1], fds[2], prepared=True)
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 1
+        except BaseException:  # noqa: BLE001 - report and leave; never back into the loop
+            import traceback
+
+            with contextlib.suppress(BaseException):
+                traceback.print_exc()
+        os._exit(code)
 
     def child(self, req: Spawn, task_fd: int, out_fd: int, err_fd: int) -> NoReturn:
         """The forked function process. Never returns into the zygote's loop."""
         code = 70
         try:
-            signal.set_wakeup_fd(-1)
-            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            signal.signal(signal.SIGINT, signal.default_int_handler)
-            os.setsid()  # its own process group: the worker kills the group
-            if self.libc is not None:
-                self.libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
-                if os.getppid() != self.pid:  # the zygote died before prctl
-                    os._exit(code)
-                if req.label:
-                    self.libc.prctl(_PR_SET_NAME, req.label.encode()[:15], 0, 0, 0)
-            # Nothing of the zygote's stays open: its channel, its wakeup pipe,
-            # descriptors already received for later requests.
-            self.ctl.close()
-            for fd in (self.wake_r, self.wake_w, *self.fds):
-                os.close(fd)
-            self.fds.clear()
+            self._detach()
+            self._serve(req, task_fd, out_fd, err_fd, prepared=False)
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 1
+        except BaseException:  # noqa: BLE001 - report and leave; never back into the loop
+            import traceback
+
+            with contextlib.suppress(BaseException):
+                traceback.print_exc()
+        os._exit(code)
+
+    def _detach(self) -> None:
+        """In a forked child: its own session, the zygote's signal handling and
+        descriptors gone, killed with the zygote."""
+        signal.set_wakeup_fd(-1)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        os.setsid()  # its own process group: the worker kills the group
+        if self.libc is not None:
+            self.libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+            if os.getppid() != self.pid:  # the zygote died before prctl
+                os._exit(70)
+        # Nothing of the zygote's stays open: its channel, its wakeup pipe, descriptors
+        # already received for later requests, the spare's socket.
+        self.ctl.close()
+        for fd in (self.wake_r, self.wake_w, *self.fds):
+            os.close(fd)
+        self.fds.clear()
+        if self.spare is not None:
+            self.spare[1].close()
+            self.spare = None
+
+    def _serve(self, req: Spawn, task_fd: int, out_fd: int, err_fd: int, *, prepared: bool) -> NoReturn:
+        """Become the function process of ``req`` and run it; exits, never returns."""
+        code = 70
+        try:
+            # Output first: what goes wrong from here on is the function's to read.
             self._redirect(out_fd, err_fd)
+            if req.sandbox is not None:
+                from faas.faasd import sandbox
+
+                if not prepared:
+                    sandbox.prepare(network=req.sandbox.network, keep_fds=(task_fd,))
+                sandbox.finish(req.sandbox)
+            if self.libc is not None and req.label:
+                self.libc.prctl(_PR_SET_NAME, req.label.encode()[:15], 0, 0, 0)
             if req.cwd:
                 os.chdir(req.cwd)
             if req.env is not None:

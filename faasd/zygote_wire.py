@@ -13,6 +13,7 @@ import signal
 
 import msgspec
 
+from faas.faasd.sandbox import SandboxSpec
 from faas.protocol.errors import EnvironmentFailed, FunctionFailed
 
 log = logging.getLogger("faasd.zygote")
@@ -55,6 +56,8 @@ class Spawn(ZygoteMessage, frozen=True):
     env: dict[str, str] | None = None
     # Shown as the process name (Linux, 15 bytes at most).
     label: str = ""
+    # The sandbox the child runs in (faasd/sandbox.py); None: none.
+    sandbox: SandboxSpec | None = None
 
 
 class Ready(ZygoteMessage, frozen=True):

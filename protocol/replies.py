@@ -201,6 +201,8 @@ class WorkerInfo(msgspec.Struct, frozen=True, kw_only=True):
     running: int
     env_builds: int
     functions: list[RunningFunction]
+    # "sandbox", or "none" when its functions run unisolated (faasd worker --isolation none).
+    isolation: str = "sandbox"
 
 
 class Cluster(Message, frozen=True):
@@ -239,6 +241,8 @@ class PlannedNode(msgspec.Struct, frozen=True, kw_only=True):
     cpus: int | None
     params: dict[str, ParamValue]
     depends_on: list[str]
+    # It may reach the network (@faas.model(internet_access=True)).
+    internet_access: bool = False
     cache_key: str
     inputs: list[PlannedInput]
 

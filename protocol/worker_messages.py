@@ -43,6 +43,9 @@ class Register(Message, frozen=True):
     cpus: int = 0
     # Cached objects already in this worker's store (after a scheduler restart).
     objects: list[ObjectInfo] = []
+    # How its function processes are isolated: "sandbox" or "none" (faasd worker
+    # --isolation none).
+    isolation: str = "sandbox"
 
 
 class Heartbeat(Message, frozen=True):
@@ -166,6 +169,9 @@ class RunTask(Message, frozen=True):
     # unreserved cores are its budget.
     cpus: int = 0
     timeout: float | None = None
+    # The function may reach the network (@faas.model(internet_access=True)); otherwise
+    # its sandbox has no network at all.
+    internet_access: bool = False
     # Upstream objects (by object id) not made yet: the task starts early, reading its
     # source scans, and their sources follow in an InputsReady.
     waiting: list[str] = []

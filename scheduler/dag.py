@@ -91,6 +91,7 @@ class Plan:
                 pip=n.spec.pip,
                 memory=n.spec.memory,
                 cpus=n.spec.cpus,
+                internet_access=n.spec.internet_access,
                 params=n.params,
                 depends_on=n.deps,
                 cache_key=n.cache_key,

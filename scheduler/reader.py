@@ -50,6 +50,8 @@ class ModelSpec:
     timeout: float | None = None
     # Cores reserved on a worker (and its engines' thread budget); None: none reserved.
     cpus: int | None = None
+    # The function's sandbox has a network (@faas.model(internet_access=True)).
+    internet_access: bool = False
     python: str | None = None
     pip: dict[str, str] = field(default_factory=dict)
     inputs: list[InputRef] = field(default_factory=list)
@@ -218,11 +220,13 @@ class _Reader:
                 )
         margs = self.call_args(
             decorators["model"],
-            ("name", "materialize", "columns", "memory", "timeout", "cache", "cpus"),
+            ("name", "materialize", "columns", "memory", "timeout", "cache", "cpus",
+             "internet_access"),
             "faas.model",
         )
         self.typed(
-            margs, decorators["model"], "faas.model", name=str, columns=list, memory=str, cache=bool
+            margs, decorators["model"], "faas.model", name=str, columns=list, memory=str, cache=bool,
+            internet_access=bool,
         )
         timeout = margs.get("timeout")
         if timeout is not None and (
@@ -270,6 +274,7 @@ class _Reader:
             timeout=float(timeout) if timeout is not None else None,
             cpus=cpus,
             cache=margs.get("cache", True) is not False,
+            internet_access=margs.get("internet_access", False) is True,
         )
         if "python" in decorators:
             pargs = self.call_args(decorators["python"], ("version", "pip"), "faas.python")

@@ -473,7 +473,7 @@ class RunCoordinator(Publishing):
                     sql=node.spec.sql, python=node.spec.python, pip=node.spec.pip,
                     # A sole reader's unique pages include what it maps.
                     memory_limit=reservation + mapped, cpus=node.spec.cpus or 0,
-                    timeout=node.spec.timeout,
+                    timeout=node.spec.timeout, internet_access=node.spec.internet_access,
                     output_id=node.object_id, sources=sources, use_cache=self.use_cache,
                     waiting=sorted(waiting),
                 )

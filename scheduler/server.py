@@ -100,6 +100,7 @@ class WorkerHandle:
     shm_dir: str
     data_address: str = ""
     env_builds: int = 0
+    isolation: str = "sandbox"
     last_seen: float = field(default_factory=time.monotonic)
     data_spilled: int = 0
 
@@ -280,6 +281,7 @@ class Scheduler(RunRequests, HelperTasks):
             worker_id=first.worker_id, host_id=first.host_id, conn=conn,
             python_versions=first.python_versions, shm_dir=first.shm_dir,
             data_address=first.data_address, env_builds=first.env_builds,
+            isolation=first.isolation,
         )
         self.workers[handle.worker_id] = handle
         self._apply(self.placement.worker_joined(
@@ -290,6 +292,9 @@ class Scheduler(RunRequests, HelperTasks):
             self.placement.stored(handle.worker_id, info.object_id, info)
         await conn.send(Registered(worker_id=handle.worker_id, heartbeat_interval=HEARTBEAT_INTERVAL))
         log.info("worker %s joined from %s (host %s)", handle.worker_id, conn.peer, handle.host_id)
+        if handle.isolation == "none":
+            log.warning("worker %s runs functions without a sandbox (--isolation none)",
+                        handle.worker_id)
         async with self.worker_joined:
             self.worker_joined.notify_all()
         try:
@@ -519,7 +524,7 @@ class Scheduler(RunRequests, HelperTasks):
                 cache_bytes=state.cache_bytes, draining=state.draining,
                 spilled_bytes=w.data_spilled, python_versions=w.python_versions,
                 running=len(tasks), env_builds=w.env_builds,
-                functions=[_describe_task(t) for t in tasks],
+                functions=[_describe_task(t) for t in tasks], isolation=w.isolation,
             ))
         return Cluster(
             scheduler=self.address, version=build_id(), pid=os.getpid(), started=self.started,
