@@ -468,7 +468,8 @@ async def sandbox_unavailable() -> str | None:
     import asyncio
 
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "faas.faasd.sandbox", stdin=asyncio.subprocess.DEVNULL,
+        sys.executable, "-c", "import sys; from faas.faasd.sandbox import probe; why = probe(); "
+        "print(why or ''); sys.exit(1 if why else 0)", stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
     )
     out, _ = await proc.communicate()

@@ -232,6 +232,9 @@ class Worker(FunctionTasks):
         self.status = "running"
 
     async def close(self) -> None:
+        if self.status == "new":  # never started (or refused to): nothing to undo
+            self.status = "closed"
+            return
         if self.status in ("closing", "closed"):
             return
         self.status = "closing"

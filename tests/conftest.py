@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
 import textwrap
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -41,6 +44,76 @@ SOURCE_TABLES = ("product", "product_category", "product_subcategory", "sale", "
 
 
 T = TypeVar("T")
+
+
+# A project's way to wait at a Gate: ``wait_gate(ADDRESS)`` returns once the test opens it.
+GATE_CODE = '''
+def wait_gate(address):
+    import socket
+    host, port = address.rsplit(":", 1)
+    with socket.create_connection((host, int(port))) as conn:
+        conn.sendall(b"+")
+        conn.recv(1)
+'''
+
+
+class Gate:
+    """Where a test's functions wait until the test lets them go: a TCP server on loopback.
+
+    A function's sandbox shares no file with the test, so functions that wait for it reach
+    it over the network they ask for (``internet_access=True``) with :data:`GATE_CODE`.
+    ``touch()`` opens the gate (named so a test reads as with a release file)."""
+
+    def __init__(self) -> None:
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.address = f"127.0.0.1:{self.server.getsockname()[1]}"
+        self.lock = threading.Lock()
+        self.waiting: list[socket.socket] = []
+        self.arrived = 0
+        self.opened = False
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.server.accept()
+            except OSError:
+                return
+            conn.recv(1)
+            with self.lock:
+                self.arrived += 1
+                if self.opened:
+                    conn.sendall(b"g")
+                    conn.close()
+                else:
+                    self.waiting.append(conn)
+
+    def started(self) -> bool:
+        """Whether a function has come to the gate."""
+        with self.lock:
+            return self.arrived > 0
+
+    def touch(self) -> None:
+        with self.lock:
+            self.opened = True
+            for conn in self.waiting:
+                with contextlib.suppress(OSError):
+                    conn.sendall(b"g")
+                conn.close()
+            self.waiting.clear()
+
+    def close(self) -> None:
+        self.touch()
+        self.server.close()
+
+
+@pytest.fixture
+def gate() -> Iterator[Gate]:
+    g = Gate()
+    try:
+        yield g
+    finally:
+        g.close()
 
 
 def wait_until(condition: Callable[[], T | None], what: str, timeout: float = 60,

@@ -7,17 +7,22 @@ Real scheduler and worker processes; "hosts" are workers with distinct host ids
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.conftest import (
+    GATE_CODE,
     ROOT,
     Cluster,
+    Gate,
     import_territories,
     scheduler_only,
     wait_until,
@@ -68,16 +73,23 @@ def big(t=faas.Model("territories")):
 
 @faas.model(materialize="replace")
 def reader(big=faas.Model("big")):
-    print("BACKED BY", _backing_file(big))
+    import os
+
+    backing = _backing_file(big)
+    print("BACKED BY", os.stat(backing).st_ino, backing)
     return pa.table({"n": [big.num_rows]})
 ''')
     result = _submit(cluster, project)
     (line,) = [ln for ln in _lines(result, "reader") if ln.startswith("BACKED BY")]
-    backing = Path(line.split()[-1])
-    # The consumer's buffers are the pages of the producer's object file in shared memory.
-    assert backing.parent.name == "objects", line
+    inode, backing = int(line.split()[2]), Path(line.split()[3])
+    # The consumer's buffers are the pages of the producer's object file in shared memory:
+    # a link to it in the task's own directory, the same file.
+    assert backing.parent.name == "in", line
     assert cluster.shm_dir is not None and cluster.shm_dir in backing.parents, line
-    assert backing.stem == _plan_object_id(cluster, project, "big"), backing
+    object_id = _plan_object_id(cluster, project, "big")
+    assert backing.stem == object_id, backing
+    (stored,) = cluster.shm_dir.glob(f"faas-w-*/objects/{object_id}.arrow")
+    assert stored.stat().st_ino == inode
 
 
 def _plan_object_id(c: Cluster, project: Path, node: str) -> str:
@@ -97,7 +109,7 @@ def test_four_readers_of_an_object_share_its_pages(
     import_territories(c, example_data)
     readers = [f"r{i}" for i in range(4)]
     code = '''
-import os, time
+import socket
 import faas
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -110,44 +122,43 @@ def big(t=faas.Model("territories")):
     return pa.table({"k": pc.cumulative_sum(pc.fill_null(pa.nulls(N, pa.int64()), 1))})
 
 
-def _wait_for(sync, suffix, n=4):
-    deadline = time.monotonic() + 60
-    while len([f for f in os.listdir(sync) if f.endswith(suffix)]) < n:
-        assert time.monotonic() < deadline, "the other readers never came"
-        time.sleep(0.05)
+def _meet(conn):
+    conn.sendall(b"here\\n")
+    assert conn.recv(16) == b"go\\n", "the other readers never came"
 
 
-def _read(name, table, sync):
+def _read(name, table, barrier):
+    host, port = barrier.split(":")
+    conn = socket.create_connection((host, int(port)), timeout=60)
     pc.sum(table.column("k"))  # every page is read
-    open(os.path.join(sync, name + ".ready"), "w").close()
-    _wait_for(sync, ".ready")  # all four map it now
+    _meet(conn)  # all four map it now
     rss = pss = 0
     current = None
     for line in open("/proc/self/smaps"):
         head = line.split()
         if "-" in head[0] and not head[0].endswith(":"):
             current = head[5] if len(head) > 5 else ""
-        elif current and current.endswith(".arrow") and "/objects/" in current:
+        elif current and current.endswith(".arrow") and "/in/" in current:
             if head[0] == "Rss:":
                 rss += int(head[1]) * 1024
             elif head[0] == "Pss:":
                 pss += int(head[1]) * 1024
     print(f"MAPPED rss={rss} pss={pss}")
-    open(os.path.join(sync, name + ".done"), "w").close()
-    _wait_for(sync, ".done")  # nobody unmaps before all have measured
+    _meet(conn)  # nobody unmaps before all have measured
     return pa.table({"rows": [table.num_rows]})
 '''
     for r in readers:
         code += f'''
 
-@faas.model(memory="1GiB")
-def {r}(big=faas.Model("big"), sync=faas.Parameter("sync")):
-    return _read("{r}", big, sync)
+@faas.model(memory="1GiB", internet_access=True)
+def {r}(big=faas.Model("big"), barrier=faas.Parameter("barrier")):
+    return _read("{r}", big, barrier)
 '''
     project = write_project(tmp_path, code)
-    sync = tmp_path / "sync"
-    sync.mkdir()
-    result = _submit(c, project, "--param", f"sync={sync}")
+    # The readers meet through the test, over the network they asked for: a sandbox
+    # shares nothing else with other functions.
+    with _barrier(len(readers)) as address:
+        result = _submit(c, project, "--param", f"barrier={address}")
     size = 64 * 2**20 * 8
     total_rss = total_pss = 0
     for r in readers:
@@ -158,6 +169,32 @@ def {r}(big=faas.Model("big"), sync=faas.Parameter("sync")):
     # Each reader sees the whole object, but the four together hold one copy of it.
     assert total_rss >= 4 * size * 0.95, (total_rss, size)
     assert size * 0.9 <= total_pss <= size * 1.1, (total_pss, size)
+
+
+@contextmanager
+def _barrier(n: int) -> Iterator[str]:
+    """A TCP server on loopback where ``n`` clients meet, twice: each says a line, and when
+    all have, all are told to go."""
+    server = socket.create_server(("127.0.0.1", 0))
+    server.settimeout(120)
+
+    def serve() -> None:
+        conns = [server.accept()[0] for _ in range(n)]
+        for _ in range(2):
+            for conn in conns:
+                conn.recv(16)
+            for conn in conns:
+                conn.sendall(b"go\n")
+        for conn in conns:
+            conn.close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield f"127.0.0.1:{server.getsockname()[1]}"
+    finally:
+        thread.join(5)
+        server.close()
 
 
 @pytest.fixture
@@ -466,8 +503,6 @@ def test_a_kept_output_changed_on_the_target_meanwhile_fails_the_run(
     must not publish its other outputs if that table changed on the target meanwhile."""
     import_territories(cluster, example_data)
     project = write_project(tmp_path, '''
-import os
-import time
 import faas
 
 
@@ -476,27 +511,25 @@ def kept(t=faas.Model("territories")):
     return t
 
 
-@faas.model(materialize="replace")
+@faas.model(materialize="replace", internet_access=True)
 def slow(t=faas.Model("territories"), gate=faas.Parameter("gate")):
-    open(gate + ".started", "w").close()
-    while not os.path.exists(gate + ".go"):
-        time.sleep(0.05)
+    wait_gate(gate)
     return t
-''')
-    first, second = tmp_path / "first", tmp_path / "second"
-    Path(f"{first}.go").touch()
-    _submit(cluster, project, "--param", f"gate={first}")
+''' + GATE_CODE)
+    first, second = Gate(), Gate()
+    first.touch()
+    _submit(cluster, project, "--param", f"gate={first.address}")
     # Same `kept`, a new `slow`: the run keeps `kept` as published and waits in `slow`.
     run = subprocess.Popen(
         [sys.executable, "-m", "faas.client.cli", "submit", str(project), "-n", "adventure",
-         "--param", f"gate={second}"],
+         "--param", f"gate={second.address}"],
         env=cluster.env(), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
-    wait_until(lambda: Path(f"{second}.started").exists(), "slow to start", timeout=60)
+    wait_until(second.started, "slow to start", timeout=60)
     cluster.faas("table", "import", "adventure.kept", str(example_data / "territories.csv"),
                  check=True)
     head = cluster.json("log", "main", "-n", "1")
-    Path(f"{second}.go").touch()
+    second.touch()
     _, err = run.communicate(timeout=120)
     assert run.returncode != 0
     last = err.strip().splitlines()[-1]

@@ -17,9 +17,11 @@ from faas.protocol.errors import FunctionFailed
 from faas.protocol.messages import LogLine, TaskEvent
 from tests.conftest import (
     EXAMPLE,
+    GATE_CODE,
     ROOT,
     SOURCE_TABLES,
     Cluster,
+    Gate,
     LocalHome,
     as_from_a_terminal,
     import_territories,
@@ -146,26 +148,24 @@ def test_a_new_branch_reruns_exactly_the_models_that_read_a_reimported_table(
 
 # -- detached runs ---------------------------------------------------------------------
 
-SLOW = '''
-import os, time
+SLOW = GATE_CODE + '''
 import faas
 
 
-@faas.model(materialize="replace")
+@faas.model(materialize="replace", internet_access=True)
 def slow(t=faas.Model("territories")):
     print("before the pause", flush=True)
-    while not os.path.exists(RELEASE):
-        time.sleep(0.05)
+    wait_gate(RELEASE)
     print("after the pause", flush=True)
     return t
 '''
 
 
-def slow_project(tmp: Path, name: str = "slow") -> tuple[Path, Path]:
-    """A project whose one model pauses until a release file exists; the project and
-    that file (the test decides when the run goes on, no sleep does)."""
-    release = tmp / f"{name}.release"
-    return write_project(tmp, f"RELEASE = {str(release)!r}\n" + SLOW, name), release
+def slow_project(tmp: Path, name: str = "slow") -> tuple[Path, Gate]:
+    """A project whose one model pauses at a gate; the project and the gate (the test
+    decides when the run goes on, no sleep does)."""
+    release = Gate()
+    return write_project(tmp, f"RELEASE = {release.address!r}\n" + SLOW, name), release
 
 BROKEN = '''
 import faas

@@ -13,7 +13,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, LocalHome, as_from_a_terminal, one_line_error, wait_until
+from tests.conftest import (
+    GATE_CODE,
+    ROOT,
+    Gate,
+    LocalHome,
+    as_from_a_terminal,
+    one_line_error,
+    wait_until,
+)
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -135,18 +143,19 @@ def test_local_status_start_and_stop(local: LocalHome) -> None:
     assert "no local faas daemon was running" in local.faas("local", "stop", check=True).stdout
 
 
-def _marked_project(local: LocalHome, data: Path, body: str) -> tuple[Path, Path]:
-    """A namespace with territories and a one-model project that touches a marker file as
-    it starts, then runs ``body``; the project and the marker."""
+def _marked_project(local: LocalHome, data: Path, body: str) -> tuple[Path, Gate]:
+    """A namespace with territories and a one-model project that passes an open gate as it
+    starts, then runs ``body``; the project and the gate (started: the function runs)."""
     local.faas("namespace", "create", "adventure", check=True)
     local.faas("table", "import", "adventure.territories", str(data / "territories.csv"),
                check=True)
     project = local.home.parent / "project"
     project.mkdir()
-    marker = local.home.parent / "started"
+    marker = Gate()
+    marker.touch()
     (project / "models.py").write_text(
-        "import time\nimport faas\n\n\n@faas.model(materialize='replace')\n"
-        f"def marked(t=faas.Model('territories')):\n    open({str(marker)!r}, 'w').close()\n"
+        GATE_CODE + "import time\nimport faas\n\n\n@faas.model(materialize='replace', internet_access=True)\n"
+        f"def marked(t=faas.Model('territories')):\n    wait_gate({marker.address!r})\n"
         f"    {body}\n    return t\n"
     )
     return project, marker
@@ -162,7 +171,7 @@ def test_ctrl_c_cancels_the_run_but_never_the_daemon(local: LocalHome, example_d
         preexec_fn=as_from_a_terminal,
         process_group=0,
     ) as submit:
-        wait_until(marker.exists, "the function to start", timeout=120)
+        wait_until(marker.started, "the function to start", timeout=120)
         os.killpg(submit.pid, signal.SIGINT)
         _, stderr = submit.communicate(timeout=60)
     assert submit.returncode == 130, stderr
@@ -225,13 +234,10 @@ def test_a_home_that_cannot_be_written_is_one_line(tmp_path: Path) -> None:
 def test_a_daemon_of_another_version_with_runs_in_flight_is_kept(
     local: LocalHome, example_data: Path
 ) -> None:
-    release = local.home.parent / "release"  # the run goes on until the test says so
-    project, marker = _marked_project(
-        local, example_data,
-        f"while not __import__('os').path.exists({str(release)!r}): time.sleep(0.05)",
-    )
+    release = Gate()  # the run goes on until the test says so
+    project, marker = _marked_project(local, example_data, f"wait_gate({release.address!r})")
     run_id = local.faas("submit", str(project), "-n", "adventure", "-d", check=True).stdout.strip()
-    wait_until(marker.exists, "the function to start", timeout=120)
+    wait_until(marker.started, "the function to start", timeout=120)
     old = local.info()
     (local.home / "daemon.json").write_text(json.dumps({**old, "version": "0.0.1"}))
     line = one_line_error(local.faas("namespace", "ls"), "1 run(s) in flight", "faas local stop")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, Cluster, scheduler_only, start_daemon, wait_until
+from tests.conftest import GATE_CODE, ROOT, Cluster, Gate, scheduler_only, start_daemon, wait_until
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -62,7 +62,7 @@ def test_a_bad_config_file_is_one_clear_line(tmp_path: Path, text: str, needle: 
 
 
 def test_sigterm_lets_running_functions_finish_then_releases_shared_memory(
-    bare: Cluster, example_data: Path, tmp_path: Path
+    bare: Cluster, example_data: Path, tmp_path: Path, gate: Gate
 ) -> None:
     shm = bare.add_worker(tmp_path, "leaving", "--host-id", "leaving", "--grace", "60")
     worker = bare.workers[-1]
@@ -71,12 +71,12 @@ def test_sigterm_lets_running_functions_finish_then_releases_shared_memory(
     bare.faas("table", "import", "adventure.territories", str(example_data / "territories.csv"), check=True)
     project = tmp_path / "slow"
     project.mkdir()
-    release = tmp_path / "release"  # the function runs until the test has seen the drain
+    release = gate  # the function runs until the test has seen the drain
     (project / "models.py").write_text(
-        "import os, time\nimport faas\n\n@faas.model(materialize='replace')\n"
+        GATE_CODE + "import faas\n\n@faas.model(materialize='replace', internet_access=True)\n"
         "def slow(t=faas.Model('territories')):\n"
         "    print('started', flush=True)\n"
-        f"    while not os.path.exists({str(release)!r}):\n        time.sleep(0.05)\n"
+        f"    wait_gate({release.address!r})\n"
         "    return t\n"
     )
     run = subprocess.Popen(
