@@ -347,6 +347,10 @@ def finish(spec: SandboxSpec) -> None:
 
 def _finish(spec: SandboxSpec) -> None:
     done = list(_prepared)
+    # Scratch first: what lay under the host's /tmp is gone with it, and the function's own
+    # paths may lie there (they are bound on top).
+    os.makedirs("/tmp", exist_ok=True)
+    _mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, f"mode=1777,size={max(spec.scratch, 4096)}")
     # Hidden directories are covered with an empty tmpfs, writable only until the
     # function's own paths under them (if any) have their mount points.
     hidden: list[str] = []
@@ -359,9 +363,6 @@ def _finish(spec: SandboxSpec) -> None:
             hidden.append(path)
         else:
             _mount("/dev/null", path, None, MS_BIND)
-    # Scratch first: the function's own paths may lie under /tmp (they are bound on top).
-    os.makedirs("/tmp", exist_ok=True)
-    _mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, f"mode=1777,size={max(spec.scratch, 4096)}")
     for path in sorted({os.path.normpath(p) for p in spec.ro}):
         _bind(path, False, done, hidden)
     for path in sorted({os.path.normpath(p) for p in spec.rw}):

@@ -195,6 +195,9 @@ class Zygote:
                 stderr=asyncio.subprocess.PIPE,
                 pass_fds=(child.fileno(),),
                 env=self._zygote_env(),
+                # Not the worker's directory: it would be first on the zygote's path, and
+                # a sandbox shows the directories of its Python's path.
+                cwd="/",
                 # Out of the worker's session: a Ctrl-C on the worker's terminal
                 # is for the worker, which then closes its zygotes.
                 start_new_session=True,
