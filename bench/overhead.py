@@ -4,6 +4,10 @@ Starts a real scheduler and worker (separate processes, loopback), imports a
 tiny source table, then measures:
 - ``submit_to_first_start``: from sending SubmitRun to the first 'running' event;
 - ``chain_per_function``: wall time of a chain of N trivial models, divided by N;
+- ``process_start``: the worker's own figure for each function, from asking for the
+  process to the function's code being about to read its task (median);
+each once with functions in their sandboxes (the default) and once with a worker started
+``--isolation none``, so the sandbox's cost is the difference of two figures of one run;
 and, in the same run, the baseline a fresh process per function cannot beat:
 - ``baseline_process_start``: a fresh ``python -c 'import pyarrow'`` that reads a
   tiny Arrow IPC file, which is what a cold function process must do at least.
@@ -67,7 +71,9 @@ def baseline_process_start(tmp: Path, repeat: int) -> float:
     return statistics.median(times)
 
 
-async def measure(address: str, token: bytes, project: Path, chain: int, repeat: int) -> dict[str, object]:
+async def measure(
+    address: str, token: bytes, project: Path, chain: int, repeat: int, no_cache: bool = False
+) -> dict[str, float]:
     sys.path.insert(0, str(ROOT))
     from faas.client import Client
     from faas.protocol.messages import TaskEvent
@@ -75,13 +81,16 @@ async def measure(address: str, token: bytes, project: Path, chain: int, repeat:
     c = Client(address, token=token)
     first_start: list[float] = []
     per_function: list[float] = []
+    process_start: list[float] = []
     for _ in range(repeat):
         t0 = time.perf_counter()
-        run = await c.submit(project, namespace="bench")
+        run = await c.submit(project, namespace="bench", no_cache=no_cache)
         first = None
         async for ev in run:
             if first is None and isinstance(ev, TaskEvent) and ev.state == "running":
                 first = time.perf_counter() - t0
+            if isinstance(ev, TaskEvent) and ev.state == "done" and "process_start" in ev.phases:
+                process_start.append(ev.phases["process_start"])
         result = await run.result()
         total = time.perf_counter() - t0
         if result.status != "success":
@@ -93,6 +102,7 @@ async def measure(address: str, token: bytes, project: Path, chain: int, repeat:
         "submit_to_first_start_s": statistics.median(first_start),
         "chain_per_function_s": statistics.median(per_function),
         "chain_total_s": statistics.median(per_function) * chain,
+        "process_start_s": statistics.median(process_start),
     }
 
 
@@ -111,11 +121,6 @@ def main() -> None:
             ["scheduler", "--listen", "127.0.0.1:0", "--home", str(home), "--token-file", str(token_file)],
             "faasd scheduler listening on", tmp / "scheduler.log",
         )
-        worker, _ = start_daemon(
-            ["worker", "--scheduler", address, "--token-file", str(token_file), "--shm-dir", str(tmp / "shm"),
-             "--import-root", "/"],
-            "faasd worker", tmp / "worker.log",
-        )
         try:
             csv = tmp / "src.csv"
             csv.write_text("a,b\n" + "".join(f"{i},{i * 2}\n" for i in range(100)))
@@ -124,18 +129,42 @@ def main() -> None:
                 subprocess.run([sys.executable, "-m", "faas.client.cli", *cmd], env=env, check=True,
                                capture_output=True, cwd=ROOT)
             project = chain_project(tmp / "chain", args.chain)
-            figures = asyncio.run(measure(address, token_file.read_text().strip().encode(), project,
-                                          args.chain, args.repeat))
-            figures["baseline_process_start_s"] = baseline_process_start(tmp, max(args.repeat, 5))
+            figures: dict[str, dict[str, float]] = {}
+            for isolation in ("sandbox", "none"):
+                worker, _ = start_daemon(
+                    ["worker", "--scheduler", address, "--token-file", str(token_file),
+                     "--shm-dir", str(tmp / f"shm-{isolation}"), "--import-root", "/",
+                     "--isolation", isolation],
+                    "faasd worker", tmp / f"worker-{isolation}.log",
+                )
+                try:
+                    # A first run starts the worker's zygote: not counted.
+                    asyncio.run(measure(address, token_file.read_text().strip().encode(),
+                                        project, args.chain, 1, no_cache=True))
+                    figures[isolation] = asyncio.run(measure(
+                        address, token_file.read_text().strip().encode(), project, args.chain,
+                        args.repeat, no_cache=True,
+                    ))
+                finally:
+                    stop_daemon(worker)
+            baseline = baseline_process_start(tmp, max(args.repeat, 5))
         finally:
-            for p in (worker, sched):
-                stop_daemon(p)
+            stop_daemon(sched)
+    sandbox, none = figures["sandbox"], figures["none"]
+    figures_out = {
+        # The default (functions in their sandboxes), under the names earlier runs used.
+        **sandbox,
+        "without_sandbox": {k: round(v, 4) for k, v in none.items()},
+        "sandbox_process_start_overhead_ms": (sandbox["process_start_s"] - none["process_start_s"]) * 1000,
+        "sandbox_per_function_overhead_ms": (sandbox["chain_per_function_s"] - none["chain_per_function_s"]) * 1000,
+        "baseline_process_start_s": baseline,
+    }
     out = {
         "benchmark": "overhead",
         "chain": args.chain,
         "repeat": args.repeat,
         "machine": machine(),
-        **{k: round(v, 4) for k, v in figures.items()},  # type: ignore[arg-type]
+        **{k: round(v, 4) if isinstance(v, float) else v for k, v in figures_out.items()},
     }
     save("overhead", out)
 

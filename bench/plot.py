@@ -68,10 +68,11 @@ def main() -> None:
     overhead = RESULTS / "overhead.json"
     if overhead.exists():
         r = json.loads(overhead.read_text())
-        svg = bars_svg("Per-function cost on a 20-model chain", "ms", [
-            ("one function", [("faas (fork of a pre-imported parent)", r["chain_per_function_s"] * 1000),
-                              ("baseline: cold python + import pyarrow", r["baseline_process_start_s"] * 1000)]),
-        ])
+        bars = [("faas, sandboxed (fork of a pre-imported parent)", r["chain_per_function_s"] * 1000)]
+        if "without_sandbox" in r:
+            bars.append(("faas, --isolation none", r["without_sandbox"]["chain_per_function_s"] * 1000))
+        bars.append(("baseline: cold python + import pyarrow", r["baseline_process_start_s"] * 1000))
+        svg = bars_svg("Per-function cost on a 20-model chain", "ms", [("one function", bars)])
         (RESULTS / "overhead.svg").write_text(svg)
         written.append("overhead.svg")
     planning = RESULTS / "planning.json"

@@ -42,6 +42,7 @@ import functools
 import os
 import platform
 import resource
+import signal
 import sys
 from collections.abc import Iterable, Sequence
 from typing import Any, NoReturn
@@ -306,6 +307,10 @@ def _relay(pid: int, fds: Sequence[int]) -> NoReturn:
                 continue
             code = os.waitstatus_to_exitcode(status)
             break
+        if code < 0:  # killed by a signal: end the same way, so the worker can say which
+            resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+            signal.signal(-code, signal.SIG_DFL)
+            os.kill(os.getpid(), -code)
     finally:
         os._exit(code if code >= 0 else 128 - code)
 
@@ -351,6 +356,11 @@ def _finish(spec: SandboxSpec) -> None:
     # paths may lie there (they are bound on top).
     os.makedirs("/tmp", exist_ok=True)
     _mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, f"mode=1777,size={max(spec.scratch, 4096)}")
+    # Python directories under the host's /tmp (an environment there) are bound again on top.
+    under_tmp = [p for p in done if _inside(p, ["/tmp"])]
+    done = [p for p in done if p not in under_tmp]
+    for path in under_tmp:
+        _bind(path, False, done)
     # Hidden directories are covered with an empty tmpfs, writable only until the
     # function's own paths under them (if any) have their mount points.
     hidden: list[str] = []

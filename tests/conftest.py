@@ -116,6 +116,20 @@ def gate() -> Iterator[Gate]:
         g.close()
 
 
+def function_pid(node: str) -> int | None:
+    """The host pid of the running function process of ``node`` (its process name is
+    ``faas:NODE``, cut to 15 bytes), or None."""
+    name = f"faas:{node}"[:15]
+    for pid in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{pid}/comm") as f:
+                if f.read().strip() == name:
+                    return int(pid)
+        except (OSError, ValueError):
+            continue
+    return None
+
+
 def wait_until(condition: Callable[[], T | None], what: str, timeout: float = 60,
                every: float = 0.05) -> T:
     """Poll ``condition`` until it returns something truthy, and return that; if

@@ -12,8 +12,10 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import (
+    GATE_CODE,
     ROOT,
     Cluster,
+    Gate,
     import_territories,
     scheduler_only,
     wait_until,
@@ -77,11 +79,12 @@ def test_a_worker_that_goes_silent_is_lost_and_its_run_fails(
 
 
 def _goes_silent(cluster: Cluster, example_data: Path, tmp_path: Path) -> None:
-    pid_file = tmp_path / "pid"
-    project = _setup(cluster, example_data, tmp_path, (
-        "import os, time\nimport faas\n\n@faas.model(materialize='replace')\n"
+    started = Gate()  # open: the function only says it runs
+    started.touch()
+    project = _setup(cluster, example_data, tmp_path, GATE_CODE + (
+        "import time\nimport faas\n\n@faas.model(materialize='replace', internet_access=True)\n"
         "def slow(t=faas.Model('territories')):\n"
-        f"    open({str(pid_file)!r}, 'w').write(str(os.getpid()))\n"
+        f"    wait_gate({started.address!r})\n"
         "    time.sleep(120)\n    return t\n"
     ))
     before = cluster.json("log", "main", "-n", "100")
@@ -89,7 +92,7 @@ def _goes_silent(cluster: Cluster, example_data: Path, tmp_path: Path) -> None:
         [sys.executable, "-m", "faas.client.cli", "submit", str(project), "-n", "adventure"],
         env=cluster.env(), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
-    wait_until(lambda: pid_file.exists() and pid_file.read_text(), "the function to start", timeout=60)
+    wait_until(started.started, "the function to start", timeout=60)
     worker = cluster.workers[0]
     os.kill(worker.pid, signal.SIGSTOP)  # alive but silent, like a host cut off
     try:

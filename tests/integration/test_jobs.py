@@ -14,6 +14,7 @@ import pytest
 from tests.conftest import (
     ROOT,
     Cluster,
+    function_pid,
     import_territories,
     start_daemon,
     stop_daemon,
@@ -50,13 +51,12 @@ def loud(t=faas.Model("territories")):
 '''
 
 FOREVER = '''
-import os, time
+import time
 import faas
 
 
 @faas.model(materialize="replace")
 def forever(t=faas.Model("territories")):
-    open({pid_file!r}, "w").write(str(os.getpid()))
     while True:
         time.sleep(0.1)
 '''
@@ -66,16 +66,15 @@ def forever(t=faas.Model("territories")):
 
 
 def _start_forever(c: Cluster, tmp: Path) -> tuple[subprocess.Popen[str], str, int]:
-    pid_file = tmp / "pid"
-    project = write_project(tmp, FOREVER.format(pid_file=str(pid_file)))
+    project = write_project(tmp, FOREVER)
     submit = subprocess.Popen(
         [sys.executable, "-m", "faas.client.cli", "submit", str(project), "-n", "adventure"],
         env=c.env(), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
-    wait_until(lambda: pid_file.exists() and pid_file.read_text(), "the function to start", timeout=60)
+    pid = wait_until(lambda: function_pid("forever"), "the function to start", timeout=60)
     running = [j for j in c.json("job", "ls") if j["status"] == "running"]
     assert len(running) == 1
-    return submit, running[0]["run_id"], int(pid_file.read_text())
+    return submit, running[0]["run_id"], pid
 
 
 def _gone(pid: int, within: float = 20) -> bool:

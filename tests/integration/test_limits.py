@@ -20,6 +20,7 @@ from tests.conftest import (
     ROOT,
     Cluster,
     as_from_a_terminal,
+    function_pid,
     import_territories,
     scheduler_only,
     wait_until,
@@ -138,11 +139,9 @@ def test_segfault_fails_the_run_not_the_worker(cluster: Cluster, example_data: P
 
 def test_ctrl_c_cancels_the_run(cluster: Cluster, example_data: Path, tmp_path: Path) -> None:
     before = _setup(cluster, example_data)
-    pid_file = tmp_path / "pid"
     project = write_project(tmp_path, (
-        "import os, time\nimport faas\n\n@faas.model(materialize='replace')\n"
+        "import time\nimport faas\n\n@faas.model(materialize='replace')\n"
         "def forever(t=faas.Model('territories')):\n"
-        f"    open({str(pid_file)!r}, 'w').write(str(os.getpid()))\n"
         "    while True:\n        time.sleep(0.1)\n"
     ))
     submit = subprocess.Popen(
@@ -150,17 +149,16 @@ def test_ctrl_c_cancels_the_run(cluster: Cluster, example_data: Path, tmp_path: 
         env=cluster.env(), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         preexec_fn=as_from_a_terminal,
     )
-    wait_until(lambda: pid_file.exists() and pid_file.read_text(), "the function to start", timeout=60)
-    function_pid = int(pid_file.read_text())
-    assert psutil.pid_exists(function_pid)
+    pid = wait_until(lambda: function_pid("forever"), "the function to start", timeout=60)
+    assert psutil.pid_exists(pid)
     submit.send_signal(signal.SIGINT)
     _, err = submit.communicate(timeout=30)
     assert submit.returncode == 130, err
     assert "cancelled" in err
     deadline = time.monotonic() + 20
-    while psutil.pid_exists(function_pid):
+    while psutil.pid_exists(pid):
         try:
-            if psutil.Process(function_pid).status() == psutil.STATUS_ZOMBIE:
+            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
                 break
         except psutil.NoSuchProcess:
             break

@@ -485,7 +485,7 @@ def test_describe_fields_for_every_kind_of_input() -> None:
         {
             "name": "up", "kind": "python", "level": 0, "where": "m.py:5",
             "output": "out.up", "materialize": "append", "python": "3.12",
-            "pip": {"polars": "1.0"}, "memory": "1GiB", "cpus": None, "params": {"y": "7"}, "depends_on": [],
+            "pip": {"polars": "1.0"}, "memory": "1GiB", "cpus": None, "params": {"y": "7"}, "depends_on": [], "internet_access": False,
             "cache_key": p.nodes["up"].cache_key,
             "inputs": [{"param": "t", "from": "raw.t", "source": "table", "snapshot_id": snap,
                         "columns": ["a"], "filter": "a > 1"}],
@@ -493,7 +493,7 @@ def test_describe_fields_for_every_kind_of_input() -> None:
         {
             "name": "down", "kind": "python", "level": 1, "where": "m.py:9",
             "output": "out.down", "materialize": None, "python": None,
-            "pip": {}, "memory": None, "cpus": None, "params": {}, "depends_on": ["up"],
+            "pip": {}, "memory": None, "cpus": None, "params": {}, "depends_on": ["up"], "internet_access": False,
             "cache_key": p.nodes["down"].cache_key,
             "inputs": [{"param": "u", "from": "up", "source": "model", "snapshot_id": None,
                         "columns": None, "filter": None}],
