@@ -349,7 +349,7 @@ def run_pipeline(tmp: Path, shm: Path, data: Path, workers: int, repeat: int) ->
     home.mkdir()
     token_file = home / "token"
     token_file.write_text(os.urandom(16).hex())
-    env = dict(os.environ, FAAS_CLUSTER="", FAAS_TOKEN_FILE=str(token_file), FAAS_HOME=str(home))
+    env = dict(os.environ, FAAS_CLUSTER="", FAAS_TOKEN_FILE=str(home / "admin.token"), FAAS_HOME=str(home))
 
     def faas(*args: str) -> tuple[Any, float]:
         t0 = time.perf_counter()

@@ -433,7 +433,7 @@ def bench_rerun(tmp: Path, shm: Path, repeat: int, rows: int) -> dict[str, Any]:
     except BaseException:
         stop_daemon(sched)
         raise
-    env = dict(os.environ, FAAS_CLUSTER=address, FAAS_TOKEN_FILE=str(token_file), FAAS_HOME=str(home))
+    env = dict(os.environ, FAAS_CLUSTER=address, FAAS_TOKEN_FILE=str(home / "admin.token"), FAAS_HOME=str(home))
 
     def faas(*args: str) -> tuple[Any, float]:
         t0 = time.perf_counter()

@@ -86,7 +86,7 @@ def main() -> None:
                 "faasd worker", tmp / "worker.log", cwd=ROOT)
             procs.append(worker)
             cluster = dict(base, FAAS_HOME=str(home), FAAS_CLUSTER=address,
-                           FAAS_TOKEN_FILE=str(token))
+                           FAAS_TOKEN_FILE=str(home / "admin.token"))
             faas(cluster, "namespace", "create", "adventure")
             for t in TABLES:
                 faas(local, "table", "import", f"adventure.{t}", str(data / f"{t}.csv"))

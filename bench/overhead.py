@@ -124,7 +124,7 @@ def main() -> None:
         try:
             csv = tmp / "src.csv"
             csv.write_text("a,b\n" + "".join(f"{i},{i * 2}\n" for i in range(100)))
-            env = dict(os.environ, FAAS_CLUSTER=address, FAAS_TOKEN_FILE=str(token_file))
+            env = dict(os.environ, FAAS_CLUSTER=address, FAAS_TOKEN_FILE=str(home / "admin.token"))
             for cmd in (["namespace", "create", "bench"], ["table", "import", "bench.src", str(csv)]):
                 subprocess.run([sys.executable, "-m", "faas.client.cli", *cmd], env=env, check=True,
                                capture_output=True, cwd=ROOT)
@@ -139,10 +139,10 @@ def main() -> None:
                 )
                 try:
                     # A first run starts the worker's zygote: not counted.
-                    asyncio.run(measure(address, token_file.read_text().strip().encode(),
+                    asyncio.run(measure(address, (home / "admin.token").read_text().strip().encode(),
                                         project, args.chain, 1, no_cache=True))
                     figures[isolation] = asyncio.run(measure(
-                        address, token_file.read_text().strip().encode(), project, args.chain,
+                        address, (home / "admin.token").read_text().strip().encode(), project, args.chain,
                         args.repeat, no_cache=True,
                     ))
                 finally:

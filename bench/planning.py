@@ -227,7 +227,7 @@ def main() -> None:
             try:
                 with Lakehouse(home) as lh:
                     rows = [
-                        measure(lh, address, token_file, tmp / f"project-{n}", n, args.repeat)
+                        measure(lh, address, home / "admin.token", tmp / f"project-{n}", n, args.repeat)
                         for n in sizes
                     ]
             finally:

@@ -123,11 +123,11 @@ def fail(message: str) -> NoReturn:
 def local_client() -> Client:
     """A client of this home's resident daemon, started (or replaced) if need be."""
     from faas.client.local import ensure_daemon
-    from faas.protocol.auth import load_token
+    from faas.protocol.auth import ADMIN_TOKEN, load_token
 
     home = home_dir()
     info = ensure_daemon(home, notice=lambda text: err(f"note: {text}"))
-    return Client(info["address"], token=load_token(home / "token"))
+    return Client(info["address"], token=load_token(home / ADMIN_TOKEN))
 
 
 def run(work: Callable[[Client], Awaitable[T]]) -> T:

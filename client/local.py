@@ -193,10 +193,10 @@ def ask_daemon(home: Path, info: dict[str, Any], timeout: float = 10.0) -> Clust
     import asyncio
 
     from faas.client.client import Client
-    from faas.protocol.auth import load_token
+    from faas.protocol.auth import ADMIN_TOKEN, load_token
 
     async def ask() -> Cluster:
-        return await Client(info["address"], token=load_token(home / "token")).info()
+        return await Client(info["address"], token=load_token(home / ADMIN_TOKEN)).info()
 
     try:
         return asyncio.run(asyncio.wait_for(ask(), timeout))

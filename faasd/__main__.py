@@ -72,6 +72,8 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
                    help="how long work waits for a worker while none is registered (default 30)")
     s.add_argument("--query-result-limit", type=parse_size, default=None, metavar="SIZE",
                    help="the largest result a query may return, in Arrow bytes (default 1GiB)")
+    s.add_argument("--protect", action="append", default=None, metavar="BRANCH",
+                   help="a branch only admins may change (repeatable; default: main)")
     w = sub.add_parser("worker", help="run a worker on this host")
     w.add_argument("--config", default=None, metavar="FILE", help=CONFIG_HELP)
     w.add_argument("--scheduler", default=None, help="scheduler HOST:PORT (required)")
@@ -119,7 +121,16 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
                      help="stop after this long with no client and no run (default 30)")
     loc.add_argument("--memory", type=parse_size, default=None, help="memory for the worker")
     loc.add_argument("--listen", default="127.0.0.1:0", help="HOST:PORT of the scheduler")
-    return p, {"scheduler": s, "worker": w, "local": loc}
+    u = sub.add_parser("user", help="manage the users of a scheduler's home (add prints the "
+                                    "new user's token file)")
+    u.add_argument("action", choices=("add", "ls", "rm"),
+                   help="add a user (or give one a new role and token), list them, remove one")
+    u.add_argument("name", nargs="?", default=None, help="the user's name (add, rm)")
+    u.add_argument("--role", dest="user_role", choices=("reader", "writer", "admin"), default="writer",
+                   help="what the user may do (add; default writer)")
+    u.add_argument("--home", default=os.environ.get("FAAS_HOME", "~/.faas"),
+                   help="the scheduler's home (default: FAAS_HOME, else ~/.faas)")
+    return p, {"scheduler": s, "worker": w, "local": loc, "user": u}
 
 
 def _settings(path: str, role: str, sub: argparse.ArgumentParser) -> dict[str, Any]:
@@ -232,6 +243,8 @@ def main(argv: list[str] | None = None) -> int:
 
         return serve(Path(args.home).expanduser().absolute(), idle=args.idle * 60,
                      memory=str(args.memory) if args.memory else None, listen=args.listen)
+    if args.role == "user":
+        return _user(args)
     _apply_s3_options(args)
     try:
         if args.role == "scheduler":
@@ -243,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
                 home=home, token=token, listen=args.listen, warehouse=args.warehouse,
                 catalog=args.catalog, host_id=args.host_id,
                 **_given(args, "run_log_limit", "client_idle_timeout", "query_timeout",
-                         "worker_wait", "query_result_limit"),
+                         "worker_wait", "query_result_limit", "protect"),
             )
             asyncio.run(_serve(daemon, "faasd scheduler listening on {d.address}"))
         else:
@@ -280,6 +293,31 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     return 0
+
+
+def _user(args: argparse.Namespace) -> int:
+    """``faasd user add|ls|rm``: edits HOME/users.json, which the scheduler reads again."""
+    from faas.scheduler.users import Users
+
+    users = Users(Path(args.home).expanduser())
+    try:
+        if args.action == "ls":
+            for name, role in users.names().items():
+                print(f"{name}\t{role}")
+            return 0
+        if not args.name:
+            raise FaasError(f"faasd user {args.action} needs the user's name")
+        if args.action == "rm":
+            users.remove(args.name)
+            print(f"removed user {args.name}", file=sys.stderr)
+            return 0
+        sys.stdout.write(users.add(args.name, args.user_role))
+        print(f"user {args.name} ({args.user_role}): keep the line above as its token file "
+              "(FAAS_TOKEN_FILE)", file=sys.stderr)
+        return 0
+    except FaasError as exc:
+        print(f"faasd: error: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

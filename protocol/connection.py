@@ -11,6 +11,7 @@ import asyncio
 import logging
 import socket
 import time
+from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
 import msgspec
@@ -53,6 +54,7 @@ class Connection(Generic[T]):
         *,
         peer_role: str = "",
         peer_host: str = "",
+        peer_user: str = "",
         max_frame: int = MAX_CONTROL_FRAME,
     ) -> None:
         self.reader = reader
@@ -60,6 +62,8 @@ class Connection(Generic[T]):
         self.decoder = decoder
         self.peer_role = peer_role
         self.peer_host = peer_host
+        # The user a client authenticated as (faasd user add); empty for daemons.
+        self.peer_user = peer_user
         self.max_frame = max_frame
         self._closed = False
         self._send_lock = asyncio.Lock()
@@ -197,7 +201,8 @@ def _check_reply(msg: Any, kind: type) -> Any:
 
 
 def _auth_frame(
-    address: str, hello: Hello, nonce: bytes, *, token: bytes, role: Role, host_id: str
+    address: str, hello: Hello, nonce: bytes, *, token: bytes, role: Role, host_id: str,
+    user: str = "",
 ) -> bytes:
     """The Auth frame answering ``hello``, after checking the server's protocol version."""
     if hello.version != PROTOCOL_VERSION:
@@ -209,8 +214,9 @@ def _auth_frame(
             version=PROTOCOL_VERSION,
             role=role,
             host_id=host_id,
-            proof=auth.proof(token, hello.nonce, role, host_id),
+            proof=auth.proof(token, hello.nonce, role, host_id, user),
             nonce=nonce,
+            user=user,
         )
     )
 
@@ -220,7 +226,7 @@ def _check_welcome(
     expect_role: Role | None,
 ) -> None:
     if not auth.verify(token, nonce, hello.role, hello.host_id, welcome.proof):
-        raise HandshakeFailed(f"{address} did not prove the cluster token")
+        raise HandshakeFailed(f"{address} did not prove the token")
     if expect_role is not None and hello.role != expect_role:
         raise HandshakeFailed(f"{address} is a {hello.role}, not a {expect_role}")
 
@@ -234,10 +240,13 @@ async def accept(
     role: Role,
     host_id: str,
     allowed_roles: tuple[Role, ...],
+    users: Callable[[str], bytes | None] | None = None,
 ) -> Connection[T]:
     """Server side of the handshake. On any failure the socket is closed and the error raised.
 
-    Only handshake-sized frames are read until the proof checks out.
+    ``token`` is what daemons prove; ``users``, where given, gives a user's secret, which
+    is what a client proves instead (then no client is taken on the cluster token). Only
+    handshake-sized frames are read until the proof checks out.
     """
     nonce = auth.new_nonce()
     try:
@@ -250,11 +259,17 @@ async def accept(
                 f"{PROTOCOL_VERSION})"
             )
         # The proof first: an unauthenticated peer learns nothing about accepted roles.
-        if not auth.verify(token, nonce, hello.role, hello.host_id, hello.proof):
-            raise HandshakeFailed("cluster token does not match (check --token-file)")
+        if users is not None and hello.role == "client":
+            key = users(hello.user) if hello.user else None
+        else:
+            key = None if hello.user else token
+        if key is None or not auth.verify(
+            key, nonce, hello.role, hello.host_id, hello.proof, hello.user
+        ):
+            raise HandshakeFailed("the token does not match (check --token-file or FAAS_TOKEN_FILE)")
         if hello.role not in allowed_roles:
             raise HandshakeFailed(f"role {hello.role!r} may not connect to a {role}")
-        back = auth.proof(token, hello.nonce, role, host_id)
+        back = auth.proof(key, hello.nonce, role, host_id)
         writer.write(encode(Welcome(proof=back)))
         await asyncio.wait_for(writer.drain(), HANDSHAKE_TIMEOUT)
     except HandshakeFailed as exc:
@@ -270,7 +285,8 @@ async def accept(
     except BaseException:
         writer.close()
         raise
-    return Connection(reader, writer, decoder, peer_role=hello.role, peer_host=hello.host_id)
+    return Connection(reader, writer, decoder, peer_role=hello.role, peer_host=hello.host_id,
+                      peer_user=hello.user)
 
 
 async def _abort(writer: asyncio.StreamWriter) -> None:
@@ -303,9 +319,11 @@ async def connect(
 ) -> Connection[T]:
     """Open a connection to ``HOST:PORT`` and authenticate both ways.
 
-    ``expect_role``: the role the other side must have (a worker's data port is not a
-    scheduler), checked once it has proved the token.
+    ``token``: the cluster token, or a user's token (``NAME:SECRET``: the connection is
+    that user's). ``expect_role``: the role the other side must have (a worker's data port
+    is not a scheduler), checked once it has proved the token.
     """
+    user, token = auth.split_credential(token)
     host, port = parse_address(address)
     try:
         reader, writer = await asyncio.wait_for(
@@ -316,7 +334,8 @@ async def connect(
     try:
         hello = _check_reply(await _expect(reader, Hello, timeout), Hello)
         nonce = auth.new_nonce()
-        writer.write(_auth_frame(address, hello, nonce, token=token, role=role, host_id=host_id))
+        writer.write(_auth_frame(address, hello, nonce, token=token, role=role, host_id=host_id,
+                                 user=user))
         await asyncio.wait_for(writer.drain(), timeout)
         welcome = await _expect(reader, Welcome, timeout)
         _check_welcome(address, hello, welcome, nonce, token=token, expect_role=expect_role)
@@ -351,6 +370,7 @@ def connect_blocking(
     those of :func:`connect`: PeerVanished when the TCP connection cannot be made,
     HandshakeFailed for everything after.
     """
+    user, token = auth.split_credential(token)
     host, port = parse_address(address)
     try:
         sock = socket.create_connection((host, port), timeout=timeout)
@@ -368,7 +388,8 @@ def connect_blocking(
     try:
         hello = expect(Hello)
         nonce = auth.new_nonce()
-        sock.sendall(_auth_frame(address, hello, nonce, token=token, role=role, host_id=host_id))
+        sock.sendall(_auth_frame(address, hello, nonce, token=token, role=role, host_id=host_id,
+                                 user=user))
         welcome = expect(Welcome)
         _check_welcome(address, hello, welcome, nonce, token=token, expect_role=expect_role)
     except HandshakeFailed as exc:

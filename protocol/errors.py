@@ -83,6 +83,10 @@ class NotFound(FaasError):
     """A table, namespace, ref or run that does not exist."""
 
 
+class NotAllowed(FaasError):
+    """The user's role does not allow the request (scheduler/users.py)."""
+
+
 class AlreadyExists(FaasError):
     """A table, namespace or ref that already exists."""
 
@@ -160,6 +164,7 @@ _SIMPLE_KINDS: dict[str, type[FaasError]] = {
     cls.__name__: cls
     for cls in (
         FaasError,
+        NotAllowed,
         ConnectionClosed,
         FrameTruncated,
         PeerVanished,

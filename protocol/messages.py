@@ -16,7 +16,7 @@ from typing import Literal
 
 import msgspec
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 
 
 class Message(msgspec.Struct, frozen=True, tag_field="op", kw_only=True):
@@ -94,6 +94,8 @@ class Auth(Message, frozen=True):
     host_id: str
     proof: bytes
     nonce: bytes
+    # The user a client authenticates as (its token file's NAME); empty for daemons.
+    user: str = ""
 
 
 class Welcome(Message, frozen=True):

@@ -80,7 +80,9 @@ CatalogReply = (
 )
 
 
-def handle(lh: Any, request: Any, running_branches: Iterable[str] = ()) -> CatalogReply:
+def handle(
+    lh: Any, request: Any, running_branches: Iterable[str] = (), author: str = "faas"
+) -> CatalogReply:
     """Answer one catalog request. Raises the store's typed errors."""
     cat = lh.catalog
     match request:
@@ -109,7 +111,7 @@ def handle(lh: Any, request: Any, running_branches: Iterable[str] = ()) -> Catal
             (cat.delete_branch if kind == "branch" else cat.delete_tag)(name)
             return RefDeleted(name=name, kind=kind)
         case Merge(source=source, into=into, message=message, fast_forward=ff):
-            result = cat.merge(source, into, message=message, fast_forward=ff)
+            result = cat.merge(source, into, message=message, fast_forward=ff, author=author)
             return Merged(
                 commit=result.commit,
                 fast_forward=result.fast_forward,

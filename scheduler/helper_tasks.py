@@ -78,14 +78,14 @@ class HelperTasks:
             raise from_wire(reply.error.kind, reply.error.message, reply.error.detail)
         return reply
 
-    async def _import(self, request: ImportTable) -> Imported:
+    async def _import(self, request: ImportTable, user: str = "") -> Imported:
         lh = self.lakehouse
         namespace = request.key.rpartition(".")[0]
         if not namespace:
             raise InvalidInput(f"table {request.key!r} needs a namespace: use NAMESPACE.TABLE")
         if namespace not in await self.store_call(lh.namespaces, request.ref):
             raise missing_namespace(namespace, request.ref)
-        tx = await self.store_call(lh.begin, request.ref)
+        tx = await self.store_call(lh.begin, request.ref, user or "faas")
         directory = await self.store_call(tx.data_location, request.key)
         task_id = f"import-{uuid.uuid4().hex[:12]}"
         done: ImportDone = await self._worker_task(

@@ -26,6 +26,7 @@ class Publishing:
     """What a run commits and publishes. The coordinator provides the run's state."""
 
     scheduler: RunHost
+    author: str
     run_id: str
     plan: Plan
     use_cache: bool
@@ -58,7 +59,7 @@ class Publishing:
         begun = {}
         for node in self.plan.nodes.values():
             if self._writes(node):
-                tx = self.scheduler.lakehouse.begin(branch)
+                tx = self.scheduler.lakehouse.begin(branch, author=self.author)
                 begun[node.name] = (tx, tx.data_location(node.key))
         return begun
 
@@ -114,7 +115,7 @@ class Publishing:
                 return ""
             result = catalog.merge(
                 branch, target, message=f"run {self.run_id}: {', '.join(tables)}",
-                properties={"run_id": self.run_id},
+                properties={"run_id": self.run_id}, author=self.author,
             )
             catalog.delete_branch(branch)
             return str(result.commit)

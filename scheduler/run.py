@@ -72,8 +72,11 @@ class RunCoordinator(Publishing):
         emit: Emit,
         strict: bool = False,
         use_cache: bool = True,
+        author: str = "faas",
     ) -> None:
         self.scheduler = scheduler
+        # Who submitted it: the author of what it commits.
+        self.author = author
         self.run_id = run_id
         self.plan = plan
         self.files = files

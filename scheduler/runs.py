@@ -104,7 +104,7 @@ class RunRequests:
         coordinator = RunCoordinator(
             cast("RunHost", self),  # the Scheduler this is mixed into
             run_id, plan, request.files, emit, strict=request.strict,
-            use_cache=not request.no_cache,
+            use_cache=not request.no_cache, author=conn.peer_user or "faas",
         )
         run = asyncio.create_task(coordinator.execute())
         self.runs[run_id] = run

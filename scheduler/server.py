@@ -12,7 +12,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -70,6 +70,7 @@ from faas.scheduler.jobs import RUN_LOG_LIMIT, JobStore
 from faas.scheduler.placement import Fail, Instruction, Lost, Placement, Request, Start
 from faas.scheduler.run import RunCoordinator
 from faas.scheduler.runs import RunRequests
+from faas.scheduler.users import Users, check
 from faas.store.refs import run_branch_name
 
 log = logging.getLogger(__name__)
@@ -128,9 +129,14 @@ class Scheduler(RunRequests, HelperTasks):
         query_timeout: float = QUERY_TIMEOUT,
         query_result_limit: int = QUERY_RESULT_LIMIT,
         worker_wait: float = WORKER_WAIT,
+        protect: Sequence[str] = ("main",),
     ) -> None:
         self.home = Path(home).expanduser()
+        # The worker credential: workers prove it; clients prove their user's secret.
         self.token = token
+        self.users = Users(self.home)
+        # Branches only an admin may change (faasd scheduler --protect).
+        self.protect = list(protect)
         self.listen = listen
         self.warehouse = warehouse
         self.catalog = catalog
@@ -178,6 +184,9 @@ class Scheduler(RunRequests, HelperTasks):
         from faas.store import Lakehouse
 
         self.home.mkdir(parents=True, exist_ok=True)
+        admin = await self.store_call(self.users.ensure_admin)
+        if admin is not None:
+            log.info("no users yet: made user 'admin', its token file is %s", admin)
         self.jobs = JobStore(self.home / "runs")
         self.lakehouse = await self.store_call(
             Lakehouse, self.home, warehouse=self.warehouse, catalog=self.catalog
@@ -248,6 +257,7 @@ class Scheduler(RunRequests, HelperTasks):
                 conn: Connection[Any] = await accept(
                     reader, writer, _client_decoder, token=self.token, role="scheduler",
                     host_id=self.host_id, allowed_roles=("client", "worker"),
+                    users=self.users.secret,
                 )
             except HandshakeFailed as exc:
                 self._refusals.refused(writer.get_extra_info("peername"), exc)
@@ -475,6 +485,7 @@ class Scheduler(RunRequests, HelperTasks):
                 continue
             log.debug("client %s: %s", conn.peer, type(request).__name__)
             try:
+                check(conn.peer_user, self.users.role(conn.peer_user), request, self.protect)
                 match request:
                     case SubmitRun():
                         await self._submit(conn, request)
@@ -483,7 +494,7 @@ class Scheduler(RunRequests, HelperTasks):
                     case FollowJob():
                         await self._follow(conn, request)
                     case _:
-                        await conn.send(await self._catalog_op(request))
+                        await conn.send(await self._catalog_op(request, conn.peer_user))
             except (ConnectionClosed, PeerVanished):
                 raise
             except FaasError as exc:
@@ -492,7 +503,7 @@ class Scheduler(RunRequests, HelperTasks):
                 log.exception("request %s failed", type(request).__name__)
                 await conn.send(Error(kind="FaasError", message=f"internal error: {exc!r}"))
 
-    async def _catalog_op(self, request: Any) -> Any:
+    async def _catalog_op(self, request: Any, user: str = "") -> Any:
         """The reply to a request that is neither a run, a follow nor a query."""
         assert self.jobs is not None
         match request:
@@ -506,11 +517,13 @@ class Scheduler(RunRequests, HelperTasks):
             case CancelRun(run_id=run_id):
                 return await self._cancel_run(run_id)
             case ImportTable():
-                return await self._import(request)
+                return await self._import(request, user)
             case ClusterInfo():
                 return self._cluster()
         running = [run_branch_name(run_id) for run_id in self.runs]
-        return await self.store_call(catalog_ops.handle, self.lakehouse, request, running)
+        return await self.store_call(
+            catalog_ops.handle, self.lakehouse, request, running, user or "faas"
+        )
 
     def _cluster(self) -> Cluster:
         workers = []

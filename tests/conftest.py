@@ -23,6 +23,7 @@ import pytest
 
 from faas.faasd.launch import start_daemon as _start_daemon
 from faas.faasd.launch import stop_daemon
+from faas.protocol.auth import ADMIN_TOKEN
 from tests.pg import postgres_server, postgres_url  # noqa: F401  (fixtures)
 
 if TYPE_CHECKING:
@@ -165,9 +166,13 @@ class FaasCli:
 
 @dataclass
 class Cluster(FaasCli):
+    """A scheduler and its workers. ``token_file``: its admin user's token, what clients
+    use; ``worker_token``: the cluster token, what workers (and only they) use."""
+
     home: Path
     address: str
     token_file: Path
+    worker_token: Path
     scheduler: subprocess.Popen[str]
     workers: list[subprocess.Popen[str]] = field(default_factory=list)
     data_addresses: list[str] = field(default_factory=list)
@@ -187,7 +192,7 @@ class Cluster(FaasCli):
         shm directory. ``args``: more flags, such as --host-id or --memory."""
         shm = tmp / f"shm-{name}"
         proc, address = start_daemon(
-            ["worker", "--scheduler", self.address, "--token-file", str(self.token_file),
+            ["worker", "--scheduler", self.address, "--token-file", str(self.worker_token),
              *IMPORT_ROOTS,
              "--shm-dir", str(shm), "--env-dir", str(tmp / "envs"),
              "--spill-dir", str(tmp / f"spill-{name}"), *args],
@@ -227,7 +232,8 @@ def scheduler_only(
         "faasd scheduler listening on", tmp / "scheduler.log", env=env,
     )
     port = address.rpartition(":")[2]
-    c = Cluster(home=home, address=f"127.0.0.1:{port}", token_file=token_file, scheduler=sched)
+    c = Cluster(home=home, address=f"127.0.0.1:{port}", token_file=home / ADMIN_TOKEN,
+                worker_token=token_file, scheduler=sched)
     try:
         yield c
     finally:
@@ -247,7 +253,8 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
         ["scheduler", "--listen", "127.0.0.1:0", "--home", str(home), "--token-file", str(token_file)],
         "faasd scheduler listening on", tmp_path / "scheduler.log",
     )
-    c = Cluster(home=home, address=address, token_file=token_file, scheduler=sched, shm_dir=shm)
+    c = Cluster(home=home, address=address, token_file=home / ADMIN_TOKEN, worker_token=token_file,
+                scheduler=sched, shm_dir=shm)
     try:
         worker, data_address = start_daemon(
             ["worker", "--scheduler", address, "--token-file", str(token_file), "--shm-dir", str(shm),

@@ -97,7 +97,7 @@ def _run_across_namespaces(
     for ns, gateway, own in namespaces:
         proc, data = start_daemon(
             ["worker", "--scheduler", f"{gateway}:{port}", "--listen", f"{own}:0",
-             "--host-id", ns, "--memory", "3GiB", "--token-file", str(c.token_file),
+             "--host-id", ns, "--memory", "3GiB", "--token-file", str(c.worker_token),
              "--shm-dir", str(tmp_path / f"shm-{ns}"), "--spill-dir", str(tmp_path / f"spill-{ns}"),
              "--env-dir", str(tmp_path / "envs"), *IMPORT_ROOTS],
             "faasd worker", tmp_path / f"{ns}.log",

@@ -14,6 +14,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
+from faas.protocol.auth import ADMIN_TOKEN, load_token
 from faas.protocol.connection import connect
 from faas.protocol.errors import ConnectionClosed
 from faas.protocol.messages import ListNamespaces
@@ -41,7 +42,8 @@ def test_an_idle_client_connection_is_closed_and_the_scheduler_goes_on(tmp_path:
         async with Scheduler(home=tmp_path / "home", token=TOKEN, listen="127.0.0.1:0",
                              client_idle_timeout=0.5) as scheduler:
             decoder = msgspec.msgpack.Decoder(ClientReply)
-            idle = await connect(scheduler.address, decoder, token=TOKEN, role="client",
+            admin = load_token(tmp_path / "home" / ADMIN_TOKEN)  # clients are users
+            idle = await connect(scheduler.address, decoder, token=admin, role="client",
                                  host_id="idle")
             # It says nothing: the scheduler hangs up on it (a clean close, not our own
             # timeout, which would be PeerVanished).
@@ -49,7 +51,7 @@ def test_an_idle_client_connection_is_closed_and_the_scheduler_goes_on(tmp_path:
                 await idle.recv(timeout=30)
             await idle.aclose()
             # A client that asks gets its answer, on a connection of its own.
-            busy = await connect(scheduler.address, decoder, token=TOKEN, role="client",
+            busy = await connect(scheduler.address, decoder, token=admin, role="client",
                                  host_id="busy")
             await busy.send(ListNamespaces())
             assert isinstance(await busy.recv(timeout=30), Namespaces)
@@ -116,7 +118,7 @@ def test_what_the_daemons_create_is_their_users_alone(
 def test_a_worker_imports_only_under_its_import_roots(tmp_path: Path, example_data: Path) -> None:
     with scheduler_only(tmp_path) as c:
         worker, _ = start_daemon(
-            ["worker", "--scheduler", c.address, "--token-file", str(c.token_file),
+            ["worker", "--scheduler", c.address, "--token-file", str(c.worker_token),
              "--shm-dir", str(tmp_path / "shm"), "--import-root", str(tmp_path / "allowed")],
             "faasd worker", tmp_path / "worker.log",
         )

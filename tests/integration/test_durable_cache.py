@@ -101,7 +101,7 @@ def test_an_unchanged_project_runs_nothing_after_a_scheduler_restart(
     # The same home and address; the worker finds the new scheduler by itself.
     cluster.scheduler, _ = start_daemon(
         ["scheduler", "--listen", cluster.address, "--home", str(cluster.home),
-         "--token-file", str(cluster.token_file)],
+         "--token-file", str(cluster.worker_token)],
         "faasd scheduler listening on", tmp_path / "scheduler2.log",
     )
     try:

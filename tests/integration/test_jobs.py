@@ -167,7 +167,7 @@ def test_a_scheduler_restart_marks_in_flight_runs_failed(
     # The new scheduler comes back where the old one was: the worker finds it on its own.
     sched, address = start_daemon(
         ["scheduler", "--listen", cluster.address, "--home", str(cluster.home),
-         "--token-file", str(cluster.token_file)],
+         "--token-file", str(cluster.worker_token)],
         "faasd scheduler listening on", tmp_path / "scheduler2.log",
     )
     try:

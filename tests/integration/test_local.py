@@ -204,8 +204,8 @@ def test_a_damaged_daemon_record_is_one_line(local: LocalHome, record: bytes) ->
 
 def test_a_damaged_token_is_one_line(local: LocalHome) -> None:
     local.faas("namespace", "create", "sales", check=True)
-    (local.home / "token").write_bytes(b"\xff\xfe\x00binary")
-    one_line_error(local.faas("namespace", "create", "other"), str(local.home / "token"))
+    (local.home / "admin.token").write_bytes(b"\xff\xfe\x00binary")
+    one_line_error(local.faas("namespace", "create", "other"), str(local.home / "admin.token"))
 
 
 def test_a_port_taken_by_something_else_is_one_line(local: LocalHome) -> None:

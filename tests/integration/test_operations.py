@@ -25,7 +25,7 @@ def bare(tmp_path: Path) -> Iterator[Cluster]:
 def test_a_worker_takes_its_settings_from_a_toml_file(bare: Cluster, tmp_path: Path) -> None:
     config = tmp_path / "faasd.toml"
     config.write_text(
-        f'[worker]\nscheduler = "{bare.address}"\ntoken-file = "{bare.token_file}"\n'
+        f'[worker]\nscheduler = "{bare.address}"\ntoken-file = "{bare.worker_token}"\n'
         f'host-id = "from-toml"\nmemory = "3GiB"\nshm_dir = "{tmp_path / "shm"}"\n'
         f'spill-dir = "{tmp_path / "spill"}"\nenv-dir = "{tmp_path / "envs"}"\n'
     )

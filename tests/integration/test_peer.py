@@ -572,7 +572,7 @@ def test_a_data_port_is_not_a_scheduler(cluster: Cluster) -> None:
         with pytest.raises(HandshakeFailed, match="is a peer, not a scheduler"):
             await connect(
                 cluster.data_addresses[0], REPLIES,
-                token=load_token(cluster.token_file), role="worker", host_id="h",
+                token=load_token(cluster.worker_token), role="worker", host_id="h",
                 expect_role="scheduler",
             )
 

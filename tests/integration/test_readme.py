@@ -130,9 +130,9 @@ def test_the_cluster_setup_is_accurate_and_runs_on_loopback(
 
     shell, toml = _cluster_blocks((ROOT / "README.md").read_text())
     parser, roles = _parser()
-    commands = [line.split("#")[0] for line in shell.replace("\\\n", " ").splitlines()]
+    commands = [line.split("#")[0].split(">")[0] for line in shell.replace("\\\n", " ").splitlines()]
     faasd = [shlex.split(c)[1:] for c in commands if c.startswith("faasd ")]
-    assert [args[0] for args in faasd] == ["scheduler", "worker"]
+    assert [args[0] for args in faasd] == ["scheduler", "user", "worker"]
     for args in faasd:
         parser.parse_args(args)  # exits (fails the test) on an option faasd does not have
     config = tmp_path / "faasd.toml"
@@ -156,7 +156,7 @@ def test_the_cluster_setup_is_accurate_and_runs_on_loopback(
         worker, _ = start_daemon(["worker", "--config", str(config), "--shm-dir", str(tmp_path / "shm")],
                                  "faasd worker", tmp_path / "worker.log")
         env = {k: v for k, v in os.environ.items() if not k.startswith(("FAAS_", "AWS_"))}
-        env.update(FAAS_CLUSTER=address, FAAS_TOKEN_FILE=str(home / "token"),
+        env.update(FAAS_CLUSTER=address, FAAS_TOKEN_FILE=str(home / "admin.token"),
                    HOME=str(tmp_path))
         faas = [str(ROOT / ".venv" / "bin" / "faas")]
 

@@ -27,6 +27,7 @@ import pytest
 
 from faas.faasd.columns import scan_cached
 from faas.faasd.launch import stop_daemon
+from faas.protocol.auth import ADMIN_TOKEN
 from faas.protocol.errors import StorageError
 from faas.protocol.messages import ScanInput
 from faas.store import Lakehouse, scan_metadata, write_parquet
@@ -509,7 +510,8 @@ def test_example_pipeline_on_an_s3_warehouse(
         tmp_path / "scheduler.log",
         env=s3.env(),
     )
-    c = Cluster(home=home, address=address, token_file=token_file, scheduler=sched)
+    c = Cluster(home=home, address=address, token_file=home / ADMIN_TOKEN, worker_token=token_file,
+                scheduler=sched)
     try:
         c.add_worker(tmp_path, "worker", "--s3-endpoint", s3.endpoint, env=s3.env(endpoint=False))
         import_example(c, example_data)

@@ -274,7 +274,7 @@ def test_a_worker_that_cannot_build_sandboxes_refuses_to_start_unless_told_none(
         log = tmp_path / "refused.log"
         proc = subprocess.run(
             [*no_userns, sys.executable, "-m", "faas.faasd", "worker", "--scheduler", c.address,
-             "--token-file", str(c.token_file), "--shm-dir", str(tmp_path / "shm-r")],
+             "--token-file", str(c.worker_token), "--shm-dir", str(tmp_path / "shm-r")],
             capture_output=True, text=True, timeout=60, cwd=ROOT,
         )
         assert proc.returncode != 0
@@ -283,7 +283,7 @@ def test_a_worker_that_cannot_build_sandboxes_refuses_to_start_unless_told_none(
         assert "unshare" in line
         log.write_text(proc.stderr)
         worker, _ = start_daemon(
-            ["worker", "--scheduler", c.address, "--token-file", str(c.token_file),
+            ["worker", "--scheduler", c.address, "--token-file", str(c.worker_token),
              "--shm-dir", str(tmp_path / "shm-n"), "--isolation", "none", *IMPORT_ROOTS],
             "faasd worker", tmp_path / "none.log", prefix=no_userns,
         )

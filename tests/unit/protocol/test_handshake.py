@@ -343,7 +343,7 @@ def test_server_that_cannot_prove_the_token_is_refused() -> None:
         async with raw_server(handle) as address:
             with pytest.raises(HandshakeFailed) as info:
                 await client(address)
-            assert "did not prove the cluster token" in str(info.value)
+            assert "did not prove the token" in str(info.value)
 
     run(go(), timeout=3)
 
