@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 
 import msgspec
 
-from faas.protocol.auth import load_token
+from faas.protocol.auth import load_token, split_credential
 from faas.protocol.connection import Connection, connect
 from faas.protocol.errors import FaasError, FunctionFailed, ProjectError, RunCancelled, from_wire
 from faas.protocol.messages import (
@@ -200,8 +200,15 @@ class Client:
         if token is None:
             token_file = token_file or os.environ.get("FAAS_TOKEN_FILE")
             if not token_file:
-                raise FaasError("no cluster token: pass --token-file or set FAAS_TOKEN_FILE")
+                raise FaasError("no token: pass --token-file or set FAAS_TOKEN_FILE to your "
+                                "user's token file (faasd user add)")
             token = load_token(token_file)
+            if not split_credential(token)[0]:
+                raise FaasError(
+                    f"token file {token_file} is not a user's (NAME:SECRET): clients sign in "
+                    "as users of the cluster (faasd user add prints a token file); the "
+                    "cluster token is for workers"
+                )
         self.token = token
         self.host_id = socket.gethostname()
 
