@@ -14,7 +14,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
 from faas.faasd.zygote_wire import (
@@ -224,9 +224,7 @@ class _Server:
         self.spare = (pid, ours)
 
     def _spare_child(self, sock: socket.socket) -> NoReturn:
-        code = 70
-        try:
-            self._detach()
+        def wait_for_request() -> None:
             from faas.faasd import sandbox
 
             sandbox.prepare(keep_fds=(sock.fileno(),))
@@ -242,31 +240,13 @@ class _Server:
                 buf += data
                 payload = next_frame(buf)
             sock.close()
-            req = decode_payload(payload, TO_ZYGOTE)
-            self._serve(req, fds[0], fds[1], fds[2], prepared=True)
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else 1
-        except BaseException:  # noqa: BLE001 - report and leave; never back into the loop
-            import traceback
+            self._serve(decode_payload(payload, TO_ZYGOTE), fds[0], fds[1], fds[2], prepared=True)
 
-            with contextlib.suppress(BaseException):
-                traceback.print_exc()
-        os._exit(code)
+        _in_child(self._detach, wait_for_request)
 
     def child(self, req: Spawn, task_fd: int, out_fd: int, err_fd: int) -> NoReturn:
         """The forked function process. Never returns into the zygote's loop."""
-        code = 70
-        try:
-            self._detach()
-            self._serve(req, task_fd, out_fd, err_fd, prepared=False)
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else 1
-        except BaseException:  # noqa: BLE001 - report and leave; never back into the loop
-            import traceback
-
-            with contextlib.suppress(BaseException):
-                traceback.print_exc()
-        os._exit(code)
+        _in_child(self._detach, lambda: self._serve(req, task_fd, out_fd, err_fd, prepared=False))
 
     def _detach(self) -> None:
         """In a forked child: its own session, the zygote's signal handling and
@@ -362,6 +342,22 @@ class _Server:
                 os.waitpid(pid, 0)
         self.children.clear()
         self.ctl.close()
+
+
+def _in_child(*steps: Callable[[], object]) -> NoReturn:
+    """Run ``steps`` in a forked child and exit: never back into the zygote's loop."""
+    code = 70
+    try:
+        for step in steps:
+            step()
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    except BaseException:  # noqa: BLE001 - report and leave
+        import traceback
+
+        with contextlib.suppress(BaseException):
+            traceback.print_exc()
+    os._exit(code)
 
 
 def _become_runner(task_fd: int) -> None:
