@@ -88,7 +88,7 @@ def test_unknown_cluster_address(tmp_path: Path) -> None:
     from tests.conftest import ROOT
 
     token = tmp_path / "token"
-    token.write_text("x\n")
+    token.write_text("someone:" + "ab" * 32 + "\n")  # a user token: the address is what is wrong
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]

@@ -515,7 +515,7 @@ def _worker_objects(c: Cluster) -> Path:
 
 def _fetch(c: Cluster, object_id: str, dest: Path, token: bytes | None = None) -> int:
     return fetch_object(c.data_addresses[0], object_id, dest,
-                        token=token or load_token(c.token_file), host_id="other-host")
+                        token=token or load_token(c.worker_token), host_id="other-host")
 
 
 def test_worker_serves_only_sealed_objects(cluster: Cluster, tmp_path: Path) -> None:
@@ -584,6 +584,6 @@ def test_the_scheduler_port_is_not_a_peer(cluster: Cluster, tmp_path: Path) -> N
     out.mkdir()
     with pytest.raises(HandshakeFailed, match="is a scheduler, not a peer"):
         fetch_object(cluster.address, "obj", out / "o.arrow",
-                     token=load_token(cluster.token_file), host_id="h")
+                     token=load_token(cluster.worker_token), host_id="h")
     assert _leftovers(out) == []
     assert cluster.alive()

@@ -176,7 +176,7 @@ def test_a_function_sees_no_token_no_worker_environment_and_no_network(
         c.wait_workers(1)
         import_territories(c, example_data)
         port = c.address.rpartition(":")[2]
-        fields = dict(token=str(c.token_file), secret=secret, home=str(c.home), port=port)
+        fields = dict(token=str(c.worker_token), secret=secret, home=str(c.home), port=port)
         for internet, network in (("", "hidden"), (", internet_access=True", "FOUND")):
             project = write_project(tmp_path, PEEK.format(internet=internet, **fields),
                                     name=f"p{bool(internet)}")
