@@ -292,7 +292,7 @@ def _write_entry(final: Path, piece: pa.Table) -> tuple[str, int] | None:
     """Write ``piece`` to ``final`` atomically; its (file name, size), None on failure."""
     # A private temporary name, then a rename: a concurrent writer of the same entry
     # or a reader never sees a partial file.
-    # The pid lets the worker sweep what a killed process left behind.
+    # The pid and a random part keep concurrent writers of one entry apart.
     temporary = final.with_name(f"{final.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     try:
         final.parent.mkdir(parents=True, exist_ok=True)

@@ -326,27 +326,6 @@ class ObjectStore:
                 given += size
         return given
 
-    def adopt_columns(self) -> None:
-        """Register column files written by processes that never reported them (a function
-        that failed after its scans): they are accounted and evicted like the others."""
-        try:
-            names = os.listdir(self.columns_dir)
-        except OSError:
-            return
-        for name in names:
-            if name not in self.entries and _COLUMN_FILE.fullmatch(name):
-                try:
-                    nbytes = (self.columns_dir / name).stat().st_size
-                except OSError:
-                    continue
-                self.entries[name] = Entry(name=name, nbytes=nbytes, kind="column")
-
-    def sweep(self, pid: int) -> None:
-        """Delete what process ``pid`` left half-written (it was killed, or failed)."""
-        for d in (self.objects_dir, self.columns_dir):
-            for leftover in (*d.glob(f"*.{pid}.tmp"), *d.glob(f"*.{pid}.*.tmp")):
-                leftover.unlink(missing_ok=True)
-
     async def make_room(self, nbytes: int) -> None:
         """Spill unpinned entries so that ``nbytes`` more fit under the budget."""
         await self.enforce(self.budget - nbytes)

@@ -20,6 +20,7 @@ afterwards, not copied); the function sees that directory alone of the warehouse
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import shutil
@@ -65,11 +66,9 @@ def function_environ(storage: bool, environ: Mapping[str, str] | None = None) ->
 
 
 def local_path(uri: str) -> str | None:
-    """The local path of a ``file://`` URI or a path; None for object storage."""
-    if not warehouse.is_local(uri):
-        return None
-    parsed = urlparse(uri)
-    return parsed.path if parsed.scheme else os.path.abspath(uri)
+    """The local path of a ``file://`` URI or a path, read as the warehouse reads it; None
+    for object storage."""
+    return warehouse.filesystem(uri)[1] if warehouse.is_local(uri) else None
 
 
 def table_dir(metadata_location: str) -> str | None:
@@ -102,7 +101,7 @@ class TaskBox:
         try:
             os.link(source, target)
         except OSError as exc:
-            if exc.errno != 18:  # EXDEV
+            if exc.errno != errno.EXDEV:
                 raise
             log.info("copying %s into task %s: it is on another filesystem", source, self.root.name)
             shutil.copyfile(source, target)
