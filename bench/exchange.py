@@ -16,6 +16,10 @@ Every measurement has a baseline measured in the same run, on the same machine:
    ``faasd.peer.PeerServer`` in one, ``faasd.peer.fetch_object`` into another shm
    directory in the other. Baseline: a raw socket between two processes, ``sendall`` of a
    preallocated buffer in 4 MiB slices and ``recv_into`` a preallocated buffer, same bytes.
+   faas also checks every object it pulls against the sender's per-chunk digest
+   (XXH3-128): the receiver hashes each pull, the sender hashes an object once (its
+   first pull, in the uncounted warm-up round). ``digest_s`` is one side's hashing of the
+   object alone, on the receiver's pool of threads.
 3. ``readers`` — four processes each map a ~2 GiB object, read every page and hold it.
    Added memory = the object's shared-memory pages (counted once) + what each reader's
    PSS (/proc/PID/smaps_rollup) grew by outside shared memory, from idle (pyarrow
@@ -186,7 +190,7 @@ def child_transfer(address: str, port: int, dest_dir: str, repeat: int) -> dict[
     import pyarrow as pa
 
     from faas.faasd.objects import ObjectStore
-    from faas.faasd.peer import fetch_object
+    from faas.faasd.peer import _Hasher, fetch_object
 
     # The receiving worker's store, as a worker has it: an object deleted when its run
     # ends leaves its pages for the next pull (faasd.objects), unless fetched with no
@@ -195,7 +199,9 @@ def child_transfer(address: str, port: int, dest_dir: str, repeat: int) -> dict[
     dest = store.path(OBJECT_ID)
     fresh = Path(dest_dir) / "raw.bin"
     buf = bytearray()  # preallocated below, once the size is known
-    times: dict[str, list[float]] = {"faas": [], "faas_fresh": [], "raw": [], "raw_fresh_shm": []}
+    times: dict[str, list[float]] = {
+        "faas": [], "faas_fresh": [], "raw": [], "raw_fresh_shm": [], "digest": [],
+    }
     rows = 0
 
     def pull(reuse: bool) -> tuple[float, int]:
@@ -207,6 +213,15 @@ def child_transfer(address: str, port: int, dest_dir: str, repeat: int) -> dict[
         )
         seconds = time.perf_counter() - t0
         rows = pa.ipc.open_file(pa.memory_map(str(dest), "r")).read_all().num_rows  # whole
+        fd = os.open(dest, os.O_RDONLY)
+        try:
+            t1 = time.perf_counter()
+            hasher = _Hasher(fd, nbytes)
+            hasher.sums()
+            hasher.close()
+            times["digest"].append(time.perf_counter() - t1)
+        finally:
+            os.close(fd)
         store.add(OBJECT_ID, "bench", cacheable=False)
         asyncio.run(store.release("bench"))  # deleted: its pages are kept for the next pull
         return seconds, nbytes
@@ -279,6 +294,7 @@ def bench_peer(shm: Path, repeat: int) -> dict[str, Any]:
         "faas_fetch_into_fresh_pages_s": stats(got["faas_fresh"]),
         "raw_socket_s": stats(got["raw"]),
         "raw_into_fresh_shm_s": stats(got["raw_fresh_shm"]),
+        "digest_s": stats(got["digest"]),
         "faas_gib_s": stats(tput["faas"], 3),
         "faas_into_fresh_pages_gib_s": stats(tput["faas_fresh"], 3),
         "raw_gib_s": stats(tput["raw"], 3),

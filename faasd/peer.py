@@ -2,7 +2,11 @@
 
 Wire: after the handshake the client sends ``FetchObject(object_id)``; the server answers
 with an ``Error`` frame, or a ``BulkHeader(nbytes)`` frame followed by the object's Arrow
-IPC file, ``nbytes`` raw bytes. The connection then takes the next request.
+IPC file, ``nbytes`` raw bytes, and an ``ObjectDigest`` frame: the XXH3-128 of every
+``DIGEST_CHUNK`` bytes, hashed from the sender's copy while it was being sent. The client
+hashes its copy chunk by chunk as the bytes land and refuses the object
+(``ObjectCorrupted``) if any chunk differs: corruption in transit becomes an error, never
+a wrong table. The connection then takes the next request.
 
 Neither side copies the bytes through Python: the server hands the file to the kernel with
 ``os.sendfile`` (uvloop has no ``loop.sendfile``, so it runs in a thread on the transport's
@@ -30,10 +34,13 @@ import socket
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_futures
 from pathlib import Path
 from typing import Any, Self
 
 import msgspec
+import xxhash
 
 from faas.faasd.objects import hold
 from faas.protocol.connection import (
@@ -52,12 +59,13 @@ from faas.protocol.errors import (
     InvalidInput,
     MalformedFrame,
     NotFound,
+    ObjectCorrupted,
     PeerVanished,
     from_wire,
 )
 from faas.protocol.framing import encode, recv_frame_blocking
 from faas.protocol.messages import BulkHeader, Error, error_message
-from faas.protocol.worker_messages import FetchObject, PeerReply, PeerRequest
+from faas.protocol.worker_messages import FetchObject, ObjectDigest, PeerReply, PeerRequest
 from faas.store.failpoints import failpoint
 
 log = logging.getLogger(__name__)
@@ -72,6 +80,10 @@ STALL_TIMEOUT = 60.0
 # How often a sending thread looks up from poll() to see whether it should stop.
 _POLL_SLICE = 0.25
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:-]{0,200}")
+# Each this many bytes of an object get their own XXH3-128; chunks are hashed in parallel.
+DIGEST_CHUNK = 16 * 2**20
+# Digests of this many objects are kept by a peer server (oldest dropped first).
+DIGESTS_KEPT = 4096
 
 
 class PeerServer:
@@ -93,6 +105,9 @@ class PeerServer:
         self._server: asyncio.Server | None = None
         self._connections: set[asyncio.Task[Any]] = set()
         self._refusals = RefusalLog(log, "peer server")
+        # Each object is hashed once, when first sent: a later pull (by another host) gets
+        # the same digest without hashing it again.
+        self._digests: dict[tuple[str, int, int, int, int], list[bytes]] = {}
 
     async def start(self) -> str:
         if self.status != "new":
@@ -194,13 +209,31 @@ class PeerServer:
             return
         # The open fd, and the shared lock on it, keep the bytes readable and unchanged
         # even if the worker evicts the object now.
+        hasher: _Hasher | None = None
         try:
-            size = os.fstat(fd).st_size
+            st = os.fstat(fd)
+            size = st.st_size
             log.debug("sending object %s (%d bytes) to %s", object_id, size, conn.peer)
+            # An object never changes once sealed; a file whose pages were reused for
+            # another object has another name, mtime and ctime.
+            key = (object_id, st.st_ino, size, st.st_mtime_ns, st.st_ctime_ns)
+            sums = self._digests.get(key)
+            if sums is None:  # hashed on other threads while the kernel sends the pages
+                hasher = _Hasher(fd, size)
+                hasher.advance(size)
             await conn.send(BulkHeader(nbytes=size))
             if size:
                 await _sendfile(conn, fd, size)
+            if hasher is not None:
+                sums = [await asyncio.wrap_future(f) for f in hasher.futures]
+                self._digests[key] = sums
+                while len(self._digests) > DIGESTS_KEPT:
+                    del self._digests[next(iter(self._digests))]
+            assert sums is not None
+            await conn.send(ObjectDigest(chunk=DIGEST_CHUNK, xxh3_128=sums))
         finally:
+            if hasher is not None:
+                hasher.close()
             os.close(fd)
 
     def _open(self, object_id: str) -> int:
@@ -317,9 +350,9 @@ def fetch_object(
     """Pull one object from the peer server at ``address`` into the file ``dest``. Blocking.
 
     The bytes go straight into ``dest.part`` (spliced by the kernel, or received into a
-    mapping of it), which becomes
-    ``dest`` only when complete: a reader never sees a truncated object, and on any
-    failure no ``.part`` file is left behind. ``timeout`` bounds the handshake and each
+    mapping of it), which becomes ``dest`` only when complete and matching the sender's
+    digest: a reader never sees a truncated or corrupted object, and on any failure no
+    ``.part`` file is left behind. ``timeout`` bounds the handshake and each
     wait for data. ``reuse(part, nbytes)``, if given, may move a file whose pages are
     already allocated to ``part`` (ObjectStore.claim): the bytes then land in those pages.
     Returns the object's size in bytes.
@@ -328,6 +361,7 @@ def fetch_object(
         NotFound, InvalidInput: the peer's typed answer.
         PeerVanished: the connection failed or ended early (the message says how many
             bytes had arrived).
+        ObjectCorrupted: the bytes that arrived differ from the sender's digest.
         HandshakeFailed: wrong token, or ``address`` is not a peer data port.
     """
     sock, _ = connect_blocking(
@@ -364,13 +398,13 @@ def _receive(
     reuse: Callable[[Path, int], bool] | None,
 ) -> int:
     part = dest.with_name(dest.name + ".part")
-    got = 0
-    progress = [0]  # bytes in the file so far, for the message when the transfer breaks
+    landed: _Landed | None = None
+    what = f"object {object_id!r} from {address}"
 
     def vanished(reason: str) -> PeerVanished:
+        got = landed.bytes if landed is not None else 0
         return PeerVanished(
-            f"object {object_id!r} from {address}: connection closed after {got} of {nbytes} "
-            f"bytes ({reason})"
+            f"{what}: connection closed after {got} of {nbytes} bytes ({reason})"
         )
 
     try:
@@ -381,19 +415,23 @@ def _receive(
         try:
             if nbytes:
                 _reserve(fd, nbytes, part)
-                try:
-                    got = _splice(sock, fd, nbytes, timeout, progress)
-                except _NoSplice:
-                    got = _recv_into_mapping(sock, fd, nbytes, progress)
-        except TimeoutError:
-            got = progress[0]
-            raise vanished(f"no data for {timeout}s") from None
-        except EOFError:
-            got = progress[0]
-            raise vanished("end of stream") from None
-        except OSError as exc:
-            got = progress[0]
-            raise vanished(f"{exc.__class__.__name__}: {exc}") from exc
+            landed = _Landed(_Hasher(fd, nbytes))
+            try:
+                if nbytes:
+                    try:
+                        _splice(sock, fd, nbytes, timeout, landed)
+                    except _NoSplice:
+                        _recv_into_mapping(sock, fd, nbytes, landed)
+                trailer = _recv_trailer(sock, what, vanished)
+                _check(landed.hasher.sums(), trailer, nbytes, what)
+            except TimeoutError:
+                raise vanished(f"no data for {timeout}s") from None
+            except EOFError:
+                raise vanished("end of stream") from None
+            except OSError as exc:
+                raise vanished(f"{exc.__class__.__name__}: {exc}") from exc
+            finally:
+                landed.hasher.close()
         finally:
             os.close(fd)
         os.replace(part, dest)
@@ -404,6 +442,99 @@ def _receive(
     return nbytes
 
 
+def _recv_trailer(
+    sock: socket.socket, what: str, vanished: Callable[[str], PeerVanished]
+) -> ObjectDigest:
+    try:
+        reply = recv_frame_blocking(sock, _reply_decoder)
+    except (ConnectionClosed, FrameTruncated, PeerVanished) as exc:
+        raise vanished(f"no digest: {exc}") from None
+    if not isinstance(reply, ObjectDigest):
+        raise MalformedFrame(f"{what}: expected the object's digest, got {reply!r}")
+    return reply
+
+
+def _check(sums: list[bytes], trailer: ObjectDigest, nbytes: int, what: str) -> None:
+    """Compare the receiver's chunk digests with the sender's; one line naming the first
+    bad chunk's bytes when they differ."""
+    if trailer.chunk != DIGEST_CHUNK or len(trailer.xxh3_128) != len(sums):
+        raise MalformedFrame(
+            f"{what}: a digest of {len(trailer.xxh3_128)} chunks of {trailer.chunk} bytes "
+            f"does not fit an object of {nbytes} bytes"
+        )
+    bad = [i for i, (ours, theirs) in enumerate(zip(sums, trailer.xxh3_128, strict=True)) if ours != theirs]
+    if bad:
+        start = bad[0] * DIGEST_CHUNK
+        end = min(start + DIGEST_CHUNK, nbytes)
+        raise ObjectCorrupted(
+            f"{what}: corrupted in transit ({len(bad)} of {len(sums)} chunks differ from the "
+            f"sender's digest, the first is bytes {start}-{end}); nothing was kept"
+        )
+
+
+class _Hasher:
+    """The XXH3-128 of each DIGEST_CHUNK bytes of a file, hashed on a thread pool (xxhash
+    releases the GIL) as soon as each chunk is in place, through a read-only mapping."""
+
+    def __init__(self, fd: int, size: int) -> None:
+        self.size = size
+        self.futures: list[Future[bytes]] = []
+        self._map = mmap.mmap(fd, size, prot=mmap.PROT_READ) if size else None
+
+    def advance(self, available: int) -> None:
+        """Queue every chunk that lies wholly below ``available`` bytes."""
+        while (start := len(self.futures) * DIGEST_CHUNK) < self.size:
+            end = min(start + DIGEST_CHUNK, self.size)
+            if end > available:
+                return
+            assert self._map is not None
+            self.futures.append(_hash_pool().submit(_digest, self._map, start, end))
+
+    def sums(self) -> list[bytes]:
+        self.advance(self.size)
+        return [f.result() for f in self.futures]
+
+    def close(self) -> None:
+        """Stop hashing; the mapping is closed once no thread reads it."""
+        for f in self.futures:
+            f.cancel()
+        wait_futures(self.futures)
+        if self._map is not None:
+            self._map.close()
+
+
+def _digest(mapped: mmap.mmap, start: int, end: int) -> bytes:
+    with memoryview(mapped) as whole, whole[start:end] as part:
+        return xxhash.xxh3_128_digest(part)
+
+
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+
+
+def _hash_pool() -> ThreadPoolExecutor:
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(
+                max_workers=max(2, (os.cpu_count() or 2) // 2), thread_name_prefix="faas-digest"
+            )
+        return _pool
+
+
+class _Landed:
+    """How many bytes of the object are in the file so far (for the message when a
+    transfer breaks); each chunk that is complete goes to the hasher."""
+
+    def __init__(self, hasher: _Hasher) -> None:
+        self.bytes = 0
+        self.hasher = hasher
+
+    def set(self, n: int) -> None:
+        self.bytes = n
+        self.hasher.advance(n)
+
+
 class _NoSplice(Exception):
     """The kernel cannot splice from this socket into this file: receive another way."""
 
@@ -412,7 +543,7 @@ class _NoSplice(Exception):
 PIPE_SIZE = 2**20
 
 
-def _splice(sock: socket.socket, fd: int, nbytes: int, timeout: float, progress: list[int]) -> int:
+def _splice(sock: socket.socket, fd: int, nbytes: int, timeout: float, landed: _Landed) -> int:
     """Move the bytes from the socket into the file inside the kernel (Linux splice): no
     copy through this process at all. Raises _NoSplice before moving anything if the
     kernel cannot."""
@@ -442,14 +573,14 @@ def _splice(sock: socket.socket, fd: int, nbytes: int, timeout: float, progress:
             while moved < n:
                 moved += os.splice(r, fd, n - moved, offset_dst=got + moved)
             got += n
-            progress[0] = got
+            landed.set(got)
         return got
     finally:
         os.close(r)
         os.close(w)
 
 
-def _recv_into_mapping(sock: socket.socket, fd: int, nbytes: int, progress: list[int]) -> int:
+def _recv_into_mapping(sock: socket.socket, fd: int, nbytes: int, landed: _Landed) -> int:
     """Receive the bytes with recv_into straight into a mapping of the file."""
     got = 0
     # Mapped with its pages already in place: no page faults while receiving.
@@ -461,7 +592,7 @@ def _recv_into_mapping(sock: socket.socket, fd: int, nbytes: int, progress: list
             if n == 0:
                 raise EOFError
             got += n
-            progress[0] = got
+            landed.set(got)
     return got
 
 

@@ -39,6 +39,11 @@ class PeerVanished(FaasError):
     """The peer stopped answering or the socket broke (reset, timeout)."""
 
 
+class ObjectCorrupted(PeerVanished):
+    """An object pulled from another host differs from what its sender hashed: it was
+    corrupted in transit. Nothing was kept; like a lost transfer, its reader runs again."""
+
+
 class ClosedByUs(FaasError):
     """An operation was attempted on a connection this side already closed."""
 
@@ -168,6 +173,7 @@ _SIMPLE_KINDS: dict[str, type[FaasError]] = {
         ConnectionClosed,
         FrameTruncated,
         PeerVanished,
+        ObjectCorrupted,
         ClosedByUs,
         MalformedFrame,
         HandshakeFailed,

@@ -231,13 +231,23 @@ SchedulerToWorker = (
 
 
 class FetchObject(Message, frozen=True):
-    """Ask a worker for one of its objects; the answer is a BulkHeader and the Arrow IPC bytes."""
+    """Ask a worker for one of its objects; the answer is a BulkHeader, the Arrow IPC
+    bytes, then an ObjectDigest."""
 
     object_id: str
 
 
+class ObjectDigest(Message, frozen=True):
+    """Follows an object's bytes: the XXH3-128 of each ``chunk`` bytes of it, in order (the
+    last chunk may be shorter), 16 bytes each, hashed by the sender from its own copy. The
+    receiver hashes what landed and refuses the object if any chunk differs."""
+
+    chunk: int
+    xxh3_128: list[bytes]
+
+
 PeerRequest = FetchObject
-PeerReply = BulkHeader | Error
+PeerReply = BulkHeader | ObjectDigest | Error
 
 
 # -- worker ↔ function process --------------------------------------------------

@@ -26,9 +26,10 @@ import msgspec
 import pyarrow as pa
 import pytest
 import uvloop
+import xxhash
 
 from faas.faasd.objects import ObjectStore
-from faas.faasd.peer import PeerServer, fetch_object
+from faas.faasd.peer import DIGEST_CHUNK, PeerServer, fetch_object
 from faas.protocol.auth import load_token
 from faas.protocol.connection import (
     Connection,
@@ -44,11 +45,12 @@ from faas.protocol.errors import (
     InvalidInput,
     MalformedFrame,
     NotFound,
+    ObjectCorrupted,
     PeerVanished,
 )
 from faas.protocol.framing import HEADER, MAX_CONTROL_FRAME, encode, recv_frame_blocking
 from faas.protocol.messages import BulkHeader, Error
-from faas.protocol.worker_messages import FetchObject, PeerReply, PeerRequest
+from faas.protocol.worker_messages import FetchObject, ObjectDigest, PeerReply, PeerRequest
 from tests.conftest import ROOT, Cluster
 
 pytestmark = pytest.mark.timeout(120)
@@ -249,9 +251,10 @@ def test_the_server_holds_an_object_while_sending_it(served: Served) -> None:
         with pytest.raises(BlockingIOError):
             fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         got = 0
-        while got < size and (chunk := sock.recv(2**20)):
+        while got < size and (chunk := sock.recv(min(2**20, size - got))):
             got += len(chunk)
         assert got == size
+        assert isinstance(recv_frame_blocking(sock, REPLIES), ObjectDigest)
 
         def unlocked() -> bool:
             try:
@@ -298,10 +301,103 @@ def test_one_connection_serves_request_after_request(served: Served) -> None:
                     continue
                 assert reply == BulkHeader(nbytes=len(payloads[name]))
                 assert await conn.recv_bulk(reply.nbytes, timeout=10) == payloads[name]
+                data = payloads[name]
+                assert await conn.recv(timeout=10) == ObjectDigest(chunk=DIGEST_CHUNK, xxh3_128=[
+                    xxhash.xxh3_128_digest(data[i:i + DIGEST_CHUNK])
+                    for i in range(0, len(data), DIGEST_CHUNK)
+                ])
         finally:
             await conn.aclose()
 
     asyncio.run(asyncio.wait_for(go(), 60))
+
+
+# -- corruption in transit --------------------------------------------------------------
+
+
+def _flipping_proxy(loop_thread: LoopThread, target: str, flip_at: int) -> str:
+    """A TCP relay to ``target`` that inverts the byte at offset ``flip_at`` of what the
+    server sends back, as a faulty link or NIC would; everything else passes untouched."""
+    host, port = parse_address(target)
+
+    async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, flip: int) -> None:
+        seen = 0
+        try:
+            while data := await reader.read(2**20):
+                if seen <= flip < seen + len(data):
+                    data = bytearray(data)
+                    data[flip - seen] ^= 0xFF
+                seen += len(data)
+                writer.write(bytes(data))
+                await writer.drain()
+        except (ConnectionError, asyncio.CancelledError):
+            pass
+        finally:
+            writer.close()
+
+    async def on_connection(c_reader: asyncio.StreamReader, c_writer: asyncio.StreamWriter) -> None:
+        s_reader, s_writer = await asyncio.open_connection(host, port)
+        await asyncio.gather(pipe(c_reader, s_writer, -1), pipe(s_reader, c_writer, flip_at))
+
+    server = loop_thread.run(asyncio.start_server(on_connection, "127.0.0.1", 0))
+    loop_thread.servers.append(server)
+    return f"127.0.0.1:{server.sockets[0].getsockname()[1]}"
+
+
+def test_an_object_corrupted_in_transit_is_refused(
+    served: Served, loop_thread: LoopThread, tmp_path: Path, receiving: str
+) -> None:
+    """One byte flipped on the wire, 40 MiB into a 64 MiB object: the receiver's chunk
+    digests differ from the sender's, the fetch fails with one line naming the bytes, nothing
+    is kept, and the same object then arrives intact by a clean route."""
+    table = _random_table(64 * 2**20)
+    _write_arrow(served.objects / "big.arrow", table)
+    out = tmp_path / "out"
+    out.mkdir()
+    bad_route = _flipping_proxy(loop_thread, served.address, 40 * 2**20)
+
+    with pytest.raises(ObjectCorrupted) as info:
+        fetch_object(bad_route, "big", out / "big.arrow", token=TOKEN, host_id="t")
+    assert isinstance(info.value, PeerVanished)  # its reader runs again, as after a lost transfer
+    first_bad = 40 * 2**20 // DIGEST_CHUNK * DIGEST_CHUNK  # within a few hundred bytes of framing
+    message = str(info.value)
+    assert f"'big' from {bad_route}: corrupted in transit (1 of " in message
+    assert f"the first is bytes {first_bad}-{first_bad + DIGEST_CHUNK}); nothing was kept" in message
+    assert "\n" not in message
+    assert _leftovers(out) == []
+
+    assert served.fetch("big", out / "big.arrow") > 64 * 2**20
+    assert pa.ipc.open_file(pa.memory_map(str(out / "big.arrow"))).read_all().equals(table)
+
+
+def test_a_digest_that_does_not_match_or_fit_is_refused(
+    loop_thread: LoopThread, tmp_path: Path
+) -> None:
+    data = os.urandom(DIGEST_CHUNK + 5)
+    right = [xxhash.xxh3_128_digest(data[:DIGEST_CHUNK]), xxhash.xxh3_128_digest(data[DIGEST_CHUNK:])]
+
+    def sends(digest: ObjectDigest | None) -> Callable[[Connection[Any]], Awaitable[None]]:
+        async def behave(conn: Connection[Any]) -> None:
+            await conn.recv(timeout=5)
+            await conn.send_raw(encode(BulkHeader(nbytes=len(data))), data)
+            if digest is not None:
+                await conn.send(digest)
+            await asyncio.sleep(1)
+        return behave
+
+    def fetch(digest: ObjectDigest | None) -> None:
+        fetch_object(_fake_peer(loop_thread, sends(digest)), "o", tmp_path / "o.arrow",
+                     token=TOKEN, host_id="t", timeout=0.5)
+
+    with pytest.raises(ObjectCorrupted, match=r"\(1 of 2 chunks differ .* bytes 16777216-16777221\)"):
+        fetch(ObjectDigest(chunk=DIGEST_CHUNK, xxh3_128=[right[0], bytes(16)]))
+    with pytest.raises(MalformedFrame, match="a digest of 1 chunks of 16777216 bytes does not fit"):
+        fetch(ObjectDigest(chunk=DIGEST_CHUNK, xxh3_128=right[:1]))
+    with pytest.raises(PeerVanished, match=r"after 16777221 of 16777221 bytes \(no digest"):
+        fetch(None)
+    assert _leftovers(tmp_path) == []
+    fetch(ObjectDigest(chunk=DIGEST_CHUNK, xxh3_128=right))
+    assert (tmp_path / "o.arrow").read_bytes() == data
 
 
 # -- typed refusals -----------------------------------------------------------------------
@@ -359,6 +455,7 @@ _SUBPROCESS_SERVER = """
 import asyncio, sys
 from pathlib import Path
 import uvloop
+import xxhash
 from faas.faasd.peer import PeerServer
 
 root = Path(sys.argv[1])
