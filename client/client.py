@@ -76,6 +76,7 @@ from faas.protocol.replies import (
     PlanDescription,
     PlannedNode,
     Pruned,
+    QueryFinished,
     Ref,
     RefDeleted,
     Refs,
@@ -340,18 +341,36 @@ class Client:
         ``timeout`` seconds (default: the scheduler's, 300 unless set otherwise)."""
         import pyarrow as pa
 
+        pieces = [piece async for piece in self.query_pieces(
+            sql, namespace=namespace, ref=ref, timeout=timeout,
+        )]
+        return pa.concat_tables(pieces)  # zero-copy: each piece becomes chunks
+
+    async def query_pieces(
+        self, sql: str, *, namespace: str | None = None, ref: str = "main",
+        timeout: float | None = None,
+    ) -> AsyncIterator[Any]:
+        """:meth:`query`, its result a pyarrow Table at a time as the worker makes it (the
+        first may have no rows). Leaving the loop early stops the query."""
+        import pyarrow as pa
+
         conn = await self._connect()
         try:
             await conn.send(Query(sql=sql, namespace=namespace, ref=ref, timeout=timeout))
-            reply = await conn.recv()
-            if isinstance(reply, Error):
-                _raise(reply)
-            if not isinstance(reply, BulkHeader):
-                raise FaasError(f"unexpected reply {type(reply).__name__} to Query")
-            data = await conn.recv_bulk(reply.nbytes)
+            while True:
+                reply = await conn.recv()
+                match reply:
+                    case BulkHeader(nbytes=nbytes):
+                        data = await conn.recv_bulk(nbytes)
+                        yield pa.ipc.open_stream(pa.py_buffer(data)).read_all()
+                    case QueryFinished():
+                        return
+                    case Error():
+                        _raise(reply)
+                    case _:
+                        raise FaasError(f"unexpected reply {type(reply).__name__} to Query")
         finally:
             await conn.aclose()
-        return pa.ipc.open_stream(pa.py_buffer(data)).read_all()
 
     async def info(self) -> Cluster:
         return await self._call(ClusterInfo(), Cluster)

@@ -35,6 +35,7 @@ from faas.faasd.tasks import FunctionTasks, freeing
 from faas.faasd.zygote import ZygotePool
 from faas.protocol.connection import Connection, connect
 from faas.protocol.errors import (
+    ConnectionClosed,
     FaasError,
 )
 from faas.protocol.framing import encode
@@ -49,7 +50,9 @@ from faas.protocol.worker_messages import (
     ImportDone,
     ImportTask,
     InputsReady,
+    QueryCredit,
     QueryDone,
+    QueryPart,
     QueryTask,
     Register,
     Registered,
@@ -420,6 +423,9 @@ class Worker(FunctionTasks):
                 self._spawn(self._import(msg))
             case QueryTask():
                 self._spawn(self._query(msg))
+            case QueryCredit(task_id=task_id):
+                if task_id in self.queries:
+                    self.queries[task_id].credit()
             case Error():
                 log.warning("scheduler reported: %s", msg.message)
             case _:
@@ -486,8 +492,17 @@ class Worker(FunctionTasks):
 
     async def _query(self, msg: QueryTask) -> None:
         query = self.queries[msg.task_id] = Query(msg)
+        loop = asyncio.get_running_loop()
+        conn = self.conn
+
+        def emit(piece: Any, rows: int) -> None:  # in the query's thread
+            if conn is None or conn.closed:
+                raise ConnectionClosed("the scheduler connection closed during a query")
+            header = encode(QueryPart(task_id=msg.task_id, nbytes=piece.size, rows=rows))
+            asyncio.run_coroutine_threadsafe(conn.send_raw(header, memoryview(piece)), loop).result()
+
         try:
-            data, rows = await asyncio.to_thread(freeing(query.run))
+            rows, nbytes = await asyncio.to_thread(freeing(query.run), emit)
         except QueryStopped:
             log.info("query %s stopped", msg.task_id)
             return
@@ -496,9 +511,4 @@ class Worker(FunctionTasks):
             return
         finally:
             self.queries.pop(msg.task_id, None)
-        if self.conn is not None:
-            header = encode(QueryDone(task_id=msg.task_id, nbytes=len(data), rows=rows))
-            try:
-                await self.conn.send_raw(header, data)
-            except FaasError as exc:
-                log.warning("could not send a query result: %s", exc)
+        await self._send(QueryDone(task_id=msg.task_id, nbytes=nbytes, rows=rows))

@@ -15,8 +15,13 @@ DropTable         TableDropped            PruneRuns         Pruned
 RevertTable       TableReverted           ListJobs          Jobs
 ClusterInfo       Cluster                 GetJob            Job
 SubmitRun (dry)   PlanDescription         JobLogs           JobEvents
-CancelRun         Cancelled               Query             BulkHeader + bytes
+CancelRun         Cancelled               Query             (BulkHeader + bytes)*,
+                                                                  QueryFinished
 ================  ======================  ================  ======================
+
+A query's result comes in pieces as the worker makes it: each BulkHeader is followed by
+an Arrow IPC stream of its own (schema, then ``rows`` rows); QueryFinished ends the
+result, and an Error may come instead of any piece (the result is then discarded).
 
 Any request may be answered with :class:`~faas.protocol.messages.Error` instead.
 Records inside a reply (a ref, a commit, a node of a run) are untagged structs; their
@@ -330,9 +335,18 @@ class Cancelled(Message, frozen=True):
     status: Literal["cancelled"] = "cancelled"
 
 
+class QueryFinished(Message, frozen=True):
+    """The last frame of a query's result: ``rows`` rows in ``nbytes`` bytes of pieces,
+    ``seconds`` from the request to the end."""
+
+    rows: int
+    nbytes: int
+    seconds: float
+
+
 ClientReply = (
     RunAccepted | TaskEvent | LogLine | RunFinished | BulkHeader | Error
     | Namespaces | NamespaceChanged | Tables | Table | Imported | TableDropped | TableReverted
     | Ref | Refs | RefDeleted | Merged | Differences | Commits | Pruned | Cluster
-    | PlanDescription | Jobs | Job | JobEvents | Cancelled
+    | PlanDescription | Jobs | Job | JobEvents | Cancelled | QueryFinished
 )

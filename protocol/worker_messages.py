@@ -117,8 +117,17 @@ class ImportDone(Message, frozen=True):
     schema: bytes
 
 
+class QueryPart(Message, frozen=True):
+    """Followed by ``nbytes`` raw bytes: the next piece of a query's result, an Arrow IPC
+    stream of its own (schema, then ``rows`` rows). The first piece may have no rows."""
+
+    task_id: str
+    nbytes: int
+    rows: int = 0
+
+
 class QueryDone(Message, frozen=True):
-    """Followed by ``nbytes`` raw bytes: the result as an Arrow IPC stream."""
+    """A query's result is complete: ``rows`` rows in ``nbytes`` bytes of QueryParts."""
 
     task_id: str
     nbytes: int
@@ -203,12 +212,23 @@ class ImportTask(Message, frozen=True):
 
 
 class QueryTask(Message, frozen=True):
+    """Run a query and stream its result back as QueryParts, then QueryDone."""
+
     task_id: str
     sql: str
     # SQL table name as written in the query → the table's scan input.
     tables: dict[str, ScanInput]
-    # The most bytes (Arrow) its result may have; 0: no limit.
+    # The most bytes (Arrow IPC) its result may have; 0: no limit.
     max_result_bytes: int = 0
+    # The most QueryParts sent ahead of the scheduler's QueryCredits.
+    window: int = 4
+
+
+class QueryCredit(Message, frozen=True):
+    """The scheduler passed one QueryPart of the task on to its client: the worker may
+    send one more."""
+
+    task_id: str
 
 
 WorkerToScheduler = (
@@ -220,10 +240,12 @@ WorkerToScheduler = (
     | TaskDone
     | TaskFailed
     | ImportDone
+    | QueryPart
     | QueryDone
 )
 SchedulerToWorker = (
-    Registered | RunTask | InputsReady | CancelTask | ReleaseRun | ImportTask | QueryTask | Error
+    Registered | RunTask | InputsReady | CancelTask | ReleaseRun | ImportTask | QueryTask
+    | QueryCredit | Error
 )
 
 

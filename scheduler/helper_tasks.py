@@ -1,8 +1,11 @@
 """Catalog requests a worker does the work of: importing files and running queries.
 
-The scheduler sends one task to the worker with the most free memory and waits for its
-one answer. A query is bounded: it stops (on the worker too) when it runs past its time,
-when its client hangs up, or when its result would be larger than a query may return.
+The scheduler sends one task to the worker with the most free memory. An import has one
+answer. A query's result streams back in pieces, each passed on to the client as it
+comes; the worker stays at most QUERY_WINDOW pieces ahead (a QueryCredit for each piece
+sent on), so the scheduler holds a few pieces per query, never a whole result. A query
+is bounded: it stops (on the worker too) when it runs past its time, when its client
+hangs up, or when its result grows past what a query may return.
 """
 
 from __future__ import annotations
@@ -16,12 +19,14 @@ from faas.protocol.connection import Connection
 from faas.protocol.errors import ConnectionClosed, InvalidInput, NotFound, TimedOut, from_wire
 from faas.protocol.framing import encode
 from faas.protocol.messages import BulkHeader, ImportTable, Query, ScanInput
-from faas.protocol.replies import Imported
+from faas.protocol.replies import Imported, QueryFinished
 from faas.protocol.worker_messages import (
     CancelTask,
     ImportDone,
     ImportTask,
+    QueryCredit,
     QueryDone,
+    QueryPart,
     QueryTask,
     TaskFailed,
 )
@@ -36,8 +41,10 @@ T = TypeVar("T")
 
 # Seconds a query may run unless it asks for another bound (--query-timeout).
 QUERY_TIMEOUT = 300.0
-# The most bytes (Arrow, in memory) a query's result may have (--query-result-limit).
+# The most bytes (Arrow IPC) a query's result may have (--query-result-limit).
 QUERY_RESULT_LIMIT = 1 << 30
+# Pieces of a query's result a worker may send before the scheduler passed them on.
+QUERY_WINDOW = 4
 # How often a running query looks whether its client is still there.
 HANGUP_POLL = 0.25
 
@@ -121,29 +128,50 @@ class HelperTasks:
                 snapshot_id=info.snapshot_id,
             )
         timeout = request.timeout or self.query_timeout
-        work = asyncio.ensure_future(self._worker_task(QueryTask(
+        task = QueryTask(
             task_id=f"query-{uuid.uuid4().hex[:12]}", sql=request.sql, tables=tables,
-            max_result_bytes=self.query_result_limit,
-        )))
+            max_result_bytes=self.query_result_limit, window=QUERY_WINDOW,
+        )
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
+        started, deadline = loop.time(), loop.time() + timeout
+        worker = await self.choose_worker()
+        queue = self.watch_task(task.task_id, worker)
+        finished = False
+        getter: asyncio.Future[Any] | None = None
         try:
-            # Until it ends, runs out of time, or its client hangs up (seen without reading
-            # from the connection, which stays in step for the next request).
-            while not work.done() and not conn.hung_up() and loop.time() < deadline:
-                await asyncio.wait({work}, timeout=min(HANGUP_POLL, deadline - loop.time()))
+            await worker.conn.send(task)
+            while True:
+                # The next piece, unless the time runs out or the client hangs up first
+                # (seen without reading from its connection, which stays in step for the
+                # next request).
+                getter = getter or asyncio.ensure_future(queue.get())
+                while not getter.done() and not conn.hung_up() and loop.time() < deadline:
+                    await asyncio.wait({getter}, timeout=min(HANGUP_POLL, deadline - loop.time()))
+                if not getter.done():
+                    if conn.hung_up():
+                        raise ConnectionClosed("the client went away during its query")
+                    raise TimedOut(f"the query ran past its timeout of {timeout:g}s and was "
+                                   "stopped (faas query --timeout sets another)")
+                reply, getter = getter.result(), None
+                match reply:
+                    case (QueryPart(rows=rows), bytes() as data):
+                        # Passed on as it comes; the worker may send one more piece.
+                        await conn.send_raw(encode(BulkHeader(nbytes=len(data), rows=rows)), data)
+                        await worker.conn.send(QueryCredit(task_id=task.task_id))
+                    case QueryDone(rows=rows, nbytes=nbytes):
+                        finished = True
+                        await conn.send(QueryFinished(rows=rows, nbytes=nbytes,
+                                                      seconds=round(loop.time() - started, 4)))
+                        return
+                    case TaskFailed(error=error):
+                        finished = True
+                        raise from_wire(error.kind, error.message, error.detail)
         finally:
-            if not work.done():
-                work.cancel()  # the worker is told to stop it
-                await asyncio.gather(work, return_exceptions=True)
-        if work.cancelled():
-            if conn.hung_up():
-                raise ConnectionClosed("the client went away during its query")
-            raise TimedOut(f"the query ran past its timeout of {timeout:g}s and was stopped "
-                           "(faas query --timeout sets another)")
-        done: QueryDone
-        done, data = work.result()
-        await conn.send_raw(encode(BulkHeader(nbytes=len(data), rows=done.rows)), data)
+            if getter is not None:
+                getter.cancel()
+            self.unwatch_task(task.task_id)
+            if not finished:  # its client went, it ran out of time, or the scheduler stops
+                self.background(_quietly(worker.conn.send(CancelTask(task_id=task.task_id))))
 
 
 async def _quietly(send: Any) -> None:

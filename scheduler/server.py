@@ -57,7 +57,7 @@ from faas.protocol.replies import (
 from faas.protocol.version import build_id
 from faas.protocol.worker_messages import (
     Heartbeat,
-    QueryDone,
+    QueryPart,
     Register,
     Registered,
     TaskFailed,
@@ -324,7 +324,7 @@ class Scheduler(RunRequests, HelperTasks):
                         msg.cache_bytes, tuple(msg.dropped), msg.draining,
                     ))
                     continue
-                if isinstance(msg, QueryDone):
+                if isinstance(msg, QueryPart):
                     data = await conn.recv_bulk(msg.nbytes, timeout=300)
                     self._route(msg.task_id, (msg, data))
                     continue

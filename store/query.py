@@ -7,6 +7,7 @@ on ``JOIN ... USING`` against tables it does not know yet.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import re
@@ -134,6 +135,62 @@ def query_tables(
     pasted into the text. ``connected`` is handed the connection before the query runs
     (to interrupt it from another thread).
     """
+    with _relation(sql, tables, params, connected) as relation:
+        try:
+            table_out = relation.to_arrow_table()
+        except duckdb.Error as e:
+            raise sql_error(e, sql) from e
+    logger.debug("query returned %d rows", table_out.num_rows)
+    return table_out
+
+
+# Rows in each batch of a streamed result.
+BATCH_ROWS = 64 * 1024
+
+
+@contextlib.contextmanager
+def query_batches(
+    sql: str, tables: Mapping[str, pa.Table], *,
+    connected: Callable[[duckdb.DuckDBPyConnection], None] | None = None,
+    batch_rows: int = BATCH_ROWS,
+) -> Iterator[QueryResult]:
+    """:func:`query_tables`, with the result read a batch at a time as DuckDB makes it
+    (a query that streams, such as a scan with a filter, is never held whole)."""
+    with _relation(sql, tables, None, connected) as relation:
+        try:
+            to_reader = getattr(relation, "to_arrow_reader", None) or relation.fetch_arrow_reader
+            reader = to_reader(batch_rows)
+        except duckdb.Error as e:
+            raise sql_error(e, sql) from e
+        yield QueryResult(reader, sql)
+
+
+class QueryResult:
+    """The batches of a running query's result; a failure while reading them is the same
+    one-line SQLError the query would have raised whole."""
+
+    def __init__(self, reader: pa.RecordBatchReader, sql: str) -> None:
+        self.schema = reader.schema
+        self._reader = reader
+        self._sql = sql
+
+    def __iter__(self) -> Iterator[pa.RecordBatch]:
+        while True:
+            try:
+                batch = self._reader.read_next_batch()
+            except StopIteration:
+                return
+            except (OSError, pa.ArrowException, duckdb.Error) as e:  # DuckDB's error, via Arrow
+                raise sql_error(e, self._sql) from e
+            yield batch
+
+
+@contextlib.contextmanager
+def _relation(
+    sql: str, tables: Mapping[str, pa.Table], params: Mapping[str, Any] | None,
+    connected: Callable[[duckdb.DuckDBPyConnection], None] | None,
+) -> Iterator[duckdb.DuckDBPyRelation]:
+    """The query's relation on a fresh connection that can read only ``tables``."""
     with duckdb.connect(":memory:") as con:
         if connected is not None:
             connected(con)
@@ -150,15 +207,13 @@ def query_tables(
         con.execute("SET lock_configuration = true")
         try:
             result = con.sql(sql, params=dict(params)) if params else con.sql(sql)
-            if result is None:
-                raise InvalidInput("the SQL returned no result; write a SELECT")
-            table_out = result.to_arrow_table()
         except duckdb.CatalogException as e:
             raise NotFound(_first_line(e)) from e
         except duckdb.Error as e:
             raise sql_error(e, sql) from e
-    logger.debug("query over %s returned %d rows", names, table_out.num_rows)
-    return table_out
+        if result is None:
+            raise InvalidInput("the SQL returned no result; write a SELECT")
+        yield result
 
 
 def _register(con: duckdb.DuckDBPyConnection, tables: Mapping[str, pa.Table]) -> None:

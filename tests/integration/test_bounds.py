@@ -5,6 +5,7 @@ daemon creates only its user can read."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import shutil
 import subprocess
@@ -98,6 +99,44 @@ def test_queries_stop_at_their_timeout_when_their_client_goes_and_past_their_siz
         rows = c.json("query", "SELECT count(*) AS n FROM territories", "-n", "adventure")
         assert rows == [{"n": 10}]
         assert c.alive()
+
+
+def test_a_query_result_streams_in_pieces_and_stops_when_its_reader_leaves(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """A result of many pieces arrives whole and in order, more pieces than the worker may
+    send ahead; a reader that leaves after the first piece of an endless result stops the
+    query on the worker, and the next query is answered."""
+    import pyarrow as pa
+
+    from faas.client.client import Client
+    from faas.scheduler.helper_tasks import QUERY_WINDOW
+
+    client = Client(cluster.address, token_file=str(cluster.token_file))
+    worker_log = tmp_path / "worker.log"
+
+    async def whole() -> list[pa.Table]:
+        sql = "SELECT range AS i, 'row ' || range AS s FROM range(1000000) ORDER BY i"
+        return [piece async for piece in client.query_pieces(sql)]
+
+    pieces = asyncio.run(whole())
+    assert len(pieces) > 2 * QUERY_WINDOW
+    table = pa.concat_tables(pieces)
+    assert table.column("i").to_pylist() == list(range(1_000_000))
+    assert table.column("s")[999_999].as_py() == "row 999999"
+
+    async def first_piece_only() -> int:
+        endless = "SELECT a.range * 1000000 + b.range AS v FROM range(1000000) a, range(1000000) b"
+        async with contextlib.aclosing(client.query_pieces(endless)) as pieces:
+            async for piece in pieces:
+                return int(piece.num_rows)
+        raise AssertionError("no piece came")
+
+    assert asyncio.run(first_piece_only()) > 0
+    wait_until(lambda: re.search(r"query query-\w+ stopped", worker_log.read_text()),
+               "the worker to stop the query")
+    wait_until(lambda: not cluster.json("info")["workers"][0]["functions"], "the worker to be idle")
+    assert cluster.json("query", "SELECT 42 AS answer") == [{"answer": 42}]
 
 
 def test_what_the_daemons_create_is_their_users_alone(
