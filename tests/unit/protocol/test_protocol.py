@@ -62,6 +62,7 @@ from faas.protocol.replies import (
     PlanDescription,
     PlannedInput,
     PlannedNode,
+    QueryFinished,
     Table,
 )
 from faas.protocol.worker_messages import (
@@ -69,6 +70,11 @@ from faas.protocol.worker_messages import (
     FunctionResult,
     FunctionTask,
     Heartbeat,
+    ObjectDigest,
+    PeerReply,
+    QueryCredit,
+    QueryDone,
+    QueryPart,
     QueryTask,
     Register,
     RunTask,
@@ -165,6 +171,11 @@ CHANNEL_MESSAGES: list[tuple[str, Any, Any]] = [
         materialize=Materialize(key="sales.clean", directory="/lake/tmp/1", mode="append"),
     )),
     ("SchedulerToWorker", SchedulerToWorker, QueryTask(task_id="q1", sql="select 1", tables={"o": SCAN})),
+    ("SchedulerToWorker", SchedulerToWorker, QueryCredit(task_id="q1")),
+    ("WorkerToScheduler", WorkerToScheduler, QueryPart(task_id="q1", nbytes=1 << 20, rows=65536)),
+    ("WorkerToScheduler", WorkerToScheduler, QueryDone(task_id="q1", nbytes=1 << 21, rows=70000)),
+    ("ClientReply", ClientReply, QueryFinished(rows=70000, nbytes=1 << 21, seconds=0.25)),
+    ("PeerReply", PeerReply, ObjectDigest(chunk=16 << 20, xxh3_128=[b"\x01" * 16, b"\x02" * 16])),
     ("SchedulerToWorker", SchedulerToWorker, Error(kind="RunCancelled", message="cancelled")),
     ("FunctionTask", FunctionTask, FunctionTask(
         run_id="r1", node="n", project_dir="/p", module="m", function="f", inputs=[OBJ, SCAN],
