@@ -174,7 +174,7 @@ def _s3_options(p: argparse.ArgumentParser) -> None:
     # places (environment, profile, instance role), never from the command line.
     p.add_argument("--s3-endpoint", default=None, metavar="URL",
                    help="S3-compatible endpoint, e.g. http://127.0.0.1:9000 (default: "
-                        "AWS_ENDPOINT_URL; sets it for this daemon and its functions)")
+                        "AWS_ENDPOINT_URL; sets it for this daemon)")
     p.add_argument("--s3-region", default=None,
                    help="S3 region (default: AWS_REGION, else us-east-1 with an endpoint)")
 

@@ -103,7 +103,7 @@ def scan_cached(
             return planned
     if cache_dir is None:
         return _uncached(inp, properties)
-    # S3 settings come from the AWS environment the worker passed on (store.warehouse).
+    # S3 settings come from the worker's AWS environment (store.warehouse).
     table = open_metadata(inp.metadata_location, properties)
     name = inp.metadata_location
     schema = table.schema()
@@ -202,8 +202,8 @@ def prefetch(
     function processes only ever read entries); return the entries and what was read.
 
     None when the scan has no plan Arrow can read, or the files are not what the plan
-    says: the function then scans storage itself. An entry that could not be written
-    (a full disk) is left out: the function reads that column from storage."""
+    says. An entry that could not be written (a full disk) is left out (the worker then
+    reads the whole scan for the function another way: faasd.scans)."""
     plan = inp.plan
     if plan is None or inp.stream or not plan.columns:
         return None

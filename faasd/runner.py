@@ -150,26 +150,25 @@ class _ColumnReport:
     def __init__(self) -> None:
         self.cached: list[str] = []
         self.read: list[str] = []
-        self.entries: dict[str, int] = {}
         self.inputs: list[InputRead] = []
 
 
 def _load_input(inp: ScanInput | ObjectInput, task: FunctionTask, report: _ColumnReport) -> Any:
     t0 = time.perf_counter()
+    if isinstance(inp, ScanInput) and inp.param in task.input_problems:
+        said = task.input_problems[inp.param]
+        raise InputProblem(f"input {inp.param!r} cannot read table {inp.key}: {said}")
     if inp.stream:
         return _open_stream(inp, task, report, t0)
     if isinstance(inp, ScanInput):
-        from faas.faasd.columns import scan_cached
-        from faas.protocol.errors import InvalidInput, NotFound
+        if inp.param in task.scans:  # read by the worker, in full
+            table = _map(task.scans[inp.param])
+        else:  # the worker made its columns cache entries
+            from faas.faasd.columns import scan_cached
 
-        try:
-            table, stats = scan_cached(inp, Path(task.column_cache) if task.column_cache else None)
-        except (InvalidInput, NotFound) as exc:  # a column, filter or snapshot the table lacks
-            said = str(exc).replace(inp.metadata_location, inp.key)
-            raise InputProblem(f"input {inp.param!r} cannot read table {inp.key}: {said}") from None
-        report.cached += [f"{inp.key}.{c}" for c in stats.columns_cached]
-        report.read += [f"{inp.key}.{c}" for c in stats.columns_read]
-        report.entries.update(dict(stats.new_entries))
+            table, stats = scan_cached(inp, Path(task.column_cache))
+            report.cached += [f"{inp.key}.{c}" for c in stats.columns_cached]
+            report.read += [f"{inp.key}.{c}" for c in stats.columns_read]
         source, name = "scan", inp.key
     else:
         table = _mapped(inp, task)
@@ -189,13 +188,12 @@ _held: list[int] = []
 def _mapped(inp: ObjectInput, task: FunctionTask) -> Any:
     """An upstream object, memory-mapped: the table's buffers point into the shared file,
     nothing is copied (unless the input's filter or columns make a new table)."""
-    import pyarrow as pa
 
     from faas.faasd.objects import hold
 
     path = task.objects[inp.object_id]
     _held.append(hold(path))
-    table = pa.ipc.open_file(pa.memory_map(path, "r")).read_all()
+    table = _map(path)
     missing = [c for c in inp.columns or () if c not in table.column_names]
     if missing:
         raise InputProblem(
@@ -211,22 +209,23 @@ def _mapped(inp: ObjectInput, task: FunctionTask) -> Any:
         ) from None
 
 
+def _map(path: str) -> Any:
+    """The Arrow IPC file at ``path`` as a table whose buffers are the file's pages."""
+    import pyarrow as pa
+
+    return pa.ipc.open_file(pa.memory_map(path, "r")).read_all()
+
+
 def _open_stream(
     inp: ScanInput | ObjectInput, task: FunctionTask, report: _ColumnReport, t0: float
 ) -> Any:
-    """An input as a RecordBatchReader (faas.Model(stream=True)): a source scan decoded as
-    it is read (past the column cache: nothing is held to keep), or an upstream object's
-    batches, mapped."""
+    """An input as a RecordBatchReader (faas.Model(stream=True)): a source scan's batches
+    as the worker reads them (through a FIFO: nothing is held to keep), or an upstream
+    object's batches, mapped."""
     import pyarrow as pa
 
     if isinstance(inp, ScanInput):
-        from faas.store.scan import open_metadata, scan_table
-
-        reader = scan_table(
-            open_metadata(inp.metadata_location), columns=inp.columns, row_filter=inp.filter,
-            snapshot_id=inp.snapshot_id, name=inp.metadata_location, stream=True,
-        )
-        report.read += [f"{inp.key}.{c}" for c in reader.schema.names]
+        reader = pa.ipc.open_stream(open(task.scans[inp.param], "rb"))  # noqa: SIM115 - the reader owns it
         source, name = "scan", inp.key
     else:
         table = _mapped(inp, task)
@@ -399,7 +398,7 @@ def run(
     phases["inputs"] = t1 - t0 - phases.get("waiting", 0.0)
     columns: dict[str, Any] = {
         "columns_cached": report.cached, "columns_read": report.read,
-        "column_entries": report.entries, "started": started, "phases": phases,
+        "started": started, "phases": phases,
         "inputs": report.inputs,
     }
     if task.kind == "sql":

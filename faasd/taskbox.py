@@ -4,10 +4,11 @@ Every task gets a directory of its own in the worker's shared memory,
 ``<shm root>/tasks/<task id>``:
 
 - ``in/``: hard links to its input objects and to the cached columns of its
-  scans (the worker wrote those entries: faasd.columns.prefetch). Links share
-  the objects' pages, so nothing is copied; the sandbox binds ``in/`` read-only,
-  so the function can map its inputs but neither write them nor see any other
-  object or column of the worker;
+  scans (the worker wrote those entries: faasd.columns.prefetch), and the other
+  scans the worker read for it (faasd.scans: IPC files, FIFOs for streams). Links
+  share the objects' pages, so nothing is copied; the sandbox binds ``in/``
+  read-only, so the function can map its inputs but neither write them nor see
+  any other object or column of the worker;
 - ``out/``: where the function writes its output object (and, for a direct
   output on object storage, its Parquet files). The worker moves the object
   into its store when the function has ended: from then on it is only ever
@@ -29,20 +30,13 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from faas.faasd.sandbox import SandboxSpec
-from faas.protocol.messages import ScanInput
+from faas.faasd.scans import TaskScans
 from faas.store import warehouse
 
 log = logging.getLogger(__name__)
 
 # Passed on to every function from the worker's environment, when set.
 PASSED_ON = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "PYTHONPATH", "PYTHONHASHSEED")
-# The storage settings (store.warehouse), passed on only to a function that reads the
-# warehouse itself.
-STORAGE = (
-    "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION",
-    "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE",
-    "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE",
-)
 
 
 def base_environ(environ: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -55,29 +49,10 @@ def base_environ(environ: Mapping[str, str] | None = None) -> dict[str, str]:
     return out
 
 
-def function_environ(storage: bool, environ: Mapping[str, str] | None = None) -> dict[str, str]:
-    """:func:`base_environ`, plus the storage settings when the function scans the
-    warehouse itself."""
-    env = os.environ if environ is None else environ
-    out = base_environ(env)
-    if storage:
-        out.update({k: env[k] for k in STORAGE if k in env})
-    return out
-
-
 def local_path(uri: str) -> str | None:
     """The local path of a ``file://`` URI or a path, read as the warehouse reads it; None
     for object storage."""
     return warehouse.filesystem(uri)[1] if warehouse.is_local(uri) else None
-
-
-def table_dir(metadata_location: str) -> str | None:
-    """The local directory of the table whose metadata file this is (its data files are
-    under it); None for object storage."""
-    path = local_path(metadata_location)
-    if path is None:
-        return None
-    return os.path.dirname(os.path.dirname(path))
 
 
 class TaskBox:
@@ -88,6 +63,8 @@ class TaskBox:
         self.inbox = root / "in"
         self.outbox = root / "out"
         self.staging: Path | None = None
+        # The scans the worker read for it; their stream threads end with the task.
+        self.scans: TaskScans | None = None
         self.inbox.mkdir(parents=True, exist_ok=True)
         self.outbox.mkdir(exist_ok=True)
 
@@ -141,23 +118,21 @@ class TaskBox:
         return out
 
     def close(self) -> None:
+        """Remove the task's directories (its streams stop first)."""
+        if self.scans is not None:
+            self.scans.close()
         shutil.rmtree(self.root, ignore_errors=True)
         if self.staging is not None:
             shutil.rmtree(self.staging, ignore_errors=True)
 
 
 def sandbox_spec(
-    *, box: TaskBox, project: Path, self_scans: Sequence[ScanInput], scratch: int, file_size: int, network: bool,
+    *, box: TaskBox, project: Path, scratch: int, file_size: int, network: bool,
     hide: Sequence[str],
 ) -> SandboxSpec:
-    """The sandbox of one task: its project files, inputs and the tables it scans
-    itself read-only; its output directories writable; what the worker keeps private
-    hidden."""
+    """The sandbox of one task: its project files and inputs (scans included) read-only;
+    its output directories writable; what the worker keeps private hidden."""
     ro = [str(project), str(box.inbox)]
-    for scan in self_scans:
-        where = table_dir(scan.metadata_location)
-        if where is not None:
-            ro.append(where)
     rw = [str(box.outbox)] + ([str(box.staging)] if box.staging is not None else [])
     return SandboxSpec(
         ro=ro, rw=rw, hide=list(hide), scratch=scratch, file_size=file_size, network=network,

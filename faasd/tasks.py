@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import shutil
@@ -25,7 +26,8 @@ from faas.faasd.limits import Scratch, watch_memory
 from faas.faasd.objects import ObjectStore, holding
 from faas.faasd.peer import fetch_object
 from faas.faasd.process import FunctionProcess
-from faas.faasd.taskbox import TaskBox, function_environ, sandbox_spec
+from faas.faasd.scans import TaskScans, read_scans
+from faas.faasd.taskbox import TaskBox, base_environ, sandbox_spec
 from faas.faasd.zygote import ZygotePool
 from faas.protocol.errors import (
     FaasError,
@@ -148,35 +150,40 @@ class FunctionTasks:
                 for i in msg.inputs
                 if isinstance(i, ObjectInput) and i.object_id not in msg.waiting
             }
-            inputs, prefetched = await self._prefetched(msg, box)
+            scans = box.scans = await self._scans(msg, box)
+            prefetched = scans.read
             task = FunctionTask(
                 run_id=msg.run_id, node=msg.node, project_dir=str(project), module=msg.module,
-                function=msg.function, inputs=inputs, objects=objects,
+                function=msg.function, inputs=scans.inputs, objects=objects,
+                scans=scans.files, input_problems=scans.problems,
                 output_path=str(box.outbox / self.store.path(msg.output_id).name), params=msg.params, kind=msg.kind, sql=msg.sql,
                 column_cache=str(box.inbox) if msg.use_cache else "",
                 parquet_dir=box.parquet_dir(msg.materialize.directory) if direct else "",  # type: ignore[union-attr]
                 parquet_stem=f"{msg.node}-{uuid.uuid4().hex[:8]}", threads=self._threads(msg),
                 waiting=msg.waiting,
             )
-            # The scans the function reads from storage itself: streamed, unplanned, uncached.
-            self_scans = [
-                i for i in inputs if isinstance(i, ScanInput) and i.key not in prefetched
-            ]
             t_env = time.perf_counter()
             env = await self._environment(msg)
             phases = {"environment": time.perf_counter() - t_env}
             proc = FunctionProcess(
                 task, python=env.python, cwd=str(project), zygote=self.zygotes.get(env.python),
-                env=function_environ(storage=bool(self_scans)),
+                env=base_environ(),
                 sandbox=None if self.isolation == "none" else sandbox_spec(
-                    box=box, project=project, self_scans=self_scans,
+                    box=box, project=project,
                     scratch=msg.memory_limit or self.memory, file_size=self.object_memory,
                     network=msg.internet_access, hide=self.private_paths,
                 ),
             )
             self.processes[msg.task_id] = proc
             spawned = time.time()
-            result = await self._run_limited(msg, proc, env)
+            for stream in scans.streams:
+                stream.start()
+            try:
+                result = await self._run_limited(msg, proc, env)
+            finally:
+                await asyncio.to_thread(scans.close)
+                if (failed := scans.failure()) is not None:
+                    raise failed  # a streamed scan broke: that, not the function, failed
             phases["process_start"] = max(0.0, result.started - spawned) if result.started else 0.0
             phases.update(result.phases)
             # Columns the worker read for it count as read, not as found in the cache.
@@ -249,19 +256,11 @@ class FunctionTasks:
             return msg.cpus
         return max(1, self.cpus - sum(self.cpus_reserved.values()))
 
-    async def _prefetched(
-        self, msg: RunTask, box: TaskBox
-    ) -> tuple[list[ScanInput | ObjectInput], dict[str, list[str]]]:
-        """The inputs with every source scan that Arrow can read planned here (files,
-        types, filter), from metadata this worker keeps: the function process then reads
-        no metadata. With the cache, the planned scans' columns are then made cache
-        entries here and linked into the task's ``in/``: the function maps them and reads
-        nothing from storage. Also: the columns read now ("table.column"), by scan key.
-        A scan that cannot be planned is left to the function, which plans it or reports
-        what is wrong with it."""
-        inputs = msg.inputs
-        if not any(isinstance(i, ScanInput) and not i.stream and i.columns != [] for i in inputs):
-            return inputs, {}
+    async def _scans(self, msg: RunTask, box: TaskBox) -> TaskScans:
+        """Every source scan of the task, read here for the function (faasd.scans): each
+        scan Arrow can read is planned from metadata this worker keeps; with the cache,
+        its columns become cache entries linked into the task's ``in/``; any other scan is
+        written into ``in/`` as an IPC file, or fed to the function through a FIFO."""
         cache = self.store.columns_dir if msg.use_cache else None
 
         def plan(i: ScanInput) -> ScanInput:
@@ -279,33 +278,19 @@ class FunctionTasks:
                 found = plan_metadata(
                     i.metadata_location, i.snapshot_id, i.columns, i.filter, table=table
                 )
-            except Exception as exc:  # noqa: BLE001 - the function finds and reports it
+            except Exception as exc:  # noqa: BLE001 - scanned unplanned, or reported by it
                 log.debug("could not plan the scan of %s: %s", i.key, exc)
                 return i
             return i if found is None else msgspec.structs.replace(i, plan=found)
 
-        def work() -> tuple[list[ScanInput | ObjectInput], dict[str, list[str]], dict[str, int]]:
-            from faas.faasd.columns import prefetch
-
-            planned: list[ScanInput | ObjectInput] = []
-            read: dict[str, list[str]] = {}
-            written: dict[str, int] = {}
-            for i in inputs:
-                if isinstance(i, ScanInput) and not i.stream and i.columns != []:
-                    i = plan(i)
-                    done = prefetch(i, cache) if cache is not None else None
-                    if done is not None:
-                        entries, stats = done
-                        for entry in entries:
-                            box.link_in(entry)
-                        read[i.key] = [f"{i.key}.{c}" for c in stats.columns_read]
-                        written.update(dict(stats.new_entries))
-                planned.append(i)
-            return planned, read, written
-
-        planned, read, written = await asyncio.to_thread(freeing(work))
-        self.store.add_columns(written)
-        return planned, read
+        if not any(isinstance(i, ScanInput) for i in msg.inputs):
+            return TaskScans(inputs=list(msg.inputs))
+        scans = await asyncio.to_thread(freeing(functools.partial(
+            read_scans, list(msg.inputs), box.inbox, plan=plan, cache_dir=cache,
+            link=box.link_in,
+        )))
+        self.store.add_columns(scans.written)
+        return scans
 
     async def _cached_done(self, msg: RunTask, t0: float) -> TaskDone:
         """The answer for an output this worker already holds: nothing runs."""

@@ -288,8 +288,14 @@ class FunctionTask(Message, frozen=True):
     params: dict[str, ParamValue] = {}
     kind: str = "python"
     sql: str = ""
-    # The worker's column cache directory; "" reads every column from storage.
+    # The directory holding the cache entries of the planned scans' columns ("" when the
+    # run does not use the cache).
     column_cache: str = ""
+    # param -> what the worker read for a scan not in the cache: an Arrow IPC file, or a
+    # FIFO carrying an Arrow IPC stream for a streamed scan. Functions never read storage.
+    scans: dict[str, str] = {}
+    # param -> why the table cannot give that scan (a column, filter or snapshot it lacks).
+    input_problems: dict[str, str] = {}
     # Set for a direct output: write it as Parquet files STEM-N.parquet into this
     # directory (not into output_path), encoding up to ``threads`` files at once.
     parquet_dir: str = ""
@@ -312,11 +318,9 @@ class FunctionResult(Message, frozen=True):
     schema: bytes
     # An expectation's verdict; None for models.
     passed: bool | None = None
-    # Source columns taken from the column cache and read from storage (as "table.column"),
-    # and the cache files this process added (file name → bytes).
+    # Source columns taken from the column cache and read from storage (as "table.column").
     columns_cached: list[str] = []
     columns_read: list[str] = []
-    column_entries: dict[str, int] = {}
     # When the process began (time.time()), and seconds spent reading inputs, in the
     # user's code and writing the output into shared memory.
     started: float = 0.0

@@ -451,6 +451,63 @@ def test_bad_credentials_are_one_line(
     one_line_error(proc, "faasd: error: ", f"s3://{bucket_name}/wh", "access denied")
 
 
+# Reads its table twice without the cache, whole and streamed, and looks at what it has.
+_PROBE = """
+import os
+import socket
+
+import faas
+
+
+@faas.model()
+def probe(t=faas.Model("territories"), s=faas.Model("territories", stream=True)):
+    print("storage settings:", sorted(k for k in os.environ if k.startswith("AWS")))
+    try:
+        socket.create_connection(("127.0.0.1", PORT), timeout=2).close()
+        print("store reachable")
+    except OSError as exc:
+        print("store unreachable:", type(exc).__name__)
+    print("streamed rows:", sum(b.num_rows for b in s))
+    return t
+"""
+
+
+def test_functions_get_their_scans_from_the_worker_with_no_credentials_and_no_network(
+    s3: S3Server, bucket: str, tmp_path: Path, example_data: Path
+) -> None:
+    """Without the cache, and streamed, a function's scans of an S3 table come from its
+    worker: the function holds no storage setting, cannot reach the store, and reads
+    every row."""
+    home = tmp_path / "home"
+    sched, address = start_daemon(
+        ["scheduler", "--listen", "127.0.0.1:0", "--home", str(home),
+         "--warehouse", f"s3://{bucket}/probe"],
+        "faasd scheduler listening on", tmp_path / "scheduler.log", env=s3.env(),
+    )
+    c = Cluster(home=home, address=address, token_file=home / ADMIN_TOKEN,
+                worker_token=home / "token", scheduler=sched)
+    try:
+        c.add_worker(tmp_path, "worker", env=s3.env())
+        c.faas("namespace", "create", "adventure", check=True)
+        c.faas("table", "import", "adventure.territories", str(example_data / "territories.csv"),
+               check=True)
+        project = tmp_path / "probe"
+        project.mkdir()
+        port = urllib.parse.urlsplit(s3.endpoint).port
+        (project / "models.py").write_text(_PROBE.replace("PORT", str(port)))
+        proc = c.faas("submit", str(project), "-n", "adventure", "--no-cache")
+        assert proc.returncode == 0, proc.stderr
+        said = proc.stdout + proc.stderr
+        assert "storage settings: []" in said, said
+        assert "store unreachable: " in said and "store reachable" not in said, said
+        assert "streamed rows: 10" in said, said
+        assert "probe: done (10 rows)" in said, said
+    finally:
+        for w in c.workers:
+            stop_daemon(w)
+        stop_daemon(sched)
+
+
 def test_scheduler_names_a_missing_bucket_in_one_line(s3: S3Server, tmp_path: Path) -> None:
     proc = subprocess.run(
         [

@@ -1,0 +1,112 @@
+"""The scans a worker reads for its functions (faasd.scans): files, streams through FIFOs,
+and a scan that breaks midway never reads as a shorter table."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pytest
+
+from faas.faasd.scans import StreamWriter, read_scans
+from faas.protocol.errors import StorageError
+from faas.protocol.messages import ScanInput
+from faas.store import Lakehouse
+from tests.conftest import OpenLake
+
+SCHEMA = pa.schema([("n", pa.int64())])
+
+
+def _batches(count: int, fail_after: int | None = None) -> Iterator[pa.RecordBatch]:
+    for i in range(count):
+        if fail_after is not None and i == fail_after:
+            raise OSError("the data file vanished")
+        yield pa.record_batch([pa.array(range(i * 100, (i + 1) * 100))], schema=SCHEMA)
+
+
+def _stream(tmp_path: Path, batches: Iterator[pa.RecordBatch]) -> StreamWriter:
+    fifo = tmp_path / "stream-0"
+    os.mkfifo(fifo, 0o600)
+    writer = StreamWriter(pa.RecordBatchReader.from_batches(SCHEMA, batches), fifo, "shop.t")
+    writer.start()
+    return writer
+
+
+def test_a_stream_carries_every_batch(tmp_path: Path) -> None:
+    writer = _stream(tmp_path, _batches(50))
+    with open(tmp_path / "stream-0", "rb") as f:
+        table = pa.ipc.open_stream(f).read_all()
+    writer.close()
+    assert table.column("n").to_pylist() == list(range(5000))
+    assert writer.error is None
+
+
+def test_a_scan_that_fails_midway_breaks_the_stream(tmp_path: Path) -> None:
+    """The reader gets an error, never a clean end after the batches that came; the writer
+    keeps the scan's error for the task."""
+    writer = _stream(tmp_path, _batches(50, fail_after=3))
+    got: list[int] = []
+    with open(tmp_path / "stream-0", "rb") as f, pytest.raises(pa.ArrowInvalid):
+        for batch in pa.ipc.open_stream(f):
+            got.append(batch.num_rows)
+    writer.close()
+    assert got == [100, 100, 100]
+    assert isinstance(writer.error, StorageError)
+    assert str(writer.error) == "cannot read table shop.t: the data file vanished"
+
+
+def test_a_stream_nobody_reads_or_one_left_early_ends_with_the_task(tmp_path: Path) -> None:
+    unread = _stream(tmp_path, _batches(10))
+    unread.close()  # the function never opened it
+    assert unread.error is None
+
+    early = tmp_path / "early"
+    early.mkdir()
+    left = _stream(early, _batches(100_000))  # far more than the pipe holds
+    with open(early / "stream-0", "rb") as f:
+        first = pa.ipc.open_stream(f).read_next_batch()
+    assert first.num_rows == 100
+    done = threading.Event()
+    threading.Thread(target=lambda: (left.close(), done.set()), daemon=True).start()
+    assert done.wait(10), "the writer did not end after its reader left"
+    assert left.error is None
+
+
+def test_read_scans_writes_files_streams_and_problems(
+    tmp_path: Path, open_lake: OpenLake
+) -> None:
+    """Without the cache: a whole scan becomes an IPC file with only its columns and rows,
+    a streamed one a FIFO, and a column the table lacks a problem for the function to say."""
+    lake: Lakehouse = open_lake("shop")
+    tx = lake.begin("main")
+    tx.write("shop.t", pa.table({"a": list(range(1000)), "b": [str(i) for i in range(1000)]}))
+    tx.publish("t")
+    info = lake.table_info("shop.t", "main")
+
+    def scan(param: str, **kw: Any) -> ScanInput:
+        return ScanInput(param=param, key="shop.t", metadata_location=info.metadata_location,
+                         snapshot_id=info.snapshot_id, **kw)
+
+    inbox = tmp_path / "in"
+    inbox.mkdir()
+    inputs = [scan("whole", columns=["b"], filter="a >= 990"), scan("streamed", stream=True),
+              scan("wrong", columns=["nope"])]
+    scans = read_scans(inputs, inbox, plan=lambda i: i, cache_dir=None, link=None)
+    try:
+        assert set(scans.files) == {"whole", "streamed"}
+        whole = pa.ipc.open_file(pa.memory_map(scans.files["whole"])).read_all()
+        assert whole.column_names == ["b"]
+        assert sorted(whole.column("b").to_pylist()) == [str(i) for i in range(990, 1000)]
+        assert "'nope'" in scans.problems["wrong"] and "shop.t" in scans.problems["wrong"]
+        assert info.metadata_location not in scans.problems["wrong"]
+        for stream in scans.streams:
+            stream.start()
+        with open(scans.files["streamed"], "rb") as f:
+            assert pa.ipc.open_stream(f).read_all().num_rows == 1000
+    finally:
+        scans.close()
+    assert scans.failure() is None
