@@ -60,10 +60,10 @@ def job_get(run_id: str, as_json: bool = json_flag()) -> None:
 
 # Phases of a function in the order they happen, with the letter that draws each.
 PHASES = (
-    ("queued", "q"), ("environment", "e"), ("process_start", "s"), ("inputs", "i"),
+    ("queued", "q"), ("scan", "r"), ("environment", "e"), ("process_start", "s"), ("inputs", "i"),
     ("waiting", "w"), ("code", "c"), ("output_shm", "o"), ("output_parquet", "p"), ("commit", "m"),
 )
-_ANSI = {"q": 90, "e": 35, "s": 33, "i": 34, "w": 37, "c": 32, "o": 36, "p": 31, "m": 95}
+_ANSI = {"q": 90, "r": 94, "e": 35, "s": 33, "i": 34, "w": 37, "c": 32, "o": 36, "p": 31, "m": 95}
 BAR_WIDTH = 40
 
 

@@ -150,7 +150,9 @@ class FunctionTasks:
                 for i in msg.inputs
                 if isinstance(i, ObjectInput) and i.object_id not in msg.waiting
             }
+            t_scan = time.perf_counter()
             scans = box.scans = await self._scans(msg, box)
+            scanned = time.perf_counter() - t_scan
             prefetched = scans.read
             task = FunctionTask(
                 run_id=msg.run_id, node=msg.node, project_dir=str(project), module=msg.module,
@@ -165,6 +167,8 @@ class FunctionTasks:
             t_env = time.perf_counter()
             env = await self._environment(msg)
             phases = {"environment": time.perf_counter() - t_env}
+            if scans.files or scans.read:
+                phases["scan"] = scanned  # by the worker, for the function
             proc = FunctionProcess(
                 task, python=env.python, cwd=str(project), zygote=self.zygotes.get(env.python),
                 env=base_environ(),

@@ -122,7 +122,8 @@ def reader(chatty=faas.Model("chatty", columns=["Country"])):
     nodes = cluster.json("job", "get", run_id)["nodes"]
     chatty, reader = nodes["chatty"]["phases"], nodes["reader"]["phases"]
     every = {"queued", "environment", "process_start", "inputs", "code", "output_shm"}
-    assert every | {"output_parquet", "commit"} == set(chatty)  # materialized: written, committed
+    # The chatty one scans a table (read by its worker) and is materialized (written, committed).
+    assert every | {"scan", "output_parquet", "commit"} == set(chatty)
     assert every == set(reader)  # in memory only
     assert all(isinstance(v, float) and v >= 0 for v in [*chatty.values(), *reader.values()])
     (scan,) = nodes["chatty"]["inputs"]
@@ -134,7 +135,7 @@ def reader(chatty=faas.Model("chatty", columns=["Country"])):
     assert mapped["nbytes"] > 0 and mapped["seconds"] >= 0
     text = cluster.faas("job", "get", run_id, check=True).stdout
     assert "output_pa" in text and "chatty.t <- scan adventure.territories" in text
-    assert "reader.chatty <- object chatty" in text and "c code" in text
+    assert "reader.chatty <- object chatty" in text and "c code" in text and "r scan" in text
 
 
 def test_job_cancel_stops_a_running_run(cluster: Cluster, example_data: Path, tmp_path: Path) -> None:
