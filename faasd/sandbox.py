@@ -98,10 +98,14 @@ PROC_READ_ONLY = ("sys", "sysrq-trigger", "irq", "bus")
 
 
 class SandboxSpec(msgspec.Struct, frozen=True, kw_only=True):
-    """What one function process may see. Paths are absolute, bound at the same place."""
+    """What one function process may see. Paths are absolute, bound at the same place,
+    except ``moved``."""
 
     ro: list[str] = []
     rw: list[str] = []
+    # Writable directories bound elsewhere: the path inside -> the host's directory (so
+    # that the function does not learn where the host keeps it).
+    moved: dict[str, str] = {}
     # Covered (an empty read-only directory, or /dev/null for a file) where they lie
     # inside a directory bound above.
     hide: list[str] = []
@@ -377,6 +381,10 @@ def _finish(spec: SandboxSpec) -> None:
         _bind(path, False, done, hidden)
     for path in sorted({os.path.normpath(p) for p in spec.rw}):
         _bind(path, True, done, hidden)
+    for inside, source in sorted(spec.moved.items()):
+        if os.path.isdir(HOST + source):
+            _mount_point(inside, is_dir=True)
+            _mount(HOST + source, inside, None, MS_BIND | MS_REC)
     for path in hidden:
         _read_only(path, recursive=False)
     _check(_c().umount2(HOST.encode(), MNT_DETACH), "detach the host's root")

@@ -16,7 +16,8 @@ Every task gets a directory of its own in the worker's shared memory,
 
 A direct output on a local warehouse is written into a staging directory beside
 the table's data files (same filesystem, so the files are renamed into place
-afterwards, not copied); the function sees that directory alone of the warehouse.
+afterwards, not copied); the function sees that directory alone of the warehouse,
+bound at ``out/parquet``, so not even its path tells it where the warehouse is.
 """
 
 from __future__ import annotations
@@ -84,16 +85,17 @@ class TaskBox:
             shutil.copyfile(source, target)
         return target
 
-    def parquet_dir(self, directory_uri: str) -> str:
-        """Where the function writes a direct output's Parquet files."""
+    def parquet_dir(self, directory_uri: str, *, sandboxed: bool) -> str:
+        """Where the function writes a direct output's Parquet files: ``out/parquet``
+        (a sandbox binds the staging directory of a local warehouse there)."""
+        inside = self.outbox / "parquet"
+        inside.mkdir(exist_ok=True)
         local = local_path(directory_uri)
         if local is None:  # object storage: the worker uploads them
-            target = self.outbox / "parquet"
-        else:
-            target = Path(local) / f".faas-{self.root.name}"
-            self.staging = target
-        target.mkdir(parents=True, exist_ok=True)
-        return str(target)
+            return str(inside)
+        self.staging = Path(local) / f".faas-{self.root.name}"
+        self.staging.mkdir(parents=True, exist_ok=True)
+        return str(inside if sandboxed else self.staging)
 
     def publish_parquet(self, files: Sequence[str], directory_uri: str) -> list[str]:
         """Move the function's Parquet files into ``directory_uri``; their URIs there, as
@@ -105,6 +107,8 @@ class TaskBox:
         for written in files:
             source = local_path(written) or written
             name = os.path.basename(source)
+            if self.staging is not None:  # the function may have named it by its mount
+                source = str(self.staging / name)
             if local is not None:
                 os.replace(source, os.path.join(local, name))
             else:
@@ -132,9 +136,8 @@ def sandbox_spec(
 ) -> SandboxSpec:
     """The sandbox of one task: its project files and inputs (scans included) read-only;
     its output directories writable; what the worker keeps private hidden."""
-    ro = [str(project), str(box.inbox)]
-    rw = [str(box.outbox)] + ([str(box.staging)] if box.staging is not None else [])
+    moved = {str(box.outbox / "parquet"): str(box.staging)} if box.staging is not None else {}
     return SandboxSpec(
-        ro=ro, rw=rw, hide=list(hide), scratch=scratch, file_size=file_size, network=network,
-        cwd=str(project),
+        ro=[str(project), str(box.inbox)], rw=[str(box.outbox)], moved=moved, hide=list(hide),
+        scratch=scratch, file_size=file_size, network=network, cwd=str(project),
     )

@@ -160,7 +160,9 @@ class FunctionTasks:
                 scans=scans.files, input_problems=scans.problems,
                 output_path=str(box.outbox / self.store.path(msg.output_id).name), params=msg.params, kind=msg.kind, sql=msg.sql,
                 column_cache=str(box.inbox) if msg.use_cache else "",
-                parquet_dir=box.parquet_dir(msg.materialize.directory) if direct else "",  # type: ignore[union-attr]
+                parquet_dir=box.parquet_dir(
+                    msg.materialize.directory, sandboxed=self.isolation != "none",  # type: ignore[union-attr]
+                ) if direct else "",
                 parquet_stem=f"{msg.node}-{uuid.uuid4().hex[:8]}", threads=self._threads(msg),
                 waiting=msg.waiting,
             )

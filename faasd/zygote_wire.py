@@ -13,7 +13,7 @@ import signal
 
 import msgspec
 
-from faas.faasd.sandbox import SandboxSpec
+from faas.faasd.sandbox import SANDBOX_FAILED, SandboxSpec
 from faas.protocol.errors import EnvironmentFailed, FunctionFailed
 
 log = logging.getLogger("faasd.zygote")
@@ -119,6 +119,9 @@ def describe_exit(code: int | None) -> str:
             return f"was killed by signal {signal.Signals(-code).name}"
         except ValueError:
             return f"was killed by signal {-code}"
+    if code == SANDBOX_FAILED:
+        return (f"could not build its sandbox (exit code {code}; what the kernel refused is "
+                "the last line of its output)")
     return f"exited with code {code}"
 
 

@@ -559,3 +559,35 @@ def test_zygote_died_is_a_function_failure() -> None:
     err = ZygoteDied("/x/python", 12, "was killed by signal SIGKILL")
     assert isinstance(err, FunctionFailed)
     assert str(err) == "the zygote (pid 12) for /x/python was killed by signal SIGKILL"
+
+
+# -- a sandbox the kernel will not build ----------------------------------------------
+
+
+@pytest.mark.parametrize("use_zygote", [True, False], ids=["zygote", "fresh"])
+def test_a_sandbox_that_cannot_be_built_is_one_line(project: Path, use_zygote: bool) -> None:
+    """A directory to bind where no directory can be made (inside /proc): the process
+    ends with the sandbox's status before any user code runs, its output says which step
+    was refused, and the failure says the sandbox could not be built."""
+    from faas.faasd.sandbox import SandboxSpec, sandbox_unavailable
+
+    if (why := asyncio.run(sandbox_unavailable())) is not None:
+        pytest.fail(f"this host cannot build sandboxes ({why}); .ci/run enables them")
+    spec = SandboxSpec(ro=[str(project)], moved={"/proc/faas-nowhere": str(project)},
+                       cwd=str(project))
+
+    async def go() -> Run:
+        async with contextlib.AsyncExitStack() as stack:
+            zygote = await stack.enter_async_context(Zygote()) if use_zygote else None
+            run = Run(project, "hello", zygote=zygote)
+            run.proc = FunctionProcess(run.task, cwd=str(project), zygote=zygote, sandbox=spec)
+            return await run()
+
+    run = run_async(go())
+    assert isinstance(run.error, FunctionFailed)
+    message = str(run.error)
+    assert "'hello' could not build its sandbox (exit code 71" in message, message
+    assert "\n" not in message
+    said = " ".join(line for _, line in run.lines)
+    assert "sandbox" in said and "/proc/faas-nowhere" in said, run.lines
+    assert not any(line.startswith("line ") for _, line in run.lines)  # no user code ran
