@@ -279,6 +279,8 @@ def info(as_json: bool = json_flag()) -> None:
         print_json(data)
         return
     typer.echo(f"scheduler {data.scheduler}")
+    if data.iceberg:
+        typer.echo(f"iceberg   {data.iceberg}/<ref> (Iceberg REST catalog)")
     for w in data.workers:
         typer.echo(
             f"  worker {w.worker_id} on {w.host_id}"

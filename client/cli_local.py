@@ -57,6 +57,7 @@ def local_status(as_json: bool = json_flag()) -> None:
         "idle_seconds": round(said.idle_seconds, 1) if said else 0.0,
         "idle_limit_seconds": info.get("idle_seconds"), "runs": said.runs if said else 0,
         "workers": len(said.workers) if said else 0, "logs": info.get("logs"),
+        "iceberg": info.get("iceberg", ""),
     }
     if said is None:
         out["error"] = live
@@ -66,6 +67,8 @@ def local_status(as_json: bool = json_flag()) -> None:
     typer.echo(f"local faas daemon for {home}")
     typer.echo(f"  address  {out['address']} (pid {out['pid']}, worker pid {out['worker_pid']})")
     typer.echo(f"  version  {out['version']}")
+    if out["iceberg"]:
+        typer.echo(f"  iceberg  {out['iceberg']}/<ref> (Iceberg REST catalog, e.g. {out['iceberg']}/main)")
     typer.echo(f"  uptime   {_span(out['uptime_seconds'])}")
     limit = out["idle_limit_seconds"] or 0
     if out["runs"]:

@@ -74,6 +74,8 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
                    help="the largest result a query may return, in Arrow bytes (default 1GiB)")
     s.add_argument("--protect", action="append", default=None, metavar="BRANCH",
                    help="a branch only admins may change (repeatable; default: main)")
+    s.add_argument("--http", default=None, metavar="HOST:PORT",
+                   help="serve the Iceberg REST catalog here, at http://HOST:PORT/iceberg/<ref>")
     w = sub.add_parser("worker", help="run a worker on this host")
     w.add_argument("--config", default=None, metavar="FILE", help=CONFIG_HELP)
     w.add_argument("--scheduler", default=None, help="scheduler HOST:PORT (required)")
@@ -256,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
                 home=home, token=token, listen=args.listen, warehouse=args.warehouse,
                 catalog=args.catalog, host_id=args.host_id,
                 **_given(args, "run_log_limit", "client_idle_timeout", "query_timeout",
-                         "worker_wait", "query_result_limit", "protect"),
+                         "worker_wait", "query_result_limit", "protect", "http"),
             )
             asyncio.run(_serve(daemon, "faasd scheduler listening on {d.address}"))
         else:

@@ -100,6 +100,7 @@ class LocalDaemon:
             "version": build_id(), "pid": os.getpid(), "address": self.scheduler.address,
             "worker_pid": self.worker.pid, "started": time.time(), "idle_seconds": self.idle,
             "home": str(self.home), "logs": str(self.home / "logs"),
+            "iceberg": self.scheduler.iceberg.url if self.scheduler.iceberg else "",
             "settings": settings_fingerprint(),
         }
         tmp = self.info_path.with_name(f".{INFO_FILE}.{os.getpid()}")
@@ -121,8 +122,10 @@ class LocalDaemon:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop.set)
         loop.add_signal_handler(signal.SIGHUP, lambda: None)  # no terminal to lose
+        # The Iceberg REST catalog on a loopback port of its own, for other engines.
         self.scheduler = Scheduler(
             home=self.home, token=ensure_token(self.home / "token"), listen=self.listen,
+            http="127.0.0.1:0",
         )
         try:
             try:

@@ -218,6 +218,8 @@ class Cluster(Message, frozen=True):
     runs: int
     idle_seconds: float
     workers: list[WorkerInfo]
+    # The Iceberg REST catalog's base URL (add /<ref>); "" when it is not served.
+    iceberg: str = ""
 
 
 # -- plans ------------------------------------------------------------------------------

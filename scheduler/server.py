@@ -130,6 +130,7 @@ class Scheduler(RunRequests, HelperTasks):
         query_result_limit: int = QUERY_RESULT_LIMIT,
         worker_wait: float = WORKER_WAIT,
         protect: Sequence[str] = ("main",),
+        http: str | None = None,
     ) -> None:
         self.home = Path(home).expanduser()
         # The worker credential: workers prove it; clients prove their user's secret.
@@ -138,6 +139,9 @@ class Scheduler(RunRequests, HelperTasks):
         # Branches only an admin may change (faasd scheduler --protect).
         self.protect = list(protect)
         self.listen = listen
+        # Where the Iceberg REST catalog listens (faasd scheduler --http); None: nowhere.
+        self.http = http
+        self.iceberg: IcebergRest | None = None
         self.warehouse = warehouse
         self.catalog = catalog
         self.host_id = host_id or socket.gethostname()
@@ -197,6 +201,11 @@ class Scheduler(RunRequests, HelperTasks):
         )
         sock = self._server.sockets[0].getsockname()
         self.address = f"{sock[0]}:{sock[1]}"
+        if self.http is not None:
+            from faas.scheduler.iceberg_rest import IcebergRest  # aiohttp: only when served
+
+            self.iceberg = IcebergRest(self, self.http)
+            await self.iceberg.start()
         self.status = "running"
         log.info("scheduler listening on %s (home %s)", self.address, self.home)
         return self.address
@@ -208,6 +217,8 @@ class Scheduler(RunRequests, HelperTasks):
         self.status = "closing"
         if self._server:
             self._server.close()
+        if self.iceberg is not None:
+            await self.iceberg.close()
         for run in list(self.runs.values()):
             run.cancel()
         for w in list(self.workers.values()):
@@ -542,6 +553,7 @@ class Scheduler(RunRequests, HelperTasks):
         return Cluster(
             scheduler=self.address, version=build_id(), pid=os.getpid(), started=self.started,
             runs=len(self.runs), idle_seconds=self.idle_for(asking=1), workers=workers,
+            iceberg=self.iceberg.url if self.iceberg is not None else "",
         )
 
 def _describe_task(task_id: str) -> RunningFunction:
@@ -556,6 +568,7 @@ __all__ = ["Scheduler", "WorkerHandle", "RunFinished"]
 
 
 if TYPE_CHECKING:
+    from faas.scheduler.iceberg_rest import IcebergRest
     from faas.scheduler.run_host import RunHost
 
     def _hosts_runs(scheduler: Scheduler) -> RunHost:

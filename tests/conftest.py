@@ -357,6 +357,20 @@ def import_territories(c: Cluster, data: Path, namespace: str = "adventure") -> 
     c.faas("table", "import", f"{namespace}.territories", str(data / "territories.csv"), check=True)
 
 
+def add_user(c: Cluster, tmp: Path, name: str, role: str) -> Path:
+    """``faasd user add``, as an operator runs it on the scheduler's host; the token file."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "faas.faasd", "user", "add", name, "--role", role,
+         "--home", str(c.home)],
+        capture_output=True, text=True, cwd=ROOT, timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    token = tmp / f"{name}.token"
+    token.write_text(proc.stdout)
+    assert proc.stdout.startswith(f"{name}:") and f"user {name} ({role})" in proc.stderr
+    return token
+
+
 def write_project(tmp: Path, text: str, name: str = "p") -> Path:
     """A project directory holding ``text`` (dedented) as models.py."""
     root = tmp / name

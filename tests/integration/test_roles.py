@@ -15,7 +15,14 @@ from faas.protocol.auth import load_token
 from faas.protocol.connection import connect
 from faas.protocol.errors import HandshakeFailed
 from faas.protocol.replies import ClientReply
-from tests.conftest import ROOT, Cluster, import_territories, one_line_error, write_project
+from tests.conftest import (
+    ROOT,
+    Cluster,
+    add_user,
+    import_territories,
+    one_line_error,
+    write_project,
+)
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -29,18 +36,6 @@ def copied(t=faas.Model("territories")):
 '''
 
 
-def add_user(c: Cluster, tmp: Path, name: str, role: str) -> Path:
-    """``faasd user add``, as an operator runs it on the scheduler's host; the token file."""
-    proc = subprocess.run(
-        [sys.executable, "-m", "faas.faasd", "user", "add", name, "--role", role,
-         "--home", str(c.home)],
-        capture_output=True, text=True, cwd=ROOT, timeout=60,
-    )
-    assert proc.returncode == 0, proc.stderr
-    token = tmp / f"{name}.token"
-    token.write_text(proc.stdout)
-    assert proc.stdout.startswith(f"{name}:") and f"user {name} ({role})" in proc.stderr
-    return token
 
 
 def as_user(c: Cluster, token: Path, *args: str) -> subprocess.CompletedProcess[str]:

@@ -1,0 +1,130 @@
+"""The Iceberg REST catalog, read by PyIceberg's own RestCatalog (a client written by
+others) from real daemons on loopback, by branch, tag and commit."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from pyiceberg.catalog.rest import RestCatalog
+from pyiceberg.exceptions import (
+    NoSuchNamespaceError,
+    NoSuchTableError,
+    UnauthorizedError,
+)
+
+from tests.conftest import Cluster, add_user, import_territories, scheduler_only
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory, example_data: Path) -> Iterator[Cluster]:
+    """main: adventure.territories; tag v1 there; branch dev: also adventure.sale_t."""
+    tmp = tmp_path_factory.mktemp("rest")
+    with scheduler_only(tmp, args=["--http", "127.0.0.1:0"]) as c:
+        c.add_worker(tmp, "w")
+        c.wait_workers(1)
+        import_territories(c, example_data)
+        c.faas("tag", "create", "v1", check=True)
+        c.faas("branch", "create", "dev", "--from", "main", check=True)
+        c.faas("table", "import", "adventure.more", str(example_data / "territories.csv"),
+               "--ref", "dev", check=True)
+        yield c
+
+
+def _catalog(c: Cluster, ref: str, token: str | None = None) -> RestCatalog:
+    url = c.json("info")["iceberg"]
+    return RestCatalog("faas", uri=f"{url}/{ref}",
+                       token=token if token is not None else c.token_file.read_text().strip())
+
+
+def test_pyiceberg_lists_and_scans_tables_by_ref(served: Cluster) -> None:
+    c = served
+    main, dev, tag = _catalog(c, "main"), _catalog(c, "dev"), _catalog(c, "v1")
+    assert main.list_namespaces() == [("adventure",)]
+    assert main.list_tables("adventure") == [("adventure", "territories")]
+    assert tag.list_tables("adventure") == [("adventure", "territories")]
+    assert dev.list_tables("adventure") == [("adventure", "more"), ("adventure", "territories")]
+    head = c.json("log", "main", "-n", "1")[0]["hash"]
+    at_commit = _catalog(c, f"main@{head[:12]}")
+    assert at_commit.list_tables("adventure") == [("adventure", "territories")]
+
+    table = main.load_table("adventure.territories")
+    got = table.scan().to_arrow()
+    want = c.json("query", "SELECT * FROM territories", "-n", "adventure")
+    key = sorted(want[0])[0]
+    assert sorted(got.to_pylist(), key=lambda r: r[key]) == sorted(want, key=lambda r: r[key])
+    assert table.metadata_location == c.json("table", "get", "adventure.territories")[
+        "metadata_location"]
+    assert dev.load_table("adventure.more").scan().to_arrow().num_rows == len(want)
+
+    assert main.namespace_exists("adventure") and not main.namespace_exists("nope")
+    assert main.table_exists("adventure.territories") and not main.table_exists("adventure.more")
+    assert main.load_namespace_properties("adventure") == {}
+    with pytest.raises(NoSuchTableError):
+        main.load_table("adventure.more")
+    with pytest.raises(NoSuchNamespaceError):
+        main.list_tables("nope")
+
+
+def test_pages_refs_and_tokens(served: Cluster, tmp_path: Path) -> None:
+    """Pages as the spec says; an unknown ref and a bad token are the spec's errors, one
+    line each; a reader's token may read."""
+    c = served
+    url = c.json("info")["iceberg"]
+    token = c.token_file.read_text().strip()
+
+    def get(path: str, auth: str | None = token) -> tuple[int, dict[str, object]]:
+        request = urllib.request.Request(f"{url}/{path}")
+        if auth is not None:
+            request.add_header("Authorization", f"Bearer {auth}")
+        try:
+            with urllib.request.urlopen(request, timeout=10) as r:
+                return r.status, json.loads(r.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read())
+
+    status, page = get("dev/v1/namespaces/adventure/tables?pageSize=1")
+    assert status == 200 and page["identifiers"] == [{"namespace": ["adventure"], "name": "more"}]
+    status, rest = get(f"dev/v1/namespaces/adventure/tables?pageSize=1&pageToken={page['next-page-token']}")
+    assert rest["identifiers"] == [{"namespace": ["adventure"], "name": "territories"}]
+    assert rest["next-page-token"] is None
+
+    status, body = get("nobranch/v1/namespaces")
+    assert status == 404 and body["error"]["type"] == "NoSuchReferenceException"
+    assert "nobranch" in body["error"]["message"] and body["error"]["code"] == 404
+    for auth in (None, "admin:wrong", "nobody:" + "x" * 43, "not-a-user-token"):
+        status, body = get("main/v1/namespaces", auth)
+        assert status == 401 and body["error"]["type"] == "NotAuthorizedException", auth
+    with pytest.raises(UnauthorizedError):
+        _catalog(c, "main", token="admin:wrong")
+
+    reader = add_user(c, tmp_path, "bi", "reader").read_text().strip()
+    assert _catalog(c, "main", token=reader).list_tables("adventure") == [
+        ("adventure", "territories")]
+
+
+def test_duckdb_attaches_the_catalog(served: Cluster) -> None:
+    """DuckDB's iceberg extension, where this machine can install it (it is downloaded)."""
+    import duckdb
+
+    con = duckdb.connect()
+    try:
+        con.execute("INSTALL iceberg")
+        con.execute("INSTALL httpfs")
+    except duckdb.Error as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        pytest.skip(f"DuckDB cannot install its iceberg extension on this machine: {first}")
+    url = served.json("info")["iceberg"]
+    token = served.token_file.read_text().strip()
+    con.execute("LOAD iceberg")
+    con.execute("LOAD httpfs")
+    con.execute(f"CREATE SECRET faas (TYPE iceberg, TOKEN '{token}')")
+    con.execute(f"ATTACH 'main' AS faas (TYPE iceberg, SECRET faas, ENDPOINT '{url}/main')")
+    (count,) = con.execute("SELECT count(*) FROM faas.adventure.territories").fetchone()  # type: ignore[misc]
+    assert count == len(served.json("query", "SELECT * FROM territories", "-n", "adventure"))
