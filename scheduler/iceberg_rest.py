@@ -9,10 +9,12 @@ port of its own). The ref is part of the base URI, as Project Nessie does it:
 Served so far, following the Iceberg REST OpenAPI spec (``open-api/rest-catalog-open-
 api.yaml``): ``GET /v1/config``; namespaces (list, with ``pageToken``/``pageSize``; load;
 exists); tables (list, paged; load, with the full metadata and the FileIO settings a
-client needs to read the data files, never credentials; exists). ``/v1/config`` names
-exactly these endpoints, so a client refuses anything else before asking.
+client needs to read the data files, never credentials; exists; commit, as one faas
+commit on the URI's branch). ``/v1/config`` names exactly these endpoints, so a client
+refuses anything else before asking.
 
-Auth: ``Authorization: Bearer NAME:SECRET``, a faas user token (any role may read).
+Auth: ``Authorization: Bearer NAME:SECRET``, a faas user token (any role may read; a
+commit needs ``writer``, ``admin`` on a protected branch).
 Errors are the spec's error model: ``{"error": {"message", "type", "code"}}``.
 """
 
@@ -26,7 +28,8 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from faas.protocol.auth import split_credential
-from faas.protocol.errors import FaasError, InvalidInput, NotFound
+from faas.protocol.errors import CommitConflict, FaasError, InvalidInput, NotAllowed, NotFound
+from faas.scheduler.users import allow
 
 if TYPE_CHECKING:
     from faas.scheduler.server import Scheduler
@@ -42,6 +45,7 @@ ENDPOINTS = [
     "GET /v1/{prefix}/namespaces/{namespace}/tables",
     "GET /v1/{prefix}/namespaces/{namespace}/tables/{table}",
     "HEAD /v1/{prefix}/namespaces/{namespace}/tables/{table}",
+    "POST /v1/{prefix}/namespaces/{namespace}/tables/{table}",
 ]
 # The spec's default separator of a multi-level namespace in a path (%1F).
 SEPARATOR = "\x1f"
@@ -79,6 +83,7 @@ class IcebergRest:
         app.router.add_get(PREFIX + "/namespaces/{namespace}", self.load_namespace)
         app.router.add_get(PREFIX + "/namespaces/{namespace}/tables", self.list_tables)
         app.router.add_get(PREFIX + "/namespaces/{namespace}/tables/{table}", self.load_table)
+        app.router.add_post(PREFIX + "/namespaces/{namespace}/tables/{table}", self.commit_table)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
         host, _, port = self.listen.rpartition(":")
@@ -103,12 +108,17 @@ class IcebergRest:
         if user is None:
             return _error(401, "NotAuthorizedException",
                           "a faas user token is needed: Authorization: Bearer NAME:SECRET")
+        request["user"] = user
         try:
             response: web.StreamResponse = await handler(request)
         except web.HTTPException:
             raise
         except RestError as exc:
             return _error(exc.status, exc.kind, str(exc))
+        except NotAllowed as exc:
+            return _error(403, "ForbiddenException", str(exc))
+        except CommitConflict as exc:
+            return _error(409, "CommitFailedException", str(exc))
         except NotFound as exc:
             return _error(404, "NotFoundException", str(exc))
         except InvalidInput as exc:
@@ -196,6 +206,51 @@ class IcebergRest:
             "config": _file_io(info.metadata_location),
         }
         return web.json_response(body)
+
+
+    async def commit_table(self, request: web.Request) -> web.Response:
+        """Apply a CommitTableRequest (its requirements checked, then its updates) to the
+        table as the ref's branch has it, in one faas commit authored by the token's user."""
+        ref = await self._ref(request)
+        namespace = await self._namespace(request, ref)
+        key = f"{namespace}.{request.match_info['table']}"
+        scheduler = self.scheduler
+        branch, _ = await self._store(scheduler.lakehouse.catalog.resolve, ref)
+        if branch is None or "@" in ref:
+            raise RestError(400, "BadRequestException",
+                            f"ref {ref!r} is a tag or a commit: only a branch takes commits")
+        user = request["user"]
+        allow(user, scheduler.users.role(user), "writer", branch,
+              "commit through the Iceberg REST catalog", scheduler.protect)
+        body = await request.read()
+        location, metadata = await self._store(_commit, scheduler.lakehouse, ref, key, body, user)
+        return web.json_response({"metadata-location": location, "metadata": metadata})
+
+
+def _commit(lakehouse: Any, ref: str, key: str, body: bytes, user: str) -> tuple[str, Any]:
+    """The commit itself, on the store's thread: stage the table's new metadata in a faas
+    transaction on ``ref``, publish it; the new metadata location and its JSON."""
+    from pydantic import ValidationError
+    from pyiceberg.exceptions import CommitFailedException, NoSuchTableError
+    from pyiceberg.table import CommitTableRequest
+
+    try:
+        change = CommitTableRequest.model_validate_json(body)
+    except ValidationError as exc:
+        first = exc.errors()[0] if exc.errors() else {"msg": str(exc)}
+        raise InvalidInput(f"not a CommitTableRequest: {first.get('msg')}") from None
+    tx = lakehouse.begin(ref, user)
+    try:
+        table = tx.view.load_table(key)
+    except NoSuchTableError:
+        raise RestError(404, "NoSuchTableException",
+                        f"table {key!r} not found at ref {ref!r}") from None
+    try:
+        done = tx.view.commit_table(table, tuple(change.requirements), tuple(change.updates))
+    except CommitFailedException as exc:
+        raise RestError(409, "CommitFailedException", f"{key}: {exc}") from None
+    tx.publish(f"commit {key} through the Iceberg REST catalog")
+    return done.metadata_location, json.loads(done.metadata.model_dump_json(by_alias=True))
 
 
 def _page(items: list[str], request: web.Request) -> tuple[list[str], str | None]:

@@ -159,12 +159,20 @@ def check(user: str, role: str | None, request: Any, protected: Iterable[str]) -
     """Raise NotAllowed, in one line naming the user, their role and what it needs, unless
     ``role`` may make ``request``."""
     need, branch = required(request)
+    allow(user, role, need, branch, type(request).__name__, protected)
+
+
+def allow(
+    user: str, role: str | None, need: str, branch: str | None, what: str,
+    protected: Iterable[str],
+) -> None:
+    """Raise NotAllowed unless ``role`` is at least ``need`` (admin where ``branch`` is a
+    protected one); ``what`` names the request in the message."""
     if branch is not None and branch in set(protected):
         need = "admin"
     have = ROLES.index(role) if role in ROLES else -1
     if have >= ROLES.index(need):
         return
-    what = type(request).__name__
     if branch is not None and need == "admin":
         raise NotAllowed(
             f"user {user!r} ({role}) may not change protected branch {branch!r} ({what}): "

@@ -142,6 +142,12 @@ class Transaction:
         return f"Transaction({self.id}, ref={self.ref!r}, base={self.base[:12]})"
 
     @property
+    def view(self) -> CommitCatalog:
+        """The pyiceberg catalog the transaction stages its changes in: an engine's own
+        table commit (scheduler.iceberg_rest) goes through it, then :meth:`publish`."""
+        return self._view
+
+    @property
     def staged(self) -> list[str]:
         """Table keys changed so far."""
         return [c.key for c in self._view.changes() if c.kind == "table"]

@@ -12,10 +12,13 @@ from pathlib import Path
 import pytest
 from pyiceberg.catalog.rest import RestCatalog
 from pyiceberg.exceptions import (
+    CommitFailedException,
+    ForbiddenError,
     NoSuchNamespaceError,
     NoSuchTableError,
     UnauthorizedError,
 )
+from pyiceberg.table.update import AssertRefSnapshotId, SetPropertiesUpdate
 
 from tests.conftest import Cluster, add_user, import_territories, scheduler_only
 
@@ -107,6 +110,59 @@ def test_pages_refs_and_tokens(served: Cluster, tmp_path: Path) -> None:
     reader = add_user(c, tmp_path, "bi", "reader").read_text().strip()
     assert _catalog(c, "main", token=reader).list_tables("adventure") == [
         ("adventure", "territories")]
+
+
+def test_pyiceberg_appends_on_a_branch_as_one_faas_commit(served: Cluster, tmp_path: Path) -> None:
+    """An append through RestCatalog on a branch: one new commit there, by the token's
+    user, whose rows faas query sees; main is untouched. The loser of two commits from the
+    same snapshot gets the spec's CommitFailedException and changes nothing."""
+    c = served
+    c.faas("branch", "create", "etl", "--from", "main", check=True)
+    before = c.json("log", "etl", "-n", "50")
+    main_before = c.json("log", "main", "-n", "1")
+    etl = _catalog(c, "etl")
+    first, second = etl.load_table("adventure.territories"), etl.load_table("adventure.territories")
+    rows = first.scan().to_arrow()
+    first.append(rows.slice(0, 2))
+
+    after = c.json("log", "etl", "-n", "50")
+    assert len(after) == len(before) + 1
+    assert after[0]["author"] == "admin" and "adventure.territories" in after[0]["message"]
+    count = "SELECT count(*) AS n FROM territories"
+    assert c.json("query", count, "-n", "adventure", "--ref", "etl") == [{"n": rows.num_rows + 2}]
+    assert c.json("query", count, "-n", "adventure") == [{"n": rows.num_rows}]
+    assert c.json("log", "main", "-n", "1") == main_before
+
+    # A commit that requires the snapshot the append replaced: refused, nothing changes.
+    stale = AssertRefSnapshotId(ref="main", snapshot_id=second.metadata.current_snapshot_id)
+    with pytest.raises(CommitFailedException, match="adventure.territories"):
+        etl.commit_table(second, (stale,), (SetPropertiesUpdate(updates={"owner": "late"}),))
+    assert c.json("log", "etl", "-n", "50") == after
+    assert "owner" not in etl.load_table("adventure.territories").properties
+    # PyIceberg's own append from the stale table hits the same refusal, reads the table
+    # again and lands on top (its retry), as one more commit.
+    second.append(rows.slice(0, 1))
+    assert len(c.json("log", "etl", "-n", "50")) == len(after) + 1
+    assert c.json("query", count, "-n", "adventure", "--ref", "etl") == [{"n": rows.num_rows + 3}]
+
+
+def test_readers_tags_and_protected_branches_take_no_commits(
+    served: Cluster, tmp_path: Path
+) -> None:
+    c = served
+    head = c.json("log", "main", "-n", "1")
+    reader = add_user(c, tmp_path, "viewer", "reader").read_text().strip()
+    writer = add_user(c, tmp_path, "wanda", "writer").read_text().strip()
+    rows = _catalog(c, "main").load_table("adventure.territories").scan().to_arrow().slice(0, 1)
+    for token, ref, error, said in [
+        (reader, "dev", ForbiddenError, "it needs the writer role"),
+        (writer, "main", ForbiddenError, "may not change protected branch 'main'"),
+        (None, "v1", Exception, "only a branch takes commits"),
+    ]:
+        table = _catalog(c, ref, token).load_table("adventure.territories")
+        with pytest.raises(error, match=said):
+            table.append(rows)
+    assert c.json("log", "main", "-n", "1") == head
 
 
 def test_duckdb_attaches_the_catalog(served: Cluster) -> None:
