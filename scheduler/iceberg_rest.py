@@ -9,8 +9,9 @@ port of its own). The ref is part of the base URI, as Project Nessie does it:
 Served so far, following the Iceberg REST OpenAPI spec (``open-api/rest-catalog-open-
 api.yaml``): ``GET /v1/config``; namespaces (list, with ``pageToken``/``pageSize``; load;
 exists); tables (list, paged; load, with the full metadata and the FileIO settings a
-client needs to read the data files, never credentials; exists; commit, as one faas
-commit on the URI's branch). ``/v1/config`` names exactly these endpoints, so a client
+client needs to read the data files, never credentials; exists; commit, create, drop,
+each one faas commit on the URI's branch); ``POST /v1/transactions/commit`` (several
+tables, one commit or none). ``/v1/config`` names exactly these endpoints, so a client
 refuses anything else before asking.
 
 Auth: ``Authorization: Bearer NAME:SECRET``, a faas user token (any role may read; a
@@ -28,7 +29,14 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from faas.protocol.auth import split_credential
-from faas.protocol.errors import CommitConflict, FaasError, InvalidInput, NotAllowed, NotFound
+from faas.protocol.errors import (
+    AlreadyExists,
+    CommitConflict,
+    FaasError,
+    InvalidInput,
+    NotAllowed,
+    NotFound,
+)
 from faas.scheduler.users import allow
 
 if TYPE_CHECKING:
@@ -46,6 +54,9 @@ ENDPOINTS = [
     "GET /v1/{prefix}/namespaces/{namespace}/tables/{table}",
     "HEAD /v1/{prefix}/namespaces/{namespace}/tables/{table}",
     "POST /v1/{prefix}/namespaces/{namespace}/tables/{table}",
+    "POST /v1/{prefix}/namespaces/{namespace}/tables",
+    "DELETE /v1/{prefix}/namespaces/{namespace}/tables/{table}",
+    "POST /v1/{prefix}/transactions/commit",
 ]
 # The spec's default separator of a multi-level namespace in a path (%1F).
 SEPARATOR = "\x1f"
@@ -84,6 +95,9 @@ class IcebergRest:
         app.router.add_get(PREFIX + "/namespaces/{namespace}/tables", self.list_tables)
         app.router.add_get(PREFIX + "/namespaces/{namespace}/tables/{table}", self.load_table)
         app.router.add_post(PREFIX + "/namespaces/{namespace}/tables/{table}", self.commit_table)
+        app.router.add_post(PREFIX + "/namespaces/{namespace}/tables", self.create_table)
+        app.router.add_delete(PREFIX + "/namespaces/{namespace}/tables/{table}", self.drop_table)
+        app.router.add_post(PREFIX + "/transactions/commit", self.commit_transaction)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
         host, _, port = self.listen.rpartition(":")
@@ -119,6 +133,8 @@ class IcebergRest:
             return _error(403, "ForbiddenException", str(exc))
         except CommitConflict as exc:
             return _error(409, "CommitFailedException", str(exc))
+        except AlreadyExists as exc:
+            return _error(409, "AlreadyExistsException", str(exc))
         except NotFound as exc:
             return _error(404, "NotFoundException", str(exc))
         except InvalidInput as exc:
@@ -208,38 +224,141 @@ class IcebergRest:
         return web.json_response(body)
 
 
-    async def commit_table(self, request: web.Request) -> web.Response:
-        """Apply a CommitTableRequest (its requirements checked, then its updates) to the
-        table as the ref's branch has it, in one faas commit authored by the token's user."""
+    async def _writable(self, request: web.Request, what: str) -> tuple[str, str]:
+        """The ref, once it is a branch this token's user may change; and the user."""
         ref = await self._ref(request)
-        namespace = await self._namespace(request, ref)
-        key = f"{namespace}.{request.match_info['table']}"
         scheduler = self.scheduler
         branch, _ = await self._store(scheduler.lakehouse.catalog.resolve, ref)
         if branch is None or "@" in ref:
             raise RestError(400, "BadRequestException",
                             f"ref {ref!r} is a tag or a commit: only a branch takes commits")
         user = request["user"]
-        allow(user, scheduler.users.role(user), "writer", branch,
-              "commit through the Iceberg REST catalog", scheduler.protect)
+        allow(user, scheduler.users.role(user), "writer", branch, what, scheduler.protect)
+        return ref, user
+
+    async def commit_table(self, request: web.Request) -> web.Response:
+        """Apply a CommitTableRequest (its requirements checked, then its updates) to the
+        table as the ref's branch has it, in one faas commit authored by the token's user."""
+        ref, user = await self._writable(request, "commit through the Iceberg REST catalog")
+        namespace = await self._namespace(request, ref)
+        key = f"{namespace}.{request.match_info['table']}"
         body = await request.read()
-        location, metadata = await self._store(_commit, scheduler.lakehouse, ref, key, body, user)
+
+        def work(tx: Any) -> tuple[str, Any]:
+            return _apply(tx, key, ref, _parse("CommitTableRequest", body))
+
+        (location, metadata), _ = await self._store(
+            _in_transaction, self.scheduler.lakehouse, ref, user, f"commit {key}", work)
         return web.json_response({"metadata-location": location, "metadata": metadata})
 
+    async def create_table(self, request: web.Request) -> web.Response:
+        """A CreateTableRequest: a new, empty table in the namespace, where faas places it."""
+        ref, user = await self._writable(request, "create a table")
+        namespace = await self._namespace(request, ref)
+        body = await request.read()
 
-def _commit(lakehouse: Any, ref: str, key: str, body: bytes, user: str) -> tuple[str, Any]:
-    """The commit itself, on the store's thread: stage the table's new metadata in a faas
-    transaction on ``ref``, publish it; the new metadata location and its JSON."""
+        def work(tx: Any) -> tuple[str, Any]:
+            made = _parse("CreateTableRequest", body)
+            if made.stage_create:
+                raise InvalidInput("staged table creation is not served: create the table, "
+                                   "then commit to it")
+            if made.location:
+                raise InvalidInput("faas places tables in its warehouse itself: leave out "
+                                   "the location")
+            key = f"{namespace}.{made.name}"
+            if tx.view.table_exists(key):
+                raise AlreadyExists(f"table {key!r} already exists at ref {ref!r}")
+            table = tx.view.create_table(
+                key, made.table_schema, partition_spec=made.partition_spec or _unpartitioned(),
+                sort_order=made.write_order or _unsorted(), properties=made.properties,
+            )
+            return table.metadata_location, _json(table.metadata)
+
+        (location, metadata), _ = await self._store(
+            _in_transaction, self.scheduler.lakehouse, ref, user, "create a table", work)
+        return web.json_response({"metadata-location": location, "metadata": metadata,
+                                  "config": _file_io(location)})
+
+    async def drop_table(self, request: web.Request) -> web.Response:
+        """Drop the table from the branch (older commits keep it; no file is deleted)."""
+        ref, user = await self._writable(request, "drop a table")
+        namespace = await self._namespace(request, ref)
+        key = f"{namespace}.{request.match_info['table']}"
+
+        def work(tx: Any) -> None:
+            try:
+                tx.drop(key)
+            except NotFound as exc:
+                raise RestError(404, "NoSuchTableException", str(exc)) from None
+
+        await self._store(_in_transaction, self.scheduler.lakehouse, ref, user, f"drop {key}", work)
+        return web.Response(status=204)
+
+    async def commit_transaction(self, request: web.Request) -> web.Response:
+        """A CommitTransactionRequest: every table's change, or none, as one faas commit."""
+        ref, user = await self._writable(request, "commit through the Iceberg REST catalog")
+        body = await request.read()
+        try:
+            changes = json.loads(body)["table-changes"]
+        except (ValueError, KeyError, TypeError):
+            raise InvalidInput("not a CommitTransactionRequest: it needs table-changes") from None
+        if not isinstance(changes, list) or not changes:
+            raise InvalidInput("a CommitTransactionRequest needs at least one table change")
+        keys = []
+        for change in changes:
+            ident = change.get("identifier") if isinstance(change, dict) else None
+            if not isinstance(ident, dict) or len(ident.get("namespace") or []) != 1:
+                raise InvalidInput("each table change needs an identifier: a one-level "
+                                   "namespace and a name")
+            await self._namespace_named(ident["namespace"][0], ref)
+            keys.append(f"{ident['namespace'][0]}.{ident['name']}")
+
+        def work(tx: Any) -> None:
+            for key, change in zip(keys, changes, strict=True):
+                _apply(tx, key, ref, _parse("CommitTableRequest", json.dumps(change).encode()))
+
+        await self._store(_in_transaction, self.scheduler.lakehouse, ref, user,
+                          f"commit {', '.join(keys)}", work)
+        return web.Response(status=204)
+
+
+def _in_transaction(lakehouse: Any, ref: str, user: str, what: str, work: Any) -> tuple[Any, str]:
+    """``work(tx)`` in a faas transaction on ``ref``, published as one commit: its result
+    and the commit. On the store's thread."""
+    tx = lakehouse.begin(ref, user)
+    result = work(tx)
+    return result, tx.publish(f"{what} through the Iceberg REST catalog")
+
+
+# Fields the spec makes optional that pyiceberg's models require (clients leave them out).
+_OPTIONAL = {"CreateTableRequest": {"location": None, "partition-spec": None,
+                                    "write-order": None, "stage-create": False, "properties": {}}}
+
+
+def _parse(model: str, body: bytes) -> Any:
+    """The request body as pyiceberg's model of the spec's ``model``."""
     from pydantic import ValidationError
-    from pyiceberg.exceptions import CommitFailedException, NoSuchTableError
-    from pyiceberg.table import CommitTableRequest
+    from pyiceberg.catalog import rest
 
     try:
-        change = CommitTableRequest.model_validate_json(body)
+        data = json.loads(body)
+    except ValueError:
+        raise InvalidInput(f"not a {model}: the body is not JSON") from None
+    if not isinstance(data, dict):
+        raise InvalidInput(f"not a {model}: the body is not a JSON object")
+    data = {**_OPTIONAL.get(model, {}), **data}
+    try:
+        return getattr(rest, model).model_validate(data)
     except ValidationError as exc:
-        first = exc.errors()[0] if exc.errors() else {"msg": str(exc)}
-        raise InvalidInput(f"not a CommitTableRequest: {first.get('msg')}") from None
-    tx = lakehouse.begin(ref, user)
+        first: Any = exc.errors()[0] if exc.errors() else {"msg": str(exc), "loc": ()}
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        raise InvalidInput(f"not a {model}: {where}: {first.get('msg')}") from None
+
+
+def _apply(tx: Any, key: str, ref: str, change: Any) -> tuple[str, Any]:
+    """Stage one table's CommitTableRequest in ``tx``: its new metadata location and JSON."""
+    from pyiceberg.exceptions import CommitFailedException, NoSuchTableError
+
     try:
         table = tx.view.load_table(key)
     except NoSuchTableError:
@@ -249,8 +368,24 @@ def _commit(lakehouse: Any, ref: str, key: str, body: bytes, user: str) -> tuple
         done = tx.view.commit_table(table, tuple(change.requirements), tuple(change.updates))
     except CommitFailedException as exc:
         raise RestError(409, "CommitFailedException", f"{key}: {exc}") from None
-    tx.publish(f"commit {key} through the Iceberg REST catalog")
-    return done.metadata_location, json.loads(done.metadata.model_dump_json(by_alias=True))
+    return done.metadata_location, _json(done.metadata)
+
+
+def _json(metadata: Any) -> Any:
+    """Table metadata as the spec's JSON."""
+    return json.loads(metadata.model_dump_json(by_alias=True))
+
+
+def _unpartitioned() -> Any:
+    from pyiceberg.partitioning import UNPARTITIONED_PARTITION_SPEC
+
+    return UNPARTITIONED_PARTITION_SPEC
+
+
+def _unsorted() -> Any:
+    from pyiceberg.table.sorting import UNSORTED_SORT_ORDER
+
+    return UNSORTED_SORT_ORDER
 
 
 def _page(items: list[str], request: web.Request) -> tuple[list[str], str | None]:

@@ -8,7 +8,9 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import pyarrow as pa
 import pytest
 from pyiceberg.catalog.rest import RestCatalog
 from pyiceberg.exceptions import (
@@ -16,8 +18,10 @@ from pyiceberg.exceptions import (
     ForbiddenError,
     NoSuchNamespaceError,
     NoSuchTableError,
+    TableAlreadyExistsError,
     UnauthorizedError,
 )
+from pyiceberg.table import CommitTableRequest, Namespace, TableIdentifier
 from pyiceberg.table.update import AssertRefSnapshotId, SetPropertiesUpdate
 
 from tests.conftest import Cluster, add_user, import_territories, scheduler_only
@@ -163,6 +167,69 @@ def test_readers_tags_and_protected_branches_take_no_commits(
         with pytest.raises(error, match=said):
             table.append(rows)
     assert c.json("log", "main", "-n", "1") == head
+
+
+def test_tables_are_created_dropped_and_changed_together(served: Cluster) -> None:
+    """Create through RestCatalog (one commit), append, drop (one commit, the data kept by
+    older commits); a transaction over two tables is one commit, or nothing when one of its
+    requirements fails."""
+    c = served
+    c.faas("branch", "create", "lab", "--from", "main", check=True)
+    lab = _catalog(c, "lab")
+    commits = len(c.json("log", "lab", "-n", "100"))
+    made = lab.create_table("adventure.scores", schema=pa.schema([("who", pa.string()),
+                                                                 ("score", pa.int64())]))
+    made.append(pa.table({"who": ["a", "b"], "score": [1, 2]}))
+    assert c.json("query", "SELECT count(*) AS n, max(score) AS m FROM scores", "-n",
+                  "adventure", "--ref", "lab") == [{"n": 2, "m": 2}]
+    with pytest.raises(TableAlreadyExistsError):
+        lab.create_table("adventure.scores", schema=pa.schema([("x", pa.int64())]))
+    assert len(c.json("log", "lab", "-n", "100")) == commits + 2
+    other = lab.create_table("adventure.other", schema=pa.schema([("x", pa.int64())]))
+
+    def change(table: Any, value: str, snapshot: int | None) -> dict[str, Any]:
+        request = CommitTableRequest(
+            identifier=TableIdentifier(namespace=Namespace(root=["adventure"]),
+                                       name=table.name()[-1]),
+            requirements=[AssertRefSnapshotId(ref="main", snapshot_id=snapshot)],
+            updates=[SetPropertiesUpdate(updates={"step": value})],
+        )
+        return json.loads(request.model_dump_json(by_alias=True, exclude_none=False))
+
+    scores = lab.load_table("adventure.scores")
+    now = scores.metadata.current_snapshot_id
+    before = len(c.json("log", "lab", "-n", "100"))
+    stale = {"table-changes": [change(scores, "1", now), change(other, "1", 12345)]}
+    status, body = _post(c, "lab/v1/transactions/commit", stale)
+    assert status == 409 and body["error"]["type"] == "CommitFailedException", body
+    assert len(c.json("log", "lab", "-n", "100")) == before
+    assert "step" not in lab.load_table("adventure.scores").properties
+    good = {"table-changes": [change(scores, "2", now), change(other, "2", None)]}
+    assert _post(c, "lab/v1/transactions/commit", good)[0] == 204
+    log = c.json("log", "lab", "-n", "100")
+    assert len(log) == before + 1
+    assert "adventure.other" in log[0]["message"] and "adventure.scores" in log[0]["message"]
+    assert lab.load_table("adventure.scores").properties["step"] == "2"
+    assert lab.load_table("adventure.other").properties["step"] == "2"
+
+    lab.drop_table("adventure.scores")
+    assert not lab.table_exists("adventure.scores")
+    assert len(c.json("log", "lab", "-n", "100")) == before + 2
+    old = _catalog(c, f"lab@{log[0]['hash'][:12]}")
+    assert old.load_table("adventure.scores").scan().to_arrow().num_rows == 2
+
+
+def _post(c: Cluster, path: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    url = c.json("info")["iceberg"]
+    request = urllib.request.Request(f"{url}/{path}", data=json.dumps(body).encode(),
+                                     method="POST")
+    request.add_header("Authorization", f"Bearer {c.token_file.read_text().strip()}")
+    request.add_header("Content-Type", "application/json")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as r:
+            return r.status, {}
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
 
 
 def test_duckdb_attaches_the_catalog(served: Cluster) -> None:
