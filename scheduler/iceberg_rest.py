@@ -331,7 +331,7 @@ def _in_transaction(lakehouse: Any, ref: str, user: str, what: str, work: Any) -
 
 
 # Fields the spec makes optional that pyiceberg's models require (clients leave them out).
-_OPTIONAL = {"CreateTableRequest": {"location": None, "partition-spec": None,
+_OPTIONAL: dict[str, dict[str, Any]] = {"CreateTableRequest": {"location": None, "partition-spec": None,
                                     "write-order": None, "stage-create": False, "properties": {}}}
 
 
