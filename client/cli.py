@@ -16,6 +16,7 @@ from faas.client.cli_common import (
     REF_HELP,
     app,
     err,
+    fail,
     json_flag,
     namespace_app,
     parse_params,
@@ -26,7 +27,7 @@ from faas.client.cli_common import (
 )
 from faas.client.client import Client
 from faas.client.progress import view_for
-from faas.protocol.errors import AlreadyExists
+from faas.protocol.errors import AlreadyExists, FaasError
 from faas.protocol.messages import LogLine, RunFinished, TaskEvent
 from faas.protocol.replies import PlannedNode
 
@@ -218,15 +219,41 @@ def table_import(
     format: str | None = typer.Option(
         None, "--format", help="csv, tsv or parquet, for files whose suffix does not say"
     ),
+    plan: Path | None = typer.Option(
+        None, "--plan", help="write the import plan for these files to this TOML file "
+        "(types seen, files, the type each column gets) and import nothing",
+    ),
+    apply: Path | None = typer.Option(
+        None, "--apply", help="import following this (edited) plan: files that disagree "
+        "are read with its types, and its fills",
+    ),
     as_json: bool = json_flag(),
 ) -> None:
     """Import CSV or Parquet files as a table (schema inferred)."""
+    from faas.client.import_plan import read_plan, write_plan
+
     ref = ref_or_active(ref)
     if mode not in ("replace", "append"):
         raise typer.BadParameter("must be 'replace' or 'append'", param_hint="--mode")
     if format is not None and format not in ("csv", "tsv", "parquet"):
         raise typer.BadParameter("must be csv, tsv or parquet", param_hint="--format")
-    info = run(lambda c: c.import_table(key, paths, ref=ref, mode=mode, format=format))
+    if plan is not None and apply is not None:
+        raise typer.BadParameter("write a plan or apply one, not both", param_hint="--plan")
+    if plan is not None:
+        proposed = run(lambda c: c.plan_import(key, paths, ref=ref, format=format))
+        write_plan(proposed, plan)
+        if as_json:
+            print_json(proposed)
+        else:
+            typer.echo(f"wrote the plan for {key} ({len(proposed.columns)} columns, "
+                       f"{len(proposed.files)} files) to {plan}: edit it, then --apply {plan}")
+        return
+    try:
+        columns = read_plan(apply) if apply is not None else None
+    except FaasError as exc:
+        fail(str(exc))
+    info = run(lambda c: c.import_table(key, paths, ref=ref, mode=mode, format=format,
+                                        plan=columns))
     if as_json:
         print_json(info)
     else:

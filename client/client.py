@@ -48,6 +48,7 @@ from faas.protocol.messages import (
     ListTables,
     Log,
     Merge,
+    PlanColumn,
     PruneRuns,
     Query,
     RevertTable,
@@ -63,6 +64,7 @@ from faas.protocol.replies import (
     Commits,
     Differences,
     Imported,
+    ImportPlan,
     Job,
     JobEvent,
     JobEvents,
@@ -87,6 +89,13 @@ from faas.protocol.replies import (
 )
 
 _decoder = msgspec.msgpack.Decoder(ClientReply)
+
+
+async def _resolved(paths: list[str]) -> list[str]:
+    """Local paths made absolute (the workers read them); URIs as they are."""
+    return await asyncio.to_thread(
+        lambda: [str(Path(p).expanduser().resolve()) if "://" not in p else p for p in paths]
+    )
 R = TypeVar("R")
 
 PROJECT_SUFFIXES = (".py", ".sql")
@@ -322,15 +331,26 @@ class Client:
 
     async def import_table(
         self, key: str, paths: list[str], *, ref: str = "main", mode: ImportMode = "replace",
-        format: FileFormat | None = None,
+        format: FileFormat | None = None, plan: list[PlanColumn] | None = None,
     ) -> Imported:
         """Import CSV/Parquet files (paths or globs, readable by the workers) as a table;
-        ``format`` (csv, tsv, parquet) for files whose suffix does not say."""
-        resolved = await asyncio.to_thread(
-            lambda: [str(Path(p).expanduser().resolve()) if "://" not in p else p for p in paths]
-        )
+        ``format`` (csv, tsv, parquet) for files whose suffix does not say; ``plan``: an
+        import plan (:meth:`plan_import`, edited) for files that disagree."""
         return await self._call(
-            ImportTable(key=key, paths=resolved, ref=ref, mode=mode, format=format), Imported
+            ImportTable(key=key, paths=await _resolved(paths), ref=ref, mode=mode,
+                        format=format, plan=plan),
+            Imported,
+        )
+
+    async def plan_import(
+        self, key: str, paths: list[str], *, ref: str = "main", format: FileFormat | None = None,
+    ) -> ImportPlan:
+        """The import plan faas proposes for these files: every column, its types and
+        files, the files without it, the type it would get. Nothing is imported."""
+        return await self._call(
+            ImportTable(key=key, paths=await _resolved(paths), ref=ref, format=format,
+                        plan_only=True),
+            ImportPlan,
         )
 
     async def query(

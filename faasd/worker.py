@@ -49,6 +49,7 @@ from faas.protocol.worker_messages import (
     CancelTask,
     Heartbeat,
     ImportDone,
+    ImportPlanned,
     ImportTask,
     InputsReady,
     QueryCredit,
@@ -477,10 +478,16 @@ class Worker(FunctionTasks):
     # -- catalog helpers run on the data plane ---------------------------------
 
     async def _import(self, msg: ImportTask) -> None:
-        def work() -> ImportDone:
+        def work() -> ImportDone | ImportPlanned:
             from faas.store.files import read_source_files, write_parquet_parts
+            from faas.store.importer import expand_paths, plan_files
 
-            table = read_source_files(msg.paths, msg.format, roots=self.import_roots)
+            if msg.plan_only:
+                files = expand_paths(msg.paths, self.import_roots)
+                return ImportPlanned(task_id=msg.task_id, files=files,
+                                     columns=plan_files(files, msg.format))
+            table = read_source_files(msg.paths, msg.format, roots=self.import_roots,
+                                      plan=msg.plan)
             files, _ = write_parquet_parts(
                 table, msg.directory, f"import-{uuid.uuid4().hex[:8]}", threads=self.cpus
             )

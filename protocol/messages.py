@@ -226,6 +226,18 @@ class GetTable(Message, frozen=True):
     ref: str = "main"
 
 
+class PlanColumn(msgspec.Struct, frozen=True, kw_only=True):
+    """One column of an import plan: the types it has in the files (type -> files), the
+    files without it, the type to import it as ("" when none fits every file) and
+    whether files without it get nulls."""
+
+    name: str
+    type: str
+    seen: dict[str, list[str]] = {}
+    missing: list[str] = []
+    fill: bool = False
+
+
 class ImportTable(Message, frozen=True):
     key: str
     paths: list[str]
@@ -233,6 +245,10 @@ class ImportTable(Message, frozen=True):
     mode: ImportMode = "replace"
     # None: from each file's suffix.
     format: FileFormat | None = None
+    # An import plan to follow (faas table import --apply); None: the files must agree.
+    plan: list[PlanColumn] | None = None
+    # Only survey the files and answer an ImportPlan (faas table import --plan).
+    plan_only: bool = False
 
 
 class Query(Message, frozen=True):

@@ -10,7 +10,7 @@ CreateNamespace   NamespaceChanged        CreateRef         Ref
 DropNamespace     NamespaceChanged        DeleteRef         RefDeleted
 ListTables        Tables                  Merge             Merged
 GetTable          Table                   Diff              Differences
-ImportTable       Imported                Log               Commits
+ImportTable       Imported (ImportPlan)   Log               Commits
 DropTable         TableDropped            PruneRuns         Pruned
 RevertTable       TableReverted           ListJobs          Jobs
 ClusterInfo       Cluster                 GetJob            Job
@@ -19,7 +19,8 @@ CancelRun         Cancelled               Query             (BulkHeader + bytes)
                                                                   QueryFinished
 ================  ======================  ================  ======================
 
-A query's result comes in pieces as the worker makes it: each BulkHeader is followed by
+An ImportTable with ``plan_only`` is answered with the ImportPlan faas proposes. A query's
+result comes in pieces as the worker makes it: each BulkHeader is followed by
 an Arrow IPC stream of its own (schema, then ``rows`` rows); QueryFinished ends the
 result, and an Error may come instead of any piece (the result is then discarded).
 
@@ -42,6 +43,7 @@ from faas.protocol.messages import (
     LogLine,
     Message,
     ParamValue,
+    PlanColumn,
     RefKind,
     RunAccepted,
     RunFinished,
@@ -94,6 +96,14 @@ class Imported(Table, frozen=True):
     """The table an import made, and the commit that published it."""
 
     commit: str
+
+
+class ImportPlan(Message, frozen=True):
+    """The plan faas proposes for importing ``files`` as ``key`` (faas table import --plan)."""
+
+    key: str
+    files: list[str]
+    columns: list[PlanColumn]
 
 
 class TableDropped(Message, frozen=True):
@@ -350,5 +360,5 @@ ClientReply = (
     RunAccepted | TaskEvent | LogLine | RunFinished | BulkHeader | Error
     | Namespaces | NamespaceChanged | Tables | Table | Imported | TableDropped | TableReverted
     | Ref | Refs | RefDeleted | Merged | Differences | Commits | Pruned | Cluster
-    | PlanDescription | Jobs | Job | JobEvents | Cancelled | QueryFinished
+    | PlanDescription | Jobs | Job | JobEvents | Cancelled | QueryFinished | ImportPlan
 )

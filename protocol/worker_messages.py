@@ -23,6 +23,7 @@ from faas.protocol.messages import (
     ObjectInfo,
     ObjectInput,
     ParamValue,
+    PlanColumn,
     ScanInput,
     Stream,
 )
@@ -209,6 +210,15 @@ class ImportTask(Message, frozen=True):
     paths: list[str]
     directory: str
     format: str | None = None
+    plan: list[PlanColumn] | None = None
+    # Answer ImportPlanned (the plan faas proposes), write nothing.
+    plan_only: bool = False
+
+
+class ImportPlanned(Message, frozen=True):
+    task_id: str
+    files: list[str]
+    columns: list[PlanColumn]
 
 
 class QueryTask(Message, frozen=True):
@@ -240,6 +250,7 @@ WorkerToScheduler = (
     | TaskDone
     | TaskFailed
     | ImportDone
+    | ImportPlanned
     | QueryPart
     | QueryDone
 )

@@ -19,10 +19,11 @@ from faas.protocol.connection import Connection
 from faas.protocol.errors import ConnectionClosed, InvalidInput, NotFound, TimedOut, from_wire
 from faas.protocol.framing import encode
 from faas.protocol.messages import BulkHeader, ImportTable, Query, ScanInput
-from faas.protocol.replies import Imported, QueryFinished
+from faas.protocol.replies import Imported, ImportPlan, QueryFinished
 from faas.protocol.worker_messages import (
     CancelTask,
     ImportDone,
+    ImportPlanned,
     ImportTask,
     QueryCredit,
     QueryDone,
@@ -85,7 +86,7 @@ class HelperTasks:
             raise from_wire(reply.error.kind, reply.error.message, reply.error.detail)
         return reply
 
-    async def _import(self, request: ImportTable, user: str = "") -> Imported:
+    async def _import(self, request: ImportTable, user: str = "") -> Imported | ImportPlan:
         lh = self.lakehouse
         namespace = request.key.rpartition(".")[0]
         if not namespace:
@@ -95,10 +96,12 @@ class HelperTasks:
         tx = await self.store_call(lh.begin, request.ref, user or "faas")
         directory = await self.store_call(tx.data_location, request.key)
         task_id = f"import-{uuid.uuid4().hex[:12]}"
-        done: ImportDone = await self._worker_task(
+        done: ImportDone | ImportPlanned = await self._worker_task(
             ImportTask(task_id=task_id, key=request.key, paths=request.paths, directory=directory,
-                       format=request.format)
+                       format=request.format, plan=request.plan, plan_only=request.plan_only)
         )
+        if isinstance(done, ImportPlanned):  # a survey: nothing was written
+            return ImportPlan(key=request.key, files=done.files, columns=done.columns)
         import pyarrow as pa
 
         schema = pa.ipc.read_schema(pa.py_buffer(done.schema))

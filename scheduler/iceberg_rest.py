@@ -103,8 +103,8 @@ class IcebergRest:
         host, _, port = self.listen.rpartition(":")
         site = web.TCPSite(self._runner, host or "127.0.0.1", int(port or 0))
         await site.start()
-        name = site._server.sockets[0].getsockname()  # type: ignore[union-attr]
-        self.url = f"http://{name[0]}:{name[1]}/iceberg"
+        bound_host, bound_port = self._runner.addresses[0][:2]
+        self.url = f"http://{bound_host}:{bound_port}/iceberg"
         log.info("Iceberg REST catalog at %s/<ref>", self.url)
         return self.url
 
@@ -125,6 +125,12 @@ class IcebergRest:
         request["user"] = user
         try:
             response: web.StreamResponse = await handler(request)
+        except web.HTTPNotFound:
+            return _error(404, "NotFoundException", f"no such endpoint: {request.method} "
+                          f"{request.path} (GET /iceberg/<ref>/v1/config lists them)")
+        except web.HTTPMethodNotAllowed:
+            return _error(405, "BadRequestException",
+                          f"{request.method} is not served at {request.path}")
         except web.HTTPException:
             raise
         except RestError as exc:
@@ -141,6 +147,11 @@ class IcebergRest:
             return _error(400, "BadRequestException", str(exc))
         except FaasError as exc:
             return _error(500, "ServiceFailureException", str(exc))
+        except Exception as exc:  # noqa: BLE001 - a fault of ours: logged, one line to the client
+            log.exception("Iceberg REST %s %s failed", request.method, request.path)
+            return _error(500, "ServiceFailureException",
+                          f"the scheduler failed on {request.method} {request.path}: "
+                          f"{type(exc).__name__}: {exc}")
         return response
 
     def _user(self, request: web.Request) -> str | None:

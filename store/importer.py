@@ -1,8 +1,13 @@
 """Reading CSV and Parquet files into one Arrow table for import.
 
-Column types are inferred per file and then unified across files: numeric
-types widen (int64 with double gives double), and a column whose types cannot
-be reconciled is read again as text from the CSV files, so values keep the
+Column types are inferred per file and then unified across files: numeric types widen
+(int64 with double gives double). Files that disagree otherwise — a column that is a
+number in one file and text in another, a column some files lack — are refused, every
+disagreement listed with its files, unless an import plan settles them: ``plan_files``
+surveys the files and proposes a plan (per column: the types seen and in which files,
+the files without it, the type to import it as, whether missing values are filled with
+nulls), which a person edits (``faas table import --plan``) and the import then follows
+(``--apply``). A CSV column the plan makes text is read as text, so values keep the
 spelling they had in the file ("007" stays "007").
 """
 
@@ -20,6 +25,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from faas.protocol.errors import InvalidInput, NotFound
+from faas.protocol.messages import PlanColumn
 
 logger = logging.getLogger(__name__)
 
@@ -39,16 +45,18 @@ _SUFFIXES: list[tuple[str, FileFormat]] = [
 
 def read_source_files(
     paths: Sequence[str] | str, format: str | None = None, roots: Sequence[str] | None = None,
+    plan: Sequence[PlanColumn] | None = None,
 ) -> pa.Table:
     """Expand ``paths`` (globs allowed) and read them into one table; workers use this.
-    ``roots``: the directories files may be read from (None: anywhere).
+    ``roots``: the directories files may be read from (None: anywhere); ``plan``: an
+    import plan to follow.
 
     Raises:
         NotFound: a path or glob matches nothing.
-        InvalidInput: a file does not parse, or the files' columns cannot be combined, or
-            a path is outside ``roots``.
+        InvalidInput: a file does not parse, or the files disagree and no plan settles it,
+            or a path is outside ``roots``.
     """
-    return read_files(expand_paths(paths, roots), format)
+    return read_files(expand_paths(paths, roots), format, plan)
 
 
 def expand_paths(paths: Sequence[str] | str, roots: Sequence[str] | None = None) -> list[str]:
@@ -128,35 +136,119 @@ class _Source:
     table: pa.Table
 
 
-def read_files(files: Sequence[str], format: str | None = None) -> pa.Table:
-    """Read ``files`` into one table whose schema is unified across them.
+def read_files(
+    files: Sequence[str], format: str | None = None, plan: Sequence[PlanColumn] | None = None,
+) -> pa.Table:
+    """Read ``files`` into one table whose schema is unified across them (or set by
+    ``plan``).
 
     Raises:
-        InvalidInput: a file does not parse, or a column has types in different
-            Parquet files that cannot be reconciled.
+        InvalidInput: a file does not parse or does not fit the plan's types, or the files
+            disagree on columns the plan (if any) does not settle; every disagreement is
+            listed, with its files.
     """
-    sources = [_read(path, detect_format(path, format)) for path in files]
-    schema, reread = _unify(
-        [s.table.schema for s in sources], [s.format != "parquet" for s in sources]
-    )
-    parts = []
-    for source in sources:
-        current = source.table.schema
-        as_text = [
-            c
-            for c in sorted(reread)
-            if c in current.names and not pa.types.is_string(current.field(c).type)
-        ]
-        if as_text:
-            logger.info(
-                "reading %s again with %s as text, to match the other files", source.path, as_text
-            )
-            source.table = _read(source.path, source.format, text_columns=as_text).table
-        parts.append(_conform(source, schema))
+    sources = _read_all(files, format, plan)
+    columns = _survey(sources, plan)
+    problems = [p for c in columns if (p := _unsettled(c))]
+    if problems:
+        many = f"{len(problems)} columns" if len(problems) > 1 else "a column"
+        raise InvalidInput(
+            f"the {len(files)} files disagree on {many}: {'; '.join(problems)}. "
+            "Write a plan with faas table import --plan PLAN.toml, edit it, then import "
+            "with --apply PLAN.toml"
+        )
+    schema = pa.schema([pa.field(c.name, _type(c)) for c in columns])
+    parts = [_conform(source, schema) for source in sources]
     return pa.concat_tables(parts) if len(parts) > 1 else parts[0]
 
 
-def _read(path: str, fmt: FileFormat, text_columns: Sequence[str] = ()) -> _Source:
+def plan_files(files: Sequence[str], format: str | None = None) -> list[PlanColumn]:
+    """The import plan faas proposes for ``files``: every column, the types it has in
+    which files, the files without it, and what it would be imported as (numbers widened,
+    text where types disagree otherwise; missing values filled with nulls)."""
+    return [_proposed(c) for c in _survey(_read_all(files, format, None), None)]
+
+
+def _read_all(
+    files: Sequence[str], format: str | None, plan: Sequence[PlanColumn] | None
+) -> list[_Source]:
+    """Each file, CSV columns the plan types read with those types (text stays text)."""
+    typed = {c.name: c.type for c in plan or () if c.type}
+    return [_read(path, detect_format(path, format), typed) for path in files]
+
+
+def _survey(sources: list[_Source], plan: Sequence[PlanColumn] | None) -> list[PlanColumn]:
+    """Every column of the files, in order of first appearance: the types seen (with the
+    files), the files without it, the widened type ("" when none fits every file), and
+    the plan's type and fill where the plan names the column. Linear in columns."""
+    order: list[str] = []
+    seen: dict[str, dict[str, list[str]]] = {}
+    types: dict[str, list[pa.DataType]] = {}
+    for source in sources:
+        for f in source.table.schema:
+            if f.name not in seen:
+                order.append(f.name)
+                seen[f.name], types[f.name] = {}, []
+            seen[f.name].setdefault(str(f.type), []).append(source.path)
+            types[f.name].append(f.type)
+    planned = {c.name: c for c in plan or ()}
+    out = []
+    for name in order:
+        having = {p for paths in seen[name].values() for p in paths}
+        missing = [s.path for s in sources if s.path not in having]
+        given = planned.get(name)
+        out.append(PlanColumn(
+            name=name, type=given.type if given and given.type else _widened(name, types[name]),
+            seen=seen[name], missing=missing, fill=bool(given and given.fill),
+        ))
+    return out
+
+
+def _widened(name: str, types: list[pa.DataType]) -> str:
+    """The one type every file's values fit, numbers widened; "" if there is none."""
+    try:
+        unified = pa.unify_schemas(
+            [pa.schema([pa.field(name, t)]) for t in types], promote_options="permissive"
+        ).field(name).type
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+        return ""
+    if pa.types.is_null(unified):
+        return "string"  # empty in every file
+    return str(unified)
+
+
+def _unsettled(c: PlanColumn) -> str:
+    """Why column ``c`` cannot be imported as it stands ("" if it can)."""
+    why = []
+    if not c.type:
+        why.append("; ".join(f"{t} in {_files(paths)}" for t, paths in c.seen.items()))
+    if c.missing and not c.fill:
+        why.append(f"missing from {_files(c.missing)}")
+    return f"{c.name!r} ({'; '.join(why)})" if why else ""
+
+
+def _files(paths: list[str]) -> str:
+    shown = ", ".join(os.path.basename(p) for p in paths[:3])
+    return shown + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")
+
+
+def _proposed(c: PlanColumn) -> PlanColumn:
+    """``c`` as faas would settle it: text where types disagree, nulls where missing."""
+    return PlanColumn(name=c.name, type=c.type or "string", seen=c.seen, missing=c.missing,
+                      fill=bool(c.missing))
+
+
+def _type(c: PlanColumn) -> pa.DataType:
+    try:
+        return pa.type_for_alias(c.type)
+    except ValueError:
+        raise InvalidInput(
+            f"column {c.name!r}: {c.type!r} is not a type faas knows (int64, double, string, "
+            "bool, date32[day], timestamp[us], ...)"
+        ) from None
+
+
+def _read(path: str, fmt: FileFormat, typed: dict[str, str] | None = None) -> _Source:
     try:
         if fmt == "parquet":
             table = pq.read_table(path)
@@ -168,7 +260,7 @@ def _read(path: str, fmt: FileFormat, text_columns: Sequence[str] = ()) -> _Sour
                     delimiter="\t" if fmt == "tsv" else ",", newlines_in_values=True
                 ),
                 convert_options=pacsv.ConvertOptions(
-                    column_types={c: pa.string() for c in text_columns}
+                    column_types={c: _csv_type(c, t) for c, t in (typed or {}).items()}
                 ),
             )
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError) as e:
@@ -183,38 +275,8 @@ def _read(path: str, fmt: FileFormat, text_columns: Sequence[str] = ()) -> _Sour
     return _Source(path, fmt, table)
 
 
-def _unify(schemas: list[pa.Schema], textual: list[bool]) -> tuple[pa.Schema, set[str]]:
-    """Return the unified schema and the names of columns to re-read as text."""
-    order: list[str] = []
-    types: dict[str, list[tuple[pa.DataType, bool]]] = {}
-    for schema, is_text in zip(schemas, textual, strict=True):
-        for f in schema:
-            if f.name not in types:
-                order.append(f.name)
-                types[f.name] = []
-            types[f.name].append((f.type, is_text))
-    fields: list[pa.Field] = []
-    reread: set[str] = set()
-    for name in order:
-        seen = types[name]
-        try:
-            unified = (
-                pa.unify_schemas(
-                    [pa.schema([pa.field(name, t)]) for t, _ in seen], promote_options="permissive"
-                )
-                .field(name)
-                .type
-            )
-        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as e:
-            if not all(is_text for _, is_text in seen):
-                found = ", ".join(sorted({str(t) for t, _ in seen}))
-                raise InvalidInput(
-                    f"column {name!r} has different types in the files: {found}"
-                ) from e
-            unified = pa.string()
-            reread.add(name)
-        fields.append(pa.field(name, unified))
-    return pa.schema(fields), reread
+def _csv_type(name: str, alias: str) -> pa.DataType:
+    return _type(PlanColumn(name=name, type=alias))
 
 
 def _conform(source: _Source, schema: pa.Schema) -> pa.Table:

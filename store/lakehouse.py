@@ -25,6 +25,7 @@ from faas.protocol.errors import AlreadyExists, CommitConflict, InvalidInput, No
 from faas.store import warehouse as storage
 from faas.store.catalog import NAMESPACE_PRESENT, Change, ChangeKind, VersionedCatalog
 from faas.store.iceberg import CommitCatalog
+from faas.protocol.messages import PlanColumn
 from faas.store.importer import expand_paths, read_files
 from faas.store.keys import check_namespace, split_key
 from faas.store.query import query_tables, referenced_tables
@@ -348,13 +349,15 @@ class Lakehouse:
         ref: str = "main",
         mode: WriteMode = "replace",
         format: str | None = None,
+        plan: Sequence[PlanColumn] | None = None,
     ) -> TableInfo:
-        """Import CSV/TSV/Parquet files (globs allowed) into table ``key``, as one commit.
+        """Import CSV/TSV/Parquet files (globs allowed) into table ``key``, as one commit;
+        ``plan``: an import plan (store.importer.plan_files, edited) for files that disagree.
 
         Raises:
             NotFound: the namespace does not exist, or a path or glob matches nothing.
-            InvalidInput: a bad key, mode or format, a file that does not parse,
-                or ``ref`` is not a branch.
+            InvalidInput: a bad key, mode or format, a file that does not parse, files
+                that disagree with no plan to settle it, or ``ref`` is not a branch.
             CommitConflict: the table changed on the branch while importing.
         """
         namespace, _ = split_key(key)
@@ -362,7 +365,7 @@ class Lakehouse:
         transaction.require_branch()
         transaction.require_namespace(namespace)
         files = expand_paths(paths)
-        data = read_files(files, format)
+        data = read_files(files, format, plan)
         transaction.write(key, data, mode)
         n = len(files)
         commit = transaction.publish(f"import {key} from {n} file{'' if n == 1 else 's'}")

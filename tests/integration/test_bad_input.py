@@ -44,6 +44,38 @@ def test_bad_csv(cluster: Cluster, tmp_path: Path) -> None:
     assert cluster.alive()
 
 
+def test_files_that_disagree_are_imported_by_an_edited_plan(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """Two CSVs whose columns disagree: one error naming both files; --plan writes the plan,
+    a person edits it, --apply imports by it."""
+    (tmp_path / "a.csv").write_text("id,code\n1,007\n2,008\n")
+    (tmp_path / "b.csv").write_text("id,code,note\n3,abc,late\n")
+    files = [str(tmp_path / "a.csv"), str(tmp_path / "b.csv")]
+    cluster.faas("namespace", "create", "shop", check=True)
+    proc = cluster.faas("table", "import", "shop.codes", *files)
+    one_line_error(proc, "the 2 files disagree on 2 columns", "'code' (int64 in a.csv; string "
+                   "in b.csv)", "'note' (missing from a.csv)", "--plan")
+    assert cluster.json("table", "ls", "--namespace", "shop") == []
+
+    plan = tmp_path / "plan.toml"
+    said = cluster.faas("table", "import", "shop.codes", *files, "--plan", str(plan), check=True)
+    assert f"--apply {plan}" in said.stdout
+    text = plan.read_text()
+    assert '[columns."code"]\ntype = "string"' in text and '[columns."note"]' in text
+    assert cluster.json("table", "ls", "--namespace", "shop") == []  # a plan imports nothing
+    # The person wants the ids as text too.
+    plan.write_text(text.replace('[columns."id"]\ntype = "int64"', '[columns."id"]\ntype = "string"'))
+    cluster.faas("table", "import", "shop.codes", *files, "--apply", str(plan), check=True)
+    rows = cluster.json("query", "SELECT * FROM codes ORDER BY id", "-n", "shop")
+    assert rows == [{"id": "1", "code": "007", "note": None}, {"id": "2", "code": "008", "note": None},
+                    {"id": "3", "code": "abc", "note": "late"}]
+
+    plan.write_text("[columns.id]\nfill = 3\n")
+    one_line_error(cluster.faas("table", "import", "shop.codes", *files, "--apply", str(plan)),
+                   str(plan), "column 'id' needs type")
+
+
 def test_missing_import_file(cluster: Cluster, tmp_path: Path) -> None:
     cluster.faas("namespace", "create", "adventure", check=True)
     proc = cluster.faas("table", "import", "adventure.x", str(tmp_path / "none-*.csv"))

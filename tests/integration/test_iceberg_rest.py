@@ -102,6 +102,9 @@ def test_pages_refs_and_tokens(served: Cluster, tmp_path: Path) -> None:
     assert rest["identifiers"] == [{"namespace": ["adventure"], "name": "territories"}]
     assert rest["next-page-token"] is None
 
+    status, body = get("main/v1/namespaces/adventure/views")
+    assert status == 404 and body["error"]["type"] == "NotFoundException"
+    assert "v1/config lists them" in body["error"]["message"]
     status, body = get("nobranch/v1/namespaces")
     assert status == 404 and body["error"]["type"] == "NoSuchReferenceException"
     assert "nobranch" in body["error"]["message"] and body["error"]["code"] == 404
@@ -196,6 +199,13 @@ def test_tables_are_created_dropped_and_changed_together(served: Cluster) -> Non
         )
         return json.loads(request.model_dump_json(by_alias=True, exclude_none=False))
 
+    for path, bad, said in [
+        ("lab/v1/transactions/commit", {"nope": 1}, "needs table-changes"),
+        ("lab/v1/namespaces/adventure/tables/scores", {"updates": "x"},
+         "not a CommitTableRequest"),
+    ]:
+        status, body = _post(c, path, bad)
+        assert status == 400 and said in body["error"]["message"], body
     scores = lab.load_table("adventure.scores")
     now = scores.metadata.current_snapshot_id
     before = len(c.json("log", "lab", "-n", "100"))

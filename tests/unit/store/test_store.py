@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from pathlib import Path
 
+import msgspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -80,17 +81,45 @@ def test_import_parquet(lake: Lakehouse, tmp_path: Path) -> None:
 
 
 def test_import_glob_of_several_files_unifies_types(lake: Lakehouse, tmp_path: Path) -> None:
+    """Numbers widen by themselves; a number in one file and text in another, and a column
+    some files lack, are refused, every one listed with its files, until a plan settles
+    them."""
+    from faas.store.importer import plan_files
+
     (tmp_path / "part-1.csv").write_text("id,value,code\n1,10,007\n2,20,008\n")
     (tmp_path / "part-2.csv").write_text("id,value,code\n3,2.5,abc\n")
     (tmp_path / "part-3.csv").write_text("id,value,code,extra\n4,1,009,x\n")
-    info = lake.import_files("sales.parts", str(tmp_path / "part-*.csv"))
+    pattern = str(tmp_path / "part-*.csv")
+    with pytest.raises(InvalidInput) as refused:
+        lake.import_files("sales.parts", pattern)
+    said = str(refused.value)
+    assert said.startswith("the 3 files disagree on 2 columns: ")
+    assert "'code' (int64 in part-1.csv, part-3.csv; string in part-2.csv)" in said
+    assert "'extra' (missing from part-1.csv, part-2.csv)" in said
+    assert "'value'" not in said and "--plan" in said and "\n" not in said
+    assert lake.tables("sales") == []
+
+    plan = {c.name: c for c in plan_files(sorted(map(str, tmp_path.glob("part-*.csv"))))}
+    assert plan["value"].type == "double" and not plan["value"].fill
+    assert plan["code"].type == "string" and plan["code"].seen == {
+        "int64": [str(tmp_path / "part-1.csv"), str(tmp_path / "part-3.csv")],
+        "string": [str(tmp_path / "part-2.csv")],
+    }
+    assert plan["extra"].fill and plan["extra"].missing == [
+        str(tmp_path / "part-1.csv"), str(tmp_path / "part-2.csv")]
+    info = lake.import_files("sales.parts", pattern, plan=list(plan.values()))
     assert info.row_count == 4
     assert lake.catalog.log("main", 1)[0].message == "import sales.parts from 3 files"
     rows = sorted_rows(lake.scan("sales.parts"), "id")
     assert [r["value"] for r in rows] == [10.0, 20.0, 2.5, 1.0]
-    # A column that is a number in one file and text in another keeps its text.
+    # Text keeps the spelling it had in the files.
     assert [r["code"] for r in rows] == ["007", "008", "abc", "009"]
     assert [r["extra"] for r in rows] == [None, None, None, "x"]
+    # A plan's type the files do not fit: one line naming the file.
+    wrong = [*[c for c in plan.values() if c.name != "code"],
+             msgspec.structs.replace(plan["code"], type="int64")]
+    with pytest.raises(InvalidInput, match="part-2.csv"):
+        lake.import_files("sales.parts", pattern, plan=wrong)
 
 
 def test_import_tsv_and_gzip(lake: Lakehouse, tmp_path: Path) -> None:

@@ -227,9 +227,11 @@ def test_worker_side_import_with_read_source_files(lake: Lakehouse, tmp_path: Pa
 
 
 def test_ten_thousand_column_csvs_are_unified_column_by_column(tmp_path: Path) -> None:
-    """Wide files (once a minute of quadratic work per import) keep every column, in order,
-    with the columns one file lacks filled with nulls."""
+    """Wide files (once a minute of quadratic work per import) are surveyed column by
+    column: the disagreements are found, and with the plan every column is kept, in
+    order, with the columns one file lacks filled with nulls."""
     from faas.store import read_source_files
+    from faas.store.importer import plan_files
 
     n = 10_000
     names = [f"c{i}" for i in range(n)]
@@ -238,9 +240,12 @@ def test_ten_thousand_column_csvs_are_unified_column_by_column(tmp_path: Path) -
     (tmp_path / "b.csv").write_text(
         ",".join(names[:-1]) + "\n" + "x," + ",".join(map(str, range(1, n - 1))) + "\n"
     )
-    table = read_source_files(str(tmp_path / "*.csv"))
+    with pytest.raises(InvalidInput, match=r"disagree on 2 columns: 'c0' .*; 'c9999' "):
+        read_source_files(str(tmp_path / "*.csv"))
+    plan = plan_files([str(tmp_path / "a.csv"), str(tmp_path / "b.csv")])
+    table = read_source_files(str(tmp_path / "*.csv"), plan=plan)
     assert table.column_names == names and table.num_rows == 2
-    assert table.column("c0").to_pylist() == ["0", "x"]  # read again as text, to match
+    assert table.column("c0").to_pylist() == ["0", "x"]  # read as text, by the plan
     assert table.column(f"c{n - 1}").to_pylist() == [n - 1, None]
     assert table.column("c5000").to_pylist() == [5000, 5000]
 
