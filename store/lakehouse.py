@@ -22,10 +22,10 @@ from typing import Any, Literal, Self
 import pyarrow as pa
 
 from faas.protocol.errors import AlreadyExists, CommitConflict, InvalidInput, NotFound
+from faas.protocol.messages import PlanColumn
 from faas.store import warehouse as storage
 from faas.store.catalog import NAMESPACE_PRESENT, Change, ChangeKind, VersionedCatalog
 from faas.store.iceberg import CommitCatalog
-from faas.protocol.messages import PlanColumn
 from faas.store.importer import expand_paths, read_files
 from faas.store.keys import check_namespace, split_key
 from faas.store.query import query_tables, referenced_tables
