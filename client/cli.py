@@ -337,6 +337,26 @@ def namespace_rm(
         typer.echo(f"dropped namespace {name} at {out.commit[:12]}")
 
 
+@table_app.command("create-external")
+def table_create_external(
+    key: str = typer.Argument(..., help="NAMESPACE.TABLE to create"),
+    source: str = typer.Option(
+        ..., "--from", help="Parquet files (a path, a glob, s3://bucket/path/*.parquet), or an "
+        "Iceberg table's .metadata.json",
+    ),
+    ref: str | None = typer.Option(None, "--ref", help=REF_HELP),
+    as_json: bool = json_flag(),
+) -> None:
+    """Register existing Parquet files, or an existing Iceberg table, as a table: nothing is
+    copied; it is read like any table, at any ref."""
+    ref = ref_or_active(ref)
+    info = run(lambda c: c.create_external_table(key, source, ref=ref))
+    if as_json:
+        print_json(info)
+    else:
+        typer.echo(f"created external table {info.key}: {info.rows} rows in {info.files} files")
+
+
 @table_app.command("rm")
 def table_rm(
     key: str = typer.Argument(..., help="NAMESPACE.TABLE"),

@@ -342,6 +342,14 @@ class Client:
             Imported,
         )
 
+    async def create_external_table(self, key: str, source: str, *, ref: str = "main") -> Imported:
+        """Register existing files as table ``key``, copying nothing: Parquet files (a path,
+        a glob, ``s3://bucket/path/*.parquet``) or an Iceberg table's ``.metadata.json``."""
+        (path,) = await _resolved([source])
+        return await self._call(
+            ImportTable(key=key, paths=[path], ref=ref, external=True), Imported
+        )
+
     async def plan_import(
         self, key: str, paths: list[str], *, ref: str = "main", format: FileFormat | None = None,
     ) -> ImportPlan:

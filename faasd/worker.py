@@ -486,6 +486,8 @@ class Worker(FunctionTasks):
                 files = expand_paths(msg.paths, self.import_roots)
                 return ImportPlanned(task_id=msg.task_id, files=files,
                                      columns=plan_files(files, msg.format))
+            if msg.external:
+                return self._external(msg)
             table = read_source_files(msg.paths, msg.format, roots=self.import_roots,
                                       plan=msg.plan)
             files, _ = write_parquet_parts(
@@ -500,6 +502,27 @@ class Worker(FunctionTasks):
             await self._send(await asyncio.to_thread(freeing(work)))
         except Exception as exc:  # noqa: BLE001 - reported to the scheduler
             await self._send(TaskFailed(task_id=msg.task_id, error=error_message(exc)))
+
+    def _external(self, msg: ImportTask) -> ImportDone:
+        """An external table's files, checked here (under the import roots): Parquet files
+        with one schema, or one Iceberg table's metadata file. Blocking."""
+        from faas.store.importer import expand_paths, external_files
+
+        (source,) = msg.paths
+        if source.endswith(".metadata.json"):
+            from faas.store.scan import open_metadata
+
+            if "://" not in source or source.startswith("file://"):
+                (source,) = expand_paths([source], self.import_roots)
+            table = open_metadata(source)
+            snapshot = table.current_snapshot()
+            rows = int((snapshot.summary or {}).get("total-records", 0)) if snapshot else 0
+            schema = table.schema().as_arrow()
+            return ImportDone(task_id=msg.task_id, files=[source], rows=rows,
+                              schema=schema.serialize().to_pybytes())
+        files, schema, rows = external_files(source, self.import_roots)
+        return ImportDone(task_id=msg.task_id, files=files, rows=rows,
+                          schema=schema.serialize().to_pybytes())
 
     async def _query(self, msg: QueryTask) -> None:
         query = self.queries[msg.task_id] = Query(msg)

@@ -249,6 +249,9 @@ class ImportTable(Message, frozen=True):
     plan: list[PlanColumn] | None = None
     # Only survey the files and answer an ImportPlan (faas table import --plan).
     plan_only: bool = False
+    # Register the files as they are (faas table create-external): Parquet files, or one
+    # Iceberg table's metadata file; nothing is copied.
+    external: bool = False
 
 
 class Query(Message, frozen=True):

@@ -213,6 +213,8 @@ class ImportTask(Message, frozen=True):
     plan: list[PlanColumn] | None = None
     # Answer ImportPlanned (the plan faas proposes), write nothing.
     plan_only: bool = False
+    # Check the files for an external table and answer ImportDone with their own URIs.
+    external: bool = False
 
 
 class ImportPlanned(Message, frozen=True):

@@ -16,7 +16,14 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from faas.protocol.connection import Connection
-from faas.protocol.errors import ConnectionClosed, InvalidInput, NotFound, TimedOut, from_wire
+from faas.protocol.errors import (
+    AlreadyExists,
+    ConnectionClosed,
+    InvalidInput,
+    NotFound,
+    TimedOut,
+    from_wire,
+)
 from faas.protocol.framing import encode
 from faas.protocol.messages import BulkHeader, ImportTable, Query, ScanInput
 from faas.protocol.replies import Imported, ImportPlan, QueryFinished
@@ -98,7 +105,8 @@ class HelperTasks:
         task_id = f"import-{uuid.uuid4().hex[:12]}"
         done: ImportDone | ImportPlanned = await self._worker_task(
             ImportTask(task_id=task_id, key=request.key, paths=request.paths, directory=directory,
-                       format=request.format, plan=request.plan, plan_only=request.plan_only)
+                       format=request.format, plan=request.plan, plan_only=request.plan_only,
+                       external=request.external)
         )
         if isinstance(done, ImportPlanned):  # a survey: nothing was written
             return ImportPlan(key=request.key, files=done.files, columns=done.columns)
@@ -107,6 +115,8 @@ class HelperTasks:
         schema = pa.ipc.read_schema(pa.py_buffer(done.schema))
 
         def commit() -> str:
+            if request.external:
+                return _register_external(tx, request, done.files, schema)
             tx.add_files(request.key, done.files, schema, request.mode)
             return str(tx.publish(f"import {request.key} from {len(request.paths)} files"))
 
@@ -175,6 +185,20 @@ class HelperTasks:
             self.unwatch_task(task.task_id)
             if not finished:  # its client went, it ran out of time, or the scheduler stops
                 self.background(_quietly(worker.conn.send(CancelTask(task_id=task.task_id))))
+
+
+def _register_external(tx: Any, request: ImportTable, files: list[str], schema: Any) -> str:
+    """An external table: the files as they are, or the Iceberg table's metadata file as
+    the table; one commit. On the store's thread."""
+    if tx.view.table_exists(request.key):
+        raise AlreadyExists(f"table {request.key!r} already exists at ref {request.ref!r}: "
+                            "drop it first, or import into it")
+    (source,) = request.paths
+    if files[0].endswith(".metadata.json"):
+        tx.view.register_table(request.key, files[0])
+    else:
+        tx.add_files(request.key, files, schema, "replace")
+    return str(tx.publish(f"create external table {request.key} from {source}"))
 
 
 async def _quietly(send: Any) -> None:

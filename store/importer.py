@@ -311,3 +311,69 @@ def _one_line(error: BaseException, limit: int = 300) -> str:
     # pyarrow quotes the offending row, which can be any length.
     text = " ".join(str(error).split()) or type(error).__name__
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def external_files(
+    source: str, roots: Sequence[str] | None = None
+) -> tuple[list[str], pa.Schema, int]:
+    """The Parquet files ``source`` names (a path, a glob, or an ``s3://`` URI with a glob)
+    for an external table: their URIs, their common Arrow schema and their rows, read from
+    the files' footers only (nothing is copied). Local files must lie under ``roots``.
+
+    Raises:
+        NotFound: nothing matches.
+        InvalidInput: a file is not Parquet, or the files' schemas differ (each differing
+            file named), or a path is outside ``roots``.
+    """
+    files = _expand_uri(source) if "://" in source and not source.startswith("file://") \
+        else expand_paths(source, roots)
+    from faas.store.warehouse import filesystem, storage_errors
+
+    schemas: dict[str, list[str]] = {}
+    first: pa.Schema | None = None
+    rows = 0
+    for uri in files:
+        fs, path = filesystem(uri)
+        try:
+            with storage_errors(f"cannot read {uri}"), fs.open_input_file(path) as f:
+                meta = pq.ParquetFile(f).metadata
+        except (pa.ArrowInvalid, OSError) as exc:
+            if isinstance(exc, FileNotFoundError):
+                raise NotFound(f"file not found: {uri}") from None
+            raise InvalidInput(f"{uri} is not a Parquet file: {_one_line(exc)}") from None
+        schema = meta.schema.to_arrow_schema().remove_metadata()
+        first = first or schema
+        schemas.setdefault(str(schema), []).append(uri)
+        rows += meta.num_rows
+    if len(schemas) > 1:
+        shown = "; ".join(f"{_files(paths)}: {text.replace(chr(10), ', ')}"
+                          for text, paths in schemas.items())
+        raise InvalidInput(f"the {len(files)} files of {source!r} have different schemas "
+                           f"({shown}); an external table's files must agree")
+    assert first is not None
+    return files, first, rows
+
+
+def _expand_uri(pattern: str) -> list[str]:
+    """The objects an ``s3://bucket/prefix/*.parquet`` pattern names, sorted."""
+    import fnmatch
+
+    import pyarrow.fs as pafs
+
+    from faas.store.warehouse import filesystem, storage_errors
+
+    scheme = pattern.split("://", 1)[0]
+    fs, path = filesystem(pattern)
+    if not glob.has_magic(path):
+        with storage_errors(f"cannot read {pattern}"):
+            if fs.get_file_info(path).type != pafs.FileType.File:
+                raise NotFound(f"file not found: {pattern}")
+        return [pattern]
+    base = path[: min(path.index(c) for c in "*?[" if c in path)].rpartition("/")[0]
+    with storage_errors(f"cannot list {pattern}"):
+        infos = fs.get_file_info(pafs.FileSelector(base, recursive=True, allow_not_found=True))
+    found = sorted(i.path for i in infos
+                   if i.type == pafs.FileType.File and fnmatch.fnmatchcase(i.path, path))
+    if not found:
+        raise NotFound(f"no files match {pattern!r}")
+    return [f"{scheme}://{p}" for p in found]

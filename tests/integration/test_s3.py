@@ -23,6 +23,7 @@ from xml.etree import ElementTree
 
 import pyarrow as pa
 import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 import pytest
 
 from faas.faasd.columns import scan_cached
@@ -502,6 +503,19 @@ def test_functions_get_their_scans_from_the_worker_with_no_credentials_and_no_ne
         assert "store unreachable: " in said and "store reachable" not in said, said
         assert "streamed rows: 10" in said, said
         assert "probe: done (10 rows)" in said, said
+
+        # Parquet files already in the bucket, registered as a table with no copy.
+        fs = s3.filesystem()
+        for i in range(2):
+            with fs.open_output_stream(f"{bucket}/landing/day={i}/part.parquet") as out:
+                pq.write_table(pa.table({"day": [i, i], "v": [1.5, 2.5]}), out)
+        made = c.json("table", "create-external", "adventure.landing",
+                      "--from", f"s3://{bucket}/landing/*/part.parquet")
+        assert (made["rows"], made["files"]) == (4, 2)
+        assert c.json("query", "SELECT count(*) AS n, sum(day) AS d FROM landing",
+                      "-n", "adventure") == [{"n": 4, "d": "2"}]
+        assert not [k for k in s3.keys(bucket) if k.startswith("probe/adventure/landing")
+                    and k.endswith(".parquet")]
     finally:
         for w in c.workers:
             stop_daemon(w)
