@@ -60,8 +60,11 @@ ENDPOINTS = [
 ]
 # The spec's default separator of a multi-level namespace in a path (%1F).
 SEPARATOR = "\x1f"
-# Page size when a client gives none, and the most it may ask for.
+# Page size when a client pages (sends pageToken) but gives no pageSize, and the most it
+# may ask for.
 PAGE_SIZE = 1000
+# The largest request body taken.
+MAX_BODY = 64 * 2**20
 
 
 class RestError(Exception):
@@ -88,12 +91,17 @@ class IcebergRest:
         self._runner: web.AppRunner | None = None
 
     async def start(self) -> str:
-        app = web.Application(middlewares=[self._errors])
+        # Table metadata in a commit or a create can be large (many snapshots, wide schemas).
+        app = web.Application(middlewares=[self._errors], client_max_size=MAX_BODY)
         app.router.add_get(PREFIX + "/config", self.config)
         app.router.add_get(PREFIX + "/namespaces", self.list_namespaces)
-        app.router.add_get(PREFIX + "/namespaces/{namespace}", self.load_namespace)
+        app.router.add_head(PREFIX + "/namespaces/{namespace}", self.namespace_exists)
+        app.router.add_get(PREFIX + "/namespaces/{namespace}", self.load_namespace,
+                           allow_head=False)
         app.router.add_get(PREFIX + "/namespaces/{namespace}/tables", self.list_tables)
-        app.router.add_get(PREFIX + "/namespaces/{namespace}/tables/{table}", self.load_table)
+        app.router.add_head(PREFIX + "/namespaces/{namespace}/tables/{table}", self.table_exists)
+        app.router.add_get(PREFIX + "/namespaces/{namespace}/tables/{table}", self.load_table,
+                           allow_head=False)
         app.router.add_post(PREFIX + "/namespaces/{namespace}/tables/{table}", self.commit_table)
         app.router.add_post(PREFIX + "/namespaces/{namespace}/tables", self.create_table)
         app.router.add_delete(PREFIX + "/namespaces/{namespace}/tables/{table}", self.drop_table)
@@ -210,6 +218,26 @@ class IcebergRest:
         namespace = await self._namespace(request, ref)
         return web.json_response({"namespace": [namespace], "properties": {}})
 
+    async def namespace_exists(self, request: web.Request) -> web.Response:
+        ref = await self._ref(request)
+        await self._namespace(request, ref)
+        return web.Response(status=204)
+
+    async def table_exists(self, request: web.Request) -> web.Response:
+        await self._table(request)
+        return web.Response(status=204)
+
+    async def _table(self, request: web.Request) -> tuple[str, Any]:
+        """The ref and the table the path names; 404 NoSuchTableException if there is none
+        (a name faas cannot have included)."""
+        ref = await self._ref(request)
+        namespace = await self._namespace(request, ref)
+        key = f"{namespace}.{request.match_info['table']}"
+        try:
+            return ref, await self._store(self.scheduler.lakehouse.table_info, key, ref)
+        except (NotFound, InvalidInput) as exc:
+            raise RestError(404, "NoSuchTableException", str(exc)) from None
+
     async def list_tables(self, request: web.Request) -> web.Response:
         ref = await self._ref(request)
         namespace = await self._namespace(request, ref)
@@ -219,13 +247,7 @@ class IcebergRest:
         return web.json_response({"identifiers": identifiers, "next-page-token": token})
 
     async def load_table(self, request: web.Request) -> web.Response:
-        ref = await self._ref(request)
-        namespace = await self._namespace(request, ref)
-        key = f"{namespace}.{request.match_info['table']}"
-        try:
-            info = await self._store(self.scheduler.lakehouse.table_info, key, ref)
-        except NotFound as exc:
-            raise RestError(404, "NoSuchTableException", str(exc)) from None
+        _, info = await self._table(request)
         metadata = await self._store(_read_metadata, info.metadata_location)
         body = {
             "metadata-location": info.metadata_location,
@@ -233,7 +255,6 @@ class IcebergRest:
             "config": _file_io(info.metadata_location),
         }
         return web.json_response(body)
-
 
     async def _writable(self, request: web.Request, what: str) -> tuple[str, str]:
         """The ref, once it is a branch this token's user may change; and the user."""
@@ -255,8 +276,11 @@ class IcebergRest:
         key = f"{namespace}.{request.match_info['table']}"
         body = await request.read()
 
+        # The identifier is optional in the body (Java clients leave it out): the path says.
+        ident = {"identifier": {"namespace": [namespace], "name": request.match_info["table"]}}
+
         def work(tx: Any) -> tuple[str, Any]:
-            return _apply(tx, key, ref, _parse("CommitTableRequest", body))
+            return _apply(tx, key, ref, _parse("CommitTableRequest", body, ident))
 
         (location, metadata), _ = await self._store(
             _in_transaction, self.scheduler.lakehouse, ref, user, f"commit {key}", work)
@@ -318,7 +342,8 @@ class IcebergRest:
         keys = []
         for change in changes:
             ident = change.get("identifier") if isinstance(change, dict) else None
-            if not isinstance(ident, dict) or len(ident.get("namespace") or []) != 1:
+            if (not isinstance(ident, dict) or len(ident.get("namespace") or []) != 1
+                    or not isinstance(ident.get("name"), str)):
                 raise InvalidInput("each table change needs an identifier: a one-level "
                                    "namespace and a name")
             await self._namespace_named(ident["namespace"][0], ref)
@@ -346,8 +371,9 @@ _OPTIONAL: dict[str, dict[str, Any]] = {"CreateTableRequest": {"location": None,
                                     "write-order": None, "stage-create": False, "properties": {}}}
 
 
-def _parse(model: str, body: bytes) -> Any:
-    """The request body as pyiceberg's model of the spec's ``model``."""
+def _parse(model: str, body: bytes, defaults: dict[str, Any] | None = None) -> Any:
+    """The request body as pyiceberg's model of the spec's ``model`` (``defaults``: fields
+    the body may leave out)."""
     from pydantic import ValidationError
     from pyiceberg.catalog import rest
 
@@ -357,7 +383,7 @@ def _parse(model: str, body: bytes) -> Any:
         raise InvalidInput(f"not a {model}: the body is not JSON") from None
     if not isinstance(data, dict):
         raise InvalidInput(f"not a {model}: the body is not a JSON object")
-    data = {**_OPTIONAL.get(model, {}), **data}
+    data = {**_OPTIONAL.get(model, {}), **(defaults or {}), **data}
     try:
         return getattr(rest, model).model_validate(data)
     except ValidationError as exc:
@@ -379,6 +405,9 @@ def _apply(tx: Any, key: str, ref: str, change: Any) -> tuple[str, Any]:
         done = tx.view.commit_table(table, tuple(change.requirements), tuple(change.updates))
     except CommitFailedException as exc:
         raise RestError(409, "CommitFailedException", f"{key}: {exc}") from None
+    except ValueError as exc:  # an update that cannot apply (pydantic's errors are ValueErrors)
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise RestError(400, "BadRequestException", f"{key}: {first}") from None
     return done.metadata_location, _json(done.metadata)
 
 
@@ -400,7 +429,11 @@ def _unsorted() -> Any:
 
 
 def _page(items: list[str], request: web.Request) -> tuple[list[str], str | None]:
-    """One page of ``items`` (sorted): ``pageToken`` is the last item of the page before."""
+    """One page of ``items`` (sorted): ``pageToken`` is the last item of the page before,
+    "" for the first page. Without ``pageToken`` everything comes at once, as the spec
+    asks of servers that page."""
+    if "pageToken" not in request.query:
+        return items, None
     try:
         size = int(request.query.get("pageSize", PAGE_SIZE))
     except ValueError:
@@ -431,4 +464,11 @@ def _file_io(location: str) -> dict[str, str]:
     this scheduler's credentials (a client brings its own)."""
     from faas.store.warehouse import io_properties, is_local
 
-    return {} if is_local(location) else io_properties()
+    if is_local(location):
+        return {}
+    props = io_properties()
+    if "s3.region" in props:
+        props["client.region"] = props["s3.region"]  # what Java's S3FileIO reads
+    if "s3.endpoint" in props:
+        props["s3.path-style-access"] = "true"  # an S3-compatible endpoint, as MinIO's
+    return props

@@ -96,12 +96,25 @@ def test_pages_refs_and_tokens(served: Cluster, tmp_path: Path) -> None:
         except urllib.error.HTTPError as exc:
             return exc.code, json.loads(exc.read())
 
-    status, page = get("dev/v1/namespaces/adventure/tables?pageSize=1")
+    status, whole = get("dev/v1/namespaces/adventure/tables?pageSize=1")  # no pageToken: all
+    assert status == 200 and len(whole["identifiers"]) == 2 and whole["next-page-token"] is None
+    status, page = get("dev/v1/namespaces/adventure/tables?pageToken=&pageSize=1")
     assert status == 200 and page["identifiers"] == [{"namespace": ["adventure"], "name": "more"}]
     status, rest = get(f"dev/v1/namespaces/adventure/tables?pageSize=1&pageToken={page['next-page-token']}")
     assert rest["identifiers"] == [{"namespace": ["adventure"], "name": "territories"}]
     assert rest["next-page-token"] is None
 
+    for path, status in [("main/v1/namespaces/adventure", 204),
+                         ("main/v1/namespaces/adventure/tables/territories", 204),
+                         ("main/v1/namespaces/adventure/tables/more", 404),
+                         ("main/v1/namespaces/adventure/tables/a.b", 404)]:
+        head = urllib.request.Request(f"{url}/{path}", method="HEAD")
+        head.add_header("Authorization", f"Bearer {token}")
+        try:
+            with urllib.request.urlopen(head, timeout=10) as r:
+                assert r.status == status, path
+        except urllib.error.HTTPError as exc:
+            assert exc.code == status, path
     status, body = get("main/v1/namespaces/adventure/views")
     assert status == 404 and body["error"]["type"] == "NotFoundException"
     assert "v1/config lists them" in body["error"]["message"]
@@ -222,9 +235,18 @@ def test_tables_are_created_dropped_and_changed_together(served: Cluster) -> Non
     assert lab.load_table("adventure.scores").properties["step"] == "2"
     assert lab.load_table("adventure.other").properties["step"] == "2"
 
+    # A commit as Java clients send it: no identifier in the body, the path names the table.
+    java = {"requirements": [], "updates": [{"action": "set-properties", "updates": {"by": "java"}}]}
+    assert _post(c, "lab/v1/namespaces/adventure/tables/other", java)[0] == 200
+    assert lab.load_table("adventure.other").properties["by"] == "java"
+    bad = {"requirements": [], "updates": [{"action": "set-current-schema", "schema-id": 99}]}
+    status, body = _post(c, "lab/v1/namespaces/adventure/tables/other", bad)
+    assert status == 400 and body["error"]["type"] == "BadRequestException", body
+    before = len(c.json("log", "lab", "-n", "100"))
+
     lab.drop_table("adventure.scores")
     assert not lab.table_exists("adventure.scores")
-    assert len(c.json("log", "lab", "-n", "100")) == before + 2
+    assert len(c.json("log", "lab", "-n", "100")) == before + 1
     old = _catalog(c, f"lab@{log[0]['hash'][:12]}")
     assert old.load_table("adventure.scores").scan().to_arrow().num_rows == 2
 
