@@ -294,23 +294,40 @@ class IcebergRest:
 
         def work(tx: Any) -> tuple[str, Any]:
             made = _parse("CreateTableRequest", body)
-            if made.stage_create:
-                raise InvalidInput("staged table creation is not served: create the table, "
-                                   "then commit to it")
             if made.location:
                 raise InvalidInput("faas places tables in its warehouse itself: leave out "
                                    "the location")
             key = f"{namespace}.{made.name}"
             if tx.view.table_exists(key):
                 raise AlreadyExists(f"table {key!r} already exists at ref {ref!r}")
+            if made.stage_create:
+                # Staged (Spark CTAS, Trino, create_table_transaction): the metadata the
+                # table would start with, nothing written; the client's commit (asserting
+                # create) makes it.
+                from pyiceberg.table.metadata import new_table_metadata
+
+                from faas.store.iceberg import new_table_location
+
+                fresh = new_table_metadata(
+                    made.table_schema, made.partition_spec or _unpartitioned(),
+                    made.write_order or _unsorted(),
+                    new_table_location(tx.view.warehouse, namespace, made.name),
+                    made.properties,
+                )
+                raise _Staged(_json(fresh))
             table = tx.view.create_table(
                 key, made.table_schema, partition_spec=made.partition_spec or _unpartitioned(),
                 sort_order=made.write_order or _unsorted(), properties=made.properties,
             )
             return table.metadata_location, _json(table.metadata)
 
-        (location, metadata), _ = await self._store(
-            _in_transaction, self.scheduler.lakehouse, ref, user, "create a table", work)
+        try:
+            (location, metadata), _ = await self._store(
+                _in_transaction, self.scheduler.lakehouse, ref, user, "create a table", work)
+        except _Staged as staged:
+            where = staged.metadata["location"]
+            return web.json_response({"metadata-location": None, "metadata": staged.metadata,
+                                      "config": _file_io(where)})
         return web.json_response({"metadata-location": location, "metadata": metadata,
                                   "config": _file_io(location)})
 
@@ -358,6 +375,24 @@ class IcebergRest:
         return web.Response(status=204)
 
 
+class _Staged(Exception):  # noqa: N818 - not an error: the answer to a staged create
+    """A staged create's metadata: nothing is committed."""
+
+    def __init__(self, metadata: Any) -> None:
+        super().__init__("staged")
+        self.metadata = metadata
+
+
+class _Creating:
+    """The table a commit that asserts its creation makes: only its name is known yet."""
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+
+    def name(self) -> tuple[str, ...]:
+        return tuple(self.key.split("."))
+
+
 def _in_transaction(lakehouse: Any, ref: str, user: str, what: str, work: Any) -> tuple[Any, str]:
     """``work(tx)`` in a faas transaction on ``ref``, published as one commit: its result
     and the commit. On the store's thread."""
@@ -395,12 +430,20 @@ def _parse(model: str, body: bytes, defaults: dict[str, Any] | None = None) -> A
 def _apply(tx: Any, key: str, ref: str, change: Any) -> tuple[str, Any]:
     """Stage one table's CommitTableRequest in ``tx``: its new metadata location and JSON."""
     from pyiceberg.exceptions import CommitFailedException, NoSuchTableError
+    from pyiceberg.table.update import AssertCreate
 
-    try:
-        table = tx.view.load_table(key)
-    except NoSuchTableError:
-        raise RestError(404, "NoSuchTableException",
-                        f"table {key!r} not found at ref {ref!r}") from None
+    table: Any
+    if any(isinstance(r, AssertCreate) for r in change.requirements):
+        if tx.view.table_exists(key):
+            raise RestError(409, "CommitFailedException", f"{key}: the table already exists "
+                            f"at ref {ref!r}")
+        table = _Creating(key)  # the commit of a staged create makes it
+    else:
+        try:
+            table = tx.view.load_table(key)
+        except NoSuchTableError:
+            raise RestError(404, "NoSuchTableException",
+                            f"table {key!r} not found at ref {ref!r}") from None
     try:
         done = tx.view.commit_table(table, tuple(change.requirements), tuple(change.updates))
     except CommitFailedException as exc:

@@ -201,6 +201,15 @@ def test_tables_are_created_dropped_and_changed_together(served: Cluster) -> Non
     with pytest.raises(TableAlreadyExistsError):
         lab.create_table("adventure.scores", schema=pa.schema([("x", pa.int64())]))
     assert len(c.json("log", "lab", "-n", "100")) == commits + 2
+    # A staged create (as Spark's CTAS and Trino do it): nothing until the client commits
+    # the table and its first rows together, as one faas commit.
+    with lab.create_table_transaction("adventure.staged",
+                                      schema=pa.schema([("x", pa.int64())])) as txn:
+        txn.append(pa.table({"x": [1, 2, 3]}))
+        assert not lab.table_exists("adventure.staged")
+    assert len(c.json("log", "lab", "-n", "100")) == commits + 3
+    assert c.json("query", "SELECT sum(x)::BIGINT AS s FROM staged", "-n", "adventure",
+                  "--ref", "lab") == [{"s": 6}]
     other = lab.create_table("adventure.other", schema=pa.schema([("x", pa.int64())]))
 
     def change(table: Any, value: str, snapshot: int | None) -> dict[str, Any]:
