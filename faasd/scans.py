@@ -88,11 +88,16 @@ def read_scans(
             done = prefetch(i, cache_dir)
             if done is not None and len(done[0]) == len(i.plan.columns):
                 entries, stats = done
-                for entry in entries:
-                    link(entry)
-                out.read[i.key] = [f"{i.key}.{c}" for c in stats.columns_read]
                 out.written.update(dict(stats.new_entries))
-                continue
+                try:
+                    for entry in entries:
+                        link(entry)
+                except FileNotFoundError as exc:  # evicted meanwhile: read it another way
+                    log.info("cache entry %s went before it was linked: %s read for the "
+                             "function", exc.filename, i.key)
+                else:
+                    out.read[i.key] = [f"{i.key}.{c}" for c in stats.columns_read]
+                    continue
         try:
             reader = _reader(i)
         except (InvalidInput, NotFound) as exc:
