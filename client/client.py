@@ -89,13 +89,6 @@ from faas.protocol.replies import (
 )
 
 _decoder = msgspec.msgpack.Decoder(ClientReply)
-
-
-async def _resolved(paths: list[str]) -> list[str]:
-    """Local paths made absolute (the workers read them); URIs as they are."""
-    return await asyncio.to_thread(
-        lambda: [str(Path(p).expanduser().resolve()) if "://" not in p else p for p in paths]
-    )
 R = TypeVar("R")
 
 PROJECT_SUFFIXES = (".py", ".sql")
@@ -475,3 +468,10 @@ class Client:
     async def prune_runs(self, *, older_than: float | None = None) -> list[str]:
         """Delete the transaction branches of finished runs; returns their names."""
         return (await self._call(PruneRuns(older_than=older_than), Pruned)).branches
+
+
+async def _resolved(paths: list[str]) -> list[str]:
+    """Local paths made absolute (the workers read them); URIs as they are."""
+    return await asyncio.to_thread(
+        lambda: [str(Path(p).expanduser().resolve()) if "://" not in p else p for p in paths]
+    )

@@ -188,7 +188,6 @@ _held: list[int] = []
 def _mapped(inp: ObjectInput, task: FunctionTask) -> Any:
     """An upstream object, memory-mapped: the table's buffers point into the shared file,
     nothing is copied (unless the input's filter or columns make a new table)."""
-
     from faas.faasd.objects import hold
 
     path = task.objects[inp.object_id]

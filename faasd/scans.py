@@ -65,13 +65,14 @@ class TaskScans:
 
 
 def read_scans(
-    inputs: list[Any], inbox: Path, *, plan: Any, cache_dir: Path | None,
+    inputs: list[Any], inbox: Path, *, plan: Any, metadata: Any, cache_dir: Path | None,
     link: Any,
 ) -> TaskScans:
     """Read every ScanInput of ``inputs`` for the function (blocking: run it in a thread).
 
-    ``plan(scan)`` returns the scan with its plan (or unchanged); ``cache_dir`` is the
-    column cache (None: ``--no-cache``); ``link(entry)`` puts a cache entry into ``in/``.
+    ``plan(scan)`` returns the scan with its plan (or unchanged); ``metadata(location)``
+    the parsed table (the worker keeps them); ``cache_dir`` is the column cache (None:
+    ``--no-cache``); ``link(entry)`` puts a cache entry into ``in/``.
     Streams are prepared (their scans checked) but start only with :meth:`StreamWriter.start`.
     """
     from faas.faasd.columns import prefetch
@@ -99,7 +100,7 @@ def read_scans(
                     out.read[i.key] = [f"{i.key}.{c}" for c in stats.columns_read]
                     continue
         try:
-            reader = _reader(i)
+            reader = _reader(i, metadata)
         except (InvalidInput, NotFound) as exc:
             out.problems[i.param] = str(exc).replace(i.metadata_location, i.key)
             continue
@@ -116,12 +117,12 @@ def read_scans(
     return out
 
 
-def _reader(i: ScanInput) -> Any:
+def _reader(i: ScanInput, metadata: Any) -> Any:
     """The scan's batches, in the columns' order, decoded as they are read."""
-    from faas.store.scan import open_metadata, scan_table
+    from faas.store.scan import scan_table
 
     return scan_table(
-        open_metadata(i.metadata_location), columns=i.columns, row_filter=i.filter,
+        metadata(i.metadata_location), columns=i.columns, row_filter=i.filter,
         snapshot_id=i.snapshot_id, name=i.metadata_location, stream=True,
     )
 

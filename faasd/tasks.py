@@ -269,20 +269,27 @@ class FunctionTasks:
         written into ``in/`` as an IPC file, or fed to the function through a FIFO."""
         cache = self.store.columns_dir if msg.use_cache else None
 
+        def metadata(location: str) -> Any:
+            """The parsed metadata file: read once, kept for the next tasks."""
+            from faas.store.scan import open_metadata
+
+            with self._metadata_lock:
+                table = self._metadata.get(location)
+            if table is None:
+                table = open_metadata(location)
+                with self._metadata_lock:
+                    self._metadata[location] = table
+                    while len(self._metadata) > 64:
+                        self._metadata.popitem(last=False)
+            return table
+
         def plan(i: ScanInput) -> ScanInput:
-            from faas.store.scan import open_metadata, plan_metadata
+            from faas.store.scan import plan_metadata
 
             try:
-                with self._metadata_lock:
-                    table = self._metadata.get(i.metadata_location)
-                if table is None:
-                    table = open_metadata(i.metadata_location)
-                    with self._metadata_lock:
-                        self._metadata[i.metadata_location] = table
-                        while len(self._metadata) > 64:
-                            self._metadata.popitem(last=False)
                 found = plan_metadata(
-                    i.metadata_location, i.snapshot_id, i.columns, i.filter, table=table
+                    i.metadata_location, i.snapshot_id, i.columns, i.filter,
+                    table=metadata(i.metadata_location),
                 )
             except Exception as exc:  # noqa: BLE001 - scanned unplanned, or reported by it
                 log.debug("could not plan the scan of %s: %s", i.key, exc)
@@ -292,8 +299,8 @@ class FunctionTasks:
         if not any(isinstance(i, ScanInput) for i in msg.inputs):
             return TaskScans(inputs=list(msg.inputs))
         scans = await asyncio.to_thread(freeing(functools.partial(
-            read_scans, list(msg.inputs), box.inbox, plan=plan, cache_dir=cache,
-            link=box.link_in,
+            read_scans, list(msg.inputs), box.inbox, plan=plan, metadata=metadata,
+            cache_dir=cache, link=box.link_in,
         )))
         self.store.add_columns(scans.written)
         return scans

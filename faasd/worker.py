@@ -506,20 +506,9 @@ class Worker(FunctionTasks):
     def _external(self, msg: ImportTask) -> ImportDone:
         """An external table's files, checked here (under the import roots): Parquet files
         with one schema, or one Iceberg table's metadata file. Blocking."""
-        from faas.store.importer import expand_paths, external_files
+        from faas.store.importer import external_files
 
         (source,) = msg.paths
-        if source.endswith(".metadata.json"):
-            from faas.store.scan import open_metadata
-
-            if "://" not in source or source.startswith("file://"):
-                (source,) = expand_paths([source], self.import_roots)
-            table = open_metadata(source)
-            snapshot = table.current_snapshot()
-            rows = int((snapshot.summary or {}).get("total-records", 0)) if snapshot else 0
-            schema = table.schema().as_arrow()
-            return ImportDone(task_id=msg.task_id, files=[source], rows=rows,
-                              schema=schema.serialize().to_pybytes())
         files, schema, rows = external_files(source, self.import_roots)
         return ImportDone(task_id=msg.task_id, files=files, rows=rows,
                           schema=schema.serialize().to_pybytes())

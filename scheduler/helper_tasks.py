@@ -101,7 +101,9 @@ class HelperTasks:
         if namespace not in await self.store_call(lh.namespaces, request.ref):
             raise missing_namespace(namespace, request.ref)
         tx = await self.store_call(lh.begin, request.ref, user or "faas")
-        directory = await self.store_call(tx.data_location, request.key)
+        # Only an import writes files: a plan writes nothing, an external table keeps its own.
+        writes = not (request.plan_only or request.external)
+        directory = await self.store_call(tx.data_location, request.key) if writes else ""
         task_id = f"import-{uuid.uuid4().hex[:12]}"
         done: ImportDone | ImportPlanned = await self._worker_task(
             ImportTask(task_id=task_id, key=request.key, paths=request.paths, directory=directory,

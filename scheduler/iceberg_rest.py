@@ -67,6 +67,17 @@ PAGE_SIZE = 1000
 MAX_BODY = 64 * 2**20
 
 
+# faas's errors in the spec's error model, the first class that matches.
+_FAAS_ERRORS: list[tuple[type[FaasError], int, str]] = [
+    (NotAllowed, 403, "ForbiddenException"),
+    (CommitConflict, 409, "CommitFailedException"),
+    (AlreadyExists, 409, "AlreadyExistsException"),
+    (NotFound, 404, "NotFoundException"),
+    (InvalidInput, 400, "BadRequestException"),
+    (FaasError, 500, "ServiceFailureException"),
+]
+
+
 class RestError(Exception):
     """An answer in the spec's error model: HTTP status, error type, message."""
 
@@ -143,18 +154,9 @@ class IcebergRest:
             raise
         except RestError as exc:
             return _error(exc.status, exc.kind, str(exc))
-        except NotAllowed as exc:
-            return _error(403, "ForbiddenException", str(exc))
-        except CommitConflict as exc:
-            return _error(409, "CommitFailedException", str(exc))
-        except AlreadyExists as exc:
-            return _error(409, "AlreadyExistsException", str(exc))
-        except NotFound as exc:
-            return _error(404, "NotFoundException", str(exc))
-        except InvalidInput as exc:
-            return _error(400, "BadRequestException", str(exc))
         except FaasError as exc:
-            return _error(500, "ServiceFailureException", str(exc))
+            status, kind = next((s, k) for cls, s, k in _FAAS_ERRORS if isinstance(exc, cls))
+            return _error(status, kind, str(exc))
         except Exception as exc:  # noqa: BLE001 - a fault of ours: logged, one line to the client
             log.exception("Iceberg REST %s %s failed", request.method, request.path)
             return _error(500, "ServiceFailureException",

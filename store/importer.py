@@ -239,11 +239,15 @@ def _proposed(c: PlanColumn) -> PlanColumn:
 
 
 def _type(c: PlanColumn) -> pa.DataType:
+    return _arrow_type(c.name, c.type)
+
+
+def _arrow_type(name: str, alias: str) -> pa.DataType:
     try:
-        return pa.type_for_alias(c.type)
+        return pa.type_for_alias(alias)
     except ValueError:
         raise InvalidInput(
-            f"column {c.name!r}: {c.type!r} is not a type faas knows (int64, double, string, "
+            f"column {name!r}: {alias!r} is not a type faas knows (int64, double, string, "
             "bool, date32[day], timestamp[us], ...)"
         ) from None
 
@@ -260,7 +264,7 @@ def _read(path: str, fmt: FileFormat, typed: dict[str, str] | None = None) -> _S
                     delimiter="\t" if fmt == "tsv" else ",", newlines_in_values=True
                 ),
                 convert_options=pacsv.ConvertOptions(
-                    column_types={c: _csv_type(c, t) for c, t in (typed or {}).items()}
+                    column_types={c: _arrow_type(c, t) for c, t in (typed or {}).items()}
                 ),
             )
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError) as e:
@@ -273,10 +277,6 @@ def _read(path: str, fmt: FileFormat, typed: dict[str, str] | None = None) -> _S
         )
     logger.debug("read %d rows from %s", table.num_rows, path)
     return _Source(path, fmt, table)
-
-
-def _csv_type(name: str, alias: str) -> pa.DataType:
-    return _type(PlanColumn(name=name, type=alias))
 
 
 def _conform(source: _Source, schema: pa.Schema) -> pa.Table:
@@ -316,17 +316,26 @@ def _one_line(error: BaseException, limit: int = 300) -> str:
 def external_files(
     source: str, roots: Sequence[str] | None = None
 ) -> tuple[list[str], pa.Schema, int]:
-    """The Parquet files ``source`` names (a path, a glob, or an ``s3://`` URI with a glob)
-    for an external table: their URIs, their common Arrow schema and their rows, read from
-    the files' footers only (nothing is copied). Local files must lie under ``roots``.
+    """What an external table is made of: the Parquet files ``source`` names (a path, a
+    glob, or an ``s3://`` URI with a glob), or the one Iceberg metadata file it names
+    (``….metadata.json``); their URIs, Arrow schema and rows, read from the files'
+    footers or the table's metadata only (nothing is copied). Local files must lie under
+    ``roots``.
 
     Raises:
         NotFound: nothing matches.
         InvalidInput: a file is not Parquet, or the files' schemas differ (each differing
             file named), or a path is outside ``roots``.
     """
-    files = _expand_uri(source) if "://" in source and not source.startswith("file://") \
-        else expand_paths(source, roots)
+    remote = "://" in source and not source.startswith("file://")
+    files = _expand_uri(source) if remote else expand_paths(source, roots)
+    if source.endswith(".metadata.json"):
+        from faas.store.scan import open_metadata
+
+        table = open_metadata(files[0])
+        snapshot = table.current_snapshot()
+        rows = int((snapshot.summary or {}).get("total-records", 0)) if snapshot else 0
+        return files[:1], table.schema().as_arrow(), rows
     from faas.store.warehouse import filesystem, storage_errors
 
     schemas: dict[str, list[str]] = {}

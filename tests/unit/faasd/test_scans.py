@@ -9,13 +9,15 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pyarrow as pa
 import pytest
 
 from faas.faasd.scans import StreamWriter, read_scans
 from faas.protocol.errors import StorageError
 from faas.protocol.messages import ScanInput
-from faas.store import Lakehouse
+from faas.store import Lakehouse, write_parquet
+from faas.store.scan import open_metadata, plan_metadata
 from tests.conftest import OpenLake
 
 SCHEMA = pa.schema([("n", pa.int64())])
@@ -95,7 +97,8 @@ def test_read_scans_writes_files_streams_and_problems(
     inbox.mkdir()
     inputs = [scan("whole", columns=["b"], filter="a >= 990"), scan("streamed", stream=True),
               scan("wrong", columns=["nope"])]
-    scans = read_scans(inputs, inbox, plan=lambda i: i, cache_dir=None, link=None)
+    scans = read_scans(inputs, inbox, plan=lambda i: i, metadata=open_metadata, cache_dir=None,
+                       link=None)
     try:
         assert set(scans.files) == {"whole", "streamed"}
         whole = pa.ipc.open_file(pa.memory_map(scans.files["whole"])).read_all()
@@ -110,3 +113,40 @@ def test_read_scans_writes_files_streams_and_problems(
     finally:
         scans.close()
     assert scans.failure() is None
+
+
+def test_a_cache_entry_gone_before_its_link_is_read_for_the_function(
+    tmp_path: Path, open_lake: OpenLake
+) -> None:
+    """Another task's need for memory may evict a cache entry between its prefetch and its
+    link into this task's in/: the worker then reads that scan for the function itself."""
+    lake: Lakehouse = open_lake("shop")
+    # Added as files, as a worker's import does: a table Arrow's planner reads.
+    data = pa.table({"a": list(range(100))})
+    tx = lake.begin("main")
+    tx.add_files("shop.t", [write_parquet(data, tx.data_location("shop.t"), "part-0")], data.schema)
+    tx.publish("t")
+    info = lake.table_info("shop.t", "main")
+    scan = ScanInput(param="t", key="shop.t", metadata_location=info.metadata_location,
+                     snapshot_id=info.snapshot_id, columns=["a"])
+    cache, inbox = tmp_path / "columns", tmp_path / "in"
+    cache.mkdir()
+    inbox.mkdir()
+
+    def plan(i: ScanInput) -> ScanInput:
+        found = plan_metadata(i.metadata_location, i.snapshot_id, i.columns, i.filter)
+        return msgspec.structs.replace(i, plan=found)
+
+    went: list[str] = []
+
+    def evicted(entry: Path) -> Path:
+        went.append(entry.name)
+        entry.unlink()
+        raise FileNotFoundError(2, "No such file or directory", str(entry))
+
+    scans = read_scans([scan], inbox, plan=plan, metadata=open_metadata, cache_dir=cache,
+                       link=evicted)
+    assert len(went) == 1  # the entry was made, then went before its link
+    table = pa.ipc.open_file(pa.memory_map(scans.files["t"])).read_all()
+    assert table.column("a").to_pylist() == list(range(100))
+    assert scans.read == {"shop.t": ["shop.t.a"]}
