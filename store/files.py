@@ -159,7 +159,7 @@ PART_BYTES = 128 << 20
 
 def write_parquet_parts(
     data: pa.Table | pa.RecordBatchReader, directory_uri: str, stem: str, *, threads: int,
-    properties: Mapping[str, str] | None = None,
+    properties: Mapping[str, str] | None = None, partitioned_by: str = "", what: str = "",
 ) -> tuple[list[str], int]:
     """Write a table, or a stream of record batches as it comes, as Parquet files
     ``STEM-N.parquet`` encoded up to ``threads`` at once; return the files' URIs, in
@@ -171,20 +171,29 @@ def write_parquet_parts(
     files hold the rows in their order. At most ``threads`` parts are held at once, so
     a stream is never held whole. A small table is one file ``STEM.parquet``.
 
+    With ``partitioned_by`` (see :mod:`store.partitions`; ``what`` names the table in
+    its errors) each file holds the rows of one partition.
+
     If the stream (or a write) fails, the files already written are removed and the
     error is raised as it came. Raises as :func:`write_parquet`.
     """
     from concurrent.futures import Future, ThreadPoolExecutor, wait
 
+    from faas.store.partitions import parse_partitioning, split
+
+    fields = parse_partitioning(partitioned_by)
+    chunks: Iterator[pa.Table]
     if isinstance(data, pa.Table):
-        parts = max(1, min(threads, -(-data.num_rows // PART_ROWS)))
-        if parts == 1:
+        pieces = split(data, fields, what) if fields else [data]
+        slices = [part for piece in pieces for part in _slices(piece, threads)]
+        if len(slices) == 1:
             name = f"{stem}.parquet"
-            return [write_parquet(data, directory_uri, name, properties=properties)], data.num_rows
-        step = -(-data.num_rows // parts)
-        chunks: Iterator[pa.Table] = (data.slice(i * step, step) for i in range(parts))
+            return [write_parquet(slices[0], directory_uri, name, properties=properties)], data.num_rows
+        chunks = iter(slices)
     else:
         chunks = _gather(data, PART_ROWS, PART_BYTES)
+        if fields:
+            chunks = (piece for chunk in chunks for piece in split(chunk, fields, what))
     futures: list[Future[str]] = []
     rows = 0
     room = threading.BoundedSemaphore(max(1, threads))
@@ -209,6 +218,13 @@ def write_parquet_parts(
                 if not f.cancelled() and f.exception() is None:
                     _remove(f.result(), properties)
             raise
+
+
+def _slices(table: pa.Table, threads: int) -> list[pa.Table]:
+    """``table`` as up to ``threads`` contiguous zero-copy slices of PART_ROWS rows or more."""
+    parts = max(1, min(threads, -(-table.num_rows // PART_ROWS)))
+    step = -(-table.num_rows // parts)
+    return [table.slice(i * step, step) for i in range(parts)]
 
 
 def _gather(reader: pa.RecordBatchReader, rows: int, nbytes: int) -> Iterator[pa.Table]:

@@ -110,16 +110,20 @@ class CommitCatalog(MetastoreCatalog):
         return self._lookup("table", key)
 
     def recreate_table_transaction(
-        self, identifier: str | Identifier, schema: Schema | pa.Schema, location: str
+        self, identifier: str | Identifier, schema: Schema | pa.Schema, location: str,
+        partition_spec: PartitionSpec = UNPARTITIONED_PARTITION_SPEC,
     ) -> CreateTableTransaction:
         """Like create_table_transaction, but replaces the table if it exists.
 
-        Used when a replace changes the schema beyond what the old table can take:
-        the key then points at a new table with its own location and history.
+        Used when a replace changes the schema beyond what the old table can take, or
+        its partitions: the key then points at a new table with its own location and
+        history.
         """
         key = _key(identifier)
         self._recreating.add(key)
-        return self.create_table_transaction(identifier, schema, location=location)
+        return self.create_table_transaction(
+            identifier, schema, location=location, partition_spec=partition_spec
+        )
 
     # -- tables ---------------------------------------------------------------
 

@@ -34,6 +34,19 @@ from faas.store.failpoints import failpoint
 from faas.store.files import iceberg_schema, to_iceberg_arrow
 from faas.store.iceberg import CommitCatalog, new_table_location
 from faas.store.keys import split_key
+from faas.store.partitions import (
+    PartitionField,
+    append_files,
+    data_files,
+    describe_partitioning,
+    iceberg_schema_with_ids,
+    name_by_mapping,
+    overwrite_partitions,
+    parse_partitioning,
+    partition_spec,
+    spec_fields,
+)
+from faas.store.scan import parse_filter
 from faas.store.warehouse import describe
 
 if TYPE_CHECKING:
@@ -41,7 +54,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-WriteMode = Literal["replace", "append"]
+WriteMode = Literal["replace", "append", "overwrite_partitions"]
+
+WRITE_MODES = ("replace", "append", "overwrite_partitions")
 
 # publish() puts its commit on top of a branch that moved, if no staged key
 # changed there, up to this many times before giving up with CommitConflict.
@@ -196,7 +211,7 @@ class Transaction:
                         # overwrite() on a table without rows warns that its delete matched nothing.
                         txn.append(data)
             else:
-                with self._recreate(key, data.schema) as txn:
+                with self._create(key, data.schema, [], recreate=True) as txn:
                     txn.append(data)
         except (ValueError, UnsupportedPyArrowTypeException) as e:
             raise InvalidInput(
@@ -209,23 +224,33 @@ class Transaction:
 
     def add_files(
         self, key: str, files: Sequence[str], schema: pa.Schema, mode: WriteMode = "replace",
-        properties: dict[str, str] | None = None,
+        properties: dict[str, str] | None = None, *, partitioned_by: str = "",
+        overwrite_filter: str = "",
     ) -> None:
         """Register Parquet ``files`` already written into the warehouse as the data of ``key``.
 
         ``schema`` is the Arrow schema the files were written with; it is used
         to create the table if it does not exist. ``replace`` drops the rows the
-        table had (in the same table commit), ``append`` keeps them. ``properties``
-        go into the summary of the snapshot that adds the files.
+        table had (in the same table commit), ``append`` keeps them, and
+        ``overwrite_partitions`` drops the rows ``overwrite_filter`` matches (without
+        one: those of every partition the files hold) and keeps the others.
+        ``properties`` go into the summary of the snapshot that adds the files.
+
+        ``partitioned_by`` (see :mod:`store.partitions`) is the table's partitioning;
+        each file must hold one partition. A new table gets it; ``replace`` gives the
+        key a new table when the old one is partitioned otherwise, while ``append``
+        and ``overwrite_partitions`` refuse such a table.
 
         Raises:
-            InvalidInput: a bad key or mode, or files whose schema does not fit the table.
+            InvalidInput: a bad key, mode, partitioning or filter; files whose schema
+                does not fit the table, or that hold more than one partition.
             NotFound: the namespace or a file does not exist.
             StorageError: the warehouse cannot be read or written.
         """
         self._check_open()
         _check_mode(mode)
         namespace, _ = split_key(key)
+        fields = parse_partitioning(partitioned_by)
         paths = list(files)
         _check_names(key, schema)
         schema = iceberg_schema(schema)
@@ -234,26 +259,38 @@ class Transaction:
         try:
             if table is None:
                 require_namespace(self._view, namespace)
-                with self._view.create_table_transaction(
-                    key, schema, location=self._new_location(key)
-                ) as txn:
-                    if paths:
-                        txn.add_files(paths, snapshot_properties=props)
+                with self._create(key, schema, fields) as txn:
+                    append_files(txn, paths, props)
+            elif fields != (now := spec_fields(table.spec(), table.schema())):
+                if mode != "replace":
+                    raise InvalidInput(
+                        f"cannot {mode.replace('_', ' ')} table {key!r}: it is partitioned "
+                        f"by {describe_partitioning(now) or 'nothing'}, the new rows by "
+                        f"{describe_partitioning(fields) or 'nothing'} (declare partitioned_by="
+                        f"{describe_partitioning(now)!r}, or replace the table to change its "
+                        "partitions)"
+                    )
+                with self._create(key, schema, fields, recreate=True) as txn:
+                    append_files(txn, paths, props)
             elif mode == "append":
                 _check_appendable(key, table, schema)
-                if paths:
-                    table.add_files(paths, snapshot_properties=props)
+                with table.transaction() as txn:
+                    append_files(txn, paths, props)
+            elif mode == "overwrite_partitions":
+                _check_appendable(key, table, schema)
+                row_filter = parse_filter(overwrite_filter, table.schema(), key) if (
+                    overwrite_filter) else None
+                with table.transaction() as txn:
+                    overwrite_partitions(txn, table, paths, props, row_filter)
             elif _fits(table, schema):
                 with table.transaction() as txn:
                     if not _replace_files(txn, table, paths, props):
                         if _has_data(table):
                             txn.delete(AlwaysTrue())
-                        if paths:
-                            txn.add_files(paths, snapshot_properties=props)
+                        append_files(txn, paths, props)
             else:
-                with self._recreate(key, schema) as txn:
-                    if paths:
-                        txn.add_files(paths, snapshot_properties=props)
+                with self._create(key, schema, fields, recreate=True) as txn:
+                    append_files(txn, paths, props)
         except FileNotFoundError as e:
             missing = e.filename or _first_line(e)
             raise NotFound(f"cannot add files to table {key!r}: file not found: {missing}") from e
@@ -414,13 +451,22 @@ class Transaction:
             )
         return self._new_locations[key]
 
-    def _recreate(self, key: str, schema: pa.Schema) -> CreateTableTransaction:
+    def _create(
+        self, key: str, schema: pa.Schema, fields: Sequence[PartitionField], *,
+        recreate: bool = False,
+    ) -> CreateTableTransaction:
+        """A new table for ``key`` partitioned by ``fields`` (``recreate``: in place of
+        the one it has)."""
+        ice = iceberg_schema_with_ids(schema)
+        spec = partition_spec(fields, ice, key)
+        if not recreate:
+            return self._view.create_table_transaction(
+                key, ice, location=self._new_location(key), partition_spec=spec
+            )
+        logger.info("transaction %s: %s changed, replacing it with a new table", self.id, key)
         namespace, name = split_key(key)
-        logger.info(
-            "transaction %s: schema of %s changed, replacing it with a new table", self.id, key
-        )
         location = new_table_location(self._lakehouse.warehouse, namespace, name)
-        return self._view.recreate_table_transaction(key, schema, location)
+        return self._view.recreate_table_transaction(key, ice, location, spec)
 
 
 def _clashes(
@@ -459,8 +505,10 @@ def _key_conflict(
 
 
 def _check_mode(mode: str) -> None:
-    if mode not in ("replace", "append"):
-        raise InvalidInput(f"unknown write mode {mode!r}; expected 'replace' or 'append'")
+    if mode not in WRITE_MODES:
+        raise InvalidInput(
+            f"unknown write mode {mode!r}; expected {', '.join(map(repr, WRITE_MODES))}"
+        )
 
 
 def _check_names(key: str, schema: pa.Schema) -> None:
@@ -528,8 +576,6 @@ def _replace_files(
     overwrite snapshot (rather than a delete snapshot and an append snapshot: half the
     metadata to write, and half the history). False, with nothing done, where that does
     not apply: a table without data, or one with delete files."""
-    from pyiceberg.table import TableProperties, _parquet_files_to_data_files
-
     snapshot = table.current_snapshot()
     if snapshot is None or not paths:
         return False
@@ -541,11 +587,7 @@ def _replace_files(
     ]
     if not entries or any(e.data_file.content != DataFileContent.DATA for e in entries):
         return False
-    if table.metadata.name_mapping() is None:  # the files have no field ids: map by name
-        mapping: dict[str, Any] = {
-            TableProperties.DEFAULT_NAME_MAPPING: table.schema().name_mapping.model_dump_json()
-        }
-        txn.set_properties(mapping)
+    name_by_mapping(txn)
     replace = _Replace(
         entries, operation=Operation.OVERWRITE, transaction=txn, io=table.io,
         snapshot_properties=props, branch=MAIN_BRANCH,
@@ -553,7 +595,7 @@ def _replace_files(
     with replace:
         for entry in entries:
             replace.delete_data_file(entry.data_file)
-        for data_file in _parquet_files_to_data_files(txn.table_metadata, paths, table.io):
+        for data_file in data_files(table.io, txn.table_metadata, paths):
             replace.append_data_file(data_file)
     return True
 
