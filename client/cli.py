@@ -206,6 +206,8 @@ def table_get(
         return
     typer.echo(f"{info.key}: {info.rows} rows, {info.files} files, {info.bytes} bytes")
     typer.echo(f"snapshot {info.snapshot_id}\nmetadata {info.metadata_location}")
+    if info.partitioned_by:
+        typer.echo(f"partitioned by {info.partitioned_by}")
     for f in info.schema:
         typer.echo(f"  {f.name}: {f.type}")
 

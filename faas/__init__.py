@@ -22,7 +22,7 @@ __all__ = ["Model", "Parameter", "model", "python", "expectation", "Client"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-MATERIALIZE_MODES = (None, "replace", "append")
+MATERIALIZE_MODES = (None, "replace", "append", "overwrite_partitions")
 
 
 class Model:
@@ -70,10 +70,20 @@ def model(
     cache: bool = True,
     cpus: int | None = None,
     internet_access: bool = False,
+    partitioned_by: str | list[str] | None = None,
+    overwrite_filter: str | None = None,
 ) -> Callable[[F], F]:
     """Mark a function as a model: its return value is a table named ``name`` (default: the
     function name), kept in memory for downstream models and, with ``materialize``,
-    written to the lakehouse (``"replace"`` or ``"append"``).
+    written to the lakehouse: ``"replace"`` swaps the table's rows, ``"append"`` adds to
+    them, ``"overwrite_partitions"`` replaces the rows ``overwrite_filter`` matches (a
+    filter on partition columns, such as ``"order_date >= '2024-05-01'"``; without one,
+    every partition the output holds) and keeps the others.
+
+    ``partitioned_by`` partitions the table with Iceberg's hidden partitions:
+    ``"day(order_date), country"`` (a column, or ``year``, ``month``, ``day``, ``hour``,
+    ``bucket(N, c)``, ``truncate(N, c)`` of one). Readers filter on the column and skip
+    the partitions that cannot match.
 
     ``memory`` reserves memory for the function ("4GiB"; estimated from its inputs when
     not given): past it the function is stopped, and retried once with twice as much.
@@ -97,6 +107,8 @@ def model(
             "cache": cache,
             "cpus": cpus,
             "internet_access": internet_access,
+            "partitioned_by": partitioned_by,
+            "overwrite_filter": overwrite_filter,
         }
         return fn
 

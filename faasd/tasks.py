@@ -38,6 +38,7 @@ from faas.protocol.errors import (
     TimedOut,
 )
 from faas.protocol.messages import (
+    Materialize,
     ObjectInfo,
     ObjectInput,
     ScanInput,
@@ -231,7 +232,7 @@ class FunctionTasks:
                 await self._send(ObjectReady(task_id=msg.task_id, output=self._info(msg.output_id)))
                 t_parquet = time.perf_counter()
                 files = await asyncio.to_thread(
-                    freeing(self._write_parquet), output, msg.materialize.directory, msg.node
+                    freeing(self._write_parquet), output, msg.materialize, msg.node
                 )
                 phases["output_parquet"] = time.perf_counter() - t_parquet
             await self._send(TaskDone(
@@ -313,7 +314,7 @@ class FunctionTasks:
             assert path is not None
             await self._send(ObjectReady(task_id=msg.task_id, output=self._info(msg.output_id)))
             files = await asyncio.to_thread(
-                freeing(self._write_parquet), path, msg.materialize.directory, msg.node
+                freeing(self._write_parquet), path, msg.materialize, msg.node
             )
         return TaskDone(
             task_id=msg.task_id, output=self._info(msg.output_id), files=files,
@@ -462,7 +463,7 @@ class FunctionTasks:
                 s.close()
             self.running_limits.pop(msg.task_id, None)
 
-    def _write_parquet(self, object_path: Path, directory: str, node: str) -> list[str]:
+    def _write_parquet(self, object_path: Path, materialize: Materialize, node: str) -> list[str]:
         import pyarrow as pa
 
         from faas.store.files import write_parquet_parts
@@ -470,5 +471,7 @@ class FunctionTasks:
         with holding(object_path):
             table = pa.ipc.open_file(pa.memory_map(str(object_path), "r")).read_all()
             return write_parquet_parts(
-                table, directory, f"{node}-{uuid.uuid4().hex[:8]}", threads=self.cpus
+                table, materialize.directory, f"{node}-{uuid.uuid4().hex[:8]}",
+                threads=self.cpus, partitioned_by=materialize.partitioned_by,
+                what=materialize.key,
             )[0]

@@ -45,7 +45,7 @@ ParamValue = str | int | float | bool
 
 # The values some fields may take, checked by msgspec when a message is decoded.
 RefKind = Literal["branch", "tag"]
-ImportMode = Literal["replace", "append"]
+ImportMode = Literal["replace", "append", "overwrite_partitions"]
 FileFormat = Literal["csv", "tsv", "parquet"]
 Stream = Literal["stdout", "stderr"]
 # A node's states, as TaskEvent reports them ("warning": an expectation failed, not strict).
@@ -177,6 +177,8 @@ class Materialize(msgspec.Struct, frozen=True, kw_only=True):
     # Nothing of the run reads this output: the function process writes the Parquet
     # files itself as its rows come, on all cores, and no object is kept.
     direct: bool = False
+    # The table's partitions (store.partitions): each Parquet file holds one.
+    partitioned_by: str = ""
 
 
 class ObjectInfo(msgspec.Struct, frozen=True, kw_only=True):

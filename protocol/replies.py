@@ -90,9 +90,11 @@ class Table(Message, frozen=True):
     files: int
     bytes: int
     schema: list[Column]
+    # Its Iceberg partitions, as partitioned_by writes them: "day(order_date), country".
+    partitioned_by: str = ""
 
 
-class Imported(Table, frozen=True):
+class Imported(Table, frozen=True, kw_only=True):
     """The table an import made, and the commit that published it."""
 
     commit: str

@@ -71,6 +71,7 @@ def table_fields(info: Any) -> dict[str, Any]:
         "files": info.file_count,
         "bytes": info.size_bytes,
         "schema": [Column(name=f.name, type=str(f.type)) for f in info.schema],
+        "partitioned_by": info.partitioned_by,
     }
 
 

@@ -18,7 +18,10 @@ from faas.protocol.errors import FaasError, PlanInvalid
 from faas.protocol.messages import node_label
 from faas.protocol.sizes import parse_size
 
-MATERIALIZE_MODES = (None, "replace", "append")
+MATERIALIZE_MODES = (None, "replace", "append", "overwrite_partitions")
+# What the SDKs a project may be written with are imported as: faas's own, and Bauplan's
+# (whose projects run unchanged: see faas/bauplan.py).
+SDK_MODULES = ("faas", "bauplan")
 
 
 @dataclass(frozen=True)
@@ -45,6 +48,10 @@ class ModelSpec:
     module: str
     where: str
     materialize: str | None = None
+    # The output table's partitions (store.partitions, written canonically), and for
+    # materialize="overwrite_partitions" the rows of the table it replaces.
+    partitioned_by: str = ""
+    overwrite_filter: str = ""
     columns: list[str] | None = None
     memory: str | None = None
     timeout: float | None = None
@@ -111,15 +118,80 @@ def _digest(*parts: str) -> str:
 
 
 def _decorator_name(node: ast.expr) -> str | None:
-    """'model' for @faas.model(...), @faas.model or @model(...)."""
+    """'model' for @faas.model(...), @faas.model, @bauplan.model(...) or @model(...)."""
     target = node.func if isinstance(node, ast.Call) else node
     if isinstance(target, ast.Attribute) and isinstance(target.value, ast.Name):
-        if target.value.id == "faas":
+        if target.value.id in SDK_MODULES:
             return target.attr
         return None
     if isinstance(target, ast.Name):
         return target.id
     return None
+
+
+def _sdk(node: ast.expr) -> str:
+    """Which SDK a decorator comes from: 'bauplan' for @bauplan.model, else 'faas'."""
+    target = node.func if isinstance(node, ast.Call) else node
+    if isinstance(target, ast.Attribute) and isinstance(target.value, ast.Name):
+        return target.value.id
+    return "faas"
+
+
+# @faas.model's arguments, in order; and @bauplan.model's, which name some differently.
+FAAS_MODEL_ARGS = ("name", "materialize", "columns", "memory", "timeout", "cache", "cpus",
+                   "internet_access", "partitioned_by", "overwrite_filter")
+BAUPLAN_MODEL_ARGS = ("name", "columns", "partitioned_by", "materialization_strategy",
+                      "cache_strategy", "internet_access", "overwrite_filter")
+
+
+def check_materialize(
+    mode: str | None, partitioned_by: Any, overwrite_filter: Any, columns: list[str] | None,
+    where: str, problems: list[str],
+) -> tuple[str, str]:
+    """A model's partitions and overwrite filter, checked against its mode and declared
+    columns (problems said at ``where``); each as text, "" when absent or wrong."""
+    from faas.protocol.errors import InvalidInput
+    from faas.store.partitions import describe_partitioning, parse_partitioning
+    from faas.store.scan import filter_columns
+
+    if isinstance(partitioned_by, (list, tuple)) and all(isinstance(p, str) for p in partitioned_by):
+        partitioned_by = ", ".join(partitioned_by)
+    if partitioned_by is not None and not isinstance(partitioned_by, str):
+        problems.append(f"{where}: partitioned_by must be a string or a list of strings, "
+                        f"not {partitioned_by!r}")
+        partitioned_by = None
+    if overwrite_filter is not None and not isinstance(overwrite_filter, str):
+        problems.append(f"{where}: overwrite_filter must be a string, not {overwrite_filter!r}")
+        overwrite_filter = None
+    try:
+        fields = parse_partitioning(partitioned_by or "", f"{where}: partitioned_by")
+    except InvalidInput as exc:
+        problems.append(str(exc))
+        fields = []
+    for part in fields:
+        if columns is not None and part.column not in columns:
+            problems.append(f"{where}: partitioned_by names {part.column!r}, which is not "
+                            f"among the declared columns: {', '.join(columns)}")
+    if mode == "overwrite_partitions" and not partitioned_by:
+        problems.append(f"{where}: materialize='overwrite_partitions' needs partitioned_by "
+                        "(the partitions it overwrites)")
+    if overwrite_filter:
+        if mode != "overwrite_partitions":
+            problems.append(f"{where}: overwrite_filter is for materialize="
+                            f"'overwrite_partitions', not {mode!r}")
+        try:
+            named = filter_columns(overwrite_filter)
+        except InvalidInput as exc:
+            problems.append(f"{where}: overwrite_filter: {exc}")
+            named = []
+        partition_columns = {f.column for f in fields}
+        if fields and (outside := [c for c in named if c not in partition_columns]):
+            problems.append(
+                f"{where}: overwrite_filter names {', '.join(map(repr, outside))}, which "
+                f"{'is' if len(outside) == 1 else 'are'} not partitioned by "
+                f"(partitions: {describe_partitioning(fields)})"
+            )
+    return describe_partitioning(fields), overwrite_filter or ""
 
 
 class _Reader:
@@ -218,12 +290,18 @@ class _Reader:
                 self.problems.append(
                     f"{self.where(decorators[kind])}: write @faas.{kind}(...) with parentheses"
                 )
+        bauplan = _sdk(decorators["model"]) == "bauplan"
         margs = self.call_args(
-            decorators["model"],
-            ("name", "materialize", "columns", "memory", "timeout", "cache", "cpus",
-             "internet_access"),
-            "faas.model",
+            decorators["model"], BAUPLAN_MODEL_ARGS if bauplan else FAAS_MODEL_ARGS,
+            f"{'bauplan' if bauplan else 'faas'}.model",
         )
+        strategy = margs.pop("materialization_strategy", None)
+        if bauplan:
+            margs["materialize"] = strategy.lower() if isinstance(strategy, str) else strategy
+            if margs["materialize"] == "none":
+                margs["materialize"] = None
+            if margs.pop("cache_strategy", None) == "NONE":
+                margs["cache"] = False
         self.typed(
             margs, decorators["model"], "faas.model", name=str, columns=list, memory=str, cache=bool,
             internet_access=bool,
@@ -259,16 +337,26 @@ class _Reader:
         materialize = margs.get("materialize")
         if materialize not in MATERIALIZE_MODES:
             self.problems.append(
-                f"{self.where(decorators['model'])}: materialize must be 'replace', 'append' or "
-                f"None, not {materialize!r}"
+                f"{self.where(decorators['model'])}: "
+                + (f"materialization_strategy must be 'NONE', 'REPLACE', 'APPEND' or "
+                   f"'OVERWRITE_PARTITIONS', not {strategy!r}"
+                   if bauplan else
+                   f"materialize must be 'replace', 'append', 'overwrite_partitions' or None, "
+                   f"not {materialize!r}")
             )
             materialize = None
+        partitioned_by, overwrite_filter = check_materialize(
+            materialize, margs.get("partitioned_by"), margs.get("overwrite_filter"),
+            margs.get("columns"), self.where(decorators["model"]), self.problems,
+        )
         spec = ModelSpec(
             name=name,
             function=fn.name,
             module=module,
             where=self.where(fn),
             materialize=materialize,
+            partitioned_by=partitioned_by,
+            overwrite_filter=overwrite_filter,
             columns=margs.get("columns"),
             memory=margs.get("memory"),
             timeout=float(timeout) if timeout is not None else None,
@@ -358,14 +446,32 @@ class _Reader:
 
 
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_HEADER = re.compile(r"^\s*--\s*faas:\s*(.*)$")
-SQL_OPTIONS = ("materialize", "memory", "cpus", "python")
+_HEADER = re.compile(r"^\s*--\s*(faas|bauplan):\s*(.*)$")
+SQL_OPTIONS = ("materialize", "memory", "cpus", "python", "partitioned_by", "overwrite_filter")
+# Bauplan's header options (``-- bauplan: materialization_strategy=REPLACE``), as faas's.
+BAUPLAN_SQL_OPTIONS = {
+    "name": "name", "materialization_strategy": "materialize", "partitioned-by": "partitioned_by",
+    "partitioned_by": "partitioned_by", "overwrite_filter": "overwrite_filter",
+    "overwrite-filter": "overwrite_filter",
+}
+
+
+def _header_items(text: str) -> list[str]:
+    """``key=value`` items of a header line: separated by spaces or commas, values may be
+    quoted (``partitioned_by="day(d), country"``), spaces around ``=`` allowed."""
+    import shlex
+
+    lexer = shlex.shlex(re.sub(r"\s*=\s*", "=", text), posix=True)
+    lexer.whitespace += ","
+    lexer.whitespace_split = True
+    return list(lexer)
 
 
 def read_sql_model(path: str, text: str, problems: list[str]) -> ModelSpec | None:
     """A SQL model: ``name.sql``, one SELECT whose FROM/JOIN names are its inputs.
 
-    Options come from header comments: ``-- faas: materialize=replace memory=2GiB``.
+    Options come from header comments: ``-- faas: materialize=replace memory=2GiB``
+    (or Bauplan's ``-- bauplan: materialization_strategy=REPLACE``).
     ``$name`` in the SQL is a run parameter, bound as a value when the query runs.
     """
     from faas.store.query import referenced_tables, sql_parameters
@@ -376,28 +482,44 @@ def read_sql_model(path: str, text: str, problems: list[str]) -> ModelSpec | Non
         problems.append(f"{path}:1: a SQL model's file name must be an identifier, not {name!r}")
         return None
     spec = ModelSpec(name=name, function="", module=module, where=f"{path}:1", kind="sql", sql=text)
+    table_options: dict[str, str] = {}
+    options_line = 1
     for lineno, line in enumerate(text.splitlines(), 1):
         m = _HEADER.match(line)
         if not m:
             if line.strip() and not line.strip().startswith("--"):
                 break  # options live in the header, before the query
             continue
-        for item in re.split(r"[,\s]+", m.group(1).strip()):
-            if not item:
-                continue
+        try:
+            items = _header_items(m.group(2))
+        except ValueError as exc:
+            problems.append(f"{path}:{lineno}: cannot read the options: {exc}")
+            continue
+        for item in items:
             key, sep, value = item.partition("=")
-            if not sep or key not in SQL_OPTIONS:
-                problems.append(
-                    f"{path}:{lineno}: unknown option {item!r} (options: "
-                    f"{', '.join(o + '=...' for o in SQL_OPTIONS)})"
-                )
+            if m.group(1) == "bauplan":
+                known = ", ".join(o + "=..." for o in BAUPLAN_SQL_OPTIONS)
+                key = BAUPLAN_SQL_OPTIONS.get(key, "?")
+            else:
+                known = ", ".join(o + "=..." for o in SQL_OPTIONS)
+            if not sep or key not in SQL_OPTIONS + ("name",):
+                problems.append(f"{path}:{lineno}: unknown option {item!r} (options: {known})")
+            elif key == "name":
+                if _IDENT.fullmatch(value):
+                    spec.name = value
+                else:
+                    problems.append(f"{path}:{lineno}: name must be an identifier, not {value!r}")
             elif key == "materialize":
-                mode = None if value in ("none", "None", "") else value
+                mode = None if value.lower() in ("none", "") else value.lower()
                 if mode not in MATERIALIZE_MODES:
                     problems.append(
-                        f"{path}:{lineno}: materialize must be replace, append or none, not {value!r}"
+                        f"{path}:{lineno}: materialize must be replace, append, "
+                        f"overwrite_partitions or none, not {value!r}"
                     )
                 spec.materialize = mode if mode in MATERIALIZE_MODES else None
+            elif key in ("partitioned_by", "overwrite_filter"):
+                table_options[key] = value
+                options_line = lineno
             elif key == "memory":
                 try:
                     parse_size(value)
@@ -414,6 +536,10 @@ def read_sql_model(path: str, text: str, problems: list[str]) -> ModelSpec | Non
                     )
             else:
                 spec.python = value
+    spec.partitioned_by, spec.overwrite_filter = check_materialize(
+        spec.materialize, table_options.get("partitioned_by"),
+        table_options.get("overwrite_filter"), None, f"{path}:{options_line}", problems,
+    )
     try:
         tables = referenced_tables(text)
         params = sql_parameters(text)

@@ -448,7 +448,10 @@ class RunCoordinator(Publishing):
                 key=node.key, directory=directory,
                 # checked when the project was read (project.MATERIALIZE_MODES)
                 mode=cast(ImportMode, node.spec.materialize or "replace"),
-                direct=not self._consumers(node),
+                # A partitioned output is cut into partitions by the worker, whose
+                # environment has Iceberg's transforms (the function's may not).
+                direct=not self._consumers(node) and not node.spec.partitioned_by,
+                partitioned_by=node.spec.partitioned_by,
             )
         queue = self.scheduler.watch_task(task_id, worker)
         try:

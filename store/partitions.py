@@ -155,10 +155,10 @@ def _source_type(field: PartitionField, schema: Schema, what: str) -> IcebergTyp
 
 def iceberg_schema_with_ids(schema: pa.Schema) -> Schema:
     """``schema`` as the Iceberg schema a table created from it gets (fresh field ids)."""
-    from pyiceberg.catalog import Catalog
+    from pyiceberg.io.pyarrow import _pyarrow_to_schema_without_ids
     from pyiceberg.schema import assign_fresh_schema_ids
 
-    return assign_fresh_schema_ids(Catalog._convert_schema_if_needed(schema))
+    return assign_fresh_schema_ids(_pyarrow_to_schema_without_ids(schema))
 
 
 def partition_spec(fields: Sequence[PartitionField], schema: Schema, what: str) -> PartitionSpec:

@@ -368,13 +368,7 @@ def parse_filter(row_filter: str | None, schema: Schema, name: str) -> BooleanEx
     """
     if row_filter is None or not row_filter.strip():
         return AlwaysTrue()
-    try:
-        expression = parse(row_filter)
-    except ParseBaseException as e:
-        near = row_filter[e.loc : e.loc + 20] or "end of filter"
-        raise InvalidInput(
-            f"bad filter {row_filter!r}: syntax error at column {e.loc + 1} near {near!r}"
-        ) from e
+    expression = _parsed(row_filter)
     available = {f.name for f in schema.fields}
     for reference in _references(expression):
         if reference.split(".")[0] not in available:
@@ -395,10 +389,28 @@ def check_filter(row_filter: str, schema: pa.Schema, name: str) -> None:
     Raises:
         InvalidInput: as :func:`parse_filter`.
     """
-    from pyiceberg.io.pyarrow import _pyarrow_to_schema_without_ids
-    from pyiceberg.schema import assign_fresh_schema_ids
+    from faas.store.partitions import iceberg_schema_with_ids
 
-    parse_filter(row_filter, assign_fresh_schema_ids(_pyarrow_to_schema_without_ids(schema)), name)
+    parse_filter(row_filter, iceberg_schema_with_ids(schema), name)
+
+
+def filter_columns(row_filter: str) -> list[str]:
+    """The columns ``row_filter`` names, in order, once each.
+
+    Raises:
+        InvalidInput: the filter does not parse.
+    """
+    return list(dict.fromkeys(_references(_parsed(row_filter))))
+
+
+def _parsed(row_filter: str) -> BooleanExpression:
+    try:
+        return parse(row_filter)
+    except ParseBaseException as e:
+        near = row_filter[e.loc : e.loc + 20] or "end of filter"
+        raise InvalidInput(
+            f"bad filter {row_filter!r}: syntax error at column {e.loc + 1} near {near!r}"
+        ) from e
 
 
 def _references(expression: BooleanExpression) -> Iterator[str]:

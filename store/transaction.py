@@ -76,6 +76,8 @@ class TableInfo:
     size_bytes: int
     # The current snapshot's summary: totals, and the properties its writer set.
     properties: dict[str, str] = field(default_factory=dict)
+    # Its partitions, as partitioned_by writes them ("" when it has none).
+    partitioned_by: str = ""
 
 
 def load_table(view: CommitCatalog, key: str) -> IcebergTable:
@@ -110,6 +112,7 @@ def table_info(table: IcebergTable, key: str) -> TableInfo:
         file_count=total("total-data-files"),
         size_bytes=total("total-files-size"),
         properties=dict(summary.additional_properties) if summary is not None else {},
+        partitioned_by=describe_partitioning(spec_fields(table.spec(), table.schema())),
     )
 
 

@@ -61,7 +61,7 @@ def test_sql_model_reading_another_model() -> None:
     [
         ("SELEC a FROM t", "q.sql:1:"),
         ("-- faas: materialise=replace\nSELECT a FROM t", "unknown option 'materialise=replace'"),
-        ("-- faas: materialize=sometimes\nSELECT a FROM t", "materialize must be replace, append or none"),
+        ("-- faas: materialize=sometimes\nSELECT a FROM t", "materialize must be replace, append, overwrite_partitions or none"),
         ("SELECT a FROM t WHERE a > ?", "named parameters"),
         ("DELETE FROM t", "only SELECT"),
         ("SELECT a FROM nope", "'nope'"),
