@@ -212,14 +212,44 @@ def table_get(
         typer.echo(f"  {f.name}: {f.type}")
 
 
+def _table_and_files(key: str | None, name: str | None, namespace: str | None,
+                     paths: list[str] | None, search_uri: list[str] | None) -> tuple[str, list[str]]:
+    """The table and files of an import or create, given as faas writes them (KEY FILES...)
+    or as Bauplan does (--name NS.T --search-uri URI, --namespace for a bare name)."""
+    if key and name and key != name:
+        fail(f"the table is named twice: {key!r} and --name {name!r}")
+    table = key or name
+    if not table:
+        fail("name the table: faas table import NAMESPACE.TABLE FILES... (or --name)")
+    if "." not in table and namespace:
+        table = f"{namespace}.{table}"
+    files = list(paths or []) + list(search_uri or [])
+    if not files:
+        fail(f"name the files to read for {table}: paths or globs after the table, or "
+             "--search-uri")
+    return table, files
+
+
+PARTITIONED_BY_HELP = ('the table\'s partitions: "day(order_date), country" (a column, or '
+                       "year, month, day, hour, bucket(N, c), truncate(N, c) of one)")
+
+
 @table_app.command("import")
 def table_import(
-    key: str = typer.Argument(..., help="NAMESPACE.TABLE to create or replace"),
-    paths: list[str] = typer.Argument(..., help="CSV or Parquet files or globs"),
-    ref: str | None = typer.Option(None, "--ref", help=REF_HELP),
+    key: str | None = typer.Argument(None, help="NAMESPACE.TABLE to create or replace"),
+    paths: list[str] | None = typer.Argument(None, help="CSV or Parquet files or globs"),
+    name: str | None = typer.Option(None, "--name", help="the table, as Bauplan's CLI names it"),
+    search_uri: list[str] | None = typer.Option(
+        None, "--search-uri", help="files or globs (local, or s3://...), as Bauplan's CLI takes them"
+    ),
+    namespace: str | None = typer.Option(None, "--namespace", "-n", help="namespace of a bare table name"),
+    ref: str | None = typer.Option(None, "--ref", "--branch", "-b", help=REF_HELP),
     mode: str = typer.Option("replace", "--mode", help="replace or append"),
     format: str | None = typer.Option(
         None, "--format", help="csv, tsv or parquet, for files whose suffix does not say"
+    ),
+    partitioned_by: str = typer.Option(
+        "", "--partitioned-by", help=PARTITIONED_BY_HELP + " (default: the table's own)"
     ),
     plan: Path | None = typer.Option(
         None, "--plan", help="write the import plan for these files to this TOML file "
@@ -234,6 +264,7 @@ def table_import(
     """Import CSV or Parquet files as a table (schema inferred)."""
     from faas.client.import_plan import read_plan, write_plan
 
+    table, files = _table_and_files(key, name, namespace, paths, search_uri)
     ref = ref_or_active(ref)
     if mode not in ("replace", "append"):
         raise typer.BadParameter("must be 'replace' or 'append'", param_hint="--mode")
@@ -242,24 +273,53 @@ def table_import(
     if plan is not None and apply is not None:
         raise typer.BadParameter("write a plan or apply one, not both", param_hint="--plan")
     if plan is not None:
-        proposed = run(lambda c: c.plan_import(key, paths, ref=ref, format=format))
+        proposed = run(lambda c: c.plan_import(table, files, ref=ref, format=format))
         write_plan(proposed, plan)
         if as_json:
             print_json(proposed)
         else:
-            typer.echo(f"wrote the plan for {key} ({len(proposed.columns)} columns, "
+            typer.echo(f"wrote the plan for {table} ({len(proposed.columns)} columns, "
                        f"{len(proposed.files)} files) to {plan}: edit it, then --apply {plan}")
         return
     try:
         columns = read_plan(apply) if apply is not None else None
     except FaasError as exc:
         fail(str(exc))
-    info = run(lambda c: c.import_table(key, paths, ref=ref, mode=mode, format=format,
-                                        plan=columns))
+    info = run(lambda c: c.import_table(table, files, ref=ref, mode=mode, format=format,
+                                        plan=columns, partitioned_by=partitioned_by))
     if as_json:
         print_json(info)
     else:
         typer.echo(f"imported {info.key}: {info.rows} rows")
+
+
+@table_app.command("create")
+def table_create(
+    key: str | None = typer.Argument(None, help="NAMESPACE.TABLE to create"),
+    name: str | None = typer.Option(None, "--name", help="the table, as Bauplan's CLI names it"),
+    search_uri: list[str] | None = typer.Option(
+        None, "--search-uri", help="files or globs whose schema the table takes"
+    ),
+    namespace: str | None = typer.Option(None, "--namespace", "-n", help="namespace of a bare table name"),
+    ref: str | None = typer.Option(None, "--ref", "--branch", "-b", help=REF_HELP),
+    format: str | None = typer.Option(
+        None, "--format", help="csv, tsv or parquet, for files whose suffix does not say"
+    ),
+    partitioned_by: str = typer.Option("", "--partitioned-by", help=PARTITIONED_BY_HELP),
+    as_json: bool = json_flag(),
+) -> None:
+    """Create an empty table with the schema of CSV or Parquet files (then faas table import)."""
+    table, files = _table_and_files(key, name, namespace, None, search_uri)
+    if format is not None and format not in ("csv", "tsv", "parquet"):
+        raise typer.BadParameter("must be csv, tsv or parquet", param_hint="--format")
+    ref = ref_or_active(ref)
+    info = run(lambda c: c.create_table(table, files, ref=ref, format=format,
+                                        partitioned_by=partitioned_by))
+    if as_json:
+        print_json(info)
+    else:
+        parts = f", partitioned by {info.partitioned_by}" if info.partitioned_by else ""
+        typer.echo(f"created {info.key}: {len(info.schema)} columns{parts}")
 
 
 @namespace_app.command("ls")

@@ -325,13 +325,28 @@ class Client:
     async def import_table(
         self, key: str, paths: list[str], *, ref: str = "main", mode: ImportMode = "replace",
         format: FileFormat | None = None, plan: list[PlanColumn] | None = None,
+        partitioned_by: str = "",
     ) -> Imported:
         """Import CSV/Parquet files (paths or globs, readable by the workers) as a table;
         ``format`` (csv, tsv, parquet) for files whose suffix does not say; ``plan``: an
-        import plan (:meth:`plan_import`, edited) for files that disagree."""
+        import plan (:meth:`plan_import`, edited) for files that disagree;
+        ``partitioned_by``: the table's partitions ("day(order_date), country"; default:
+        those it has)."""
         return await self._call(
             ImportTable(key=key, paths=await _resolved(paths), ref=ref, mode=mode,
-                        format=format, plan=plan),
+                        format=format, plan=plan, partitioned_by=partitioned_by),
+            Imported,
+        )
+
+    async def create_table(
+        self, key: str, paths: list[str], *, ref: str = "main", format: FileFormat | None = None,
+        partitioned_by: str = "",
+    ) -> Imported:
+        """Create table ``key``, empty, with the schema of these files (and partitions);
+        import their rows with :meth:`import_table`."""
+        return await self._call(
+            ImportTable(key=key, paths=await _resolved(paths), ref=ref, format=format,
+                        partitioned_by=partitioned_by, create_only=True),
             Imported,
         )
 

@@ -490,8 +490,12 @@ class Worker(FunctionTasks):
                 return self._external(msg)
             table = read_source_files(msg.paths, msg.format, roots=self.import_roots,
                                       plan=msg.plan)
+            if msg.create_only:
+                return ImportDone(task_id=msg.task_id, files=[], rows=0,
+                                  schema=table.schema.serialize().to_pybytes())
             files, _ = write_parquet_parts(
-                table, msg.directory, f"import-{uuid.uuid4().hex[:8]}", threads=self.cpus
+                table, msg.directory, f"import-{uuid.uuid4().hex[:8]}", threads=self.cpus,
+                partitioned_by=msg.partitioned_by, what=msg.key,
             )
             return ImportDone(
                 task_id=msg.task_id, files=files, rows=table.num_rows,

@@ -254,6 +254,10 @@ class ImportTable(Message, frozen=True):
     # Register the files as they are (faas table create-external): Parquet files, or one
     # Iceberg table's metadata file; nothing is copied.
     external: bool = False
+    # The table's partitions (store.partitions); "" keeps an existing table's.
+    partitioned_by: str = ""
+    # Only create the table, empty, with the files' schema (faas table create).
+    create_only: bool = False
 
 
 class Query(Message, frozen=True):

@@ -215,6 +215,10 @@ class ImportTask(Message, frozen=True):
     plan_only: bool = False
     # Check the files for an external table and answer ImportDone with their own URIs.
     external: bool = False
+    # Cut the rows one partition per file (store.partitions).
+    partitioned_by: str = ""
+    # Read the files' schema alone and write nothing (faas table create).
+    create_only: bool = False
 
 
 class ImportPlanned(Message, frozen=True):

@@ -102,13 +102,15 @@ class HelperTasks:
             raise missing_namespace(namespace, request.ref)
         tx = await self.store_call(lh.begin, request.ref, user or "faas")
         # Only an import writes files: a plan writes nothing, an external table keeps its own.
-        writes = not (request.plan_only or request.external)
+        writes = not (request.plan_only or request.external or request.create_only)
         directory = await self.store_call(tx.data_location, request.key) if writes else ""
+        partitioned_by = await self.store_call(_partitioning, tx, request)
         task_id = f"import-{uuid.uuid4().hex[:12]}"
         done: ImportDone | ImportPlanned = await self._worker_task(
             ImportTask(task_id=task_id, key=request.key, paths=request.paths, directory=directory,
                        format=request.format, plan=request.plan, plan_only=request.plan_only,
-                       external=request.external)
+                       external=request.external, partitioned_by=partitioned_by,
+                       create_only=request.create_only)
         )
         if isinstance(done, ImportPlanned):  # a survey: nothing was written
             return ImportPlan(key=request.key, files=done.files, columns=done.columns)
@@ -119,7 +121,10 @@ class HelperTasks:
         def commit() -> str:
             if request.external:
                 return _register_external(tx, request, done.files, schema)
-            tx.add_files(request.key, done.files, schema, request.mode)
+            tx.add_files(request.key, done.files, schema, request.mode,
+                         partitioned_by=partitioned_by)
+            if request.create_only:
+                return str(tx.publish(f"create {request.key}"))
             return str(tx.publish(f"import {request.key} from {len(request.paths)} files"))
 
         commit_hash = await self.store_call(commit)
@@ -187,6 +192,31 @@ class HelperTasks:
             self.unwatch_task(task.task_id)
             if not finished:  # its client went, it ran out of time, or the scheduler stops
                 self.background(_quietly(worker.conn.send(CancelTask(task_id=task.task_id))))
+
+
+def _partitioning(tx: Any, request: ImportTable) -> str:
+    """The partitions an import writes: those asked for, else the table's own (store
+    thread). Checked before any file is read.
+
+    Raises:
+        InvalidInput: partitions asked of an external table (its files stay as they are),
+            or a bad partitioned_by.
+        AlreadyExists: faas table create of a table that exists.
+    """
+    from faas.store.partitions import describe_partitioning, parse_partitioning
+
+    asked = describe_partitioning(parse_partitioning(request.partitioned_by, "--partitioned-by"))
+    if request.external and asked:
+        raise InvalidInput("an external table keeps its files as they are: it cannot be "
+                           "partitioned by faas (--partitioned-by)")
+    try:
+        info = tx.table_info(request.key)
+    except NotFound:
+        return asked
+    if request.create_only:
+        raise AlreadyExists(f"table {request.key!r} already exists at {request.ref!r}: import "
+                            f"into it with faas table import, or drop it first")
+    return asked or info.partitioned_by
 
 
 def _register_external(tx: Any, request: ImportTable, files: list[str], schema: Any) -> str:

@@ -208,3 +208,34 @@ def wrong_type(orders=faas.Model("orders")):
         "error: cannot partition shop.wrong_type by day(country): column 'country' is string, "
         "which day does not apply to")
     assert "shop.wrong_type" not in cluster.json("table", "ls", "-n", "shop")
+
+
+def test_imports_partition_tables_as_bauplan_writes_them(cluster: Cluster, tmp_path: Path) -> None:
+    csv = tmp_path / "orders.csv"
+    csv.write_text(ORDERS_CSV)
+    cluster.faas("namespace", "create", "shop", check=True)
+    created = cluster.json("table", "create", "--name", "orders", "-n", "shop",
+                           "--search-uri", str(csv), "--partitioned-by", "day(order_date)")
+    assert (created["key"], created["rows"], created["partitioned_by"]) == (
+        "shop.orders", 0, "day(order_date)")
+    assert [c["name"] for c in created["schema"]] == ["order_date", "country", "order_id", "amount"]
+    again = cluster.faas("table", "create", "shop.orders", "--search-uri", str(csv))
+    assert again.returncode == 1 and "already exists" in again.stderr
+
+    # An import keeps the table's partitions; each file holds one.
+    for _ in range(2):
+        cluster.faas("table", "import", "--name", "shop.orders", "--search-uri", str(csv),
+                     "--mode", "append", check=True)
+    info = cluster.json("table", "get", "shop.orders")
+    assert (info["rows"], info["files"], info["partitioned_by"]) == (10, 6, "day(order_date)")
+    assert _planned_files(cluster, "shop.orders", "order_date = '2024-05-02'") == 2
+
+    # Another partitioning on import replaces the table's.
+    cluster.faas("table", "import", "shop.orders", str(csv), "--partitioned-by",
+                 "bucket(2, order_id), country", check=True)
+    info = cluster.json("table", "get", "shop.orders")
+    assert (info["rows"], info["partitioned_by"]) == (5, "bucket(2, order_id), country")
+    assert _planned_files(cluster, "shop.orders", "country = 'FR' and order_id = 2") == 1
+
+    bad = cluster.faas("table", "import", "shop.orders", str(csv), "--partitioned-by", "day(")
+    assert bad.returncode == 1 and "--partitioned-by: cannot read 'day('" in bad.stderr
