@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -21,6 +20,8 @@ from typing import Any, NoReturn, TypeVar
 import typer
 
 from faas.client.client import Client
+from faas.client.home import active_branch as _active_branch
+from faas.client.home import home_path
 from faas.protocol.errors import FaasError, FunctionFailed, PlanInvalid
 
 T = TypeVar("T")
@@ -83,16 +84,12 @@ def _global(
 
 
 def home_dir() -> Path:
-    return Path(settings.home or os.environ.get("FAAS_HOME") or "~/.faas").expanduser().absolute()
+    return home_path(settings.home)
 
 
 def active_branch() -> str:
     """The branch `faas checkout` chose, ``main`` until then."""
-    try:
-        name = (home_dir() / "HEAD").read_text().strip()
-    except FileNotFoundError:
-        return "main"
-    return name or "main"
+    return _active_branch(home_dir())
 
 
 def set_active_branch(name: str) -> None:

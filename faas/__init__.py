@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-__all__ = ["Model", "Parameter", "model", "python", "expectation", "Client"]
+__all__ = ["Model", "Parameter", "model", "python", "expectation", "Client", "AsyncClient"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -136,9 +136,13 @@ def expectation() -> Callable[[F], F]:
 
 
 def __getattr__(name: str) -> Any:
-    # The client pulls in asyncio and msgspec; only load it when someone asks.
-    if name == "Client":
-        from faas.client import Client
+    # The clients pull in asyncio and msgspec; only load them when someone asks.
+    if name == "Client":  # synchronous: notebooks, scripts, apps (faas.client.sync)
+        from faas.client.sync import Client
 
         return Client
+    if name == "AsyncClient":  # asyncio (faas.client.client)
+        from faas.client.client import Client as AsyncClient
+
+        return AsyncClient
     raise AttributeError(f"module 'faas' has no attribute {name!r}")
