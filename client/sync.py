@@ -42,9 +42,7 @@ makes failing expectations fail the run; ``client_timeout`` stops a query (on th
 or a run (cancelled) that takes longer, and given to the constructor is the default of
 both. Where faas cannot do what is asked, :class:`InvalidInput` is raised rather than
 something else done: filters faas cannot apply (commits' author e-mail, a CEL
-``filter``, jobs' or branches' users), a detached import. Bauplan's ``create_table``
-(an empty table from files' schema) has no faas counterpart: :meth:`Client.import_data`
-creates the table it imports into.
+``filter``, jobs' or branches' users), a detached import.
 """
 
 from __future__ import annotations
@@ -847,6 +845,33 @@ class Client:
             key, uris, ref=ref_, mode=mode, format=format,  # type: ignore[arg-type]
         ))
         return ImportState(table=imported)
+
+    def create_table(
+        self,
+        table: str | Table | TableEntry,
+        search_uri: str | os.PathLike[str] | list[str],
+        *,
+        branch: str | Ref | None = None,
+        namespace: str | Namespace | None = None,
+        partitioned_by: str | list[str] | None = None,
+        replace: bool | None = None,
+        args: dict[str, str] | None = None,
+        priority: int | None = None,
+        client_timeout: int | None = None,
+    ) -> Table:
+        """Create ``table`` on ``branch``, empty, with the schema of the files at
+        ``search_uri`` (read, not imported: :meth:`import_data` adds their rows), and
+        ``partitioned_by`` ("day(order_date), country", or a list of such). ``replace``
+        drops a table of that name first; otherwise one that exists raises
+        :class:`AlreadyExists`."""
+        key, ref_ = _table_key(table, namespace), self._ref(branch)
+        uris = [str(search_uri)] if isinstance(search_uri, str | os.PathLike) else \
+            [str(p) for p in search_uri]
+        parts = ", ".join(partitioned_by) if isinstance(partitioned_by, list) else (
+            partitioned_by or "")
+        if replace and self.has_table(key, ref_):
+            self._call(lambda c: c.drop_table(key, ref_))
+        return self._call(lambda c: c.create_table(key, uris, ref=ref_, partitioned_by=parts))
 
     def revert_table(
         self,

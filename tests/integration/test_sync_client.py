@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 import faas
-from faas.protocol.errors import FaasError, FunctionFailed, NotFound, ProjectError
+from faas.protocol.errors import AlreadyExists, FaasError, FunctionFailed, NotFound, ProjectError
 from tests.conftest import ROOT, Cluster, LocalHome, as_from_a_terminal, function_pid, wait_until
 
 pytestmark = pytest.mark.timeout(240)
@@ -245,6 +245,16 @@ def test_against_a_cluster(cluster: Cluster, tmp_path: Path,
             == [{"total": 60}]
         assert [b.name for b in c.get_branches()] == ["main"]
         assert [n.name for n in c.get_namespaces()] == ["shop"]
+        # create_table: empty, with the files' schema and partitions; import_data fills it.
+        made = c.create_table("partitioned", str(data), namespace="shop",
+                              partitioned_by=["name"])
+        assert (made.rows, made.partitioned_by) == (0, "name")
+        with pytest.raises(AlreadyExists):
+            c.create_table("shop.partitioned", str(data))
+        c.import_data("shop.partitioned", str(data))
+        assert c.get_table("shop.partitioned").rows == 3
+        again = c.create_table("shop.partitioned", str(data), replace=True)
+        assert (again.rows, again.partitioned_by) == (0, "")
     # api_key, Bauplan's name for the token (NAME:SECRET).
     key = cluster.token_file.read_text().strip()
     with faas.Client(cluster.address, api_key=key) as c:
