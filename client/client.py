@@ -92,7 +92,7 @@ _decoder = msgspec.msgpack.Decoder(ClientReply)
 R = TypeVar("R")
 
 PROJECT_SUFFIXES = (".py", ".sql")
-PROJECT_FILES = ("faas_project.toml",)
+PROJECT_FILES = ("faas_project.toml", "bauplan_project.yml", "bauplan_project.yaml")
 MAX_PROJECT_BYTES = 8 * 1024 * 1024
 SKIP_DIRS = {"data", "__pycache__", ".venv", "venv", "node_modules"}
 

@@ -15,12 +15,18 @@ function process calls the function by its module and name.
 
 from __future__ import annotations
 
+import typing
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TypeVar
 
-__all__ = ["Model", "Parameter", "model", "python", "expectation", "Client", "AsyncClient"]
+__all__ = [
+    "Model", "Parameter", "model", "python", "expectation", "Client", "AsyncClient",
+    "TableSchema", "TableField", "Any", "Bool", "Int32", "Int64", "Float32", "Float64", "String",
+    "Binary", "Date32", "Date64", "TimestampMicro", "TimestampNano", "TimestampMicroUTC",
+    "TimestampNanoUTC", "Decimal128",
+]
 
-F = TypeVar("F", bound=Callable[..., Any])
+F = TypeVar("F", bound=Callable[..., typing.Any])
 
 MATERIALIZE_MODES = (None, "replace", "append", "overwrite_partitions")
 
@@ -33,16 +39,17 @@ class Model:
     all cores while the function consumes them, so the input is never held whole (DuckDB,
     for one, scans a registered reader as it streams). A reader can be read once."""
 
-    __slots__ = ("name", "columns", "filter", "stream")
+    __slots__ = ("name", "columns", "filter", "stream", "projection_schema")
 
     def __init__(self, name: str, columns: list[str] | None = None, filter: str | None = None,
-                 *, stream: bool = False):
+                 *, stream: bool = False, projection_schema: type[TableSchema] | None = None):
         if not isinstance(name, str) or not name:
             raise TypeError("faas.Model needs a table or model name")
         self.name = name
         self.columns = list(columns) if columns is not None else None
         self.filter = filter
         self.stream = bool(stream)
+        self.projection_schema = projection_schema
 
     def __repr__(self) -> str:
         return (f"faas.Model({self.name!r}, columns={self.columns!r}, filter={self.filter!r}"
@@ -50,7 +57,8 @@ class Model:
 
 
 class Parameter:
-    """A run parameter, passed with ``faas submit --param name=value``."""
+    """A run parameter, passed with ``faas submit --param name=value`` (a ``secret``
+    parameter's value comes from ``faas secret set``)."""
 
     __slots__ = ("name",)
 
@@ -135,7 +143,114 @@ def expectation() -> Callable[[F], F]:
     return wrap
 
 
-def __getattr__(name: str) -> Any:
+class TableSchema:
+    """A declared table schema: a class whose annotations are its columns, each one of
+    faas's field types (``faas.Int64``; ``faas.Int64 | None`` for a column that may hold
+    nulls)::
+
+        class Order(faas.TableSchema):
+            order_id: faas.Int64
+            country: faas.String | None
+
+    A model declares its output with it (``-> Annotated[pyarrow.Table, Order]``), and an
+    input the columns it reads (``faas.Model("orders", projection_schema=Order)``). The
+    planner checks every reader against the declaration before anything runs; the
+    function's result is checked against it when it returns. Read statically, like the
+    decorators: write the class out, deriving from ``faas.TableSchema`` itself."""
+
+    def __class_getitem__(cls, column: str) -> typing.Any:
+        return cls.__annotations__[column]
+
+
+class TableField:
+    """Notes on a column: ``Annotated[faas.Int64 | None, faas.TableField(doc="...")]``."""
+
+    __slots__ = ("doc", "title", "lineage")
+
+    def __init__(self, doc: str | None = None, title: str | None = None, lineage: typing.Any = None):
+        self.doc, self.title, self.lineage = doc, title, lineage
+
+
+class FieldType:
+    """A column type of a :class:`TableSchema`; ``arrow`` is the Arrow type it stands for
+    ("" for any)."""
+
+    arrow = ""
+
+
+class Bool(FieldType):
+    arrow = "bool"
+
+
+class Int32(FieldType):
+    arrow = "int32"
+
+
+class Int64(FieldType):
+    arrow = "int64"
+
+
+class Float32(FieldType):
+    arrow = "float"
+
+
+class Float64(FieldType):
+    arrow = "double"
+
+
+class String(FieldType):
+    arrow = "string"
+
+
+class Binary(FieldType):
+    arrow = "binary"
+
+
+class Date32(FieldType):
+    arrow = "date32[day]"
+
+
+class Date64(FieldType):
+    arrow = "date64[ms]"
+
+
+class TimestampMicro(FieldType):
+    arrow = "timestamp[us]"
+
+
+class TimestampNano(FieldType):
+    arrow = "timestamp[ns]"
+
+
+class TimestampMicroUTC(FieldType):
+    arrow = "timestamp[us, tz=UTC]"
+
+
+class TimestampNanoUTC(FieldType):
+    arrow = "timestamp[ns, tz=UTC]"
+
+
+class Decimal128(FieldType):
+    """Any decimal (its precision and scale are not checked)."""
+
+    arrow = "decimal128"
+
+
+class AnyType(FieldType):
+    """Any type at all: only the column's presence is checked (``faas.Any``)."""
+
+
+FIELD_TYPES: dict[str, type[FieldType]] = {
+    t.__name__: t for t in (
+        Bool, Int32, Int64, Float32, Float64, String, Binary, Date32, Date64, TimestampMicro,
+        TimestampNano, TimestampMicroUTC, TimestampNanoUTC, Decimal128,
+    )
+}
+FIELD_TYPES["Any"] = AnyType
+Any = AnyType  # faas.Any: a column of any type
+
+
+def __getattr__(name: str) -> typing.Any:
     # The clients pull in asyncio and msgspec; only load them when someone asks.
     if name == "Client":  # synchronous: notebooks, scripts, apps (faas.client.sync)
         from faas.client.sync import Client

@@ -25,6 +25,7 @@ from typing import Any
 
 import msgspec
 
+from faas.faasd.contracts import ContractBroken, check_returned
 from faas.protocol.framing import encode, recv_frame_blocking
 from faas.protocol.messages import Error, InputRead, ObjectInput, ScanInput, node_label
 from faas.protocol.worker_messages import FunctionResult, FunctionTask, TaskObjects
@@ -101,7 +102,7 @@ def describe_failure(task: FunctionTask, exc: BaseException) -> tuple[str, str]:
     if task.kind == "sql" and isinstance(exc, SQLError):
         where = f"{task.module.replace('.', '/')}.sql:{exc.line or 1}"
         return clean(f"{label} ({where}): {exc}"), ""
-    if isinstance(exc, BadReturn):
+    if isinstance(exc, (BadReturn, ContractBroken)):
         return clean(f"{label} ({_definition(task)}) {exc}"), ""
     if isinstance(exc, InputProblem):
         return clean(f"{label} ({_definition(task)}): {exc}"), ""
@@ -125,6 +126,10 @@ def describe_failure(task: FunctionTask, exc: BaseException) -> tuple[str, str]:
 
 def _find_function(task: FunctionTask) -> Any:
     sys.path.insert(0, task.project_dir)
+    # Last: other SDKs' modules (import bauplan) for projects written with them.
+    from faas import compat
+
+    sys.path.append(os.path.dirname(compat.__file__))
     module = importlib.import_module(task.module)
     fn = getattr(module, task.function, None)
     if fn is None:
@@ -420,10 +425,11 @@ def run(
     phases["code"] = t2 - t1
     # A stream's batches are computed while they are written: the output phase then
     # holds the user's streaming work too.
+    returned = check_returned(as_arrow(value, task.node), task.contract, task.strict)
     if task.parquet_dir:
         from faas.store.files import write_parquet_parts
 
-        table = as_arrow(value, task.node)
+        table = returned
         files, rows = write_parquet_parts(
             table, task.parquet_dir, task.parquet_stem, threads=task.threads
         )
@@ -432,7 +438,7 @@ def run(
             rows=rows, nbytes=0, schema=table.schema.serialize().to_pybytes(), files=files,
             **columns,
         )
-    rows, nbytes, schema = write_output(as_arrow(value, task.node), task.output_path)
+    rows, nbytes, schema = write_output(returned, task.output_path)
     phases["output_shm"] = time.perf_counter() - t2
     return FunctionResult(
         rows=rows, nbytes=nbytes, schema=schema.serialize().to_pybytes(), **columns,

@@ -165,7 +165,7 @@ class FunctionTasks:
                     msg.materialize.directory, sandboxed=self.isolation != "none",  # type: ignore[union-attr]
                 ) if direct else "",
                 parquet_stem=f"{msg.node}-{uuid.uuid4().hex[:8]}", threads=self._threads(msg),
-                waiting=msg.waiting,
+                waiting=msg.waiting, contract=msg.contract, strict=msg.strict,
             )
             t_env = time.perf_counter()
             env = await self._environment(msg)

@@ -141,6 +141,33 @@ class ScanPlan(msgspec.Struct, frozen=True, kw_only=True):
     fields: dict[str, str] = {}
 
 
+class ContractColumn(msgspec.Struct, frozen=True, kw_only=True):
+    """A column a model declares (faas.TableSchema, or columns=[...]): its name, its Arrow
+    type ("" for any; "decimal128" for any decimal) and whether it may hold nulls."""
+
+    name: str
+    type: str = ""
+    nullable: bool = True
+
+    def accepts(self, found: object) -> bool:
+        """Whether a column of Arrow type ``found`` has the declared type (string and
+        large_string are one type, as they are to Iceberg)."""
+        if not self.type:
+            return True
+        text = str(found).replace("large_", "")
+        if self.type == "decimal128":
+            return text.startswith("decimal")
+        return text == self.type
+
+
+class Contract(msgspec.Struct, frozen=True, kw_only=True):
+    """What a model declares it returns: its columns, and the declaration's name (the
+    schema class, or "columns" for a plain list)."""
+
+    name: str
+    columns: list[ContractColumn]
+
+
 class ScanInput(msgspec.Struct, frozen=True, kw_only=True, tag_field="kind", tag="scan"):
     """An input read from an Iceberg table inside the function process."""
 

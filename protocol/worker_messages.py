@@ -16,6 +16,7 @@ import msgspec
 
 from faas.protocol.messages import (
     BulkHeader,
+    Contract,
     Error,
     InputRead,
     Materialize,
@@ -185,6 +186,10 @@ class RunTask(Message, frozen=True):
     # Upstream objects (by object id) not made yet: the task starts early, reading its
     # source scans, and their sources follow in an InputsReady.
     waiting: list[str] = []
+    # What the model declares it returns, checked when it returns; strict: columns it
+    # does not declare fail it (otherwise they are a warning).
+    contract: Contract | None = None
+    strict: bool = False
 
 
 class InputsReady(Message, frozen=True):
@@ -321,6 +326,8 @@ class FunctionTask(Message, frozen=True):
     # Object ids of ObjectInputs whose paths are not in ``objects`` yet: they come later
     # as a TaskObjects frame, once the upstream functions have made them.
     waiting: list[str] = []
+    contract: Contract | None = None
+    strict: bool = False
 
 
 class TaskObjects(Message, frozen=True):

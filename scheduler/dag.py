@@ -14,6 +14,7 @@ import pyarrow as pa
 from faas.protocol.errors import FaasError, PlanInvalid
 from faas.protocol.messages import ObjectInput, ParamValue, ScanInput
 from faas.protocol.replies import NodeKind, PlannedInput, PlannedNode
+from faas.scheduler.contracts import check_declared_filter, projection_problems
 from faas.scheduler.reader import ModelSpec, Project
 
 
@@ -301,9 +302,15 @@ def build_plan(
                 if inp.filter:
                     try:
                         check_predicate(inp.filter)
+                        if upstream.contract is not None:
+                            check_declared_filter(inp.filter, upstream.contract, inp.name)
                     except FaasError as exc:
                         problems.append(f"{inp.where}: {exc}")
-                if inp.columns and upstream.columns:
+                if inp.projection is not None and upstream.contract is not None:
+                    problems += projection_problems(
+                        inp.projection, inp.where, f"model {inp.name!r}", declared=upstream.contract
+                    )
+                elif inp.columns and upstream.columns:
                     for col in inp.columns:
                         if col not in upstream.columns:
                             problems.append(
@@ -327,7 +334,11 @@ def build_plan(
                     f"of this project nor a table at ref {ref!r} (looked for {key!r})"
                 )
                 continue
-            if inp.columns:
+            if inp.projection is not None:
+                problems += projection_problems(
+                    inp.projection, inp.where, f"table {key!r}", table=table.schema
+                )
+            elif inp.columns:
                 names = table.schema.names
                 for col in inp.columns:
                     if col not in names:

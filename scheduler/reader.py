@@ -15,13 +15,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from faas.protocol.errors import FaasError, PlanInvalid
-from faas.protocol.messages import node_label
+from faas.protocol.messages import Contract, ContractColumn, node_label
 from faas.protocol.sizes import parse_size
+from faas.scheduler.contracts import SDK_MODULES, annotated_call, read_schemas, returned_schema
 
 MATERIALIZE_MODES = (None, "replace", "append", "overwrite_partitions")
-# What the SDKs a project may be written with are imported as: faas's own, and Bauplan's
-# (whose projects run unchanged: see faas/bauplan.py).
-SDK_MODULES = ("faas", "bauplan")
 
 
 @dataclass(frozen=True)
@@ -32,6 +30,8 @@ class InputRef:
     filter: str | None
     where: str  # file:line
     stream: bool = False
+    # The columns it reads, declared (projection_schema=): checked against the source.
+    projection: Contract | None = None
 
 
 @dataclass(frozen=True)
@@ -53,6 +53,8 @@ class ModelSpec:
     partitioned_by: str = ""
     overwrite_filter: str = ""
     columns: list[str] | None = None
+    # What it declares it returns (a TableSchema, or its columns list), checked when it does.
+    contract: Contract | None = None
     memory: str | None = None
     timeout: float | None = None
     # Cores reserved on a worker (and its engines' thread budget); None: none reserved.
@@ -195,9 +197,10 @@ def check_materialize(
 
 
 class _Reader:
-    def __init__(self, path: str, tree: ast.Module) -> None:
+    def __init__(self, path: str, tree: ast.Module, schemas: dict[str, Contract]) -> None:
         self.path = path
         self.tree = tree
+        self.schemas = schemas  # the project's TableSchema classes, by name
         self.problems: list[str] = []
         self.models: list[ModelSpec] = []
 
@@ -345,9 +348,11 @@ class _Reader:
                    f"not {materialize!r}")
             )
             materialize = None
+        contract = self.read_contract(fn, margs)
         partitioned_by, overwrite_filter = check_materialize(
             materialize, margs.get("partitioned_by"), margs.get("overwrite_filter"),
-            margs.get("columns"), self.where(decorators["model"]), self.problems,
+            [c.name for c in contract.columns] if contract else None,
+            self.where(decorators["model"]), self.problems,
         )
         spec = ModelSpec(
             name=name,
@@ -357,13 +362,44 @@ class _Reader:
             materialize=materialize,
             partitioned_by=partitioned_by,
             overwrite_filter=overwrite_filter,
-            columns=margs.get("columns"),
+            columns=[c.name for c in contract.columns] if contract else None,
+            contract=contract,
             memory=margs.get("memory"),
             timeout=float(timeout) if timeout is not None else None,
             cpus=cpus,
             cache=margs.get("cache", True) is not False,
             internet_access=margs.get("internet_access", False) is True,
         )
+        self.read_environment(decorators, spec)
+        self.read_inputs(fn, spec)
+        self.models.append(spec)
+
+    def read_contract(self, fn: ast.FunctionDef | ast.AsyncFunctionDef,
+                      margs: dict[str, Any]) -> Contract | None:
+        """What a model declares it returns: ``-> Annotated[pyarrow.Table, Schema]``, or
+        ``columns=[...]`` (Bauplan's ``["*"]``: anything)."""
+        named = returned_schema(fn.returns)
+        columns = margs.get("columns")
+        if named is not None:
+            if named not in self.schemas:
+                self.problems.append(
+                    f"{self.where(fn.returns or fn)}: model {fn.name!r} returns unknown schema "
+                    f"{named!r} (a class deriving from faas.TableSchema, in the project)"
+                )
+                return None
+            if columns is not None:
+                self.problems.append(
+                    f"{self.where(fn)}: model {fn.name!r} declares its columns twice "
+                    f"(columns=[...] and the schema {named}): keep one"
+                )
+            return self.schemas[named]
+        if columns is None or columns == ["*"]:
+            return None
+        return Contract(name="columns", columns=[ContractColumn(name=c) for c in columns])
+
+    def read_environment(self, decorators: dict[str | None, ast.expr], spec: ModelSpec) -> None:
+        """``@faas.python(version, pip)``; Bauplan's ``@bauplan.resources(cpus, memory,
+        timeout)``."""
         if "python" in decorators:
             pargs = self.call_args(decorators["python"], ("version", "pip"), "faas.python")
             self.typed(pargs, decorators["python"], "faas.python", version=str, pip=dict)
@@ -377,8 +413,34 @@ class _Reader:
                 )
             spec.python = pargs.get("version")
             spec.pip = pargs.get("pip") or {}
-        self.read_inputs(fn, spec)
-        self.models.append(spec)
+            if any(re.sub(r"[-_.]+", "-", p.lower()) == "bauplan" for p in spec.pip):
+                self.problems.append(
+                    f"{self.where(call)}: {spec.label} {spec.name!r} installs a package named "
+                    "'bauplan', which would hide the bauplan module faas provides to Bauplan "
+                    "projects: remove it from pip"
+                )
+        if "resources" in decorators:
+            call = decorators["resources"]
+            rargs = self.call_args(call, ("cpus", "memory", "memory_swap", "timeout"),
+                                   "bauplan.resources")
+            cpus, memory, timeout = rargs.get("cpus"), rargs.get("memory"), rargs.get("timeout")
+            if isinstance(cpus, (int, float)) and not isinstance(cpus, bool) and cpus > 0:
+                spec.cpus = max(1, int(-(-cpus // 1)))
+            elif cpus is not None:
+                self.problems.append(f"{self.where(call)}: cpus must be a number, not {cpus!r}")
+            if isinstance(memory, int) and not isinstance(memory, bool) and memory > 0:
+                spec.memory = f"{memory}B"
+            elif memory is not None:
+                try:
+                    parse_size(str(memory))
+                    spec.memory = str(memory)
+                except ValueError as exc:
+                    self.problems.append(f"{self.where(call)}: memory: {exc}")
+            if isinstance(timeout, (int, float)) and not isinstance(timeout, bool) and timeout > 0:
+                spec.timeout = float(timeout)
+            elif timeout is not None:
+                self.problems.append(f"{self.where(call)}: timeout must be a number of seconds, "
+                                     f"not {timeout!r}")
 
     def read_expectation(
         self, fn: ast.FunctionDef | ast.AsyncFunctionDef, decorators: dict[str | None, ast.expr],
@@ -392,17 +454,15 @@ class _Reader:
         spec = ModelSpec(
             name=fn.name, function=fn.name, module=module, where=self.where(fn), kind="expectation"
         )
-        if "python" in decorators:
-            pargs = self.call_args(decorators["python"], ("version", "pip"), "faas.python")
-            self.typed(pargs, decorators["python"], "faas.python", version=str, pip=dict)
-            spec.python = pargs.get("version")
-            spec.pip = pargs.get("pip") or {}
+        self.read_environment(decorators, spec)
         self.read_inputs(fn, spec)
         if not spec.inputs:
             self.problems.append(f"{self.where(fn)}: expectation {fn.name!r} reads no inputs")
         self.models.append(spec)
 
     def read_inputs(self, fn: ast.FunctionDef | ast.AsyncFunctionDef, spec: ModelSpec) -> None:
+        """Each parameter: a default of ``faas.Model(...)`` or ``faas.Parameter(...)``, or
+        an annotation ``Annotated[pyarrow.Table, faas.Model(...)]`` (Bauplan's typed SDK)."""
         a = fn.args
         positional = a.posonlyargs + a.args
         defaults: list[ast.expr | None] = [None] * (len(positional) - len(a.defaults))
@@ -411,29 +471,15 @@ class _Reader:
             zip(a.kwonlyargs, a.kw_defaults, strict=True)
         )
         for arg, default in pairs:
-            call = default if isinstance(default, ast.Call) else None
+            call = default if isinstance(default, ast.Call) else annotated_call(arg.annotation)
             kind = _decorator_name(call) if call is not None else None
             if call is not None and kind == "Model":
-                margs = self.call_args(
-                    call, ("name", "columns", "filter"), "faas.Model", keyword_only=("stream",)
-                )
-                self.typed(margs, call, "faas.Model", columns=list, filter=str, stream=bool)
-                if not isinstance(margs.get("name"), str) or not margs.get("name"):
-                    self.problems.append(
-                        f"{self.where(call)}: faas.Model needs a table or model name"
-                    )
-                    continue
-                spec.inputs.append(
-                    InputRef(
-                        param=arg.arg,
-                        name=margs["name"],
-                        columns=margs.get("columns"),
-                        filter=margs.get("filter"),
-                        where=self.where(call),
-                        stream=bool(margs.get("stream", False)),
-                    )
-                )
+                self.read_model_input(arg.arg, call, spec)
             elif call is not None and kind == "Parameter":
+                named = [k for k in call.keywords if k.arg == "param_name"]
+                call = ast.Call(func=call.func, args=call.args + [k.value for k in named],
+                                keywords=[k for k in call.keywords if k.arg != "param_name"],
+                                lineno=call.lineno)
                 pargs = self.call_args(call, ("name",), "faas.Parameter")
                 spec.params.append(
                     ParamRef(param=arg.arg, name=pargs.get("name") or arg.arg, where=self.where(call))
@@ -443,6 +489,52 @@ class _Reader:
                     f"{self.where(arg)}: parameter {arg.arg!r} of {spec.label} {spec.name!r} needs a "
                     f"default of faas.Model(...) or faas.Parameter(...)"
                 )
+
+    def read_model_input(self, param: str, call: ast.Call, spec: ModelSpec) -> None:
+        """``faas.Model(name, columns, filter, stream=, projection_schema=)`` (Bauplan's
+        ``ref=None`` and connectors: only where faas can honour them)."""
+        special = {k.arg: k.value for k in call.keywords
+                   if k.arg in ("projection_schema", "ref", "connector", "connector_config_key",
+                                "connector_config_uri")}
+        plain = ast.Call(func=call.func, args=call.args,
+                         keywords=[k for k in call.keywords if k.arg not in special],
+                         lineno=call.lineno)
+        margs = self.call_args(plain, ("name", "columns", "filter"), "faas.Model",
+                               keyword_only=("stream",))
+        self.typed(margs, call, "faas.Model", columns=list, filter=str, stream=bool)
+        for key, value in special.items():
+            if key != "projection_schema" and not (isinstance(value, ast.Constant)
+                                                   and value.value is None):
+                self.problems.append(
+                    f"{self.where(value)}: {key}= is not supported by faas: inputs are read at "
+                    "the run's ref from its own catalog"
+                )
+        if not isinstance(margs.get("name"), str) or not margs.get("name"):
+            self.problems.append(f"{self.where(call)}: faas.Model needs a table or model name")
+            return
+        projection = None
+        columns = margs.get("columns")
+        if "projection_schema" in special:
+            node = special["projection_schema"]
+            named = node.id if isinstance(node, ast.Name) else (
+                node.attr if isinstance(node, ast.Attribute) else ast.unparse(node))
+            if named not in self.schemas:
+                self.problems.append(f"{self.where(node)}: projection_schema {named!r} is not a "
+                                     "schema of the project (a class deriving from "
+                                     "faas.TableSchema)")
+            elif columns is not None:
+                self.problems.append(f"{self.where(call)}: input {param!r} names its columns "
+                                     "twice (columns=[...] and projection_schema=): keep one")
+            else:
+                projection = self.schemas[named]
+                columns = [c.name for c in projection.columns]
+        spec.inputs.append(
+            InputRef(
+                param=param, name=margs["name"], columns=columns, filter=margs.get("filter"),
+                where=self.where(call), stream=bool(margs.get("stream", False)),
+                projection=projection,
+            )
+        )
 
 
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -590,19 +682,24 @@ def read_project(files: dict[str, str], *, partial: bool = False) -> Project:
     models: list[ModelSpec] = []
     code: dict[int, tuple[str, set[str]]] = {}
     shared = hashlib.sha256()
+    trees: dict[str, ast.Module] = {}
+    schemas: dict[str, Contract] = {}
     for path in sorted(files):
         if not path.endswith(".py"):
             continue
         try:
-            tree = ast.parse(files[path], filename=path)
+            trees[path] = ast.parse(files[path], filename=path)
         except SyntaxError as exc:
             problems.append(f"{path}:{exc.lineno or 1}: syntax error: {exc.msg}")
             continue
         except (MemoryError, RecursionError):  # nested deeper than the parser can go
             problems.append(f"{path}: nested too deeply for Python's parser to read")
             continue
+        # Schemas first: a model may use one another module defines.
+        schemas.update(read_schemas(path, trees[path], problems))
+    for path, tree in trees.items():
         module = path[: -len(".py")].replace("/", ".")
-        reader = _Reader(path, tree)
+        reader = _Reader(path, tree, schemas)
         reader.read(module)
         problems += reader.problems
         models += reader.models

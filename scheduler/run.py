@@ -481,7 +481,7 @@ class RunCoordinator(Publishing):
                     memory_limit=reservation + mapped, cpus=node.spec.cpus or 0,
                     timeout=node.spec.timeout, internet_access=node.spec.internet_access,
                     output_id=node.object_id, sources=sources, use_cache=self.use_cache,
-                    waiting=sorted(waiting),
+                    waiting=sorted(waiting), contract=node.spec.contract, strict=self.strict,
                 )
             )
             while True:
