@@ -39,7 +39,7 @@ def submit(
     ref: str | None = typer.Option(None, "--ref", help="branch to read from and publish to (default: the active branch)"),
     param: list[str] = typer.Option([], "--param", "-p", help="run parameter NAME=VALUE"),
     dry_run: bool = typer.Option(False, "--dry-run", help="print the plan, run nothing"),
-    strict: bool = typer.Option(False, "--strict", help="a failing expectation fails the run"),
+    strict: bool = typer.Option(False, "--strict", help="a failing expectation, or a column a model does not declare, fails the run"),
     no_cache: bool = typer.Option(
         False, "--no-cache", help="run every function, reusing no cached output or column"
     ),
@@ -50,9 +50,70 @@ def submit(
     ),
 ) -> None:
     """Run a pipeline project and publish its outputs (unchanged functions come from the cache)."""
-    ref = ref_or_active(ref)
-    params = parse_params(param)
+    _run_project(project, namespace, ref_or_active(ref), parse_params(param), dry_run=dry_run,
+                 strict=strict, no_cache=no_cache, as_json=as_json, detach=detach)
 
+
+@app.command("run")
+def bauplan_run(
+    project_dir: Path = typer.Option(Path("."), "--project-dir", "-p", help="project directory"),
+    namespace: str | None = typer.Option(
+        None, "--namespace", "-n",
+        help="namespace of inputs and outputs (default: bauplan_project.yml's "
+             "defaults.namespace, else 'bauplan', as in Bauplan)",
+    ),
+    ref: str | None = typer.Option(None, "--ref", "-r", help="branch to read from and publish to (default: the active branch)"),
+    param: list[str] = typer.Option([], "--param", help="run parameter NAME=VALUE"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="print the plan, run nothing"),
+    strict: bool = typer.Option(False, "--strict/--no-strict", help="a failing expectation, or a column a model does not declare, fails the run"),
+    no_cache: bool = typer.Option(False, "--no-cache", help="run every function afresh"),
+    cache: str | None = typer.Option(None, "--cache", help="on or off (Bauplan's older flag)"),
+    transaction: str | None = typer.Option(
+        None, "--transaction", "-t", help="on (faas runs are always transactions)"
+    ),
+    no_transaction: bool = typer.Option(False, "--no-transaction", hidden=True),
+    preview: str | None = typer.Option(None, "--preview", help="accepted for Bauplan's CLI; faas shows no previews"),
+    arg: list[str] = typer.Option([], "--arg", "-a", help="accepted for Bauplan's CLI; ignored"),
+    priority: int | None = typer.Option(None, "--priority", help="accepted for Bauplan's CLI; ignored"),
+    as_json: bool = json_flag(),
+    detach: bool = typer.Option(
+        False, "--detach", "-d",
+        help="print the run id and return; the run goes on (faas job logs RUN_ID --follow)",
+    ),
+) -> None:
+    """Run a project the way Bauplan's `bauplan run` does (bauplan_project.yml and
+    @bauplan decorators, or faas's own): its flags, its default namespace."""
+    if cache not in (None, "on", "off"):
+        raise typer.BadParameter("must be on or off", param_hint="--cache")
+    if no_transaction or transaction == "off":
+        fail("faas runs are always transactions: their outputs publish together or not at "
+             "all (drop --no-transaction)")
+    _run_project(project_dir, namespace or _default_namespace(project_dir), ref_or_active(ref),
+                 parse_params(param), dry_run=dry_run, strict=strict,
+                 no_cache=no_cache or cache == "off", as_json=as_json, detach=detach)
+
+
+def _default_namespace(project: Path) -> str:
+    """A Bauplan project's namespace when none is given: its defaults.namespace, else
+    Bauplan's own default, 'bauplan'."""
+    for name in ("bauplan_project.yml", "bauplan_project.yaml"):
+        path = project / name
+        if path.is_file():
+            import yaml
+
+            try:
+                data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+                found = (data.get("defaults") or {}).get("namespace")
+            except (yaml.YAMLError, AttributeError, OSError):
+                found = None  # the run says what is wrong with the file
+            return str(found) if found else "bauplan"
+    return "bauplan"
+
+
+def _run_project(
+    project: Path, namespace: str, ref: str, params: dict[str, str], *, dry_run: bool,
+    strict: bool, no_cache: bool, as_json: bool, detach: bool,
+) -> None:
     async def work(c: Client) -> RunFinished | list[PlannedNode] | str:
         if dry_run:
             return await c.plan(project, namespace=namespace, ref=ref, params=params)

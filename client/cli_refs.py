@@ -143,12 +143,14 @@ def branch_prune(
 
 
 @app.command()
+@branch_app.command("checkout")
 def checkout(
     name: str,
     create: bool = typer.Option(False, "-b", help="create the branch from the active one first"),
     as_json: bool = json_flag(),
 ) -> None:
-    """Make a branch the default ref of every command (kept in FAAS_HOME)."""
+    """Make a branch the default ref of every command (kept in FAAS_HOME); also
+    `faas branch checkout`, as Bauplan's CLI has it."""
 
     async def work(c: Client) -> Ref:
         if create:

@@ -672,6 +672,8 @@ def read_project(files: dict[str, str], *, partial: bool = False) -> Project:
     are returned on the Project instead, with every model that could be read, so
     planning can report its own problems in the same breath.
     """
+    from faas.scheduler.bauplan_project import bauplan_config
+
     problems: list[str] = []
     config: dict[str, Any] = {}
     if "faas_project.toml" in files:
@@ -679,6 +681,12 @@ def read_project(files: dict[str, str], *, partial: bool = False) -> Project:
             config = tomllib.loads(files["faas_project.toml"])
         except tomllib.TOMLDecodeError as exc:
             problems.append(f"faas_project.toml: {exc}")
+    bauplan = bauplan_config(files, problems)
+    if bauplan is not None:
+        if "faas_project.toml" in files:
+            problems.append("the project has both faas_project.toml and bauplan_project.yml: "
+                            "keep one")
+        config = bauplan
     models: list[ModelSpec] = []
     code: dict[int, tuple[str, set[str]]] = {}
     shared = hashlib.sha256()
