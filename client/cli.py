@@ -516,6 +516,7 @@ def main() -> None:
     import faas.client.cli_jobs  # noqa: F401  (registers job)
     import faas.client.cli_local  # noqa: F401  (registers local)
     import faas.client.cli_refs  # noqa: F401  (registers branch, tag, log, checkout)
+    import faas.client.cli_secrets  # noqa: F401  (registers secret)
 
     try:
         app()

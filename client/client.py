@@ -31,6 +31,7 @@ from faas.protocol.messages import (
     CreateNamespace,
     CreateRef,
     DeleteRef,
+    DeleteSecret,
     Diff,
     DropNamespace,
     DropTable,
@@ -45,6 +46,7 @@ from faas.protocol.messages import (
     ListJobs,
     ListNamespaces,
     ListRefs,
+    ListSecrets,
     ListTables,
     Log,
     Merge,
@@ -54,6 +56,7 @@ from faas.protocol.messages import (
     RevertTable,
     RunAccepted,
     RunFinished,
+    SetSecret,
     SubmitRun,
 )
 from faas.protocol.replies import (
@@ -82,6 +85,9 @@ from faas.protocol.replies import (
     Ref,
     RefDeleted,
     Refs,
+    SecretChanged,
+    SecretInfo,
+    Secrets,
     Table,
     TableDropped,
     TableReverted,
@@ -407,6 +413,17 @@ class Client:
                         raise FaasError(f"unexpected reply {type(reply).__name__} to Query")
         finally:
             await conn.aclose()
+
+    async def set_secret(self, name: str, value: str) -> SecretChanged:
+        """Store a secret on the scheduler (sealed at rest) for parameters of type secret."""
+        return await self._call(SetSecret(name=name, value=value), SecretChanged)
+
+    async def delete_secret(self, name: str) -> SecretChanged:
+        return await self._call(DeleteSecret(name=name), SecretChanged)
+
+    async def secrets(self) -> list[SecretInfo]:
+        """The secrets stored: names, who set them and when (never their values)."""
+        return (await self._call(ListSecrets(), Secrets)).secrets
 
     async def info(self) -> Cluster:
         return await self._call(ClusterInfo(), Cluster)

@@ -62,6 +62,19 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
+# What a secret's value is replaced with in a function's output and errors.
+MASK = "********"
+
+
+def masked(text: str, values: list[str]) -> str:
+    """``text`` with each of ``values`` in it replaced by MASK (longest first, so that a
+    value holding another is masked whole)."""
+    for value in sorted(values, key=len, reverse=True):
+        if value and value in text:
+            text = text.replace(value, MASK)
+    return text
+
+
 def freeing(fn: Callable[..., T]) -> Callable[..., T]:
     """``fn``, then the memory Arrow's allocator keeps after it returned to the system.
 
@@ -159,7 +172,7 @@ class FunctionTasks:
                 run_id=msg.run_id, node=msg.node, project_dir=str(project), module=msg.module,
                 function=msg.function, inputs=scans.inputs, objects=objects,
                 scans=scans.files, input_problems=scans.problems,
-                output_path=str(box.outbox / self.store.path(msg.output_id).name), params=msg.params, kind=msg.kind, sql=msg.sql,
+                output_path=str(box.outbox / self.store.path(msg.output_id).name), params={**msg.params, **msg.secrets}, kind=msg.kind, sql=msg.sql,
                 column_cache=str(box.inbox) if msg.use_cache else "",
                 parquet_dir=box.parquet_dir(
                     msg.materialize.directory, sandboxed=self.isolation != "none",  # type: ignore[union-attr]
@@ -247,7 +260,14 @@ class FunctionTasks:
         except Exception as exc:  # noqa: BLE001 - every failure is reported, the worker goes on
             if not isinstance(exc, FaasError):
                 log.exception("task %s failed inside the worker", msg.task_id)
-            await self._send(TaskFailed(task_id=msg.task_id, error=error_message(exc)))
+            error = error_message(exc)
+            if msg.secrets:  # the function's own words may hold a secret it was given
+                values = [p for v in msg.secrets.values() for p in (v, *v.splitlines()) if p]
+                error = msgspec.structs.replace(
+                    error, message=masked(error.message, values),
+                    detail=masked(error.detail, values),
+                )
+            await self._send(TaskFailed(task_id=msg.task_id, error=error))
         finally:
             self.processes.pop(msg.task_id, None)
             self.cpus_reserved.pop(msg.task_id, None)
@@ -404,7 +424,12 @@ class FunctionTasks:
         def limit() -> int:  # it grows when an early-started function's inputs come
             return self.running_limits.get(msg.task_id, msg.memory_limit)
 
+        # A secret over several lines is printed over several: each is masked.
+        secrets = [part for v in msg.secrets.values() for part in (v, *v.splitlines()) if part]
+
         async def on_line(stream: str, line: str) -> None:
+            if secrets:
+                line = masked(line, secrets)
             await self._send(TaskLog(task_id=msg.task_id, stream=stream, line=line, time=time.time()))
 
         async def on_start(pid: int) -> None:

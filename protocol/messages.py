@@ -378,6 +378,22 @@ class CancelRun(Message, frozen=True):
     run_id: str
 
 
+class SetSecret(Message, frozen=True):
+    """Store a secret (faas secret set): runs' functions read it as a parameter of type
+    secret; it is never sent back."""
+
+    name: str
+    value: str
+
+
+class DeleteSecret(Message, frozen=True):
+    name: str
+
+
+class ListSecrets(Message, frozen=True):
+    pass
+
+
 class RunAccepted(Message, frozen=True):
     run_id: str
     nodes: list[str]
@@ -435,6 +451,9 @@ class RunFinished(Message, frozen=True):
 
 ClientRequest = (
     SubmitRun
+    | SetSecret
+    | DeleteSecret
+    | ListSecrets
     | ListNamespaces
     | CreateNamespace
     | ListTables

@@ -344,6 +344,23 @@ class JobEvents(Message, frozen=True):
     next_offset: int | None = None
 
 
+class SecretInfo(msgspec.Struct, frozen=True, kw_only=True):
+    """A stored secret, as anyone may see it: its name, who set it and when."""
+
+    name: str
+    set_by: str = ""
+    set_at: float = 0.0
+
+
+class Secrets(Message, frozen=True):
+    secrets: list[SecretInfo]
+
+
+class SecretChanged(Message, frozen=True):
+    name: str
+    deleted: bool = False
+
+
 class Cancelled(Message, frozen=True):
     run_id: str
     status: Literal["cancelled"] = "cancelled"
@@ -363,4 +380,5 @@ ClientReply = (
     | Namespaces | NamespaceChanged | Tables | Table | Imported | TableDropped | TableReverted
     | Ref | Refs | RefDeleted | Merged | Differences | Commits | Pruned | Cluster
     | PlanDescription | Jobs | Job | JobEvents | Cancelled | QueryFinished | ImportPlan
+    | Secrets | SecretChanged
 )

@@ -190,6 +190,9 @@ class RunTask(Message, frozen=True):
     # does not declare fail it (otherwise they are a warning).
     contract: Contract | None = None
     strict: bool = False
+    # Parameters of type secret (param -> value): given to the function with ``params``,
+    # masked in its output and errors, never recorded.
+    secrets: dict[str, str] = {}
 
 
 class InputsReady(Message, frozen=True):

@@ -38,6 +38,10 @@ class PlanNode:
     inputs: list[ScanInput | ObjectInput]
     deps: list[str] = field(default_factory=list)
     params: dict[str, ParamValue] = field(default_factory=dict)
+    # Parameters of type secret: param -> the secret's name, and its value's digest (for
+    # the cache key). Their values are the plan's secret_values, never in params.
+    secrets: dict[str, str] = field(default_factory=dict)
+    secret_digests: dict[str, str] = field(default_factory=dict)
     # Compressed bytes this node scans from tables, and about how many bytes they take
     # decoded into Arrow (for estimating its memory).
     scan_bytes: int = 0
@@ -66,6 +70,9 @@ class Plan:
     published: dict[str, str] = field(default_factory=dict)
     # ... and those tables as they are at the base commit, for readers to scan.
     published_tables: dict[str, SourceTable] = field(default_factory=dict)
+    # The secrets the run's functions read, by name: handed to the workers that run them,
+    # nowhere else (not in describe(), job records or cache keys).
+    secret_values: dict[str, str] = field(default_factory=dict, repr=False)
 
     def depth(self) -> dict[str, int]:
         """Each node's level in the DAG: 0 reads only tables, else 1 + its deepest upstream."""
@@ -93,7 +100,7 @@ class Plan:
                 memory=n.spec.memory,
                 cpus=n.spec.cpus,
                 internet_access=n.spec.internet_access,
-                params=n.params,
+                params={**n.params, **{p: f"<secret {s}>" for p, s in n.secrets.items()}},
                 depends_on=n.deps,
                 cache_key=n.cache_key,
                 inputs=[
@@ -113,8 +120,10 @@ class Plan:
 
 PARAM_TYPES: dict[str, type] = {
     "str": str, "string": str, "int": int, "integer": int, "float": float, "bool": bool,
-    "boolean": bool,
+    "boolean": bool, "secret": str,
 }
+# A secret's value and its digest (for cache keys), or None when it is not set.
+SecretLookup = Callable[[str], "tuple[str, str] | None"]
 
 
 def _typed(name: str, raw: Any, decl: dict[str, Any]) -> ParamValue:
@@ -137,9 +146,11 @@ def _typed(name: str, raw: Any, decl: dict[str, Any]) -> ParamValue:
 
 
 def resolve_params(
-    declared: dict[str, Any], given: dict[str, str], used: set[str], problems: list[str]
+    declared: dict[str, Any], given: dict[str, str], used: set[str], problems: list[str],
+    secrets: SecretLookup | None = None, digests: dict[str, str] | None = None,
 ) -> dict[str, ParamValue]:
-    """Every parameter's value: --param, else the TOML default, typed as declared."""
+    """Every parameter's value: --param, else the TOML default, typed as declared; a
+    secret's from ``secrets`` (its digest into ``digests``)."""
     values: dict[str, ParamValue] = {}
     for name, decl in declared.items():
         if not isinstance(decl, dict):
@@ -148,8 +159,11 @@ def resolve_params(
         if str(decl.get("type", "str")) not in PARAM_TYPES:
             problems.append(
                 f"faas_project.toml: parameter {name!r} has type {decl.get('type')!r}; use one of "
-                f"str, int, float, bool"
+                f"str, int, float, bool, secret"
             )
+            continue
+        if decl.get("type") == "secret":
+            _secret(name, decl, given, used, problems, secrets, values, digests)
             continue
         raw = given.get(name, decl.get("default"))
         if raw is None:
@@ -169,6 +183,30 @@ def resolve_params(
     for name in sorted(set(given) - used - set(declared)):
         problems.append(f"--param {name}: the project has no parameter {name!r}")
     return values
+
+
+def _secret(
+    name: str, decl: dict[str, Any], given: dict[str, str], used: set[str], problems: list[str],
+    secrets: SecretLookup | None, values: dict[str, ParamValue], digests: dict[str, str] | None,
+) -> None:
+    """A secret parameter's value, from the scheduler's secrets only."""
+    how = f"store it with 'faas secret set {name}' (the value is read from standard input)"
+    if name in given:
+        problems.append(f"--param {name}: {name!r} is a secret parameter: {how}; a value on "
+                        "the command line stays in shell histories and process lists")
+        return
+    try:
+        found = secrets(name) if secrets is not None else None
+    except FaasError as exc:
+        problems.append(f"parameter {name!r}: {exc}")
+        return
+    if found is None:
+        if decl.get("required", False) or name in used:
+            problems.append(f"secret {name!r} is not set: {how}")
+        return
+    values[name] = found[0]
+    if digests is not None:
+        digests[name] = found[1]
 
 
 def decoded_width(t: pa.DataType) -> int:
@@ -273,6 +311,7 @@ def build_plan(
     lookup: Callable[[str], SourceTable | None],
     python_versions: set[str] | None = None,
     salt: str = "",
+    secrets: SecretLookup | None = None,
 ) -> Plan:
     """Resolve every input and order the nodes; raise PlanInvalid listing every problem.
 
@@ -286,7 +325,8 @@ def build_plan(
     by_name = {m.name: m for m in project.models if not m.is_expectation}
     declared = project.config.get("parameters", {}) if project.config else {}
     used = {p.name for m in project.models for p in m.params}
-    values = resolve_params(declared, params, used, problems)
+    digests: dict[str, str] = {}
+    values = resolve_params(declared, params, used, problems, secrets, digests)
     nodes: dict[str, PlanNode] = {}
     for m in project.models:
         if python_versions is not None and m.python and m.python not in python_versions:
@@ -365,7 +405,10 @@ def build_plan(
                 )
             )
         for p in m.params:
-            if p.name in values:
+            if p.name in digests:  # a secret: its value stays out of the node
+                node.secrets[p.param] = p.name
+                node.secret_digests[p.param] = digests[p.name]
+            elif p.name in values:
                 node.params[p.param] = values[p.name]
             elif p.name not in declared:
                 problems.append(
@@ -395,7 +438,8 @@ def build_plan(
         problems.append(f"{where}: models depend on each other in a cycle: {' -> '.join(cycle)}")
     if problems:
         raise PlanInvalid(problems)
-    plan = Plan(namespace=namespace, ref=ref, nodes=nodes, order=order)
+    plan = Plan(namespace=namespace, ref=ref, nodes=nodes, order=order,
+                secret_values={name: str(values[name]) for name in digests})
     assign_cache_keys(plan, salt)
     return plan
 
@@ -425,6 +469,8 @@ def cache_key(node: PlanNode, upstream: dict[str, str]) -> str:
     identity = [
         CACHE_KEY_VERSION, spec.kind, spec.code_hash, spec.module, spec.function, spec.python,
         sorted(spec.pip.items()), sorted(node.params.items()), inputs,
+        # A secret by its digest (equal values, equal keys), never its value.
+        *([sorted(node.secret_digests.items())] if node.secret_digests else []),
         # Never the same twice: a node that must always run, and so what reads it.
         None if spec.cache else secrets.token_hex(16),
     ]

@@ -11,6 +11,7 @@ from faas.scheduler.dag import (
     CACHE_KEY_PROPERTY,
     EXACT_PROPERTY,
     Plan,
+    SecretLookup,
     SourceTable,
     build_plan,
     model_input_problems,
@@ -21,7 +22,7 @@ from faas.store.transaction import load_table, missing_namespace, table_info
 
 def plan_submission(
     lh: Any, request: SubmitRun, python_versions: set[str] | None,
-    project: Project | None = None,
+    project: Project | None = None, secrets: SecretLookup | None = None,
 ) -> Plan:
     """Resolve the project's inputs at the ref's head commit, and plan it (``project``:
     its files read already, see scheduler.analysis; else they are read here).
@@ -64,6 +65,7 @@ def plan_submission(
     plan = build_plan(
         project, request.namespace, request.ref, request.params, lookup,
         python_versions=python_versions, salt=uuid.uuid4().hex[:8] if request.no_cache else "",
+        secrets=secrets,
     )
     plan.branch = branch
     plan.base = head

@@ -482,6 +482,7 @@ class RunCoordinator(Publishing):
                     timeout=node.spec.timeout, internet_access=node.spec.internet_access,
                     output_id=node.object_id, sources=sources, use_cache=self.use_cache,
                     waiting=sorted(waiting), contract=node.spec.contract, strict=self.strict,
+                    secrets={p: self.plan.secret_values[name] for p, name in node.secrets.items()},
                 )
             )
             while True:

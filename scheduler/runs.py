@@ -27,6 +27,7 @@ from faas.scheduler.jobs import JobStore, LogBudget
 from faas.scheduler.planner import plan_submission
 from faas.scheduler.run import RunCoordinator
 from faas.scheduler.run_host import RunHost
+from faas.scheduler.secret_store import SecretStore
 from faas.store.refs import run_branch_name
 
 if TYPE_CHECKING:
@@ -49,6 +50,7 @@ class RunRequests:
     followers: dict[str, set[asyncio.Queue[Any]]]
     last_active: float
     run_log_limit: int
+    secrets: SecretStore
 
     if TYPE_CHECKING:
         async def store_call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T: ...
@@ -72,7 +74,8 @@ class RunRequests:
         versions = {v for w in self.workers.values() for v in w.python_versions}
         project = await self.analysis.project(request.files)
         plan = await self.store_call(
-            plan_submission, self.lakehouse, request, versions or None, project
+            plan_submission, self.lakehouse, request, versions or None, project,
+            self.secrets.lookup,
         )
         if request.dry_run:
             await conn.send(PlanDescription(plan=plan.describe()))

@@ -34,15 +34,18 @@ from faas.protocol.messages import (
     CancelRun,
     ClientRequest,
     ClusterInfo,
+    DeleteSecret,
     Error,
     FollowJob,
     GetJob,
     ImportTable,
     JobLogs,
     ListJobs,
+    ListSecrets,
     ObjectInfo,
     Query,
     RunFinished,
+    SetSecret,
     SubmitRun,
     error_message,
 )
@@ -52,6 +55,9 @@ from faas.protocol.replies import (
     JobEvents,
     Jobs,
     RunningFunction,
+    SecretChanged,
+    SecretInfo,
+    Secrets,
     WorkerInfo,
 )
 from faas.protocol.version import build_id
@@ -70,6 +76,7 @@ from faas.scheduler.jobs import RUN_LOG_LIMIT, JobStore
 from faas.scheduler.placement import Fail, Instruction, Lost, Placement, Request, Start
 from faas.scheduler.run import RunCoordinator
 from faas.scheduler.runs import RunRequests
+from faas.scheduler.secret_store import SecretStore
 from faas.scheduler.users import Users, check
 from faas.store.refs import run_branch_name
 
@@ -136,6 +143,7 @@ class Scheduler(RunRequests, HelperTasks):
         # The worker credential: workers prove it; clients prove their user's secret.
         self.token = token
         self.users = Users(self.home)
+        self.secrets = SecretStore(self.home)
         # Branches only an admin may change (faasd scheduler --protect).
         self.protect = list(protect)
         self.listen = listen
@@ -531,6 +539,16 @@ class Scheduler(RunRequests, HelperTasks):
                 return await self._import(request, user)
             case ClusterInfo():
                 return self._cluster()
+            case SetSecret(name=name, value=value):
+                await self.store_call(self.secrets.set, name, value, user)
+                return SecretChanged(name=name)
+            case DeleteSecret(name=name):
+                await self.store_call(self.secrets.remove, name)
+                return SecretChanged(name=name, deleted=True)
+            case ListSecrets():
+                found = await self.store_call(self.secrets.describe)
+                return Secrets(secrets=[SecretInfo(name=n, set_by=b, set_at=t)
+                                        for n, b, t in found])
         running = [run_branch_name(run_id) for run_id in self.runs]
         return await self.store_call(
             catalog_ops.handle, self.lakehouse, request, running, user or "faas"

@@ -9,7 +9,8 @@ Roles, as PostgreSQL's are layered (each has what the one before has):
 
 - ``reader``: list, read, query, plan (``--dry-run``), log, diff, jobs, cluster info;
 - ``writer``: also submit runs, import, create and drop namespaces and tables, revert,
-  create branches and tags, merge, cancel runs, on any branch but a protected one;
+  create branches and tags, merge, cancel runs, on any branch but a protected one; set
+  and delete secrets (anyone may list their names; no one reads a value back);
 - ``admin``: also all of that on protected branches (``faasd scheduler --protect``,
   default ``main``), deleting them, and pruning run branches.
 
@@ -33,12 +34,14 @@ from faas.protocol.messages import (
     CreateNamespace,
     CreateRef,
     DeleteRef,
+    DeleteSecret,
     DropNamespace,
     DropTable,
     ImportTable,
     Merge,
     PruneRuns,
     RevertTable,
+    SetSecret,
     SubmitRun,
 )
 
@@ -148,7 +151,7 @@ def required(request: Any) -> tuple[str, str | None]:
             return "writer", None
         case DeleteRef(kind=kind, name=name):
             return "writer", _branch(kind, name)
-        case CancelRun():
+        case CancelRun() | SetSecret() | DeleteSecret():
             return "writer", None
         case PruneRuns():
             return "admin", None
