@@ -58,10 +58,12 @@ def test_a_reader_reads_and_cannot_submit_import_or_merge(
         ("table", "import", "adventure.again", str(example_data / "territories.csv")),
         ("branch", "create", "mine"),
         ("branch", "merge", "main", "--into", "dev"),
+        ("secret", "rm", "token"),
     ):
         line = one_line_error(as_user(cluster, reader, *args), "user 'rita' (reader) may not")
         assert "it needs the writer role" in line or "protected branch" in line, line
     assert [b["name"] for b in cluster.json("branch", "ls")] == ["main"]
+    assert as_user(cluster, reader, "secret", "ls").returncode == 0  # names only
     assert cluster.alive()
 
 
