@@ -71,7 +71,7 @@ def bauplan_run(
     transaction: str | None = typer.Option(
         None, "--transaction", "-t", help="on (faas runs are always transactions)"
     ),
-    no_transaction: bool = typer.Option(False, "--no-transaction", hidden=True),
+    no_transaction: bool = typer.Option(False, "--no-transaction", hidden=True, help="refused: faas runs are always transactions"),
     preview: str | None = typer.Option(None, "--preview", help="accepted for Bauplan's CLI; faas shows no previews"),
     arg: list[str] = typer.Option([], "--arg", "-a", help="accepted for Bauplan's CLI; ignored"),
     priority: int | None = typer.Option(None, "--priority", help="accepted for Bauplan's CLI; ignored"),

@@ -48,20 +48,34 @@ something else done: filters faas cannot apply (commits' author e-mail, a CEL
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
 import logging
 import os
 import re
-import threading
-import weakref
-from collections.abc import Awaitable, Callable, Coroutine, Iterable
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from collections.abc import Awaitable, Callable
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from faas.client.client import Client as AsyncClient
 from faas.client.home import active_branch, home_path
+from faas.client.sync_loop import LoopThread
+from faas.client.sync_types import (
+    RUN_STATUS,
+    ImportState,
+    Namespace,
+    RunState,
+    TableEntry,
+    as_time,
+    first,
+    job_id_of,
+    job_status_of,
+    listed,
+    name_of,
+    on_off,
+    quote_ident,
+    run_params,
+    table_key,
+)
 from faas.protocol.auth import split_credential
 from faas.protocol.errors import (
     AlreadyExists,
@@ -77,20 +91,17 @@ from faas.protocol.errors import (
     ProjectError,
     RunCancelled,
     TimedOut,
-    from_wire,
 )
 from faas.protocol.messages import LogLine, TaskEvent
 from faas.protocol.replies import (
     Cancelled,
     Cluster,
     Commit,
-    Imported,
     JobEvent,
     JobRecord,
     JobSummary,
     Merged,
     NamespaceChanged,
-    PlannedNode,
     Ref,
     Table,
     TableDropped,
@@ -131,102 +142,6 @@ LIST_ALL = 10_000
 # handing the KeyboardInterrupt on.
 CANCEL_GRACE = 10.0
 STOP_TIMEOUT = 10.0
-
-_RUN_STATUS = {"success": "SUCCESS", "failed": "FAILED", "cancelled": "CANCELLED"}
-# Job states as Bauplan (JobState) and faas (JobSummary.status, RunState) name them.
-_JOB_STATUS = {
-    "running": "running", "not_started": "running",
-    "complete": "success", "success": "success",
-    "fail": "failed", "failed": "failed",
-    "abort": "cancelled", "cancelled": "cancelled", "canceled": "cancelled",
-}
-_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-
-
-# -- what the methods return, where Bauplan's shape differs from faas's replies ------------
-
-
-@dataclass(frozen=True)
-class Namespace:
-    """A namespace; ``commit``: the commit that created it (:meth:`Client.create_namespace`)."""
-
-    name: str
-    commit: str | None = None
-
-
-@dataclass(frozen=True)
-class TableEntry:
-    """A table as :meth:`Client.get_tables` lists it (:meth:`Client.get_table` tells more)."""
-
-    namespace: str
-    name: str
-
-    @property
-    def fqn(self) -> str:
-        """``namespace.name``."""
-        return f"{self.namespace}.{self.name}"
-
-    @property
-    def key(self) -> str:
-        return self.fqn
-
-
-@dataclass(frozen=True)
-class RunState:
-    """A run as :meth:`Client.run` leaves it.
-
-    ``job_status``: ``"SUCCESS"``, ``"FAILED"`` or ``"CANCELLED"``; None for a detached run
-    (it goes on: :meth:`Client.get_job`). ``error``: the one-line error of a run that did
-    not succeed; ``error_kind`` its faas error type, ``error_detail`` the traceback.
-    ``user_logs``: every line the functions printed, in order (``.node``, ``.stream``,
-    ``.line``). ``branch``: the run's transaction branch, kept when it did not succeed.
-    A dry run runs nothing: its ``plan`` is what would run."""
-
-    job_id: str | None
-    job_status: str | None
-    project_dir: str
-    ref: str
-    namespace: str
-    error: str | None = None
-    error_kind: str | None = None
-    error_detail: str = ""
-    user_logs: list[JobEvent] = field(default_factory=list)
-    commit: str | None = None
-    tables: list[str] = field(default_factory=list)
-    cached: list[str] = field(default_factory=list)
-    branch: str | None = None
-    duration: float | None = None
-    dry_run: bool = False
-    detach: bool = False
-    plan: list[PlannedNode] = field(default_factory=list)
-
-    @property
-    def lines(self) -> list[str]:
-        """The lines the run's functions printed, in order."""
-        return [e.line for e in self.user_logs if e.line is not None]
-
-    def raise_for_status(self) -> RunState:
-        """Raise the run's typed error unless it succeeded (or is still going); else
-        return the state."""
-        if self.job_status in (None, "SUCCESS"):
-            return self
-        if self.job_status == "CANCELLED":
-            raise RunCancelled(self.error or f"run {self.job_id} was cancelled",
-                               detail=self.error_detail)
-        raise from_wire(self.error_kind or "FunctionFailed",
-                        self.error or f"run {self.job_id} failed", self.error_detail)
-
-
-@dataclass(frozen=True)
-class ImportState:
-    """An import that succeeded (a failed one raises): ``table``, the table it made or
-    added to, and the commit that published it."""
-
-    table: Imported
-    job_id: str | None = None
-    job_status: str = "SUCCESS"
-    error: str | None = None
-
 
 # -- the client --------------------------------------------------------------------------
 
@@ -275,11 +190,7 @@ class Client:
                 self.cluster, token=self._token,
                 token_file=str(token_file) if token_file is not None else None,
             )
-        self._lock = threading.Lock()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._closing = threading.Event()  # set by the loop's thread once it stops
-        self._stop: weakref.finalize[..., Client] | None = None
+        self._loop = LoopThread("faas-client", "faas.Client")
 
     def __repr__(self) -> str:
         where = f"cluster {self.cluster}" if self.cluster else f"embedded, home {self.home}"
@@ -294,28 +205,7 @@ class Client:
     def close(self) -> None:
         """Stop the client's event loop and its thread (a later call starts them again).
         The embedded daemon stays: other clients and commands share it."""
-        with self._lock:
-            stop, self._stop = self._stop, None
-            self._loop = self._thread = None
-        if stop is not None:
-            stop()
-
-    # -- the event loop thread -------------------------------------------------------
-
-    def _running_loop(self) -> asyncio.AbstractEventLoop:
-        with self._lock:
-            if self._loop is None:
-                loop = asyncio.new_event_loop()
-                started, self._closing = threading.Event(), threading.Event()
-                thread = threading.Thread(
-                    target=_serve, args=(loop, started, self._closing), name="faas-client",
-                    daemon=True,
-                )
-                thread.start()
-                started.wait()
-                self._loop, self._thread = loop, thread
-                self._stop = weakref.finalize(self, _stop_loop, loop, thread)
-            return self._loop
+        self._loop.close()
 
     def _call(self, work: Callable[[AsyncClient], Awaitable[T]]) -> T:
         """Run ``work`` with the async client on the client's loop; wait for its result."""
@@ -323,41 +213,18 @@ class Client:
         async def main() -> T:
             return await work(await self._async_client())
 
-        return self._wait(main())
+        return self._loop.run(main())
 
-    def _wait(self, coro: Coroutine[Any, Any, T]) -> T:
-        loop = self._running_loop()
-        closing = self._closing
-        if threading.current_thread() is self._thread:
-            coro.close()
-            raise RuntimeError("faas.Client's methods cannot be called from its own event loop")
-        done: concurrent.futures.Future[T] = concurrent.futures.Future()
-        tasks: list[asyncio.Task[T]] = []
-
-        def start() -> None:
-            if closing.is_set():  # closed by another thread meanwhile
-                coro.close()
-                done.cancel()
-                return
-            task = loop.create_task(coro)
-            tasks.append(task)
-            task.add_done_callback(lambda t: _settle(t, done))
-
+    def _unless(self, work: Callable[[AsyncClient], Awaitable[T]], error: type[FaasError],
+                tolerated: bool, otherwise: Callable[[], Any]) -> Any:
+        """``work``'s result; ``otherwise()`` instead when it raises ``error`` and that is
+        ``tolerated`` (Bauplan's ``if_exists`` / ``if_not_exists``)."""
         try:
-            loop.call_soon_threadsafe(start)
-        except RuntimeError:  # the loop is closed
-            coro.close()
-            raise FaasError("the client was closed meanwhile: call again") from None
-        try:
-            return done.result()
-        except KeyboardInterrupt:
-            # Stop the call (a run waited for is cancelled), and wait a little for that.
-            loop.call_soon_threadsafe(lambda: [t.cancel() for t in tasks])
-            with contextlib.suppress(BaseException):
-                done.result(timeout=CANCEL_GRACE)
-            raise
-        except concurrent.futures.CancelledError:
-            raise FaasError("the call was stopped: the client was closed meanwhile") from None
+            return self._call(work)
+        except error:
+            if not tolerated:
+                raise
+            return otherwise()
 
     async def _async_client(self) -> AsyncClient:
         """The cluster's client; embedded, the client of the home's daemon, found, started
@@ -374,7 +241,7 @@ class Client:
         return self._local
 
     def _ref(self, ref: Any) -> str:
-        return _name(ref) if ref is not None else active_branch(self.home)
+        return name_of(ref) if ref is not None else active_branch(self.home)
 
     # -- queries -----------------------------------------------------------------------
 
@@ -395,7 +262,7 @@ class Client:
         bare table names; ``max_rows``: at most that many rows (the query stops there);
         ``client_timeout``: seconds the query may run (default: the scheduler's, 300)."""
         sql, ref_ = query, self._ref(ref)
-        ns = _name(namespace) if namespace is not None else None
+        ns = name_of(namespace) if namespace is not None else None
         timeout = client_timeout if client_timeout is not None else self.client_timeout
         return self._call(lambda c: _query(c, sql, ns, ref_, timeout, max_rows))
 
@@ -416,10 +283,10 @@ class Client:
         """A table's rows at ``ref`` as a ``pyarrow.Table``: only ``columns`` (default all),
         those where ``filters`` (a SQL condition such as ``"Age < 30"``) holds, at most
         ``limit``."""
-        key = _table_key(table, namespace)
+        key = table_key(table, namespace)
         ns, _, name = key.rpartition(".")
-        sql = (f"SELECT {', '.join(map(_quote, columns)) if columns else '*'} "
-               f"FROM {_quote(ns)}.{_quote(name)}")
+        sql = (f"SELECT {', '.join(map(quote_ident, columns)) if columns else '*'} "
+               f"FROM {quote_ident(ns)}.{quote_ident(name)}")
         if filters:
             sql += f" WHERE {filters}"
         if limit is not None:
@@ -458,11 +325,11 @@ class Client:
         :class:`TimedOut` raised. Ctrl-C while waiting cancels the run."""
         if namespace is None:
             raise InvalidInput("a faas run reads and writes one namespace: pass namespace=")
-        project, ns, ref_ = str(project_dir), _name(namespace), self._ref(ref)
-        params = _params(parameters)
-        no_cache = _on_off("cache", cache) is False
-        strict_ = bool(_on_off("strict", strict))
-        _on_off("transaction", transaction)  # checked; faas runs are always transactional
+        project, ns, ref_ = str(project_dir), name_of(namespace), self._ref(ref)
+        params = run_params(parameters)
+        no_cache = on_off("cache", cache) is False
+        strict_ = bool(on_off("strict", strict))
+        on_off("transaction", transaction)  # checked; faas runs are always transactional
         base: dict[str, Any] = {"project_dir": project, "ref": ref_, "namespace": ns}
         if dry_run:
             plan = self._call(lambda c: c.plan(project, namespace=ns, ref=ref_, params=params))
@@ -493,10 +360,10 @@ class Client:
         ``filter_by_users`` refused."""
         if filter_by_users:
             raise InvalidInput("faas runs record no user: filter_by_users cannot apply")
-        ids = {_job_id(j) for j in _listed(filter_by_ids)} if filter_by_ids else None
-        statuses = {_job_status(s) for s in _listed(filter_by_statuses)} \
+        ids = {job_id_of(j) for j in listed(filter_by_ids)} if filter_by_ids else None
+        statuses = {job_status_of(s) for s in listed(filter_by_statuses)} \
             if filter_by_statuses else None
-        kinds = {str(k).rsplit(".", 1)[-1].upper() for k in _listed(filter_by_kinds)} \
+        kinds = {str(k).rsplit(".", 1)[-1].upper() for k in listed(filter_by_kinds)} \
             if filter_by_kinds else None
         after = filter_by_created_after.timestamp() if filter_by_created_after else None
         before = filter_by_created_before.timestamp() if filter_by_created_before else None
@@ -516,18 +383,18 @@ class Client:
 
     def get_job(self, job_id: str | JobSummary) -> JobRecord:
         """One run: its status, ref, commit, and each function's state."""
-        run_id = _job_id(job_id)
+        run_id = job_id_of(job_id)
         return self._call(lambda c: c.job(run_id))
 
     def get_job_logs(self, job: str | JobSummary) -> list[JobEvent]:
         """Every line a run's functions printed (``.line``, ``.stream``, ``.node``) and
         every change of a function's state (``.state``), in order."""
-        run_id = _job_id(job)
+        run_id = job_id_of(job)
         return self._call(lambda c: c.job_logs(run_id))
 
     def cancel_job(self, job_id: str | JobSummary) -> Cancelled:
         """Cancel a run: its functions are stopped and nothing is published."""
-        run_id = _job_id(job_id)
+        run_id = job_id_of(job_id)
         return self._call(lambda c: c.cancel_run(run_id))
 
     # -- branches and tags ---------------------------------------------------------------
@@ -540,18 +407,18 @@ class Client:
         if user:
             raise InvalidInput("faas branches have no owner: user cannot apply")
         refs = self._call(lambda c: c.branches())
-        return _first([r for r in refs if name is None or name in r.name], limit)
+        return first([r for r in refs if name is None or name in r.name], limit)
 
     def get_branch(self, branch: str | Ref) -> Ref:
         """One branch; :class:`NotFound` if there is none of that name."""
-        name = _name(branch)
+        name = name_of(branch)
         for r in self._call(lambda c: c.branches(include_runs=True)):
             if r.name == name:
                 return r
         raise NotFound(f"no branch {name!r}")
 
     def has_branch(self, branch: str | Ref) -> bool:
-        name = _name(branch)
+        name = name_of(branch)
         return any(r.name == name for r in self._call(lambda c: c.branches(include_runs=True)))
 
     def create_branch(
@@ -559,24 +426,15 @@ class Client:
         if_not_exists: bool = False,
     ) -> Ref:
         """A new branch at ``from_ref`` (default: the active branch); no data is copied."""
-        name, source = _name(branch), self._ref(from_ref)
-        try:
-            return self._call(lambda c: c.create_branch(name, source))
-        except AlreadyExists:
-            if not if_not_exists:
-                raise
-            return self.get_branch(name)
+        name, source = name_of(branch), self._ref(from_ref)
+        return self._unless(lambda c: c.create_branch(name, source), AlreadyExists,
+                            if_not_exists, lambda: self.get_branch(name))
 
     def delete_branch(self, branch: str | Ref, *, if_exists: bool = False) -> bool:
         """Delete a branch (its commits stay reachable from other refs)."""
-        name = _name(branch)
-        try:
-            self._call(lambda c: c.delete_branch(name))
-        except NotFound:
-            if not if_exists:
-                raise
-            return False
-        return True
+        name = name_of(branch)
+        return self._unless(lambda c: c.delete_branch(name), NotFound, if_exists,
+                            lambda: False) is not False
 
     def merge_branch(
         self,
@@ -591,7 +449,7 @@ class Client:
         """Merge ``source_ref`` into ``into_branch`` (default: the active branch): one
         commit (``.commit``), or :class:`MergeConflict` and nothing written.
         ``fast_forward``: move the branch instead, when it has nothing of its own."""
-        source, target = _name(source_ref), self._ref(into_branch)
+        source, target = name_of(source_ref), self._ref(into_branch)
         message = "\n\n".join(m for m in (commit_message, commit_body) if m) or None
         return self._call(
             lambda c: c.merge(source, target, message=message, fast_forward=fast_forward)
@@ -600,18 +458,18 @@ class Client:
     def get_tags(self, *, filter_by_name: str | None = None, limit: int | None = None) -> list[Ref]:
         """Tags (``.name``, ``.head``): those whose name contains ``filter_by_name``."""
         refs = self._call(lambda c: c.tags())
-        return _first([r for r in refs if filter_by_name is None or filter_by_name in r.name],
+        return first([r for r in refs if filter_by_name is None or filter_by_name in r.name],
                       limit)
 
     def get_tag(self, tag: str | Ref) -> Ref:
-        name = _name(tag)
+        name = name_of(tag)
         for r in self._call(lambda c: c.tags()):
             if r.name == name:
                 return r
         raise NotFound(f"no tag {name!r}")
 
     def has_tag(self, tag: str | Ref) -> bool:
-        name = _name(tag)
+        name = name_of(tag)
         return any(r.name == name for r in self._call(lambda c: c.tags()))
 
     def create_tag(
@@ -619,23 +477,14 @@ class Client:
     ) -> Ref:
         """Name the commit ``from_ref`` points at (default: the active branch's head); a tag
         never moves."""
-        name, source = _name(tag), self._ref(from_ref)
-        try:
-            return self._call(lambda c: c.create_tag(name, source))
-        except AlreadyExists:
-            if not if_not_exists:
-                raise
-            return self.get_tag(name)
+        name, source = name_of(tag), self._ref(from_ref)
+        return self._unless(lambda c: c.create_tag(name, source), AlreadyExists,
+                            if_not_exists, lambda: self.get_tag(name))
 
     def delete_tag(self, tag: str | Ref, *, if_exists: bool = False) -> bool:
-        name = _name(tag)
-        try:
-            self._call(lambda c: c.delete_tag(name))
-        except NotFound:
-            if not if_exists:
-                raise
-            return False
-        return True
+        name = name_of(tag)
+        return self._unless(lambda c: c.delete_tag(name), NotFound, if_exists,
+                            lambda: False) is not False
 
     def get_commits(
         self,
@@ -670,14 +519,14 @@ class Client:
         if authors:
             checks.append(lambda c: all(a.search(c.author) is not None for a in authors))
         if filter_by_authored_date is not None:
-            exact = _when(filter_by_authored_date)
-            checks.append(lambda c: _when(c.created_at) == exact)
+            exact = as_time(filter_by_authored_date)
+            checks.append(lambda c: as_time(c.created_at) == exact)
         if filter_by_authored_date_start_at is not None:
-            start = _when(filter_by_authored_date_start_at)
-            checks.append(lambda c: _when(c.created_at) >= start)
+            start = as_time(filter_by_authored_date_start_at)
+            checks.append(lambda c: as_time(c.created_at) >= start)
         if filter_by_authored_date_end_at is not None:
-            end = _when(filter_by_authored_date_end_at)
-            checks.append(lambda c: _when(c.created_at) <= end)
+            end = as_time(filter_by_authored_date_end_at)
+            checks.append(lambda c: as_time(c.created_at) <= end)
         if filter_by_parent_hash is not None:
             parent = filter_by_parent_hash
             checks.append(lambda c: any(p.startswith(parent) for p in c.parents))
@@ -687,7 +536,7 @@ class Client:
         ref_ = self._ref(ref)
         n = LIST_ALL if checks or limit is None else limit
         commits = self._call(lambda c: c.log(ref_, n))
-        return _first([c for c in commits if all(check(c) for check in checks)], limit)
+        return first([c for c in commits if all(check(c) for check in checks)], limit)
 
     # -- namespaces ----------------------------------------------------------------------
 
@@ -699,16 +548,16 @@ class Client:
         ref_ = self._ref(ref)
         names = self._call(lambda c: c.namespaces(ref_))
         kept = [Namespace(n) for n in names if filter_by_name is None or filter_by_name in n]
-        return _first(kept, limit)
+        return first(kept, limit)
 
     def get_namespace(self, namespace: str | Namespace, ref: str | Ref | None = None) -> Namespace:
-        name = _name(namespace)
+        name = name_of(namespace)
         if not self.has_namespace(name, ref):
             raise NotFound(f"no namespace {name!r} at ref {self._ref(ref)!r}")
         return Namespace(name)
 
     def has_namespace(self, namespace: str | Namespace, ref: str | Ref | None = None) -> bool:
-        name, ref_ = _name(namespace), self._ref(ref)
+        name, ref_ = name_of(namespace), self._ref(ref)
         return name in self._call(lambda c: c.namespaces(ref_))
 
     def create_namespace(
@@ -721,14 +570,10 @@ class Client:
         if_not_exists: bool = False,
     ) -> Namespace:
         """A new namespace on ``branch`` (default: the active branch), in one commit."""
-        name, ref_ = _name(namespace), self._ref(branch)
-        try:
-            changed = self._call(lambda c: c.create_namespace(name, ref_))
-        except AlreadyExists:
-            if not if_not_exists:
-                raise
-            return Namespace(name)
-        return Namespace(name, changed.commit)
+        name, ref_ = name_of(namespace), self._ref(branch)
+        changed = self._unless(lambda c: c.create_namespace(name, ref_), AlreadyExists,
+                               if_not_exists, lambda: None)
+        return Namespace(name, changed.commit if changed is not None else None)
 
     def delete_namespace(
         self,
@@ -741,13 +586,9 @@ class Client:
     ) -> NamespaceChanged | None:
         """Drop an empty namespace from ``branch``; the commit that did (None when it was
         not there and ``if_exists``)."""
-        name, ref_ = _name(namespace), self._ref(branch)
-        try:
-            return self._call(lambda c: c.drop_namespace(name, ref_))
-        except NotFound:
-            if not if_exists:
-                raise
-            return None
+        name, ref_ = name_of(namespace), self._ref(branch)
+        return self._unless(lambda c: c.drop_namespace(name, ref_), NotFound, if_exists,
+                            lambda: None)
 
     # -- tables --------------------------------------------------------------------------
 
@@ -762,10 +603,10 @@ class Client:
         """Tables at ``ref`` (``.namespace``, ``.name``, ``.fqn``): those of
         ``filter_by_namespace``, and whose name contains ``filter_by_name``."""
         ref_ = self._ref(ref)
-        ns = _name(filter_by_namespace) if filter_by_namespace is not None else None
+        ns = name_of(filter_by_namespace) if filter_by_namespace is not None else None
         keys = self._call(lambda c: c.tables(ns, ref_))
         entries = [TableEntry(*key.rsplit(".", 1)) for key in keys]
-        return _first([t for t in entries if filter_by_name is None or filter_by_name in t.name],
+        return first([t for t in entries if filter_by_name is None or filter_by_name in t.name],
                       limit)
 
     def get_table(
@@ -775,7 +616,7 @@ class Client:
         """A table at ``ref``: ``.rows``, ``.schema`` (columns' ``.name`` and ``.type``),
         ``.snapshot_id``, ``.metadata_location`` (its Iceberg metadata), ``.files``,
         ``.bytes``."""
-        key, ref_ = _table_key(table, namespace), self._ref(ref)
+        key, ref_ = table_key(table, namespace), self._ref(ref)
         return self._call(lambda c: c.table(key, ref_))
 
     def has_table(
@@ -783,7 +624,7 @@ class Client:
         namespace: str | Namespace | None = None,
     ) -> bool:
         """Whether the table exists at ``ref`` (a ref that does not exist raises)."""
-        key, ref_ = _table_key(table, namespace), self._ref(ref)
+        key, ref_ = table_key(table, namespace), self._ref(ref)
         return key in self._call(lambda c: c.tables(None, ref_))
 
     def delete_table(
@@ -798,13 +639,9 @@ class Client:
     ) -> TableDropped | None:
         """Drop a table from ``branch`` in one commit (older commits still have it); the
         commit (None when it was not there and ``if_exists``)."""
-        key, ref_ = _table_key(table, namespace), self._ref(branch)
-        try:
-            return self._call(lambda c: c.drop_table(key, ref_))
-        except NotFound:
-            if not if_exists:
-                raise
-            return None
+        key, ref_ = table_key(table, namespace), self._ref(branch)
+        return self._unless(lambda c: c.drop_table(key, ref_), NotFound, if_exists,
+                            lambda: None)
 
     def import_data(
         self,
@@ -838,7 +675,7 @@ class Client:
             raise InvalidInput(f"mode must be 'append' or 'replace', not {mode!r}")
         if format is not None and format not in ("csv", "tsv", "parquet"):
             raise InvalidInput(f"format must be csv, tsv or parquet, not {format!r}")
-        key, ref_ = _table_key(table, namespace), self._ref(branch)
+        key, ref_ = table_key(table, namespace), self._ref(branch)
         uris = [str(search_uri)] if isinstance(search_uri, str | os.PathLike) else \
             [str(p) for p in search_uri]
         imported = self._call(lambda c: c.import_table(
@@ -864,7 +701,7 @@ class Client:
         ``partitioned_by`` ("day(order_date), country", or a list of such). ``replace``
         drops a table of that name first; otherwise one that exists raises
         :class:`AlreadyExists`."""
-        key, ref_ = _table_key(table, namespace), self._ref(branch)
+        key, ref_ = table_key(table, namespace), self._ref(branch)
         uris = [str(search_uri)] if isinstance(search_uri, str | os.PathLike) else \
             [str(p) for p in search_uri]
         parts = ", ".join(partitioned_by) if isinstance(partitioned_by, list) else (
@@ -886,7 +723,7 @@ class Client:
     ) -> TableReverted:
         """Make ``table`` on ``into_branch`` (default: the active branch) what it is at
         ``source_ref``, in one commit (``.changed`` False: it already was; no commit)."""
-        key, source = _table_key(table, namespace), _name(source_ref)
+        key, source = table_key(table, namespace), name_of(source_ref)
         target = self._ref(into_branch)
         return self._call(lambda c: c.revert_table(key, branch=target, to_ref=source))
 
@@ -952,7 +789,7 @@ async def _run(
     error = result.error
     return RunState(
         job_id=result.run_id,
-        job_status=_RUN_STATUS.get(result.status, result.status.upper()),
+        job_status=RUN_STATUS.get(result.status, result.status.upper()),
         error=error.message if error is not None else None,
         error_kind=error.kind if error is not None else None,
         error_detail=error.detail if error is not None else "",
@@ -966,133 +803,5 @@ async def _run(
     )
 
 
-# -- the loop's thread ---------------------------------------------------------------------
-
-
-def _serve(
-    loop: asyncio.AbstractEventLoop, started: threading.Event, closing: threading.Event,
-) -> None:
-    asyncio.set_event_loop(loop)
-    loop.call_soon(started.set)
-    try:
-        loop.run_forever()
-    finally:
-        closing.set()  # calls that come now are turned away
-        try:
-            pending = asyncio.all_tasks(loop)
-            for task in pending:
-                task.cancel()
-            loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
-            loop.run_until_complete(loop.shutdown_asyncgens())
-            with contextlib.suppress(RuntimeError):  # no new thread at interpreter exit
-                loop.run_until_complete(loop.shutdown_default_executor())
-        finally:
-            loop.close()
-
-
-def _stop_loop(loop: asyncio.AbstractEventLoop, thread: threading.Thread) -> None:
-    """Stop the loop (what still runs on it is cancelled) and wait for its thread."""
-    if loop.is_closed():
-        return
-    with contextlib.suppress(RuntimeError):  # closed meanwhile
-        loop.call_soon_threadsafe(loop.stop)
-    if thread is not threading.current_thread():
-        thread.join(STOP_TIMEOUT)
-
-
-def _settle(task: asyncio.Task[T], done: concurrent.futures.Future[T]) -> None:
-    if task.cancelled():
-        done.cancel()
-    elif (exc := task.exception()) is not None:
-        done.set_exception(exc)
-    else:
-        done.set_result(task.result())
-
-
 def _notice(text: str) -> None:
     logger.warning("note: %s", text)
-
-
-# -- arguments -------------------------------------------------------------------------------
-
-
-def _name(value: Any) -> str:
-    """A name given as a string, or as an object with a ``name`` (a Ref, a Namespace)."""
-    if isinstance(value, str):
-        return value
-    name = getattr(value, "name", None)
-    if isinstance(name, str):
-        return name
-    raise TypeError(f"expected a name, or an object with one, not {type(value).__name__}")
-
-
-def _table_key(table: Any, namespace: Any) -> str:
-    """``NAMESPACE.TABLE`` of a table given by name, with or without its namespace, or as
-    an object (a Table, a TableEntry)."""
-    key = table if isinstance(table, str) else getattr(table, "key", None)
-    if not isinstance(key, str):
-        raise TypeError(f"expected a table name, or a table, not {type(table).__name__}")
-    ns = _name(namespace) if namespace is not None else None
-    if "." in key:
-        if ns is not None and key.rpartition(".")[0] != ns:
-            raise InvalidInput(f"table {key!r} is not in namespace {ns!r}")
-        return key
-    if ns is None:
-        raise InvalidInput(f"table {key!r} has no namespace: write NAMESPACE.{key}, or "
-                           "pass namespace=")
-    return f"{ns}.{key}"
-
-
-def _quote(name: str) -> str:
-    return name if _IDENTIFIER.fullmatch(name) else '"' + name.replace('"', '""') + '"'
-
-
-def _params(parameters: dict[str, Any] | None) -> dict[str, str]:
-    """Run parameters as faas takes them (text, typed by the project); None: the default."""
-    out: dict[str, str] = {}
-    for name, value in (parameters or {}).items():
-        if value is None:
-            continue
-        out[name] = ("true" if value else "false") if isinstance(value, bool) else str(value)
-    return out
-
-
-def _on_off(what: str, value: str | bool | None) -> bool | None:
-    if value is None or isinstance(value, bool):
-        return value
-    if value in ("on", "off"):
-        return value == "on"
-    raise InvalidInput(f"{what} must be 'on' or 'off', not {value!r}")
-
-
-def _listed(value: Any) -> list[Any]:
-    return [value] if isinstance(value, str) or not isinstance(value, Iterable) else list(value)
-
-
-def _job_id(job: Any) -> str:
-    if isinstance(job, str):
-        return job
-    for attr in ("run_id", "job_id", "id"):
-        value = getattr(job, attr, None)
-        if isinstance(value, str):
-            return value
-    raise TypeError(f"expected a job id, or a job, not {type(job).__name__}")
-
-
-def _job_status(status: Any) -> str:
-    name = str(status).rsplit(".", 1)[-1].lower()
-    if name not in _JOB_STATUS:
-        raise InvalidInput(f"unknown job status {status!r}: use running, success, failed or "
-                           "cancelled")
-    return _JOB_STATUS[name]
-
-
-def _when(value: str | datetime) -> datetime:
-    """A time, given as a datetime or ISO text; one without a zone is taken as UTC."""
-    when = value if isinstance(value, datetime) else datetime.fromisoformat(value)
-    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
-
-
-def _first(items: list[T], limit: int | None) -> list[T]:
-    return items[:limit] if limit is not None else items
-

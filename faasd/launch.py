@@ -22,32 +22,58 @@ def start_daemon(
 
     ``env``: variables added to this process's environment for the daemon. ``prefix``: a
     command that execs the daemon, such as ``ip netns exec NAME``."""
+    proc = spawn_daemon(args, log, cwd=cwd, env=env, prefix=prefix)
+    return proc, wait_ready(proc, marker, log, timeout=timeout)
+
+
+def spawn_daemon(
+    args: list[str], log: Path, *, cwd: Path | None = None, env: dict[str, str] | None = None,
+    prefix: list[str] | None = None,
+) -> subprocess.Popen[str]:
+    """Start ``python -m faas.faasd ARGS`` (stderr to ``log``) and return at once: daemons
+    that need not wait for each other start side by side (see :func:`wait_ready`)."""
     with open(log, "a") as err:
-        proc = subprocess.Popen(
-            [*(prefix or []), sys.executable, "-m", "faas.faasd", *args], cwd=cwd, stdout=subprocess.PIPE,
-            stderr=err, text=True, stdin=subprocess.DEVNULL,
+        return subprocess.Popen(
+            [*(prefix or []), sys.executable, "-m", "faas.faasd", *args], cwd=cwd,
+            stdout=subprocess.PIPE, stderr=err, text=True, stdin=subprocess.DEVNULL,
             env={**os.environ, **env} if env else None,
         )
+
+
+def wait_ready(proc: subprocess.Popen[str], marker: str, log: Path, *,
+               timeout: float = 60.0) -> str:
+    """The address a spawned daemon bound, once it prints its ready line (``marker``);
+    stops it and raises RuntimeError, with its log, if it does not in time."""
     assert proc.stdout is not None
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         line = proc.stdout.readline()
         if line.startswith(marker):
-            return proc, line.strip().rsplit(" ", 1)[-1]
+            return line.strip().rsplit(" ", 1)[-1]
         if not line and proc.poll() is not None:
             break
     stop_daemon(proc)
-    raise RuntimeError(f"faasd {args[0]} did not start; its log:\n{log.read_text()[-3000:]}")
+    raise RuntimeError(f"faasd did not start (no {marker!r} line); its log:\n"
+                       f"{log.read_text()[-3000:]}")
 
 
 def stop_daemon(proc: subprocess.Popen[str], timeout: float = 15.0) -> None:
     """SIGTERM (graceful shutdown), then SIGKILL if it does not exit in time."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
+    stop_daemons([proc], timeout)
+
+
+def stop_daemons(procs: list[subprocess.Popen[str]], timeout: float = 15.0) -> None:
+    """Stop daemons side by side: SIGTERM to each, then SIGKILL to any still running
+    ``timeout`` seconds later."""
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    end = time.monotonic() + timeout
+    for proc in procs:
         try:
-            proc.wait(timeout)
+            proc.wait(max(0.0, end - time.monotonic()))
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-    if proc.stdout is not None:
-        proc.stdout.close()
+        if proc.stdout is not None:
+            proc.stdout.close()

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from faas.protocol.errors import InvalidInput, NotFound
+from faas.scheduler.users import write_private_json
 
 SECRETS_FILE = "secrets.json"
 KEY_FILE = "secrets.key"
@@ -135,12 +136,7 @@ class SecretStore:
         return hmac.new(self.key(), f"{name}\0{value}".encode(), hashlib.sha256).hexdigest()[:32]
 
     def _write(self, found: dict[str, Any]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.name}.{random.token_hex(4)}")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump({"secrets": found}, f, indent=1, sort_keys=True)
-        os.replace(tmp, self.path)
+        write_private_json(self.path, {"secrets": found})
 
 
 def check_name(name: str) -> None:

@@ -111,12 +111,7 @@ class Users:
         self._write(users)
 
     def _write(self, users: dict[str, Any]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.name}.{secrets.token_hex(4)}")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump({"users": users}, f, indent=1, sort_keys=True)
-        os.replace(tmp, self.path)
+        write_private_json(self.path, {"users": users})
         self._seen = None
 
     def ensure_admin(self) -> Path | None:
@@ -129,6 +124,17 @@ class Users:
         with os.fdopen(fd, "w") as f:
             f.write(text)
         return token
+
+
+def write_private_json(path: Path, data: Any) -> None:
+    """Write ``data`` as the JSON file ``path``, readable by this user alone (0600), whole
+    or not at all (a temporary file renamed into place)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(data, f, indent=1, sort_keys=True)
+    os.replace(tmp, path)
 
 
 def _branch(kind: str, name: str) -> str | None:

@@ -21,8 +21,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import pytest
 
+from faas.faasd.launch import spawn_daemon, stop_daemon, stop_daemons, wait_ready
 from faas.faasd.launch import start_daemon as _start_daemon
-from faas.faasd.launch import stop_daemon
 from faas.protocol.auth import ADMIN_TOKEN
 from tests.pg import postgres_server, postgres_url  # noqa: F401  (fixtures)
 
@@ -249,26 +249,29 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
     token_file = home / "token"
     token_file.write_text("test-cluster-token-" + os.urandom(8).hex() + "\n")
     shm = tmp_path / "shm"
-    sched, address = start_daemon(
-        ["scheduler", "--listen", "127.0.0.1:0", "--home", str(home), "--token-file", str(token_file)],
-        "faasd scheduler listening on", tmp_path / "scheduler.log",
+    # The scheduler and its worker start side by side (the worker connects as soon as the
+    # scheduler listens), on a port chosen here.
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{s.getsockname()[1]}"
+    sched = spawn_daemon(
+        ["scheduler", "--listen", address, "--home", str(home), "--token-file", str(token_file)],
+        tmp_path / "scheduler.log", cwd=ROOT,
+    )
+    worker = spawn_daemon(
+        ["worker", "--scheduler", address, "--token-file", str(token_file), "--shm-dir", str(shm),
+         *IMPORT_ROOTS,
+         "--env-dir", str(tmp_path / "envs"), "--spill-dir", str(tmp_path / "spill")],
+        tmp_path / "worker.log", cwd=ROOT,
     )
     c = Cluster(home=home, address=address, token_file=home / ADMIN_TOKEN, worker_token=token_file,
-                scheduler=sched, shm_dir=shm)
+                scheduler=sched, shm_dir=shm, workers=[worker])
     try:
-        worker, data_address = start_daemon(
-            ["worker", "--scheduler", address, "--token-file", str(token_file), "--shm-dir", str(shm),
-             *IMPORT_ROOTS,
-             "--env-dir", str(tmp_path / "envs"), "--spill-dir", str(tmp_path / "spill")],
-            "faasd worker", tmp_path / "worker.log",
-        )
-        c.workers.append(worker)
-        c.data_addresses.append(data_address)
+        wait_ready(sched, "faasd scheduler listening on", tmp_path / "scheduler.log")
+        c.data_addresses.append(wait_ready(worker, "faasd worker", tmp_path / "worker.log"))
         yield c
     finally:
-        for w in c.workers:
-            stop_daemon(w)
-        stop_daemon(sched)
+        stop_daemons([*c.workers, sched])
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
