@@ -9,6 +9,7 @@ connection is lost.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import importlib
 import logging
@@ -177,6 +178,7 @@ class Worker(FunctionTasks):
             Path(env_dir or default_env_dir()).expanduser(), extra_interpreters=pythons
         )
         self.python_versions: list[str] = []
+        self._versions_told = True  # the scheduler knows python_versions (Register)
         # What functions never see, even inside a directory their sandbox shows.
         self.private_paths = [
             str(Path(p).expanduser().absolute()) for p in private_paths
@@ -226,18 +228,33 @@ class Worker(FunctionTasks):
             _remove_dead_siblings(root)
         self.work_root.mkdir(parents=True, exist_ok=True)
         self.objects = ObjectStore(self.shm_root, self.spill_root, self.object_memory)
-        # faas runs on Python 3.11 and later, so only those interpreters are offered.
-        found = await asyncio.to_thread(self.envs.interpreters)
-        self.python_versions = sorted(
-            (v for v in found if tuple(int(x) for x in v.split(".")) >= (3, 11)),
-            key=lambda v: tuple(int(x) for x in v.split(".")),
-        )
+        # The worker's own Python now; the others while it registers (see _warm_up).
+        self.python_versions = _supported([self.envs.own_version])
+        self._warm_up()
         await self.peer.start()
         self._main = asyncio.create_task(self._serve_forever())
         self.status = "running"
-        # The worker reads every source scan for its functions: the Iceberg and Arrow
-        # dataset modules (about 0.6 s to import) are loaded now, not by the first run.
-        self._spawn(asyncio.to_thread(importlib.import_module, "faas.faasd.columns"))
+
+    def _warm_up(self) -> None:
+        """On a daemon thread of its own (a worker that stops meanwhile waits for none of
+        it): load the modules the worker reads every source scan with (Iceberg's and
+        Arrow's dataset modules, about 0.6 s) now rather than in the first run, then search
+        for other Python interpreters (uv's search takes a second or more with pyenv
+        shims) and tell the scheduler what they offer."""
+        loop = asyncio.get_running_loop()
+
+        def found(versions: list[str]) -> None:
+            if versions != self.python_versions:
+                self.python_versions = versions
+                self._versions_told = False  # the next heartbeat tells the scheduler
+
+        def work() -> None:
+            importlib.import_module("faas.faasd.columns")
+            versions = _supported(self.envs.interpreters())
+            with contextlib.suppress(RuntimeError):  # the loop has closed: nobody to tell
+                loop.call_soon_threadsafe(found, versions)
+
+        threading.Thread(target=work, name="faas-warm-up", daemon=True).start()
 
     async def close(self) -> None:
         if self.status == "new":  # never started (or refused to): nothing to undo
@@ -316,6 +333,7 @@ class Worker(FunctionTasks):
             expect_role="scheduler",
         )
         vm = psutil.virtual_memory()
+        self._versions_told = True
         await self.conn.send(
             Register(
                 isolation=self.isolation,
@@ -376,6 +394,8 @@ class Worker(FunctionTasks):
 
     async def _beat(self, conn: Connection[Any]) -> None:
         vm = psutil.virtual_memory()
+        versions, self._versions_told = (
+            None if self._versions_told else self.python_versions), True
         await conn.send(
             Heartbeat(
                 memory_total=self.memory,
@@ -387,6 +407,7 @@ class Worker(FunctionTasks):
                 spilled_bytes=self.store.spilled_bytes,
                 dropped=self.store.take_dropped(),
                 draining=self.draining,
+                python_versions=versions,
             )
         )
 
@@ -539,3 +560,11 @@ class Worker(FunctionTasks):
         finally:
             self.queries.pop(msg.task_id, None)
         await self._send(QueryDone(task_id=msg.task_id, nbytes=nbytes, rows=rows))
+
+
+def _supported(versions: Any) -> list[str]:
+    """The versions faas runs on (3.11 and later), in order."""
+    return sorted(
+        (v for v in versions if tuple(int(x) for x in v.split(".")) >= (3, 11)),
+        key=lambda v: tuple(int(x) for x in v.split(".")),
+    )

@@ -64,6 +64,8 @@ class Heartbeat(Message, frozen=True):
     dropped: list[str] = []
     # Shutting down: give it no new work.
     draining: bool = False
+    # The Python versions it offers, once it has found more than its own (None: as before).
+    python_versions: list[str] | None = None
 
 
 class TaskStarted(Message, frozen=True):

@@ -337,6 +337,8 @@ class Scheduler(RunRequests, HelperTasks):
                 handle.last_seen = time.monotonic()
                 if isinstance(msg, Heartbeat):
                     handle.env_builds = msg.env_builds
+                    if msg.python_versions is not None:
+                        handle.python_versions = msg.python_versions
                     handle.data_spilled = msg.spilled_bytes
                     self._apply(self.placement.heartbeat(
                         handle.worker_id, msg.memory_total, msg.memory_available, msg.shm_bytes,
