@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import secrets
 from collections.abc import Callable
@@ -15,6 +16,7 @@ from faas.protocol.errors import FaasError, PlanInvalid
 from faas.protocol.messages import ObjectInput, ParamValue, ScanInput
 from faas.protocol.replies import NodeKind, PlannedInput, PlannedNode
 from faas.scheduler.contracts import check_declared_filter, projection_problems
+from faas.scheduler.filters import bind_filter, filter_parameters
 from faas.scheduler.reader import ModelSpec, Project
 
 
@@ -42,6 +44,8 @@ class PlanNode:
     # the cache key). Their values are the plan's secret_values, never in params.
     secrets: dict[str, str] = field(default_factory=dict)
     secret_digests: dict[str, str] = field(default_factory=dict)
+    # The model's overwrite_filter, its parameters bound.
+    overwrite_filter: str = ""
     # Compressed bytes this node scans from tables, and about how many bytes they take
     # decoded into Arrow (for estimating its memory).
     scan_bytes: int = 0
@@ -325,9 +329,23 @@ def build_plan(
     by_name = {m.name: m for m in project.models if not m.is_expectation}
     declared = project.config.get("parameters", {}) if project.config else {}
     used = {p.name for m in project.models for p in m.params}
+    # Filters may name parameters too ($name, as Bauplan's do).
+    used |= {name for m in project.models for text in
+             [*(i.filter for i in m.inputs), m.overwrite_filter] if text
+             for name in filter_parameters(text)}
     digests: dict[str, str] = {}
     values = resolve_params(declared, params, used, problems, secrets, digests)
     nodes: dict[str, PlanNode] = {}
+
+    def bound(text: str | None, where: str) -> str | None:
+        if not text:
+            return text
+        try:
+            return bind_filter(text, values, set(digests))
+        except FaasError as exc:
+            problems.append(f"{where}: {exc}")
+            return None
+
     for m in project.models:
         if python_versions is not None and m.python and m.python not in python_versions:
             offered = ", ".join(sorted(python_versions)) or "none (no worker is registered)"
@@ -335,8 +353,10 @@ def build_plan(
                 f"{m.where}: {m.label} {m.name!r} asks for Python {m.python}, which no worker "
                 f"offers (workers have: {offered})"
             )
-        node = PlanNode(spec=m, key=table_key(m.name, namespace), inputs=[])
+        node = PlanNode(spec=m, key=table_key(m.name, namespace), inputs=[],
+                        overwrite_filter=bound(m.overwrite_filter, m.where) or "")
         for inp in m.inputs:
+            inp = dataclasses.replace(inp, filter=bound(inp.filter, inp.where))
             if inp.name in by_name and "." not in inp.name:
                 upstream = by_name[inp.name]
                 if inp.filter:

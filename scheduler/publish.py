@@ -74,7 +74,7 @@ class Publishing:
                 CACHE_KEY_PROPERTY: node.cache_key,
                 EXACT_PROPERTY: str(iceberg_schema(schema).equals(schema)).lower(),
             },
-            partitioned_by=node.spec.partitioned_by, overwrite_filter=node.spec.overwrite_filter,
+            partitioned_by=node.spec.partitioned_by, overwrite_filter=node.overwrite_filter,
         )
         return str(tx.publish(
             f"run {self.run_id}: {node.name} -> {node.key}",

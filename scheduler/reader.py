@@ -153,6 +153,7 @@ def check_materialize(
     """A model's partitions and overwrite filter, checked against its mode and declared
     columns (problems said at ``where``); each as text, "" when absent or wrong."""
     from faas.protocol.errors import InvalidInput
+    from faas.scheduler.filters import placeholder
     from faas.store.partitions import describe_partitioning, parse_partitioning
     from faas.store.scan import filter_columns
 
@@ -182,7 +183,7 @@ def check_materialize(
             problems.append(f"{where}: overwrite_filter is for materialize="
                             f"'overwrite_partitions', not {mode!r}")
         try:
-            named = filter_columns(overwrite_filter)
+            named = filter_columns(placeholder(overwrite_filter))
         except InvalidInput as exc:
             problems.append(f"{where}: overwrite_filter: {exc}")
             named = []

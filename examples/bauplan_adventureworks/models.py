@@ -15,7 +15,7 @@ def sale_lines(
     sale=bauplan.Model(
         "sale",
         columns=["OrderNumber", "ProductKey", "TerritoryKey", "OrderQuantity"],
-        filter="OrderQuantity >= 1",
+        filter="OrderQuantity >= $min_quantity",
     ),
     min_quantity=bauplan.Parameter("min_quantity"),
 ):

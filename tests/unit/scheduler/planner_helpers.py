@@ -9,7 +9,7 @@ import pyarrow as pa
 import pytest
 
 from faas.protocol.errors import PlanInvalid
-from faas.scheduler.dag import Plan, SourceTable, build_plan
+from faas.scheduler.dag import Plan, SecretLookup, SourceTable, build_plan
 from faas.scheduler.reader import read_project
 from tests.conftest import ROOT
 
@@ -107,9 +107,10 @@ def plan(
     namespace: str = "ns",
     ref: str = "main",
     params: dict[str, str] | None = None,
+    secrets: SecretLookup | None = None,
 ) -> Plan:
     lookup = tables if callable(tables) else Catalog(tables or {})
-    return build_plan(read_project(files), namespace, ref, params or {}, lookup)
+    return build_plan(read_project(files), namespace, ref, params or {}, lookup, secrets=secrets)
 
 
 def plan_problems(files: dict[str, str], tables=None, **kw) -> list[str]:  # type: ignore[no-untyped-def]

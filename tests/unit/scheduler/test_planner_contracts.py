@@ -190,3 +190,54 @@ def test_partitions_and_plain_columns_are_declarations_too() -> None:
         ("order_id", "", True), ("country", "", True)]
     assert plain.partitioned_by == "country"
     assert next(m for m in project.models if m.name == "anything").contract is None
+
+
+def test_filters_take_run_parameters_as_values() -> None:
+    toml = src("""
+        [parameters.since]
+        type = "str"
+        default = "2024-05-01"
+
+        [parameters.limit]
+        type = "int"
+        default = 3
+
+        [parameters.who]
+        type = "str"
+        default = "ann"
+
+        [parameters.token]
+        type = "secret"
+    """)
+    models = src("""
+        import faas
+
+
+        @faas.model(materialize="overwrite_partitions", partitioned_by="day(d)",
+                    overwrite_filter="d >= $since")
+        def recent(orders=faas.Model("orders", filter="d >= $since and n < $limit and s <> '$who' and s = $who")):
+            return orders
+
+
+        @faas.model()
+        def leaky(orders=faas.Model("orders", filter="s = $token")):
+            return orders
+    """)
+    tables = {"ns.orders": {"d": pa.date32(), "n": pa.int64(), "s": pa.string()}}
+    files = {"faas_project.toml": toml, "models.py": models}
+    problems = plan_problems(files, tables, secrets=lambda name: ("hush", "digest"))
+    only(problems, "names secret parameter 'token'")
+    assert not any("hush" in p for p in problems)
+    files["models.py"] = models.split("@faas.model()\n")[0]
+    built = plan(files, tables, params={"since": "2024-06-01", "who": "x' OR '1'='1"})
+    node = built.nodes["recent"]
+    # Quoted as a value; a '$who' inside quotes stays text.
+    assert node.inputs[0].filter == ("d >= '2024-06-01' and n < 3 and s <> '$who' and "
+                                     "s = 'x'' OR ''1''=''1'")
+    assert node.overwrite_filter == "d >= '2024-06-01'"
+    other = plan(files, tables, params={"since": "2024-07-01"}).nodes["recent"]
+    assert other.cache_key != node.cache_key  # the value is part of what it read
+    files["faas_project.toml"] = ""
+    problems = plan_problems(files, tables)
+    assert len([p for p in problems if "names parameter 'since', which has no value: pass "
+                "--param since=VALUE" in p]) == 2  # the input's filter, the overwrite_filter
