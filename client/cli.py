@@ -431,6 +431,8 @@ def info(as_json: bool = json_flag()) -> None:
     typer.echo(f"scheduler {data.scheduler}")
     if data.iceberg:
         typer.echo(f"iceberg   {data.iceberg}/<ref> (Iceberg REST catalog)")
+    if data.console:
+        typer.echo(f"console   {data.console}")
     for w in data.workers:
         typer.echo(
             f"  worker {w.worker_id} on {w.host_id}"

@@ -57,7 +57,7 @@ def local_status(as_json: bool = json_flag()) -> None:
         "idle_seconds": round(said.idle_seconds, 1) if said else 0.0,
         "idle_limit_seconds": info.get("idle_seconds"), "runs": said.runs if said else 0,
         "workers": len(said.workers) if said else 0, "logs": info.get("logs"),
-        "iceberg": info.get("iceberg", ""),
+        "iceberg": info.get("iceberg", ""), "console": info.get("console", ""),
     }
     if said is None:
         out["error"] = live
@@ -69,6 +69,8 @@ def local_status(as_json: bool = json_flag()) -> None:
     typer.echo(f"  version  {out['version']}")
     if out["iceberg"]:
         typer.echo(f"  iceberg  {out['iceberg']}/<ref> (Iceberg REST catalog, e.g. {out['iceberg']}/main)")
+    if out["console"]:
+        typer.echo(f"  console  {out['console']} (faas console opens it)")
     typer.echo(f"  uptime   {_span(out['uptime_seconds'])}")
     limit = out["idle_limit_seconds"] or 0
     if out["runs"]:
@@ -132,3 +134,27 @@ def local_stop() -> None:
         typer.echo(f"the local faas daemon (pid {info['pid']}) had already stopped; cleaned up")
     else:
         typer.echo(f"stopped the local faas daemon (pid {info['pid']})")
+
+
+@app.command("console")
+def console(
+    no_open: bool = typer.Option(False, "--no-open", help="print the address, open no browser"),
+    as_json: bool = json_flag(),
+) -> None:
+    """Open the web console: SQL over any ref, the catalog, runs as they happen."""
+    from faas.client.cli_common import run, settings
+
+    data = run(lambda c: c.info())
+    if not data.console:
+        fail("this scheduler serves no HTTP: start it with faasd scheduler --http HOST:PORT")
+    token = None if settings.cluster else str(home_dir() / "admin.token")
+    if as_json:
+        print_json({"console": data.console, "token_file": token})
+        return
+    typer.echo(data.console)
+    err("sign in with a user's token (NAME:SECRET" + (f", here the text of {token})" if token
+                                                     else ", the text of its token file)"))
+    if not no_open:
+        import webbrowser
+
+        webbrowser.open(data.console)

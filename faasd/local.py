@@ -101,6 +101,7 @@ class LocalDaemon:
             "worker_pid": self.worker.pid, "started": time.time(), "idle_seconds": self.idle,
             "home": str(self.home), "logs": str(self.home / "logs"),
             "iceberg": self.scheduler.iceberg.url if self.scheduler.iceberg else "",
+            "console": self.scheduler.iceberg.console_url if self.scheduler.iceberg else "",
             "settings": settings_fingerprint(),
         }
         tmp = self.info_path.with_name(f".{INFO_FILE}.{os.getpid()}")

@@ -179,6 +179,8 @@ class Commit(msgspec.Struct, frozen=True, kw_only=True):
     author: str
     created_at: str
     properties: dict[str, str] = {}
+    # The tables the commit changed (added, replaced or dropped).
+    tables: list[str] = []
 
 
 class Commits(Message, frozen=True):
@@ -232,6 +234,8 @@ class Cluster(Message, frozen=True):
     workers: list[WorkerInfo]
     # The Iceberg REST catalog's base URL (add /<ref>); "" when it is not served.
     iceberg: str = ""
+    # The web console's address ("" when the scheduler serves no HTTP).
+    console: str = ""
 
 
 # -- plans ------------------------------------------------------------------------------

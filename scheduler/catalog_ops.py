@@ -47,10 +47,11 @@ from faas.protocol.replies import (
 )
 
 
-def describe_commit(c: Any) -> Commit:
+def describe_commit(c: Any, tables: list[str] | None = None) -> Commit:
     return Commit(
         hash=c.hash, parents=list(c.parents), message=c.message, author=c.author,
         created_at=c.created_at.isoformat(), properties=dict(c.properties),
+        tables=tables or [],
     )
 
 
@@ -131,7 +132,9 @@ def handle(
                 for d in lh.diff(a, b)
             ])
         case Log(ref=ref, n=n):
-            return Commits(commits=[describe_commit(c) for c in cat.log(ref, n)])
+            found = cat.log(ref, n)
+            changed = cat.changed_tables([c.hash for c in found])
+            return Commits(commits=[describe_commit(c, changed[c.hash]) for c in found])
         case PruneRuns(older_than=older_than):
             return Pruned(branches=cat.prune_run_branches(keep=running_branches, older_than=older_than))
     raise InvalidInput(f"unsupported request {type(request).__name__}")

@@ -13,9 +13,8 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
-from faas.protocol.connection import Connection
 from faas.protocol.errors import (
     AlreadyExists,
     ConnectionClosed,
@@ -44,6 +43,16 @@ from faas.store.transaction import missing_namespace
 
 if TYPE_CHECKING:
     from faas.scheduler.server import WorkerHandle
+
+
+class QueryClient(Protocol):
+    """Who a query's result goes to: a client's connection, or the console's reader of it."""
+
+    def hung_up(self) -> bool: ...
+
+    async def send(self, msg: Any) -> None: ...
+
+    async def send_raw(self, header: bytes, data: bytes) -> None: ...
 
 T = TypeVar("T")
 
@@ -131,7 +140,7 @@ class HelperTasks:
         info = await self.store_call(lh.table_info, request.key, request.ref)
         return Imported(**catalog_ops.table_fields(info), commit=commit_hash)
 
-    async def _query(self, conn: Connection[Any], request: Query) -> None:
+    async def _query(self, conn: QueryClient, request: Query) -> None:
         names = await self.analysis.tables(request.sql)
         # The ref is checked even when the SQL reads no table: a typo must not pass.
         await self.store_call(self.lakehouse.catalog.resolve, request.ref)

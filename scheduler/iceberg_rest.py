@@ -40,6 +40,7 @@ from faas.protocol.errors import (
 from faas.scheduler.users import allow
 
 if TYPE_CHECKING:
+    from faas.scheduler.console import Console
     from faas.scheduler.server import Scheduler
 
 log = logging.getLogger(__name__)
@@ -99,7 +100,9 @@ class IcebergRest:
         self.scheduler = scheduler
         self.listen = listen
         self.url = ""
+        self.console_url = ""
         self._runner: web.AppRunner | None = None
+        self.console: Console | None = None
 
     async def start(self) -> str:
         # Table metadata in a commit or a create can be large (many snapshots, wide schemas).
@@ -117,6 +120,10 @@ class IcebergRest:
         app.router.add_post(PREFIX + "/namespaces/{namespace}/tables", self.create_table)
         app.router.add_delete(PREFIX + "/namespaces/{namespace}/tables/{table}", self.drop_table)
         app.router.add_post(PREFIX + "/transactions/commit", self.commit_transaction)
+        from faas.scheduler.console import Console
+
+        self.console = Console(self.scheduler)
+        self.console.add_routes(app)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
         host, _, port = self.listen.rpartition(":")
@@ -124,6 +131,7 @@ class IcebergRest:
         await site.start()
         bound_host, bound_port = self._runner.addresses[0][:2]
         self.url = f"http://{bound_host}:{bound_port}/iceberg"
+        self.console_url = f"http://{bound_host}:{bound_port}/console/"
         log.info("Iceberg REST catalog at %s/<ref>", self.url)
         return self.url
 
@@ -136,14 +144,25 @@ class IcebergRest:
 
     @web.middleware
     async def _errors(self, request: web.Request, handler: Any) -> web.StreamResponse:
-        """Authenticate, then answer faas's errors in the spec's error model."""
-        user = self._user(request)
-        if user is None:
-            return _error(401, "NotAuthorizedException",
-                          "a faas user token is needed: Authorization: Bearer NAME:SECRET")
-        request["user"] = user
-        try:
+        """Authenticate, then answer faas's errors in the spec's error model (the
+        console's API in its own; its static files need no token)."""
+        if request.path == "/console" or request.path.startswith("/console/"):
             response: web.StreamResponse = await handler(request)
+            return response
+        user = self._user(request)
+        console = request.path.startswith("/api/")
+        if user is None:
+            message = "a faas user token is needed: Authorization: Bearer NAME:SECRET"
+            if console:
+                from faas.scheduler.console import error_response
+
+                return error_response(401, "NotAllowed", message)
+            return _error(401, "NotAuthorizedException", message)
+        request["user"] = user
+        if console and self.console is not None:
+            return await self.console.answer(request, handler)
+        try:
+            response = await handler(request)
         except web.HTTPNotFound:
             return _error(404, "NotFoundException", f"no such endpoint: {request.method} "
                           f"{request.path} (GET /iceberg/<ref>/v1/config lists them)")

@@ -574,6 +574,7 @@ class Scheduler(RunRequests, HelperTasks):
             scheduler=self.address, version=build_id(), pid=os.getpid(), started=self.started,
             runs=len(self.runs), idle_seconds=self.idle_for(asking=1), workers=workers,
             iceberg=self.iceberg.url if self.iceberg is not None else "",
+            console=self.iceberg.console_url if self.iceberg is not None else "",
         )
 
 def _describe_task(task_id: str) -> RunningFunction:

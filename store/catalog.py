@@ -232,6 +232,21 @@ class VersionedCatalog(RefsMixin, MergeMixin):
         with self._engine.connect() as conn:
             return [_commit_info(row) for row in conn.execute(stmt)]
 
+    def changed_tables(self, hashes: list[str]) -> dict[str, list[str]]:
+        """The table keys each of these commits changed (added, replaced or dropped)."""
+        if not hashes:
+            return {}
+        stmt = (
+            select(commit_changes.c.commit, commit_changes.c.key)
+            .where(commit_changes.c.commit.in_(hashes), commit_changes.c.kind == "table")
+            .order_by(commit_changes.c.key)
+        )
+        found: dict[str, list[str]] = {h: [] for h in hashes}
+        with self._engine.connect() as conn:
+            for commit, key in conn.execute(stmt):
+                found[commit].append(key)
+        return found
+
     # -- writing --------------------------------------------------------------
 
     def commit(
