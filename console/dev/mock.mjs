@@ -182,7 +182,7 @@ async function events(req, res, id) {
 
 const TYPES = { ".html": "text/html; charset=utf-8", ".js": "text/javascript", ".css": "text/css", ".woff2": "font/woff2", ".svg": "image/svg+xml", ".png": "image/png" };
 
-createServer(async (req, res) => {
+async function handle(req, res) {
   const url = new URL(req.url, `http://${req.headers.host}`);
   const p = url.pathname;
   if (p === "/" || p === "/console") {
@@ -259,4 +259,12 @@ createServer(async (req, res) => {
   }
   if (route === "cluster") return send(res, 200, cluster());
   return notFound(res, route);
+}
+
+createServer((req, res) => {
+  handle(req, res).catch((e) => {
+    // a client that went away mid-request (a new query, a page left) is not an error
+    if (e.code !== "ECONNRESET") console.error(e);
+    if (!res.headersSent && !res.destroyed) send(res, 500, { error: { kind: "Fault", message: String(e.message || e) } });
+  });
 }).listen(PORT, "127.0.0.1", () => console.log(`faas console mock: http://127.0.0.1:${PORT}/console/`));

@@ -84,9 +84,21 @@ export async function request(path, { method = "GET", params, body, signal } = {
   return res;
 }
 
+// Iceberg snapshot ids (and other 64-bit integers) exceed what a JS number holds exactly:
+// the snapshot id fields are kept as strings, and where the browser gives the reviver the
+// source text, so is any integer past 2^53.
+const BIG_ID = /"((?:old_|new_)?snapshot_id)":\s*(-?\d{16,})/g;
+function reviver(key, value, context) {
+  if (typeof value === "number" && !Number.isSafeInteger(value) && context?.source && /^-?\d+$/.test(context.source)) {
+    return context.source;
+  }
+  return value;
+}
+
 async function json(path, opts) {
   const res = await request(path, opts);
-  return res.json();
+  const text = await res.text();
+  return JSON.parse(text.replace(BIG_ID, '"$1":"$2"'), reviver);
 }
 
 const enc = encodeURIComponent;

@@ -55,7 +55,7 @@ export function drawDag(el, nodes, { onSelect } = {}) {
         },
       },
       { selector: 'node[kind = "expectation"]', style: { shape: "cut-rectangle" } },
-      { selector: 'node[kind = "sql"]', style: { shape: "barrel" } },
+      { selector: 'node[kind = "sql"]', style: { "font-style": "italic" } },
       { selector: 'node[cached = "yes"]', style: { "border-width": 2, "border-style": "dashed", "border-color": "#0b5d31" } },
       { selector: "node:selected", style: { "border-width": 3, "border-color": "#111", "border-style": "solid" } },
       {

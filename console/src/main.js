@@ -41,10 +41,12 @@ export const app = {
   },
 };
 
-const errorText = h("span.error-text");
+// The alert area: role="alert" and data-testid="error" on the message itself, so its text
+// is exactly the one-line error.
+const errorText = h("span.error-text", { role: "alert", testid: "error" });
 const errorBox = h(
   "div.alert",
-  { role: "alert", testid: "error", hidden: true },
+  { hidden: true },
   errorText,
   h("button.btn.small.ghost", { type: "button", "aria-label": "Dismiss the error", onclick: () => app.clearError() }, "×"),
 );
@@ -69,14 +71,19 @@ const header = h(
 const main = h("main#main", { tabindex: "-1" });
 root.append(h("a.skip", { href: "#main", onclick: (e) => { e.preventDefault(); main.focus(); } }, "Skip to content"), header, errorBox, main);
 
-let signinMessage = "";
+// Why the user is on the sign-in page (a refused token), kept across a reload.
+const MSG_KEY = "faas.console.signin-message";
+const AFTER_KEY = "faas.console.after";
+function rememberPage() {
+  if (location.hash && !location.hash.startsWith("#/signin")) sessionStorage.setItem(AFTER_KEY, location.hash);
+}
 
 setUnauthorizedHandler((message) => {
   clearToken();
   app.user = app.role = null;
-  signinMessage = message || "Your token was refused.";
+  sessionStorage.setItem(MSG_KEY, message || "Your token was refused.");
   if (!location.hash.startsWith("#/signin")) {
-    sessionStorage.setItem("faas.console.after", location.hash);
+    rememberPage();
     location.hash = "#/signin";
   }
 });
@@ -130,7 +137,7 @@ async function route() {
   const page = parts[0] || "sql";
   if (page !== "signin" && !(await ensureUser())) {
     if (seq !== routeSeq) return;
-    sessionStorage.setItem("faas.console.after", location.hash);
+    rememberPage();
     location.hash = "#/signin";
     return;
   }
@@ -193,26 +200,27 @@ function signinPage(view) {
     submit.disabled = true;
     setToken(token);
     app.user = app.role = null;
-    signinMessage = "";
+    sessionStorage.removeItem(MSG_KEY);
     try {
       const me = await api.whoami();
       app.user = me.user;
       app.role = me.role;
-      const after = sessionStorage.getItem("faas.console.after");
-      sessionStorage.removeItem("faas.console.after");
+      const after = sessionStorage.getItem(AFTER_KEY);
+      sessionStorage.removeItem(AFTER_KEY);
       location.hash = after && !after.startsWith("#/signin") ? after : "#/sql";
     } catch (err) {
-      if (err.status !== 401) clearToken();
-      app.showError(err.status === 401 ? signinMessage || err.message : err);
-      signinMessage = "";
+      clearToken();
+      sessionStorage.removeItem(MSG_KEY);
+      app.showError(err);
     } finally {
       submit.disabled = false;
     }
   });
   view.append(form);
-  if (signinMessage) {
-    app.showError(signinMessage);
-    signinMessage = "";
+  const why = sessionStorage.getItem(MSG_KEY);
+  if (why) {
+    app.showError(why);
+    sessionStorage.removeItem(MSG_KEY);
   }
   setTimeout(() => input.focus(), 0);
 }

@@ -22,6 +22,7 @@ export function runsPage(view, app) {
       { title: "Status", field: "status", formatter: (c) => badgeHtml(c.getValue()), width: 96 },
       { title: "Run", field: "run_id", formatter: (c) => `<a href="#/runs/${encodeURIComponent(c.getValue())}">${escapeHtml(c.getValue())}</a>` },
       { title: "Project", field: "project", formatter: (c) => escapeHtml(c.getValue() ?? "") },
+      { title: "By", field: "author", formatter: (c) => escapeHtml(c.getValue() ?? c.getRow().getData().user ?? "") },
       { title: "Ref", field: "ref", formatter: (c) => escapeHtml(c.getValue() ?? "") },
       { title: "Namespace", field: "namespace", formatter: (c) => escapeHtml(c.getValue() ?? "") },
       {
@@ -103,7 +104,8 @@ function drawTimeline(host, job) {
     const span = st && fin ? Math.max(total, fin - st) : total;
     return { name, n, phases, total, offset, span };
   });
-  rows.sort((a, b) => a.offset - b.offset || a.name.localeCompare(b.name));
+  // by start; nodes that have not started (no phases yet) last
+  rows.sort((a, b) => (a.phases.length ? 0 : 1) - (b.phases.length ? 0 : 1) || a.offset - b.offset || a.name.localeCompare(b.name));
   const maxEnd = Math.max(0.001, ...rows.map((r) => r.offset + r.span));
   const labelW = Math.min(220, 40 + Math.max(40, ...rows.map((r) => r.name.length * 7)));
   const width = Math.max(560, host.clientWidth || 900);
