@@ -25,6 +25,7 @@ const html = `<!doctype html>
 </head>
 <body>
 <div id="app"></div>
+<noscript>The faas console needs JavaScript.</noscript>
 </body>
 </html>
 `;

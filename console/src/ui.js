@@ -66,7 +66,7 @@ export function fmtInt(n) {
 
 export function fmtSeconds(s) {
   if (s === null || s === undefined || Number.isNaN(s)) return "";
-  if (s < 1) return `${Math.round(s * 1000)} ms`;
+  if (s < 1) return s === 0 ? "0 s" : `${Math.round(s * 1000)} ms`;
   if (s < 60) return `${s.toFixed(s < 10 ? 2 : 1)} s`;
   const m = Math.floor(s / 60);
   if (m < 60) return `${m}m ${Math.round(s - m * 60)}s`;
