@@ -4,6 +4,7 @@ import { EditorView, basicSetup } from "codemirror";
 import { keymap } from "@codemirror/view";
 import { Compartment, Prec } from "@codemirror/state";
 import { sql as sqlLanguage, PostgreSQL } from "@codemirror/lang-sql";
+import { completionStatus } from "@codemirror/autocomplete";
 import { api, exportResult } from "../api.js";
 import { h, clear, fmtSeconds, fmtAgo, fmtInt } from "../ui.js";
 import { resultGrid } from "../grid.js";
@@ -150,14 +151,26 @@ export function sqlPage(view, app, params) {
       return nested;
     });
   }
+  // Reconfiguring replaces the completion sources, which would empty an open completion
+  // list: wait until it is closed, and only when the map has grown.
+  let schemaSig = "";
   function applySchema() {
     buildSchema()
-      .then((nested) => editor.dispatch({ effects: language.reconfigure(langConfig(nested)) }))
+      .then((nested) => {
+        const sig = JSON.stringify([state.ref, state.namespace, nested]);
+        if (sig === schemaSig) return;
+        if (completionStatus(editor.state) !== null) {
+          scheduleSchema(500);
+          return;
+        }
+        schemaSig = sig;
+        editor.dispatch({ effects: language.reconfigure(langConfig(nested)) });
+      })
       .catch(() => {});
   }
-  function scheduleSchema() {
+  function scheduleSchema(ms = 300) {
     clearTimeout(schemaTimer);
-    schemaTimer = setTimeout(applySchema, 300);
+    schemaTimer = setTimeout(applySchema, ms);
   }
   function refreshSchema() {
     applySchema();
