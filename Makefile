@@ -64,3 +64,9 @@ bench: $(VENV)/.installed
 
 clean:
 	rm -rf $(VENV) $(DATA) $(DEMO_HOME)
+
+# The web console's front end (console/), built into faas/console/static/ (committed, so
+# installing faas needs no Node): only after changing console/src.
+.PHONY: console
+console:
+	cd console && npm ci && npm run build
