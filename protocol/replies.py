@@ -291,6 +291,12 @@ class NodeRecord(msgspec.Struct, kw_only=True):
     columns_read: list[str] = []
     phases: dict[str, float] = {}
     inputs: list[InputRead] = []
+    # Its kind ("python", "sql", "expectation") and the nodes it reads: the run's DAG.
+    kind: str = ""
+    depends_on: list[str] = []
+    # When it started running and when it ended (epoch seconds).
+    started: float | None = None
+    finished: float | None = None
 
 
 class JobSummary(msgspec.Struct, kw_only=True):

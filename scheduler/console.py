@@ -13,6 +13,7 @@ Auth: ``Authorization: Bearer NAME:SECRET``, a faas user token. Errors:
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import io
 import json
 import logging
@@ -58,7 +59,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-STATIC = Path(__file__).resolve().parent.parent / "console" / "static"
+# The built console, in the package (faas/console/static).
+STATIC = Path(importlib.util.find_spec("faas.console").origin or "").parent / "static"  # type: ignore[union-attr]
 API = "/api/v1"
 # Rows a query page may hold, at most; and how often a run's events are looked for.
 MAX_PAGE = 10_000
@@ -98,7 +100,8 @@ class Console:
 
     def add_routes(self, app: web.Application) -> None:
         r = app.router
-        r.add_get("/console", self.index)
+        # The page loads its assets by relative paths: /console must end with a slash.
+        r.add_get("/console", self.to_index)
         r.add_get("/console/", self.index)
         if (STATIC / "assets").is_dir():
             r.add_static("/console/assets", STATIC / "assets", append_version=False)
@@ -152,6 +155,9 @@ class Console:
         return web.json_response(as_json(await self._do(request, message)))
 
     # -- pages and catalog ------------------------------------------------------------
+
+    async def to_index(self, request: web.Request) -> web.StreamResponse:
+        raise web.HTTPMovedPermanently("/console/")
 
     async def index(self, request: web.Request) -> web.StreamResponse:
         page = STATIC / "index.html"

@@ -166,11 +166,17 @@ class JobStore:
     # -- recording -------------------------------------------------------------
 
     def start(self, run_id: str, *, ref: str, namespace: str, project: str,
-              nodes: Iterable[str] = ()) -> None:
+              nodes: Iterable[str] = (), shape: dict[str, tuple[str, list[str]]] | None = None,
+              ) -> None:
+        """Record a run that begins; ``shape``: each node's kind and the nodes it reads."""
         d = self._dir(run_id)
         d.mkdir(parents=True, exist_ok=True)
+        shape = shape or {}
         record = JobRecord(run_id=run_id, started=time.time(), ref=ref, namespace=namespace,
-                           project=project, nodes={n: NodeRecord() for n in nodes})
+                           project=project, nodes={
+                               n: NodeRecord(kind=shape.get(n, ("", []))[0],
+                                             depends_on=shape.get(n, ("", []))[1])
+                               for n in nodes})
         self._records[run_id] = record
         self._logs[run_id] = open(d / "events.jsonl", "ab", buffering=0)
         # Written at once (once per run, nothing of it pending): `faas job ls` in another
@@ -189,12 +195,19 @@ class JobStore:
             self._append(out, JobEvent(t=msg.time, node=msg.node, state=msg.state,
                                        worker=msg.worker, error=msg.error, passed=msg.passed))
             record = self._records[run_id]
+            before = record.nodes.get(msg.node) or NodeRecord()
+            when = msg.time or time.time()
             record.nodes[msg.node] = NodeRecord(
                 # Absent values are JSON nulls, never empty strings.
                 state=msg.shown, worker=msg.worker or None, rows=msg.rows,
                 error=msg.error or None, cached=msg.cached, columns_cached=msg.columns_cached,
                 columns_read=msg.columns_read,
                 phases={k: round(v, 6) for k, v in msg.phases.items()}, inputs=msg.inputs,
+                kind=before.kind, depends_on=before.depends_on,
+                started=before.started if before.started is not None or msg.state != "running"
+                else when,
+                finished=when if msg.state in ("done", "failed", "cancelled", "warning")
+                else before.finished,
             )
             if msg.state != "queued":
                 self._save(record)

@@ -86,7 +86,8 @@ class RunRequests:
         jobs = self.jobs
         assert jobs is not None
         jobs.start(run_id, ref=request.ref, namespace=request.namespace,
-                   project=request.project_dir, nodes=plan.order)
+                   project=request.project_dir, nodes=plan.order,
+                   shape={n: (node.spec.kind, list(node.deps)) for n, node in plan.nodes.items()})
         followers = self.followers[run_id] = set()
         attached = None if request.detach else conn
 
