@@ -311,6 +311,8 @@ class JobSummary(msgspec.Struct, kw_only=True):
     project: str | None = None
     commit: str | None = None
     error: str | None = None
+    # The user who submitted it.
+    user: str | None = None
 
 
 class Jobs(Message, frozen=True):

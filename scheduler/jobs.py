@@ -167,13 +167,13 @@ class JobStore:
 
     def start(self, run_id: str, *, ref: str, namespace: str, project: str,
               nodes: Iterable[str] = (), shape: dict[str, tuple[str, list[str]]] | None = None,
-              ) -> None:
+              user: str | None = None) -> None:
         """Record a run that begins; ``shape``: each node's kind and the nodes it reads."""
         d = self._dir(run_id)
         d.mkdir(parents=True, exist_ok=True)
         shape = shape or {}
         record = JobRecord(run_id=run_id, started=time.time(), ref=ref, namespace=namespace,
-                           project=project, nodes={
+                           project=project, user=user, nodes={
                                n: NodeRecord(kind=shape.get(n, ("", []))[0],
                                              depends_on=shape.get(n, ("", []))[1])
                                for n in nodes})

@@ -87,7 +87,8 @@ class RunRequests:
         assert jobs is not None
         jobs.start(run_id, ref=request.ref, namespace=request.namespace,
                    project=request.project_dir, nodes=plan.order,
-                   shape={n: (node.spec.kind, list(node.deps)) for n, node in plan.nodes.items()})
+                   shape={n: (node.spec.kind, list(node.deps)) for n, node in plan.nodes.items()},
+                   user=conn.peer_user or None)
         followers = self.followers[run_id] = set()
         attached = None if request.detach else conn
 

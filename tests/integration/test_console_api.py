@@ -153,6 +153,7 @@ def waits(t=faas.Model("territories")):
         lines[-3:-1] == ["event: end", 'data: {"status":"success"}'], lines[-4:]
     jobs = _call(c, "/api/v1/jobs")
     assert jobs[0]["run_id"] == run_id and jobs == c.json("job", "ls")[: len(jobs)]
+    assert jobs[0]["user"] == "admin"  # who submitted it
 
 
 def test_a_bad_token_is_refused(served: Cluster) -> None:

@@ -5,7 +5,6 @@ token refused. Each page's screenshot goes to docs/console/ for the README."""
 
 from __future__ import annotations
 
-import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -180,6 +179,12 @@ def test_the_catalog_shows_a_branchs_diff(served: Cluster, browser: Any) -> None
     page.wait_for_function("document.querySelector('[data-testid=diff]').innerText.includes('adventure.more')")
     assert "added" in page.get_by_test_id("diff").inner_text()
     _shot(page, "catalog")
+    page.goto(f"{_console(served)}#/catalog/table/adventure.big?ref=main")
+    page.get_by_test_id("table-schema").wait_for()
+    page.wait_for_function(
+        "document.querySelector('[data-testid=table-preview]').innerText.includes('row 0')")
+    assert "100000" in page.get_by_test_id("table-rows").inner_text().replace(",", "")
+    _shot(page, "table")
     page.context.close()
 
 
