@@ -108,6 +108,25 @@ class Gate:
         self.server.close()
 
 
+def gated_project(tmp: Path, gate: Gate) -> Path:
+    """A project whose one model (``waits``, never cached) reads ``territories``, prints
+    "before the gate", waits at ``gate``, then prints "after the gate"."""
+    project = tmp / "gated"
+    project.mkdir(exist_ok=True)
+    (project / "models.py").write_text(GATE_CODE + f'''
+import faas
+
+
+@faas.model(cache=False, internet_access=True)
+def waits(t=faas.Model("territories")):
+    print("before the gate", flush=True)
+    wait_gate({gate.address!r})
+    print("after the gate", flush=True)
+    return t
+''')
+    return project
+
+
 @pytest.fixture
 def gate() -> Iterator[Gate]:
     g = Gate()

@@ -16,7 +16,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tests.conftest import GATE_CODE, Cluster, Gate, add_user, import_territories, scheduler_only
+from tests.conftest import (
+    Cluster,
+    Gate,
+    add_user,
+    gated_project,
+    import_territories,
+    scheduler_only,
+)
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -108,19 +115,7 @@ def test_a_runs_events_stream_as_they_happen_and_readers_cannot_cancel(
     served: Cluster, tmp_path: Path, gate: Gate,
 ) -> None:
     c = served
-    project = tmp_path / "p"
-    project.mkdir()
-    (project / "models.py").write_text(GATE_CODE + f'''
-import faas
-
-
-@faas.model(cache=False, internet_access=True)
-def waits(t=faas.Model("territories")):
-    print("before the gate", flush=True)
-    wait_gate({gate.address!r})
-    print("after the gate", flush=True)
-    return t
-''')
+    project = gated_project(tmp_path, gate)
     run_id = c.faas("submit", str(project), "-n", "adventure", "--detach", check=True
                     ).stdout.strip()
     base = c.json("info")["iceberg"].rsplit("/iceberg", 1)[0]

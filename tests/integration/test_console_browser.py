@@ -15,11 +15,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from tests.conftest import (
-    GATE_CODE,
     ROOT,
     Cluster,
     Gate,
     add_user,
+    gated_project,
     import_territories,
     scheduler_only,
 )
@@ -191,19 +191,7 @@ def test_the_catalog_shows_a_branchs_diff(served: Cluster, browser: Any) -> None
 def test_a_run_shows_its_log_live_and_a_reader_cannot_cancel(
     served: Cluster, browser: Any, tmp_path: Path, gate: Gate,
 ) -> None:
-    project = tmp_path / "p"
-    project.mkdir()
-    (project / "models.py").write_text(GATE_CODE + f'''
-import faas
-
-
-@faas.model(cache=False, internet_access=True)
-def waits(t=faas.Model("territories")):
-    print("before the gate", flush=True)
-    wait_gate({gate.address!r})
-    print("after the gate", flush=True)
-    return t
-''')
+    project = gated_project(tmp_path, gate)
     run_id = served.faas("submit", str(project), "-n", "adventure", "--detach",
                          check=True).stdout.strip()
     page = _page(browser, served)
