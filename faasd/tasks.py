@@ -127,6 +127,8 @@ class FunctionTasks:
 
         async def _send(self, msg: Any) -> None: ...
 
+        async def warmed(self) -> None: ...
+
         @property
         def store(self) -> ObjectStore: ...
 
@@ -150,6 +152,7 @@ class FunctionTasks:
 
     async def _run_task(self, msg: RunTask) -> None:
         t0 = time.perf_counter()
+        await self.warmed()
         try:
             if msg.use_cache and msg.kind != "expectation":
                 held = await self.store.use(msg.output_id, msg.run_id)

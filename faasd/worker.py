@@ -179,6 +179,10 @@ class Worker(FunctionTasks):
         )
         self.python_versions: list[str] = []
         self._versions_told = True  # the scheduler knows python_versions (Register)
+        # Set once the warm-up thread has imported the scan modules: work that reads data
+        # waits for it, so two threads never import them at once (Python's import locks
+        # can take that for a deadlock).
+        self.scan_modules = threading.Event()
         # What functions never see, even inside a directory their sandbox shows.
         self.private_paths = [
             str(Path(p).expanduser().absolute()) for p in private_paths
@@ -249,7 +253,10 @@ class Worker(FunctionTasks):
                 self._versions_told = False  # the next heartbeat tells the scheduler
 
         def work() -> None:
-            importlib.import_module("faas.faasd.columns")
+            try:
+                importlib.import_module("faas.faasd.columns")
+            finally:
+                self.scan_modules.set()
             versions = _supported(self.envs.interpreters())
             with contextlib.suppress(RuntimeError):  # the loop has closed: nobody to tell
                 loop.call_soon_threadsafe(found, versions)
@@ -498,7 +505,13 @@ class Worker(FunctionTasks):
 
     # -- catalog helpers run on the data plane ---------------------------------
 
+    async def warmed(self) -> None:
+        """Once the scan modules are imported (at once, after the first time)."""
+        if not self.scan_modules.is_set():
+            await asyncio.to_thread(self.scan_modules.wait)
+
     async def _import(self, msg: ImportTask) -> None:
+        await self.warmed()
         def work() -> ImportDone | ImportPlanned:
             from faas.store.files import read_source_files, write_parquet_parts
             from faas.store.importer import expand_paths, plan_files
@@ -539,6 +552,7 @@ class Worker(FunctionTasks):
                           schema=schema.serialize().to_pybytes())
 
     async def _query(self, msg: QueryTask) -> None:
+        await self.warmed()
         query = self.queries[msg.task_id] = Query(msg)
         loop = asyncio.get_running_loop()
         conn = self.conn
