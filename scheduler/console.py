@@ -50,6 +50,7 @@ from faas.protocol.messages import (
     Query,
 )
 from faas.protocol.replies import QueryFinished
+from faas.scheduler.http_errors import ErrorModel, answer
 from faas.scheduler.users import check
 
 if TYPE_CHECKING:
@@ -68,10 +69,11 @@ EVENTS_POLL = 0.25
 
 # faas's errors as HTTP statuses, the first class that matches (a query's engine error,
 # RemoteError, is about the query: bad input).
-_STATUS: list[tuple[type[FaasError], int]] = [
-    (NotAllowed, 403), (CommitConflict, 409), (AlreadyExists, 409), (NotFound, 404),
-    (InvalidInput, 400), (ProjectError, 400), (RemoteError, 400), (TimedOut, 504),
-    (FaasError, 500),
+# The kind is the error's class name ("").
+_STATUS: list[tuple[type[FaasError], int, str]] = [
+    (NotAllowed, 403, ""), (CommitConflict, 409, ""), (AlreadyExists, 409, ""),
+    (NotFound, 404, ""), (InvalidInput, 400, ""), (ProjectError, 400, ""),
+    (RemoteError, 400, ""), (TimedOut, 504, ""), (FaasError, 500, ""),
 ]
 # A reply's one field of interest, as the client (and so `faas ... --json`) unwraps it.
 _UNWRAP = {"Refs": "refs", "Commits": "commits", "Differences": "changes",
@@ -80,6 +82,9 @@ _UNWRAP = {"Refs": "refs", "Commits": "commits", "Differences": "changes",
 
 def error_response(status: int, kind: str, message: str) -> web.Response:
     return web.json_response({"error": {"kind": kind, "message": message}}, status=status)
+
+
+CONSOLE_ERRORS = ErrorModel("console", error_response, _STATUS)
 
 
 def as_json(reply: Any) -> Any:
@@ -125,23 +130,7 @@ class Console:
                      handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
                      ) -> web.StreamResponse:
         """Run an API handler; faas's errors in the console's error model."""
-        try:
-            return await handler(request)
-        except web.HTTPNotFound:
-            return error_response(404, "NotFound", f"no such endpoint: {request.method} "
-                                  f"{request.path}")
-        except web.HTTPMethodNotAllowed:
-            return error_response(405, "InvalidInput",
-                                  f"{request.method} is not served at {request.path}")
-        except web.HTTPException:
-            raise
-        except FaasError as exc:
-            status = next(s for cls, s in _STATUS if isinstance(exc, cls))
-            return error_response(status, type(exc).__name__, str(exc))
-        except Exception as exc:  # noqa: BLE001 - a fault of ours: logged, one line to the client
-            log.exception("console %s %s failed", request.method, request.path)
-            return error_response(500, "FaasError", f"the scheduler failed on {request.method} "
-                                  f"{request.path}: {type(exc).__name__}: {exc}")
+        return await answer(request, handler, CONSOLE_ERRORS)
 
     # -- helpers ---------------------------------------------------------------------
 
@@ -197,7 +186,8 @@ class Console:
     async def table(self, request: web.Request) -> web.Response:
         key, ref = request.match_info["key"], request.query.get("ref", "main")
         found = as_json(await self._do(request, GetTable(key=key, ref=ref)))
-        found["snapshots"] = await self.scheduler.store_call(_snapshots, found["metadata_location"])
+        found["snapshots"] = await self.scheduler.store_call(
+            _snapshots, self.scheduler.lakehouse, ref, key, found["metadata_location"])
         return web.json_response(found)
 
     # -- queries ----------------------------------------------------------------------
@@ -328,11 +318,10 @@ def _encode(table: pa.Table, fmt: str) -> bytes:
     return out.getvalue()
 
 
-def _snapshots(metadata_location: str) -> list[dict[str, Any]]:
-    """A table's snapshots, oldest first, from its metadata file."""
-    from pyiceberg.table import StaticTable
-
-    table = StaticTable.from_metadata(metadata_location)
+def _snapshots(lh: Any, ref: str, key: str, metadata_location: str) -> list[dict[str, Any]]:
+    """A table's snapshots, oldest first, from the metadata file GetTable read (store
+    thread; parsed once: the lakehouse keeps parsed metadata by location)."""
+    table = lh.view(ref).table_at(key, metadata_location)
     return [
         {"snapshot_id": s.snapshot_id, "timestamp_ms": s.timestamp_ms,
          "operation": s.summary.operation.value if s.summary is not None else None,

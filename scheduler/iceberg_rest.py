@@ -37,6 +37,7 @@ from faas.protocol.errors import (
     NotAllowed,
     NotFound,
 )
+from faas.scheduler.http_errors import ErrorModel, answer
 from faas.scheduler.users import allow
 
 if TYPE_CHECKING:
@@ -91,6 +92,14 @@ class RestError(Exception):
 def _error(status: int, kind: str, message: str) -> web.Response:
     body = {"error": {"message": message, "type": kind, "code": status}}
     return web.json_response(body, status=status)
+
+
+REST_ERRORS = ErrorModel("Iceberg REST", _error, _FAAS_ERRORS,
+                         endpoints=" (GET /iceberg/<ref>/v1/config lists them)")
+
+
+def _carried(exc: Exception) -> tuple[int, str] | None:
+    return (exc.status, exc.kind) if isinstance(exc, RestError) else None
 
 
 class IcebergRest:
@@ -161,27 +170,7 @@ class IcebergRest:
         request["user"] = user
         if console and self.console is not None:
             return await self.console.answer(request, handler)
-        try:
-            response = await handler(request)
-        except web.HTTPNotFound:
-            return _error(404, "NotFoundException", f"no such endpoint: {request.method} "
-                          f"{request.path} (GET /iceberg/<ref>/v1/config lists them)")
-        except web.HTTPMethodNotAllowed:
-            return _error(405, "BadRequestException",
-                          f"{request.method} is not served at {request.path}")
-        except web.HTTPException:
-            raise
-        except RestError as exc:
-            return _error(exc.status, exc.kind, str(exc))
-        except FaasError as exc:
-            status, kind = next((s, k) for cls, s, k in _FAAS_ERRORS if isinstance(exc, cls))
-            return _error(status, kind, str(exc))
-        except Exception as exc:  # noqa: BLE001 - a fault of ours: logged, one line to the client
-            log.exception("Iceberg REST %s %s failed", request.method, request.path)
-            return _error(500, "ServiceFailureException",
-                          f"the scheduler failed on {request.method} {request.path}: "
-                          f"{type(exc).__name__}: {exc}")
-        return response
+        return await answer(request, handler, REST_ERRORS, _carried)
 
     def _user(self, request: web.Request) -> str | None:
         header = request.headers.get("Authorization", "")

@@ -261,6 +261,21 @@ def scheduler_only(
         stop_daemon(sched)
 
 
+@contextmanager
+def http_cluster(tmp: Path, data: Path) -> Iterator[Cluster]:
+    """A scheduler serving HTTP (Iceberg REST and the console) and one worker; main has
+    adventure.territories and tag v1; branch dev also adventure.more."""
+    with scheduler_only(tmp, args=["--http", "127.0.0.1:0"]) as c:
+        c.add_worker(tmp, "w")
+        c.wait_workers(1)
+        import_territories(c, data)
+        c.faas("tag", "create", "v1", check=True)
+        c.faas("branch", "create", "dev", "--from", "main", check=True)
+        c.faas("table", "import", "adventure.more", str(data / "territories.csv"),
+               "--ref", "dev", check=True)
+        yield c
+
+
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[Cluster]:
     home = tmp_path / "home"

@@ -21,8 +21,7 @@ from tests.conftest import (
     Gate,
     add_user,
     gated_project,
-    import_territories,
-    scheduler_only,
+    http_cluster,
 )
 
 pytestmark = pytest.mark.timeout(180)
@@ -30,16 +29,8 @@ pytestmark = pytest.mark.timeout(180)
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory, example_data: Path) -> Iterator[Cluster]:
-    """main: adventure.territories, tag v1; dev: a second import of it."""
-    tmp = tmp_path_factory.mktemp("console")
-    with scheduler_only(tmp, args=["--http", "127.0.0.1:0"]) as c:
-        c.add_worker(tmp, "w")
-        c.wait_workers(1)
-        import_territories(c, example_data)
-        c.faas("tag", "create", "v1", check=True)
-        c.faas("branch", "create", "dev", "--from", "main", check=True)
-        c.faas("table", "import", "adventure.more", str(example_data / "territories.csv"),
-               "--ref", "dev", check=True)
+    """See http_cluster: main with adventure.territories and tag v1, dev with adventure.more."""
+    with http_cluster(tmp_path_factory.mktemp("console"), example_data) as c:
         yield c
 
 

@@ -24,23 +24,15 @@ from pyiceberg.exceptions import (
 from pyiceberg.table import CommitTableRequest, Namespace, TableIdentifier
 from pyiceberg.table.update import AssertRefSnapshotId, SetPropertiesUpdate
 
-from tests.conftest import Cluster, add_user, import_territories, scheduler_only
+from tests.conftest import Cluster, add_user, http_cluster
 
 pytestmark = pytest.mark.timeout(120)
 
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory, example_data: Path) -> Iterator[Cluster]:
-    """main: adventure.territories; tag v1 there; branch dev: also adventure.sale_t."""
-    tmp = tmp_path_factory.mktemp("rest")
-    with scheduler_only(tmp, args=["--http", "127.0.0.1:0"]) as c:
-        c.add_worker(tmp, "w")
-        c.wait_workers(1)
-        import_territories(c, example_data)
-        c.faas("tag", "create", "v1", check=True)
-        c.faas("branch", "create", "dev", "--from", "main", check=True)
-        c.faas("table", "import", "adventure.more", str(example_data / "territories.csv"),
-               "--ref", "dev", check=True)
+    """See http_cluster: main with adventure.territories and tag v1, dev with adventure.more."""
+    with http_cluster(tmp_path_factory.mktemp("rest"), example_data) as c:
         yield c
 
 
