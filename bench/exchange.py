@@ -183,9 +183,24 @@ def receive_raw(port: int, into: memoryview) -> None:
             got += n
 
 
+def receive_raw_into_file(port: int, fd: int, nbytes: int) -> None:
+    piece = bytearray(2**20)
+    with socket.create_connection(("127.0.0.1", port)) as sock, memoryview(piece) as view:
+        sock.sendall(b"g")
+        got = 0
+        while got < nbytes:
+            n = sock.recv_into(view[:min(len(piece), nbytes - got)])
+            if n == 0:
+                raise RuntimeError(f"raw sender closed after {got} of {nbytes} bytes")
+            with view[:n] as part:
+                written = 0
+                while written < n:
+                    written += os.pwrite(fd, part[written:], got + written)
+            got += n
+
+
 def child_transfer(address: str, port: int, dest_dir: str, repeat: int) -> dict[str, Any]:
     import asyncio
-    import mmap
 
     import pyarrow as pa
 
@@ -235,14 +250,13 @@ def child_transfer(address: str, port: int, dest_dir: str, repeat: int) -> dict[
         with memoryview(buf) as view:
             receive_raw(port, view)
         t2 = time.perf_counter()
-        # The same socket, into new shared memory as fetch_object must: size and reserve a
-        # file, map it, recv_into the mapping. No handshake, no protocol.
+        # The same socket, into new shared memory as fetch_object writes it: a new file,
+        # each piece received into one buffer and written at its offset. No handshake, no
+        # protocol, no digest.
         fd = os.open(fresh, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
             os.ftruncate(fd, nbytes)
-            os.posix_fallocate(fd, 0, nbytes)
-            with mmap.mmap(fd, nbytes) as mapped, memoryview(mapped) as view:
-                receive_raw(port, view)
+            receive_raw_into_file(port, fd, nbytes)
         finally:
             os.close(fd)
             fresh.unlink()

@@ -22,9 +22,7 @@ object's bytes. It is not in ``store.failpoints.FAILPOINTS``, which lists the st
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import errno
-import fcntl
 import logging
 import mmap
 import os
@@ -413,25 +411,19 @@ def _receive(
             flags |= os.O_TRUNC  # fresh pages (or none): nothing old is kept
         fd = os.open(part, flags, 0o644)
         try:
-            if nbytes:
-                _reserve(fd, nbytes, part)
-            landed = _Landed(_Hasher(fd, nbytes))
+            os.ftruncate(fd, nbytes)  # a reused file keeps its pages below nbytes
+            landed = _Landed()
             try:
                 if nbytes:
-                    try:
-                        _splice(sock, fd, nbytes, timeout, landed)
-                    except _NoSplice:
-                        _recv_into_mapping(sock, fd, nbytes, landed)
+                    _recv_and_write(sock, fd, nbytes, landed, part)
                 trailer = _recv_trailer(sock, what, vanished)
-                _check(landed.hasher.sums(), trailer, nbytes, what)
+                _check(landed.sums(), trailer, nbytes, what)
             except TimeoutError:
                 raise vanished(f"no data for {timeout}s") from None
             except EOFError:
                 raise vanished("end of stream") from None
             except OSError as exc:
                 raise vanished(f"{exc.__class__.__name__}: {exc}") from exc
-            finally:
-                landed.hasher.close()
         finally:
             os.close(fd)
         os.replace(part, dest)
@@ -523,92 +515,75 @@ def _hash_pool() -> ThreadPoolExecutor:
 
 
 class _Landed:
-    """How many bytes of the object are in the file so far (for the message when a
-    transfer breaks); each chunk that is complete goes to the hasher."""
+    """How many bytes of the object are in place so far (for the message when a transfer
+    breaks), and the XXH3-128 of each DIGEST_CHUNK of them, hashed as each piece lands,
+    while it is still in the CPU's cache."""
 
-    def __init__(self, hasher: _Hasher) -> None:
+    def __init__(self) -> None:
         self.bytes = 0
-        self.hasher = hasher
+        self._sums: list[bytes] = []
+        self._hash = xxhash.xxh3_128()
 
-    def set(self, n: int) -> None:
-        self.bytes = n
-        self.hasher.advance(n)
+    def room(self) -> int:
+        """How many bytes may land next without crossing a digest chunk's end."""
+        return DIGEST_CHUNK - self.bytes % DIGEST_CHUNK
 
+    def add(self, piece: memoryview) -> None:
+        """``piece`` landed right after the bytes so far; at most room() bytes."""
+        self._hash.update(piece)
+        self.bytes += len(piece)
+        if self.bytes % DIGEST_CHUNK == 0:
+            self._sums.append(self._hash.digest())
+            self._hash.reset()
 
-class _NoSplice(Exception):
-    """The kernel cannot splice from this socket into this file: receive another way."""
-
-
-# How much one splice moves: the pipe between the socket and the file is made this large.
-PIPE_SIZE = 2**20
-
-
-def _splice(sock: socket.socket, fd: int, nbytes: int, timeout: float, landed: _Landed) -> int:
-    """Move the bytes from the socket into the file inside the kernel (Linux splice): no
-    copy through this process at all. Raises _NoSplice before moving anything if the
-    kernel cannot."""
-    if not hasattr(os, "splice"):
-        raise _NoSplice
-    r, w = os.pipe()
-    try:
-        with contextlib.suppress(OSError, AttributeError):
-            fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, PIPE_SIZE)  # type: ignore[attr-defined]
-        poller = select.poll()
-        poller.register(sock.fileno(), select.POLLIN)
-        got = 0
-        while got < nbytes:
-            try:
-                n = os.splice(sock.fileno(), w, min(PIPE_SIZE, nbytes - got))
-            except BlockingIOError:  # a socket with a timeout is non-blocking underneath
-                if not poller.poll(timeout * 1000):
-                    raise TimeoutError from None
-                continue
-            except OSError as exc:
-                if got == 0 and exc.errno in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
-                    raise _NoSplice from exc
-                raise
-            if n == 0:
-                raise EOFError
-            moved = 0
-            while moved < n:
-                moved += os.splice(r, fd, n - moved, offset_dst=got + moved)
-            got += n
-            landed.set(got)
-        return got
-    finally:
-        os.close(r)
-        os.close(w)
+    def sums(self) -> list[bytes]:
+        if self.bytes % DIGEST_CHUNK:
+            self._sums.append(self._hash.digest())
+            self._hash.reset()
+            self.bytes += DIGEST_CHUNK - self.bytes % DIGEST_CHUNK  # closed: sums() once
+        return self._sums
 
 
-def _recv_into_mapping(sock: socket.socket, fd: int, nbytes: int, landed: _Landed) -> int:
-    """Receive the bytes with recv_into straight into a mapping of the file."""
+# The most bytes received before they are hashed and written: small enough to stay in the
+# CPU's cache between the three.
+RECV_PIECE = 2**20
+
+
+def _recv_and_write(
+    sock: socket.socket, fd: int, nbytes: int, landed: _Landed, part: Path
+) -> int:
+    """Receive the bytes a piece at a time into one small buffer, hash each piece while it
+    is in the CPU's cache, and write it into the file (the kernel copies it into the file's
+    pages, reused or new; nothing is mapped, so no page tables are built and torn down).
+    A full tmpfs is an error of this write, never a SIGBUS later."""
+    buf = bytearray(min(RECV_PIECE, nbytes))
     got = 0
-    # Mapped with its pages already in place: no page faults while receiving.
-    flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
-    with mmap.mmap(fd, nbytes, flags=flags) as mapped, memoryview(mapped) as view:
+    with memoryview(buf) as whole:
         while got < nbytes:
-            with view[got:got + CHUNK] as window:
+            with whole[:min(RECV_PIECE, landed.room(), nbytes - got)] as window:
                 n = sock.recv_into(window)
             if n == 0:
                 raise EOFError
+            with whole[:n] as piece:
+                landed.add(piece)
+                _write_all(fd, piece, got, part)
             got += n
-            landed.set(got)
     return got
 
 
-def _reserve(fd: int, nbytes: int, part: Path) -> None:
-    """Size the file and claim its space now: a full tmpfs must fail here, not SIGBUS later.
-    A reused file keeps the pages it has below ``nbytes`` and gives back the rest."""
-    os.ftruncate(fd, nbytes)
+def _write_all(fd: int, piece: memoryview, offset: int, part: Path) -> None:
+    done = 0
     try:
-        os.posix_fallocate(fd, 0, nbytes)
+        while done < len(piece):
+            with piece[done:] as rest:
+                done += os.pwrite(fd, rest, offset + done)
     except OSError as exc:
-        if exc.errno in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
-            return  # the filesystem cannot reserve; the sparse file will do
-        raise FaasError(
-            f"no room for an object of {nbytes} bytes at {part}: {exc.strerror}; "
-            "free space there or lower the worker's memory budget"
-        ) from None
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+            raise FaasError(
+                f"no room for an object at {part} after {offset + done} bytes: "
+                f"{exc.strerror}; free space there or lower the worker's memory budget"
+            ) from None
+        raise
 
 
 __all__ = ["PeerServer", "fetch_object"]

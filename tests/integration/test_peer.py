@@ -9,6 +9,7 @@ at the end go through real daemons (the ``cluster`` fixture).
 from __future__ import annotations
 
 import asyncio
+import errno
 import fcntl
 import json
 import os
@@ -170,20 +171,7 @@ def _leftovers(directory: Path) -> list[str]:
 # -- fetching ---------------------------------------------------------------------------
 
 
-@pytest.fixture(params=["splice", "recv_into"])
-def receiving(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Both ways a worker receives an object: spliced into the file by the kernel, and
-    (where the kernel cannot) recv_into a mapping of the file."""
-    if request.param == "recv_into":
-        monkeypatch.delattr(os, "splice", raising=False)
-    elif not hasattr(os, "splice"):
-        pytest.skip("this platform has no splice")
-    return str(request.param)
-
-
-def test_fetched_object_is_identical_and_reads_back(
-    served: Served, tmp_path: Path, receiving: str
-) -> None:
+def test_fetched_object_is_identical_and_reads_back(served: Served, tmp_path: Path) -> None:
     table = _random_table(64 * 2**20)
     _write_arrow(served.objects / "big.arrow", table)
     out = tmp_path / "out"
@@ -216,7 +204,7 @@ def test_sequential_fetches_from_one_server(served: Served, tmp_path: Path) -> N
 
 @pytest.mark.parametrize("kept_mib", [96, 16])
 def test_fetch_into_a_deleted_objects_pages(
-    served: Served, tmp_path: Path, receiving: str, kept_mib: int
+    served: Served, tmp_path: Path, kept_mib: int
 ) -> None:
     """The receiving store hands over the pages of an object it deleted (larger than the
     new one, or smaller): the new object is byte-identical and exactly its size."""
@@ -236,6 +224,34 @@ def test_fetch_into_a_deleted_objects_pages(
     assert store.path("big").read_bytes() == source
     assert store.free == {} and _leftovers(store.objects_dir) == ["big.arrow"]
     assert not any(store.free_dir.iterdir())
+
+
+def test_a_destination_without_room_fails_in_one_line_and_keeps_nothing(
+    served: Served, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full tmpfs is an error of the write (never a SIGBUS when a reader maps the file):
+    one line naming the file, no .part left, and the server keeps serving."""
+    (served.objects / "big.arrow").write_bytes(os.urandom(24 * 2**20))
+    out = tmp_path / "out"
+    out.mkdir()
+    real_pwrite = os.pwrite
+
+    def full_after_8_mib(fd: int, data: Any, offset: int) -> int:
+        if offset >= 8 * 2**20:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_pwrite(fd, data, offset)
+
+    monkeypatch.setattr(os, "pwrite", full_after_8_mib)
+    with pytest.raises(FaasError) as caught:
+        served.fetch("big", out / "big.arrow")
+    message = str(caught.value)
+    assert "no room for an object at" in message and "big.arrow.part" in message
+    assert re.search(r"after \d+ bytes: No space left on device", message) and "\n" not in message
+    assert _leftovers(out) == []
+
+    monkeypatch.setattr(os, "pwrite", real_pwrite)
+    assert served.fetch("big", out / "big.arrow") == 24 * 2**20
+    assert (out / "big.arrow").read_bytes() == (served.objects / "big.arrow").read_bytes()
 
 
 def test_the_server_holds_an_object_while_sending_it(served: Served) -> None:
@@ -345,7 +361,7 @@ def _flipping_proxy(loop_thread: LoopThread, target: str, flip_at: int) -> str:
 
 
 def test_an_object_corrupted_in_transit_is_refused(
-    served: Served, loop_thread: LoopThread, tmp_path: Path, receiving: str
+    served: Served, loop_thread: LoopThread, tmp_path: Path
 ) -> None:
     """One byte flipped on the wire, 40 MiB into a 64 MiB object: the receiver's chunk
     digests differ from the sender's, the fetch fails with one line naming the bytes, nothing
@@ -503,7 +519,7 @@ def test_server_killed_mid_transfer(tmp_path: Path) -> None:
     assert _leftovers(out) == []
 
 
-def test_peer_stalls_mid_transfer(loop_thread: LoopThread, tmp_path: Path, receiving: str) -> None:
+def test_peer_stalls_mid_transfer(loop_thread: LoopThread, tmp_path: Path) -> None:
     release = threading.Event()
 
     async def behave(conn: Connection[Any]) -> None:
@@ -521,7 +537,7 @@ def test_peer_stalls_mid_transfer(loop_thread: LoopThread, tmp_path: Path, recei
 
 
 def test_peer_closes_before_and_during_the_object(
-    loop_thread: LoopThread, tmp_path: Path, receiving: str
+    loop_thread: LoopThread, tmp_path: Path
 ) -> None:
     async def no_reply(conn: Connection[Any]) -> None:
         await conn.recv(timeout=5)
