@@ -48,7 +48,7 @@ from itertools import islice
 from pathlib import Path
 from typing import Any
 
-from bench import machine, save
+from bench import as_installed, machine, save
 from faas.scheduler.placement import BACKFILL, Fail, Instruction, Lost, Placement, Request, Start
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -476,6 +476,7 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=100, help="simulated workers")
     ap.add_argument("--only", choices=("placement", "pipeline"), default=None)
     args = ap.parse_args()
+    as_installed()
     signal.signal(signal.SIGTERM, _terminate)
     t0 = time.perf_counter()
     code = _code_version()

@@ -26,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench import machine, save
+from bench import as_installed, machine, save
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -50,6 +50,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeat", type=int, default=10)
     args = ap.parse_args()
+    as_installed()
     import pyarrow as pa
     import pyarrow.parquet as pq
     from playwright.sync_api import sync_playwright

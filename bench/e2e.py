@@ -35,7 +35,7 @@ from typing import Any
 
 import psutil
 
-from bench import machine, save
+from bench import as_installed, machine, save
 from bench.baseline import MODELS, source_files
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -275,6 +275,7 @@ def main() -> None:
     ap.add_argument("--name", default="e2e", help="results file: bench/results/NAME.json")
     ap.add_argument("--tmp", default=None, help="where data and the faas home go")
     args = ap.parse_args()
+    as_installed()
     sizes = [int(r) for r in args.rows.split(",")]
     results: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="faas-bench-e2e-", dir=args.tmp) as tmp_s:

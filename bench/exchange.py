@@ -55,7 +55,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import machine, save
+from bench import as_installed, machine, save
 from bench.exchange_helpers import (
     CTX,
     child_consume,
@@ -531,6 +531,7 @@ def main() -> None:
     ap.add_argument("--handoff-gib", type=float, default=1.0)
     ap.add_argument("--readers-gib", type=float, default=2.0)
     args = ap.parse_args()
+    as_installed()
     signal.signal(signal.SIGTERM, _terminate)
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="faas-bench-exchange-", dir="/dev/shm") as s, \

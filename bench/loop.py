@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import machine, save
+from bench import as_installed, machine, save
 from bench.baseline import source_files
 from faas.faasd.launch import start_daemon, stop_daemon
 
@@ -59,6 +59,7 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=15, help="runs of each catalog command")
     ap.add_argument("--submits", type=int, default=3, help="runs of each submit and baseline")
     args = ap.parse_args()
+    as_installed()
 
     with tempfile.TemporaryDirectory(prefix="faas-bench-loop-") as tmp_s:
         tmp = Path(tmp_s)

@@ -29,7 +29,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench import machine, save
+from bench import as_installed, machine, save
 from faas.faasd.launch import start_daemon, stop_daemon
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -111,6 +111,7 @@ def main() -> None:
     ap.add_argument("--chain", type=int, default=20)
     ap.add_argument("--repeat", type=int, default=3)
     args = ap.parse_args()
+    as_installed()
     with tempfile.TemporaryDirectory(prefix="faas-bench-") as d:
         tmp = Path(d)
         home = tmp / "home"

@@ -38,7 +38,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from bench import machine, save
+from bench import as_installed, machine, save
 from faas.faasd.launch import start_daemon, stop_daemon
 from faas.protocol.messages import ScanInput, SubmitRun
 from faas.scheduler.dag import Plan
@@ -200,6 +200,7 @@ def main() -> None:
     ap.add_argument("--sizes", default="50,200,1000")
     ap.add_argument("--repeat", type=int, default=5)
     args = ap.parse_args()
+    as_installed()
     sizes = [int(s) for s in args.sizes.split(",")]
     with tempfile.TemporaryDirectory(prefix="faas-bench-planning-") as d:
         tmp = Path(d)
