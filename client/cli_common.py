@@ -10,10 +10,9 @@ default ref of every command.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
@@ -22,6 +21,7 @@ import typer
 from faas.client.client import Client
 from faas.client.home import active_branch as _active_branch
 from faas.client.home import home_path
+from faas.protocol.blocking import drive
 from faas.protocol.errors import FaasError, FunctionFailed, PlanInvalid
 
 T = TypeVar("T")
@@ -124,32 +124,29 @@ def local_client() -> Client:
 
     home = home_dir()
     info = ensure_daemon(home, notice=lambda text: err(f"note: {text}"))
-    return Client(info["address"], token=load_token(home / ADMIN_TOKEN))
+    return Client(info["address"], token=load_token(home / ADMIN_TOKEN), blocking=True)
 
 
-def run(work: Callable[[Client], Awaitable[T]]) -> T:
+class _Terminated(BaseException):
+    """SIGTERM arrived (a timeout, CI, systemd): the command stops as on Ctrl-C."""
+
+
+def _terminated(signum: int, frame: object) -> NoReturn:
+    raise _Terminated
+
+
+def run(work: Callable[[Client], Coroutine[Any, Any, T]]) -> T:
     """Run ``work`` against the cluster, or against this home's resident daemon (found,
-    started or replaced before any event loop runs)."""
-
-    async def go(client: Client) -> T:
-        # SIGTERM (timeout, CI, systemd) stops the command like Ctrl-C does: an attached
-        # run is cancelled.
-        main = asyncio.current_task()
-        assert main is not None
-        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main.cancel)
-        return await work(client)
-
+    started or replaced first). The client blocks on its sockets and ``work`` runs
+    without an event loop, so a command never pays for loading asyncio. Ctrl-C or SIGTERM
+    hangs up: a run attached to this command is cancelled by the scheduler."""
+    previous = signal.signal(signal.SIGTERM, _terminated)
     try:
         if settings.cluster:
-            client = Client(settings.cluster, token_file=settings.token_file)
+            client = Client(settings.cluster, token_file=settings.token_file, blocking=True)
         else:
             client = local_client()
-        try:
-            import uvloop
-
-            return uvloop.run(go(client))
-        except ImportError:
-            return asyncio.run(go(client))
+        return drive(work(client))
     except FunctionFailed as exc:
         if exc.detail:
             err(exc.detail.rstrip())
@@ -164,9 +161,11 @@ def run(work: Callable[[Client], Awaitable[T]]) -> T:
     except KeyboardInterrupt:
         err("cancelled")
         raise typer.Exit(130) from None
-    except asyncio.CancelledError:
+    except _Terminated:
         err("cancelled")
         raise typer.Exit(143) from None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def print_json(data: Any) -> None:

@@ -8,21 +8,23 @@
 
 Each call opens its own authenticated connection, so calls may run
 concurrently and a cancelled call never leaves a half-read connection behind.
+
+``Client(..., blocking=True)`` runs the same coroutines over blocking sockets, without an
+event loop (``faas.protocol.blocking.drive``): how the ``faas`` command line uses it.
 """
 
 from __future__ import annotations
 
-import asyncio
 import os
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
 
 from faas.protocol.auth import load_token, split_credential
-from faas.protocol.connection import Connection, connect
+from faas.protocol.blocking import BlockingConnection, connect_blocking_conn
 from faas.protocol.errors import FaasError, FunctionFailed, ProjectError, RunCancelled, from_wire
 from faas.protocol.messages import (
     BulkHeader,
@@ -96,6 +98,13 @@ from faas.protocol.replies import (
 
 _decoder = msgspec.msgpack.Decoder(ClientReply)
 R = TypeVar("R")
+T = TypeVar("T")
+
+if TYPE_CHECKING:
+    from faas.protocol.connection import Connection
+
+    # Either transport: the same coroutine methods.
+    AnyConnection = Connection[Any] | BlockingConnection[Any]
 
 PROJECT_SUFFIXES = (".py", ".sql")
 PROJECT_FILES = ("faas_project.toml", "bauplan_project.yml", "bauplan_project.yaml")
@@ -142,7 +151,7 @@ class Run:
     """A submitted run: iterate its events as they happen, then await its result."""
 
     def __init__(
-        self, conn: Connection[Any], accepted: RunAccepted, client: Client, *,
+        self, conn: AnyConnection, accepted: RunAccepted, client: Client, *,
         attached: bool,
     ) -> None:
         self.conn = conn
@@ -201,7 +210,11 @@ class Client:
         *,
         token: bytes | None = None,
         token_file: str | None = None,
+        blocking: bool = False,
     ) -> None:
+        """``blocking``: talk over blocking sockets, never suspending; the coroutines then
+        run without an event loop through :func:`faas.protocol.blocking.drive` (how the
+        ``faas`` command line runs them, so it never loads asyncio)."""
         address = address or os.environ.get("FAAS_CLUSTER")
         if not address:
             raise FaasError("no cluster address: pass one or set FAAS_CLUSTER")
@@ -220,6 +233,7 @@ class Client:
                 )
         self.token = token
         self.host_id = socket.gethostname()
+        self.blocking = blocking
 
     async def __aenter__(self) -> Client:
         return self
@@ -227,11 +241,29 @@ class Client:
     async def __aexit__(self, *exc: object) -> None:
         return None
 
-    async def _connect(self) -> Connection[Any]:
+    async def _connect(self) -> AnyConnection:
+        """A connection to the scheduler: a Connection, or a BlockingConnection with the
+        same methods."""
+        if self.blocking:
+            return connect_blocking_conn(
+                self.address, _decoder, token=self.token, role="client", host_id=self.host_id,
+                expect_role="scheduler",
+            )
+        from faas.protocol.connection import connect
+
         return await connect(
             self.address, _decoder, token=self.token, role="client", host_id=self.host_id,
             expect_role="scheduler",
         )
+
+    async def _off_loop(self, work: Callable[[], T]) -> T:
+        """``work()`` (file system work) on a thread, so that an event loop goes on; called
+        directly by a blocking client, which has no loop to keep going."""
+        if self.blocking:
+            return work()
+        import asyncio
+
+        return await asyncio.to_thread(work)
 
     async def _call(self, request: Any, expect: type[R]) -> R:
         """Send ``request`` on a connection of its own; its reply, of type ``expect``."""
@@ -268,8 +300,8 @@ class Client:
         The run ends when this connection does (cancelled, unless it finished) unless
         ``detach``: then it goes on alone, and the Run returned has only its id and
         nodes until iterated, which follows it like :meth:`follow`."""
-        files = await asyncio.to_thread(pack_project, project)
-        project_dir = await asyncio.to_thread(lambda: str(Path(project).resolve()))
+        files = await self._off_loop(lambda: pack_project(project))
+        project_dir = await self._off_loop(lambda: str(Path(project).resolve()))
         run = await self._open_run(
             SubmitRun(
                 files=files, namespace=namespace, ref=ref, params=dict(params or {}),
@@ -308,7 +340,8 @@ class Client:
     ) -> list[PlannedNode]:
         """The plan the scheduler would run, without running anything."""
         reply = await self._call(
-            SubmitRun(files=await asyncio.to_thread(pack_project, project), namespace=namespace, ref=ref,
+            SubmitRun(files=await self._off_loop(lambda: pack_project(project)),
+                      namespace=namespace, ref=ref,
                       params=dict(params or {}), dry_run=True),
             PlanDescription,
         )
@@ -339,7 +372,7 @@ class Client:
         ``partitioned_by``: the table's partitions ("day(order_date), country"; default:
         those it has)."""
         return await self._call(
-            ImportTable(key=key, paths=await _resolved(paths), ref=ref, mode=mode,
+            ImportTable(key=key, paths=await self._off_loop(lambda: _resolved(paths)), ref=ref, mode=mode,
                         format=format, plan=plan, partitioned_by=partitioned_by),
             Imported,
         )
@@ -351,7 +384,7 @@ class Client:
         """Create table ``key``, empty, with the schema of these files (and partitions);
         import their rows with :meth:`import_table`."""
         return await self._call(
-            ImportTable(key=key, paths=await _resolved(paths), ref=ref, format=format,
+            ImportTable(key=key, paths=await self._off_loop(lambda: _resolved(paths)), ref=ref, format=format,
                         partitioned_by=partitioned_by, create_only=True),
             Imported,
         )
@@ -359,7 +392,7 @@ class Client:
     async def create_external_table(self, key: str, source: str, *, ref: str = "main") -> Imported:
         """Register existing files as table ``key``, copying nothing: Parquet files (a path,
         a glob, ``s3://bucket/path/*.parquet``) or an Iceberg table's ``.metadata.json``."""
-        (path,) = await _resolved([source])
+        (path,) = await self._off_loop(lambda: _resolved([source]))
         return await self._call(
             ImportTable(key=key, paths=[path], ref=ref, external=True), Imported
         )
@@ -370,7 +403,7 @@ class Client:
         """The import plan faas proposes for these files: every column, its types and
         files, the files without it, the type it would get. Nothing is imported."""
         return await self._call(
-            ImportTable(key=key, paths=await _resolved(paths), ref=ref, format=format,
+            ImportTable(key=key, paths=await self._off_loop(lambda: _resolved(paths)), ref=ref, format=format,
                         plan_only=True),
             ImportPlan,
         )
@@ -502,8 +535,6 @@ class Client:
         return (await self._call(PruneRuns(older_than=older_than), Pruned)).branches
 
 
-async def _resolved(paths: list[str]) -> list[str]:
+def _resolved(paths: list[str]) -> list[str]:
     """Local paths made absolute (the workers read them); URIs as they are."""
-    return await asyncio.to_thread(
-        lambda: [str(Path(p).expanduser().resolve()) if "://" not in p else p for p in paths]
-    )
+    return [str(Path(p).expanduser().resolve()) if "://" not in p else p for p in paths]

@@ -41,13 +41,8 @@ import msgspec
 import xxhash
 
 from faas.faasd.objects import hold
-from faas.protocol.connection import (
-    SEND_TIMEOUT,
-    Connection,
-    RefusalLog,
-    accept,
-    connect_blocking,
-)
+from faas.protocol.blocking import SEND_TIMEOUT, connect_blocking
+from faas.protocol.connection import Connection, RefusalLog, accept
 from faas.protocol.errors import (
     ClosedByUs,
     ConnectionClosed,

@@ -9,14 +9,23 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 import time
 from collections.abc import Callable
-from typing import Any, Generic, TypeVar
+from typing import Any, TypeVar
 
 import msgspec
 
 from faas.protocol import auth
+from faas.protocol.blocking import (
+    HANDSHAKE_TIMEOUT,
+    SEND_TIMEOUT,
+    Framed,
+    _auth_frame,
+    _check_reply,
+    _check_welcome,
+    _handshake_decoder,
+    parse_address,
+)
 from faas.protocol.errors import (
     ClosedByUs,
     FaasError,
@@ -24,26 +33,16 @@ from faas.protocol.errors import (
     MalformedFrame,
     PeerVanished,
 )
-from faas.protocol.framing import (
-    MAX_CONTROL_FRAME,
-    MAX_HANDSHAKE_FRAME,
-    encode,
-    read_frame,
-    recv_frame_blocking,
-)
-from faas.protocol.messages import PROTOCOL_VERSION, Auth, Error, Handshake, Hello, Role, Welcome
+from faas.protocol.framing import MAX_CONTROL_FRAME, MAX_HANDSHAKE_FRAME, encode, read_frame
+from faas.protocol.messages import PROTOCOL_VERSION, Auth, Error, Hello, Role, Welcome
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-HANDSHAKE_TIMEOUT = 10.0
-SEND_TIMEOUT = 60.0
-
-_handshake_decoder: msgspec.msgpack.Decoder[Any] = msgspec.msgpack.Decoder(Handshake)
 
 
-class Connection(Generic[T]):
+class Connection(Framed[T]):
     """One authenticated connection; ``recv`` decodes this channel's union ``T``."""
 
     def __init__(
@@ -57,25 +56,14 @@ class Connection(Generic[T]):
         peer_user: str = "",
         max_frame: int = MAX_CONTROL_FRAME,
     ) -> None:
+        peer = writer.get_extra_info("peername")
+        super().__init__(
+            decoder, peer=f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer or "?"),
+            peer_role=peer_role, peer_host=peer_host, peer_user=peer_user, max_frame=max_frame,
+        )
         self.reader = reader
         self.writer = writer
-        self.decoder = decoder
-        self.peer_role = peer_role
-        self.peer_host = peer_host
-        # The user a client authenticated as (faasd user add); empty for daemons.
-        self.peer_user = peer_user
-        self.max_frame = max_frame
-        self._closed = False
         self._send_lock = asyncio.Lock()
-        peer = writer.get_extra_info("peername")
-        self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer or "?")
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
-
-    async def send(self, message: Any, *, timeout: float = SEND_TIMEOUT) -> None:
-        await self.send_raw(encode(message), timeout=timeout)
 
     async def send_raw(self, *chunks: bytes | memoryview, timeout: float = SEND_TIMEOUT) -> None:
         """Write chunks back to back; frames and bulk bytes never interleave between senders."""
@@ -189,48 +177,6 @@ class RefusalLog:
             self._suppressed += 1
 
 
-def _check_reply(msg: Any, kind: type) -> Any:
-    if isinstance(msg, Error):
-        raise HandshakeFailed(msg.message)
-    if not isinstance(msg, kind):
-        raise HandshakeFailed(f"expected {kind.__name__}, got {type(msg).__name__}")
-    return msg
-
-
-# -- the client's steps, shared by connect and connect_blocking -------------------
-
-
-def _auth_frame(
-    address: str, hello: Hello, nonce: bytes, *, token: bytes, role: Role, host_id: str,
-    user: str = "",
-) -> bytes:
-    """The Auth frame answering ``hello``, after checking the server's protocol version."""
-    if hello.version != PROTOCOL_VERSION:
-        raise HandshakeFailed(
-            f"{address} speaks protocol version {hello.version}, this side {PROTOCOL_VERSION}"
-        )
-    return encode(
-        Auth(
-            version=PROTOCOL_VERSION,
-            role=role,
-            host_id=host_id,
-            proof=auth.proof(token, hello.nonce, role, host_id, user),
-            nonce=nonce,
-            user=user,
-        )
-    )
-
-
-def _check_welcome(
-    address: str, hello: Hello, welcome: Welcome, nonce: bytes, *, token: bytes,
-    expect_role: Role | None,
-) -> None:
-    if not auth.verify(token, nonce, hello.role, hello.host_id, welcome.proof):
-        raise HandshakeFailed(f"{address} did not prove the token")
-    if expect_role is not None and hello.role != expect_role:
-        raise HandshakeFailed(f"{address} is a {hello.role}, not a {expect_role}")
-
-
 async def accept(
     reader: asyncio.StreamReader,
     writer: asyncio.StreamWriter,
@@ -298,15 +244,6 @@ async def _abort(writer: asyncio.StreamWriter) -> None:
         pass
 
 
-def parse_address(address: str) -> tuple[str, int]:
-    host, sep, port = address.rpartition(":")
-    if not sep or not port.isdigit():
-        from faas.protocol.errors import InvalidInput
-
-        raise InvalidInput(f"address {address!r} is not HOST:PORT")
-    return host.strip("[]") or "127.0.0.1", int(port)
-
-
 async def connect(
     address: str,
     decoder: msgspec.msgpack.Decoder[T],
@@ -349,59 +286,3 @@ async def connect(
         writer.close()
         raise
     return Connection(reader, writer, decoder, peer_role=hello.role, peer_host=hello.host_id)
-
-
-# -- blocking client side, for transfers that run in a thread ---------------------------
-
-
-def connect_blocking(
-    address: str,
-    *,
-    token: bytes,
-    role: Role,
-    host_id: str,
-    expect_role: Role | None = None,
-    timeout: float = HANDSHAKE_TIMEOUT,
-) -> tuple[socket.socket, str]:
-    """The blocking twin of :func:`connect`: a plain socket, authenticated both ways.
-
-    Returns the socket (blocking, with ``timeout`` as its per-operation timeout) and the
-    other side's host id. The whole handshake finishes within ``timeout``. Errors are
-    those of :func:`connect`: PeerVanished when the TCP connection cannot be made,
-    HandshakeFailed for everything after.
-    """
-    user, token = auth.split_credential(token)
-    host, port = parse_address(address)
-    try:
-        sock = socket.create_connection((host, port), timeout=timeout)
-    except OSError as exc:  # includes TimeoutError
-        raise PeerVanished(f"cannot connect to {address}: {exc}") from None
-    deadline = time.monotonic() + timeout
-
-    def expect(kind: type) -> Any:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise HandshakeFailed(f"no {kind.__name__} within {timeout}s")
-        sock.settimeout(remaining)
-        return _check_reply(recv_frame_blocking(sock, _handshake_decoder, MAX_HANDSHAKE_FRAME), kind)
-
-    try:
-        hello = expect(Hello)
-        nonce = auth.new_nonce()
-        sock.sendall(_auth_frame(address, hello, nonce, token=token, role=role, host_id=host_id,
-                                 user=user))
-        welcome = expect(Welcome)
-        _check_welcome(address, hello, welcome, nonce, token=token, expect_role=expect_role)
-    except HandshakeFailed as exc:
-        sock.close()
-        raise HandshakeFailed(f"handshake with {address} failed: {exc}") from None
-    except (FaasError, OSError) as exc:
-        sock.close()
-        raise HandshakeFailed(
-            f"handshake with {address} failed: {exc or type(exc).__name__}"
-        ) from None
-    except BaseException:
-        sock.close()
-        raise
-    sock.settimeout(timeout)
-    return sock, hello.host_id

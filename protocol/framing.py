@@ -8,7 +8,6 @@ before a single byte of the payload is allocated or read.
 
 from __future__ import annotations
 
-import asyncio
 import socket
 import struct
 from typing import Any, Protocol, TypeVar
@@ -45,6 +44,8 @@ def encode(message: Any) -> bytes:
 
 
 async def _read_exactly(reader: Reader, n: int, *, started: bool) -> bytes:
+    import asyncio  # loaded already by whoever reads a stream; never by a blocking reader
+
     try:
         return await reader.readexactly(n)
     except asyncio.IncompleteReadError as exc:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from faas.protocol.connection import parse_address
+from faas.protocol.blocking import parse_address
 from tests.conftest import Cluster, one_line_error
 
 pytestmark = pytest.mark.timeout(180)

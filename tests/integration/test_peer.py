@@ -32,13 +32,8 @@ import xxhash
 from faas.faasd.objects import ObjectStore
 from faas.faasd.peer import DIGEST_CHUNK, PeerServer, fetch_object
 from faas.protocol.auth import load_token
-from faas.protocol.connection import (
-    Connection,
-    accept,
-    connect,
-    connect_blocking,
-    parse_address,
-)
+from faas.protocol.blocking import connect_blocking, parse_address
+from faas.protocol.connection import Connection, accept, connect
 from faas.protocol.errors import (
     FaasError,
     FrameTooLarge,
