@@ -375,6 +375,25 @@ def _become_runner(task_fd: int) -> None:
         np_random.seed()
 
 
+def _warm_up(preloaded: Sequence[str]) -> None:
+    """Pay once, here, what every function's first use of DuckDB would pay in its own
+    child: the static set-up of its first connection and of its exchange with Arrow
+    (measured: a function's first in-memory connection and query over an Arrow table,
+    51 ms in a child of a zygote without this, 26 ms with it). A closed connection joins
+    its threads, so the zygote is single-threaded again before it forks."""
+    if "duckdb" not in preloaded:
+        return
+    try:
+        import duckdb
+        import pyarrow as pa
+
+        with duckdb.connect() as con:
+            con.register("warm_up", pa.table({"a": [1]}))
+            con.sql("SELECT a FROM warm_up").arrow()
+    except Exception as exc:  # noqa: BLE001 - a function that uses DuckDB pays it itself
+        log.info("DuckDB warm-up skipped: %s: %s", type(exc).__name__, exc)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     import gc
@@ -385,6 +404,7 @@ def main(argv: list[str] | None = None) -> int:
     ctl = socket.socket(fileno=int(argv[0]))
     optional = [m for m in (argv[1] if len(argv) > 1 else "").split(",") if m]
     preloaded, skipped = _preload(optional)
+    _warm_up(preloaded)
     threads = _thread_count()
     if threads > 1:
         log.warning("%d threads after imports: forking is not safe; children may hang", threads)
