@@ -118,9 +118,14 @@ def read_scans(
 
 
 def _reader(i: ScanInput, metadata: Any) -> Any:
-    """The scan's batches, in the columns' order, decoded as they are read."""
-    from faas.store.scan import scan_table
+    """The scan's batches, in the columns' order, decoded as they are read: from the
+    worker's plan when it has one, else planned here."""
+    from faas.store.scan import plan_reader, scan_table
 
+    if i.plan is not None:
+        reader = plan_reader(i.plan, metadata(i.metadata_location).io.properties)
+        if reader is not None:
+            return reader
     return scan_table(
         metadata(i.metadata_location), columns=i.columns, row_filter=i.filter,
         snapshot_id=i.snapshot_id, name=i.metadata_location, stream=True,

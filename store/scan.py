@@ -294,6 +294,32 @@ def read_plan(
 ) -> pa.Table | None:
     """Read a planned scan with Arrow (``columns``: only these of it, in this order);
     None if the files are not what the plan expects (the caller scans with pyiceberg)."""
+    planned = _plan_scanner(plan, columns, properties)
+    if planned is None:
+        return None
+    scanner, target, order, props = planned
+    with storage_errors(f"cannot read {plan.files[0]}", props):
+        result = _read(scanner, target, plan.files[0])
+    return None if result is None else result.select(order)
+
+
+def plan_reader(
+    plan: ScanPlan, properties: Mapping[str, str] | None = None,
+) -> pa.RecordBatchReader | None:
+    """:func:`read_plan` as a stream, every column of the plan in its order, decoded as
+    it is read: the scan is not planned a second time. None where read_plan would be."""
+    planned = _plan_scanner(plan, None, properties)
+    if planned is None:
+        return None
+    scanner, target, order, _ = planned
+    return _conformed(scanner.to_reader(), pa.schema([target.field(c) for c in order]))
+
+
+def _plan_scanner(
+    plan: ScanPlan, columns: Sequence[str] | None, properties: Mapping[str, str] | None,
+) -> tuple[ds.Scanner, pa.Schema, list[str], dict[str, str]] | None:
+    """The Arrow scanner of a plan (only ``columns`` of it, if given), the schema it
+    yields, the columns in the order asked for, and the I/O properties it reads with."""
     import pickle
 
     wanted = pa.ipc.read_schema(pa.py_buffer(plan.schema))
@@ -305,10 +331,9 @@ def read_plan(
     props = io_properties(properties)
     with storage_errors(f"cannot read {plan.files[0]}", props):
         scanned = arrow_scanner(plan.files, keep, names, arrow_filter, props, plan.files[0])
-        if scanned is None:
-            return None
-        result = _read(*scanned, plan.files[0])
-    return None if result is None else result.select(order)
+    if scanned is None:
+        return None
+    return scanned[0], scanned[1], order, props
 
 
 def _read(scanner: ds.Scanner, target: pa.Schema, where: str) -> pa.Table | None:
