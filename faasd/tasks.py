@@ -121,6 +121,7 @@ class FunctionTasks:
     released: OrderedDict[str, None]
     _pulls: dict[tuple[str, str], asyncio.Future[Path]]
     _metadata: OrderedDict[str, Any]
+    _plans: OrderedDict[tuple[Any, ...], Any]
     _metadata_lock: threading.Lock
 
     if TYPE_CHECKING:  # the worker's own
@@ -308,16 +309,28 @@ class FunctionTasks:
             return table
 
         def plan(i: ScanInput) -> ScanInput:
+            """The scan with its plan: made once per metadata file, snapshot, columns and
+            filter (a metadata file never changes), kept for the next tasks."""
             from faas.store.scan import plan_metadata
 
-            try:
-                found = plan_metadata(
-                    i.metadata_location, i.snapshot_id, i.columns, i.filter,
-                    table=metadata(i.metadata_location),
-                )
-            except Exception as exc:  # noqa: BLE001 - scanned unplanned, or reported by it
-                log.debug("could not plan the scan of %s: %s", i.key, exc)
-                return i
+            key = (i.metadata_location, i.snapshot_id,
+                   None if i.columns is None else tuple(i.columns), i.filter)
+            with self._metadata_lock:
+                known = key in self._plans
+                found = self._plans.get(key)
+            if not known:
+                try:
+                    found = plan_metadata(
+                        i.metadata_location, i.snapshot_id, i.columns, i.filter,
+                        table=metadata(i.metadata_location),
+                    )
+                except Exception as exc:  # noqa: BLE001 - scanned unplanned, or reported by it
+                    log.debug("could not plan the scan of %s: %s", i.key, exc)
+                    return i
+                with self._metadata_lock:
+                    self._plans[key] = found
+                    while len(self._plans) > 256:
+                        self._plans.popitem(last=False)
             return i if found is None else msgspec.structs.replace(i, plan=found)
 
         if not any(isinstance(i, ScanInput) for i in msg.inputs):

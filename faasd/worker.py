@@ -157,6 +157,8 @@ class Worker(FunctionTasks):
         # Iceberg metadata of the tables functions scan (immutable files, by location):
         # scans are planned here once, so function processes read data files only.
         self._metadata: OrderedDict[str, Any] = OrderedDict()
+        # ... and the plans made from them: (location, snapshot, columns, filter) -> plan.
+        self._plans: OrderedDict[tuple[Any, ...], Any] = OrderedDict()
         self._metadata_lock = threading.Lock()
         self.shm_root = Path(shm_dir or default_shm_dir()) / f"faas-{self.worker_id}"
         self.work_root = Path(work_dir) if work_dir else self.shm_root / "work"

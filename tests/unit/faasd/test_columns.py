@@ -17,7 +17,7 @@ from faas.faasd.columns import ScanStats, normalize_filter, scan_cached
 from faas.protocol.errors import InvalidInput, NotFound
 from faas.protocol.messages import ScanInput
 from faas.store import Lakehouse, TableInfo, scan_metadata
-from faas.store.scan import plan_metadata, read_plan
+from faas.store.scan import plan_metadata, plan_reader, read_plan
 from tests.conftest import OpenLake
 
 pytestmark = pytest.mark.timeout(60)
@@ -502,6 +502,25 @@ def test_a_planned_scan_reads_what_the_metadata_scan_reads(
     assert stats.columns_cached == expected.column_names
     if {"A", "B", "C"} <= set(again.column_names):
         assert _aligned(again)
+
+
+@pytest.mark.parametrize(
+    ("columns", "row_filter"), [(None, None), (["C", "A", "B"], None), (["B", "A"], FILTER)],
+)
+def test_a_plan_streams_what_it_reads_whole(
+    added: TableInfo, columns: list[str] | None, row_filter: str | None
+) -> None:
+    """What a --no-cache scan hands a function: the worker's plan read as a stream (not
+    planned again), the same rows in the same order and columns as reading it whole."""
+    inp = _planned(_inp(added, columns, row_filter))
+    assert inp.plan is not None
+    reader = plan_reader(inp.plan)
+    assert reader is not None
+    streamed = reader.read_all()
+    whole = read_plan(inp.plan)
+    assert whole is not None and streamed.equals(whole)
+    assert streamed.column_names == (columns or whole.column_names)
+    assert streamed.equals(_expected(inp))
 
 
 def test_planned_and_metadata_scans_share_cache_entries(added: TableInfo, cache: Path) -> None:
