@@ -289,6 +289,10 @@ def main() -> None:
                                capture_output=True)
                 daemon = [json.loads((tmp / "home" / "daemon.json").read_text())["pid"]]
                 results.append(one_size(tmp, env, daemon, project, rows, args.repeat))
+                if json.loads((tmp / "home" / "daemon.json").read_text())["pid"] != daemon[0]:
+                    # Its CPU and memory were not counted: faas's source changed mid-run.
+                    raise SystemExit(f"the local daemon was replaced during the runs at {rows} "
+                                     "rows (faas's files changed?); nothing was saved")
                 print(json.dumps({k: v for k, v in results[-1].items() if k != "runs"}),
                       flush=True)
                 save(args.name, {"machine": machine(), "sizes": results, "complete": False})
