@@ -252,6 +252,10 @@ def one_size(tmp: Path, env: dict[str, str], daemon: list[int], project: Path, r
     phases = {n: node.get("phases", {}) for n, node in last["nodes"].items()}
     med = {k: statistics.median(r[k] for r in faas_runs) for k in ("wall_s", "cpu_s", "peak_memory_gib")}
     base = {k: statistics.median(r[k] for r in duck_runs) for k in ("wall_s", "cpu_s", "peak_memory_gib")}
+    if json.loads((tmp / "home" / "daemon.json").read_text())["pid"] != daemon[0]:
+        # A replaced daemon's CPU and memory were not counted (faas's files changed?).
+        raise SystemExit(f"the local daemon was replaced during the runs at {rows} rows; "
+                         "nothing of that size was saved")
     # Each size starts from a fresh daemon: no cached object of a smaller size in its memory.
     subprocess.run(faas_cmd("local", "stop"), env=env, cwd=ROOT, capture_output=True)
     return {
@@ -289,10 +293,6 @@ def main() -> None:
                                capture_output=True)
                 daemon = [json.loads((tmp / "home" / "daemon.json").read_text())["pid"]]
                 results.append(one_size(tmp, env, daemon, project, rows, args.repeat))
-                if json.loads((tmp / "home" / "daemon.json").read_text())["pid"] != daemon[0]:
-                    # Its CPU and memory were not counted: faas's source changed mid-run.
-                    raise SystemExit(f"the local daemon was replaced during the runs at {rows} "
-                                     "rows (faas's files changed?); nothing was saved")
                 print(json.dumps({k: v for k, v in results[-1].items() if k != "runs"}),
                       flush=True)
                 save(args.name, {"machine": machine(), "sizes": results, "complete": False})
