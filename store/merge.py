@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import or_, select, update
 
@@ -45,6 +45,10 @@ MERGE_ATTEMPTS = 5
 
 # Keys per IN (...) list: well under SQLite's and PostgreSQL's parameter limits.
 _CHUNK = 500
+# How far back along first parents a walk looks first: the commits a run's publish and
+# merge compare are usually this close, and a walk with a bound does not read the whole
+# history (a full walk, the fallback, grows with it).
+NEAR = 64
 
 Key = tuple[ChangeKind, str]
 Values = tuple[str | None, str | None]  # (old, new); None = absent
@@ -122,6 +126,12 @@ class MergeMixin:
         with self._engine.connect() as conn:
             require_commit(conn, a)
             require_commit(conn, b)
+            # One a first-parent ancestor of the other (a branch merged back into what it
+            # came from, nothing else merged meanwhile): that one is the only best.
+            if _depth_on_chain(conn, b, a, NEAR) is not None:
+                return a
+            if _depth_on_chain(conn, a, b, NEAR) is not None:
+                return b
             # Walk back from b through commits that are not ancestors of a; the
             # walk stops on the first ancestors of a it meets. Every best common
             # ancestor is among those: the path to it crosses no other common one.
@@ -325,15 +335,9 @@ def _diff_values(conn: Connection, old: str, new: str) -> dict[Key, Values]:
     """(kind, key) -> (value at ``old``, value at ``new``) for every key that differs."""
     if old == new:
         return {}
-    chain_old = first_parent_chain(old, name="chain_old")
-    chain_new = first_parent_chain(new, name="chain_new")
-    # First-parent chains are linked lists: once they meet they run together.
-    meet = conn.execute(
-        select(chain_old.c.hash, chain_old.c.depth, chain_new.c.depth.label("depth_new"))
-        .select_from(chain_old.join(chain_new, chain_old.c.hash == chain_new.c.hash))
-        .order_by(chain_old.c.depth)
-        .limit(1)
-    ).first()
+    # First-parent chains are linked lists: once they meet they run together, so a meet
+    # found within bounded walks of both is the first one.
+    meet = _meet(conn, old, new, NEAR) or _meet(conn, old, new, None)
     if meet is None:
         raise AssertionError(f"commits {old[:12]} and {new[:12]} share no first-parent history")
     side_old = _changes_above(conn, old, meet.depth)
@@ -347,6 +351,26 @@ def _diff_values(conn: Connection, old: str, new: str) -> dict[Key, Values]:
         if a != b:
             out[k] = (a, b)
     return out
+
+
+def _meet(conn: Connection, old: str, new: str, window: int | None) -> Any:
+    """Where the first-parent chains of ``old`` and ``new`` meet (its hash and depth on
+    each), looking at most ``window`` commits back on each; None if not within that."""
+    chain_old = first_parent_chain(old, max_depth=window, name="chain_old")
+    chain_new = first_parent_chain(new, max_depth=window, name="chain_new")
+    return conn.execute(
+        select(chain_old.c.hash, chain_old.c.depth, chain_new.c.depth.label("depth_new"))
+        .select_from(chain_old.join(chain_new, chain_old.c.hash == chain_new.c.hash))
+        .order_by(chain_old.c.depth)
+        .limit(1)
+    ).first()
+
+
+def _depth_on_chain(conn: Connection, start: str, target: str, window: int) -> int | None:
+    """How many first parents back from ``start`` ``target`` is, if within ``window``."""
+    chain = first_parent_chain(start, max_depth=window, name="near")
+    row = conn.execute(select(chain.c.depth).where(chain.c.hash == target).limit(1)).first()
+    return None if row is None else int(row.depth)
 
 
 def _changes_above(conn: Connection, start: str, depth: int) -> dict[Key, str | None]:
@@ -371,20 +395,25 @@ def _values_at(conn: Connection, commit: str, keys: Iterable[Key]) -> dict[Key, 
     for kind, key in keys:
         by_kind.setdefault(kind, []).append(key)
     found: dict[Key, str | None] = {}
-    for of_kind, names in by_kind.items():
-        for i in range(0, len(names), _CHUNK):
-            chain = first_parent_chain(commit)
-            stmt = (
-                select(commit_changes.c.kind, commit_changes.c.key, commit_changes.c.value)
-                .select_from(commit_changes.join(chain, commit_changes.c.commit == chain.c.hash))
-                .where(
-                    commit_changes.c.kind == of_kind,
-                    commit_changes.c.key.in_(names[i : i + _CHUNK]),
+    # The recent commits first; only keys not changed there need the whole chain.
+    for window in (NEAR, None):
+        for of_kind, names in by_kind.items():
+            left = [n for n in names if (of_kind, n) not in found]
+            for i in range(0, len(left), _CHUNK):
+                chain = first_parent_chain(commit, max_depth=window)
+                stmt = (
+                    select(commit_changes.c.kind, commit_changes.c.key, commit_changes.c.value)
+                    .select_from(commit_changes.join(chain, commit_changes.c.commit == chain.c.hash))
+                    .where(
+                        commit_changes.c.kind == of_kind,
+                        commit_changes.c.key.in_(left[i : i + _CHUNK]),
+                    )
+                    .order_by(chain.c.depth)
                 )
-                .order_by(chain.c.depth)
-            )
-            for k, key, value in conn.execute(stmt):
-                found.setdefault((k, key), value)
+                for k, key, value in conn.execute(stmt):
+                    found.setdefault((k, key), value)
+        if all((kind, n) in found for kind, names in by_kind.items() for n in names):
+            break
     return {k: v for k, v in found.items() if v is not None}
 
 

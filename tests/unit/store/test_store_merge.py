@@ -553,3 +553,40 @@ def test_publish_on_a_pinned_old_commit_checks_keys_since_it(lake: Lakehouse) ->
     tx.write("sales.other", pa.table({"x": [2]}))
     with pytest.raises(CommitConflict, match="sales.other"):
         tx.publish("stale")
+
+
+def test_answers_are_the_same_near_and_beyond_the_bounded_walk(catalog: VersionedCatalog) -> None:
+    """Merge bases, changed keys and diffs look a bounded number of commits back first
+    (store.merge.NEAR) and walk the whole history only when that does not settle them:
+    the answers are the same on either side of that bound."""
+    from faas.store.merge import NEAR
+
+    put(catalog, "main", "old", old="v0")
+    for i in range(NEAR + 40):
+        put(catalog, "main", "busy", busy=f"b{i}")
+    fork = catalog.head("main")
+    catalog.create_branch("dev", "main")
+    dev = put(catalog, "dev", "mine", mine="m1")
+    catalog.create_branch("near", "main")
+    near = put(catalog, "near", "one", mine="n1")
+    catalog.create_branch("far", "main")
+    for i in range(NEAR + 6):
+        far = put(catalog, "far", "far", far=f"f{i}")
+    for i in range(NEAR + 6):
+        put(catalog, "main", "busy", busy=f"later{i}")
+    main = put(catalog, "main", "old again", old="v1")
+
+    assert catalog.merge_base(fork, near) == fork  # an ancestor, close
+    assert catalog.merge_base(near, fork) == fork
+    assert catalog.merge_base(fork, far) == fork  # an ancestor, beyond the bound
+    assert catalog.merge_base(main, dev) == fork  # diverged, the fork beyond the bound
+    assert catalog.changed_keys(fork, near) == {("table", "ns.mine")}
+    assert catalog.changed_keys(fork, main) == {("table", "ns.busy"), ("table", "ns.old")}
+    diff = {(d.key, d.old, d.new) for d in catalog.diff("dev", "main")}
+    assert diff == {("ns.mine", "m1", None), ("ns.busy", f"b{NEAR + 39}", f"later{NEAR + 5}"),
+                    ("ns.old", "v0", "v1")}
+    merged = catalog.merge("dev", "main")
+    entries = catalog.entries(merged.commit)
+    assert {k: entries.get(k) for k in ("ns.old", "ns.busy", "ns.mine", "ns.far")} == {
+        "ns.old": "v1", "ns.busy": f"later{NEAR + 5}", "ns.mine": "m1", "ns.far": None,
+    }
