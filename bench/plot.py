@@ -96,6 +96,16 @@ def main() -> None:
         ])
         (RESULTS / "catalog.svg").write_text(svg)
         written.append("catalog.svg")
+        if r.get("history"):
+            svg = bars_svg("What a run asks of the catalog, as history grows", "ms", [
+                (f"{x['commits']:,} commits", [
+                    ("publish check", x["publish_check_ms"]), ("run merge", x["run_merge_ms"]),
+                    ("oldest table lookup", x["oldest_table_lookup_ms"]),
+                    ("baseline: bare SQL transaction", x["baseline_sql_txn_ms"])])
+                for x in r["history"]
+            ])
+            (RESULTS / "catalog-history.svg").write_text(svg)
+            written.append("catalog-history.svg")
     exchange = RESULTS / "exchange.json"
     if exchange.exists():
         r = json.loads(exchange.read_text())

@@ -126,12 +126,10 @@ class MergeMixin:
         with self._engine.connect() as conn:
             require_commit(conn, a)
             require_commit(conn, b)
-            # One a first-parent ancestor of the other (a branch merged back into what it
-            # came from, nothing else merged meanwhile): that one is the only best.
+            # a a near first-parent ancestor of b (a run's branch merged back into what it
+            # came from, nothing else merged meanwhile): a is the only best.
             if _depth_on_chain(conn, b, a, NEAR) is not None:
                 return a
-            if _depth_on_chain(conn, a, b, NEAR) is not None:
-                return b
             # Walk back from b through commits that are not ancestors of a; the
             # walk stops on the first ancestors of a it meets. Every best common
             # ancestor is among those: the path to it crosses no other common one.
