@@ -532,11 +532,8 @@ class _Landed:
             self._hash.reset()
 
     def sums(self) -> list[bytes]:
-        if self.bytes % DIGEST_CHUNK:
-            self._sums.append(self._hash.digest())
-            self._hash.reset()
-            self.bytes += DIGEST_CHUNK - self.bytes % DIGEST_CHUNK  # closed: sums() once
-        return self._sums
+        """The digest of every chunk so far, the last one possibly partial."""
+        return self._sums + [self._hash.digest()] if self.bytes % DIGEST_CHUNK else self._sums
 
 
 # The most bytes received before they are hashed and written: small enough to stay in the

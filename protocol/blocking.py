@@ -21,6 +21,7 @@ from faas.protocol.errors import (
     ClosedByUs,
     FaasError,
     HandshakeFailed,
+    MalformedFrame,
     PeerVanished,
 )
 from faas.protocol.framing import (
@@ -207,9 +208,10 @@ class BlockingConnection(Framed[T]):
             if isinstance(exc.__cause__, TimeoutError):
                 raise PeerVanished(f"no frame from {self.peer} within {timeout}s") from None
             raise
-        except FaasError as exc:
-            if exc.__class__.__name__ != "MalformedFrame":  # the stream is still in step
-                self.close()
+        except MalformedFrame:
+            raise  # the whole payload was read: the stream is still in step
+        except FaasError:
+            self.close()
             raise
         except BaseException:
             self.close()
@@ -227,18 +229,6 @@ class BlockingConnection(Framed[T]):
         except BaseException:
             self.close()
             raise
-
-    def hung_up(self) -> bool:
-        """Has the peer closed its side (with nothing left unread)? Reads nothing."""
-        if self._closed:
-            return True
-        try:
-            self.sock.setblocking(False)
-            return self.sock.recv(1, socket.MSG_PEEK) == b""
-        except (BlockingIOError, InterruptedError):
-            return False
-        except OSError:
-            return True
 
     def close(self) -> None:
         if not self._closed:
