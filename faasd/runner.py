@@ -166,8 +166,8 @@ def _load_input(inp: ScanInput | ObjectInput, task: FunctionTask, report: _Colum
     if inp.stream:
         return _open_stream(inp, task, report, t0)
     if isinstance(inp, ScanInput):
-        if inp.param in task.scans:  # read by the worker, in full
-            table = _map(task.scans[inp.param])
+        if inp.param in task.scans:  # handed over by the worker: its data files, or the rows
+            table = _read_scan(inp, task.scans[inp.param])
         else:  # the worker made its columns cache entries
             from faas.faasd.columns import scan_cached
 
@@ -211,6 +211,23 @@ def _mapped(inp: ObjectInput, task: FunctionTask) -> Any:
         raise InputProblem(
             f"input {inp.param!r} cannot filter model {inp.node!r} with {inp.filter!r}: {first}"
         ) from None
+
+
+def _read_scan(inp: ScanInput, path: str) -> Any:
+    """A scan the worker handed over: the planned data files it put in a directory of
+    ``in/``, decoded here on every core of the function's budget, with the plan's
+    projection and filter; or the rows it read itself, in an Arrow IPC file, mapped."""
+    if not os.path.isdir(path):
+        return _map(path)
+    from faas.store.scan import read_plan
+
+    assert inp.plan is not None  # the worker hands over data files only with a plan
+    files = [os.path.join(path, name) for name in sorted(os.listdir(path))]
+    table = read_plan(msgspec.structs.replace(inp.plan, files=files))
+    if table is None:  # the worker checked the files against the plan
+        raise InputProblem(f"input {inp.param!r} cannot read table {inp.key}: its data files "
+                           "are not what the scan plan expects")
+    return table
 
 
 def _map(path: str) -> Any:

@@ -106,6 +106,9 @@ class SandboxSpec(msgspec.Struct, frozen=True, kw_only=True):
     # Writable directories bound elsewhere: the path inside -> the host's directory (so
     # that the function does not learn where the host keeps it).
     moved: dict[str, str] = {}
+    # Files bound read-only elsewhere: the path inside (an existing mount point under a
+    # directory bound above) -> the host's file.
+    bound: dict[str, str] = {}
     # Covered (an empty read-only directory, or /dev/null for a file) where they lie
     # inside a directory bound above.
     hide: list[str] = []
@@ -385,6 +388,9 @@ def _finish(spec: SandboxSpec) -> None:
         if os.path.isdir(HOST + source):
             _mount_point(inside, is_dir=True)
             _mount(HOST + source, inside, None, MS_BIND | MS_REC)
+    for inside, source in sorted(spec.bound.items()):
+        _mount(HOST + source, inside, None, MS_BIND)
+        _read_only(inside)
     for path in hidden:
         _read_only(path, recursive=False)
     _check(_c().umount2(HOST.encode(), MNT_DETACH), "detach the host's root")

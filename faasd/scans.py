@@ -5,15 +5,21 @@ through its task directory's ``in/`` (read-only to it):
 
 - a planned scan, with the cache: the scan's columns become column-cache entries
   (:func:`faasd.columns.prefetch`), linked into ``in/``; the function maps them;
-- any other scan (``--no-cache``, or one Arrow's planner cannot read): its batches are
-  written, as they are read, into an Arrow IPC file in ``in/``, which the function maps as
-  it maps an object;
+- a planned scan without the cache (``--no-cache``) of a local warehouse: its data files,
+  checked against the plan, are handed over in a directory of ``in/`` (bound read-only by
+  the sandbox, nothing copied), and the function decodes them with the plan's projection
+  and filter on every core of its budget: the worker decodes nothing, and the decoded rows
+  are never copied into shared memory;
+- any other scan (object storage without the cache, or one Arrow's planner cannot read):
+  its batches are written, as they are read, into an Arrow IPC file in ``in/``, which the
+  function maps as it maps an object;
 - a streamed scan (``faas.Model(stream=True)``): a FIFO in ``in/``. A thread of the
   worker writes the scan's batches into it as the function reads them (the pipe keeps it
   a batch or so ahead); a scan that fails midway breaks the stream, so the function can
   never take a shortened table for a whole one, and the task fails with the scan's error.
 
-So functions need no storage credentials, no network and no view of the warehouse. A
+So functions need no storage credentials, no network and no view of the warehouse beyond
+the data files of their scans. A
 scan the table cannot answer (an unknown column, a bad filter or snapshot) is not the
 worker's failure: the function reports it in its own one line
 (``FunctionTask.input_problems``).
@@ -31,6 +37,7 @@ from typing import Any
 
 from faas.protocol.errors import FaasError, InvalidInput, NotFound, StorageError
 from faas.protocol.messages import ScanInput
+from faas.store.warehouse import is_local, storage_errors
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +61,8 @@ class TaskScans:
     # param -> why the table cannot give the scan (said by the function).
     problems: dict[str, str] = field(default_factory=dict)
     streams: list[StreamWriter] = field(default_factory=list)
+    # Data files the sandbox binds read-only into ``in/``: the path inside -> the file.
+    binds: dict[str, str] = field(default_factory=dict)
 
     def failure(self) -> FaasError | None:
         """The error of the first stream whose scan failed, if any."""
@@ -66,13 +75,14 @@ class TaskScans:
 
 def read_scans(
     inputs: list[Any], inbox: Path, *, plan: Any, metadata: Any, cache_dir: Path | None,
-    link: Any,
+    link: Any, sandboxed: bool = False,
 ) -> TaskScans:
     """Read every ScanInput of ``inputs`` for the function (blocking: run it in a thread).
 
     ``plan(scan)`` returns the scan with its plan (or unchanged); ``metadata(location)``
     the parsed table (the worker keeps them); ``cache_dir`` is the column cache (None:
-    ``--no-cache``); ``link(entry)`` puts a cache entry into ``in/``.
+    ``--no-cache``); ``link(entry)`` puts a cache entry into ``in/``; ``sandboxed``: the
+    function runs in a sandbox, which binds the data files it is handed.
     Streams are prepared (their scans checked) but start only with :meth:`StreamWriter.start`.
     """
     from faas.faasd.columns import prefetch
@@ -99,6 +109,13 @@ def read_scans(
                 else:
                     out.read[i.key] = [f"{i.key}.{c}" for c in stats.columns_read]
                     continue
+        if not i.stream and i.plan is not None and all(is_local(f) for f in i.plan.files):
+            properties = metadata(i.metadata_location).io.properties
+            if _readable(i.plan, properties):
+                _place(i.plan.files, inbox / f"scan-{n}", out, sandboxed)
+                out.files[i.param] = str(inbox / f"scan-{n}")
+                out.read[i.key] = [f"{i.key}.{c}" for c in i.plan.columns]
+                continue
         try:
             reader = _reader(i, metadata)
         except (InvalidInput, NotFound) as exc:
@@ -115,6 +132,30 @@ def read_scans(
             _write_file(reader, path, i.key)
             out.files[i.param] = str(path)
     return out
+
+
+def _readable(plan: Any, properties: Any) -> bool:
+    from faas.store.scan import plan_readable
+
+    with storage_errors(f"cannot read {plan.files[0] if plan.files else 'a table'}", properties):
+        return plan_readable(plan, properties)
+
+
+def _place(files: list[str], directory: Path, out: TaskScans, sandboxed: bool) -> None:
+    """The planned data files of a local warehouse in ``directory``, named in the plan's
+    order (``000000.parquet`` ...), nothing copied: in a sandbox, each name is an empty
+    mount point that the sandbox binds the data file on, read-only (``out.binds``), so the
+    function sees those files and not where the warehouse is; without one, a link."""
+    from faas.store.warehouse import filesystem
+
+    directory.mkdir()
+    for k, uri in enumerate(files):
+        source, target = filesystem(uri)[1], directory / f"{k:06d}.parquet"
+        if sandboxed:
+            target.touch(0o400)
+            out.binds[str(target)] = source
+        else:
+            target.symlink_to(source)
 
 
 def _reader(i: ScanInput, metadata: Any) -> Any:

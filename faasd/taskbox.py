@@ -5,10 +5,11 @@ Every task gets a directory of its own in the worker's shared memory,
 
 - ``in/``: hard links to its input objects and to the cached columns of its
   scans (the worker wrote those entries: faasd.columns.prefetch), and the other
-  scans the worker read for it (faasd.scans: IPC files, FIFOs for streams). Links
-  share the objects' pages, so nothing is copied; the sandbox binds ``in/``
-  read-only, so the function can map its inputs but neither write them nor see
-  any other object or column of the worker;
+  scans the worker read for it (faasd.scans: IPC files, FIFOs for streams, or the
+  data files of a local table, which the sandbox binds read-only on mount points
+  there). Links share the objects' pages, so nothing is copied; the sandbox binds
+  ``in/`` read-only, so the function can map its inputs but neither write them nor
+  see any other object or column of the worker;
 - ``out/``: where the function writes its output object (and, for a direct
   output on object storage, its Parquet files). The worker moves the object
   into its store when the function has ended: from then on it is only ever
@@ -137,7 +138,9 @@ def sandbox_spec(
     """The sandbox of one task: its project files and inputs (scans included) read-only;
     its output directories writable; what the worker keeps private hidden."""
     moved = {str(box.outbox / "parquet"): str(box.staging)} if box.staging is not None else {}
+    bound = dict(box.scans.binds) if box.scans is not None else {}
     return SandboxSpec(
-        ro=[str(project), str(box.inbox)], rw=[str(box.outbox)], moved=moved, hide=list(hide),
+        ro=[str(project), str(box.inbox)], rw=[str(box.outbox)], moved=moved, bound=bound,
+        hide=list(hide),
         scratch=scratch, file_size=file_size, network=network, cwd=str(project),
     )

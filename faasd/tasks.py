@@ -290,8 +290,9 @@ class FunctionTasks:
     async def _scans(self, msg: RunTask, box: TaskBox) -> TaskScans:
         """Every source scan of the task, read here for the function (faasd.scans): each
         scan Arrow can read is planned from metadata this worker keeps; with the cache,
-        its columns become cache entries linked into the task's ``in/``; any other scan is
-        written into ``in/`` as an IPC file, or fed to the function through a FIFO."""
+        its columns become cache entries linked into the task's ``in/``; without it, a local
+        table's data files are handed over in ``in/``; any other scan is written into
+        ``in/`` as an IPC file, or fed to the function through a FIFO."""
         cache = self.store.columns_dir if msg.use_cache else None
 
         def metadata(location: str) -> Any:
@@ -337,7 +338,7 @@ class FunctionTasks:
             return TaskScans(inputs=list(msg.inputs))
         scans = await asyncio.to_thread(freeing(functools.partial(
             read_scans, list(msg.inputs), box.inbox, plan=plan, metadata=metadata,
-            cache_dir=cache, link=box.link_in,
+            cache_dir=cache, link=box.link_in, sandboxed=self.isolation != "none",
         )))
         self.store.add_columns(scans.written)
         return scans

@@ -315,6 +315,12 @@ def plan_reader(
     return _conformed(scanner.to_reader(), pa.schema([target.field(c) for c in order]))
 
 
+def plan_readable(plan: ScanPlan, properties: Mapping[str, str] | None = None) -> bool:
+    """Do the plan's files hold what it expects, so that :func:`read_plan` reads them?
+    (Only their footers are read.)"""
+    return bool(plan.files) and _plan_scanner(plan, None, properties) is not None
+
+
 def _plan_scanner(
     plan: ScanPlan, columns: Sequence[str] | None, properties: Mapping[str, str] | None,
 ) -> tuple[ds.Scanner, pa.Schema, list[str], dict[str, str]] | None:

@@ -185,9 +185,19 @@ def full(t=faas.Model("wide")):
 
 
 def _rchar(pid: int) -> int:
-    """Bytes process ``pid`` has read (from files, sockets and pipes alike)."""
-    with open(f"/proc/{pid}/io") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith("rchar:"))
+    """Bytes process ``pid`` and its processes have read (from files, sockets and pipes
+    alike): a process's count holds those of the children it has reaped, so a worker's
+    holds its function processes' once their zygotes have reaped them."""
+    import psutil
+
+    total = 0
+    for proc in [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]:
+        try:
+            with open(f"/proc/{proc.pid}/io") as f:
+                total += next(int(line.split()[1]) for line in f if line.startswith("rchar:"))
+        except (OSError, psutil.Error):
+            pass  # gone meanwhile: its reaper counts it
+    return total
 
 
 def test_run_scans_only_the_columns_a_model_asks_for(cluster: Cluster, tmp_path: Path) -> None:
@@ -204,8 +214,9 @@ def test_run_scans_only_the_columns_a_model_asks_for(cluster: Cluster, tmp_path:
     (worker,) = cluster.workers
 
     def read_by_worker(source: str, name: str) -> tuple[int, dict[str, int]]:
-        """Run a one-model project without the cache: the worker reads the model's scan
-        (the function maps what it wrote), so the worker's bytes read are the scan's."""
+        """Run a one-model project without the cache: the worker hands the function the
+        table's data file and the function reads what its scan needs of it, so the bytes
+        the worker and its processes read differ by the scan's."""
         project = tmp_path / name
         project.mkdir()
         (project / "models.py").write_text(source)

@@ -11,13 +11,15 @@ from typing import Any
 
 import msgspec
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
+from faas.faasd.runner import _read_scan
 from faas.faasd.scans import StreamWriter, read_scans
 from faas.protocol.errors import StorageError
 from faas.protocol.messages import ScanInput
 from faas.store import Lakehouse, write_parquet
-from faas.store.scan import open_metadata, plan_metadata
+from faas.store.scan import open_metadata, plan_metadata, read_plan
 from tests.conftest import OpenLake
 
 SCHEMA = pa.schema([("n", pa.int64())])
@@ -147,6 +149,82 @@ def test_a_cache_entry_gone_before_its_link_is_read_for_the_function(
     scans = read_scans([scan], inbox, plan=plan, metadata=open_metadata, cache_dir=cache,
                        link=evicted)
     assert len(went) == 1  # the entry was made, then went before its link
-    table = pa.ipc.open_file(pa.memory_map(scans.files["t"])).read_all()
+    table = _read_scan(scans.inputs[0], scans.files["t"])
     assert table.column("a").to_pylist() == list(range(100))
     assert scans.read == {"shop.t": ["shop.t.a"]}
+
+
+def _planned_table(open_lake: OpenLake, parts: int) -> tuple[ScanInput, list[pa.Table]]:
+    """shop.t made of ``parts`` data files added as a worker's import adds them, and a
+    planned scan of it (columns b, a; a filter on a)."""
+    lake: Lakehouse = open_lake("shop")
+    tx = lake.begin("main")
+    tables = [pa.table({"a": list(range(k * 100, (k + 1) * 100)),
+                        "b": [f"r{i}" for i in range(k * 100, (k + 1) * 100)]}) for k in range(parts)]
+    files = [write_parquet(t, tx.data_location("shop.t"), f"part-{k}") for k, t in enumerate(tables)]
+    tx.add_files("shop.t", files, tables[0].schema)
+    tx.publish("t")
+    info = lake.table_info("shop.t", "main")
+    scan = ScanInput(param="t", key="shop.t", metadata_location=info.metadata_location,
+                     snapshot_id=info.snapshot_id, columns=["b", "a"], filter="a >= 150")
+    plan = plan_metadata(scan.metadata_location, scan.snapshot_id, scan.columns, scan.filter)
+    assert plan is not None
+    return msgspec.structs.replace(scan, plan=plan), tables
+
+
+def test_a_planned_scan_without_the_cache_hands_the_function_its_data_files(
+    tmp_path: Path, open_lake: OpenLake
+) -> None:
+    """--no-cache, a local warehouse: the worker decodes nothing and copies nothing. It
+    names the planned data files in a directory of ``in/``, in the plan's order: links
+    without a sandbox; in one, empty mount points the sandbox binds each file on. The
+    function reads them with the plan's columns and filter, and gets what the worker's own
+    read of the plan gives."""
+    scan, _ = _planned_table(open_lake, parts=3)
+    # The first file holds no row the filter keeps: the plan left it out.
+    sources = [Path(f.removeprefix("file://")) for f in scan.plan.files]  # type: ignore[union-attr]
+    assert [p.name for p in sources] == ["part-1.parquet", "part-2.parquet"]
+    names = ["000000.parquet", "000001.parquet"]
+
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    scans = read_scans([scan], plain, plan=lambda i: i, metadata=open_metadata, cache_dir=None,
+                       link=None)
+    placed = Path(scans.files["t"])
+    assert placed.parent == plain and sorted(os.listdir(placed)) == names
+    assert [(placed / n).resolve() for n in names] == [p.resolve() for p in sources]
+    assert scans.binds == {}
+    assert scans.read == {"shop.t": ["shop.t.b", "shop.t.a"]}
+    table = _read_scan(scans.inputs[0], str(placed))
+    assert table.column_names == ["b", "a"]
+    assert table.column("a").to_pylist() == list(range(150, 300))
+    assert table.equals(read_plan(scan.plan))  # type: ignore[arg-type]
+
+    boxed = tmp_path / "boxed"
+    boxed.mkdir()
+    scans = read_scans([scan], boxed, plan=lambda i: i, metadata=open_metadata, cache_dir=None,
+                       link=None, sandboxed=True)
+    placed = Path(scans.files["t"])
+    assert sorted(os.listdir(placed)) == names
+    assert all((placed / n).stat().st_size == 0 and not (placed / n).is_symlink() for n in names)
+    assert scans.binds == {str(placed / n): str(p) for n, p in zip(names, sources, strict=True)}
+
+
+def test_data_files_unlike_the_plan_are_read_by_the_worker(
+    tmp_path: Path, open_lake: OpenLake
+) -> None:
+    """A data file unlike what the plan expects (here, a column of a narrower type, as an
+    append before the column was widened leaves it) is not handed over: the worker reads
+    the scan with pyiceberg, which promotes it, into an IPC file."""
+    scan, tables = _planned_table(open_lake, parts=2)
+    source = Path(scan.plan.files[-1].removeprefix("file://"))  # type: ignore[union-attr]
+    narrower = tables[-1].set_column(0, "a", pa.array(range(100, 200), pa.int32()))
+    pq.write_table(narrower, source)
+    inbox = tmp_path / "in"
+    inbox.mkdir()
+    scans = read_scans([scan], inbox, plan=lambda i: i, metadata=open_metadata, cache_dir=None,
+                       link=None, sandboxed=True)
+    assert scans.binds == {} and scans.files == {"t": str(inbox / "scan-0.arrow")}
+    table = _read_scan(scans.inputs[0], scans.files["t"])
+    assert table.column("a").type == pa.int64()
+    assert sorted(table.column("a").to_pylist()) == list(range(150, 200))
