@@ -62,6 +62,29 @@ def test_every_faas_command_takes_h_and_documents_every_option() -> None:
     assert seen > 30
 
 
+def test_a_command_is_built_alone_and_the_same_as_in_the_whole_tree() -> None:
+    """`faas X ...` builds click's command for X alone (typer builds every command it
+    holds); X's tree is the one the whole app has, found past faas's own options, and a
+    line that names no command, or an unknown one, gets the whole app."""
+    from faas.client.cli import _command_name, _only
+
+    def shape(c: click.Command) -> object:
+        sub = sorted((n, shape(s)) for n, s in c.commands.items()) if isinstance(c, click.Group) else []
+        return (c.help, [(p.name, p.opts, getattr(p, "help", None)) for p in c.params], sub)
+
+    whole = _faas_tree()
+    assert isinstance(whole, click.Group)
+    for name, command in whole.commands.items():
+        for argv in ([name, "--json"], ["--cluster", "h:1", "--home=/x", name], ["--version", name]):
+            assert _command_name(argv) == name
+            alone = typer.main.get_command(_only(name))
+            assert isinstance(alone, click.Group) and list(alone.commands) == [name], argv
+            assert shape(alone.commands[name]) == shape(command), name
+    assert _command_name(["--cluster", "submit"]) is None  # submit is the address there
+    assert _command_name(["--", "submit"]) is None
+    assert _only(None) is app and _only("nosuch") is app
+
+
 def test_every_faasd_option_is_documented_in_one_style() -> None:
     parser, roles = _parser()
     for name, p in [("faasd", parser), *roles.items()]:
