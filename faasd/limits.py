@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from collections.abc import Callable
 
 import psutil
@@ -20,6 +21,9 @@ import psutil
 log = logging.getLogger(__name__)
 
 INTERVAL = 0.05
+# How often, and for how long after a start, the sandbox's /tmp is looked for.
+FIND_SCRATCH_EVERY = 0.002
+FIND_SCRATCH_FOR = 2.0
 
 
 def private_bytes(proc: psutil.Process) -> int:
@@ -134,6 +138,9 @@ async def watch_memory(
         proc = psutil.Process(pid)
     except psutil.NoSuchProcess:
         return
+    # Until the sandbox's /tmp is found, look for it often: a function that fills it and
+    # ends between two polls must still be known to have filled it.
+    eager_until = time.monotonic() + FIND_SCRATCH_FOR
     while True:
         now = limit()
         # Resident memory bounds the private memory from above and costs microseconds: the
@@ -153,4 +160,5 @@ async def watch_memory(
                 return
         elif not proc.is_running():
             return
-        await asyncio.sleep(INTERVAL)
+        finding = scratch is not None and scratch.fd is None and time.monotonic() < eager_until
+        await asyncio.sleep(FIND_SCRATCH_EVERY if finding else INTERVAL)
