@@ -73,6 +73,9 @@ def _libc() -> Any:
 
 
 _PR_SET_PDEATHSIG = 1
+# Sandboxed function processes kept forked ahead of their requests: a run starts several
+# functions at once (the example, three), and each then finds one with its sandbox built.
+SPARES = 3
 _PR_SET_NAME = 15
 
 
@@ -85,8 +88,9 @@ class _Server:
         self.children: set[int] = set()
         self.buf = bytearray()
         self.fds: collections.deque[int] = collections.deque()
-        # A sandboxed child forked ahead of its request (pid, socket), once one was asked for.
-        self.spare: tuple[int, socket.socket] | None = None
+        # Sandboxed children forked ahead of their requests (pid, socket), once one was
+        # asked for.
+        self.spares: collections.deque[tuple[int, socket.socket]] = collections.deque()
         self.libc = _libc()
         self.stdout_encoding = (sys.stdout.encoding, sys.stdout.errors)
         self.stderr_encoding = (sys.stderr.encoding, sys.stderr.errors)
@@ -146,11 +150,12 @@ class _Server:
             if pid == 0:
                 return
             self.children.discard(pid)
-            if self.spare is not None and self.spare[0] == pid:  # died unused
+            spare = next((s for s in self.spares if s[0] == pid), None)
+            if spare is not None:  # died unused
                 log.warning("the spare function process %d %s", pid,
                             describe_exit(os.waitstatus_to_exitcode(status)))
-                self.spare[1].close()
-                self.spare = None
+                spare[1].close()
+                self.spares.remove(spare)
                 continue
             self.send(Exited(pid=pid, code=os.waitstatus_to_exitcode(status)))
 
@@ -159,10 +164,8 @@ class _Server:
             raise RuntimeError(f"spawn request {req.req} came with {len(self.fds)} fds, not 3")
         fds = (self.fds.popleft(), self.fds.popleft(), self.fds.popleft())
         sandboxed = req.sandbox is not None and not req.sandbox.network
-        if sandboxed and self.spare is not None and self._hand_over(req, fds):
-            pid = self.spare[0]
-            self.spare = None
-        else:
+        pid = self._hand_over(req, fds) if sandboxed else None
+        if pid is None:
             sys.stdout.flush()
             sys.stderr.flush()
             try:
@@ -179,30 +182,30 @@ class _Server:
                 os.close(fd)
         self.send(Spawned(req=req.req, pid=pid))
         if sandboxed:
-            self._fork_spare()
+            while len(self.spares) < SPARES and self._fork_spare():
+                pass
 
-    def _hand_over(self, req: Spawn, fds: tuple[int, int, int]) -> bool:
-        """Give the request to the spare sandboxed process; False if it is gone."""
-        assert self.spare is not None
-        pid, sock = self.spare
-        try:
-            socket.send_fds(sock, [encode(req)], list(fds))
-        except OSError as exc:
-            log.warning("the spare function process %d is gone (%s); forking one", pid, exc)
+    def _hand_over(self, req: Spawn, fds: tuple[int, int, int]) -> int | None:
+        """Give the request to the oldest spare sandboxed process (the likeliest to be
+        ready); its pid, or None if there is none left."""
+        while self.spares:
+            pid, sock = self.spares.popleft()
+            try:
+                socket.send_fds(sock, [encode(req)], list(fds))
+            except OSError as exc:
+                log.warning("the spare function process %d is gone (%s)", pid, exc)
+                sock.close()
+                continue
             sock.close()
-            self.spare = None
-            return False
-        sock.close()
-        for fd in fds:
-            os.close(fd)
-        return True
+            for fd in fds:
+                os.close(fd)
+            return pid
+        return None
 
-    def _fork_spare(self) -> None:
-        """Fork the next sandboxed function process ahead of its request: it builds the
-        part of its sandbox every function shares (faasd.sandbox.prepare) while nothing
-        waits for it, then waits for a request on a private socket."""
-        if self.spare is not None:
-            return
+    def _fork_spare(self) -> bool:
+        """Fork a sandboxed function process ahead of its request: it builds the part of
+        its sandbox every function shares (faasd.sandbox.prepare) while nothing waits for
+        it, then waits for a request on a private socket. False if it cannot fork."""
         from faas.faasd import sandbox
 
         sandbox.python_paths()  # found once, here; every spare inherits them
@@ -215,13 +218,14 @@ class _Server:
             log.warning("cannot fork a spare function process: %s", exc)
             ours.close()
             theirs.close()
-            return
+            return False
         if pid == 0:
             ours.close()
             self._spare_child(theirs)
         theirs.close()
         self.children.add(pid)
-        self.spare = (pid, ours)
+        self.spares.append((pid, ours))
+        return True
 
     def _spare_child(self, sock: socket.socket) -> NoReturn:
         def wait_for_request() -> None:
@@ -261,14 +265,13 @@ class _Server:
             if os.getppid() != self.pid:  # the zygote died before prctl
                 os._exit(70)
         # Nothing of the zygote's stays open: its channel, its wakeup pipe, descriptors
-        # already received for later requests, the spare's socket.
+        # already received for later requests, the spares' sockets.
         self.ctl.close()
         for fd in (self.wake_r, self.wake_w, *self.fds):
             os.close(fd)
         self.fds.clear()
-        if self.spare is not None:
-            self.spare[1].close()
-            self.spare = None
+        while self.spares:
+            self.spares.pop()[1].close()
 
     def _serve(self, req: Spawn, task_fd: int, out_fd: int, err_fd: int, *, prepared: bool) -> NoReturn:
         """Become the function process of ``req`` and run it; exits, never returns."""

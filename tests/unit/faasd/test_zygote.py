@@ -591,3 +591,47 @@ def test_a_sandbox_that_cannot_be_built_is_one_line(project: Path, use_zygote: b
     said = " ".join(line for _, line in run.lines)
     assert "sandbox" in said and "/proc/faas-nowhere" in said, run.lines
     assert not any(line.startswith("line ") for _, line in run.lines)  # no user code ran
+
+
+# -- sandboxed processes forked ahead of their requests --------------------------------
+
+
+def test_sandboxed_functions_started_together_each_get_a_process_forked_ahead(
+    project: Path,
+) -> None:
+    """After its first sandboxed request a zygote keeps SPARES processes with their
+    sandboxes half built; a run's functions started together are each handed one (the
+    spares' pids), the zygote forks as many again, and each function still runs alone."""
+    from faas.faasd.sandbox import SandboxSpec, sandbox_unavailable
+    from faas.faasd.zygote_server import SPARES
+
+    if (why := asyncio.run(sandbox_unavailable())) is not None:
+        pytest.fail(f"this host cannot build sandboxes ({why}); .ci/run enables them")
+    spec = SandboxSpec(ro=[str(project)], rw=[str(project.parent)], cwd=str(project))
+
+    def boxed(z: Zygote) -> Run:
+        run = Run(project, "hello", zygote=z)
+        run.proc = FunctionProcess(run.task, cwd=str(project), zygote=z, sandbox=spec)
+        return run
+
+    def waiting(z: Zygote) -> set[int]:
+        """The zygote's children that are no function of ours: its spares."""
+        return {c.pid for c in psutil.Process(z.pid).children()}
+
+    async def go() -> None:
+        async with Zygote() as z:
+            first = await boxed(z)()
+            assert first.error is None, first.error
+            await eventually(lambda: len(waiting(z)) == SPARES)
+            spares = waiting(z)
+            runs = await asyncio.wait_for(
+                asyncio.gather(*(boxed(z)() for _ in range(SPARES))), 30
+            )
+            for r in runs:
+                assert r.error is None, r.error
+                assert r.stdout() == [f"line {i}" for i in range(5)]
+            assert {r.started_pid for r in runs} == spares
+            await eventually(lambda: len(waiting(z)) == SPARES)
+            assert not waiting(z) & spares
+
+    run_async(go())
