@@ -201,6 +201,30 @@ def test_write_replace_then_append(lake: Lakehouse) -> None:
     assert len(lake.scan("sales.orders")) == 5
 
 
+def test_each_commit_writes_whole_metadata_that_logs_the_one_before(lake: Lakehouse) -> None:
+    """A commit's metadata is made without copying the table's whole metadata first (its
+    models are frozen): what it writes logs every earlier metadata file in order, keeps
+    every snapshot chained to the one before, and counts every row."""
+    from pyiceberg.table import StaticTable
+
+    locations, before = [], []
+    for n in range(4):
+        transaction = lake.begin()
+        transaction.write("sales.orders", ORDERS.slice(0, n + 1), mode="append" if n else "replace")
+        transaction.publish(f"commit {n}")
+        locations.append(lake.table_info("sales.orders").metadata_location)
+        before.append(StaticTable.from_metadata(locations[-1]).metadata)
+    last = before[-1]
+    assert [e.metadata_file for e in last.metadata_log] == locations[:-1]
+    stamps = [e.timestamp_ms for e in last.metadata_log] + [last.last_updated_ms]
+    assert stamps == sorted(stamps)
+    snapshots = last.snapshots
+    assert len(snapshots) == 4 and last.current_snapshot_id == snapshots[-1].snapshot_id
+    assert [s.parent_snapshot_id for s in snapshots[1:]] == [s.snapshot_id for s in snapshots[:-1]]
+    assert [len(m.snapshots) for m in before] == [1, 2, 3, 4]
+    assert lake.table_info("sales.orders").row_count == 1 + 2 + 3 + 4
+
+
 def test_replace_with_new_schema_makes_a_new_table(lake: Lakehouse) -> None:
     write_table(lake, "sales.orders", ORDERS)
     old = lake.table_info("sales.orders")
