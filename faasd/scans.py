@@ -41,6 +41,9 @@ from faas.store.warehouse import is_local, storage_errors
 
 log = logging.getLogger(__name__)
 
+# The most data files a scan hands a function (one read-only bind each in its sandbox);
+# a table of more is read by the worker.
+MAX_HANDED_FILES = 1024
 # Written in place of the next IPC message when a streamed scan fails: a message header
 # announcing more bytes than will ever come, which every Arrow reader refuses.
 _BROKEN = b"\xff\xff\xff\xff\xff\xff\xff\x7f"
@@ -109,7 +112,8 @@ def read_scans(
                 else:
                     out.read[i.key] = [f"{i.key}.{c}" for c in stats.columns_read]
                     continue
-        if not i.stream and i.plan is not None and all(is_local(f) for f in i.plan.files):
+        if (not i.stream and i.plan is not None and len(i.plan.files) <= MAX_HANDED_FILES
+                and all(is_local(f) for f in i.plan.files)):
             properties = metadata(i.metadata_location).io.properties
             if _readable(i.plan, properties):
                 _place(i.plan.files, inbox / f"scan-{n}", out, sandboxed)

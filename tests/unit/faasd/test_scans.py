@@ -228,3 +228,19 @@ def test_data_files_unlike_the_plan_are_read_by_the_worker(
     table = _read_scan(scans.inputs[0], scans.files["t"])
     assert table.column("a").type == pa.int64()
     assert sorted(table.column("a").to_pylist()) == list(range(150, 200))
+
+
+def test_a_scan_of_more_files_than_a_sandbox_binds_is_read_by_the_worker(
+    tmp_path: Path, open_lake: OpenLake, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each data file handed over is a bind in the function's sandbox: past
+    MAX_HANDED_FILES the worker reads the scan into an IPC file instead, with the same rows."""
+    scan, _ = _planned_table(open_lake, parts=3)
+    monkeypatch.setattr("faas.faasd.scans.MAX_HANDED_FILES", 1)
+    inbox = tmp_path / "in"
+    inbox.mkdir()
+    scans = read_scans([scan], inbox, plan=lambda i: i, metadata=open_metadata, cache_dir=None,
+                       link=None, sandboxed=True)
+    assert scans.binds == {} and scans.files == {"t": str(inbox / "scan-0.arrow")}
+    table = _read_scan(scans.inputs[0], scans.files["t"])
+    assert table.equals(read_plan(scan.plan))  # type: ignore[arg-type]
