@@ -210,6 +210,17 @@ def test_a_planned_scan_without_the_cache_hands_the_function_its_data_files(
     assert scans.binds == {str(placed / n): str(p) for n, p in zip(names, sources, strict=True)}
 
 
+def _read_by_the_worker(scan: ScanInput, tmp_path: Path) -> pa.Table:
+    """Read ``scan`` for a sandboxed function, checking that the worker read it into an
+    IPC file (nothing handed over); the table the function then gets."""
+    inbox = tmp_path / "in"
+    inbox.mkdir()
+    scans = read_scans([scan], inbox, plan=lambda i: i, metadata=open_metadata, cache_dir=None,
+                       link=None, sandboxed=True)
+    assert scans.binds == {} and scans.files == {"t": str(inbox / "scan-0.arrow")}
+    return _read_scan(scans.inputs[0], scans.files["t"])
+
+
 def test_data_files_unlike_the_plan_are_read_by_the_worker(
     tmp_path: Path, open_lake: OpenLake
 ) -> None:
@@ -220,12 +231,7 @@ def test_data_files_unlike_the_plan_are_read_by_the_worker(
     source = Path(scan.plan.files[-1].removeprefix("file://"))  # type: ignore[union-attr]
     narrower = tables[-1].set_column(0, "a", pa.array(range(100, 200), pa.int32()))
     pq.write_table(narrower, source)
-    inbox = tmp_path / "in"
-    inbox.mkdir()
-    scans = read_scans([scan], inbox, plan=lambda i: i, metadata=open_metadata, cache_dir=None,
-                       link=None, sandboxed=True)
-    assert scans.binds == {} and scans.files == {"t": str(inbox / "scan-0.arrow")}
-    table = _read_scan(scans.inputs[0], scans.files["t"])
+    table = _read_by_the_worker(scan, tmp_path)
     assert table.column("a").type == pa.int64()
     assert sorted(table.column("a").to_pylist()) == list(range(150, 200))
 
@@ -237,10 +243,5 @@ def test_a_scan_of_more_files_than_a_sandbox_binds_is_read_by_the_worker(
     MAX_HANDED_FILES the worker reads the scan into an IPC file instead, with the same rows."""
     scan, _ = _planned_table(open_lake, parts=3)
     monkeypatch.setattr("faas.faasd.scans.MAX_HANDED_FILES", 1)
-    inbox = tmp_path / "in"
-    inbox.mkdir()
-    scans = read_scans([scan], inbox, plan=lambda i: i, metadata=open_metadata, cache_dir=None,
-                       link=None, sandboxed=True)
-    assert scans.binds == {} and scans.files == {"t": str(inbox / "scan-0.arrow")}
-    table = _read_scan(scans.inputs[0], scans.files["t"])
+    table = _read_by_the_worker(scan, tmp_path)
     assert table.equals(read_plan(scan.plan))  # type: ignore[arg-type]
