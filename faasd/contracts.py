@@ -34,7 +34,7 @@ def check_returned(value: Any, contract: Contract | None, strict: bool) -> Any:
 
     schema = value.schema
     declared = {c.name: c for c in contract.columns}
-    what = "its schema " + contract.name if contract.name != "columns" else "its columns=[...]"
+    what = contract.said
     missing = [name for name in declared if name not in schema.names]
     if missing:
         raise ContractBroken(
@@ -48,10 +48,8 @@ def check_returned(value: Any, contract: Contract | None, strict: bool) -> Any:
                 f"returned column {column.name!r} as {str(found).replace('large_', '')}, but "
                 f"{what} declares {column.type}"
             )
-    extra = [n for n in schema.names if n not in declared]
-    if extra:
-        said = (f"returned column{'s' if len(extra) > 1 else ''} {', '.join(map(repr, extra))}, "
-                f"which {what} does not declare")
+    said = contract.undeclared(schema.names)
+    if said is not None:
         if strict:
             raise ContractBroken(f"{said} (--strict)")
         print(f"warning: {said}", file=sys.stderr, flush=True)

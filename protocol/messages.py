@@ -12,6 +12,7 @@ Tags are the class names; the tag field is ``op``.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Literal
 
 import msgspec
@@ -166,6 +167,21 @@ class Contract(msgspec.Struct, frozen=True, kw_only=True):
 
     name: str
     columns: list[ContractColumn]
+
+    @property
+    def said(self) -> str:
+        """How messages name the declaration: its schema class, or its columns=[...]."""
+        return "its schema " + self.name if self.name != "columns" else "its columns=[...]"
+
+    def undeclared(self, names: Iterable[str]) -> str | None:
+        """What to say of the columns among ``names`` that the declaration does not name
+        (a warning, or in a strict run a failure); None where it names them all."""
+        declared = {c.name for c in self.columns}
+        extra = [n for n in names if n not in declared]
+        if not extra:
+            return None
+        return (f"returned column{'s' if len(extra) > 1 else ''} {', '.join(map(repr, extra))}, "
+                f"which {self.said} does not declare")
 
 
 class ScanInput(msgspec.Struct, frozen=True, kw_only=True, tag_field="kind", tag="scan"):

@@ -72,6 +72,8 @@ class Plan:
     # Output tables whose snapshot at the base commit was made from a node's cache key
     # (node name -> key): publishing that output again would change nothing.
     published: dict[str, str] = field(default_factory=dict)
+    # ... and their columns there (a strict run checks them against the model's declaration).
+    published_columns: dict[str, list[str]] = field(default_factory=dict)
     # ... and those tables as they are at the base commit, for readers to scan.
     published_tables: dict[str, SourceTable] = field(default_factory=dict)
     # The secrets the run's functions read, by name: handed to the workers that run them,

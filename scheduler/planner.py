@@ -79,6 +79,7 @@ def plan_submission(
                 continue
             if info.properties.get(CACHE_KEY_PROPERTY) == node.cache_key:
                 plan.published[name] = node.cache_key
+                plan.published_columns[name] = list(info.schema.names)
                 if info.properties.get(EXACT_PROPERTY) != "true":
                     continue  # its rows were converted: readers must have the output itself
                 plan.published_tables[name] = SourceTable(

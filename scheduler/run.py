@@ -9,9 +9,12 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, cast
 
+import pyarrow as pa
+
 from faas.protocol.errors import (
     ExpectationFailed,
     FaasError,
+    FunctionFailed,
     OutOfMemory,
     PeerVanished,
     RunCancelled,
@@ -28,6 +31,7 @@ from faas.protocol.messages import (
     TaskEvent,
     TaskState,
     error_message,
+    node_label,
 )
 from faas.protocol.sizes import parse_size
 from faas.protocol.worker_messages import (
@@ -338,6 +342,8 @@ class RunCoordinator(Publishing):
                 return await self._verdict(node, verdict, cached=True, worker="")
             # A table whose snapshot was made from this very key is published already.
             published = self.use_cache and node.name in self.plan.published
+            if published:
+                self._strict_about_cached(node, self.plan.published_columns.get(node.name))
             if node.name in self.skipped:
                 # ... and nothing that will run needs its rows: there is nothing to do.
                 await self._event(node.name, "done", cached=True)
@@ -367,6 +373,20 @@ class RunCoordinator(Publishing):
                 error=getattr(exc, "message", None) or str(exc) or type(exc).__name__,
             )
             raise
+
+    def _strict_about_cached(self, node: PlanNode, columns: list[str] | None) -> None:
+        """A strict run takes no cached output with a column its model's declaration does
+        not name: the run that made it only warned of it (faasd/contracts.py), and the
+        cache key does not hold --strict."""
+        contract = node.spec.contract
+        if not self.strict or contract is None or columns is None:
+            return
+        said = contract.undeclared(columns)
+        if said is not None:
+            raise FunctionFailed(
+                f"{node_label(node.spec.kind)} {node.name!r} {said} (--strict; its output is "
+                f"cached from a run without --strict)"
+            )
 
     async def _verdict(self, node: PlanNode, passed: bool, *, cached: bool, worker: str,
                        **timings: Any) -> TaskDone:
@@ -513,6 +533,10 @@ class RunCoordinator(Publishing):
                                             inputs=msg.inputs)
                         return msg
                     case TaskDone():
+                        if msg.cached and msg.output is not None:
+                            self._strict_about_cached(
+                                node, pa.ipc.read_schema(pa.py_buffer(msg.output.schema)).names
+                            )
                         phases = {"queued": queued, **msg.phases}
                         if tx is not None:
                             t_commit = time.perf_counter()

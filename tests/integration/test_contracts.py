@@ -106,3 +106,42 @@ def test_what_a_model_returns_is_checked_against_its_schema(cluster: Cluster,
     proc = cluster.faas("submit", str(_project(tmp_path, extra)), "-n", "shop", "--no-cache",
                         "--strict")
     assert _error(proc).endswith("does not declare (--strict)"), proc.stderr
+
+
+def test_a_strict_run_takes_no_cached_output_with_an_undeclared_column(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """--strict is not part of the cache key, so an output made by a run without it (which
+    only warned of an undeclared column) may be cached: a strict run checks it and fails
+    the same way, whether the output is published already or held by a worker."""
+    csv = tmp_path / "orders.csv"
+    csv.write_text(ORDERS_CSV)
+    cluster.faas("namespace", "create", "shop", check=True)
+    cluster.faas("table", "import", "shop.orders", str(csv), check=True)
+    extra = "orders.append_column('note', pa.array(['a', 'b', 'c']))"
+    cached = ("model 'orders_out' returned column 'note', which its schema Order does not "
+              "declare (--strict; its output is cached from a run without --strict)")
+
+    # Published: the table's snapshot was made from the same key.
+    project = _project(tmp_path, extra)
+    assert cluster.json("submit", str(project), "-n", "shop")["status"] == "success"
+    head = cluster.json("log", "-n", "1")[0]["hash"]
+    assert _error(cluster.faas("submit", str(project), "-n", "shop", "--strict")) == f"error: {cached}"
+    assert cluster.json("log", "-n", "1")[0]["hash"] == head
+
+    # Held by a worker: orders_out is no table, and totals runs every time.
+    held = tmp_path / "held"
+    held.mkdir()
+    source = (project / "models.py").read_text()
+    source = source.replace('@faas.model(materialize="replace")\n@faas.python("3.11")\ndef orders_out',
+                            '@faas.model()\n@faas.python("3.11")\ndef orders_out', 1)
+    source = source.replace('@faas.model(materialize="replace")\n@faas.python("3.11")\ndef totals',
+                            '@faas.model(materialize="replace", cache=False)\n@faas.python("3.11")\n'
+                            'def totals', 1)
+    assert "cache=False" in source and "@faas.model()" in source
+    (held / "models.py").write_text(source)
+    assert cluster.json("submit", str(held), "-n", "shop")["status"] == "success"
+    head = cluster.json("log", "-n", "1")[0]["hash"]
+    proc = cluster.faas("submit", str(held), "-n", "shop", "--strict")
+    assert _error(proc) == f"error: {cached}", proc.stderr
+    assert cluster.json("log", "-n", "1")[0]["hash"] == head
