@@ -66,6 +66,11 @@ BASE_RESERVATION = 512 * 2**20
 VERDICT = "verdict"
 
 
+def _column_names(schema: bytes) -> list[str]:
+    """The column names of an Arrow schema in its IPC form."""
+    return list(pa.ipc.read_schema(pa.py_buffer(schema)).names)
+
+
 class RunCoordinator(Publishing):
     def __init__(
         self,
@@ -343,7 +348,7 @@ class RunCoordinator(Publishing):
             # A table whose snapshot was made from this very key is published already.
             published = self.use_cache and node.name in self.plan.published
             if published:
-                self._strict_about_cached(node, self.plan.published_columns.get(node.name))
+                self._strict_about_cached(node, lambda: self.plan.published_columns.get(node.name))
             if node.name in self.skipped:
                 # ... and nothing that will run needs its rows: there is nothing to do.
                 await self._event(node.name, "done", cached=True)
@@ -374,14 +379,17 @@ class RunCoordinator(Publishing):
             )
             raise
 
-    def _strict_about_cached(self, node: PlanNode, columns: list[str] | None) -> None:
+    def _strict_about_cached(
+        self, node: PlanNode, columns: Callable[[], list[str] | None]
+    ) -> None:
         """A strict run takes no cached output with a column its model's declaration does
         not name: the run that made it only warned of it (faasd/contracts.py), and the
-        cache key does not hold --strict."""
+        cache key does not hold --strict. ``columns()``: the output's, if known (asked only
+        in a strict run of a model with a declaration)."""
         contract = node.spec.contract
-        if not self.strict or contract is None or columns is None:
+        if not self.strict or contract is None or (names := columns()) is None:
             return
-        said = contract.undeclared(columns)
+        said = contract.undeclared(names)
         if said is not None:
             raise FunctionFailed(
                 f"{node_label(node.spec.kind)} {node.name!r} {said} (--strict; its output is "
@@ -535,7 +543,7 @@ class RunCoordinator(Publishing):
                     case TaskDone():
                         if msg.cached and msg.output is not None:
                             self._strict_about_cached(
-                                node, pa.ipc.read_schema(pa.py_buffer(msg.output.schema)).names
+                                node, functools.partial(_column_names, msg.output.schema)
                             )
                         phases = {"queued": queued, **msg.phases}
                         if tx is not None:

@@ -126,8 +126,8 @@ class MergeMixin:
         with self._engine.connect() as conn:
             require_commit(conn, a)
             require_commit(conn, b)
-            # a a near first-parent ancestor of b (a run's branch merged back into what it
-            # came from, nothing else merged meanwhile): a is the only best.
+            # a is a near first-parent ancestor of b (a run's branch merged back into what
+            # it came from, nothing else merged meanwhile): a is the only best.
             if _depth_on_chain(conn, b, a, NEAR) is not None:
                 return a
             # Walk back from b through commits that are not ancestors of a; the

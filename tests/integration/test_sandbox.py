@@ -124,6 +124,68 @@ def test_a_function_cannot_change_its_inputs_or_the_column_cache(
     assert cluster.alive()
 
 
+# Under --no-cache a function is handed the warehouse's own data files of its scan: it
+# tries to change each one it finds under the worker's shared memory; prints what happened.
+HANDED = '''
+import os
+import faas
+
+SHM = {shm!r}
+
+
+def attempt(path, how, action):
+    try:
+        action()
+        outcome = "DONE"
+    except OSError as exc:
+        outcome = type(exc).__name__
+    print(f"ATTEMPT {{how}} {{outcome}} {{path}}")
+
+
+def write_open(path):
+    with open(path, "r+b") as f:
+        f.write(b"Hacked")
+
+
+@faas.model(materialize="replace")
+def handed(t=faas.Model("territories")):
+    files = [os.path.join(top, name) for top, _, names in os.walk(SHM)
+             if os.path.basename(top).startswith("scan-") for name in names]
+    print(f"HANDED {{len(files)}}")
+    for path in files:
+        attempt(path, "open", lambda: write_open(path))
+        attempt(path, "truncate", lambda: os.truncate(path, 0))
+        attempt(path, "unlink", lambda: os.unlink(path))
+        attempt(path, "rename", lambda: os.rename(path, path + ".x"))
+    return t
+'''
+
+
+def test_a_function_cannot_change_the_data_files_of_its_scan(
+    cluster: Cluster, example_data: Path, tmp_path: Path
+) -> None:
+    """The data files a --no-cache scan hands over are the warehouse's own, bound read-only:
+    every way to change them fails, and the table reads as it was."""
+    import_territories(cluster, example_data)
+    assert cluster.shm_dir is not None
+    data = sorted(cluster.home.glob("**/territories-*/data/**/*.parquet"))
+    assert data, "no data file of territories in the warehouse"
+    before = {p: p.read_bytes() for p in data}
+    project = write_project(tmp_path, HANDED.format(shm=str(cluster.shm_dir)))
+    proc = cluster.faas("submit", str(project), "-n", "adventure", "--no-cache")
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout + proc.stderr
+    assert f"HANDED {len(data)}" in out, out
+    tried = [tuple(line.split()[2:4]) for line in out.splitlines() if " ATTEMPT " in line]
+    assert {how for how, _ in tried} == {"open", "truncate", "unlink", "rename"}, out
+    assert all(outcome != "DONE" for _, outcome in tried), out
+    assert {p: p.read_bytes() for p in data} == before
+    rows = cluster.json("query", "SELECT count(*) AS n FROM adventure.territories")
+    text = (example_data / "territories.csv").read_text()
+    assert rows == [{"n": len(text.strip().splitlines()) - 1}]
+    assert cluster.alive()
+
+
 PEEK = '''
 import glob
 import os

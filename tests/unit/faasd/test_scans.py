@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from faas.faasd.runner import _read_scan
+from faas.faasd.runner import InputProblem, _read_scan
 from faas.faasd.scans import StreamWriter, read_scans
 from faas.protocol.errors import StorageError
 from faas.protocol.messages import ScanInput
@@ -245,3 +245,21 @@ def test_a_scan_of_more_files_than_a_sandbox_binds_is_read_by_the_worker(
     monkeypatch.setattr("faas.faasd.scans.MAX_HANDED_FILES", 1)
     table = _read_by_the_worker(scan, tmp_path)
     assert table.equals(read_plan(scan.plan))  # type: ignore[arg-type]
+
+
+def test_handed_files_that_no_longer_match_the_plan_are_one_line_for_the_function(
+    tmp_path: Path, open_lake: OpenLake
+) -> None:
+    """The worker checked the files before handing them over; should one still not be what
+    the plan expects when the function reads it, the function says so in one line naming
+    the input and the table, and reads nothing else in its place."""
+    scan, tables = _planned_table(open_lake, parts=2)
+    placed = tmp_path / "scan-0"
+    placed.mkdir()
+    for k, table in enumerate(tables):
+        if k:  # the data file kept by the plan, with a column of another type
+            pq.write_table(table.set_column(1, "b", pa.array(range(100))), placed / "000000.parquet")
+    with pytest.raises(InputProblem) as caught:
+        _read_scan(scan, str(placed))
+    assert str(caught.value) == ("input 't' cannot read table shop.t: its data files are not "
+                                 "what the scan plan expects")
