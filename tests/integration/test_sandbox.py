@@ -30,15 +30,8 @@ from tests.conftest import (
 
 pytestmark = pytest.mark.timeout(240)
 
-# Tries every way to change each Arrow file it has mapped (its input object, the cached
-# columns of its scan) and the worker's object and column directories; prints what happened.
-TAMPER = '''
-import mmap
-import os
-import faas
-
-SHM = {shm!r}
-
+# What the tampering functions below share: try an action, print what happened.
+ATTEMPT = '''
 
 def attempt(what, path, how, action):
     try:
@@ -52,7 +45,17 @@ def attempt(what, path, how, action):
 def write_open(path):
     with open(path, "r+b") as f:
         f.write(b"Hacked")
+'''
 
+# Tries every way to change each Arrow file it has mapped (its input object, the cached
+# columns of its scan) and the worker's object and column directories; prints what happened.
+TAMPER = '''
+import mmap
+import os
+import faas
+
+SHM = {shm!r}
+''' + ATTEMPT + '''
 
 def write_mmap(path):
     fd = os.open(path, os.O_RDONLY)
@@ -131,20 +134,7 @@ import os
 import faas
 
 SHM = {shm!r}
-
-
-def attempt(path, how, action):
-    try:
-        action()
-        outcome = "DONE"
-    except OSError as exc:
-        outcome = type(exc).__name__
-    print(f"ATTEMPT {{how}} {{outcome}} {{path}}")
-
-
-def write_open(path):
-    with open(path, "r+b") as f:
-        f.write(b"Hacked")
+''' + ATTEMPT + '''
 
 
 @faas.model(materialize="replace")
@@ -153,10 +143,10 @@ def handed(t=faas.Model("territories")):
              if os.path.basename(top).startswith("scan-") for name in names]
     print(f"HANDED {{len(files)}}")
     for path in files:
-        attempt(path, "open", lambda: write_open(path))
-        attempt(path, "truncate", lambda: os.truncate(path, 0))
-        attempt(path, "unlink", lambda: os.unlink(path))
-        attempt(path, "rename", lambda: os.rename(path, path + ".x"))
+        attempt("data", path, "open", lambda: write_open(path))
+        attempt("data", path, "truncate", lambda: os.truncate(path, 0))
+        attempt("data", path, "unlink", lambda: os.unlink(path))
+        attempt("data", path, "rename", lambda: os.rename(path, path + ".x"))
     return t
 '''
 
@@ -176,9 +166,9 @@ def test_a_function_cannot_change_the_data_files_of_its_scan(
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout + proc.stderr
     assert f"HANDED {len(data)}" in out, out
-    tried = [tuple(line.split()[2:4]) for line in out.splitlines() if " ATTEMPT " in line]
-    assert {how for how, _ in tried} == {"open", "truncate", "unlink", "rename"}, out
-    assert all(outcome != "DONE" for _, outcome in tried), out
+    tried = [tuple(line.split()[2:5]) for line in out.splitlines() if " ATTEMPT " in line]
+    assert {how for _, how, _ in tried} == {"open", "truncate", "unlink", "rename"}, out
+    assert all(outcome != "DONE" for _, _, outcome in tried), out
     assert {p: p.read_bytes() for p in data} == before
     rows = cluster.json("query", "SELECT count(*) AS n FROM adventure.territories")
     text = (example_data / "territories.csv").read_text()
