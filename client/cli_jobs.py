@@ -80,8 +80,9 @@ def _print_phases(nodes: dict[str, NodeRecord], *, color: bool) -> None:
         typer.echo(f"{name:<{width}}{cells}{totals[name]:>10.3f}")
     for name, node in nodes.items():
         for i in node.inputs:
-            typer.echo(f"  {name}.{i.param} <- {i.source} {i.name}: {i.rows:,} rows, "
-                       f"{i.nbytes / 2**20:,.1f} MiB in {i.seconds:.3f}s")
+            read = ("streamed, opened" if i.streamed
+                    else f"{i.rows:,} rows, {i.nbytes / 2**20:,.1f} MiB")
+            typer.echo(f"  {name}.{i.param} <- {i.source} {i.name}: {read} in {i.seconds:.3f}s")
     longest = max(totals.values()) or 1.0
     typer.echo("")
     for name, node in nodes.items():

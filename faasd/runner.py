@@ -216,18 +216,20 @@ def _mapped(inp: ObjectInput, task: FunctionTask) -> Any:
 def _read_scan(inp: ScanInput, path: str) -> Any:
     """A scan the worker handed over: the planned data files it put in a directory of
     ``in/``, decoded here on every core of the function's budget, with the plan's
-    projection and filter; or the rows it read itself, in an Arrow IPC file, mapped."""
+    projection and filter (faasd.handed); or the rows it read itself, in an Arrow IPC file,
+    mapped."""
     if not os.path.isdir(path):
         return _map(path)
-    from faas.store.scan import read_plan
+    from faas.faasd import handed
 
-    assert inp.plan is not None  # the worker hands over data files only with a plan
-    files = [os.path.join(path, name) for name in sorted(os.listdir(path))]
-    table = read_plan(msgspec.structs.replace(inp.plan, files=files))
-    if table is None:  # the worker checked the files against the plan
+    return _checked(inp, handed.read(inp, path))
+
+
+def _checked(inp: ScanInput, read: Any) -> Any:
+    if read is None:  # the worker checked the files against the plan
         raise InputProblem(f"input {inp.param!r} cannot read table {inp.key}: its data files "
                            "are not what the scan plan expects")
-    return table
+    return read
 
 
 def _map(path: str) -> Any:
@@ -240,13 +242,19 @@ def _map(path: str) -> Any:
 def _open_stream(
     inp: ScanInput | ObjectInput, task: FunctionTask, report: _ColumnReport, t0: float
 ) -> Any:
-    """An input as a RecordBatchReader (faas.Model(stream=True)): a source scan's batches
-    as the worker reads them (through a FIFO: nothing is held to keep), or an upstream
-    object's batches, mapped."""
+    """An input as a RecordBatchReader (faas.Model(stream=True)): a source scan's batches,
+    decoded here from its handed data files or as the worker reads them (through a FIFO:
+    nothing is held to keep), or an upstream object's batches, mapped."""
     import pyarrow as pa
 
     if isinstance(inp, ScanInput):
-        reader = pa.ipc.open_stream(open(task.scans[inp.param], "rb"))  # noqa: SIM115 - the reader owns it
+        path = task.scans[inp.param]
+        if os.path.isdir(path):  # its data files: decoded as it is read (faasd.handed)
+            from faas.faasd import handed
+
+            reader = _checked(inp, handed.stream(inp, path))
+        else:  # a FIFO the worker writes the scan's batches into
+            reader = pa.ipc.open_stream(open(path, "rb"))  # noqa: SIM115 - the reader owns it
         source, name = "scan", inp.key
     else:
         table = _mapped(inp, task)
@@ -254,7 +262,7 @@ def _open_stream(
         source, name = "object", inp.node
     # Rows and bytes are not known before the function reads them.
     report.inputs.append(InputRead(param=inp.param, source=source, name=name,
-                                   seconds=time.perf_counter() - t0))
+                                   seconds=time.perf_counter() - t0, streamed=True))
     return reader
 
 
@@ -353,6 +361,9 @@ def _limit_duckdb(duckdb: Any, n: int) -> None:
     connect.__wrapped__ = real  # type: ignore[attr-defined]
     connect.__doc__ = real.__doc__
     duckdb.connect = connect
+    from faas.faasd import handed
+
+    handed.teach_duckdb(duckdb)
     if n >= (os.cpu_count() or 1):
         return  # DuckDB's own default: no need to make the default connection (~40 ms)
     default = getattr(duckdb, "default_connection", None)

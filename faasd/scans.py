@@ -5,15 +5,16 @@ through its task directory's ``in/`` (read-only to it):
 
 - a planned scan, with the cache: the scan's columns become column-cache entries
   (:func:`faasd.columns.prefetch`), linked into ``in/``; the function maps them;
-- a planned scan without the cache (``--no-cache``) of a local warehouse: its data files,
-  checked against the plan, are handed over in a directory of ``in/`` (bound read-only by
-  the sandbox, nothing copied), and the function decodes them with the plan's projection
-  and filter on every core of its budget: the worker decodes nothing, and the decoded rows
-  are never copied into shared memory;
+- a planned scan of a local warehouse without the cache (``--no-cache``), or streamed
+  (``faas.Model(stream=True)``): its data files, checked against the plan, are handed over
+  in a directory of ``in/`` (bound read-only by the sandbox, nothing copied), and the
+  function decodes them with the plan's projection and filter on every core of its budget
+  (faasd.handed; a streamed one as it reads it, or DuckDB reads the files itself): the
+  worker decodes nothing, and the decoded rows are never copied into shared memory;
 - any other scan (object storage without the cache, or one Arrow's planner cannot read):
   its batches are written, as they are read, into an Arrow IPC file in ``in/``, which the
   function maps as it maps an object;
-- a streamed scan (``faas.Model(stream=True)``): a FIFO in ``in/``. A thread of the
+- any other streamed scan: a FIFO in ``in/``. A thread of the
   worker writes the scan's batches into it as the function reads them (the pipe keeps it
   a batch or so ahead); a scan that fails midway breaks the stream, so the function can
   never take a shortened table for a whole one, and the task fails with the scan's error.
@@ -95,7 +96,7 @@ def read_scans(
         if not isinstance(i, ScanInput):
             out.inputs.append(i)
             continue
-        if not i.stream and i.columns != []:
+        if i.columns != []:
             i = plan(i)
         out.inputs.append(i)
         if cache_dir is not None and i.plan is not None and not i.stream:
@@ -112,7 +113,7 @@ def read_scans(
                 else:
                     out.read[i.key] = [f"{i.key}.{c}" for c in stats.columns_read]
                     continue
-        if (not i.stream and i.plan is not None and len(i.plan.files) <= MAX_HANDED_FILES
+        if (i.plan is not None and len(i.plan.files) <= MAX_HANDED_FILES
                 and all(is_local(f) for f in i.plan.files)):
             properties = metadata(i.metadata_location).io.properties
             if _readable(i.plan, properties):

@@ -120,6 +120,9 @@ class InputRead(msgspec.Struct, frozen=True, kw_only=True):
     seconds: float
     rows: int = 0
     nbytes: int = 0
+    # Given as a reader (faas.Model(stream=True)): rows and bytes are read by the
+    # function as it goes, not counted here; ``seconds`` is the opening.
+    streamed: bool = False
 
 
 class ScanPlan(msgspec.Struct, frozen=True, kw_only=True):

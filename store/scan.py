@@ -307,12 +307,21 @@ def plan_reader(
     plan: ScanPlan, properties: Mapping[str, str] | None = None,
 ) -> pa.RecordBatchReader | None:
     """:func:`read_plan` as a stream, every column of the plan in its order, decoded as
-    it is read: the scan is not planned a second time. None where read_plan would be."""
+    it is read: the scan is not planned a second time. None where read_plan would be.
+
+    Nothing is decoded before the first batch is asked for (Arrow's scanner starts
+    reading ahead, on every core, as soon as it is started): a reader that is never read,
+    or that DuckDB reads as its files (faasd.handed), costs only the footers."""
     planned = _plan_scanner(plan, None, properties)
     if planned is None:
         return None
     scanner, target, order, _ = planned
-    return _conformed(scanner.to_reader(), pa.schema([target.field(c) for c in order]))
+    schema = pa.schema([target.field(c) for c in order])
+
+    def batches() -> Iterator[pa.RecordBatch]:
+        yield from _conformed(scanner.to_reader(), schema)
+
+    return pa.RecordBatchReader.from_batches(schema, batches())
 
 
 def plan_readable(plan: ScanPlan, properties: Mapping[str, str] | None = None) -> bool:

@@ -95,9 +95,11 @@ def dim_country(
 @faas.model(materialize="replace")
 @faas.python("3.11")
 def fact_sale(
+    # Streamed: DuckDB reads the sale rows as its query runs, never all held at once.
     sale=faas.Model(
         "sale",
         columns=["OrderDate", "OrderNumber", "ProductKey", "TerritoryKey", "OrderQuantity"],
+        stream=True,
     ),
     dim_product=faas.Model(
         "dim_product",

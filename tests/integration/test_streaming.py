@@ -135,3 +135,43 @@ def test_inputs_asked_for_as_streams_arrive_as_readers(
     assert [(i["source"], i["name"]) for i in reads["kinds"]["inputs"]] == [
         ("scan", "adventure.territories")]
     assert [(i["source"], i["name"]) for i in reads["again"]["inputs"]] == [("object", "kinds")]
+
+
+READ_BY_DUCKDB = '''
+import faas
+import pyarrow as pa
+
+
+@faas.model(materialize="replace")
+def planned(t=faas.Model("territories", columns=["Country", "SalesTerritoryKey"], stream=True)):
+    import duckdb
+
+    con = duckdb.connect()
+    con.register("t", t)
+    plan = "\\n".join(str(row[1]) for row in con.sql("EXPLAIN SELECT * FROM t").fetchall())
+    rows = con.sql("SELECT SalesTerritoryKey, Country FROM t").to_arrow_table()
+    return rows.append_column("plan", pa.array([plan] * rows.num_rows))
+'''
+
+
+@pytest.mark.parametrize("cache", [False, True], ids=["no-cache", "cache"])
+def test_duckdb_reads_a_streamed_local_scan_from_its_data_files(
+    cluster: Cluster, example_data: Path, tmp_path: Path, cache: bool
+) -> None:
+    """A streamed scan of a local table is handed to the function as its data files, in its
+    sandbox: registered in DuckDB, DuckDB reads them itself (its plan says READ_PARQUET),
+    and the rows are the table's, in its order."""
+    import_territories(cluster, example_data)
+    project = write_project(tmp_path, READ_BY_DUCKDB)
+    out = cluster.json("submit", str(project), "-n", "adventure",
+                       *([] if cache else ["--no-cache"]))
+    assert out["status"] == "success", out
+    source = cluster.json("query", "SELECT SalesTerritoryKey, Country FROM territories",
+                          "-n", "adventure")
+    got = cluster.json("query", "SELECT SalesTerritoryKey, Country, plan FROM planned",
+                       "-n", "adventure")
+    assert [(r["SalesTerritoryKey"], r["Country"]) for r in got] == [
+        (r["SalesTerritoryKey"], r["Country"]) for r in source]
+    assert all("READ_PARQUET" in r["plan"] and "ARROW_SCAN" not in r["plan"] for r in got)
+    [read] = cluster.json("job", "get", out["run_id"])["nodes"]["planned"]["inputs"]
+    assert (read["source"], read["name"], read["streamed"]) == ("scan", "adventure.territories", True)

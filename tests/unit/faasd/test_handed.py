@@ -1,0 +1,165 @@
+"""Scans handed to a function as their data files (faasd.handed): a streamed one decodes
+them as it is read, and DuckDB, given its reader, reads the files itself with the same
+rows, order and types."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import msgspec
+import pyarrow as pa
+import pytest
+
+from faas.faasd import handed
+from faas.protocol.messages import ScanInput
+from faas.store import Lakehouse, write_parquet
+from faas.store.scan import plan_metadata, read_plan
+from tests.conftest import OpenLake
+
+
+@pytest.fixture
+def taught(monkeypatch: pytest.MonkeyPatch) -> None:
+    """DuckDB's register and unregister as a function process has them, for one test."""
+    for owner in (duckdb.DuckDBPyConnection, duckdb):
+        for name in ("register", "unregister"):
+            monkeypatch.setattr(owner, name, getattr(owner, name))
+    handed.teach_duckdb(duckdb)
+
+
+def _handed(open_lake: OpenLake, tmp_path: Path, table: pa.Table, parts: int = 3,
+            columns: list[str] | None = None, row_filter: str | None = None,
+            ) -> tuple[ScanInput, Path]:
+    """shop.t made of ``parts`` data files, a planned scan of it, and the directory of
+    links a worker hands the function (``in/scan-0``)."""
+    lake: Lakehouse = open_lake("shop")
+    tx = lake.begin("main")
+    size = -(-table.num_rows // parts)
+    pieces = [table.slice(k * size, size) for k in range(parts)]
+    files = [write_parquet(t, tx.data_location("shop.t"), f"part-{k}") for k, t in enumerate(pieces)]
+    tx.add_files("shop.t", files, table.schema)
+    tx.publish("t")
+    info = lake.table_info("shop.t", "main")
+    scan = ScanInput(param="t", key="shop.t", metadata_location=info.metadata_location,
+                     snapshot_id=info.snapshot_id, columns=columns, filter=row_filter, stream=True)
+    plan = plan_metadata(scan.metadata_location, scan.snapshot_id, scan.columns, scan.filter)
+    assert plan is not None
+    directory = tmp_path / "scan-0"
+    directory.mkdir()
+    for k, uri in enumerate(plan.files):
+        (directory / f"{k:06d}.parquet").symlink_to(uri.removeprefix("file://"))
+    return msgspec.structs.replace(scan, plan=plan), directory
+
+
+def _explained(con: Any, name: str) -> str:
+    return "\n".join(str(row[1]) for row in con.sql(f"EXPLAIN SELECT * FROM {name}").fetchall())
+
+
+SALES = pa.table({
+    "when": pa.array([1_700_000_000_000_000 + i for i in range(3000)], pa.timestamp("us")),
+    "n": pa.array(range(3000), pa.int64()),
+    "price": pa.array([i / 4 for i in range(3000)], pa.float64()),
+    "label": pa.array([f"row-{i}" if i % 7 else None for i in range(3000)], pa.string()),
+})
+
+
+def test_duckdb_reads_a_registered_streamed_scan_from_its_data_files(
+    tmp_path: Path, open_lake: OpenLake, taught: None
+) -> None:
+    """The registered reader is a view over read_parquet of the handed files: DuckDB's
+    Parquet reader, not an Arrow scan, with the reader's columns, order, rows and types.
+    The reader itself is left whole."""
+    scan, directory = _handed(open_lake, tmp_path, SALES, columns=["label", "n", "when"])
+    reader = handed.stream(scan, str(directory))
+    assert isinstance(reader, pa.RecordBatchReader)
+    con = duckdb.connect()
+    assert con.register("t", reader) is con
+    plan = _explained(con, "t")
+    assert "READ_PARQUET" in plan and "ARROW_SCAN" not in plan
+    got = con.sql("SELECT * FROM t").to_arrow_table()
+
+    whole = read_plan(scan.plan)  # type: ignore[arg-type]
+    assert whole is not None and whole.column_names == ["label", "n", "when"]
+    other = duckdb.connect()
+    other.execute("SET threads = 1")  # an Arrow scan keeps its order on one thread
+    other.register("t", whole)
+    assert got.equals(other.sql("SELECT * FROM t").to_arrow_table())
+    assert reader.read_all().equals(whole)
+
+    # The module's register and unregister, on the default connection too.
+    again = handed.stream(scan, str(directory))
+    duckdb.register("u", again)
+    assert "READ_PARQUET" in _explained(duckdb.default_connection(), "u")
+    duckdb.unregister("u")
+    with pytest.raises(duckdb.CatalogException):
+        duckdb.sql("SELECT * FROM u")
+
+
+def test_a_name_held_by_a_view_can_be_unregistered_and_registered_again(
+    tmp_path: Path, open_lake: OpenLake, taught: None
+) -> None:
+    """register and unregister keep their meaning for a name a reader's view holds:
+    unregister drops it, and registering anything else under the name replaces it."""
+    scan, directory = _handed(open_lake, tmp_path, SALES, columns=["n"])
+    con = duckdb.connect()
+    con.register("T", handed.stream(scan, str(directory)))
+    con.register("t", pa.table({"n": [7]}))
+    assert con.sql("SELECT n FROM t").fetchall() == [(7,)]
+    con.register("t", handed.stream(scan, str(directory)))
+    assert con.sql("SELECT count(*) FROM t").fetchall() == [(3000,)]
+    assert con.unregister("t") is con
+    with pytest.raises(duckdb.CatalogException):
+        con.sql("SELECT * FROM t")
+
+
+def test_a_filtered_scan_is_registered_as_a_reader(
+    tmp_path: Path, open_lake: OpenLake, taught: None
+) -> None:
+    """A row filter is an Arrow expression, not DuckDB's: the reader is registered as it
+    is, and DuckDB scans the rows the filter keeps."""
+    scan, directory = _handed(open_lake, tmp_path, SALES, columns=["n"], row_filter="n >= 2990")
+    con = duckdb.connect()
+    con.register("t", handed.stream(scan, str(directory)))
+    assert "READ_PARQUET" not in _explained(con, "t")
+    assert con.sql("SELECT n FROM t ORDER BY n").fetchall() == [(n,) for n in range(2990, 3000)]
+
+
+def test_a_column_duckdb_would_type_otherwise_from_parquet_is_registered_as_a_reader(
+    tmp_path: Path, open_lake: OpenLake, taught: None
+) -> None:
+    """A UUID is fixed-size binary to Arrow and UUID to DuckDB's Parquet reader: a scan of
+    one is registered as its reader, so DuckDB types it as it would the table."""
+    ids = pa.table({"id": pa.array([uuid.UUID(int=i).bytes for i in range(10)], pa.binary(16)),
+                    "n": pa.array(range(10), pa.int64())})
+    scan, directory = _handed(open_lake, tmp_path, ids, parts=1)
+    con = duckdb.connect()
+    con.register("ids", handed.stream(scan, str(directory)))
+    assert "READ_PARQUET" not in _explained(con, "ids")
+    assert con.sql("SELECT typeof(id), count(*) FROM ids GROUP BY 1").fetchall() == [("BLOB", 10)]
+
+
+def test_objects_that_are_not_handed_scans_register_as_before(taught: None) -> None:
+    table = pa.table({"a": [1, 2, 3]})
+    con = duckdb.connect()
+    con.register("t", table)
+    assert "READ_PARQUET" not in _explained(con, "t")
+    assert con.sql("SELECT sum(a) FROM t").fetchall() == [(6,)]
+    con.unregister("t")
+    with pytest.raises(duckdb.CatalogException):
+        con.sql("SELECT * FROM t")
+
+
+def test_a_streamed_scan_decodes_nothing_before_it_is_read(
+    tmp_path: Path, open_lake: OpenLake
+) -> None:
+    """Arrow's scanner reads ahead on every core once started: the reader starts it only
+    at its first batch, so one DuckDB reads as its files (or nobody reads) costs nothing."""
+    scan, directory = _handed(open_lake, tmp_path, SALES, columns=["label", "n"])
+    before = pa.total_allocated_bytes()
+    reader = handed.stream(scan, str(directory))
+    time.sleep(0.3)
+    assert pa.total_allocated_bytes() == before
+    assert reader.read_all().num_rows == SALES.num_rows
