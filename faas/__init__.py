@@ -37,7 +37,9 @@ class Model:
     The function gets it as a ``pyarrow.Table``; with ``stream=True``, as a
     ``pyarrow.RecordBatchReader`` that yields its rows batch by batch, in order, decoded on
     all cores while the function consumes them, so the input is never held whole (DuckDB,
-    for one, scans a registered reader as it streams). A reader can be read once."""
+    for one, scans a registered reader as it streams; a streamed scan of a table without a
+    filter, registered with ``con.register``, DuckDB reads from the table's Parquet files
+    itself, on every core). A reader can be read once."""
 
     __slots__ = ("name", "columns", "filter", "stream", "projection_schema")
 
