@@ -75,10 +75,10 @@ def _libc() -> Any:
 _PR_SET_PDEATHSIG = 1
 _PR_SET_NAME = 15
 # Sandboxed function processes kept forked ahead of their requests: a run starts several
-# functions at once (the example, three), and the first ones then find one with its
-# sandbox built. Each is a copy of the zygote (about 60 MiB of its memory, shared until
-# written), so a few, not one per core.
-SPARES = 2
+# functions at once (the example, three), and each then finds one with its sandbox built
+# (with two, the third waited 12-37 ms for a fork and its sandbox). Each is a copy of the
+# zygote (about 60 MiB of its memory, shared until written), so a few, not one per core.
+SPARES = 3
 
 
 class _Server:

@@ -155,6 +155,10 @@ def write_parquet(
 # so that the parts held while they are encoded stay small however wide the rows.
 PART_ROWS = 1 << 20
 PART_BYTES = 128 << 20
+# An output smaller than PART_ROWS, whole or the whole of a stream, is still cut into up
+# to ``threads`` parts of at least this many rows, encoded at once: one core alone would
+# encode it while the others wait (0.2M rows: 46 ms as one part, 32 as two).
+SPLIT_ROWS = 1 << 16
 
 
 def write_parquet_parts(
@@ -169,7 +173,9 @@ def write_parquet_parts(
     (zero-copy slices of a table; about PART_ROWS rows of a stream, gathered while the
     parts before them are encoded), each written as a file of its own: in order, the
     files hold the rows in their order. At most ``threads`` parts are held at once, so
-    a stream is never held whole. A small table is one file ``STEM.parquet``.
+    a stream is never held whole. An output of fewer than PART_ROWS rows is cut into up
+    to ``threads`` parts of SPLIT_ROWS rows or more; a table too small to cut is one
+    file ``STEM.parquet``.
 
     With ``partitioned_by`` (see :mod:`store.partitions`; ``what`` names the table in
     its errors) each file holds the rows of one partition.
@@ -191,7 +197,7 @@ def write_parquet_parts(
             return [write_parquet(slices[0], directory_uri, name, properties=properties)], data.num_rows
         chunks = iter(slices)
     else:
-        chunks = _gather(data, PART_ROWS, PART_BYTES)
+        chunks = _small_cut(_gather(data, PART_ROWS, PART_BYTES), threads)
         if fields:
             chunks = (piece for chunk in chunks for piece in split(chunk, fields, what))
     futures: list[Future[str]] = []
@@ -221,10 +227,27 @@ def write_parquet_parts(
 
 
 def _slices(table: pa.Table, threads: int) -> list[pa.Table]:
-    """``table`` as up to ``threads`` contiguous zero-copy slices of PART_ROWS rows or more."""
-    parts = max(1, min(threads, -(-table.num_rows // PART_ROWS)))
+    """``table`` as up to ``threads`` contiguous zero-copy slices of PART_ROWS rows or
+    more; of SPLIT_ROWS rows or more, for a table of fewer than PART_ROWS."""
+    least = PART_ROWS if table.num_rows >= PART_ROWS else SPLIT_ROWS
+    parts = max(1, min(threads, table.num_rows // least if least == SPLIT_ROWS
+                       else -(-table.num_rows // least)))
     step = -(-table.num_rows // parts)
     return [table.slice(i * step, step) for i in range(parts)]
+
+
+def _small_cut(chunks: Iterator[pa.Table], threads: int) -> Iterator[pa.Table]:
+    """The parts of a stream; a stream that is all one part of fewer than PART_ROWS rows,
+    as :func:`_slices` cuts a table of its size. (A part under both of :func:`_gather`'s
+    limits can only be the last: so the first is, and nothing waits for a second.)"""
+    first = next(chunks, None)
+    if first is None:
+        return
+    if first.num_rows < PART_ROWS and first.nbytes < PART_BYTES:
+        yield from _slices(first, threads)
+        return
+    yield first
+    yield from chunks
 
 
 def _gather(reader: pa.RecordBatchReader, rows: int, nbytes: int) -> Iterator[pa.Table]:

@@ -352,3 +352,30 @@ def test_parquet_parts_keep_order_and_a_failed_stream_leaves_no_file(
         files.write_parquet_parts(pa.RecordBatchReader.from_batches(schema, failing()),
                                   str(tmp_path / "bad"), "out", threads=2)
     assert not list((tmp_path / "bad").glob("*.parquet"))  # the parts written are removed
+
+
+def test_an_output_smaller_than_a_part_is_still_encoded_on_every_core(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A table, or a whole stream, of fewer than PART_ROWS rows is cut into up to
+    ``threads`` parts of SPLIT_ROWS rows or more (encoded at once), in order; one too
+    small to cut stays one file."""
+    import pyarrow.parquet as pq
+
+    from faas.store import files
+
+    monkeypatch.setattr(files, "PART_ROWS", 1000)
+    monkeypatch.setattr(files, "SPLIT_ROWS", 100)
+    table = pa.table({"n": pa.array(range(450), pa.int64())})
+    written, count = files.write_parquet_parts(table, str(tmp_path / "table"), "t", threads=4)
+    assert count == 450 and [pq.read_metadata(f).num_rows for f in written] == [113, 113, 113, 111]
+    assert pa.concat_tables(pq.read_table(f) for f in written).equals(table)
+
+    reader = pa.RecordBatchReader.from_batches(table.schema, table.to_batches(max_chunksize=50))
+    written, count = files.write_parquet_parts(reader, str(tmp_path / "stream"), "s", threads=2)
+    assert count == 450 and [pq.read_metadata(f).num_rows for f in written] == [225, 225]
+    assert [n for f in written for n in pq.read_table(f).column("n").to_pylist()] == list(range(450))
+
+    small = table.slice(0, 150)
+    written, _ = files.write_parquet_parts(small, str(tmp_path / "small"), "x", threads=2)
+    assert [Path(f).name for f in written] == ["x.parquet"]
