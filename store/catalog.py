@@ -22,7 +22,9 @@ import json
 import logging
 import re
 import sqlite3
+import threading
 import time
+from collections import OrderedDict
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Self
@@ -54,7 +56,6 @@ from faas.store.schema import (
     commit_by_prefix,
     commit_changes,
     commits,
-    has_prefix,
     is_ancestor,
     refs,
     require_commit,
@@ -89,6 +90,8 @@ _PG_POOL_SIZE = 4
 _PG_MAX_OVERFLOW = 4
 _PG_POOL_TIMEOUT_S = 30
 _PG_POOL_RECYCLE_S = 1800
+# Whole catalog states kept, of the commits read or written last.
+_STATES = 32
 _PG_INSUFFICIENT_PRIVILEGE = "42501"  # SQLSTATE
 # pg_advisory_xact_lock key held while a catalog database is initialized.
 _PG_INIT_LOCK = int.from_bytes(
@@ -108,6 +111,12 @@ class VersionedCatalog(RefsMixin, MergeMixin):
         self.uri = uri
         self._engine = _make_engine(uri)
         self._initialize()
+        # The whole state of recent commits, (kind, key) -> value of every live key. A
+        # commit never changes, so neither does its state: one walk of the history gives
+        # a commit's, and a commit written here gets its own from its parent's, so reading
+        # the head a run or a command works on costs no walk, however deep the history.
+        self._states: OrderedDict[str, dict[tuple[str, str], str]] = OrderedDict()
+        self._states_lock = threading.Lock()
 
     def close(self) -> None:
         self._engine.dispose()
@@ -172,24 +181,10 @@ class VersionedCatalog(RefsMixin, MergeMixin):
     def get(self, commit: str, key: str, kind: ChangeKind = "table") -> str | None:
         """Return the value of ``key`` at ``commit`` (a table's metadata location), or None.
 
-        Walks the first-parent chain from ``commit`` to the nearest change of the
-        key, so the cost grows with history depth.
-
         Raises:
             NotFound: ``commit`` does not exist.
         """
-        chain = _first_parent_chain(commit)
-        stmt = (
-            select(commit_changes.c.value)
-            .select_from(commit_changes.join(chain, commit_changes.c.commit == chain.c.hash))
-            .where(commit_changes.c.kind == kind, commit_changes.c.key == key)
-            .order_by(chain.c.depth)
-            .limit(1)
-        )
-        with self._engine.connect() as conn:
-            self._require_commit(conn, commit)
-            row = conn.execute(stmt).first()
-        return None if row is None else row.value
+        return self._state(commit).get((kind, key))
 
     def entries(self, commit: str, kind: ChangeKind = "table", prefix: str = "") -> dict[str, str]:
         """Return every live key of ``kind`` at ``commit`` that starts with ``prefix``.
@@ -197,22 +192,42 @@ class VersionedCatalog(RefsMixin, MergeMixin):
         Raises:
             NotFound: ``commit`` does not exist.
         """
+        state = self._state(commit)
+        return dict(sorted(
+            (key, value) for (k, key), value in state.items()
+            if k == kind and key.startswith(prefix)
+        ))
+
+    def _state(self, commit: str) -> dict[tuple[str, str], str]:
+        """Every live key at ``commit``: kept, or found by walking its first-parent chain
+        back to the nearest change of each key (a cost that grows with history depth)."""
+        with self._states_lock:
+            state = self._states.get(commit)
+            if state is not None:
+                self._states.move_to_end(commit)
+                return state
         chain = _first_parent_chain(commit)
         stmt = (
-            select(commit_changes.c.key, commit_changes.c.value)
+            select(commit_changes.c.kind, commit_changes.c.key, commit_changes.c.value)
             .select_from(commit_changes.join(chain, commit_changes.c.commit == chain.c.hash))
-            .where(commit_changes.c.kind == kind)
             .order_by(chain.c.depth)
         )
-        if prefix:
-            stmt = stmt.where(has_prefix(commit_changes.c.key, prefix))
-        seen: dict[str, str | None] = {}
+        seen: dict[tuple[str, str], str | None] = {}
         with self._engine.connect() as conn:
             self._require_commit(conn, commit)
-            for key, value in conn.execute(stmt):
+            for kind, key, value in conn.execute(stmt):
                 # The nearest change wins; older ones are shadowed.
-                seen.setdefault(key, value)
-        return {key: value for key, value in sorted(seen.items()) if value is not None}
+                seen.setdefault((kind, key), value)
+        state = {k: v for k, v in seen.items() if v is not None}
+        self._keep(commit, state)
+        return state
+
+    def _keep(self, commit: str, state: dict[tuple[str, str], str]) -> None:
+        with self._states_lock:
+            self._states[commit] = state
+            self._states.move_to_end(commit)
+            while len(self._states) > _STATES:
+                self._states.popitem(last=False)
 
     def log(self, ref: str, n: int = 20) -> list[CommitInfo]:
         """Return up to ``n`` commits of the first-parent history of ``ref``, newest first.
@@ -328,6 +343,16 @@ class VersionedCatalog(RefsMixin, MergeMixin):
             failpoint(f"{step}.after_changes")
             failpoint(f"{step}.before_db_commit")
         failpoint(f"{step}.after_db_commit")
+        with self._states_lock:
+            parent = self._states.get(expected_head)
+        if parent is not None:  # the new state is the parent's with these changes
+            state = dict(parent)
+            for c in changes:
+                if c.value is None:
+                    state.pop((c.kind, c.key), None)
+                else:
+                    state[(c.kind, c.key)] = c.value
+            self._keep(new, state)
         logger.info(
             "commit %s on %s (parent %s%s, %d changes): %s",
             new[:12],

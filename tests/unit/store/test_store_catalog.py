@@ -211,3 +211,43 @@ def test_in_memory_catalog() -> None:
         new = vc.commit("main", ROOT_COMMIT, [Change("a.t", "table", "1")], "one")
         assert vc.entries(vc.head("main")) == {"a.t": "1"}
         assert vc.resolve("main") == ("main", new)
+
+
+def test_the_state_of_a_commit_written_here_comes_from_its_parents_without_a_walk(
+    tmp_path: Path,
+) -> None:
+    """After a long history, reading the head a run writes on costs no walk of it: the
+    state of a commit made here is its parent's with its changes. It is what another
+    catalog on the same database finds by walking, for tables and namespaces alike."""
+    from sqlalchemy import event
+
+    url = f"sqlite:///{tmp_path}/catalog.db"
+    catalog = VersionedCatalog(url)
+    statements: list[str] = []
+    event.listen(catalog._engine, "before_cursor_execute",
+                 lambda _c, _cur, sql, *_: statements.append(sql))
+    head = catalog.commit("main", catalog.head("main"), [Change("a", "namespace", "{}")], "ns")
+    for i in range(60):
+        changes = [Change(f"a.t{i % 7}", "table", f"loc{i}")]
+        if i % 10 == 9:
+            changes.append(Change(f"a.t{(i + 3) % 7}", "table", None))
+        head = catalog.commit("main", head, changes, f"c{i}")
+    assert catalog.get(head, "a.t0") == "loc56"  # one walk: the state of this head
+    for i in range(60, 70):
+        statements.clear()
+        changes = [Change(f"a.t{i % 7 + 2}", "table", f"loc{i}"), Change("a.t1", "table", None)]
+        head = catalog.commit("main", head, changes, f"c{i}")
+        assert catalog.get(head, f"a.t{i % 7 + 2}") == f"loc{i}" and catalog.get(head, "a.t1") is None
+        assert catalog.entries(head, "namespace") == {"a": "{}"}
+        assert not [s for s in statements if "chain" in s]
+
+    other = VersionedCatalog(url)
+    try:
+        for kind in ("table", "namespace"):
+            assert catalog.entries(head, kind) == other.entries(head, kind)
+        assert catalog.entries(head, prefix="a.t") == other.entries(head, prefix="a.t")
+        assert [catalog.get(head, f"a.t{i}") for i in range(9)] == [
+            other.get(head, f"a.t{i}") for i in range(9)]
+    finally:
+        other.close()
+        catalog.close()
