@@ -180,3 +180,54 @@ def test_inputs_that_never_come_are_a_clear_error(
         runner._held.clear()
     message, _ = runner.describe_failure(task, caught.value)
     assert message.startswith("model 'f' (models.py:1): the inputs of upstream functions never came")
+
+
+AHEAD = '''
+import sys
+from pathlib import Path
+
+import duckdb
+
+from faas.faasd import runner
+from faas.protocol.worker_messages import FunctionTask
+
+runner.limit_threads(1)
+home = Path(sys.argv[1])
+(home / "plain.py").write_text("def f(t):\\n    return t\\n")
+(home / "quacks.py").write_text("def f(t):\\n    import duckdb\\n    return t\\n")
+
+
+def task(module):
+    return FunctionTask(run_id="r", node="f", project_dir=str(home), module=module,
+                        function="f", inputs=[], objects={},
+                        output_path=str(home / "out.arrow"))
+
+
+runner._open_duckdb_ahead(task("plain"))
+assert runner._opened == [], "opened for a module that never names DuckDB"
+runner._open_duckdb_ahead(task("quacks"))
+[ahead] = runner._opened
+first = duckdb.connect()
+assert first is ahead and runner._opened == []
+assert first.sql("SELECT current_setting('threads')").fetchall() == [(1,)]
+assert first.sql("SELECT count(*) FROM duckdb_tables()").fetchall() == [(0,)]
+first.execute("CREATE TABLE t AS SELECT 1 AS a")
+second = duckdb.connect()
+assert second is not first
+assert second.sql("SELECT count(*) FROM duckdb_tables()").fetchall() == [(0,)]
+runner._open_duckdb_ahead(task("quacks"))
+assert duckdb.connect(config={"threads": 2}) is not runner._opened[0]
+print("ok")
+'''
+
+
+def test_a_waiting_function_opens_duckdb_ahead_for_its_first_connect(tmp_path: Path) -> None:
+    """A Python model whose module names DuckDB gets, from its first plain connect, the
+    in-memory connection opened while it waited for its upstream objects: new and empty,
+    with the thread budget; later connects, and one with options, are opened then."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", AHEAD, str(tmp_path)], capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr
