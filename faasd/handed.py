@@ -25,8 +25,9 @@ import msgspec
 from faas.protocol.messages import ScanInput
 
 # Streamed scans' readers that DuckDB may read as their data files: id(reader) -> (the
-# reader, kept alive so that its id stays its own, and the query that reads its rows).
-_as_parquet: dict[int, tuple[Any, str]] = {}
+# reader, kept alive so that its id stays its own, the query that reads its rows, and
+# the files it reads).
+_as_parquet: dict[int, tuple[Any, str, list[str]]] = {}
 
 
 def files(directory: str) -> list[str]:
@@ -53,8 +54,22 @@ def stream(inp: ScanInput, directory: str) -> Any:
     if reader is not None:
         query = _parquet_query(plan, reader.schema)
         if query is not None:
-            _as_parquet[id(reader)] = (reader, query)
+            _as_parquet[id(reader)] = (reader, query, plan.files)
     return reader
+
+
+def view(inp: ScanInput, directory: str) -> Any:
+    """The handed scan as a reader DuckDB reads as its data files (:func:`stream`), or
+    None where DuckDB would read it as a reader, or the files are not what the plan
+    expects."""
+    reader = stream(inp, directory)
+    return reader if reader is not None and id(reader) in _as_parquet else None
+
+
+def paths(objects: Any) -> list[str]:
+    """The data files DuckDB reads for those of ``objects`` that are such readers."""
+    return [path for o in objects if (found := _as_parquet.get(id(o))) and found[0] is o
+            for path in found[2]]
 
 
 def _parquet_query(plan: Any, schema: Any) -> str | None:
@@ -84,11 +99,17 @@ def _alike(t: Any) -> bool:
 
 
 def _identifier(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
+    # Imported here: DuckDB's first import, which faas.store.query makes, brings this
+    # module in (faasd.runner's thread budget), so it cannot import that one at its top.
+    from faas.store.query import quote_identifier
+
+    return quote_identifier(name)
 
 
 def _literal(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
+    from faas.store.query import quote_literal
+
+    return quote_literal(text)
 
 
 def teach_duckdb(duckdb: Any) -> None:

@@ -166,6 +166,17 @@ def _load_input(inp: ScanInput | ObjectInput, task: FunctionTask, report: _Colum
     if inp.stream:
         return _open_stream(inp, task, report, t0)
     if isinstance(inp, ScanInput):
+        if task.kind == "sql" and os.path.isdir(task.scans.get(inp.param, "")):
+            from faas.faasd import handed
+
+            # Its data files, which the model's DuckDB reads itself as it runs.
+            view = handed.view(inp, task.scans[inp.param])
+            if view is not None:
+                report.inputs.append(InputRead(
+                    param=inp.param, source="scan", name=inp.key,
+                    seconds=time.perf_counter() - t0, streamed=True,
+                ))
+                return view
         if inp.param in task.scans:  # handed over by the worker: its data files, or the rows
             table = _read_scan(inp, task.scans[inp.param])
         else:  # the worker made its columns cache entries
@@ -457,10 +468,13 @@ def run(
         "inputs": report.inputs,
     }
     if task.kind == "sql":
+        from faas.faasd import handed
         from faas.store.query import query_tables
 
-        # Parameters are bound as values ($name), never pasted into the query.
-        value: Any = query_tables(task.sql, inputs, task.params)
+        # Parameters are bound as values ($name), never pasted into the query. The
+        # connection reads no file but the data files of scans handed to it as views.
+        value: Any = query_tables(task.sql, inputs, task.params,
+                                  allowed_paths=handed.paths(inputs.values()))
     else:
         fn = _find_function(task)
         value = fn(**inputs, **task.params)

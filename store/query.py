@@ -12,7 +12,7 @@ import json
 import logging
 import re
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import duckdb
@@ -119,6 +119,7 @@ def sql_parameters(sql: str) -> list[str]:
 def query_tables(
     sql: str, tables: Mapping[str, pa.Table], params: Mapping[str, Any] | None = None,
     *, connected: Callable[[duckdb.DuckDBPyConnection], None] | None = None,
+    allowed_paths: Sequence[str] = (),
 ) -> pa.Table:
     """Run ``sql`` in a fresh in-memory DuckDB over the given Arrow tables.
 
@@ -133,9 +134,10 @@ def query_tables(
 
     ``params`` are bound to the SQL's ``$name`` parameters as values, never
     pasted into the text. ``connected`` is handed the connection before the query runs
-    (to interrupt it from another thread).
+    (to interrupt it from another thread). ``allowed_paths``: files the connection may
+    read all the same (the data files of tables registered as views over them).
     """
-    with _relation(sql, tables, params, connected) as relation:
+    with _relation(sql, tables, params, connected, allowed_paths) as relation:
         try:
             table_out = relation.to_arrow_table()
         except duckdb.Error as e:
@@ -189,8 +191,10 @@ class QueryResult:
 def _relation(
     sql: str, tables: Mapping[str, pa.Table], params: Mapping[str, Any] | None,
     connected: Callable[[duckdb.DuckDBPyConnection], None] | None,
+    allowed_paths: Sequence[str] = (),
 ) -> Iterator[duckdb.DuckDBPyRelation]:
-    """The query's relation on a fresh connection that can read only ``tables``."""
+    """The query's relation on a fresh connection that can read only ``tables`` (and the
+    files of ``allowed_paths``)."""
     with duckdb.connect(":memory:") as con:
         if connected is not None:
             connected(con)
@@ -203,6 +207,8 @@ def _relation(
                 f"table {missing[0]!r} not found; known tables: {', '.join(sorted(tables)) or 'none'}"
             )
         _register(con, tables)
+        if allowed_paths:
+            con.execute(f"SET allowed_paths = [{', '.join(_literal(p) for p in allowed_paths)}]")
         con.execute("SET enable_external_access = false")
         con.execute("SET lock_configuration = true")
         try:
@@ -267,8 +273,18 @@ def _cte_names(tree: Any) -> Iterator[str]:
                     yield str(entry["key"])
 
 
-def _quote(identifier: str) -> str:
+def quote_identifier(identifier: str) -> str:
+    """``identifier`` as a DuckDB identifier, quoted."""
     return '"' + identifier.replace('"', '""') + '"'
+
+
+def quote_literal(text: str) -> str:
+    """``text`` as a DuckDB string literal."""
+    return "'" + text.replace("'", "''") + "'"
+
+
+_quote = quote_identifier
+_literal = quote_literal
 
 
 class SQLError(InvalidInput):

@@ -175,3 +175,37 @@ def test_duckdb_reads_a_streamed_local_scan_from_its_data_files(
     assert all("READ_PARQUET" in r["plan"] and "ARROW_SCAN" not in r["plan"] for r in got)
     [read] = cluster.json("job", "get", out["run_id"])["nodes"]["planned"]["inputs"]
     assert (read["source"], read["name"], read["streamed"]) == ("scan", "adventure.territories", True)
+
+
+PAIRS_SQL = '''-- faas: materialize=replace
+SELECT a.SalesTerritoryKey, b.Country
+FROM territories AS a JOIN territories AS b USING (SalesTerritoryKey)
+'''
+
+
+def test_a_sql_model_reads_a_handed_scan_from_its_data_files_and_no_other_file(
+    cluster: Cluster, example_data: Path, tmp_path: Path
+) -> None:
+    """Without the cache, a SQL model's source table reaches its DuckDB as a view over the
+    table's data files (read twice here), and the connection may read those files and no
+    other: a model that names another file fails in one line."""
+    import_territories(cluster, example_data)
+    project = tmp_path / "sql"
+    project.mkdir()
+    (project / "pairs.sql").write_text(PAIRS_SQL)
+    out = cluster.json("submit", str(project), "-n", "adventure", "--no-cache")
+    assert out["status"] == "success", out
+    source = cluster.json("query", "SELECT SalesTerritoryKey, Country FROM territories "
+                          "ORDER BY 1", "-n", "adventure")
+    got = cluster.json("query", "SELECT * FROM pairs ORDER BY 1", "-n", "adventure")
+    assert got == source
+    [read] = cluster.json("job", "get", out["run_id"])["nodes"]["pairs"]["inputs"]
+    assert (read["name"], read["streamed"]) == ("adventure.territories", True)
+
+    (project / "pairs.sql").unlink()
+    (project / "peek.sql").write_text(
+        f"SELECT count(*) AS n FROM territories, read_csv('{example_data / 'sale.csv'}')\n")
+    proc = cluster.faas("submit", str(project), "-n", "adventure", "--no-cache")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    [line] = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+    assert "peek.sql:1" in line and "sale.csv" in line and "Permission Error" in line
