@@ -17,6 +17,7 @@ import importlib.util
 import io
 import json
 import logging
+import math
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -209,7 +210,7 @@ class Console:
         rows = result.slice(0, limit)
         return web.json_response({
             "columns": [{"name": f.name, "type": str(f.type)} for f in rows.schema],
-            "rows": [list(r.values()) for r in rows.to_pylist()],
+            "rows": [[_for_browser(v) for v in r.values()] for r in rows.to_pylist()],
             "offset": offset, "limit": limit, "more": more, "seconds": seconds,
         }, dumps=_dumps)
 
@@ -345,6 +346,28 @@ async def _body(request: web.Request) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise InvalidInput("the request body must be a JSON object")
     return body
+
+
+# The largest integer a browser's numbers (IEEE doubles) hold exactly.
+_SAFE_INTEGER = 2**53 - 1
+_NOT_FINITE = {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}
+
+
+def _for_browser(value: Any) -> Any:
+    """A query value as JavaScript reads it right: an integer past 2**53 - 1 (which a
+    browser would round) and a float JSON cannot spell (NaN, infinities) as text, at any
+    depth of a list or struct."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        return str(value) if abs(value) > _SAFE_INTEGER else value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else _NOT_FINITE[str(value)]
+    if isinstance(value, (list, tuple)):
+        return [_for_browser(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _for_browser(v) for k, v in value.items()}
+    return value
 
 
 def _dumps(value: Any) -> str:

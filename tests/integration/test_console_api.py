@@ -95,6 +95,19 @@ def test_queries_page_and_export(served: Cluster) -> None:
     status, error = _status(c, "/api/v1/query", {"sql": "SELECT 1", "ref": "no-such-ref"})
     assert status == 404 and error["error"]["kind"] == "NotFound"
 
+    # What a browser's numbers cannot hold exactly, or JSON cannot spell, comes as text.
+    odd = ("SELECT 9007199254740993::BIGINT AS big, -9007199254740993::BIGINT AS low, "
+           "9007199254740991::BIGINT AS safe, 'nan'::DOUBLE AS nan, '-inf'::DOUBLE AS inf, "
+           "[9007199254740993, 1]::BIGINT[] AS list, {'n': 9007199254740993} AS struct, true AS yes")
+    raw = _call(c, "/api/v1/query", {"sql": odd}, raw=True)
+
+    def refuse(constant: str) -> None:
+        raise AssertionError(f"not JSON a browser parses: {constant}")
+
+    assert json.loads(raw, parse_constant=refuse)["rows"] == [[
+        "9007199254740993", "-9007199254740993", 9007199254740991, "NaN", "-Infinity",
+        ["9007199254740993", 1], {"n": "9007199254740993"}, True]]
+
     query = f"sql={urllib.request.quote(sql)}&namespace=adventure"
     csv = _call(c, f"/api/v1/export?{query}&format=csv", raw=True).decode()
     assert csv.splitlines()[0] == '"k","Region"' and len(csv.splitlines()) == len(everything) + 1
