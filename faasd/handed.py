@@ -11,23 +11,49 @@ scan's reader becomes a view over ``read_parquet`` of the same files and columns
 then reads the files itself, in parallel, with its own projection pushdown, as its query
 runs, where a registered reader is scanned on one thread. The rows, their order, and the
 types DuckDB gives them are the reader's. Only scans without a row filter whose every
-column DuckDB reads from Parquet as it reads the same column from Arrow take that way;
-any other reader is registered as it is.
+column DuckDB reads from Parquet as it reads the same column from Arrow, and whose files
+name no two columns alike but for case (DuckDB's names ignore case), take that way; so
+does only a reader nothing has been read from yet, on a connection that may read files.
+Any other reader is registered as it is. ``register`` and ``unregister`` keep their
+meaning: a name is replaced, dropped, or refused over the user's own view, as DuckDB does.
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
 
 from faas.protocol.messages import ScanInput
 
-# Streamed scans' readers that DuckDB may read as their data files: id(reader) -> (the
-# reader, kept alive so that its id stays its own, the query that reads its rows, and
-# the files it reads).
-_as_parquet: dict[int, tuple[Any, str, list[str]]] = {}
+# The alias every such view's query gives its scan: how a view of ours is told from one
+# the user made.
+_MARK = "faas_handed_scan"
+
+
+@dataclass
+class _Handed:
+    """A streamed scan DuckDB may read as its data files."""
+
+    query: str  # DuckDB's query of its rows, from the files
+    files: list[str]
+    reader: Any = None  # kept alive, so that its id stays its own
+    started: bool = False  # a batch was asked of the reader: what is left is not the files
+    names_checked: bool | None = field(default=None)  # no two column names alike but for case
+
+    def readable(self) -> bool:
+        if self.names_checked is None:
+            self.names_checked = _distinct_names(self.files)
+        return self.names_checked and not self.started
+
+
+# Streamed scans' readers that DuckDB may read as their data files, by id(reader).
+_as_parquet: dict[int, _Handed] = {}
+# Names ever given to a view of ours, lower case (DuckDB matches names so), on any
+# connection: only a register or unregister of one of these looks for a view to drop.
+_named: set[str] = set()
 
 
 def files(directory: str) -> list[str]:
@@ -46,15 +72,26 @@ def read(inp: ScanInput, directory: str) -> Any:
 def stream(inp: ScanInput, directory: str) -> Any:
     """The handed scan as a RecordBatchReader that decodes the files as it is read; None
     if they are not what the plan expects."""
+    import pyarrow as pa
+
     from faas.store.scan import plan_reader
 
     assert inp.plan is not None
     plan = msgspec.structs.replace(inp.plan, files=files(directory))
-    reader = plan_reader(plan)
-    if reader is not None:
-        query = _parquet_query(plan, reader.schema)
-        if query is not None:
-            _as_parquet[id(reader)] = (reader, query, plan.files)
+    inner = plan_reader(plan)
+    if inner is None:
+        return None
+    query = _parquet_query(plan, inner.schema)
+    if query is None:
+        return inner
+    handed = _Handed(query=query, files=plan.files)
+
+    def batches() -> Any:
+        handed.started = True
+        yield from inner
+
+    reader = handed.reader = pa.RecordBatchReader.from_batches(inner.schema, batches())
+    _as_parquet[id(reader)] = handed
     return reader
 
 
@@ -63,23 +100,46 @@ def view(inp: ScanInput, directory: str) -> Any:
     None where DuckDB would read it as a reader, or the files are not what the plan
     expects."""
     reader = stream(inp, directory)
-    return reader if reader is not None and id(reader) in _as_parquet else None
+    found = _found(reader)
+    return reader if found is not None and found.readable() else None
 
 
 def paths(objects: Any) -> list[str]:
     """The data files DuckDB reads for those of ``objects`` that are such readers."""
-    return [path for o in objects if (found := _as_parquet.get(id(o))) and found[0] is o
-            for path in found[2]]
+    return [path for o in objects if (found := _found(o)) is not None for path in found.files]
+
+
+def _found(reader: Any) -> _Handed | None:
+    found = _as_parquet.get(id(reader))
+    return found if found is not None and found.reader is reader else None
 
 
 def _parquet_query(plan: Any, schema: Any) -> str | None:
     """The DuckDB query that reads the plan's rows from its files as the reader gives them,
-    or None where DuckDB's Parquet reader could differ from its Arrow scan."""
-    if plan.filter or not all(_alike(field.type) for field in schema):
+    or None where DuckDB's Parquet reader could differ from its Arrow scan. (Hive-style
+    names in the files' paths are not columns.)"""
+    if plan.filter or not all(_alike(f.type) for f in schema):
         return None
     columns = ", ".join(_identifier(name) for name in schema.names)
     paths = ", ".join(_literal(path) for path in plan.files)
-    return f"SELECT {columns} FROM read_parquet([{paths}], union_by_name = true)"
+    return (f"SELECT {columns} FROM read_parquet([{paths}], union_by_name = true, "
+            f"hive_partitioning = false) AS {_MARK}")
+
+
+def _distinct_names(paths: list[str]) -> bool:
+    """Do the files, all together, name no two columns that differ only in case? (DuckDB
+    would rename one and read the other under both names.) Only their footers are read."""
+    import pyarrow.parquet as pq
+
+    spelled: dict[str, str] = {}
+    try:
+        for path in paths:
+            for name in pq.read_schema(path).names:
+                if spelled.setdefault(name.lower(), name) != name:
+                    return False
+    except OSError:
+        return False  # scanned as the reader, which then says what is wrong
+    return True
 
 
 def _alike(t: Any) -> bool:
@@ -119,33 +179,46 @@ def teach_duckdb(duckdb: Any) -> None:
     connection = duckdb.DuckDBPyConnection
     real_register = _unwrapped(connection.register)
     real_unregister = _unwrapped(connection.unregister)
-    # The views standing for readers (lower case, as DuckDB matches names), by id of their
-    # connection, which is kept: the default connection's Python object, for one, is made
-    # anew each time it is asked for unless one is alive.
-    views: dict[int, tuple[Any, set[str]]] = {}
+
+    def ours(con: Any, view_name: str) -> bool:
+        """Is ``view_name`` a view of ours on ``con``?"""
+        if view_name.lower() not in _named:
+            return False
+        rows = con.execute(
+            "SELECT sql FROM duckdb_views() WHERE temporary AND lower(view_name) = lower(?)",
+            [view_name],
+        ).fetchall()
+        return any(_MARK in (sql or "") for (sql,) in rows)
+
+    def reads_files(con: Any) -> bool:
+        [(allowed,)] = con.execute("SELECT current_setting('enable_external_access')").fetchall()
+        return bool(allowed)
 
     def register(self: Any, view_name: str, python_object: Any) -> Any:
-        found = _as_parquet.get(id(python_object))
-        if found is not None and found[0] is python_object:
-            self.execute(f"CREATE OR REPLACE TEMPORARY VIEW {_identifier(view_name)} AS {found[1]}")
-            views.setdefault(id(self), (self, set()))[1].add(view_name.lower())
-            return self
-        if _forget(self, view_name):
-            self.execute(f"DROP VIEW IF EXISTS temp.{_identifier(view_name)}")
-        return real_register(self, view_name, python_object)
-
-    def unregister(self: Any, view_name: str) -> Any:
-        if not _forget(self, view_name):
-            return real_unregister(self, view_name)
-        self.execute(f"DROP VIEW IF EXISTS temp.{_identifier(view_name)}")
+        found = _found(python_object)
+        replace = ours(self, view_name)
+        if found is None or not found.readable() or not reads_files(self):
+            if replace:
+                self.execute(f"DROP VIEW temp.{_identifier(view_name)}")
+            return real_register(self, view_name, python_object)
+        real_unregister(self, view_name)  # an object registered under the name goes
+        try:
+            # Without OR REPLACE unless the view is ours: over the user's own view this
+            # fails as register itself does.
+            self.execute(f"CREATE {'OR REPLACE ' if replace else ''}TEMPORARY VIEW "
+                         f"{_identifier(view_name)} AS {found.query}")
+        except duckdb.CatalogException:
+            raise
+        except duckdb.Error:  # its files cannot be read so: the reader says what is wrong
+            return real_register(self, view_name, python_object)
+        _named.add(view_name.lower())
         return self
 
-    def _forget(con: Any, view_name: str) -> bool:
-        kept = views.get(id(con))
-        if kept is None or kept[0] is not con or view_name.lower() not in kept[1]:
-            return False
-        kept[1].discard(view_name.lower())
-        return True
+    def unregister(self: Any, view_name: str) -> Any:
+        if not ours(self, view_name):
+            return real_unregister(self, view_name)
+        self.execute(f"DROP VIEW temp.{_identifier(view_name)}")
+        return self
 
     _wrap(connection, "register", register, real_register)
     _wrap(connection, "unregister", unregister, real_unregister)

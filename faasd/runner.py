@@ -366,7 +366,8 @@ def _limit_duckdb(duckdb: Any, n: int) -> None:
     def connect(database: Any = ":memory:", read_only: bool = False, config: Any = None,
                 **kwargs: Any) -> Any:
         if _opened and database in (":memory:", "") and not (read_only or config or kwargs):
-            return _opened.pop()  # opened while the function waited: as new as this one
+            with contextlib.suppress(IndexError):  # another thread took it
+                return _opened.pop()  # opened while the function waited: as new as this one
         config = dict(config or {})
         config.setdefault("threads", n)
         return real(database, read_only, config, **kwargs)
@@ -391,8 +392,9 @@ _opened: list[Any] = []
 
 def _open_duckdb_ahead(task: FunctionTask) -> None:
     """Open the in-memory DuckDB connection the function will ask for (about 20 ms), in
-    time it would spend waiting anyway; only for a Python model whose module names
-    DuckDB, and where DuckDB is loaded already."""
+    time it would spend waiting anyway; only for a Python model whose module calls
+    ``duckdb.connect``, and where DuckDB is loaded already. (Closed unused when the
+    function returns: :func:`_close_unused`.)"""
     duckdb = sys.modules.get("duckdb")
     if duckdb is None or task.kind != "python" or _opened:
         return
@@ -400,8 +402,16 @@ def _open_duckdb_ahead(task: FunctionTask) -> None:
         source = Path(task.project_dir, task.module.replace(".", "/") + ".py").read_text()
     except (OSError, ValueError):
         return
-    if "duckdb" in source:
+    if "duckdb.connect(" in source:
         _opened.append(duckdb.connect())
+
+
+def _close_unused() -> None:
+    """Close a connection opened ahead that the function never asked for (it used another
+    database): no second database stays open beside its own."""
+    while _opened:
+        with contextlib.suppress(Exception):
+            _opened.pop().close()
 
 
 class _DuckDBBudget:
@@ -477,7 +487,10 @@ def run(
                                   allowed_paths=handed.paths(inputs.values()))
     else:
         fn = _find_function(task)
-        value = fn(**inputs, **task.params)
+        try:
+            value = fn(**inputs, **task.params)
+        finally:
+            _close_unused()
         if task.kind == "expectation":
             if not isinstance(value, bool):
                 raise BadReturn(

@@ -174,8 +174,8 @@ def write_parquet_parts(
     parts before them are encoded), each written as a file of its own: in order, the
     files hold the rows in their order. At most ``threads`` parts are held at once, so
     a stream is never held whole. An output of fewer than PART_ROWS rows is cut into up
-    to ``threads`` parts of SPLIT_ROWS rows or more; a table too small to cut is one
-    file ``STEM.parquet``.
+    to ``threads`` parts of SPLIT_ROWS rows or more (unless it is partitioned); a table
+    too small to cut is one file ``STEM.parquet``.
 
     With ``partitioned_by`` (see :mod:`store.partitions`; ``what`` names the table in
     its errors) each file holds the rows of one partition.
@@ -191,15 +191,19 @@ def write_parquet_parts(
     chunks: Iterator[pa.Table]
     if isinstance(data, pa.Table):
         pieces = split(data, fields, what) if fields else [data]
-        slices = [part for piece in pieces for part in _slices(piece, threads)]
+        # Each partition is a file, or several of at least PART_ROWS: small partitions are
+        # not cut, lest a table of many become many times as many files.
+        slices = [part for piece in pieces for part in _slices(piece, threads, small=not fields)]
         if len(slices) == 1:
             name = f"{stem}.parquet"
             return [write_parquet(slices[0], directory_uri, name, properties=properties)], data.num_rows
         chunks = iter(slices)
     else:
-        chunks = _small_cut(_gather(data, PART_ROWS, PART_BYTES), threads)
+        chunks = _gather(data, PART_ROWS, PART_BYTES)
         if fields:
             chunks = (piece for chunk in chunks for piece in split(chunk, fields, what))
+        else:
+            chunks = _small_cut(chunks, threads)
     futures: list[Future[str]] = []
     rows = 0
     room = threading.BoundedSemaphore(max(1, threads))
@@ -226,10 +230,10 @@ def write_parquet_parts(
             raise
 
 
-def _slices(table: pa.Table, threads: int) -> list[pa.Table]:
+def _slices(table: pa.Table, threads: int, small: bool = True) -> list[pa.Table]:
     """``table`` as up to ``threads`` contiguous zero-copy slices of PART_ROWS rows or
-    more; of SPLIT_ROWS rows or more, for a table of fewer than PART_ROWS."""
-    least = PART_ROWS if table.num_rows >= PART_ROWS else SPLIT_ROWS
+    more; of SPLIT_ROWS rows or more, for a table of fewer than PART_ROWS (``small``)."""
+    least = PART_ROWS if table.num_rows >= PART_ROWS or not small else SPLIT_ROWS
     parts = max(1, min(threads, table.num_rows // least if least == SPLIT_ROWS
                        else -(-table.num_rows // least)))
     step = -(-table.num_rows // parts)

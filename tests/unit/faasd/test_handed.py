@@ -32,7 +32,7 @@ def taught(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def _handed(open_lake: OpenLake, tmp_path: Path, table: pa.Table, parts: int = 3,
             columns: list[str] | None = None, row_filter: str | None = None,
-            ) -> tuple[ScanInput, Path]:
+            where: str = "scan-0") -> tuple[ScanInput, Path]:
     """shop.t made of ``parts`` data files, a planned scan of it, and the directory of
     links a worker hands the function (``in/scan-0``)."""
     lake: Lakehouse = open_lake("shop")
@@ -47,8 +47,8 @@ def _handed(open_lake: OpenLake, tmp_path: Path, table: pa.Table, parts: int = 3
                      snapshot_id=info.snapshot_id, columns=columns, filter=row_filter, stream=True)
     plan = plan_metadata(scan.metadata_location, scan.snapshot_id, scan.columns, scan.filter)
     assert plan is not None
-    directory = tmp_path / "scan-0"
-    directory.mkdir()
+    directory = tmp_path / where
+    directory.mkdir(parents=True)
     for k, uri in enumerate(plan.files):
         (directory / f"{k:06d}.parquet").symlink_to(uri.removeprefix("file://"))
     return msgspec.structs.replace(scan, plan=plan), directory
@@ -163,3 +163,60 @@ def test_a_streamed_scan_decodes_nothing_before_it_is_read(
     time.sleep(0.3)
     assert pa.total_allocated_bytes() == before
     assert reader.read_all().num_rows == SALES.num_rows
+
+
+def test_a_reader_duckdb_could_not_read_as_its_files_is_registered_as_a_reader(
+    tmp_path: Path, open_lake: OpenLake, taught: None
+) -> None:
+    """Whatever would make the view differ from the reader registers the reader itself:
+    batches already read from it (the rest is what it holds), a connection that may not
+    read files, and files with two column names alike but for case (DuckDB would read one
+    under both names). A directory named like a Hive partition (``n=5``) is no column."""
+    scan, directory = _handed(open_lake, tmp_path, SALES, columns=["n"], where="n=5/scan-0")
+    con = duckdb.connect()
+    con.register("whole", handed.stream(scan, str(directory)))
+    assert "READ_PARQUET" in _explained(con, "whole")
+    assert con.sql("SELECT min(n), max(n), count(*) FROM whole").fetchall() == [(0, 2999, 3000)]
+
+    peeked = handed.stream(scan, str(directory))
+    first = peeked.read_next_batch()
+    con.register("rest", peeked)
+    assert "READ_PARQUET" not in _explained(con, "rest")
+    assert con.sql("SELECT count(*) FROM rest").fetchall() == [(3000 - first.num_rows,)]
+
+    closed = duckdb.connect(config={"enable_external_access": False})
+    closed.register("t", handed.stream(scan, str(directory)))
+    assert closed.sql("SELECT count(*) FROM t").fetchall() == [(3000,)]
+
+
+def test_columns_alike_but_for_case_are_read_as_the_reader_gives_them(
+    tmp_path: Path, open_lake: OpenLake, taught: None
+) -> None:
+    both = pa.table({"a": pa.array([1, 2], pa.int64()), "A": pa.array([10, 20], pa.int64())})
+    scan, directory = _handed(open_lake, tmp_path, both, parts=1, columns=["A"])
+    con = duckdb.connect()
+    con.register("t", handed.stream(scan, str(directory)))
+    assert "READ_PARQUET" not in _explained(con, "t")
+    assert con.sql("SELECT * FROM t").fetchall() == [(10,), (20,)]
+
+
+def test_register_keeps_duckdbs_meaning_over_names_and_connections(
+    tmp_path: Path, open_lake: OpenLake, taught: None
+) -> None:
+    """Over the user's own view, register fails as DuckDB's does; the module's functions
+    act on the default connection; and a connection a view was registered on is not kept
+    alive: its database file can be opened otherwise once it is gone."""
+    scan, directory = _handed(open_lake, tmp_path, SALES, columns=["n"])
+    con = duckdb.connect()
+    con.execute("CREATE TEMPORARY VIEW mine AS SELECT 1 AS n")
+    with pytest.raises(duckdb.CatalogException, match="already exists"):
+        con.register("mine", handed.stream(scan, str(directory)))
+    assert con.sql("SELECT n FROM mine").fetchall() == [(1,)]
+
+    database = str(tmp_path / "own.db")
+    own = duckdb.connect(database)
+    own.register("s", handed.stream(scan, str(directory)))
+    assert own.sql("SELECT count(*) FROM s").fetchall() == [(3000,)]
+    del own  # not closed: dropped, as a model drops a connection it is done with
+    again = duckdb.connect(database, read_only=True)
+    again.close()

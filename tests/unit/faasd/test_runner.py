@@ -194,7 +194,7 @@ from faas.protocol.worker_messages import FunctionTask
 runner.limit_threads(1)
 home = Path(sys.argv[1])
 (home / "plain.py").write_text("def f(t):\\n    return t\\n")
-(home / "quacks.py").write_text("def f(t):\\n    import duckdb\\n    return t\\n")
+(home / "quacks.py").write_text("def f(t):\\n    import duckdb\\n    return duckdb.connect()\\n")
 
 
 def task(module):
@@ -216,15 +216,22 @@ second = duckdb.connect()
 assert second is not first
 assert second.sql("SELECT count(*) FROM duckdb_tables()").fetchall() == [(0,)]
 runner._open_duckdb_ahead(task("quacks"))
-assert duckdb.connect(config={"threads": 2}) is not runner._opened[0]
-print("ok")
+unused = runner._opened[0]
+assert duckdb.connect(config={"threads": 2}) is not unused
+runner._close_unused()  # the model returned without asking for it
+assert runner._opened == []
+try:
+    unused.sql("SELECT 1")
+except duckdb.ConnectionException:
+    print("ok")
 '''
 
 
 def test_a_waiting_function_opens_duckdb_ahead_for_its_first_connect(tmp_path: Path) -> None:
-    """A Python model whose module names DuckDB gets, from its first plain connect, the
-    in-memory connection opened while it waited for its upstream objects: new and empty,
-    with the thread budget; later connects, and one with options, are opened then."""
+    """A Python model whose module calls duckdb.connect gets, from its first plain
+    connect, the in-memory connection opened while it waited for its upstream objects:
+    new and empty, with the thread budget; later connects, and one with options, are
+    opened then; one it never asks for is closed when it returns."""
     import subprocess
     import sys
 

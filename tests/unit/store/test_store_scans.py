@@ -379,3 +379,26 @@ def test_an_output_smaller_than_a_part_is_still_encoded_on_every_core(
     small = table.slice(0, 150)
     written, _ = files.write_parquet_parts(small, str(tmp_path / "small"), "x", threads=2)
     assert [Path(f).name for f in written] == ["x.parquet"]
+
+
+def test_a_small_partitioned_output_is_a_file_per_partition(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Small outputs are cut for the cores only when unpartitioned: partitioned, a table or
+    a stream of fewer than PART_ROWS rows is one file per partition."""
+    import pyarrow.parquet as pq
+
+    from faas.store import files
+
+    monkeypatch.setattr(files, "PART_ROWS", 1000)
+    monkeypatch.setattr(files, "SPLIT_ROWS", 10)
+    table = pa.table({"n": pa.array(range(600), pa.int64()),
+                      "p": pa.array([f"k{i % 3}" for i in range(600)])})
+    written, _ = files.write_parquet_parts(table, str(tmp_path / "table"), "t", threads=4,
+                                           partitioned_by="p")
+    assert len(written) == 3
+    reader = pa.RecordBatchReader.from_batches(table.schema, table.to_batches(max_chunksize=100))
+    written, count = files.write_parquet_parts(reader, str(tmp_path / "stream"), "s", threads=4,
+                                               partitioned_by="p")
+    assert count == 600 and len(written) == 3
+    assert sorted(n for f in written for n in pq.read_table(f).column("n").to_pylist()) == list(range(600))
