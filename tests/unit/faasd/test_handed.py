@@ -21,6 +21,14 @@ from faas.store.scan import plan_metadata, read_plan
 from tests.conftest import OpenLake
 
 
+@pytest.fixture(autouse=True)
+def _forget_handed() -> Any:
+    """The handed readers a test made (a function process keeps them until it exits)."""
+    yield
+    handed._as_parquet.clear()
+    handed._named.clear()
+
+
 @pytest.fixture
 def taught(monkeypatch: pytest.MonkeyPatch) -> None:
     """DuckDB's register and unregister as a function process has them, for one test."""
