@@ -21,7 +21,7 @@ meaning: a name is replaced, dropped, or refused over the user's own view, as Du
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import msgspec
@@ -41,7 +41,7 @@ class _Handed:
     files: list[str]
     reader: Any = None  # kept alive, so that its id stays its own
     started: bool = False  # a batch was asked of the reader: what is left is not the files
-    names_checked: bool | None = field(default=None)  # no two column names alike but for case
+    names_checked: bool | None = None  # no two column names alike but for case
 
     def readable(self) -> bool:
         if self.names_checked is None:
@@ -79,10 +79,8 @@ def stream(inp: ScanInput, directory: str) -> Any:
     assert inp.plan is not None
     plan = msgspec.structs.replace(inp.plan, files=files(directory))
     inner = plan_reader(plan)
-    if inner is None:
-        return None
-    query = _parquet_query(plan, inner.schema)
-    if query is None:
+    query = _parquet_query(plan)
+    if inner is None or query is None:
         return inner
     handed = _Handed(query=query, files=plan.files)
 
@@ -99,6 +97,8 @@ def view(inp: ScanInput, directory: str) -> Any:
     """The handed scan as a reader DuckDB reads as its data files (:func:`stream`), or
     None where DuckDB would read it as a reader, or the files are not what the plan
     expects."""
+    if _parquet_query(inp.plan) is None:  # decided by the plan: no footer is read for it
+        return None
     reader = stream(inp, directory)
     found = _found(reader)
     return reader if found is not None and found.readable() else None
@@ -114,13 +114,17 @@ def _found(reader: Any) -> _Handed | None:
     return found if found is not None and found.reader is reader else None
 
 
-def _parquet_query(plan: Any, schema: Any) -> str | None:
+def _parquet_query(plan: Any) -> str | None:
     """The DuckDB query that reads the plan's rows from its files as the reader gives them,
-    or None where DuckDB's Parquet reader could differ from its Arrow scan. (Hive-style
-    names in the files' paths are not columns.)"""
-    if plan.filter or not all(_alike(f.type) for f in schema):
+    or None where DuckDB's Parquet reader could differ from its Arrow scan. (The files
+    hold each column with the plan's type, or its 32-bit-offset twin, which DuckDB reads
+    alike; Hive-style names in the files' paths are not columns.)"""
+    import pyarrow as pa
+
+    schema = pa.ipc.read_schema(pa.py_buffer(plan.schema))
+    if plan.filter or not all(_alike(schema.field(c).type) for c in plan.columns):
         return None
-    columns = ", ".join(_identifier(name) for name in schema.names)
+    columns = ", ".join(_identifier(name) for name in plan.columns)
     paths = ", ".join(_literal(path) for path in plan.files)
     return (f"SELECT {columns} FROM read_parquet([{paths}], union_by_name = true, "
             f"hive_partitioning = false) AS {_MARK}")
@@ -202,15 +206,10 @@ def teach_duckdb(duckdb: Any) -> None:
                 self.execute(f"DROP VIEW temp.{_identifier(view_name)}")
             return real_register(self, view_name, python_object)
         real_unregister(self, view_name)  # an object registered under the name goes
-        try:
-            # Without OR REPLACE unless the view is ours: over the user's own view this
-            # fails as register itself does.
-            self.execute(f"CREATE {'OR REPLACE ' if replace else ''}TEMPORARY VIEW "
-                         f"{_identifier(view_name)} AS {found.query}")
-        except duckdb.CatalogException:
-            raise
-        except duckdb.Error:  # its files cannot be read so: the reader says what is wrong
-            return real_register(self, view_name, python_object)
+        # Without OR REPLACE unless the view is ours: over the user's own view this fails
+        # as register itself does.
+        self.execute(f"CREATE {'OR REPLACE ' if replace else ''}TEMPORARY VIEW "
+                     f"{_identifier(view_name)} AS {found.query}")
         _named.add(view_name.lower())
         return self
 

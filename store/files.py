@@ -233,9 +233,11 @@ def write_parquet_parts(
 def _slices(table: pa.Table, threads: int, small: bool = True) -> list[pa.Table]:
     """``table`` as up to ``threads`` contiguous zero-copy slices of PART_ROWS rows or
     more; of SPLIT_ROWS rows or more, for a table of fewer than PART_ROWS (``small``)."""
-    least = PART_ROWS if table.num_rows >= PART_ROWS or not small else SPLIT_ROWS
-    parts = max(1, min(threads, table.num_rows // least if least == SPLIT_ROWS
-                       else -(-table.num_rows // least)))
+    if table.num_rows >= PART_ROWS or not small:
+        parts = -(-table.num_rows // PART_ROWS)  # rounded up: parts of PART_ROWS or more
+    else:
+        parts = table.num_rows // SPLIT_ROWS  # rounded down: parts of SPLIT_ROWS or more
+    parts = max(1, min(threads, parts))
     step = -(-table.num_rows // parts)
     return [table.slice(i * step, step) for i in range(parts)]
 

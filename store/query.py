@@ -208,7 +208,7 @@ def _relation(
             )
         _register(con, tables)
         if allowed_paths:
-            con.execute(f"SET allowed_paths = [{', '.join(_literal(p) for p in allowed_paths)}]")
+            con.execute(f"SET allowed_paths = [{', '.join(quote_literal(p) for p in allowed_paths)}]")
         con.execute("SET enable_external_access = false")
         con.execute("SET lock_configuration = true")
         try:
@@ -232,8 +232,9 @@ def _register(con: duckdb.DuckDBPyConnection, tables: Mapping[str, pa.Table]) ->
         # A temp view over a registered Arrow table keeps the data zero-copy.
         alias = f"__faas_arrow_{i}"
         con.register(alias, data)
-        con.execute(f"CREATE SCHEMA IF NOT EXISTS {_quote(schema)}")
-        con.execute(f"CREATE VIEW {_quote(schema)}.{_quote(table)} AS SELECT * FROM {alias}")
+        con.execute(f"CREATE SCHEMA IF NOT EXISTS {quote_identifier(schema)}")
+        con.execute(f"CREATE VIEW {quote_identifier(schema)}.{quote_identifier(table)} AS "
+                    f"SELECT * FROM {alias}")
 
 
 def result_columns(
@@ -281,10 +282,6 @@ def quote_identifier(identifier: str) -> str:
 def quote_literal(text: str) -> str:
     """``text`` as a DuckDB string literal."""
     return "'" + text.replace("'", "''") + "'"
-
-
-_quote = quote_identifier
-_literal = quote_literal
 
 
 class SQLError(InvalidInput):

@@ -228,3 +228,18 @@ def test_register_keeps_duckdbs_meaning_over_names_and_connections(
     del own  # not closed: dropped, as a model drops a connection it is done with
     again = duckdb.connect(database, read_only=True)
     again.close()
+
+
+def test_a_handed_file_gone_before_the_register_leaves_the_reader_to_say_so(
+    tmp_path: Path, open_lake: OpenLake, taught: None
+) -> None:
+    """A data file that cannot be read when the reader is registered: no view is made (its
+    query would name the file), and scanning the reader fails with Arrow's own words."""
+    scan, directory = _handed(open_lake, tmp_path, SALES, columns=["n"])
+    reader = handed.stream(scan, str(directory))
+    (directory / "000001.parquet").unlink()
+    con = duckdb.connect()
+    con.register("t", reader)
+    assert "READ_PARQUET" not in _explained(con, "t")
+    with pytest.raises(duckdb.Error, match="000001.parquet"):
+        con.sql("SELECT count(*) FROM t").fetchall()
