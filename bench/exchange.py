@@ -204,7 +204,7 @@ def child_transfer(address: str, port: int, dest_dir: str, repeat: int) -> dict[
 
     import pyarrow as pa
 
-    from faas.faasd.objects import ObjectStore
+    from faas.faasd.objects import ObjectStore, Pages
     from faas.faasd.peer import _Hasher, fetch_object
 
     # The receiving worker's store, as a worker has it: an object deleted when its run
@@ -221,10 +221,11 @@ def child_transfer(address: str, port: int, dest_dir: str, repeat: int) -> dict[
 
     def pull(reuse: bool) -> tuple[float, int]:
         nonlocal rows
+        mapped: list[Pages] = []  # as a worker pulls: faasd.tasks
         t0 = time.perf_counter()
         nbytes = fetch_object(
             address, OBJECT_ID, dest, token=TOKEN, host_id="bench-b",
-            reuse=store.claim if reuse else None,
+            reuse=store.claim if reuse else None, keep=mapped.append,
         )
         seconds = time.perf_counter() - t0
         rows = pa.ipc.open_file(pa.memory_map(str(dest), "r")).read_all().num_rows  # whole
@@ -237,7 +238,7 @@ def child_transfer(address: str, port: int, dest_dir: str, repeat: int) -> dict[
             times["digest"].append(time.perf_counter() - t1)
         finally:
             os.close(fd)
-        store.add(OBJECT_ID, "bench", cacheable=False)
+        store.add(OBJECT_ID, "bench", cacheable=False, pages=mapped[0] if mapped else None)
         asyncio.run(store.release("bench"))  # deleted: its pages are kept for the next pull
         return seconds, nbytes
 

@@ -21,8 +21,11 @@ however it dies. A deleted object that no process holds keeps its pages: its
 file moves to ``<root>/free`` and the next object pulled from another host is
 received into those pages rather than into freshly allocated ones, which is
 what a transfer into shared memory mostly costs (as Ray's plasma store reuses
-its arena). The free pages count against the store's budget and are the first
-thing given back when memory is needed.
+its arena). A kept file is also mapped into the worker, every page's entry made
+(``MAP_POPULATE``), on a thread of its own as soon as it is kept: a pull then
+receives straight into pages that are already mapped, one copy of each byte, as
+into a preallocated buffer. The free pages count against the store's budget and
+are the first thing given back when memory is needed.
 
 Every method runs on the worker's event loop; files move in a thread.
 """
@@ -33,6 +36,7 @@ import asyncio
 import contextlib
 import fcntl
 import logging
+import mmap
 import os
 import re
 import shutil
@@ -40,6 +44,7 @@ import threading
 import uuid
 from collections import OrderedDict
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -83,6 +88,89 @@ def holding(path: str | os.PathLike[str]) -> Iterator[int]:
         os.close(fd)
 
 
+class Pages:
+    """This worker's writable mapping of one object file's pages in shared memory, made on
+    the pages thread with every page-table entry filled (``MAP_POPULATE``), and only when
+    every page of the file is allocated: a write through it never needs a new page, so it
+    cannot fault for want of room. A pull receives into it in place. Whoever holds a Pages
+    hands it on (to an entry, to the free list, to a pull) or calls :meth:`done`."""
+
+    def __init__(self, made: Future[mmap.mmap | None] | None = None, inode: int = -1) -> None:
+        self._made = made
+        self.inode = inode  # of the file mapped (-1: none)
+
+    @classmethod
+    def map(cls, fd: int) -> Pages:
+        """Start mapping the file open at ``fd`` (which stays the caller's). The mapping
+        holds a file of its own, opened anew: a lock taken through ``fd`` (the store's
+        exclusive one while it recycles a file) must not live on in it, or every reader's
+        shared lock would wait for it."""
+        try:
+            own = os.open(f"/proc/self/fd/{fd}", os.O_RDWR | os.O_CLOEXEC)
+        except OSError:  # no procfs: the pages are reused through writes
+            return cls()
+        return cls(_pages().submit(_map_pages, own), os.fstat(fd).st_ino)
+
+    def mapping(self) -> mmap.mmap | None:
+        """The mapping, waiting for it if it is still being made; None if there is none."""
+        return self._made.result() if self._made is not None else None
+
+    def done(self, *, at_once: bool = False) -> None:
+        """Nothing will touch the mapping again: it is unmapped on the pages thread, off the
+        caller's path, or ``at_once`` here if it is made (so that pages being given back
+        are free when this returns). Every view of it must have been released."""
+        if self._made is None:
+            return
+        if at_once and self._made.done():
+            _unmap(self._made, at_once=True)
+        else:
+            self._made.add_done_callback(_unmap)
+        self._made, self.inode = None, -1
+
+
+def backed(fd: int) -> int:
+    """How many bytes of the file ``fd``, from its start, lie in allocated pages: its size
+    if it has no hole, else 0."""
+    st = os.fstat(fd)
+    return st.st_size if st.st_blocks * 512 >= -(-st.st_size // mmap.PAGESIZE) * mmap.PAGESIZE else 0
+
+
+def _map_pages(fd: int) -> mmap.mmap | None:
+    """A shared, writable mapping of the file ``fd`` (closed here) with every page-table
+    entry filled, if all its pages are allocated; else None."""
+    try:
+        if not (size := backed(fd)):
+            return None
+        return mmap.mmap(fd, size, flags=mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0))
+    except (OSError, ValueError) as exc:
+        log.debug("kept pages not mapped: %s", exc)
+        return None
+    finally:
+        os.close(fd)
+
+
+def _unmap(made: Future[mmap.mmap | None], *, at_once: bool = False) -> None:
+    if not made.cancelled() and made.exception() is None and (m := made.result()) is not None:
+        if at_once:
+            m.close()
+        else:
+            _pages().submit(m.close)
+
+
+_pager: ThreadPoolExecutor | None = None
+_pager_lock = threading.Lock()
+
+
+def _pages() -> ThreadPoolExecutor:
+    """The thread that maps kept pages and unmaps claimed ones, off the event loop and off
+    every pull's path."""
+    global _pager
+    with _pager_lock:
+        if _pager is None:
+            _pager = ThreadPoolExecutor(max_workers=1, thread_name_prefix="faas-pages")
+        return _pager
+
+
 @dataclass
 class Entry:
     name: str
@@ -96,6 +184,14 @@ class Entry:
     # Set while its file moves between shared memory and disk; fires when the move ends.
     moving: asyncio.Event | None = None
     pins: set[str] = field(default_factory=set)
+    # The worker's own mapping of the object's pages, for an object it pulled: they go on
+    # to the free list with it when it is deleted.
+    pages: Pages | None = None
+
+    def unmap(self) -> None:
+        if self.pages is not None:
+            self.pages.done()
+            self.pages = None
 
 
 def shm_free(path: Path) -> int:
@@ -128,6 +224,8 @@ class ObjectStore:
         self.dropped: list[str] = []
         # Free pages: file -> allocated bytes, oldest first. Pulls claim them from a thread.
         self.free: OrderedDict[Path, int] = OrderedDict()
+        # Their mappings in this process (Pages).
+        self._mapped: dict[Path, Pages] = {}
         self._free_lock = threading.Lock()
 
     # -- paths -----------------------------------------------------------------
@@ -192,16 +290,19 @@ class ObjectStore:
 
     def add(
         self, name: str, run_id: str | None, *, rows: int = 0, schema: bytes = b"",
-        cacheable: bool = True,
+        cacheable: bool = True, pages: Pages | None = None,
     ) -> Entry:
-        """Register a sealed object at :meth:`path` (pinned by ``run_id``)."""
+        """Register a sealed object at :meth:`path` (pinned by ``run_id``); ``pages``: this
+        process's mapping of it, if it has one (a pull's), which the entry now owns."""
         e = Entry(
             name=name, nbytes=self.path(name).stat().st_size, kind="object", rows=rows,
-            schema=schema, cacheable=cacheable,
+            schema=schema, cacheable=cacheable, pages=pages,
         )
         old = self.entries.pop(name, None)
         if old is not None:
             e.pins |= old.pins
+            if old.pages is not pages:
+                old.unmap()
         if run_id is not None:
             e.pins.add(run_id)
         self.entries[name] = e
@@ -226,6 +327,7 @@ class ObjectStore:
         if not self._where(e).exists():
             log.warning("object %s vanished from the store", name)
             del self.entries[name]
+            e.unmap()
             return None
         others = bool(e.pins - {run_id})
         e.pins.add(run_id)
@@ -260,22 +362,32 @@ class ObjectStore:
 
     def _delete(self, e: Entry) -> None:
         self.entries.pop(e.name, None)
+        pages, e.pages = e.pages, None
         if e.kind == "object" and not e.spilled:
-            self._recycle(self.path(e.name))
+            self._recycle(self.path(e.name), pages)
         else:
             self._where(e).unlink(missing_ok=True)
+            if pages is not None:
+                pages.done()
         if e.kind == "object":
             self.dropped.append(e.name)
 
     # -- free pages ----------------------------------------------------------------
 
-    def _recycle(self, path: Path) -> None:
-        """Delete an object file, keeping its pages for reuse if no process holds it."""
+    def _recycle(self, path: Path, pages: Pages | None = None) -> None:
+        """Delete an object file, keeping its pages for reuse if no process holds it, with
+        ``pages``, this process's mapping of them, if it has one (else they are mapped now,
+        on the pages thread)."""
         try:
             fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
         except FileNotFoundError:
-            return
+            fd = -1
         try:
+            if fd < 0:
+                return
+            if pages is not None and pages.inode != os.fstat(fd).st_ino:
+                pages.done()  # not this file's: never written through again
+                pages = None
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:  # someone reads it: its pages go when they are done
@@ -288,33 +400,39 @@ class ObjectStore:
                 return
             with self._free_lock:
                 while self.free and self.free_bytes + size > cap:
-                    oldest, _ = self.free.popitem(last=False)
-                    oldest.unlink(missing_ok=True)
+                    self._forget(self.free.popitem(last=False)[0])
                 kept = self.free_dir / f"{uuid.uuid4().hex}.free"
                 os.rename(path, kept)
                 self.free[kept] = size
+                self._mapped[kept] = pages if pages is not None else Pages.map(fd)
+                pages = None
         finally:
-            os.close(fd)  # the exclusive lock goes with it; the old name is gone
+            if pages is not None:
+                pages.done()
+            if fd >= 0:
+                os.close(fd)  # the exclusive lock goes with it; the old name is gone
 
-    def claim(self, dest: Path, nbytes: int) -> bool:
+    def claim(self, dest: Path, nbytes: int) -> Pages | None:
         """Move kept pages to ``dest`` for a new object of ``nbytes``: the smallest kept
-        file that holds it, else the largest. False if none is kept. Thread-safe."""
+        file that holds it, else the largest. None if none is kept. Thread-safe."""
         with self._free_lock:
             if not self.free:
-                return False
+                return None
             fits = [p for p, n in self.free.items() if n >= nbytes]
             pick = (
                 min(fits, key=self.free.__getitem__) if fits
                 else max(self.free, key=self.free.__getitem__)
             )
             del self.free[pick]
+            pages = self._mapped.pop(pick, None) or Pages()
             try:
                 os.rename(pick, dest)
             except OSError as exc:
                 log.warning("could not reuse free pages %s: %s", pick, exc)
+                pages.done()
                 pick.unlink(missing_ok=True)
-                return False
-            return True
+                return None
+            return pages
 
     def _trim_free(self, nbytes: int) -> int:
         """Give back up to ``nbytes`` (or a little more) of kept pages; returns how much."""
@@ -322,9 +440,17 @@ class ObjectStore:
         with self._free_lock:
             while self.free and given < nbytes:
                 path, size = self.free.popitem(last=False)
-                path.unlink(missing_ok=True)
+                self._forget(path)
                 given += size
         return given
+
+    def _forget(self, path: Path) -> None:
+        """Delete a kept file that was just taken off the free list: its pages are given
+        back now (or, if it is still being mapped, once the pages thread has mapped and
+        unmapped it)."""
+        if (pages := self._mapped.pop(path, None)) is not None:
+            pages.done(at_once=True)
+        path.unlink(missing_ok=True)
 
     async def make_room(self, nbytes: int) -> None:
         """Spill unpinned entries so that ``nbytes`` more fit under the budget."""
@@ -346,6 +472,7 @@ class ObjectStore:
                 self._delete(e)
                 continue
             moving = e.moving = asyncio.Event()
+            e.unmap()  # the pages it moves from are given back
             try:
                 await asyncio.to_thread(shutil.move, self.path(e.name), self._spill_path(e.name))
                 e.spilled = True
@@ -365,4 +492,4 @@ class ObjectStore:
                 self._delete(e)
 
 
-__all__ = ["Entry", "ObjectStore", "hold", "holding", "shm_free"]
+__all__ = ["Entry", "ObjectStore", "Pages", "backed", "hold", "holding", "shm_free"]

@@ -10,9 +10,10 @@ a wrong table. The connection then takes the next request.
 
 Neither side copies the bytes through Python: the server hands the file to the kernel with
 ``os.sendfile`` (uvloop has no ``loop.sendfile``, so it runs in a thread on the transport's
-socket while the transport is idle), and the client has the kernel ``splice`` them from the
-socket into its destination file in shared memory (Linux), or, where it cannot,
-``recv_into``\\s the pages of an ``mmap`` of that file.
+socket while the transport is idle). The client ``recv_into``\\s a deleted object's kept
+pages, already mapped (:class:`faas.faasd.objects.Pages`), where the store has them: one
+copy of each byte, as into a preallocated buffer. Otherwise it receives into one small
+buffer and ``pwrite``\\s each piece into its destination file in shared memory.
 
 Failpoint (for crash tests, see :mod:`store.failpoints`): with ``FAAS_FAILPOINT`` set to
 ``peer.send.half`` the server process exits with status 86 after sending about half of an
@@ -40,7 +41,7 @@ from typing import Any, Self
 import msgspec
 import xxhash
 
-from faas.faasd.objects import hold
+from faas.faasd.objects import Pages, backed, hold
 from faas.protocol.blocking import SEND_TIMEOUT, connect_blocking
 from faas.protocol.connection import Connection, RefusalLog, accept
 from faas.protocol.errors import (
@@ -338,17 +339,20 @@ def fetch_object(
     token: bytes,
     host_id: str,
     timeout: float = 60.0,
-    reuse: Callable[[Path, int], bool] | None = None,
+    reuse: Callable[[Path, int], Pages | None] | None = None,
+    keep: Callable[[Pages], None] | None = None,
 ) -> int:
     """Pull one object from the peer server at ``address`` into the file ``dest``. Blocking.
 
-    The bytes go straight into ``dest.part`` (spliced by the kernel, or received into a
-    mapping of it), which becomes ``dest`` only when complete and matching the sender's
-    digest: a reader never sees a truncated or corrupted object, and on any failure no
-    ``.part`` file is left behind. ``timeout`` bounds the handshake and each
-    wait for data. ``reuse(part, nbytes)``, if given, may move a file whose pages are
-    already allocated to ``part`` (ObjectStore.claim): the bytes then land in those pages.
-    Returns the object's size in bytes.
+    The bytes go straight into ``dest.part``, which becomes ``dest`` only when complete and
+    matching the sender's digest: a reader never sees a truncated or corrupted object, and
+    on any failure no ``.part`` file is left behind. ``timeout`` bounds the handshake and
+    each wait for data. ``reuse(part, nbytes)``, if given, may move a file whose pages are
+    already allocated to ``part`` (ObjectStore.claim): the bytes then land in those pages,
+    received in place when the store has them mapped. ``keep(pages)``, if given, takes
+    this process's mapping of the new object (for ObjectStore.add), so that its pages are
+    mapped already when it is deleted and they are reused; without it, every mapping is
+    let go. Returns the object's size in bytes.
 
     Raises:
         NotFound, InvalidInput: the peer's typed answer.
@@ -363,7 +367,7 @@ def fetch_object(
     )
     try:
         nbytes = _request(sock, address, object_id)
-        return _receive(sock, address, object_id, Path(dest), nbytes, timeout, reuse)
+        return _receive(sock, address, object_id, Path(dest), nbytes, timeout, reuse, keep)
     finally:
         sock.close()
 
@@ -388,7 +392,8 @@ def _request(sock: socket.socket, address: str, object_id: str) -> int:
 
 def _receive(
     sock: socket.socket, address: str, object_id: str, dest: Path, nbytes: int, timeout: float,
-    reuse: Callable[[Path, int], bool] | None,
+    reuse: Callable[[Path, int], Pages | None] | None,
+    keep: Callable[[Pages], None] | None,
 ) -> int:
     part = dest.with_name(dest.name + ".part")
     landed: _Landed | None = None
@@ -400,17 +405,23 @@ def _receive(
             f"{what}: connection closed after {got} of {nbytes} bytes ({reason})"
         )
 
+    kept: Pages | None = None  # claimed pages, while this pull owns them
     try:
+        if nbytes and reuse is not None:
+            kept = reuse(part, nbytes)
         flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC
-        if not (nbytes and reuse is not None and reuse(part, nbytes)):
+        if kept is None:
             flags |= os.O_TRUNC  # fresh pages (or none): nothing old is kept
         fd = os.open(part, flags, 0o644)
         try:
+            whole = backed(fd)  # of a reused file: its pages (none are added below)
             os.ftruncate(fd, nbytes)  # a reused file keeps its pages below nbytes
             landed = _Landed()
             try:
+                mapped = kept.mapping() if kept is not None else None
+                in_place = min(len(mapped), whole, nbytes) if mapped is not None else 0
                 if nbytes:
-                    _recv_and_write(sock, fd, nbytes, landed, part)
+                    _recv_and_write(sock, fd, nbytes, landed, part, mapped, in_place)
                 trailer = _recv_trailer(sock, what, vanished)
                 _check(landed.sums(), trailer, nbytes, what)
             except TimeoutError:
@@ -419,12 +430,23 @@ def _receive(
                 raise vanished("end of stream") from None
             except OSError as exc:
                 raise vanished(f"{exc.__class__.__name__}: {exc}") from exc
+            if keep is not None and nbytes and (kept is None or in_place < nbytes):
+                if kept is not None:
+                    kept.done()
+                kept = Pages.map(fd)  # mapped whole, on the pages thread
         finally:
             os.close(fd)
         os.replace(part, dest)
     except BaseException:
         part.unlink(missing_ok=True)
+        if kept is not None:
+            kept.done()
         raise
+    if kept is not None:
+        if keep is not None:
+            keep(kept)
+        else:
+            kept.done()
     log.debug("fetched object %s (%d bytes) from %s", object_id, nbytes, address)
     return nbytes
 
@@ -536,31 +558,49 @@ class _Landed:
         return self._sums + [self._hash.digest()] if self.bytes % DIGEST_CHUNK else self._sums
 
 
-# The most bytes received before they are hashed and written: small enough to stay in the
-# CPU's cache between the three.
+# The most bytes received before they are hashed: small enough to stay in the CPU's cache
+# from the one to the other (and, into a buffer, to the write).
 RECV_PIECE = 2**20
 
 
 def _recv_and_write(
-    sock: socket.socket, fd: int, nbytes: int, landed: _Landed, part: Path
+    sock: socket.socket, fd: int, nbytes: int, landed: _Landed, part: Path,
+    mapped: mmap.mmap | None = None, in_place: int = 0,
 ) -> int:
-    """Receive the bytes a piece at a time into one small buffer, hash each piece while it
-    is in the CPU's cache, and write it into the file (the kernel copies it into the file's
-    pages, reused or new; nothing is mapped, so no page tables are built and torn down).
-    A full tmpfs is an error of this write, never a SIGBUS later."""
-    buf = bytearray(min(RECV_PIECE, nbytes))
+    """Receive the object's bytes a piece at a time and hash each piece while it is in the
+    CPU's cache. The first ``in_place`` bytes are received straight into ``mapped``, the
+    file's kept pages (allocated and mapped already: nothing can fault). The rest are
+    received into one small buffer and written into the file: the kernel copies them into
+    the file's pages, reused or new, without mapping them, and a full tmpfs is an error of
+    that write, never a SIGBUS later."""
     got = 0
-    with memoryview(buf) as whole:
-        while got < nbytes:
-            with whole[:min(RECV_PIECE, landed.room(), nbytes - got)] as window:
-                n = sock.recv_into(window)
-            if n == 0:
-                raise EOFError
-            with whole[:n] as piece:
-                landed.add(piece)
-                _write_all(fd, piece, got, part)
-            got += n
+    if in_place:
+        assert mapped is not None
+        with memoryview(mapped) as whole:
+            while got < in_place:
+                end = got + min(RECV_PIECE, landed.room(), in_place - got)
+                with whole[got:end] as window:
+                    n = _recv(sock, window)
+                    with window[:n] as piece:
+                        landed.add(piece)
+                got += n
+    if got < nbytes:
+        buf = bytearray(min(RECV_PIECE, nbytes - got))
+        with memoryview(buf) as whole:
+            while got < nbytes:
+                with whole[:min(len(buf), landed.room(), nbytes - got)] as window:
+                    n = _recv(sock, window)
+                with whole[:n] as piece:
+                    landed.add(piece)
+                    _write_all(fd, piece, got, part)
+                got += n
     return got
+
+
+def _recv(sock: socket.socket, into: memoryview) -> int:
+    if (n := sock.recv_into(into)) == 0:
+        raise EOFError
+    return n
 
 
 def _write_all(fd: int, piece: memoryview, offset: int, part: Path) -> None:

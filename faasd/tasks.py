@@ -23,7 +23,7 @@ import msgspec
 
 from faas.faasd.envs import Environment, EnvironmentCache, EnvSpec
 from faas.faasd.limits import Scratch, watch_memory
-from faas.faasd.objects import ObjectStore, holding
+from faas.faasd.objects import ObjectStore, Pages, holding
 from faas.faasd.peer import fetch_object
 from faas.faasd.process import FunctionProcess
 from faas.faasd.scans import TaskScans, read_scans
@@ -405,14 +405,21 @@ class FunctionTasks:
 
     async def _pull(self, msg: RunTask, object_id: str, source: ObjectSource) -> Path:
         dest = self.store.path(object_id)
-        nbytes = await asyncio.to_thread(
-            fetch_object, source.address, object_id, dest, token=self.token,
-            host_id=self.host_id, reuse=self.store.claim,
-        )
-        self.store.add(
-            object_id, None if msg.run_id in self.released else msg.run_id, rows=source.rows,
-            schema=source.schema, cacheable=msg.use_cache,
-        )
+        mapped: list[Pages] = []  # this process's mapping of the object, for its entry
+        try:
+            nbytes = await asyncio.to_thread(
+                fetch_object, source.address, object_id, dest, token=self.token,
+                host_id=self.host_id, reuse=self.store.claim, keep=mapped.append,
+            )
+            self.store.add(
+                object_id, None if msg.run_id in self.released else msg.run_id,
+                rows=source.rows, schema=source.schema, cacheable=msg.use_cache,
+                pages=mapped[0] if mapped else None,
+            )
+            mapped.clear()  # the entry owns them now
+        finally:
+            for pages in mapped:
+                pages.done()
         log.info(
             "pulled object %s (%d MiB) from worker %s for run %s",
             object_id, nbytes >> 20, source.worker_id, msg.run_id,

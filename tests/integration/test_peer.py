@@ -29,7 +29,8 @@ import pytest
 import uvloop
 import xxhash
 
-from faas.faasd.objects import ObjectStore
+from faas.faasd import peer
+from faas.faasd.objects import ObjectStore, Pages
 from faas.faasd.peer import DIGEST_CHUNK, PeerServer, fetch_object
 from faas.protocol.auth import load_token
 from faas.protocol.blocking import connect_blocking, parse_address
@@ -219,6 +220,57 @@ def test_fetch_into_a_deleted_objects_pages(
     assert store.path("big").read_bytes() == source
     assert store.free == {} and _leftovers(store.objects_dir) == ["big.arrow"]
     assert not any(store.free_dir.iterdir())
+
+
+def test_a_pull_lands_in_place_in_kept_pages_and_its_entry_keeps_the_mapping(
+    served: Served, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Kept pages the store has mapped are received into in place, as far as the kept file
+    has pages (a mapping longer than that would reach holes, which a write through it
+    would allocate): the rest is written. The pull hands its mapping on to the new entry,
+    and with it to the free list when that object is deleted."""
+    in_place: list[int] = []
+    real = peer._recv_and_write
+
+    def spy(*args: Any) -> int:
+        in_place.append(args[-1])
+        return real(*args)
+
+    monkeypatch.setattr(peer, "_recv_and_write", spy)
+    store = ObjectStore(tmp_path / "shm", tmp_path / "spill", 1024 * 2**20)
+    store.path("old").write_bytes(b"\xee" * (96 * 2**20))
+    store.add("old", "run-1", cacheable=False)
+    asyncio.run(store.release("run-1"))
+
+    def pull(name: str, mib: int, run_id: str) -> tuple[int, Pages | None, Pages]:
+        """Pull, register and delete an object as a worker does; returns its size, the
+        pages it claimed and the pages its entry kept."""
+        _write_arrow(served.objects / f"{name}.arrow", _random_table(mib * 2**20))
+        claimed: list[Pages | None] = []
+
+        def claim(part: Path, nbytes: int) -> Pages | None:
+            claimed.append(store.claim(part, nbytes))
+            return claimed[-1]
+
+        mapped: list[Pages] = []
+        n = served.fetch(name, store.path(name), reuse=claim, keep=mapped.append)
+        assert store.path(name).read_bytes() == (served.objects / f"{name}.arrow").read_bytes()
+        assert n == store.path(name).stat().st_size and len(mapped) == 1 == len(claimed)
+        store.add(name, run_id, cacheable=False, pages=mapped[0])
+        asyncio.run(store.release(run_id))
+        (kept,) = store.free
+        assert store._mapped[kept] is mapped[0]  # the same mapping, not made again
+        return n, claimed[0], mapped[0]
+
+    # Into the 96 MiB kept file: all of it in place, and that mapping is kept.
+    first, claimed, entry = pull("a", 48, "run-2")
+    assert in_place == [first] and claimed is entry
+    # Into what is left of it (the first object's pages): those in place, the rest written;
+    # the entry gets a mapping of the whole new object.
+    second, claimed, entry = pull("b", 64, "run-3")
+    assert second > first and in_place == [first, first] and claimed is not entry
+    mapped = entry.mapping()
+    assert mapped is not None and len(mapped) == second
 
 
 def test_a_destination_without_room_fails_in_one_line_and_keeps_nothing(

@@ -169,3 +169,128 @@ def test_a_new_store_drops_free_pages_an_earlier_worker_left(tmp_path: Path) -> 
     assert any(store.free_dir.iterdir())
     again = make_store(tmp_path, 256 * MiB)
     assert again.free == {} and not any(again.free_dir.iterdir())
+
+
+# --------------------------------------------------------------------------- kept pages, mapped
+
+
+def settle() -> None:
+    """Wait until the pages thread has done everything asked of it so far."""
+    objects._pages().submit(lambda: None).result(timeout=30)
+
+
+def test_kept_pages_are_mapped_whole_and_a_claim_hands_the_mapping_over(tmp_path: Path) -> None:
+    store = make_store(tmp_path, 256 * MiB)
+    add_object(store, "a", "run-1", nbytes=8 * MiB, cacheable=False)
+    size = store.path("a").stat().st_size
+    release(store, "run-1")
+
+    dest = tmp_path / "new.part"
+    pages = store.claim(dest, 4 * MiB)
+    assert pages is not None
+    mapped = pages.mapping()
+    assert mapped is not None and len(mapped) == size
+    mapped[:4] = b"faas"  # the claimed file's own pages
+    with open(dest, "rb") as f:
+        assert f.read(4) == b"faas"
+        # The store locked the file to recycle it; its mapping must not keep that lock,
+        # or no reader could hold the object the file becomes.
+        objects.fcntl.flock(f.fileno(), objects.fcntl.LOCK_SH | objects.fcntl.LOCK_NB)
+    pages.done()
+    settle()
+    assert mapped.closed
+
+
+def test_a_kept_file_with_a_hole_is_not_mapped(tmp_path: Path) -> None:
+    """A write through a mapping into a hole would need a new page, and on a full tmpfs
+    that is a SIGBUS: such a file is reused through writes only."""
+    store = make_store(tmp_path, 256 * MiB)
+    write_object(store, "a", nbytes=6 * MiB)
+    with open(store.path("a"), "r+b") as f:
+        f.truncate(10 * MiB)  # the last 4 MiB are a hole
+        assert objects.backed(f.fileno()) == 0
+    store.add("a", "run-1", cacheable=False)
+    release(store, "run-1")
+    assert len(store.free) == 1
+
+    pages = store.claim(tmp_path / "new.part", 4 * MiB)
+    assert pages is not None and pages.mapping() is None
+    with open(tmp_path / "new.part", "rb") as f:
+        assert objects.backed(f.fileno()) == 0
+
+
+def test_pages_given_back_are_unmapped_before_make_room_returns(tmp_path: Path) -> None:
+    store = make_store(tmp_path, 64 * MiB)
+    add_object(store, "gone", "run-1", nbytes=8 * MiB, cacheable=False)
+    release(store, "run-1")
+    (kept,) = store.free
+    mapped = store._mapped[kept].mapping()
+    assert mapped is not None and not mapped.closed
+
+    asyncio.run(store.make_room(60 * MiB))
+    assert store.free == {} and store._mapped == {}
+    assert mapped.closed  # at once: the pages are free now, not when a thread gets to it
+
+
+def test_an_entrys_pages_go_to_the_free_list_with_it_or_are_let_go(tmp_path: Path) -> None:
+    store = make_store(tmp_path, 256 * MiB)
+
+    def pulled(name: str, run_id: str, seed: int) -> objects.Pages:
+        write_object(store, name, nbytes=8 * MiB, seed=seed)
+        with open(store.path(name), "r+b") as f:
+            pages = objects.Pages.map(f.fileno())
+        store.add(name, run_id, cacheable=False, pages=pages)
+        return pages
+
+    # Deleted: the same mapping now stands for the kept file (nothing is mapped again).
+    pages = pulled("a", "run-1", 1)
+    mapped = pages.mapping()
+    release(store, "run-1")
+    (kept,) = store.free
+    assert store._mapped[kept] is pages and pages.mapping() is mapped and not mapped.closed
+
+    # Deleted while a reader holds it: unlinked, not kept, and the mapping let go.
+    pages = pulled("b", "run-2", 2)
+    mapped = pages.mapping()
+    with objects.holding(store.path("b")):
+        release(store, "run-2")
+    assert len(store.free) == 1 and not store.path("b").exists()
+    settle()
+    assert mapped is not None and mapped.closed
+
+    # Spilled to disk: its shared-memory pages are let go.
+    pages = pulled("c", "run-3", 3)
+    store.entries["c"].cacheable = True
+    mapped = pages.mapping()
+    release(store, "run-3")  # unpinned, kept as a cache
+    asyncio.run(store.make_room(250 * MiB))
+    assert store.entries["c"].spilled and store.entries["c"].pages is None
+    settle()
+    assert mapped is not None and mapped.closed
+
+    # Replaced by an entry of the same name with other pages: the old ones are let go.
+    old = pulled("d", "run-4", 4)
+    mapped = old.mapping()
+    pulled("d", "run-4", 5)
+    settle()
+    assert mapped is not None and mapped.closed
+
+
+def test_pages_of_another_file_never_go_to_the_free_list(tmp_path: Path) -> None:
+    """An entry whose file was replaced behind its back: its mapping is of the old file,
+    so the kept file is mapped afresh and the old mapping let go."""
+    store = make_store(tmp_path, 256 * MiB)
+    write_object(store, "a", nbytes=8 * MiB, seed=1)
+    with open(store.path("a"), "r+b") as f:
+        stale = objects.Pages.map(f.fileno())
+    mapped = stale.mapping()
+    store.add("a", "run-1", cacheable=False, pages=stale)
+    write_object(store, "other", nbytes=8 * MiB, seed=2)
+    os.replace(store.path("other"), store.path("a"))
+    release(store, "run-1")
+    (kept,) = store.free
+    assert store._mapped[kept] is not stale
+    settle()
+    assert mapped is not None and mapped.closed
+    fresh = store._mapped[kept].mapping()
+    assert fresh is not None and len(fresh) == kept.stat().st_size
