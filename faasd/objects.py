@@ -27,7 +27,9 @@ receives straight into pages that are already mapped, one copy of each byte, as
 into a preallocated buffer. The free pages count against the store's budget and
 are the first thing given back when memory is needed.
 
-Every method runs on the worker's event loop; files move in a thread.
+Every method runs on the worker's event loop but :meth:`ObjectStore.claim`, which a pull
+calls from its thread; files move in a thread, and kept pages are mapped on a thread of
+their own.
 """
 
 from __future__ import annotations
@@ -91,9 +93,11 @@ def holding(path: str | os.PathLike[str]) -> Iterator[int]:
 class Pages:
     """This worker's writable mapping of one object file's pages in shared memory, made on
     the pages thread with every page-table entry filled (``MAP_POPULATE``), and only when
-    every page of the file is allocated: a write through it never needs a new page, so it
-    cannot fault for want of room. A pull receives into it in place. Whoever holds a Pages
-    hands it on (to an entry, to the free list, to a pull) or calls :meth:`done`."""
+    the file has no hole. The file may shrink later (a pull into it truncates it to the new
+    object's size), so a writer through the mapping keeps to :func:`backed` bytes of the
+    file as it finds it: those never need a new page, so they cannot fault for want of
+    room. A pull receives into it in place. Whoever holds a Pages hands it on (to an entry,
+    to the free list, to a pull) or calls :meth:`done`."""
 
     def __init__(self, made: Future[mmap.mmap | None] | None = None, inode: int = -1) -> None:
         self._made = made
@@ -109,30 +113,33 @@ class Pages:
             own = os.open(f"/proc/self/fd/{fd}", os.O_RDWR | os.O_CLOEXEC)
         except OSError:  # no procfs: the pages are reused through writes
             return cls()
-        return cls(_pages().submit(_map_pages, own), os.fstat(fd).st_ino)
+        try:
+            return cls(_pages().submit(_map_pages, own), os.fstat(fd).st_ino)
+        except RuntimeError:  # the interpreter is shutting down
+            os.close(own)
+            return cls()
 
     def mapping(self) -> mmap.mmap | None:
         """The mapping, waiting for it if it is still being made; None if there is none."""
         return self._made.result() if self._made is not None else None
 
-    def done(self, *, at_once: bool = False) -> None:
-        """Nothing will touch the mapping again: it is unmapped on the pages thread, off the
-        caller's path, or ``at_once`` here if it is made (so that pages being given back
-        are free when this returns). Every view of it must have been released."""
-        if self._made is None:
-            return
-        if at_once and self._made.done():
-            _unmap(self._made, at_once=True)
-        else:
-            self._made.add_done_callback(_unmap)
-        self._made, self.inode = None, -1
+    def done(self) -> None:
+        """Nothing will touch the mapping again: it is unmapped now, so pages being given
+        back are free when this returns (or, if it is still being made, as soon as it is,
+        on the pages thread). Every view of it must have been released."""
+        if self._made is not None:
+            made, self._made, self.inode = self._made, None, -1
+            made.add_done_callback(_unmap)  # called here and now if it is made
 
 
 def backed(fd: int) -> int:
     """How many bytes of the file ``fd``, from its start, lie in allocated pages: its size
     if it has no hole, else 0."""
-    st = os.fstat(fd)
-    return st.st_size if st.st_blocks * 512 >= -(-st.st_size // mmap.PAGESIZE) * mmap.PAGESIZE else 0
+    try:
+        size = os.fstat(fd).st_size
+        return size if size and os.lseek(fd, 0, os.SEEK_HOLE) >= size else 0
+    except OSError:  # no SEEK_HOLE here: nothing is known to be allocated
+        return 0
 
 
 def _map_pages(fd: int) -> mmap.mmap | None:
@@ -149,12 +156,9 @@ def _map_pages(fd: int) -> mmap.mmap | None:
         os.close(fd)
 
 
-def _unmap(made: Future[mmap.mmap | None], *, at_once: bool = False) -> None:
+def _unmap(made: Future[mmap.mmap | None]) -> None:
     if not made.cancelled() and made.exception() is None and (m := made.result()) is not None:
-        if at_once:
-            m.close()
-        else:
-            _pages().submit(m.close)
+        m.close()
 
 
 _pager: ThreadPoolExecutor | None = None
@@ -162,8 +166,7 @@ _pager_lock = threading.Lock()
 
 
 def _pages() -> ThreadPoolExecutor:
-    """The thread that maps kept pages and unmaps claimed ones, off the event loop and off
-    every pull's path."""
+    """The thread that maps kept pages, off the event loop and off every pull's path."""
     global _pager
     with _pager_lock:
         if _pager is None:
@@ -226,7 +229,7 @@ class ObjectStore:
         self.free: OrderedDict[Path, int] = OrderedDict()
         # Their mappings in this process (Pages).
         self._mapped: dict[Path, Pages] = {}
-        self._free_lock = threading.Lock()
+        self._free_lock = threading.RLock()
 
     # -- paths -----------------------------------------------------------------
 
@@ -258,7 +261,8 @@ class ObjectStore:
     @property
     def free_bytes(self) -> int:
         """Pages of deleted objects kept for reuse."""
-        return sum(self.free.values())
+        with self._free_lock:  # a pull's claim may take one meanwhile
+            return sum(self.free.values())
 
     @property
     def spilled_bytes(self) -> int:
@@ -449,7 +453,7 @@ class ObjectStore:
         back now (or, if it is still being mapped, once the pages thread has mapped and
         unmapped it)."""
         if (pages := self._mapped.pop(path, None)) is not None:
-            pages.done(at_once=True)
+            pages.done()
         path.unlink(missing_ok=True)
 
     async def make_room(self, nbytes: int) -> None:

@@ -32,6 +32,7 @@ import select
 import socket
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
@@ -344,7 +345,8 @@ def fetch_object(
 ) -> int:
     """Pull one object from the peer server at ``address`` into the file ``dest``. Blocking.
 
-    The bytes go straight into ``dest.part``, which becomes ``dest`` only when complete and
+    The bytes go straight into a ``.part`` file beside ``dest``, named for this pull alone
+    (two pulls of one object never share it), which becomes ``dest`` only when complete and
     matching the sender's digest: a reader never sees a truncated or corrupted object, and
     on any failure no ``.part`` file is left behind. ``timeout`` bounds the handshake and
     each wait for data. ``reuse(part, nbytes)``, if given, may move a file whose pages are
@@ -395,7 +397,7 @@ def _receive(
     reuse: Callable[[Path, int], Pages | None] | None,
     keep: Callable[[Pages], None] | None,
 ) -> int:
-    part = dest.with_name(dest.name + ".part")
+    part = dest.with_name(f"{dest.name}.{uuid.uuid4().hex}.part")
     landed: _Landed | None = None
     what = f"object {object_id!r} from {address}"
 
@@ -414,7 +416,10 @@ def _receive(
             flags |= os.O_TRUNC  # fresh pages (or none): nothing old is kept
         fd = os.open(part, flags, 0o644)
         try:
-            whole = backed(fd)  # of a reused file: its pages (none are added below)
+            if kept is not None and kept.inode != os.fstat(fd).st_ino:
+                kept.done()  # not the file opened: never written through
+            # Bytes of a reused file already in pages: a mapping of them may take them.
+            whole = backed(fd) if kept is not None and kept.inode >= 0 else 0
             os.ftruncate(fd, nbytes)  # a reused file keeps its pages below nbytes
             landed = _Landed()
             try:
@@ -568,8 +573,9 @@ def _recv_and_write(
     mapped: mmap.mmap | None = None, in_place: int = 0,
 ) -> int:
     """Receive the object's bytes a piece at a time and hash each piece while it is in the
-    CPU's cache. The first ``in_place`` bytes are received straight into ``mapped``, the
-    file's kept pages (allocated and mapped already: nothing can fault). The rest are
+    CPU's cache. The first ``in_place`` bytes are received straight into ``mapped``, a
+    mapping of the file whose pages hold at least that many bytes already (nothing
+    allocates a page, so nothing can fault for want of room). The rest are
     received into one small buffer and written into the file: the kernel copies them into
     the file's pages, reused or new, without mapping them, and a full tmpfs is an error of
     that write, never a SIGBUS later."""

@@ -273,6 +273,52 @@ def test_a_pull_lands_in_place_in_kept_pages_and_its_entry_keeps_the_mapping(
     assert mapped is not None and len(mapped) == second
 
 
+def test_two_pulls_of_one_object_into_kept_pages_at_once_each_land_whole(
+    served: Served, tmp_path: Path
+) -> None:
+    """Two tasks may pull one object from two sources at once. Here the second claims kept
+    pages after the first has claimed its own, and waits there while the first receives:
+    each pull has a file of its own, so the first does not land in pages the second took,
+    and the object is whole when each of them returns."""
+    store = ObjectStore(tmp_path / "shm", tmp_path / "spill", 1024 * 2**20)
+    for name, mib in (("f1", 64), ("f2", 96)):
+        store.path(name).write_bytes(b"\xee" * (mib * 2**20))
+        store.add(name, "run-1", cacheable=False)
+    asyncio.run(store.release("run-1"))
+    assert len(store.free) == 2
+    _write_arrow(served.objects / "x.arrow", _random_table(48 * 2**20))
+    source = (served.objects / "x.arrow").read_bytes()
+    dest = store.path("x")
+    second_claimed, first_done = threading.Event(), threading.Event()
+    second: list[int] = []
+
+    def claim_and_wait(part: Path, nbytes: int) -> Pages | None:
+        pages = store.claim(part, nbytes)
+        second_claimed.set()
+        assert first_done.wait(30)
+        return pages
+
+    def pull_second() -> None:
+        second.append(served.fetch("x", dest, reuse=claim_and_wait))
+
+    thread = threading.Thread(target=pull_second)
+
+    def claim_first(part: Path, nbytes: int) -> Pages | None:
+        pages = store.claim(part, nbytes)
+        thread.start()
+        assert second_claimed.wait(30)
+        return pages
+
+    try:
+        assert served.fetch("x", dest, reuse=claim_first) == len(source)
+        assert dest.read_bytes() == source
+    finally:
+        first_done.set()
+        thread.join(30)
+    assert second == [len(source)] and dest.read_bytes() == source
+    assert _leftovers(store.objects_dir) == ["x.arrow"] and store.free == {}
+
+
 def test_a_destination_without_room_fails_in_one_line_and_keeps_nothing(
     served: Served, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -292,7 +338,8 @@ def test_a_destination_without_room_fails_in_one_line_and_keeps_nothing(
     with pytest.raises(FaasError) as caught:
         served.fetch("big", out / "big.arrow")
     message = str(caught.value)
-    assert "no room for an object at" in message and "big.arrow.part" in message
+    assert "no room for an object at" in message
+    assert re.search(r"/big\.arrow\.[0-9a-f]{32}\.part after", message)
     assert re.search(r"after \d+ bytes: No space left on device", message) and "\n" not in message
     assert _leftovers(out) == []
 
