@@ -21,10 +21,10 @@ however it dies. A deleted object that no process holds keeps its pages: its
 file moves to ``<root>/free`` and the next object pulled from another host is
 received into those pages rather than into freshly allocated ones, which is
 what a transfer into shared memory mostly costs (as Ray's plasma store reuses
-its arena). A kept file is also mapped into the worker, every page's entry made
-(``MAP_POPULATE``), on a thread of its own as soon as it is kept: a pull then
-receives straight into pages that are already mapped, one copy of each byte, as
-into a preallocated buffer. The free pages count against the store's budget and
+its arena). Once the worker pulls objects, a kept file is also mapped into it,
+every page's entry made (``MAP_POPULATE``), on a thread of its own as soon as it is
+kept: a pull then receives straight into pages that are already mapped, one copy of
+each byte, as into a preallocated buffer. The free pages count against the store's budget and
 are the first thing given back when memory is needed.
 
 Every method runs on the worker's event loop but :meth:`ObjectStore.claim`, which a pull
@@ -227,8 +227,9 @@ class ObjectStore:
         self.dropped: list[str] = []
         # Free pages: file -> allocated bytes, oldest first. Pulls claim them from a thread.
         self.free: OrderedDict[Path, int] = OrderedDict()
-        # Their mappings in this process (Pages).
+        # Their mappings in this process (Pages), once it pulls objects.
         self._mapped: dict[Path, Pages] = {}
+        self.pulling = False
         self._free_lock = threading.RLock()
 
     # -- paths -----------------------------------------------------------------
@@ -408,7 +409,8 @@ class ObjectStore:
                 kept = self.free_dir / f"{uuid.uuid4().hex}.free"
                 os.rename(path, kept)
                 self.free[kept] = size
-                self._mapped[kept] = pages if pages is not None else Pages.map(fd)
+                if pages is not None or self.pulling:
+                    self._mapped[kept] = pages if pages is not None else Pages.map(fd)
                 pages = None
         finally:
             if pages is not None:
@@ -418,8 +420,15 @@ class ObjectStore:
 
     def claim(self, dest: Path, nbytes: int) -> Pages | None:
         """Move kept pages to ``dest`` for a new object of ``nbytes``: the smallest kept
-        file that holds it, else the largest. None if none is kept. Thread-safe."""
+        file that holds it, else the largest. None if none is kept. Thread-safe.
+
+        The first claim also has every kept file mapped: a worker maps its kept pages only
+        once it pulls objects (one on a single host never does)."""
         with self._free_lock:
+            if not self.pulling:
+                self.pulling = True
+                for path in self.free:
+                    self._map_kept(path)
             if not self.free:
                 return None
             fits = [p for p, n in self.free.items() if n >= nbytes]
@@ -437,6 +446,17 @@ class ObjectStore:
                 pick.unlink(missing_ok=True)
                 return None
             return pages
+
+    def _map_kept(self, path: Path) -> None:
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as exc:
+            log.warning("could not map free pages %s: %s", path, exc)
+            return
+        try:
+            self._mapped[path] = Pages.map(fd)
+        finally:
+            os.close(fd)
 
     def _trim_free(self, nbytes: int) -> int:
         """Give back up to ``nbytes`` (or a little more) of kept pages; returns how much."""

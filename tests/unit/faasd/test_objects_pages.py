@@ -179,8 +179,34 @@ def settle() -> None:
     objects._pages().submit(lambda: None).result(timeout=30)
 
 
-def test_kept_pages_are_mapped_whole_and_a_claim_hands_the_mapping_over(tmp_path: Path) -> None:
+def pulling_store(tmp_path: Path, budget: int) -> ObjectStore:
+    """A store whose worker pulls objects (it has claimed pages once): it maps kept pages."""
+    store = make_store(tmp_path, budget)
+    assert store.claim(tmp_path / "nothing.part", MiB) is None and store.pulling
+    return store
+
+
+def test_kept_pages_are_mapped_once_the_worker_pulls(tmp_path: Path) -> None:
+    """A worker that never pulls (one host) maps nothing; its first claim maps every kept
+    file, and files kept after it are mapped as they are kept."""
     store = make_store(tmp_path, 256 * MiB)
+    for i in range(2):
+        add_object(store, f"o{i}", "run-1", nbytes=8 * MiB, seed=i, cacheable=False)
+    release(store, "run-1")
+    assert len(store.free) == 2 and store._mapped == {}
+
+    pages = store.claim(tmp_path / "new.part", 4 * MiB)
+    assert pages is not None and pages.mapping() is not None
+    (left,) = store.free
+    assert store._mapped[left].mapping() is not None
+    add_object(store, "later", "run-2", nbytes=8 * MiB, cacheable=False)
+    release(store, "run-2")
+    assert all(store._mapped[p].mapping() is not None for p in store.free)
+    pages.done()
+
+
+def test_kept_pages_are_mapped_whole_and_a_claim_hands_the_mapping_over(tmp_path: Path) -> None:
+    store = pulling_store(tmp_path, 256 * MiB)
     add_object(store, "a", "run-1", nbytes=8 * MiB, cacheable=False)
     size = store.path("a").stat().st_size
     release(store, "run-1")
@@ -204,7 +230,7 @@ def test_kept_pages_are_mapped_whole_and_a_claim_hands_the_mapping_over(tmp_path
 def test_a_kept_file_with_a_hole_is_not_mapped(tmp_path: Path) -> None:
     """A write through a mapping into a hole would need a new page, and on a full tmpfs
     that is a SIGBUS: such a file is reused through writes only."""
-    store = make_store(tmp_path, 256 * MiB)
+    store = pulling_store(tmp_path, 256 * MiB)
     write_object(store, "a", nbytes=6 * MiB)
     with open(store.path("a"), "r+b") as f:
         f.truncate(10 * MiB)  # the last 4 MiB are a hole
@@ -220,7 +246,7 @@ def test_a_kept_file_with_a_hole_is_not_mapped(tmp_path: Path) -> None:
 
 
 def test_pages_given_back_are_unmapped_before_make_room_returns(tmp_path: Path) -> None:
-    store = make_store(tmp_path, 64 * MiB)
+    store = pulling_store(tmp_path, 64 * MiB)
     add_object(store, "gone", "run-1", nbytes=8 * MiB, cacheable=False)
     release(store, "run-1")
     (kept,) = store.free
@@ -279,7 +305,7 @@ def test_an_entrys_pages_go_to_the_free_list_with_it_or_are_let_go(tmp_path: Pat
 def test_pages_of_another_file_never_go_to_the_free_list(tmp_path: Path) -> None:
     """An entry whose file was replaced behind its back: its mapping is of the old file,
     so the kept file is mapped afresh and the old mapping let go."""
-    store = make_store(tmp_path, 256 * MiB)
+    store = pulling_store(tmp_path, 256 * MiB)
     write_object(store, "a", nbytes=8 * MiB, seed=1)
     with open(store.path("a"), "r+b") as f:
         stale = objects.Pages.map(f.fileno())
