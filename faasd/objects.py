@@ -44,6 +44,7 @@ import re
 import shutil
 import threading
 import uuid
+import weakref
 from collections import OrderedDict
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -59,6 +60,9 @@ SHM_RESERVE = 64 * 2**20
 FREE_SHARE = 4
 # ...and only files at least this large (small ones cost little to allocate afresh).
 FREE_MIN = 4 * 2**20
+# Mappings of kept and pulled objects' pages (Pages) a worker keeps at most: each holds a
+# file descriptor (Python's mmap keeps a duplicate) and page tables.
+MAPPED_MAX = 256
 
 
 def hold(path: str | os.PathLike[str]) -> int:
@@ -144,11 +148,14 @@ def backed(fd: int) -> int:
 
 def _map_pages(fd: int) -> mmap.mmap | None:
     """A shared, writable mapping of the file ``fd`` (closed here) with every page-table
-    entry filled, if all its pages are allocated; else None."""
+    entry filled, if all its pages are allocated, it is worth keeping (FREE_MIN) and fewer
+    than MAPPED_MAX are open; else None. Runs on the pages thread only."""
     try:
-        if not (size := backed(fd)):
+        if (size := backed(fd)) < FREE_MIN or sum(not m.closed for m in _open_maps) >= MAPPED_MAX:
             return None
-        return mmap.mmap(fd, size, flags=mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0))
+        made = mmap.mmap(fd, size, flags=mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0))
+        _open_maps.add(made)
+        return made
     except (OSError, ValueError) as exc:
         log.debug("kept pages not mapped: %s", exc)
         return None
@@ -161,6 +168,8 @@ def _unmap(made: Future[mmap.mmap | None]) -> None:
         m.close()
 
 
+# Every mapping _map_pages made that has not been collected (closed ones until they are).
+_open_maps: weakref.WeakSet[mmap.mmap] = weakref.WeakSet()
 _pager: ThreadPoolExecutor | None = None
 _pager_lock = threading.Lock()
 

@@ -320,3 +320,35 @@ def test_pages_of_another_file_never_go_to_the_free_list(tmp_path: Path) -> None
     assert mapped is not None and mapped.closed
     fresh = store._mapped[kept].mapping()
     assert fresh is not None and len(fresh) == kept.stat().st_size
+
+
+def test_small_files_are_not_mapped_and_mappings_are_bounded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each mapping holds a file descriptor: a worker with many cached objects must not run
+    out of them. Files too small to be worth it are never mapped, and past MAPPED_MAX
+    mappings pages are reused through writes."""
+    store = make_store(tmp_path, 256 * MiB)
+    write_object(store, "small", nbytes=MiB)
+    with open(store.path("small"), "r+b") as f:
+        assert objects.Pages.map(f.fileno()).mapping() is None
+
+    settle()  # mappings other tests let go are closed by now
+    monkeypatch.setattr(objects, "MAPPED_MAX", sum(not m.closed for m in objects._open_maps) + 1)
+    store = pulling_store(tmp_path / "bounded", 256 * MiB)
+    for i in range(2):
+        add_object(store, f"o{i}", "run-1", nbytes=8 * MiB, seed=i, cacheable=False)
+    release(store, "run-1")
+    made = [store._mapped[p].mapping() for p in store.free]
+    assert len(made) == 2 and sum(m is not None for m in made) == 1
+
+    first = store.claim(tmp_path / "a.part", 4 * MiB)
+    second = store.claim(tmp_path / "b.part", 4 * MiB)
+    assert first is not None and second is not None
+    for pages in (first, second):
+        pages.done()
+    # The one mapping is closed: the next file kept is mapped again.
+    add_object(store, "o2", "run-2", nbytes=8 * MiB, cacheable=False)
+    release(store, "run-2")
+    (kept,) = store.free
+    assert store._mapped[kept].mapping() is not None
