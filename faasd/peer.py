@@ -408,6 +408,7 @@ def _receive(
         )
 
     kept: Pages | None = None  # claimed pages, while this pull owns them
+    in_place = 0  # bytes received straight into them
     try:
         if nbytes and reuse is not None:
             kept = reuse(part, nbytes)
@@ -452,7 +453,11 @@ def _receive(
             keep(kept)
         else:
             kept.done()
-    log.debug("fetched object %s (%d bytes) from %s", object_id, nbytes, address)
+    log.log(
+        logging.INFO if in_place else logging.DEBUG,
+        "fetched object %s (%d bytes) from %s, %d of them in place in kept pages",
+        object_id, nbytes, address, in_place,
+    )
     return nbytes
 
 

@@ -7,6 +7,7 @@ Real scheduler and worker processes; "hosts" are workers with distinct host ids
 from __future__ import annotations
 
 import json
+import re
 import socket
 import subprocess
 import sys
@@ -271,6 +272,22 @@ def test_a_reader_on_another_host_pulls_an_identical_table(
     for a, b in (("west", "east"), ("east", "west")):
         assert query(f"SELECT count(*) AS n FROM (SELECT * FROM {a} EXCEPT SELECT * FROM {b})") == [{"n": 0}]
     assert query("SELECT k, x, s FROM east WHERE k = 12345") == [{"k": 12345, "x": 37035, "s": "86415"}]
+    before = query(summary.format("west"))
+
+    # Objects of a --no-cache run are deleted when it ends, and their pages kept: the next
+    # such run's pull lands in them in place (the worker keeps them mapped once it pulls).
+    for _ in range(2):
+        again = _submit(c, project, "--no-cache")
+        assert again["status"] == "success"
+    nodes = c.json("job", "get", again["run_id"])["nodes"]
+    hosts = {n: workers[nodes[n]["worker"]] for n in ("produced", "west", "east")}
+    puller = hosts["west"] if hosts["west"] != hosts["produced"] else hosts["east"]
+    landed = re.findall(r"fetched object \S+ \((\d+) bytes\) from \S+, (\d+) of them in place",
+                        (tmp_path / f"{puller}.log").read_text())
+    assert landed and landed[-1][0] == landed[-1][1], landed
+    assert query(summary.format("west")) == query(summary.format("east")) == before
+    for a, b in (("west", "east"), ("east", "west")):
+        assert query(f"SELECT count(*) AS n FROM (SELECT * FROM {a} EXCEPT SELECT * FROM {b})") == [{"n": 0}]
 
 
 def test_a_worker_killed_mid_transfer_is_recovered_from_lineage(
