@@ -174,6 +174,15 @@ _pager: ThreadPoolExecutor | None = None
 _pager_lock = threading.Lock()
 
 
+def _forget(path: Path, pages: Pages | None) -> None:
+    """Delete a kept file taken off the free list (outside its lock, so that no pull's
+    claim waits for this): its pages are given back now (or, if it is still being mapped,
+    once the pages thread has mapped and unmapped it)."""
+    if pages is not None:
+        pages.done()
+    path.unlink(missing_ok=True)
+
+
 def _pages() -> ThreadPoolExecutor:
     """The thread that maps kept pages, off the event loop and off every pull's path."""
     global _pager
@@ -396,6 +405,7 @@ class ObjectStore:
             fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
         except FileNotFoundError:
             fd = -1
+        evicted = []
         try:
             if fd < 0:
                 return
@@ -414,7 +424,8 @@ class ObjectStore:
                 return
             with self._free_lock:
                 while self.free and self.free_bytes + size > cap:
-                    self._forget(self.free.popitem(last=False)[0])
+                    old, _, old_pages = self._take_oldest()
+                    evicted.append((old, old_pages))
                 kept = self.free_dir / f"{uuid.uuid4().hex}.free"
                 os.rename(path, kept)
                 self.free[kept] = size
@@ -422,6 +433,8 @@ class ObjectStore:
                     self._mapped[kept] = pages if pages is not None else Pages.map(fd)
                 pages = None
         finally:
+            for old, old_pages in evicted:
+                _forget(old, old_pages)
             if pages is not None:
                 pages.done()
             if fd >= 0:
@@ -470,20 +483,21 @@ class ObjectStore:
     def _trim_free(self, nbytes: int) -> int:
         """Give back up to ``nbytes`` (or a little more) of kept pages; returns how much."""
         given = 0
+        taken = []
         with self._free_lock:
             while self.free and given < nbytes:
-                path, size = self.free.popitem(last=False)
-                self._forget(path)
+                path, size, pages = self._take_oldest()
+                taken.append((path, pages))
                 given += size
+        for path, pages in taken:
+            _forget(path, pages)
         return given
 
-    def _forget(self, path: Path) -> None:
-        """Delete a kept file that was just taken off the free list: its pages are given
-        back now (or, if it is still being mapped, once the pages thread has mapped and
-        unmapped it)."""
-        if (pages := self._mapped.pop(path, None)) is not None:
-            pages.done()
-        path.unlink(missing_ok=True)
+    def _take_oldest(self) -> tuple[Path, int, Pages | None]:
+        """The oldest kept file, its size and its mapping, off the free list (under its
+        lock)."""
+        path, size = self.free.popitem(last=False)
+        return path, size, self._mapped.pop(path, None)
 
     async def make_room(self, nbytes: int) -> None:
         """Spill unpinned entries so that ``nbytes`` more fit under the budget."""
