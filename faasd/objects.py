@@ -44,7 +44,6 @@ import re
 import shutil
 import threading
 import uuid
-import weakref
 from collections import OrderedDict
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -60,8 +59,8 @@ SHM_RESERVE = 64 * 2**20
 FREE_SHARE = 4
 # ...and only files at least this large (small ones cost little to allocate afresh).
 FREE_MIN = 4 * 2**20
-# Mappings of kept and pulled objects' pages (Pages) a worker keeps at most: each holds a
-# file descriptor (Python's mmap keeps a duplicate) and page tables.
+# Mappings of kept and pulled objects' pages (Pages) a worker keeps at most, made or being
+# made: each holds a file descriptor (Python's mmap keeps a duplicate) and page tables.
 MAPPED_MAX = 256
 
 
@@ -97,31 +96,35 @@ def holding(path: str | os.PathLike[str]) -> Iterator[int]:
 class Pages:
     """This worker's writable mapping of one object file's pages in shared memory, made on
     the pages thread with every page-table entry filled (``MAP_POPULATE``), and only when
-    the file has no hole. The file may shrink later (a pull into it truncates it to the new
-    object's size), so a writer through the mapping keeps to :func:`backed` bytes of the
-    file as it finds it: those never need a new page, so they cannot fault for want of
-    room. A pull receives into it in place. Whoever holds a Pages hands it on (to an entry,
-    to the free list, to a pull) or calls :meth:`done`."""
+    the file has no hole, is worth it (FREE_MIN) and a slot is free (MAPPED_MAX). The file
+    may shrink later (a pull into it truncates it to the new object's size), so a writer
+    through the mapping keeps to :func:`backed` bytes of the file as it finds it: those
+    never need a new page, so they cannot fault for want of room. A pull receives into it
+    in place. Whoever holds a Pages hands it on (to an entry, to the free list, to a pull)
+    or calls :meth:`done`."""
 
-    def __init__(self, made: Future[mmap.mmap | None] | None = None, inode: int = -1) -> None:
-        self._made = made
-        self.inode = inode  # of the file mapped (-1: none)
+    def __init__(self) -> None:
+        self._made: Future[mmap.mmap | None] | None = None
+        self.inode = -1  # of the file mapped (-1: none)
+        self._own = -1  # the file the mapping is made from, until the pages thread takes it
 
     @classmethod
     def map(cls, fd: int) -> Pages:
-        """Start mapping the file open at ``fd`` (which stays the caller's). The mapping
-        holds a file of its own, opened anew: a lock taken through ``fd`` (the store's
-        exclusive one while it recycles a file) must not live on in it, or every reader's
-        shared lock would wait for it."""
+        """Start mapping the file open at ``fd`` (which stays the caller's), if it is worth
+        it and a slot is free. The mapping holds a file of its own, opened anew: a lock
+        taken through ``fd`` (the store's exclusive one while it recycles a file) must not
+        live on in it, or every reader's shared lock would wait for it."""
+        pages = cls()
+        if backed(fd) < FREE_MIN or not _slots.take():
+            return pages
         try:
-            own = os.open(f"/proc/self/fd/{fd}", os.O_RDWR | os.O_CLOEXEC)
-        except OSError:  # no procfs: the pages are reused through writes
+            pages._own = os.open(f"/proc/self/fd/{fd}", os.O_RDWR | os.O_CLOEXEC)
+            pages.inode = os.fstat(fd).st_ino
+            pages._made = _pages().submit(pages._map)
+        except (OSError, RuntimeError):  # no procfs, or the interpreter is shutting down
+            pages._let_go()
             return cls()
-        try:
-            return cls(_pages().submit(_map_pages, own), os.fstat(fd).st_ino)
-        except RuntimeError:  # the interpreter is shutting down
-            os.close(own)
-            return cls()
+        return pages
 
     def mapping(self) -> mmap.mmap | None:
         """The mapping, waiting for it if it is still being made; None if there is none."""
@@ -129,11 +132,65 @@ class Pages:
 
     def done(self) -> None:
         """Nothing will touch the mapping again: it is unmapped now, so pages being given
-        back are free when this returns (or, if it is still being made, as soon as it is,
-        on the pages thread). Every view of it must have been released."""
-        if self._made is not None:
-            made, self._made, self.inode = self._made, None, -1
+        back are free when this returns (a mapping not yet begun is never made; one being
+        made is unmapped as soon as it is). Every view of it must have been released."""
+        if self._made is None:
+            return
+        made, self._made, self.inode = self._made, None, -1
+        if made.cancel():  # never begun: its file and slot are let go here
+            self._let_go()
+        else:
             made.add_done_callback(_unmap)  # called here and now if it is made
+
+    def __del__(self) -> None:  # a holder that forgot: the slot and pages come back
+        with contextlib.suppress(Exception):  # at exit, what it needs may be gone already
+            self.done()
+
+    def _map(self) -> mmap.mmap | None:
+        """On the pages thread: the mapping, or None (the slot given back)."""
+        made = None
+        try:
+            if (size := backed(self._own)) >= FREE_MIN:
+                made = mmap.mmap(
+                    self._own, size, flags=mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
+                )
+        except Exception as exc:  # a pull waits for this: it must not fail it
+            log.debug("kept pages not mapped: %s", exc)
+        finally:
+            if made is None:
+                self._let_go()
+            else:
+                os.close(self._own)
+                self._own = -1
+        return made
+
+    def _let_go(self) -> None:
+        if self._own >= 0:
+            os.close(self._own)
+            self._own = -1
+        _slots.give()
+
+
+class _Slots:
+    """How many Pages may hold a mapping, made or being made (each holds a descriptor)."""
+
+    def __init__(self) -> None:
+        self.used = 0
+        self._lock = threading.Lock()
+
+    def take(self) -> bool:
+        with self._lock:
+            if self.used >= MAPPED_MAX:
+                return False
+            self.used += 1
+            return True
+
+    def give(self) -> None:
+        with self._lock:
+            self.used -= 1
+
+
+_slots = _Slots()
 
 
 def backed(fd: int) -> int:
@@ -146,30 +203,12 @@ def backed(fd: int) -> int:
         return 0
 
 
-def _map_pages(fd: int) -> mmap.mmap | None:
-    """A shared, writable mapping of the file ``fd`` (closed here) with every page-table
-    entry filled, if all its pages are allocated, it is worth keeping (FREE_MIN) and fewer
-    than MAPPED_MAX are open; else None. Runs on the pages thread only."""
-    try:
-        if (size := backed(fd)) < FREE_MIN or sum(not m.closed for m in _open_maps) >= MAPPED_MAX:
-            return None
-        made = mmap.mmap(fd, size, flags=mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0))
-        _open_maps.add(made)
-        return made
-    except (OSError, ValueError) as exc:
-        log.debug("kept pages not mapped: %s", exc)
-        return None
-    finally:
-        os.close(fd)
-
-
 def _unmap(made: Future[mmap.mmap | None]) -> None:
     if not made.cancelled() and made.exception() is None and (m := made.result()) is not None:
         m.close()
+        _slots.give()
 
 
-# Every mapping _map_pages made that has not been collected (closed ones until they are).
-_open_maps: weakref.WeakSet[mmap.mmap] = weakref.WeakSet()
 _pager: ThreadPoolExecutor | None = None
 _pager_lock = threading.Lock()
 
@@ -180,7 +219,10 @@ def _forget(path: Path, pages: Pages | None) -> None:
     once the pages thread has mapped and unmapped it)."""
     if pages is not None:
         pages.done()
-    path.unlink(missing_ok=True)
+    try:
+        path.unlink(missing_ok=True)
+    except OSError as exc:
+        log.warning("could not delete free pages %s: %s", path, exc)
 
 
 def _pages() -> ThreadPoolExecutor:
@@ -399,8 +441,8 @@ class ObjectStore:
 
     def _recycle(self, path: Path, pages: Pages | None = None) -> None:
         """Delete an object file, keeping its pages for reuse if no process holds it, with
-        ``pages``, this process's mapping of them, if it has one (else they are mapped now,
-        on the pages thread)."""
+        ``pages``, this process's mapping of them, if it has one (else, once this worker
+        pulls, a mapping is begun on the pages thread)."""
         try:
             fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
         except FileNotFoundError:
@@ -442,7 +484,8 @@ class ObjectStore:
 
     def claim(self, dest: Path, nbytes: int) -> Pages | None:
         """Move kept pages to ``dest`` for a new object of ``nbytes``: the smallest kept
-        file that holds it, else the largest. None if none is kept. Thread-safe.
+        file that holds it, else the largest. None if none is kept, or if the move fails.
+        Thread-safe.
 
         The first claim also has every kept file mapped: a worker maps its kept pages only
         once it pulls objects (one on a single host never does)."""
@@ -470,6 +513,8 @@ class ObjectStore:
             return pages
 
     def _map_kept(self, path: Path) -> None:
+        if path in self._mapped:
+            return
         try:
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         except OSError as exc:

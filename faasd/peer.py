@@ -419,13 +419,14 @@ def _receive(
         try:
             if kept is not None and kept.inode != os.fstat(fd).st_ino:
                 kept.done()  # not the file opened: never written through
-            # Bytes of a reused file already in pages: a mapping of them may take them.
-            whole = backed(fd) if kept is not None and kept.inode >= 0 else 0
+            # Made (if it is being made) before the file's size changes.
+            mapped = kept.mapping() if kept is not None else None
+            # Bytes of a reused file already in pages: the mapping may take them.
+            whole = backed(fd) if mapped is not None else 0
+            in_place = min(len(mapped), whole, nbytes) if mapped is not None else 0
             os.ftruncate(fd, nbytes)  # a reused file keeps its pages below nbytes
             landed = _Landed()
             try:
-                mapped = kept.mapping() if kept is not None else None
-                in_place = min(len(mapped), whole, nbytes) if mapped is not None else 0
                 if nbytes:
                     _recv_and_write(sock, fd, nbytes, landed, part, mapped, in_place)
                 trailer = _recv_trailer(sock, what, vanished)

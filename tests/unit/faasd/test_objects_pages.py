@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -334,7 +335,7 @@ def test_small_files_are_not_mapped_and_mappings_are_bounded(
         assert objects.Pages.map(f.fileno()).mapping() is None
 
     settle()  # mappings other tests let go are closed by now
-    monkeypatch.setattr(objects, "MAPPED_MAX", sum(not m.closed for m in objects._open_maps) + 1)
+    monkeypatch.setattr(objects, "MAPPED_MAX", objects._slots.used + 1)
     store = pulling_store(tmp_path / "bounded", 256 * MiB)
     for i in range(2):
         add_object(store, f"o{i}", "run-1", nbytes=8 * MiB, seed=i, cacheable=False)
@@ -352,3 +353,40 @@ def test_small_files_are_not_mapped_and_mappings_are_bounded(
     release(store, "run-2")
     (kept,) = store.free
     assert store._mapped[kept].mapping() is not None
+
+
+def test_pages_given_back_before_the_pages_thread_maps_them_are_free_at_once(
+    tmp_path: Path,
+) -> None:
+    """While the pages thread is busy (filling a big mapping), kept files queue up to be
+    mapped. Giving them back must not wait for it: no descriptor of a deleted file is left
+    open, and the mapping slots come back."""
+    store = pulling_store(tmp_path, 256 * MiB)
+    go = threading.Event()
+    busy = objects._pages().submit(go.wait, 30)
+    used = objects._slots.used
+    try:
+        for i in range(3):
+            add_object(store, f"o{i}", f"run-{i}", nbytes=8 * MiB, seed=i, cacheable=False)
+            release(store, f"run-{i}")
+        assert len(store.free) == 3 and objects._slots.used == used + 3
+        asyncio.run(store.make_room(256 * MiB))
+        assert store.free == {} and objects._slots.used == used
+        deleted = [
+            link for fd in os.listdir("/proc/self/fd")
+            if (link := _link(f"/proc/self/fd/{fd}")).endswith("(deleted)")
+            and str(tmp_path) in link
+        ]
+        assert deleted == []
+    finally:
+        go.set()
+        busy.result(30)
+    settle()
+    assert objects._slots.used == used
+
+
+def _link(path: str) -> str:
+    try:
+        return os.readlink(path)
+    except OSError:
+        return ""
