@@ -119,7 +119,8 @@ class FunctionTasks:
     running_limits: dict[str, int]
     inputs_ready: dict[str, asyncio.Future[InputsReady]]
     released: OrderedDict[str, None]
-    _pulls: dict[tuple[str, str], asyncio.Future[Path]]
+    # The pull under way of each object: its source's address, and the pull.
+    _pulls: dict[str, tuple[str, asyncio.Future[Path]]]
     _metadata: OrderedDict[str, Any]
     _plans: OrderedDict[tuple[Any, ...], Any]
     _metadata_lock: threading.Lock
@@ -393,15 +394,28 @@ class FunctionTasks:
             raise NotFound(f"object {object_id!r} of task {msg.task_id} has no known location")
         if source.host_id == self.host_id and os.path.exists(source.path):  # noqa: ASYNC240 - a stat on tmpfs
             return Path(source.path)  # same host: the same shared memory, mapped in place
-        key = (object_id, source.address)
-        pull = self._pulls.get(key)
-        if pull is None:
+        # One pull of an object at a time (two would land in one file): a task whose source
+        # is another than that of the pull under way waits for it, and is served by what it
+        # pulled; if it failed, this task pulls from its own source.
+        while (held := self._pulls.get(object_id)) is not None and not held[1].done():
+            if held[0] == source.address:
+                break  # the same pull: its outcome is this task's too
+            with contextlib.suppress(Exception):
+                await asyncio.shield(held[1])
+            if await self.store.use(object_id, msg.run_id) is not None:
+                path = self.store.locate(object_id)
+                assert path is not None
+                return path
+        if held is None or held[1].done():
             pull = asyncio.ensure_future(self._pull(msg, object_id, source))
-            self._pulls[key] = pull
-            pull.add_done_callback(lambda _: self._pulls.pop(key, None))
-        await asyncio.shield(pull)
+            held = self._pulls[object_id] = (source.address, pull)
+            pull.add_done_callback(
+                lambda _, mine=held: self._pulls.pop(object_id)
+                if self._pulls.get(object_id) is mine else None
+            )
+        await asyncio.shield(held[1])
         await self.store.use(object_id, msg.run_id)
-        return pull.result()
+        return held[1].result()
 
     async def _pull(self, msg: RunTask, object_id: str, source: ObjectSource) -> Path:
         dest = self.store.path(object_id)

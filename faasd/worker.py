@@ -168,7 +168,7 @@ class Worker(FunctionTasks):
         # Spilled objects go to disk, never to the shared-memory filesystem itself.
         self.spill_root = Path(spill_dir or default_spill_dir()).expanduser() / f"faas-{self.worker_id}"
         # Objects being pulled from other hosts, so concurrent readers share one pull.
-        self._pulls: dict[tuple[str, str], asyncio.Future[Path]] = {}
+        self._pulls: dict[str, tuple[str, asyncio.Future[Path]]] = {}
         # Runs already released: work of theirs that ends late pins nothing.
         self.released: OrderedDict[str, None] = OrderedDict()
         # Memory limits of the functions running now (the store makes room for them).

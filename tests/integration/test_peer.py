@@ -19,8 +19,10 @@ import subprocess
 import sys
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import msgspec
@@ -32,6 +34,7 @@ import xxhash
 from faas.faasd import peer
 from faas.faasd.objects import ObjectStore, Pages
 from faas.faasd.peer import DIGEST_CHUNK, PeerServer, fetch_object
+from faas.faasd.tasks import FunctionTasks
 from faas.protocol.auth import load_token
 from faas.protocol.blocking import connect_blocking, parse_address
 from faas.protocol.connection import Connection, accept, connect
@@ -47,7 +50,13 @@ from faas.protocol.errors import (
 )
 from faas.protocol.framing import HEADER, MAX_CONTROL_FRAME, encode, recv_frame_blocking
 from faas.protocol.messages import BulkHeader, Error
-from faas.protocol.worker_messages import FetchObject, ObjectDigest, PeerReply, PeerRequest
+from faas.protocol.worker_messages import (
+    FetchObject,
+    ObjectDigest,
+    ObjectSource,
+    PeerReply,
+    PeerRequest,
+)
 from tests.conftest import ROOT, Cluster
 
 pytestmark = pytest.mark.timeout(120)
@@ -317,6 +326,69 @@ def test_two_pulls_of_one_object_into_kept_pages_at_once_each_land_whole(
         thread.join(30)
     assert second == [len(source)] and dest.read_bytes() == source
     assert _leftovers(store.objects_dir) == ["x.arrow"] and store.free == {}
+
+
+class _Puller(FunctionTasks):
+    """A worker's task side with only what pulling an input needs: its store and pulls."""
+
+    def __init__(self, store: ObjectStore) -> None:
+        self.objects = store
+        self.host_id = "puller"
+        self.token = TOKEN
+        self.released = OrderedDict()
+        self._pulls = {}
+
+    @property
+    def store(self) -> ObjectStore:
+        assert self.objects is not None
+        return self.objects
+
+
+def test_a_worker_pulls_an_object_once_when_two_tasks_name_two_sources(
+    loop_thread: LoopThread, tmp_path: Path
+) -> None:
+    """Two tasks on one worker need the same object and were told of two holders: one
+    pull, which serves both (two would land in one file at once). If that pull fails, the
+    other task pulls from its own source."""
+    dirs = [tmp_path / "a", tmp_path / "b"]
+    table = _random_table(16 * 2**20)
+    for d in dirs:
+        d.mkdir()
+        _write_arrow(d / "x.arrow", table)
+    source = (dirs[0] / "x.arrow").read_bytes()
+    holders = [Served(loop_thread, d) for d in dirs]
+    puller = _Puller(ObjectStore(tmp_path / "shm", tmp_path / "spill", 1024 * 2**20))
+
+    def task(run_id: str, holder: Served) -> Any:
+        where = ObjectSource(worker_id=run_id, host_id="holder", address=holder.address,
+                             path=str(holder.objects / "x.arrow"))
+        return SimpleNamespace(task_id=f"task-{run_id}", run_id=run_id, use_cache=False,
+                               sources={"x": where})
+
+    async def both(first: Any, second: Any) -> list[Any]:
+        return list(await asyncio.gather(
+            puller._input_path(first, "x"), puller._input_path(second, "x"),
+            return_exceptions=True,
+        ))
+
+    try:
+        got = asyncio.run(both(task("run-1", holders[0]), task("run-2", holders[1])))
+        assert got == [puller.store.path("x")] * 2 and got[0].read_bytes() == source
+        assert holders[0].located == ["x"] and holders[1].located == []
+        assert puller.store.entries["x"].pins == {"run-1", "run-2"} and puller._pulls == {}
+        for run_id in ("run-1", "run-2"):
+            asyncio.run(puller.store.release(run_id))
+        assert "x" not in puller.store.entries
+
+        # The first task's holder no longer has it: the second's pulls it from its own.
+        (dirs[0] / "x.arrow").unlink()
+        got = asyncio.run(both(task("run-3", holders[0]), task("run-4", holders[1])))
+        assert isinstance(got[0], NotFound) and got[1] == puller.store.path("x")
+        assert got[1].read_bytes() == source and holders[1].located == ["x"]
+        assert puller.store.entries["x"].pins == {"run-4"} and puller._pulls == {}
+    finally:
+        for holder in holders:
+            loop_thread.run(holder.server.close())
 
 
 def test_a_destination_without_room_fails_in_one_line_and_keeps_nothing(
