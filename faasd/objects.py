@@ -427,13 +427,12 @@ class ObjectStore:
 
     def _delete(self, e: Entry) -> None:
         self.entries.pop(e.name, None)
-        pages, e.pages = e.pages, None
         if e.kind == "object" and not e.spilled:
+            pages, e.pages = e.pages, None
             self._recycle(self.path(e.name), pages)
         else:
             self._where(e).unlink(missing_ok=True)
-            if pages is not None:
-                pages.done()
+            e.unmap()
         if e.kind == "object":
             self.dropped.append(e.name)
 
@@ -446,11 +445,11 @@ class ObjectStore:
         try:
             fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
         except FileNotFoundError:
-            fd = -1
+            if pages is not None:
+                pages.done()
+            return
         evicted = []
         try:
-            if fd < 0:
-                return
             if pages is not None and pages.inode != os.fstat(fd).st_ino:
                 pages.done()  # not this file's: never written through again
                 pages = None
@@ -479,8 +478,7 @@ class ObjectStore:
                 _forget(old, old_pages)
             if pages is not None:
                 pages.done()
-            if fd >= 0:
-                os.close(fd)  # the exclusive lock goes with it; the old name is gone
+            os.close(fd)  # the exclusive lock goes with it; the old name is gone
 
     def claim(self, dest: Path, nbytes: int) -> Pages | None:
         """Move kept pages to ``dest`` for a new object of ``nbytes``: the smallest kept

@@ -419,11 +419,10 @@ def _receive(
         try:
             if kept is not None and kept.inode != os.fstat(fd).st_ino:
                 kept.done()  # not the file opened: never written through
-            # Made (if it is being made) before the file's size changes.
+            # Made (if it is being made) before the file's size changes; it may take the
+            # bytes of the reused file that are already in pages.
             mapped = kept.mapping() if kept is not None else None
-            # Bytes of a reused file already in pages: the mapping may take them.
-            whole = backed(fd) if mapped is not None else 0
-            in_place = min(len(mapped), whole, nbytes) if mapped is not None else 0
+            in_place = min(len(mapped), backed(fd), nbytes) if mapped is not None else 0
             os.ftruncate(fd, nbytes)  # a reused file keeps its pages below nbytes
             landed = _Landed()
             try:
